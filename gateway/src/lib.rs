@@ -1,0 +1,13 @@
+//! An edge API gateway: REST/JSON in, gRPC out, from descriptors loaded at run time.
+//!
+//! The request path runs edge -> transcode -> upstream; every piece of
+//! configuration it reads lives in one immutable [`snapshot::Snapshot`].
+
+pub mod config;
+pub mod descriptors;
+pub mod example;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod transcode;
+pub mod upstream;

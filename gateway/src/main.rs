@@ -1,0 +1,235 @@
+//! The `gateway` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::example::bookstore;
+use gateway::server::{self, Gateway};
+use gateway::snapshot::Snapshot;
+
+/// An edge API gateway: REST/JSON to gRPC, routed from routes.toml and
+/// google.api.http annotations in descriptors loaded at run time.
+#[derive(Parser)]
+#[command(name = "gateway", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The routes file (used when no subcommand is given: serve).
+    #[arg(long, short, default_value = "routes.toml", global = true)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve REST traffic (the default).
+    Serve,
+    /// Start the bundled example bookstore backend on the loopback endpoints of
+    /// the backend that lists example.bookstore.v1.Bookstore, then serve.
+    Demo,
+    /// Validate routes.toml and the descriptors; print every error and exit 1
+    /// if there is any (like `nginx -t`).
+    Check,
+    /// Print the compiled route table: method, path template, gRPC method,
+    /// backend, and where each route came from.
+    Routes,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Two cores is the expected deployment size; tokio's default (one worker
+    // per core) is right, so no override here.
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let load = || match Snapshot::load(&cli.config) {
+        Ok(s) => Ok(s),
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{} error(s) in {}; fix them and run `gateway check --config {}` again",
+                errors.0.len(),
+                cli.config.display(),
+                cli.config.display()
+            );
+            Err(ExitCode::FAILURE)
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => Ok(match load() {
+            Ok(s) => {
+                println!(
+                    "{}: ok ({} routes, {} backends, {} descriptor files)",
+                    cli.config.display(),
+                    s.routes.len(),
+                    s.backends.len(),
+                    s.descriptor_files.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        Command::Routes => Ok(match load() {
+            Ok(s) => {
+                print!("{}", route_table(&s));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        Command::Serve => match load() {
+            Ok(s) => serve(s, None).await,
+            Err(code) => Ok(code),
+        },
+        Command::Demo => match load() {
+            Ok(s) => {
+                let example = start_example_backend(&s).await?;
+                serve(s, Some(example)).await
+            }
+            Err(code) => Ok(code),
+        },
+    }
+}
+
+/// Binds the example backend on every endpoint of the backend serving the
+/// bookstore; returns those addresses.
+async fn start_example_backend(s: &Snapshot) -> anyhow::Result<Vec<String>> {
+    let backend = s
+        .backends
+        .values()
+        .find(|b| {
+            s.routes.iter().any(|r| {
+                Arc::ptr_eq(&r.backend, b)
+                    && r.grpc_method.parent_service().full_name() == bookstore::SERVICE
+            })
+        })
+        .with_context(|| {
+            format!(
+                "no route in {} reaches {}; `demo` needs one",
+                s.config_path.display(),
+                bookstore::SERVICE
+            )
+        })?;
+    let mut addrs = Vec::new();
+    for ep in &backend.endpoints {
+        let listener = tokio::net::TcpListener::bind(&ep.addr).await.with_context(|| {
+            format!(
+                "cannot start the example backend on {} (backend \"{}\"); is something else using that port?",
+                ep.addr, backend.name
+            )
+        })?;
+        tokio::spawn(bookstore::server(&s.pool).serve(listener));
+        addrs.push(ep.addr.clone());
+    }
+    Ok(addrs)
+}
+
+async fn serve(s: Snapshot, example: Option<Vec<String>>) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", s.listen))?;
+    let addr = listener.local_addr()?;
+    let routes = s.routes.len();
+    let first_get = s
+        .routes
+        .iter()
+        .find(|r| r.method == "GET" && r.template.variables.is_empty())
+        .map(|r| r.template.to_string());
+    let gw = Gateway::new(s);
+    eprintln!("gateway listening on http://{addr} with {routes} routes");
+    if let Some(backends) = example {
+        eprintln!("example bookstore backend on {}", backends.join(", "));
+    }
+    if let Some(path) = first_get {
+        eprintln!("try: curl http://{addr}{path}");
+    }
+    server::serve(listener, gw, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// The table `gateway routes` prints.
+fn route_table(s: &Snapshot) -> String {
+    let mut rows = vec![[
+        "METHOD".to_owned(),
+        "PATH".to_owned(),
+        "GRPC".to_owned(),
+        "BACKEND".to_owned(),
+        "SOURCE".to_owned(),
+    ]];
+    for r in &s.routes {
+        rows.push([
+            r.method.clone(),
+            r.template.to_string(),
+            format!(
+                "{}/{}",
+                r.grpc_method.parent_service().full_name(),
+                r.grpc_method.name()
+            ),
+            r.backend.name.clone(),
+            r.source.to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

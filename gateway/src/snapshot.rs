@@ -1,0 +1,634 @@
+//! One immutable, validated picture of the configuration: descriptors,
+//! compiled routes and backends. Startup, `gateway check` and `gateway routes`
+//! all build it through [`Snapshot::load`], so what `check` accepts is exactly
+//! what the server runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::HeaderName;
+use prost_reflect::{
+    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, SerializeOptions,
+};
+use toml::Spanned;
+
+use crate::config::{
+    ConfigError, ConfigErrors, LoadedFile, RouteConfig, UnknownFields, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+};
+use crate::descriptors;
+use crate::routing::{Matcher, Template};
+use crate::transcode::request::is_scalar_like;
+use crate::transcode::{BodyRule, DecodeOptions, FieldPath};
+use crate::upstream::Backend;
+
+/// Where a route was declared, for `gateway routes` and error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSource {
+    File { path: PathBuf, line: Option<usize> },
+    Annotation { method: String },
+}
+
+impl fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteSource::File {
+                path,
+                line: Some(l),
+            } => write!(f, "{}:{l}", path.display()),
+            RouteSource::File { path, line: None } => write!(f, "{}", path.display()),
+            RouteSource::Annotation { method } => write!(f, "google.api.http on {method}"),
+        }
+    }
+}
+
+/// A route with everything the request path needs already resolved, so no
+/// descriptor lookup happens per request.
+#[derive(Debug)]
+pub struct Route {
+    pub method: String,
+    pub template: Template,
+    pub source: RouteSource,
+    pub grpc_method: MethodDescriptor,
+    pub grpc_path: PathAndQuery,
+    pub input: MessageDescriptor,
+    pub output: MessageDescriptor,
+    /// One field chain per template variable, in template order.
+    pub path_fields: Vec<FieldPath>,
+    /// Field-number chains set by the path or body; the query may not set them.
+    pub bound: Vec<Vec<u32>>,
+    pub body: BodyRule,
+    pub response_body: Option<FieldDescriptor>,
+    pub backend: Arc<Backend>,
+    pub timeout: Duration,
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// The gateway's whole configuration, validated and compiled.
+pub struct Snapshot {
+    pub config_path: PathBuf,
+    pub listen: SocketAddr,
+    pub pool: DescriptorPool,
+    pub descriptor_files: Vec<descriptors::SourceFile>,
+    pub routes: Vec<Arc<Route>>,
+    pub matcher: Matcher<Arc<Route>>,
+    pub backends: BTreeMap<String, Arc<Backend>>,
+    pub max_body_bytes: usize,
+    pub decode: DecodeOptions,
+    pub encode: SerializeOptions,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("config_path", &self.config_path)
+            .field("routes", &self.routes.len())
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A route as declared, before its names are resolved against the descriptors.
+struct RouteSpec<'a> {
+    method: String,
+    path: String,
+    grpc: MethodDescriptor,
+    backend: Arc<Backend>,
+    body: Option<&'a str>,
+    response_body: Option<&'a str>,
+    timeout: Duration,
+    forward_headers: Vec<HeaderName>,
+    source: RouteSource,
+}
+
+impl Snapshot {
+    /// Reads `routes.toml` and the descriptors it names, and checks all of it.
+    /// Every problem found is returned, not just the first. Needs a tokio
+    /// runtime (backend channels are created here, lazily connected).
+    pub fn load(config_path: &Path) -> Result<Snapshot, ConfigErrors> {
+        let file = LoadedFile::read(config_path)?;
+        build(&file)
+    }
+}
+
+fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let server = &file.config.server;
+    let listen = file.listen().map_err(|e| errors.push(e)).ok();
+
+    let descriptors_dir = file.relative(server.descriptors.get_ref());
+    let loaded = match descriptors::load_dir(&descriptors_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(file.error(&server.descriptors, "server.descriptors", e.to_string()));
+            return Err(ConfigErrors(errors));
+        }
+    };
+    let pool = loaded.pool.clone();
+
+    let server_headers = header_list(
+        file,
+        &server.forward_headers,
+        "server.forward_headers",
+        &mut errors,
+    );
+
+    // Backends, and which backend serves each service.
+    let mut backends = BTreeMap::new();
+    let mut service_owner: BTreeMap<String, String> = BTreeMap::new();
+    for (name, spanned) in &file.config.backends {
+        let b = spanned.get_ref();
+        let field = |f: &str| format!("backends.{name}.{f}");
+        if b.endpoints.is_empty() {
+            errors.push(file.error(
+                spanned,
+                field("endpoints"),
+                "no endpoints; list at least one host:port",
+            ));
+        }
+        for svc in &b.services {
+            if pool.get_service_by_name(svc.get_ref()).is_none() {
+                errors.push(file.error(
+                    svc,
+                    field("services"),
+                    format!(
+                        "service \"{}\" is not in the descriptors (known: {})",
+                        svc.get_ref(),
+                        known_services(&pool)
+                    ),
+                ));
+            } else if let Some(other) = service_owner.insert(svc.get_ref().clone(), name.clone()) {
+                errors.push(file.error(
+                    svc,
+                    field("services"),
+                    format!(
+                        "service \"{}\" is already served by backend \"{other}\"",
+                        svc.get_ref()
+                    ),
+                ));
+            }
+        }
+        let timeout = file.duration(&b.timeout, &field("timeout"), DEFAULT_TIMEOUT, &mut errors);
+        let connect_timeout = file.duration(
+            &b.connect_timeout,
+            &field("connect_timeout"),
+            DEFAULT_CONNECT_TIMEOUT,
+            &mut errors,
+        );
+        let addrs: Vec<String> = b.endpoints.iter().map(|e| e.get_ref().clone()).collect();
+        match Backend::new(name, &addrs, timeout, connect_timeout) {
+            Ok(backend) => {
+                backends.insert(name.clone(), Arc::new(backend));
+            }
+            Err(e) => {
+                let at = b
+                    .endpoints
+                    .iter()
+                    .find(|s| *s.get_ref() == e.addr)
+                    .map(|s| file.error(s, field("endpoints"), e.to_string()))
+                    .unwrap_or_else(|| file.error(spanned, field("endpoints"), e.to_string()));
+                errors.push(at);
+            }
+        }
+    }
+
+    let mut routes: Vec<Arc<Route>> = Vec::new();
+    let mut matcher: Matcher<Arc<Route>> = Matcher::new();
+
+    for (i, spanned) in file.config.routes.iter().enumerate() {
+        let r = spanned.get_ref();
+        let at = |f: &str| format!("routes[{i}].{f}");
+        let Some(spec) = file_route_spec(
+            file,
+            i,
+            spanned,
+            &pool,
+            &backends,
+            &service_owner,
+            &server_headers,
+            &mut errors,
+        ) else {
+            continue;
+        };
+        let mut route_errors = Vec::new();
+        let compiled = compile(spec, &mut |field: &str, msg: String| {
+            let e = match field {
+                "path" => file.error(&r.path, at("path"), msg),
+                "body" => match &r.body {
+                    Some(b) => file.error(b, at("body"), msg),
+                    None => file.error(spanned, at("body"), msg),
+                },
+                "response_body" => match &r.response_body {
+                    Some(b) => file.error(b, at("response_body"), msg),
+                    None => file.error(spanned, at("response_body"), msg),
+                },
+                other => file.error(spanned, at(other), msg),
+            };
+            route_errors.push(e);
+        });
+        errors.extend(route_errors);
+        if let Some(route) = compiled {
+            let route = Arc::new(route);
+            if let Err(conflict) = matcher.insert(&route.method, &route.template, route.clone()) {
+                errors.push(file.error(
+                    &r.path,
+                    at("path"),
+                    format!(
+                        "{} {} collides with the route declared at {} ({} {})",
+                        route.method,
+                        route.template,
+                        conflict.existing.source,
+                        conflict.existing.method,
+                        conflict.existing.template
+                    ),
+                ));
+                continue;
+            }
+            routes.push(route);
+        }
+    }
+
+    if server.routes_from_annotations {
+        for (svc_name, backend_name) in &service_owner {
+            let (Some(service), Some(backend)) = (
+                pool.get_service_by_name(svc_name),
+                backends.get(backend_name),
+            ) else {
+                continue;
+            };
+            for method in service.methods() {
+                let Some(rule) = descriptors::http_rule(&method) else {
+                    continue;
+                };
+                let mut rules = vec![rule.clone()];
+                rules.extend(rule.additional_bindings.iter().cloned());
+                for rule in &rules {
+                    let spec = RouteSpec {
+                        method: rule.method.to_ascii_uppercase(),
+                        path: rule.path.clone(),
+                        grpc: method.clone(),
+                        backend: backend.clone(),
+                        body: Some(rule.body.as_str()).filter(|b| !b.is_empty()),
+                        response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
+                        timeout: backend.timeout,
+                        forward_headers: server_headers.clone(),
+                        source: RouteSource::Annotation {
+                            method: method.full_name().to_owned(),
+                        },
+                    };
+                    let name = format!("{} (google.api.http)", method.full_name());
+                    let mut ann_errors = Vec::new();
+                    let compiled = compile(spec, &mut |field: &str, msg: String| {
+                        ann_errors.push(ConfigError::new(
+                            &descriptors_dir,
+                            None,
+                            format!("{name} {field}"),
+                            msg,
+                        ));
+                    });
+                    errors.extend(ann_errors);
+                    let Some(route) = compiled else { continue };
+                    let route = Arc::new(route);
+                    match matcher.insert(&route.method, &route.template, route.clone()) {
+                        Ok(()) => routes.push(route),
+                        // An explicit route in routes.toml wins over the annotation.
+                        Err(c) if matches!(c.existing.source, RouteSource::File { .. }) => {
+                            tracing::debug!(route = %route.template, "annotation overridden by routes.toml");
+                        }
+                        Err(c) => errors.push(ConfigError::new(
+                            &descriptors_dir,
+                            None,
+                            name.clone(),
+                            format!(
+                                "{} {} collides with {} ({} {})",
+                                route.method,
+                                route.template,
+                                c.existing.source,
+                                c.existing.method,
+                                c.existing.template
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Snapshot {
+        config_path: file.path.clone(),
+        listen: listen.expect("no errors means the address parsed"),
+        pool,
+        descriptor_files: loaded.files,
+        routes,
+        matcher,
+        backends,
+        max_body_bytes: server.max_body_bytes,
+        decode: DecodeOptions {
+            reject_unknown: server.unknown_fields == UnknownFields::Reject,
+        },
+        encode: SerializeOptions::new()
+            .skip_default_fields(!server.emit_defaults)
+            .use_proto_field_name(server.proto_field_names),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn file_route_spec<'a>(
+    file: &LoadedFile,
+    i: usize,
+    spanned: &'a Spanned<RouteConfig>,
+    pool: &DescriptorPool,
+    backends: &BTreeMap<String, Arc<Backend>>,
+    service_owner: &BTreeMap<String, String>,
+    server_headers: &[HeaderName],
+    errors: &mut Vec<ConfigError>,
+) -> Option<RouteSpec<'a>> {
+    let r = spanned.get_ref();
+    let at = |f: &str| format!("routes[{i}].{f}");
+    let before = errors.len();
+
+    let method = r.method.get_ref().trim().to_ascii_uppercase();
+    if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+        errors.push(file.error(
+            &r.method,
+            at("method"),
+            format!("\"{}\" is not an HTTP method", r.method.get_ref()),
+        ));
+    }
+
+    let grpc = resolve_method(pool, r.grpc.get_ref())
+        .map_err(|m| errors.push(file.error(&r.grpc, at("grpc"), m)))
+        .ok();
+
+    let backend_name = match (&r.backend, &grpc) {
+        (Some(b), _) => Some((b.get_ref().clone(), Some(b))),
+        (None, Some(m)) => service_owner
+            .get(m.parent_service().full_name())
+            .map(|n| (n.clone(), None)),
+        (None, None) => None,
+    };
+    let backend = match backend_name {
+        Some((name, spanned_name)) => match backends.get(&name) {
+            Some(b) => Some(b.clone()),
+            None => {
+                let msg = format!(
+                    "backend \"{name}\" is not defined (defined: {}); add [backends.{name}]",
+                    backends.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                errors.push(match spanned_name {
+                    Some(s) => file.error(s, at("backend"), msg),
+                    None => file.error(spanned, at("backend"), msg),
+                });
+                None
+            }
+        },
+        None if grpc.is_some() => {
+            errors.push(file.error(
+                spanned,
+                at("backend"),
+                "no backend: name one, or list the service under a backend's services",
+            ));
+            None
+        }
+        None => None,
+    };
+
+    let backend_timeout = backend
+        .as_ref()
+        .map(|b| b.timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = file.duration(&r.timeout, &at("timeout"), backend_timeout, errors);
+    let mut forward_headers = server_headers.to_vec();
+    for h in header_list(file, &r.forward_headers, &at("forward_headers"), errors) {
+        if !forward_headers.contains(&h) {
+            forward_headers.push(h);
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(RouteSpec {
+        method,
+        path: r.path.get_ref().clone(),
+        grpc: grpc?,
+        backend: backend?,
+        body: r.body.as_ref().map(|b| b.get_ref().as_str()),
+        response_body: r.response_body.as_ref().map(|b| b.get_ref().as_str()),
+        timeout,
+        forward_headers,
+        source: RouteSource::File {
+            path: file.path.clone(),
+            line: file.line_of(spanned),
+        },
+    })
+}
+
+fn header_list(
+    file: &LoadedFile,
+    list: &[Spanned<String>],
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for h in list {
+        match HeaderName::from_bytes(h.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+            Ok(name) if !out.contains(&name) => out.push(name),
+            Ok(_) => {}
+            Err(_) => errors.push(file.error(
+                h,
+                field,
+                format!("\"{}\" is not a header name", h.get_ref()),
+            )),
+        }
+    }
+    out
+}
+
+fn known_services(pool: &DescriptorPool) -> String {
+    let names: Vec<String> = pool
+        .services()
+        .map(|s| s.full_name().to_owned())
+        .filter(|n| !n.starts_with("google."))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `package.Service/Method` (a `.` before the method is accepted too).
+fn resolve_method(pool: &DescriptorPool, name: &str) -> Result<MethodDescriptor, String> {
+    let name = name.trim().trim_start_matches('/');
+    let Some((svc, method)) = name.rsplit_once('/').or_else(|| name.rsplit_once('.')) else {
+        return Err(format!(
+            "\"{name}\" is not a method; write package.Service/Method"
+        ));
+    };
+    let Some(service) = pool.get_service_by_name(svc) else {
+        return Err(format!(
+            "service \"{svc}\" is not in the descriptors (known: {})",
+            known_services(pool)
+        ));
+    };
+    let Some(m) = service.methods().find(|m| m.name() == method) else {
+        let names: Vec<String> = service.methods().map(|m| m.name().to_owned()).collect();
+        return Err(format!(
+            "service {svc} has no method \"{method}\" (methods: {})",
+            names.join(", ")
+        ));
+    };
+    if m.is_client_streaming() || m.is_server_streaming() {
+        return Err(format!(
+            "{} is a streaming method; this gateway transcodes unary methods only so far",
+            m.full_name()
+        ));
+    }
+    Ok(m)
+}
+
+fn field_names(desc: &MessageDescriptor) -> String {
+    let names: Vec<String> = desc.fields().map(|f| f.name().to_owned()).collect();
+    if names.is_empty() {
+        "it has no fields".into()
+    } else {
+        format!("fields: {}", names.join(", "))
+    }
+}
+
+fn top_field(desc: &MessageDescriptor, name: &str) -> Result<FieldDescriptor, String> {
+    desc.get_field_by_name(name)
+        .or_else(|| desc.get_field_by_json_name(name))
+        .ok_or_else(|| {
+            format!(
+                "field \"{name}\" does not exist on {} ({})",
+                desc.full_name(),
+                field_names(desc)
+            )
+        })
+}
+
+/// Resolves a path variable's field chain; its leaf must hold a single value.
+fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, String> {
+    let mut desc = input.clone();
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let field = top_field(&desc, part)?;
+        let last = i + 1 == parts.len();
+        if field.is_list() || field.is_map() {
+            return Err(format!(
+                "field \"{}\" is repeated; a path variable binds a single value",
+                parts[..=i].join(".")
+            ));
+        }
+        match field.kind() {
+            Kind::Message(m) if !last => desc = m,
+            Kind::Message(m) if !is_scalar_like(&m) => {
+                return Err(format!(
+                    "field \"{}\" is a message ({}); a path variable binds a scalar, an enum or a well-known type with a string form",
+                    parts.join("."),
+                    m.full_name()
+                ))
+            }
+            _ if !last => {
+                return Err(format!(
+                    "field \"{}\" is not a message, so \"{}\" cannot be below it",
+                    parts[..=i].join("."),
+                    parts[i + 1]
+                ))
+            }
+            _ => {}
+        }
+        out.push(field);
+    }
+    Ok(out)
+}
+
+fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Route> {
+    let before_ok = std::cell::Cell::new(true);
+    let mut fail = |field: &str, msg: String| {
+        before_ok.set(false);
+        err(field, msg);
+    };
+    let template = match Template::parse(&spec.path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            fail("path", format!("bad path template \"{}\": {e}", spec.path));
+            None
+        }
+    };
+    let input = spec.grpc.input();
+    let output = spec.grpc.output();
+    let mut path_fields = Vec::new();
+    if let Some(t) = &template {
+        for var in &t.variables {
+            match path_field(&input, &var.field_path) {
+                Ok(p) => path_fields.push(p),
+                Err(m) => fail(
+                    "path",
+                    format!("path variable {{{}}}: {m}", var.field_path.join(".")),
+                ),
+            }
+        }
+    }
+    let body = match spec.body {
+        None | Some("") => BodyRule::None,
+        Some("*") => BodyRule::All,
+        Some(name) => match top_field(&input, name) {
+            Ok(f) => BodyRule::Field(f),
+            Err(m) => {
+                fail("body", m);
+                BodyRule::None
+            }
+        },
+    };
+    let response_body = match spec.response_body {
+        None | Some("") => None,
+        Some(name) => match top_field(&output, name) {
+            Ok(f) => Some(f),
+            Err(m) => {
+                fail("response_body", m);
+                None
+            }
+        },
+    };
+    if !before_ok.get() {
+        return None;
+    }
+    let mut bound: Vec<Vec<u32>> = path_fields
+        .iter()
+        .map(|p| p.iter().map(FieldDescriptor::number).collect())
+        .collect();
+    if let BodyRule::Field(f) = &body {
+        bound.push(vec![f.number()]);
+    }
+    let grpc_path = format!(
+        "/{}/{}",
+        spec.grpc.parent_service().full_name(),
+        spec.grpc.name()
+    );
+    Some(Route {
+        method: spec.method,
+        template: template?,
+        source: spec.source,
+        grpc_path: PathAndQuery::try_from(grpc_path).ok()?,
+        grpc_method: spec.grpc,
+        input,
+        output,
+        path_fields,
+        bound,
+        body,
+        response_body,
+        backend: spec.backend,
+        timeout: spec.timeout,
+        forward_headers: spec.forward_headers,
+    })
+}
