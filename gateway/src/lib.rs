@@ -3,9 +3,11 @@
 //! The request path runs edge -> transcode -> upstream; every piece of
 //! configuration it reads lives in one immutable [`snapshot::Snapshot`].
 
+pub mod admin;
 pub mod config;
 pub mod descriptors;
 pub mod example;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::example::bookstore;
+use gateway::reload::{self, ReloadState};
 use gateway::server::{self, Gateway};
 use gateway::snapshot::Snapshot;
 
@@ -65,8 +66,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let load = || match Snapshot::load(&cli.config) {
-        Ok(s) => Ok(s),
+    // The same path a reload takes, reflection included: what `check`
+    // accepts is exactly what `serve` and a reload accept.
+    let state = ReloadState::default();
+    let loaded = reload::load(&cli.config, None, &state).await;
+    let snapshot = match loaded {
+        Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!(
@@ -75,41 +80,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.config.display(),
                 cli.config.display()
             );
-            Err(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Check => Ok(match load() {
-            Ok(s) => {
-                println!(
-                    "{}: ok ({} routes, {} backends, {} descriptor files)",
-                    cli.config.display(),
-                    s.routes.len(),
-                    s.backends.len(),
-                    s.descriptor_files.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        }),
-        Command::Routes => Ok(match load() {
-            Ok(s) => {
-                print!("{}", route_table(&s));
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        }),
-        Command::Serve => match load() {
-            Ok(s) => serve(s, None).await,
-            Err(code) => Ok(code),
-        },
-        Command::Demo => match load() {
-            Ok(s) => {
-                let example = start_example_backend(&s).await?;
-                serve(s, Some(example)).await
-            }
-            Err(code) => Ok(code),
-        },
+        Command::Check => {
+            println!(
+                "{}: ok ({} routes, {} backends, {} descriptor files)",
+                cli.config.display(),
+                snapshot.routes.len(),
+                snapshot.backends.len(),
+                snapshot.descriptor_files.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Routes => {
+            print!("{}", route_table(&snapshot));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => serve(snapshot, None).await,
+        Command::Demo => {
+            let example = start_example_backend(&snapshot).await?;
+            serve(snapshot, Some(example)).await
+        }
     }
 }
 
@@ -150,6 +143,14 @@ async fn serve(s: Snapshot, example: Option<Vec<String>>) -> anyhow::Result<Exit
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", s.listen))?;
+    let admin = match s.admin_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+            format!(
+                "cannot listen on {a} (admin.listen; set admin.enabled = false to run without it)"
+            )
+        })?),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let routes = s.routes.len();
     let first_get = s
@@ -157,15 +158,23 @@ async fn serve(s: Snapshot, example: Option<Vec<String>>) -> anyhow::Result<Exit
         .iter()
         .find(|r| r.method == "GET" && r.template.variables.is_empty())
         .map(|r| r.template.to_string());
+    let watch = s.watch;
     let gw = Gateway::new(s);
+    if watch {
+        reload::spawn_watcher(gw.clone());
+    }
+    reload::spawn_sighup(gw.clone());
     eprintln!("gateway listening on http://{addr} with {routes} routes");
+    if let Some(admin) = &admin {
+        eprintln!("admin on http://{}/admin/config", admin.local_addr()?);
+    }
     if let Some(backends) = example {
         eprintln!("example bookstore backend on {}", backends.join(", "));
     }
     if let Some(path) = first_get {
         eprintln!("try: curl http://{addr}{path}");
     }
-    server::serve(listener, gw, shutdown_signal())
+    server::run(listener, admin, gw, shutdown_signal())
         .await
         .context("serving")?;
     Ok(ExitCode::SUCCESS)
@@ -190,7 +199,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 /// The table `gateway routes` prints.

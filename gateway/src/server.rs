@@ -1,6 +1,7 @@
 //! The REST listener: one request from route match to JSON reply.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
 use tonic::Code;
 
+use crate::reload::ReloadState;
 use crate::routing::Lookup;
 use crate::snapshot::{Route, Snapshot};
 use crate::transcode::{request, RpcStatus};
@@ -20,17 +22,36 @@ use crate::transcode::{request, RpcStatus};
 #[derive(Debug)]
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
+    /// False while starting and while draining; /readyz reports it.
+    ready: AtomicBool,
+    pub reload: ReloadState,
 }
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Gateway> {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            reload: ReloadState::default(),
         })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Replaces the snapshot in one step; requests already running keep the
+    /// one they started with.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
     }
 }
 
@@ -41,14 +62,66 @@ pub fn app(gateway: Arc<Gateway>) -> axum::Router {
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// For tests and embedding; the binary uses [`run`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    gateway.set_ready(true);
     axum::serve(listener, app(gateway))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The whole lifecycle: serve REST (and admin, if given) until `signal`,
+/// then drain in the order load balancers need: readiness goes false, the
+/// listener keeps accepting for `shutdown_delay`, then closes, and in-flight
+/// requests get `drain_timeout` to finish.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    gateway: Arc<Gateway>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(admin) = admin {
+        let app = crate::admin::app(gateway.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, app).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app(gateway.clone()))
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    gateway.set_ready(true);
+    signal.await;
+    let snap = gateway.snapshot();
+    gateway.set_ready(false);
+    tracing::info!(
+        delay_ms = snap.shutdown_delay.as_millis() as u64,
+        drain_ms = snap.drain_timeout.as_millis() as u64,
+        "shutting down: readiness is false; still accepting during the delay"
+    );
+    tokio::time::sleep(snap.shutdown_delay).await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(snap.drain_timeout, server).await {
+        Ok(Ok(result)) => {
+            tracing::info!("drained; exiting");
+            result
+        }
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!("drain timeout passed; closing the remaining connections");
+            Ok(())
+        }
+    }
 }
 
 fn error(http: StatusCode, code: Code, message: impl Into<String>) -> Response<Body> {
@@ -154,10 +227,22 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: http::Request<Body>) -> Res
                 // Errors made by the client side (connect failure, deadline)
                 // carry no backend metadata; name the backend so the operator
                 // knows where to look.
-                s.message = format!(
+                let mut msg = format!(
                     "backend \"{}\" ({}): {}",
                     route.backend.name, endpoint.addr, s.message
                 );
+                // Transport errors keep the useful part ("Connection refused")
+                // in their source chain, not in the status message.
+                let mut source = std::error::Error::source(&status);
+                while let Some(e) = source {
+                    let text = e.to_string();
+                    if !msg.contains(&text) {
+                        msg.push_str(": ");
+                        msg.push_str(&text);
+                    }
+                    source = e.source();
+                }
+                s.message = msg;
             }
             let mut resp = s.into_response().map(Body::from);
             response_metadata(status.metadata(), resp.headers_mut());

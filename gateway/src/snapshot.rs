@@ -19,13 +19,14 @@ use toml::Spanned;
 
 use crate::config::{
     ConfigError, ConfigErrors, LoadedFile, RouteConfig, UnknownFields, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_SHUTDOWN_DELAY, DEFAULT_TIMEOUT,
 };
 use crate::descriptors;
 use crate::routing::{Matcher, Template};
 use crate::transcode::request::is_scalar_like;
 use crate::transcode::{BodyRule, DecodeOptions, FieldPath};
-use crate::upstream::Backend;
+use crate::upstream::reflection::Reflected;
+use crate::upstream::{Backend, BackendDefinition};
 
 /// Where a route was declared, for `gateway routes` and error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +73,20 @@ pub struct Route {
 /// The gateway's whole configuration, validated and compiled.
 pub struct Snapshot {
     pub config_path: PathBuf,
+    /// Counts successful loads in this process; shown by /admin/config.
+    pub version: u64,
+    pub loaded_at: std::time::SystemTime,
+    /// FNV-1a of routes.toml as loaded, to tell what is running.
+    pub config_hash: u64,
+    /// The descriptors folder, watched for changes.
+    pub descriptors_dir: PathBuf,
     pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub watch: bool,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+    /// Backends whose descriptors come from server reflection.
+    pub reflection_backends: Vec<String>,
     pub pool: DescriptorPool,
     pub descriptor_files: Vec<descriptors::SourceFile>,
     pub routes: Vec<Arc<Route>>,
@@ -98,12 +112,25 @@ struct RouteSpec<'a> {
     method: String,
     path: String,
     grpc: MethodDescriptor,
-    backend: Arc<Backend>,
+    /// None when the backend is missing (already reported): the rest of the
+    /// route is still checked so one load reports every problem.
+    backend: Option<Arc<Backend>>,
     body: Option<&'a str>,
     response_body: Option<&'a str>,
     timeout: Duration,
     forward_headers: Vec<HeaderName>,
     source: RouteSource,
+}
+
+/// Inputs a snapshot is built from besides routes.toml and the folder.
+#[derive(Default)]
+pub struct BuildContext<'a> {
+    /// Descriptors fetched by server reflection, per backend name.
+    pub reflected: BTreeMap<String, Reflected>,
+    /// The snapshot being replaced: unchanged backends are carried over with
+    /// their connections.
+    pub previous: Option<&'a Snapshot>,
+    pub version: u64,
 }
 
 impl Snapshot {
@@ -112,11 +139,47 @@ impl Snapshot {
     /// runtime (backend channels are created here, lazily connected).
     pub fn load(config_path: &Path) -> Result<Snapshot, ConfigErrors> {
         let file = LoadedFile::read(config_path)?;
-        build(&file)
+        build(
+            &file,
+            BuildContext {
+                version: 1,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// As [`Snapshot::load`] from an already parsed file, with reflection
+    /// results and the previous snapshot: the reload path.
+    pub fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErrors> {
+        build(file, ctx)
     }
 }
 
-fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
+/// Adds reflected files to the pool. Files of the same name already loaded
+/// from the descriptors folder win; a set that would redefine a type under
+/// another file name is skipped with a warning.
+fn merge_reflected(pool: &mut DescriptorPool, backend: &str, reflected: &Reflected) {
+    // A FileDescriptorSet is `repeated FileDescriptorProto file = 1`; framing
+    // the raw bytes (instead of going through prost-types) keeps extension
+    // options such as google.api.http.
+    let mut set = Vec::new();
+    for f in &reflected.files {
+        set.push(0x0a);
+        prost::encoding::encode_varint(f.len() as u64, &mut set);
+        set.extend_from_slice(f);
+    }
+    let mut candidate = pool.clone();
+    match candidate.decode_file_descriptor_set(set.as_slice()) {
+        Ok(()) => *pool = candidate,
+        Err(e) => tracing::warn!(
+            backend,
+            error = %e,
+            "descriptors from server reflection conflict with the descriptors folder; the folder wins and the reflected files are skipped"
+        ),
+    }
+}
+
+fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let server = &file.config.server;
     let listen = file.listen().map_err(|e| errors.push(e)).ok();
@@ -129,7 +192,28 @@ fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
             return Err(ConfigErrors(errors));
         }
     };
-    let pool = loaded.pool.clone();
+    let mut pool = loaded.pool.clone();
+    for (backend, reflected) in &ctx.reflected {
+        merge_reflected(&mut pool, backend, reflected);
+    }
+    let admin_listen = if file.config.admin.enabled {
+        file.admin_listen().map_err(|e| errors.push(e)).ok()
+    } else {
+        None
+    };
+    let shutdown_delay = file.duration_min(
+        &server.shutdown_delay,
+        "server.shutdown_delay",
+        DEFAULT_SHUTDOWN_DELAY,
+        true,
+        &mut errors,
+    );
+    let drain_timeout = file.duration(
+        &server.drain_timeout,
+        "server.drain_timeout",
+        DEFAULT_DRAIN_TIMEOUT,
+        &mut errors,
+    );
 
     let server_headers = header_list(
         file,
@@ -173,6 +257,21 @@ fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
                 ));
             }
         }
+        if b.reflection && b.services.is_empty() {
+            // Serve what the backend says it serves.
+            for svc in ctx
+                .reflected
+                .get(name)
+                .map(|r| r.services.as_slice())
+                .unwrap_or(&[])
+            {
+                if pool.get_service_by_name(svc).is_some() {
+                    service_owner
+                        .entry(svc.clone())
+                        .or_insert_with(|| name.clone());
+                }
+            }
+        }
         let timeout = file.duration(&b.timeout, &field("timeout"), DEFAULT_TIMEOUT, &mut errors);
         let connect_timeout = file.duration(
             &b.connect_timeout,
@@ -180,8 +279,22 @@ fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
             DEFAULT_CONNECT_TIMEOUT,
             &mut errors,
         );
-        let addrs: Vec<String> = b.endpoints.iter().map(|e| e.get_ref().clone()).collect();
-        match Backend::new(name, &addrs, timeout, connect_timeout) {
+        let definition = BackendDefinition {
+            endpoints: b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
+            timeout,
+            connect_timeout,
+        };
+        // An unchanged backend keeps its live connections across a reload.
+        let kept = ctx
+            .previous
+            .and_then(|p| p.backends.get(name))
+            .filter(|old| old.definition == definition)
+            .cloned();
+        if let Some(old) = kept {
+            backends.insert(name.clone(), old);
+            continue;
+        }
+        match Backend::new(name, definition) {
             Ok(backend) => {
                 backends.insert(name.clone(), Arc::new(backend));
             }
@@ -272,7 +385,7 @@ fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
                         method: rule.method.to_ascii_uppercase(),
                         path: rule.path.clone(),
                         grpc: method.clone(),
-                        backend: backend.clone(),
+                        backend: Some(backend.clone()),
                         body: Some(rule.body.as_str()).filter(|b| !b.is_empty()),
                         response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
                         timeout: backend.timeout,
@@ -324,7 +437,22 @@ fn build(file: &LoadedFile) -> Result<Snapshot, ConfigErrors> {
     }
     Ok(Snapshot {
         config_path: file.path.clone(),
+        version: ctx.version,
+        loaded_at: std::time::SystemTime::now(),
+        config_hash: file.hash,
+        descriptors_dir,
         listen: listen.expect("no errors means the address parsed"),
+        admin_listen,
+        watch: server.watch,
+        shutdown_delay,
+        drain_timeout,
+        reflection_backends: file
+            .config
+            .backends
+            .iter()
+            .filter(|(_, b)| b.get_ref().reflection)
+            .map(|(n, _)| n.clone())
+            .collect(),
         pool,
         descriptor_files: loaded.files,
         routes,
@@ -353,7 +481,6 @@ fn file_route_spec<'a>(
 ) -> Option<RouteSpec<'a>> {
     let r = spanned.get_ref();
     let at = |f: &str| format!("routes[{i}].{f}");
-    let before = errors.len();
 
     let method = r.method.get_ref().trim().to_ascii_uppercase();
     if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
@@ -412,14 +539,14 @@ fn file_route_spec<'a>(
             forward_headers.push(h);
         }
     }
-    if errors.len() > before {
-        return None;
-    }
+    // Without the method nothing else can be checked; a missing backend
+    // still lets the template and fields be checked.
+    let grpc = grpc?;
     Some(RouteSpec {
         method,
         path: r.path.get_ref().clone(),
-        grpc: grpc?,
-        backend: backend?,
+        grpc,
+        backend,
         body: r.body.as_ref().map(|b| b.get_ref().as_str()),
         response_body: r.response_body.as_ref().map(|b| b.get_ref().as_str()),
         timeout,
@@ -553,9 +680,9 @@ fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, 
 }
 
 fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Route> {
-    let before_ok = std::cell::Cell::new(true);
+    let all_ok = std::cell::Cell::new(true);
     let mut fail = |field: &str, msg: String| {
-        before_ok.set(false);
+        all_ok.set(false);
         err(field, msg);
     };
     let template = match Template::parse(&spec.path) {
@@ -600,7 +727,7 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
             }
         },
     };
-    if !before_ok.get() {
+    if !all_ok.get() {
         return None;
     }
     let mut bound: Vec<Vec<u32>> = path_fields
@@ -627,7 +754,7 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
         bound,
         body,
         response_body,
-        backend: spec.backend,
+        backend: spec.backend?,
         timeout: spec.timeout,
         forward_headers: spec.forward_headers,
     })

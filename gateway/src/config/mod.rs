@@ -27,6 +27,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connecting on a LAN takes milliseconds; a few seconds means the address is wrong.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Kubernetes endpoints controllers and cloud load balancers take a few
+/// seconds to stop routing to a pod that turned unready.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(2);
+/// Long enough for ordinary unary calls (whose default deadline is 15 s) to finish.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The whole of `routes.toml`.
 #[derive(Debug, Deserialize)]
@@ -35,6 +40,9 @@ pub struct FileConfig {
     /// The listener and gateway-wide transcoding behaviour.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The operator's listener: health, readiness, route/backend/config views, reload.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Backends by name; routes refer to them by that name.
     #[serde(default)]
     pub backends: BTreeMap<String, Spanned<BackendConfig>>,
@@ -76,6 +84,34 @@ pub struct ServerConfig {
     /// `Grpc-Metadata-*` headers are always passed on, without the prefix.
     #[serde(default)]
     pub forward_headers: Vec<Spanned<String>>,
+    /// Reload when routes.toml or the descriptors folder changes on disk.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// On SIGTERM, how long to keep accepting after readiness turns false, so
+    /// load balancers stop sending before the listener closes.
+    pub shutdown_delay: Option<Spanned<String>>,
+    /// After the listener closes, how long in-flight requests may run on.
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Loopback by default: the admin API can reload config and shows internals.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    /// Set to false to run without the admin listener.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            enabled: true,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -89,6 +125,9 @@ impl Default for ServerConfig {
             emit_defaults: false,
             proto_field_names: false,
             forward_headers: Vec::new(),
+            watch: true,
+            shutdown_delay: None,
+            drain_timeout: None,
         }
     }
 }
@@ -114,6 +153,11 @@ pub struct BackendConfig {
     pub timeout: Option<Spanned<String>>,
     /// How long to wait for a TCP connection before answering 503.
     pub connect_timeout: Option<Spanned<String>>,
+    /// Also take descriptors from the backend's gRPC server reflection
+    /// (grpc.reflection.v1, falling back to v1alpha). Files in the descriptors
+    /// folder win on conflict. With no `services`, every service it reports is served.
+    #[serde(default)]
+    pub reflection: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +186,9 @@ pub struct RouteConfig {
 fn default_listen() -> Spanned<String> {
     Spanned::new(0..0, "127.0.0.1:8080".to_owned())
 }
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9901".to_owned())
+}
 fn default_descriptors() -> Spanned<String> {
     Spanned::new(0..0, "descriptors".to_owned())
 }
@@ -158,6 +205,8 @@ pub struct LoadedFile {
     pub path: PathBuf,
     pub config: FileConfig,
     pub lines: LineIndex,
+    /// FNV-1a 64 of the file's bytes.
+    pub hash: u64,
 }
 
 impl LoadedFile {
@@ -184,6 +233,7 @@ impl LoadedFile {
             path: path.to_owned(),
             config,
             lines,
+            hash: fnv1a(text.as_bytes()),
         })
     }
 
@@ -220,13 +270,21 @@ impl LoadedFile {
 
     /// The listener address, checked.
     pub fn listen(&self) -> Result<SocketAddr, ConfigError> {
-        let l = &self.config.server.listen;
+        self.address(&self.config.server.listen, "server.listen")
+    }
+
+    /// The admin listener address, checked.
+    pub fn admin_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.address(&self.config.admin.listen, "admin.listen")
+    }
+
+    fn address(&self, l: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
         l.get_ref().parse().map_err(|_| {
             self.error(
                 l,
-                "server.listen",
+                field,
                 format!(
-                    "\"{}\" is not an address; write host:port, e.g. \"127.0.0.1:8080\"",
+                    "\"{}\" is not an address; write ip:port, e.g. \"127.0.0.1:8080\"",
                     l.get_ref()
                 ),
             )
@@ -241,9 +299,21 @@ impl LoadedFile {
         default: Duration,
         errors: &mut Vec<ConfigError>,
     ) -> Duration {
+        self.duration_min(value, field, default, false, errors)
+    }
+
+    /// As [`Self::duration`]; `allow_zero` for delays where 0 means "none".
+    pub fn duration_min(
+        &self,
+        value: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+        allow_zero: bool,
+        errors: &mut Vec<ConfigError>,
+    ) -> Duration {
         let Some(v) = value else { return default };
         match parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if allow_zero || !d.is_zero() => d,
             Ok(_) => {
                 errors.push(self.error(v, field, "must be greater than zero"));
                 default
@@ -254,6 +324,17 @@ impl LoadedFile {
             }
         }
     }
+}
+
+/// Stable across runs and platforms, unlike std's hasher; enough to tell
+/// two versions of a file apart in /admin/config.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the unary call made over them.
 
 mod codec;
+pub mod reflection;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,10 +23,20 @@ pub struct Endpoint {
     channel: Channel,
 }
 
+/// What a backend is made from; a reload keeps the live backend (and its
+/// connections) when this has not changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendDefinition {
+    pub endpoints: Vec<String>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
 /// A named group of instances serving the same services.
 #[derive(Debug)]
 pub struct Backend {
     pub name: String,
+    pub definition: BackendDefinition,
     pub endpoints: Vec<Endpoint>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -42,13 +53,14 @@ pub struct EndpointError {
 impl Backend {
     /// Builds the backend; must run inside a tokio runtime (tonic spawns each
     /// channel's worker there).
-    pub fn new(
-        name: &str,
-        addrs: &[String],
-        timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Result<Backend, EndpointError> {
-        let endpoints = addrs
+    pub fn new(name: &str, definition: BackendDefinition) -> Result<Backend, EndpointError> {
+        let BackendDefinition {
+            timeout,
+            connect_timeout,
+            ..
+        } = definition;
+        let endpoints = definition
+            .endpoints
             .iter()
             .map(|addr| {
                 let bad = |reason: String| EndpointError {
@@ -75,6 +87,7 @@ impl Backend {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Backend {
             name: name.to_owned(),
+            definition,
             endpoints,
             timeout,
             connect_timeout,
@@ -93,6 +106,11 @@ impl Backend {
 }
 
 impl Endpoint {
+    /// The endpoint's multiplexed connection, for side calls such as reflection.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// One unary call. `timeout` goes out as `grpc-timeout` and also bounds
     /// the wait here, so a backend that ignores deadlines cannot hold the client.
     pub async fn unary(

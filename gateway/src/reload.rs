@@ -1,0 +1,310 @@
+//! Building a new snapshot and swapping it in: at startup, on a file change,
+//! on SIGHUP and on `POST /admin/reload`. One path for all of them (and for
+//! `gateway check`), so what is checked is what runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::config::{ConfigError, ConfigErrors, LoadedFile, DEFAULT_CONNECT_TIMEOUT};
+use crate::server::Gateway;
+use crate::snapshot::{BuildContext, Snapshot};
+use crate::upstream::reflection::{self, Reflected};
+use crate::upstream::{Backend, BackendDefinition};
+
+/// Editors and `kubectl cp` write a file in several steps (truncate, write,
+/// rename); waiting for 200 ms of quiet turns them into one reload, and is
+/// still well inside the 2 s operators expect a change to take.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Reflection runs at reload time against a live backend; a backend that
+/// cannot list its services in 5 s is treated as failing, and the cached copy
+/// (if any) is used.
+const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The outcome of the last reload attempt, for /admin/config.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub at: SystemTime,
+    pub trigger: String,
+    /// `None` when it succeeded.
+    pub error: Option<String>,
+}
+
+/// Reload bookkeeping shared by every trigger.
+#[derive(Debug)]
+pub struct ReloadState {
+    /// One reload at a time; a trigger that arrives meanwhile waits and then
+    /// reads the files as they are by then.
+    lock: tokio::sync::Mutex<()>,
+    pub last: ArcSwap<Option<ReloadStatus>>,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// Last good reflection answer per backend, served when the backend is
+    /// briefly unreachable during a reload.
+    reflection_cache: Mutex<BTreeMap<String, Reflected>>,
+}
+
+impl Default for ReloadState {
+    fn default() -> Self {
+        ReloadState {
+            lock: tokio::sync::Mutex::new(()),
+            last: ArcSwap::from_pointee(None),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            reflection_cache: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// Reads the config, fetches reflection descriptors, and builds a snapshot
+/// off the async workers (descriptor compilation is CPU work).
+pub async fn load(
+    path: &Path,
+    previous: Option<Arc<Snapshot>>,
+    state: &ReloadState,
+) -> Result<Snapshot, ConfigErrors> {
+    let file = LoadedFile::read(path)?;
+    let reflected = fetch_reflection(&file, previous.as_deref(), state).await;
+    let version = previous.as_ref().map_or(1, |p| p.version + 1);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _rt = handle.enter();
+        Snapshot::build(
+            &file,
+            BuildContext {
+                reflected,
+                previous: previous.as_deref(),
+                version,
+            },
+        )
+    })
+    .await
+    .map_err(|e| {
+        ConfigErrors::one(ConfigError::new(
+            path,
+            None,
+            "",
+            format!("building the configuration failed: {e}"),
+        ))
+    })?
+}
+
+/// Asks each `reflection = true` backend for its descriptors.
+async fn fetch_reflection(
+    file: &LoadedFile,
+    previous: Option<&Snapshot>,
+    state: &ReloadState,
+) -> BTreeMap<String, Reflected> {
+    let mut out = BTreeMap::new();
+    for (name, spanned) in &file.config.backends {
+        let b = spanned.get_ref();
+        if !b.reflection {
+            continue;
+        }
+        let endpoints: Vec<String> = b.endpoints.iter().map(|e| e.get_ref().clone()).collect();
+        // Reuse the live connection when the backend is unchanged.
+        let live = previous
+            .and_then(|p| p.backends.get(name))
+            .filter(|old| old.definition.endpoints == endpoints)
+            .cloned();
+        let backend = match live {
+            Some(b) => b,
+            None => match Backend::new(
+                name,
+                BackendDefinition {
+                    endpoints,
+                    timeout: REFLECTION_TIMEOUT,
+                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                },
+            ) {
+                Ok(b) => Arc::new(b),
+                // The snapshot build reports the bad endpoint with its line.
+                Err(_) => continue,
+            },
+        };
+        let mut result = Err(tonic::Status::unavailable("the backend has no endpoints"));
+        for ep in &backend.endpoints {
+            result = reflection::fetch(ep.channel(), REFLECTION_TIMEOUT).await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        let mut cache = state.reflection_cache.lock().expect("cache lock");
+        match result {
+            Ok(r) => {
+                tracing::debug!(backend = %name, services = r.services.len(), files = r.files.len(), "descriptors from server reflection");
+                cache.insert(name.clone(), r.clone());
+                out.insert(name.clone(), r);
+            }
+            Err(e) => match cache.get(name) {
+                Some(r) => {
+                    tracing::warn!(backend = %name, error = %e.message(), "server reflection failed; using the descriptors it gave last time");
+                    out.insert(name.clone(), r.clone());
+                }
+                None => {
+                    tracing::warn!(backend = %name, error = %e.message(), "server reflection failed and nothing is cached; routes to its services will not resolve");
+                }
+            },
+        }
+    }
+    out
+}
+
+/// Builds from the files as they are now and swaps the result in; on any
+/// error the running snapshot stays. Returns the new version.
+pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
+    let state = &gw.reload;
+    let _one_at_a_time = state.lock.lock().await;
+    let current = gw.snapshot();
+    let started = std::time::Instant::now();
+    let result = load(&current.config_path, Some(current.clone()), state).await;
+    let status = ReloadStatus {
+        at: SystemTime::now(),
+        trigger: trigger.to_owned(),
+        error: result.as_ref().err().map(ToString::to_string),
+    };
+    state.last.store(Arc::new(Some(status)));
+    match result {
+        Ok(snapshot) => {
+            let version = snapshot.version;
+            let routes = snapshot.routes.len();
+            if snapshot.listen != current.listen || snapshot.admin_listen != current.admin_listen {
+                tracing::warn!("listener addresses changed in the config; they take effect at the next restart");
+            }
+            gw.swap(snapshot);
+            state.succeeded.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                trigger,
+                version,
+                routes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "configuration reloaded"
+            );
+            Ok(version)
+        }
+        Err(errors) => {
+            state.failed.fetch_add(1, Ordering::Relaxed);
+            // Logged once here, where it is handled; the old snapshot keeps serving.
+            tracing::error!(trigger, errors = %errors, "reload rejected; the previous configuration keeps serving");
+            Err(errors)
+        }
+    }
+}
+
+/// The folders to watch for a snapshot: the config file's folder (not
+/// recursive) and the descriptors folder (recursive).
+fn watch_targets(s: &Snapshot) -> Vec<(PathBuf, RecursiveMode)> {
+    let config_dir = s
+        .config_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    vec![
+        (config_dir, RecursiveMode::NonRecursive),
+        (s.descriptors_dir.clone(), RecursiveMode::Recursive),
+    ]
+}
+
+/// Whether a change event concerns the gateway's inputs.
+fn relevant(event: &notify::Event, s: &Snapshot) -> bool {
+    if matches!(event.kind, EventKind::Access(_)) {
+        return false;
+    }
+    let config_name = s.config_path.file_name();
+    let descriptors = s
+        .descriptors_dir
+        .canonicalize()
+        .unwrap_or_else(|_| s.descriptors_dir.clone());
+    event.paths.iter().any(|p| {
+        let name = p.file_name();
+        // `..data` and `..2024_...` are how Kubernetes ConfigMap volumes swap
+        // their content: one symlink rename, no event on the file itself.
+        name == config_name
+            || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+            || p.starts_with(&s.descriptors_dir)
+            || p.starts_with(&descriptors)
+    })
+}
+
+/// Watches the config file and descriptors folder and reloads on change.
+/// Watching folders rather than files survives editors that write by rename
+/// and ConfigMap symlink swaps; the watches are re-armed after every reload
+/// so a folder replaced wholesale is followed too. A watcher that cannot
+/// start is logged and the gateway goes on (SIGHUP and the admin call still work).
+pub fn spawn_watcher(gw: Arc<Gateway>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let _ = tx.send(ev);
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config files; reload with SIGHUP or POST /admin/reload");
+            return;
+        }
+    };
+    let mut armed = arm(&mut watcher, &gw.snapshot(), Vec::new());
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let snapshot = gw.snapshot();
+            let first_relevant = match ev {
+                Ok(ev) => relevant(&ev, &snapshot),
+                Err(e) => {
+                    tracing::warn!(error = %e, "file watcher error");
+                    false
+                }
+            };
+            if !first_relevant {
+                continue;
+            }
+            // Debounce: wait for a quiet period.
+            while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            let _ = reload(&gw, "file change").await;
+            armed = arm(&mut watcher, &gw.snapshot(), armed);
+        }
+    });
+}
+
+fn arm(
+    watcher: &mut notify::RecommendedWatcher,
+    s: &Snapshot,
+    previous: Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    for p in previous {
+        let _ = watcher.unwatch(&p);
+    }
+    let mut armed = Vec::new();
+    for (path, mode) in watch_targets(s) {
+        match watcher.watch(&path, mode) {
+            Ok(()) => armed.push(path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch; changes there need SIGHUP or POST /admin/reload")
+            }
+        }
+    }
+    armed
+}
+
+/// Reloads on SIGHUP, the Unix convention for "re-read your config".
+pub fn spawn_sighup(gw: Arc<Gateway>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reload(&gw, "SIGHUP").await;
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = gw;
+}
