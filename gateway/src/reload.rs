@@ -250,7 +250,8 @@ pub fn spawn_watcher(gw: Arc<Gateway>) {
             return;
         }
     };
-    let mut armed = arm(&mut watcher, &gw.snapshot(), Vec::new());
+    let mut armed = Vec::new();
+    arm(&mut watcher, &gw.snapshot(), &mut armed);
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             let snapshot = gw.snapshot();
@@ -267,29 +268,66 @@ pub fn spawn_watcher(gw: Arc<Gateway>) {
             // Debounce: wait for a quiet period.
             while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
             let _ = reload(&gw, "file change").await;
-            armed = arm(&mut watcher, &gw.snapshot(), armed);
+            if arm(&mut watcher, &gw.snapshot(), &mut armed) {
+                // A watched folder was replaced: what changed in it before
+                // the new watch existed was not seen, so read it all again.
+                let _ = reload(&gw, "watched folder replaced").await;
+            }
         }
     });
 }
 
-fn arm(
-    watcher: &mut notify::RecommendedWatcher,
-    s: &Snapshot,
-    previous: Vec<PathBuf>,
-) -> Vec<PathBuf> {
-    for p in previous {
-        let _ = watcher.unwatch(&p);
+/// A watched folder and the inode it had when the watch was set.
+struct Armed {
+    path: PathBuf,
+    inode: Option<u64>,
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(path).ok().map(|m| m.ino())
     }
-    let mut armed = Vec::new();
-    for (path, mode) in watch_targets(s) {
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Brings the watches in line with the snapshot's folders. Watches that are
+/// still right are left alone (unwatching and watching again would lose the
+/// events in between); a folder whose inode changed is watched anew.
+/// Returns whether any existing watch had to be replaced.
+fn arm(watcher: &mut notify::RecommendedWatcher, s: &Snapshot, armed: &mut Vec<Armed>) -> bool {
+    let targets = watch_targets(s);
+    let mut replaced = false;
+    armed.retain(|a| {
+        let keep = targets.iter().any(|(p, _)| *p == a.path);
+        if !keep {
+            let _ = watcher.unwatch(&a.path);
+        }
+        keep
+    });
+    for (path, mode) in targets {
+        let now = inode(&path);
+        if let Some(a) = armed.iter().find(|a| a.path == path) {
+            if a.inode == now {
+                continue;
+            }
+            let _ = watcher.unwatch(&path);
+            replaced = true;
+        }
+        armed.retain(|a| a.path != path);
         match watcher.watch(&path, mode) {
-            Ok(()) => armed.push(path),
+            Ok(()) => armed.push(Armed { path, inode: now }),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot watch; changes there need SIGHUP or POST /admin/reload")
             }
         }
     }
-    armed
+    replaced
 }
 
 /// Reloads on SIGHUP, the Unix convention for "re-read your config".

@@ -309,14 +309,12 @@ async fn read_body(
                 .and_then(|s| s.split(';').next())
                 .map(|m| {
                     let m = m.trim().to_ascii_lowercase();
-                    // JSON types, plus the two that clients send when they
-                    // did not set one: curl -d (form) and a browser fetch
-                    // that avoids a CORS preflight (text/plain). grpc-gateway
-                    // reads both as JSON too.
+                    // Only JSON. text/plain and form types are what a
+                    // browser may send cross-site without a CORS preflight;
+                    // reading them as JSON would let any page call the API
+                    // with a user's cookies (CSRF).
                     m == "application/json"
                         || (m.starts_with("application/") && m.ends_with("+json"))
-                        || m == "application/x-www-form-urlencoded"
-                        || m == "text/plain"
                 })
                 .unwrap_or(false);
             if !ok {

@@ -188,7 +188,14 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     let loaded = match descriptors::load_dir(&descriptors_dir) {
         Ok(l) => l,
         Err(e) => {
-            errors.push(file.error(&server.descriptors, "server.descriptors", e.to_string()));
+            // One error per broken file, so `check` counts and lists each.
+            let all = match e {
+                descriptors::DescriptorError::Many(v) => v,
+                one => vec![one],
+            };
+            for e in all {
+                errors.push(file.error(&server.descriptors, "server.descriptors", e.to_string()));
+            }
             return Err(ConfigErrors(errors));
         }
     };

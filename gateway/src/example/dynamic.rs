@@ -44,11 +44,19 @@ where
     }
 }
 
+/// Any other gRPC service to serve on the same port (e.g. reflection or health).
+pub type Fallback = tower::util::BoxCloneSyncService<
+    http::Request<hyper::body::Incoming>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
 /// Serves every unary method of the named services from `pool`.
 #[derive(Clone)]
 pub struct DynamicServer {
     methods: Arc<HashMap<String, MethodDescriptor>>,
     handler: Arc<dyn Handler>,
+    fallback: Option<Fallback>,
 }
 
 impl DynamicServer {
@@ -67,7 +75,14 @@ impl DynamicServer {
         DynamicServer {
             methods: Arc::new(methods),
             handler: Arc::new(handler),
+            fallback: None,
         }
+    }
+
+    /// Sends calls to methods this server does not know to `fallback`.
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = Some(fallback);
+        self
     }
 
     /// Accepts HTTP/2 (gRPC) connections on `listener` until the task is dropped.
@@ -95,9 +110,18 @@ impl DynamicServer {
         req: http::Request<hyper::body::Incoming>,
     ) -> http::Response<tonic::body::Body> {
         let Some(method) = self.methods.get(req.uri().path()).cloned() else {
+            if let Some(fallback) = &self.fallback {
+                use tower::ServiceExt as _;
+                return match fallback.clone().oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+            }
             return Status::unimplemented(format!("no method {}", req.uri().path())).into_http();
         };
-        let mut grpc = tonic::server::Grpc::new(DynamicCodec::new(method.input()));
+        let mut grpc = tonic::server::Grpc::new(DynamicCodec::new(method.input()))
+            .max_decoding_message_size(crate::upstream::MAX_REPLY_BYTES)
+            .max_encoding_message_size(crate::upstream::MAX_REPLY_BYTES);
         grpc.unary(
             Unary {
                 method,

@@ -156,8 +156,10 @@ pub fn apply_query(
     bound: &[Vec<u32>],
     opts: DecodeOptions,
 ) -> Result<(), TranscodeError> {
-    // Keys already set by this query, to refuse a second value for a singular field.
-    let mut seen: Vec<Cow<'_, str>> = Vec::new();
+    // Singular fields already set by this query (as field-number paths, so a
+    // field named once by its JSON name and once by its proto name counts
+    // twice), to refuse a second value.
+    let mut seen: Vec<Vec<u32>> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = query_decode(raw_key)
@@ -213,14 +215,26 @@ pub fn apply_query(
                         .expect("repeated field")
                         .push(v);
                 } else {
-                    if seen.contains(&key) {
+                    if seen.contains(&numbers) {
                         return Err(TranscodeError::new(format!(
                             "query parameter \"{key}\" is given more than once, but its field is not repeated"
                         )));
                     }
+                    if let Some(oneof) = leaf.containing_oneof().filter(|o| !o.is_synthetic()) {
+                        if let Some(other) = oneof
+                            .fields()
+                            .find(|f| f.number() != leaf.number() && target.has_field(f))
+                        {
+                            return Err(TranscodeError::new(format!(
+                                "query parameter \"{key}\": field \"{}\" is already set, and both are in oneof \"{}\"",
+                                other.name(),
+                                oneof.name()
+                            )));
+                        }
+                    }
                     let v = parse_value(leaf, &value).map_err(err)?;
                     target.set_field(leaf, v);
-                    seen.push(key);
+                    seen.push(numbers);
                 }
             }
         }

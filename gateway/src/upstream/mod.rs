@@ -14,6 +14,10 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 pub use codec::DynamicCodec;
 
+/// Replies are buffered whole to become JSON; 64 MiB bounds what one call
+/// may make the gateway hold, well above ordinary unary replies.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
 /// One backend instance.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -124,18 +128,54 @@ impl Endpoint {
         let mut request = tonic::Request::new(message);
         *request.metadata_mut() = metadata;
         request.set_timeout(timeout);
-        let mut client = tonic::client::Grpc::new(self.channel.clone());
+        // The request is already bounded by server.max_body_bytes, so tonic's
+        // 4 MiB default would only make a larger configured limit fail late.
+        let mut client = tonic::client::Grpc::new(self.channel.clone())
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(MAX_REPLY_BYTES);
         let call = async {
             client.ready().await.map_err(|e| {
                 tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr))
             })?;
             client.unary(request, path, DynamicCodec::new(reply)).await
         };
+        let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "no answer within the deadline of {timeout:?}"
-            ))),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(self.client_side(status, started.elapsed() >= timeout, timeout)),
+            Err(_) => Err(deadline(timeout)),
         }
     }
+
+    /// tonic reports two of its own client-side failures as CANCELLED: its
+    /// deadline timer ("Timeout expired", racing ours) and a connection that
+    /// broke mid-call (hyper's "operation was canceled"). Neither means the
+    /// client closed the request (499); say what really happened. A CANCELLED
+    /// sent by the backend itself (any other message) passes through.
+    fn client_side(
+        &self,
+        status: tonic::Status,
+        deadline_passed: bool,
+        timeout: Duration,
+    ) -> tonic::Status {
+        let ours = status.code() == tonic::Code::Cancelled
+            && (status.message() == "Timeout expired"
+                || status.message().starts_with("operation was canceled"));
+        if !ours {
+            return status;
+        }
+        if deadline_passed {
+            deadline(timeout)
+        } else {
+            tonic::Status::unavailable(format!(
+                "the connection to {} broke during the call ({})",
+                self.addr,
+                status.message()
+            ))
+        }
+    }
+}
+
+fn deadline(timeout: Duration) -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!("no answer within the deadline of {timeout:?}"))
 }

@@ -1,0 +1,374 @@
+//! The real `gateway` binary: `--help`, `check`, `routes`, `serve` and `demo`.
+//!
+//! The binary is built once per run (`cargo build --workspace --bin gateway`,
+//! which resolves features exactly as `cargo test --workspace` does, so it
+//! does not invalidate the test build) unless an up-to-date one exists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use gateway_tests::{
+    echo_config, echo_server, http_client, line_of, render_config, repo_root, spawn_backend,
+    testing_descriptors, testing_pool, toml_path, write_config,
+};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return newest;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The debug `gateway` binary, built if missing or older than its sources
+/// (or always, when `GATEWAY_TESTS_FORCE_BUILD` is set).
+fn gateway_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = target_dir()
+            .join("debug")
+            .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+        let lock = std::fs::metadata(repo_root().join("Cargo.lock"))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let sources = newest_mtime(&repo_root().join("gateway")).max(lock);
+        let fresh = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= sources);
+        if !fresh || std::env::var_os("GATEWAY_TESTS_FORCE_BUILD").is_some() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--workspace", "--bin", "gateway"])
+                .current_dir(repo_root())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build --bin gateway failed");
+        }
+        assert!(bin.exists(), "no gateway binary at {}", bin.display());
+        bin
+    })
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(gateway_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run gateway")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = run(&["--help"]);
+    assert!(out.status.success(), "{out:?}");
+    let help = text(&out.stdout);
+    for sub in ["serve", "demo", "check", "routes", "--config"] {
+        assert!(help.contains(sub), "--help does not mention {sub}:\n{help}");
+    }
+}
+
+#[test]
+fn check_accepts_the_repository_config() {
+    let config = repo_root().join("routes.toml");
+    let out = run(&["check", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "check failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok (9 routes, 1 backends"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_error_and_exits_nonzero() {
+    let cfg = format!(
+        r#"[server]
+listen = "nowhere"
+descriptors = "{}"
+
+[backends.echo]
+endpoints = ["127.0.0.1:1"]
+services = ["testing.v1.Echo"]
+
+[[routes]]
+method = "GET"
+path = "/v1/a"
+grpc = "testing.v1.Echo/Nope"
+
+[[routes]]
+method = "POST"
+path = "/v1/{{missing}}"
+grpc = "testing.v1.Echo/Echo"
+body = "nothere"
+"#,
+        toml_path(&testing_descriptors())
+    );
+    let path = write_config(&cfg);
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let p = path.display().to_string();
+    for (needle, field) in [
+        ("nowhere", "server.listen"),
+        ("Echo/Nope", "routes[0].grpc"),
+        ("{missing}", "routes[1].path"),
+        ("nothere", "routes[1].body"),
+    ] {
+        let want = format!("{p}:{}: {field}: ", line_of(&cfg, needle));
+        assert!(stderr.contains(&want), "stderr lacks {want:?}:\n{stderr}");
+    }
+    assert!(stderr.contains("4 error(s)"), "{stderr}");
+    assert!(
+        text(&out.stdout).is_empty(),
+        "nothing on stdout: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_with_a_missing_config_file_fails_clearly() {
+    let out = run(&["check", "--config", "/nonexistent/routes.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("/nonexistent/routes.toml"), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+/// Lines (1-based) of the `[[routes]]` headers of a routes.toml.
+fn route_headers(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[routes]]")
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+#[test]
+fn routes_prints_each_route_with_its_source() {
+    let config = repo_root().join("routes.toml");
+    let cfg = std::fs::read_to_string(&config).unwrap();
+    let out = run(&["routes", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("METHOD"), "{stdout}");
+    assert!(lines[0].contains("SOURCE"), "{stdout}");
+
+    let headers = route_headers(&cfg);
+    assert_eq!(headers.len(), 8);
+    let grpc_lines: Vec<usize> = cfg
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("grpc = "))
+        .map(|(i, _)| i + 1)
+        .collect();
+    for (i, header) in headers.iter().enumerate() {
+        // A route points at its table: the `[[routes]]` line or its first key.
+        let grpc = cfg.lines().nth(grpc_lines[i] - 1).unwrap();
+        let method = grpc.trim_start_matches("grpc = ").trim_matches('"');
+        let row = lines
+            .iter()
+            .find(|l| {
+                l.contains(method)
+                    && (l.contains(&format!("routes.toml:{header}"))
+                        || l.contains(&format!("routes.toml:{}", header + 1)))
+            })
+            .unwrap_or_else(|| panic!("no row for {method} at routes.toml:{header}:\n{stdout}"));
+        assert!(row.contains("bookstore"), "backend column: {row}");
+    }
+    let ann = lines
+        .iter()
+        .find(|l| l.contains("ListShelves"))
+        .unwrap_or_else(|| panic!("no ListShelves row:\n{stdout}"));
+    assert!(ann.starts_with("GET"), "{ann}");
+    assert!(ann.contains("/v1/shelves"), "{ann}");
+    assert!(
+        ann.contains("google.api.http on example.bookstore.v1.Bookstore.ListShelves"),
+        "{ann}"
+    );
+    assert_eq!(lines.len(), 1 + 8 + 1, "{stdout}");
+}
+
+/// Starts the binary with `args`, waits for its "listening on" line and
+/// returns the child and the address.
+async fn spawn_listening(args: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(gateway_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gateway");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        panic!(
+            "gateway did not report its address; stderr so far:\n{}",
+            seen.join("\n")
+        )
+    });
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// Turns the admin listener off: its fixed default port would make
+/// concurrently running binaries collide.
+fn without_admin(config: &str) -> String {
+    if config.contains("[admin]") {
+        config.replacen("[admin]", "[admin]\nenabled = false", 1)
+    } else {
+        format!("{config}\n[admin]\nenabled = false\n")
+    }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("child is running");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn serve_answers_requests_and_stops_on_sigterm() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let path = write_config(&without_admin(&render_config(
+        // No delay between readiness going false and closing the listener.
+        &echo_config("shutdown_delay = \"0s\""),
+        &backend,
+        &testing_descriptors(),
+    )));
+    let (mut child, addr) = spawn_listening(&["serve", "--config", path.to_str().unwrap()]).await;
+    let client = http_client();
+    let r = client
+        .get(format!("http://{addr}/v1/single/from-binary?int32Field=3"))
+        .send()
+        .await
+        .expect("request to the binary");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"stringField": "from-binary", "int32Field": 3})
+    );
+    let r = client
+        .get(format!("http://{addr}/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("gateway did not exit within 10s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+}
+
+#[tokio::test]
+async fn serve_with_a_broken_config_exits_nonzero_without_listening() {
+    let path = write_config("[server]\nlisten = \"bad\"\n");
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(gateway_bin())
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .output(),
+    )
+    .await
+    .expect("serve with a broken config should exit")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("server.listen"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn demo_serves_the_bookstore_on_the_configured_backend_endpoint() {
+    let backend_port = gateway_tests::dead_addr().await;
+    let cfg = std::fs::read_to_string(repo_root().join("routes.toml"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("127.0.0.1:50051", &backend_port)
+        .replace(
+            "descriptors = \"descriptors\"",
+            &format!(
+                "descriptors = \"{}\"",
+                toml_path(&repo_root().join("descriptors"))
+            ),
+        );
+    let path = write_config(&without_admin(&cfg));
+    let (mut child, addr) = spawn_listening(&["demo", "--config", path.to_str().unwrap()]).await;
+    let r = http_client()
+        .get(format!("http://{addr}/v1/shelves/1/books/3"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    // Book 3 is on shelf 2, not shelf 1.
+    assert_eq!(status, 404, "{body}");
+    let r = http_client()
+        .get(format!("http://{addr}/v1/shelves/2/books/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["title"], "The Elements of Style");
+    // Graceful shutdown is covered above; stop this one at once.
+    child.start_kill().expect("kill the demo gateway");
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
