@@ -26,6 +26,7 @@ pub fn app(gw: Arc<Gateway>) -> axum::Router {
         .route("/admin/backends", get(backends))
         .route("/admin/config", get(config))
         .route("/admin/reload", post(reload))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             RpcStatus::new(StatusCode::NOT_FOUND, Code::NotFound, "no such admin endpoint; try /admin/config, /admin/routes, /admin/backends, /healthz, /readyz, POST /admin/reload")
                 .into_response()
@@ -75,9 +76,10 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 },
                 "response_body": r.response_body.as_ref().map(|f| f.name()),
                 "timeout_ms": r.timeout.as_millis() as u64,
-                // Filled in by the auth and rate-limit layers once they exist.
-                "auth": "none",
-                "limits": Value::Null,
+                // The edge policy: auth mode, issuers, scopes, claims; rate
+                // limits (with live key counts), CORS and request limits.
+                "auth": r.edge.describe_auth(&s.edge),
+                "limits": r.edge.describe_limits(&s.edge),
                 "source": r.source.to_string(),
             })
         })
@@ -87,19 +89,60 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
 
 async fn backends(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let s = gw.snapshot();
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
     let list: Vec<Value> = s
         .backends
         .values()
         .map(|b| {
+            let st = b.status();
+            let d = &st.discovery;
+            let kind = d.kind.name();
             json!({
                 "name": b.name,
-                "source": if s.reflection_backends.contains(&b.name) { "static (descriptors from reflection)" } else { "static" },
-                "timeout_ms": b.timeout.as_millis() as u64,
-                "connect_timeout_ms": b.connect_timeout.as_millis() as u64,
-                "endpoints": b.endpoints.iter().map(|e| json!({
-                    "address": e.addr,
-                    // Static endpoints are not health-checked yet: every one is in rotation.
-                    "health": "unknown",
+                "source": if s.reflection_backends.contains(&b.name) {
+                    format!("{kind} (descriptors from reflection)")
+                } else {
+                    kind.to_owned()
+                },
+                "timeout_ms": ms(b.timeout),
+                "connect_timeout_ms": ms(b.connect_timeout),
+                "discovery": {
+                    "kind": kind,
+                    "source": d.source,
+                    "resolved": d.resolved,
+                    // How old the endpoints in force are: time since the
+                    // source last confirmed them. Grows while it fails.
+                    "endpoints_age_ms": d.age().map(ms),
+                    "last_success_at": d.last_success_at.map(rfc3339),
+                    "last_change_ago_ms": d.last_change.map(|t| ms(t.elapsed())),
+                    "index": d.version,
+                    "state": if d.error.is_some() { "failing (serving last known endpoints)" } else if d.resolved { "ok" } else { "waiting for first answer" },
+                    "error": d.error,
+                    "failing_for_ms": d.failing_since.map(|t| ms(t.elapsed())),
+                },
+                "load_balancer": st.policy,
+                "hash_key": st.hash_key,
+                "in_flight": st.in_flight,
+                "max_requests": st.max_requests,
+                "circuit_breaker": {
+                    "state": st.breaker.state,
+                    "retry_in_ms": st.breaker.retry_in.map(ms),
+                    "window_calls": st.breaker.window_calls,
+                    "window_failures": st.breaker.window_failures,
+                },
+                "counters": b.stats.snapshot().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect::<serde_json::Map<String, Value>>(),
+                "endpoints": st.endpoints.iter().map(|e| json!({
+                    "address": e.address,
+                    "label": e.label,
+                    "weight": e.weight,
+                    "health": e.state,
+                    "health_check": e.health_check,
+                    "in_flight": e.in_flight,
+                    "consecutive_failures": e.consecutive_failures,
+                    "ejected_for_ms": e.ejected_for.map(ms),
+                    "ejections": e.ejections,
+                    "requests": e.requests,
+                    "failures": e.failures,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -164,4 +207,123 @@ async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
             status.into_response().map(axum::body::Body::from)
         }
     }
+}
+
+/// Prometheus text format: the recorded metrics, plus per-backend gauges and
+/// counters read from the live backends at scrape time (so a backend removed
+/// by a reload leaves no stale series behind).
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    use crate::telemetry::metrics::sample;
+    let mut out = crate::telemetry::metrics::handle().render();
+    let s = gw.snapshot();
+    out.push_str("# HELP gateway_backend_endpoints Endpoints per backend by health state\n# TYPE gateway_backend_endpoints gauge\n");
+    let statuses: Vec<_> = s.backends.values().map(|b| (b, b.status())).collect();
+    for (b, st) in &statuses {
+        let mut by_state: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+        for e in &st.endpoints {
+            *by_state.entry(e.state).or_default() += 1;
+        }
+        if by_state.is_empty() {
+            sample(
+                &mut out,
+                "gateway_backend_endpoints",
+                &[("backend", &b.name), ("state", "none")],
+                0.0,
+            );
+        }
+        for (state, n) in by_state {
+            sample(
+                &mut out,
+                "gateway_backend_endpoints",
+                &[("backend", &b.name), ("state", state)],
+                f64::from(n),
+            );
+        }
+    }
+    out.push_str("# HELP gateway_backend_endpoint_list_age_seconds Time since the discovery source last confirmed the endpoints in force\n# TYPE gateway_backend_endpoint_list_age_seconds gauge\n");
+    for (b, st) in &statuses {
+        if let Some(age) = st.discovery.age() {
+            sample(
+                &mut out,
+                "gateway_backend_endpoint_list_age_seconds",
+                &[("backend", &b.name), ("source", st.discovery.kind.name())],
+                age.as_secs_f64(),
+            );
+        }
+    }
+    out.push_str("# HELP gateway_backend_discovery_failing 1 while the backend's discovery source fails (the last known endpoints keep serving)\n# TYPE gateway_backend_discovery_failing gauge\n");
+    for (b, st) in &statuses {
+        let failing = if st.discovery.error.is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        sample(
+            &mut out,
+            "gateway_backend_discovery_failing",
+            &[("backend", &b.name)],
+            failing,
+        );
+    }
+    out.push_str("# HELP gateway_circuit_breaker_state 1 for the state each backend's circuit breaker is in\n# TYPE gateway_circuit_breaker_state gauge\n");
+    for (b, st) in &statuses {
+        for state in ["closed", "open", "half_open"] {
+            let v = if st.breaker.state.replace('-', "_") == state {
+                1.0
+            } else {
+                0.0
+            };
+            sample(
+                &mut out,
+                "gateway_circuit_breaker_state",
+                &[("backend", &b.name), ("state", state)],
+                v,
+            );
+        }
+    }
+    out.push_str("# HELP gateway_backend_in_flight Calls in flight per backend\n# TYPE gateway_backend_in_flight gauge\n");
+    for (b, st) in &statuses {
+        sample(
+            &mut out,
+            "gateway_backend_in_flight",
+            &[("backend", &b.name)],
+            f64::from(st.in_flight),
+        );
+    }
+    // Counters kept as atomics by each backend: calls, retries, ejections,
+    // breaker transitions, refusals.
+    let mut names: Vec<&'static str> = Vec::new();
+    for b in s.backends.values() {
+        for (k, _) in b.stats.snapshot() {
+            if !names.contains(&k) {
+                names.push(k);
+            }
+        }
+    }
+    for name in names {
+        let metric = format!("gateway_backend_{name}_total");
+        out.push_str(&format!(
+            "# HELP {metric} Backend counter {name}\n# TYPE {metric} counter\n"
+        ));
+        for b in s.backends.values() {
+            if let Some((_, v)) = b.stats.snapshot().into_iter().find(|(k, _)| *k == name) {
+                sample(&mut out, &metric, &[("backend", &b.name)], v as f64);
+            }
+        }
+    }
+    out.push_str("# HELP gateway_config_reload_failures_total Reloads rejected since start\n# TYPE gateway_config_reload_failures_total counter\n");
+    sample(
+        &mut out,
+        "gateway_config_reload_failures_total",
+        &[],
+        gw.reload.failed.load(Ordering::Relaxed) as f64,
+    );
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

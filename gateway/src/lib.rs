@@ -6,10 +6,14 @@
 pub mod admin;
 pub mod config;
 pub mod descriptors;
+pub mod discovery;
+pub mod edge;
 pub mod example;
+pub mod openapi;
 pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod telemetry;
 pub mod transcode;
 pub mod upstream;

@@ -36,17 +36,19 @@ enum Command {
     /// Print the compiled route table: method, path template, gRPC method,
     /// backend, and where each route came from.
     Routes,
+    /// Print the OpenAPI 3.1 document of the routes (what `[openapi] path`
+    /// serves), generated from the descriptors and the route table.
+    Openapi,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Log settings come from the config file when it parses; a broken file
+    // still gets its errors reported, with the default (text) format.
+    let telemetry = gateway::config::LoadedFile::read(&cli.config)
+        .map(|f| f.config.telemetry)
+        .unwrap_or_default();
+    gateway::telemetry::init_logging(&telemetry);
     // Two cores is the expected deployment size; tokio's default (one worker
     // per core) is right, so no override here.
     let rt = match tokio::runtime::Runtime::new() {
@@ -96,6 +98,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Routes => {
             print!("{}", route_table(&snapshot));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            let doc = gateway::openapi::document(&snapshot);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(snapshot, None).await,

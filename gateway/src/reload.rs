@@ -179,6 +179,7 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
             }
             gw.swap(snapshot);
             state.succeeded.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics::record_reload(true, version);
             tracing::info!(
                 trigger,
                 version,
@@ -190,6 +191,7 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
         }
         Err(errors) => {
             state.failed.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics::record_reload(false, current.version);
             // Logged once here, where it is handled; the old snapshot keeps serving.
             tracing::error!(trigger, errors = %errors, "reload rejected; the previous configuration keeps serving");
             Err(errors)

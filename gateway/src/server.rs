@@ -1,6 +1,6 @@
 //! The REST listener: one request from route match to JSON reply.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -10,12 +10,13 @@ use axum::extract::State;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
 use tonic::Code;
 
 use crate::reload::ReloadState;
 use crate::routing::Lookup;
 use crate::snapshot::{Route, Snapshot};
+use crate::telemetry::RequestInfo;
+use crate::transcode::metadata::{request_metadata, response_metadata};
 use crate::transcode::{request, RpcStatus};
 
 /// Shared by every connection: the current snapshot, swapped whole on reload.
@@ -29,6 +30,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Gateway> {
+        // The metrics recorder exists before the first request is counted.
+        crate::telemetry::metrics::handle();
+        metrics::gauge!(crate::telemetry::metrics::CONFIG_VERSION).set(snapshot.version as f64);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -57,8 +61,37 @@ impl Gateway {
 
 /// The axum app: every request goes to [`handle`]; routing is ours because
 /// axum's matcher cannot express google.api.http templates.
+///
+/// The edge layers, outermost first; the order of checks is fixed (README:
+/// Edge security) and rate limits and auth follow in `handle` once the route
+/// is known.
 pub fn app(gateway: Arc<Gateway>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(gateway)
+    let edge = tower::ServiceBuilder::new()
+        // The whole request, from arrival to the answer's head: 504 beyond.
+        .layer(crate::edge::limits::TimeoutLayer::new(gateway.clone()))
+        // CORS: preflights answered here (no auth, no rate limit); CORS
+        // headers on every answer below, errors included.
+        .layer(crate::edge::cors::CorsLayer::new(gateway.clone()))
+        // Target length, header count and size, declared body size.
+        .layer(crate::edge::limits::LimitsLayer::new(gateway.clone()));
+    let access = crate::telemetry::AccessLayer {
+        log: gateway.snapshot().access_log,
+    };
+    axum::Router::new()
+        .fallback(handle)
+        .with_state(gateway)
+        .layer(edge)
+        // Outermost: request id, trace context, access log and HTTP metrics
+        // see every answer, the edge's refusals included.
+        .layer(access)
+}
+
+/// The listener's settings from the current snapshot, read per connection.
+fn listener_limits(
+    gw: &Arc<Gateway>,
+) -> impl Fn() -> crate::edge::limits::Limits + Send + Sync + 'static {
+    let gw = gw.clone();
+    move || gw.snapshot().edge.limits.clone()
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
@@ -69,9 +102,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     gateway.set_ready(true);
-    axum::serve(listener, app(gateway))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = listener_limits(&gateway);
+    crate::edge::conn::serve(listener, app(gateway), limits, shutdown).await
 }
 
 /// The whole lifecycle: serve REST (and admin, if given) until `signal`,
@@ -93,13 +125,14 @@ pub async fn run(
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app(gateway.clone()))
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(crate::edge::conn::serve(
+        listener,
+        app(gateway.clone()),
+        listener_limits(&gateway),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     gateway.set_ready(true);
     signal.await;
     let snap = gateway.snapshot();
@@ -130,11 +163,37 @@ fn error(http: StatusCode, code: Code, message: impl Into<String>) -> Response<B
         .map(Body::from)
 }
 
+/// Every REST request: [`handle_route`], then errors in the format the
+/// client asked for (`Accept: application/problem+json`, RFC 9457).
 async fn handle(State(gw): State<Arc<Gateway>>, req: http::Request<Body>) -> Response<Body> {
+    let problem = crate::transcode::status::wants_problem(req.headers());
+    // Rate-limit fields, set by the edge stage, go on whatever the answer.
+    let mut edge_headers = HeaderMap::new();
+    // What the access log and metrics need to know, filled in as we go.
+    let mut info = RequestInfo::default();
+    let resp = handle_route(State(gw), req, &mut edge_headers, &mut info).await;
+    let mut resp = crate::transcode::status::negotiate(problem, resp);
+    resp.headers_mut().extend(edge_headers);
+    resp.extensions_mut().insert(info);
+    resp
+}
+
+async fn handle_route(
+    State(gw): State<Arc<Gateway>>,
+    req: http::Request<Body>,
+    edge_headers: &mut HeaderMap,
+    info: &mut RequestInfo,
+) -> Response<Body> {
     // The request keeps this snapshot to its end, whatever reloads happen meanwhile.
     let snap = gw.snapshot.load_full();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // A token in the query is a credential, not a message field.
+    crate::edge::take_query_token(&snap.edge, &mut parts);
     let path = parts.uri.path();
+    // The OpenAPI document and its page, when configured, before any route.
+    if let Some(resp) = crate::openapi::serve(&snap, &parts) {
+        return resp;
+    }
     let (route, vars) = match snap.matcher.lookup(parts.method.as_str(), path) {
         Lookup::Found { value, vars } => (value, vars),
         Lookup::MethodNotAllowed { allowed } => {
@@ -168,6 +227,42 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: http::Request<Body>) -> Res
         }
     };
 
+    info.route = Some(route.label.clone());
+    info.grpc_method = Some(route.grpc_label.clone());
+    info.backend = Some(route.backend_label.clone());
+
+    // STAGE edge: per-route authentication, policy and subject rate limits go
+    // here, once the route is known and before any body byte is read.
+    let admitted = crate::edge::admit(
+        &snap.edge,
+        route,
+        &mut parts.headers,
+        &mut parts.extensions,
+        edge_headers,
+    )
+    .await;
+    info.client = parts
+        .extensions
+        .get::<crate::edge::client_ip::ClientIp>()
+        .map(|c| c.0);
+    info.subject = parts
+        .extensions
+        .get::<crate::edge::jwt::Verified>()
+        .and_then(|v| v.subject().map(str::to_owned));
+    if let Err(resp) = admitted {
+        return resp;
+    }
+
+    // STAGE streaming: streaming methods branch off here to their own handler.
+    let body = match crate::transcode::stream::intercept(&snap, route, &vars, &parts, body, || {
+        request_metadata(&parts.headers, route)
+    })
+    .await
+    {
+        crate::transcode::stream::Intercepted::Answered(resp) => return resp,
+        crate::transcode::stream::Intercepted::Pass(body) => body,
+    };
+
     let body = match read_body(&parts.headers, body, snap.max_body_bytes, route).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -178,28 +273,73 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: http::Request<Body>) -> Res
         Err(e) => return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message),
     };
     drop(body);
-
-    let metadata = request_metadata(&parts.headers, route);
-    let Some(endpoint) = route.backend.pick() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            format!("backend \"{}\" has no endpoints", route.backend.name),
-        );
-    };
-    let result = endpoint
-        .unary(
-            route.grpc_path.clone(),
+    if route.grpc_method.is_server_streaming() {
+        let metadata = request_metadata(&parts.headers, route);
+        return crate::transcode::stream::server_stream(
+            &snap,
+            route,
             message,
             metadata,
-            route.output.clone(),
-            route.timeout,
+            &parts.headers,
         )
         .await;
+    }
+
+    let metadata = request_metadata(&parts.headers, route);
+    let started = std::time::Instant::now();
+    // Balancing, retries, ejection, circuit breaker and deadline all happen
+    // in the backend; the client's deadline headers and address go along.
+    let result = route
+        .backend
+        .call(crate::upstream::CallRequest {
+            path: route.grpc_path.clone(),
+            message,
+            metadata,
+            reply: route.output.clone(),
+            timeout: route.timeout,
+            retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
+            headers: &parts.headers,
+            // The edge's view (trusted proxies applied) when it ran.
+            client_ip: parts
+                .extensions
+                .get::<crate::edge::client_ip::ClientIp>()
+                .map(|c| c.0)
+                .or_else(|| crate::upstream::client_ip(&parts.headers, &parts.extensions)),
+        })
+        .await;
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(crate::upstream::CallError::Refused { code, .. }) => *code,
+        Err(crate::upstream::CallError::Upstream { status, .. }) => status.code(),
+    };
+    info.grpc_code = Some(code as i32);
+    match &result {
+        Ok(reply) => {
+            if let Some(u) = reply.extensions().get::<crate::upstream::Attempted>() {
+                info.endpoint = Some(u.addr.clone());
+                info.retries = u.attempts.saturating_sub(1);
+            }
+        }
+        Err(crate::upstream::CallError::Upstream { addr, attempts, .. }) => {
+            info.endpoint = Some(addr.clone());
+            info.retries = attempts.saturating_sub(1);
+        }
+        Err(crate::upstream::CallError::Refused { .. }) => {}
+    }
+    crate::telemetry::metrics::record_upstream(
+        &route.backend_label,
+        &route.grpc_label,
+        code,
+        started.elapsed(),
+    );
     match result {
         Ok(reply) => {
             let (md, msg, _) = reply.into_parts();
-            match crate::transcode::encode_reply(&msg, route.response_body.as_ref(), &snap.encode) {
+            match crate::transcode::shape::render_reply(
+                &msg,
+                route.response_body.as_ref(),
+                &snap.encode,
+            ) {
                 Ok(json) => {
                     let mut resp = Response::new(Body::from(json));
                     resp.headers_mut().insert(
@@ -207,16 +347,34 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: http::Request<Body>) -> Res
                         HeaderValue::from_static("application/json"),
                     );
                     response_metadata(&md, resp.headers_mut());
+                    // Success status, headers from the reply, HttpBody content type.
+                    crate::transcode::shape::finish(
+                        &route.shaping,
+                        route.response_body.as_ref(),
+                        &msg,
+                        &md,
+                        &mut resp,
+                    );
                     resp
                 }
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, e.message),
             }
         }
-        Err(status) => {
+        Err(crate::upstream::CallError::Refused { code, message }) => {
             tracing::debug!(
                 route = %route.template,
                 grpc.method = route.grpc_method.full_name(),
-                upstream.addr = %endpoint.addr,
+                grpc.code = ?code,
+                error = %message,
+                "backend call refused"
+            );
+            error(crate::transcode::http_status(code), code, message)
+        }
+        Err(crate::upstream::CallError::Upstream { status, addr, .. }) => {
+            tracing::debug!(
+                route = %route.template,
+                grpc.method = route.grpc_method.full_name(),
+                upstream.addr = %addr,
                 grpc.code = ?status.code(),
                 "backend call failed"
             );
@@ -229,7 +387,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: http::Request<Body>) -> Res
                 // knows where to look.
                 let mut msg = format!(
                     "backend \"{}\" ({}): {}",
-                    route.backend.name, endpoint.addr, s.message
+                    route.backend.name, addr, s.message
                 );
                 // Transport errors keep the useful part ("Connection refused")
                 // in their source chain, not in the status message.
@@ -347,76 +505,9 @@ fn build_message(
     if let Some(q) = query {
         request::apply_query(&mut msg, q, &route.body, &route.bound, snap.decode)?;
     }
+    let mask = (&route.shaping.update_mask, &route.body);
+    if let (Some(mask), request::BodyRule::Field(field)) = mask {
+        crate::transcode::fieldmask::fill(&mut msg, mask, field, body);
+    }
     Ok(msg)
-}
-
-/// Headers that describe the HTTP hop itself or belong to gRPC's framing;
-/// forwarding them would confuse the backend.
-fn reserved(name: &str) -> bool {
-    name.starts_with("grpc-")
-        || matches!(
-            name,
-            "content-type"
-                | "content-length"
-                | "te"
-                | "connection"
-                | "host"
-                | "transfer-encoding"
-                | "keep-alive"
-                | "upgrade"
-                | "proxy-connection"
-        )
-}
-
-fn request_metadata(headers: &HeaderMap, route: &Route) -> MetadataMap {
-    let mut md = MetadataMap::new();
-    for name in &route.forward_headers {
-        if reserved(name.as_str()) {
-            continue;
-        }
-        for v in headers.get_all(name) {
-            if let (Ok(k), Ok(v)) = (
-                MetadataKey::from_bytes(name.as_str().as_bytes()),
-                MetadataValue::try_from(v.as_bytes()),
-            ) {
-                md.append(k, v);
-            }
-        }
-    }
-    for (name, v) in headers {
-        let Some(rest) = name.as_str().strip_prefix("grpc-metadata-") else {
-            continue;
-        };
-        if rest.is_empty() || reserved(rest) {
-            continue;
-        }
-        if let (Ok(k), Ok(v)) = (
-            MetadataKey::from_bytes(rest.as_bytes()),
-            MetadataValue::try_from(v.as_bytes()),
-        ) {
-            md.append(k, v);
-        }
-    }
-    md
-}
-
-/// Backend metadata (headers and trailers; tonic merges them for unary calls)
-/// goes back as `Grpc-Metadata-<key>`, as grpc-gateway does.
-fn response_metadata(md: &MetadataMap, out: &mut HeaderMap) {
-    for kv in md.iter() {
-        let KeyAndValueRef::Ascii(k, v) = kv else {
-            continue;
-        };
-        let key = k.as_str();
-        if reserved(key) || key == "date" || key == "server" {
-            continue;
-        }
-        let Ok(name) = http::HeaderName::from_bytes(format!("grpc-metadata-{key}").as_bytes())
-        else {
-            continue;
-        };
-        if let Ok(value) = HeaderValue::from_bytes(v.as_encoded_bytes()) {
-            out.append(name, value);
-        }
-    }
 }

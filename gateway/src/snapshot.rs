@@ -54,6 +54,12 @@ impl fmt::Display for RouteSource {
 pub struct Route {
     pub method: String,
     pub template: Template,
+    /// The template as text, for metric labels and logs (made once here, not per request).
+    pub label: Arc<str>,
+    /// `package.Service/Method`, likewise.
+    pub grpc_label: Arc<str>,
+    /// The backend's name, likewise.
+    pub backend_label: Arc<str>,
     pub source: RouteSource,
     pub grpc_method: MethodDescriptor,
     pub grpc_path: PathAndQuery,
@@ -68,6 +74,13 @@ pub struct Route {
     pub backend: Arc<Backend>,
     pub timeout: Duration,
     pub forward_headers: Vec<HeaderName>,
+    /// The route's own `retry_on` codes; `None`: GET routes retry on the
+    /// backend's, other routes only after connect failures.
+    pub retry_on: Option<Vec<tonic::Code>>,
+    /// Streaming, raw-body, multipart and response shaping options.
+    pub shaping: crate::transcode::shape::Shaping,
+    /// Authentication, CORS and rate limits of this route.
+    pub edge: crate::edge::RouteEdge,
 }
 
 /// The gateway's whole configuration, validated and compiled.
@@ -87,6 +100,9 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// Backends whose descriptors come from server reflection.
     pub reflection_backends: Vec<String>,
+    /// One access-log line per request (`telemetry.access_log`); read when
+    /// the listener starts.
+    pub access_log: bool,
     pub pool: DescriptorPool,
     pub descriptor_files: Vec<descriptors::SourceFile>,
     pub routes: Vec<Arc<Route>>,
@@ -95,6 +111,10 @@ pub struct Snapshot {
     pub max_body_bytes: usize,
     pub decode: DecodeOptions,
     pub encode: SerializeOptions,
+    /// JWT issuers, CORS, rate limits and request limits.
+    pub edge: crate::edge::Edge,
+    /// `[openapi]`, and the generated document once rendered.
+    pub openapi: crate::openapi::Settings,
 }
 
 impl fmt::Debug for Snapshot {
@@ -119,6 +139,9 @@ struct RouteSpec<'a> {
     response_body: Option<&'a str>,
     timeout: Duration,
     forward_headers: Vec<HeaderName>,
+    retry_on: Option<Vec<tonic::Code>>,
+    shape: crate::transcode::shape::ShapeConfig,
+    edge: crate::edge::RouteEdge,
     source: RouteSource,
 }
 
@@ -235,13 +258,9 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     for (name, spanned) in &file.config.backends {
         let b = spanned.get_ref();
         let field = |f: &str| format!("backends.{name}.{f}");
-        if b.endpoints.is_empty() {
-            errors.push(file.error(
-                spanned,
-                field("endpoints"),
-                "no endpoints; list at least one host:port",
-            ));
-        }
+        // Discovery, balancing and resilience; also reports a backend with
+        // neither endpoints nor consul.
+        let options = crate::upstream::options::backend_options(file, name, spanned, &mut errors);
         for svc in &b.services {
             if pool.get_service_by_name(svc.get_ref()).is_none() {
                 errors.push(file.error(
@@ -291,17 +310,18 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
             timeout,
             connect_timeout,
         };
-        // An unchanged backend keeps its live connections across a reload.
+        // An unchanged backend keeps its live connections, its discovery
+        // watch and its health state across a reload.
         let kept = ctx
             .previous
             .and_then(|p| p.backends.get(name))
-            .filter(|old| old.definition == definition)
+            .filter(|old| old.same_as(&definition, &options))
             .cloned();
         if let Some(old) = kept {
             backends.insert(name.clone(), old);
             continue;
         }
-        match Backend::new(name, definition) {
+        match Backend::with_options(name, definition, options) {
             Ok(backend) => {
                 backends.insert(name.clone(), Arc::new(backend));
             }
@@ -317,13 +337,16 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         }
     }
 
+    // Before the routes, which refer to its issuers and policies.
+    let edge = crate::edge::build(file, ctx.previous.map(|p| &p.edge), &mut errors);
+
     let mut routes: Vec<Arc<Route>> = Vec::new();
     let mut matcher: Matcher<Arc<Route>> = Matcher::new();
 
     for (i, spanned) in file.config.routes.iter().enumerate() {
         let r = spanned.get_ref();
         let at = |f: &str| format!("routes[{i}].{f}");
-        let Some(spec) = file_route_spec(
+        let Some(mut spec) = file_route_spec(
             file,
             i,
             spanned,
@@ -335,6 +358,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         ) else {
             continue;
         };
+        spec.edge = edge.route(file, i, spanned, &spec.method, &spec.path, &mut errors);
         let mut route_errors = Vec::new();
         let compiled = compile(spec, &mut |field: &str, msg: String| {
             let e = match field {
@@ -397,6 +421,13 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
                         response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
                         timeout: backend.timeout,
                         forward_headers: server_headers.clone(),
+                        retry_on: None,
+                        shape: Default::default(),
+                        edge: edge.annotation_route(
+                            file,
+                            &rule.method.to_ascii_uppercase(),
+                            &rule.path,
+                        ),
                         source: RouteSource::Annotation {
                             method: method.full_name().to_owned(),
                         },
@@ -439,6 +470,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         }
     }
 
+    let openapi = crate::openapi::Settings::from_config(file, &matcher, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -453,6 +485,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         watch: server.watch,
         shutdown_delay,
         drain_timeout,
+        access_log: file.config.telemetry.access_log,
         reflection_backends: file
             .config
             .backends
@@ -468,10 +501,13 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         max_body_bytes: server.max_body_bytes,
         decode: DecodeOptions {
             reject_unknown: server.unknown_fields == UnknownFields::Reject,
+            max_depth: edge.limits.max_json_depth,
         },
         encode: SerializeOptions::new()
             .skip_default_fields(!server.emit_defaults)
             .use_proto_field_name(server.proto_field_names),
+        openapi,
+        edge,
     })
 }
 
@@ -546,6 +582,22 @@ fn file_route_spec<'a>(
             forward_headers.push(h);
         }
     }
+    let retry_on =
+        crate::upstream::options::route_retry_on(file, &r.retry_on, &at("retry_on"), errors);
+    let shape = crate::transcode::shape::ShapeConfig {
+        success_status: r.success_status.as_ref().map(|s| *s.get_ref()),
+        response_headers: r
+            .response_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect(),
+        stream_framing: r.stream_framing.as_ref().map(|s| s.get_ref().clone()),
+        stream_timeout: r.stream_timeout.as_ref().map(|_| {
+            let key = at("stream_timeout");
+            file.duration(&r.stream_timeout, &key, DEFAULT_TIMEOUT, errors)
+        }),
+        multipart: r.multipart,
+    };
     // Without the method nothing else can be checked; a missing backend
     // still lets the template and fields be checked.
     let grpc = grpc?;
@@ -558,6 +610,9 @@ fn file_route_spec<'a>(
         response_body: r.response_body.as_ref().map(|b| b.get_ref().as_str()),
         timeout,
         forward_headers,
+        retry_on,
+        shape,
+        edge: Default::default(),
         source: RouteSource::File {
             path: file.path.clone(),
             line: file.line_of(spanned),
@@ -620,12 +675,8 @@ fn resolve_method(pool: &DescriptorPool, name: &str) -> Result<MethodDescriptor,
             names.join(", ")
         ));
     };
-    if m.is_client_streaming() || m.is_server_streaming() {
-        return Err(format!(
-            "{} is a streaming method; this gateway transcodes unary methods only so far",
-            m.full_name()
-        ));
-    }
+    // Streaming methods are served too (transcode::stream); what they need
+    // from the route (a body for client streaming) is checked when compiling.
     Ok(m)
 }
 
@@ -734,6 +785,14 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
             }
         },
     };
+    let shaping = crate::transcode::shape::compile(
+        &spec.shape,
+        &spec.method,
+        &spec.grpc,
+        &body,
+        response_body.as_ref(),
+        &mut fail,
+    );
     if !all_ok.get() {
         return None;
     }
@@ -749,11 +808,16 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
         spec.grpc.parent_service().full_name(),
         spec.grpc.name()
     );
+    let template = template?;
+    let backend = spec.backend?;
     Some(Route {
         method: spec.method,
-        template: template?,
+        label: Arc::from(template.to_string()),
+        grpc_label: Arc::from(grpc_path.trim_start_matches('/')),
+        backend_label: Arc::from(backend.name.as_str()),
+        template,
         source: spec.source,
-        grpc_path: PathAndQuery::try_from(grpc_path).ok()?,
+        grpc_path: PathAndQuery::try_from(grpc_path.as_str()).ok()?,
         grpc_method: spec.grpc,
         input,
         output,
@@ -761,8 +825,11 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
         bound,
         body,
         response_body,
-        backend: spec.backend?,
+        backend,
         timeout: spec.timeout,
         forward_headers: spec.forward_headers,
+        retry_on: spec.retry_on,
+        shaping,
+        edge: spec.edge,
     })
 }

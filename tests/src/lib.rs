@@ -4,6 +4,8 @@
 //! loopback ports, from a routes.toml written into a fresh temporary folder,
 //! and talks to the gateway over real HTTP.
 
+pub mod consul;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -842,3 +844,12 @@ pub fn nth_line_of(text: &str, needle: &str, n: usize) -> usize {
         .map(|(i, _)| i + 1)
         .unwrap_or_else(|| panic!("{needle:?} occurs fewer than {} times", n + 1))
 }
+
+// The streaming, raw-body, shaping and OpenAPI tests' backend and helpers.
+pub mod streaming;
+
+// The edge-security tests' keys, tokens, JWKS and page servers, counting backend.
+pub mod edge;
+
+// The gateway run with its admin listener and watcher, as `gateway serve` does.
+pub mod running;

@@ -8,26 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::example::{bookstore, BoxFuture, DynamicServer};
-use gateway::reload::{self, ReloadState};
-use gateway::server::{self, Gateway};
+use gateway_tests::running::RunningGateway;
 use gateway_tests::{bookstore_pool, http_client, spawn_backend, temp_dir, toml_path};
 use prost_reflect::{DynamicMessage, MethodDescriptor, Value};
 use serde_json::Value as Json;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::{Request, Response};
 
 /// How long a change may take to be served; the bound.
 const PICKUP: Duration = Duration::from_secs(2);
-
-struct Running {
-    rest: String,
-    admin: String,
-    gw: Arc<Gateway>,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-    dir: PathBuf,
-}
 
 /// Copies the repo's bookstore descriptors into `dir/descriptors`.
 fn copy_descriptors(dir: &Path) -> PathBuf {
@@ -60,31 +48,9 @@ grpc = "example.bookstore.v1.Bookstore/GetShelf"
     )
 }
 
-/// Starts the gateway on `config` the way `gateway serve` does: the shared
-/// load path, the file watcher, the admin listener, `server::run`.
-async fn start(config: &Path) -> Running {
-    let state = ReloadState::default();
-    let snapshot = reload::load(config, None, &state)
-        .await
-        .unwrap_or_else(|e| panic!("initial config rejected:\n{e}"));
-    let gw = Gateway::new(snapshot);
-    reload::spawn_watcher(gw.clone());
-    let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rest_addr = rest.local_addr().unwrap().to_string();
-    let admin_addr = admin.local_addr().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(server::run(rest, Some(admin), gw.clone(), async {
-        let _ = stopped.await;
-    }));
-    Running {
-        rest: rest_addr,
-        admin: admin_addr,
-        gw,
-        stop: Some(stop),
-        done,
-        dir: config.parent().unwrap().to_owned(),
-    }
+/// Starts the gateway on `config` the way `gateway serve` does.
+async fn start(config: &Path) -> RunningGateway {
+    RunningGateway::start(config).await
 }
 
 async fn get(url: &str) -> (u16, Json) {
@@ -441,6 +407,7 @@ async fn admin_endpoints_describe_what_is_loaded() {
         get(&format!("http://{}/v3/shelves/1", gw.rest)).await.0,
         404
     );
+    let before = gw.gw.snapshot().backends["bookstore"].clone();
     let resp = http_client()
         .post(admin("/admin/reload"))
         .send()
@@ -453,6 +420,12 @@ async fn admin_endpoints_describe_what_is_loaded() {
         get(&format!("http://{}/v3/shelves/1", gw.rest)).await.0,
         200
     );
+    // The backend's definition did not change: the reload kept the same
+    // backend, and with it its connections.
+    assert!(Arc::ptr_eq(
+        &before,
+        &gw.gw.snapshot().backends["bookstore"]
+    ));
 
     // A rejected reload answers 400 with the errors as details.
     std::fs::write(&config, "[server]\nlisten = 5\n").unwrap();
@@ -475,7 +448,6 @@ async fn admin_endpoints_describe_what_is_loaded() {
 
     let (s, _) = get(&admin("/nope")).await;
     assert_eq!(s, 404);
-    drop(gw.dir);
 }
 
 /// A backend whose GetShelf takes `delay`, to hold a request in flight.

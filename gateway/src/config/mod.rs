@@ -6,6 +6,7 @@
 //! [`ConfigError`] so every problem names file, line and field.
 
 mod duration;
+mod edge;
 mod error;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use duration::parse_duration;
+pub use edge::{
+    AuthConfig, CorsConfig, IssuerConfig, LimitsConfig, RateLimitPolicyConfig, RateLimitsConfig,
+};
 pub use error::{ConfigError, ConfigErrors, LineIndex};
 
 /// grpc-gateway and Envoy both default to 4 MiB, the gRPC default message size:
@@ -37,12 +41,26 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// JWT issuers and the default route policy (README: Edge security).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Cross-origin access for browsers; off when absent.
+    pub cors: Option<Spanned<CorsConfig>>,
+    /// Named quotas and the default ones.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    /// Request size, time and connection bounds.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The listener and gateway-wide transcoding behaviour.
     #[serde(default)]
     pub server: ServerConfig,
     /// The operator's listener: health, readiness, route/backend/config views, reload.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Logs and the access log.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Backends by name; routes refer to them by that name.
     #[serde(default)]
     pub backends: BTreeMap<String, Spanned<BackendConfig>>,
@@ -50,6 +68,26 @@ pub struct FileConfig {
     /// the same method and path.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// The generated OpenAPI 3.1 document of the routes.
+    #[serde(default)]
+    pub openapi: OpenApiConfig,
+}
+
+/// `[openapi]`: where the generated document is served, and its title.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiConfig {
+    /// Serve the document on the REST listener at this path, e.g.
+    /// `/openapi.json`; not served when absent. `gateway openapi` prints it either way.
+    pub path: Option<Spanned<String>>,
+    /// Serve a documentation page for the document at this path, e.g. `/docs`.
+    pub docs_path: Option<Spanned<String>>,
+    /// `info.title` (default "API").
+    pub title: Option<String>,
+    /// `info.version` (default "1.0.0").
+    pub version: Option<String>,
+    /// `info.description`.
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +143,45 @@ pub struct AdminConfig {
     pub enabled: bool,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` (human-readable, the default), `json` (one JSON object per
+    /// line, for ELK or Loki), or `auto`: text on a terminal, JSON otherwise.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Default log level (`error`, `warn`, `info`, `debug`, `trace`) or a full
+    /// `RUST_LOG`-style filter; the RUST_LOG environment variable wins.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// One line per request (target `access`).
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::default(),
+            log_level: default_log_level(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
@@ -143,8 +220,15 @@ pub enum UnknownFields {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Static endpoints, `host:port`.
+    /// Static endpoints, `host:port`. An IP address is used as is; a name is
+    /// resolved again every `dns_refresh` and each address it returns is an
+    /// instance (a Kubernetes headless service). Leave out with `consul`.
+    #[serde(default)]
     pub endpoints: Vec<Spanned<String>>,
+    /// Take the instances from Consul's health API instead of `endpoints`.
+    pub consul: Option<Spanned<ConsulConfig>>,
+    /// How often names in `endpoints` are resolved again (default 5s).
+    pub dns_refresh: Option<Spanned<String>>,
     /// gRPC services served here, by full name. Annotated methods of these
     /// services are routed to this backend, and routes to them may omit `backend`.
     #[serde(default)]
@@ -158,11 +242,154 @@ pub struct BackendConfig {
     /// folder win on conflict. With no `services`, every service it reports is served.
     #[serde(default)]
     pub reflection: bool,
+    /// `round_robin` (default), `random`, `least_request` (power of two
+    /// choices), `weighted` (Consul's `Weights`), or `consistent_hash` (with `hash_key`).
+    pub load_balancer: Option<Spanned<String>>,
+    /// What `consistent_hash` hashes: one of `header`, `claim`, `client_ip`.
+    pub hash_key: Option<Spanned<HashKeyConfig>>,
+    /// Active gRPC health checks (grpc.health.v1.Health/Check); off when absent.
+    pub health_check: Option<Spanned<HealthCheckConfig>>,
+    /// Passive health: eject an instance after consecutive failures.
+    pub outlier_detection: Option<Spanned<OutlierConfig>>,
+    /// Retries of failed calls on another instance.
+    pub retry: Option<Spanned<RetryConfig>>,
+    /// Fail fast while the backend as a whole is failing, and bound concurrency.
+    pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
+}
+
+/// `consul = { service = "users", tags = ["grpc"], datacenter = "dc1" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// The Consul service name (`/v1/health/service/<service>`).
+    pub service: Spanned<String>,
+    /// Only instances carrying every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    /// The datacenter to ask about; the agent's own when absent.
+    pub datacenter: Option<Spanned<String>>,
+    /// Only instances whose checks all pass (default). With false, instances
+    /// in `warning` are used too (at their `Weights.Warning`); `critical` never are.
+    #[serde(default = "yes")]
+    pub passing_only: bool,
+    /// The agent's HTTP API, default `http://127.0.0.1:8500` (the local agent).
+    pub address: Option<Spanned<String>>,
+    /// Environment variable holding the ACL token (default `CONSUL_HTTP_TOKEN`).
+    pub token_env: Option<Spanned<String>>,
+    /// File holding the ACL token; read again before every query, so a
+    /// rotated token is picked up. Wins over `token_env`.
+    pub token_file: Option<Spanned<String>>,
+    /// Allow any Consul server to answer (`?stale`), not just the leader:
+    /// spreads load and keeps answering while the cluster has no leader.
+    #[serde(default)]
+    pub stale: bool,
+    /// How long one blocking query may wait for a change (default 5m, at most 10m).
+    pub wait: Option<Spanned<String>>,
+}
+
+/// Exactly one of the three.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashKeyConfig {
+    /// A request header, e.g. `x-user-id`.
+    pub header: Option<Spanned<String>>,
+    /// A JWT claim, e.g. `sub`.
+    pub claim: Option<Spanned<String>>,
+    /// The client's IP address.
+    #[serde(default)]
+    pub client_ip: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Time between checks of each instance (default 5s).
+    pub interval: Option<Spanned<String>>,
+    /// How long one check may take (default 1s).
+    pub timeout: Option<Spanned<String>>,
+    /// The service name sent in HealthCheckRequest; "" asks about the whole server.
+    #[serde(default)]
+    pub service: String,
+    /// Successful checks in a row that bring an instance back (default 2).
+    pub healthy_threshold: Option<Spanned<u32>>,
+    /// Failed checks in a row that take an instance out (default 3).
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive connect failures or UNAVAILABLE answers that eject an
+    /// instance (default 5; 0 turns ejection off).
+    pub consecutive_failures: Option<Spanned<u32>>,
+    /// First ejection time; the n-th ejection in a row lasts n times this (default 30s).
+    pub base_ejection_time: Option<Spanned<String>>,
+    /// Upper bound of one ejection (default 300s).
+    pub max_ejection_time: Option<Spanned<String>>,
+    /// Never eject more than this percentage of the instances (default 50).
+    pub max_ejection_percent: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries per request, the first included (default 3; 1 turns retries off).
+    pub attempts: Option<Spanned<u32>>,
+    /// gRPC codes retried on routes that are safe to retry, besides connect
+    /// failures (default `["unavailable"]`).
+    pub retry_on: Option<Vec<Spanned<String>>>,
+    /// Backoff before the first retry, doubled each time, with jitter (default 25ms).
+    pub backoff: Option<Spanned<String>>,
+    /// Upper bound of one backoff (default 250ms).
+    pub max_backoff: Option<Spanned<String>>,
+    /// Retries may be at most this share of requests over 10 s (default 0.2).
+    pub budget: Option<Spanned<f64>>,
+    /// Retries always allowed per second, whatever the budget (default 10).
+    pub min_retries_per_second: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// The window failures are counted over (default 10s).
+    pub window: Option<Spanned<String>>,
+    /// Open when this share of calls in the window failed (default 0.5)...
+    pub failure_rate: Option<Spanned<f64>>,
+    /// ...and the window holds at least this many calls (default 20).
+    pub min_requests: Option<Spanned<u32>>,
+    /// Also open after this many failed calls in the window, whatever the
+    /// rate (default 0: off).
+    pub failures: Option<Spanned<u32>>,
+    /// How long to stay open before letting probes through (default 5s).
+    pub open_for: Option<Spanned<String>>,
+    /// Probes let through while half-open; all must succeed to close (default 3).
+    pub half_open_probes: Option<Spanned<u32>>,
+    /// Calls in flight to this backend at most; beyond, 503 at once (default 1024).
+    pub max_requests: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// `none`, `optional` (a token is checked if sent) or `required`;
+    /// default `auth.default`.
+    pub auth: Option<Spanned<String>>,
+    /// Issuers (names under `[auth.issuers]`) accepted here; default all.
+    pub issuers: Option<Vec<Spanned<String>>>,
+    /// Scopes the token must all carry (`scope` string or `scp` list); 403 otherwise.
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    /// Claims the token must carry with these values (a string, number or
+    /// bool, or a list meaning any of them); 403 otherwise.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Spanned<toml::Value>>,
+    /// Claims passed to the backend as `x-jwt-<claim>` metadata; default `auth.forward_claims`.
+    pub forward_claims: Option<Vec<Spanned<String>>>,
+    /// CORS for this route: fields here replace those of `[cors]`.
+    pub cors: Option<Spanned<CorsConfig>>,
+    /// Rate-limit policies (names under `[rate_limits.policies]`); default
+    /// `rate_limits.default`; `[]` for none.
+    pub rate_limit: Option<Vec<Spanned<String>>>,
     /// HTTP method: GET, POST, PUT, PATCH, DELETE, or a custom one.
     pub method: Spanned<String>,
     /// A google.api.http path template: `/v1/{name=shelves/*}/books/{book}:verb`.
@@ -181,6 +408,31 @@ pub struct RouteConfig {
     /// Extra request headers copied into gRPC metadata for this route.
     #[serde(default)]
     pub forward_headers: Vec<Spanned<String>>,
+    /// Marks the route safe to retry (GET routes are by default) and lists
+    /// the gRPC codes retried, e.g. `["unavailable", "resource_exhausted"]`.
+    /// `[]` turns retries off. Connect failures are retried on every route:
+    /// such a call never reached the backend.
+    pub retry_on: Option<Vec<Spanned<String>>>,
+    /// HTTP status of a successful answer, e.g. 201 for a create (default 200).
+    pub success_status: Option<Spanned<u16>>,
+    /// Response headers built from the reply: each value is a template where
+    /// `{field.path}` is a reply field and `{metadata:key}` a response
+    /// metadata entry, e.g. `{ Location = "/v1/{name}" }`. A header whose
+    /// source is empty or absent is left out.
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, Spanned<String>>,
+    /// Server-streaming framing when the client's `Accept` does not choose
+    /// one: `ndjson` (default), `sse`, or `json_array` (Envoy's default).
+    pub stream_framing: Option<Spanned<String>>,
+    /// Deadline of a whole streaming call (sent as `grpc-timeout`); none by
+    /// default, so a stream lasts until the backend ends it or the client
+    /// leaves. `timeout` still bounds the wait for the backend's first answer.
+    pub stream_timeout: Option<Spanned<String>>,
+    /// Accept `multipart/form-data`: each part fills the request field of its
+    /// name (bytes and google.api.HttpBody fields take the raw part). On a
+    /// client-streaming method each part is streamed as messages instead.
+    #[serde(default)]
+    pub multipart: bool,
 }
 
 fn default_listen() -> Spanned<String> {

@@ -292,6 +292,8 @@ fn compile_protos(
     chain.add(SetFiles(set_files));
     chain.add(GoogleFileResolver::new());
     let mut compiler = Compiler::with_file_resolver(chain);
+    // Keep comments: the generated OpenAPI document uses them as descriptions.
+    compiler.include_source_info(true);
 
     let mut compiled = Vec::new();
     let mut reported = HashSet::new();

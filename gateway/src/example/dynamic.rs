@@ -16,6 +16,44 @@ use crate::upstream::DynamicCodec;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// A stream of messages, as a [`StreamHandler`] receives and returns them.
+pub type MessageStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<DynamicMessage, Status>> + Send + 'static>>;
+
+/// Answers calls to streaming methods: client, server or bidirectional.
+///
+/// One shape for all three keeps test backends short: the request is always a
+/// stream (of one message for server-streaming methods) and so is the reply
+/// (whose first message is the answer of a client-streaming method). The
+/// reply stream is pulled only as fast as the client reads, and dropped when
+/// the client cancels.
+pub trait StreamHandler: Send + Sync + 'static {
+    fn call(
+        &self,
+        method: &MethodDescriptor,
+        request: Request<MessageStream>,
+    ) -> BoxFuture<Result<Response<MessageStream>, Status>>;
+}
+
+impl<F> StreamHandler for F
+where
+    F: Fn(
+            &MethodDescriptor,
+            Request<MessageStream>,
+        ) -> BoxFuture<Result<Response<MessageStream>, Status>>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn call(
+        &self,
+        method: &MethodDescriptor,
+        request: Request<MessageStream>,
+    ) -> BoxFuture<Result<Response<MessageStream>, Status>> {
+        self(method, request)
+    }
+}
+
 /// Answers one unary call.
 pub trait Handler: Send + Sync + 'static {
     fn call(
@@ -51,11 +89,13 @@ pub type Fallback = tower::util::BoxCloneSyncService<
     Infallible,
 >;
 
-/// Serves every unary method of the named services from `pool`.
+/// Serves every unary method of the named services from `pool`, and their
+/// streaming methods when given a [`StreamHandler`].
 #[derive(Clone)]
 pub struct DynamicServer {
     methods: Arc<HashMap<String, MethodDescriptor>>,
     handler: Arc<dyn Handler>,
+    streaming: Option<Arc<dyn StreamHandler>>,
     fallback: Option<Fallback>,
 }
 
@@ -75,8 +115,16 @@ impl DynamicServer {
         DynamicServer {
             methods: Arc::new(methods),
             handler: Arc::new(handler),
+            streaming: None,
             fallback: None,
         }
+    }
+
+    /// Answers the streaming methods with `handler` (without one they are
+    /// UNIMPLEMENTED).
+    pub fn with_streaming(mut self, handler: impl StreamHandler) -> Self {
+        self.streaming = Some(Arc::new(handler));
+        self
     }
 
     /// Sends calls to methods this server does not know to `fallback`.
@@ -122,6 +170,24 @@ impl DynamicServer {
         let mut grpc = tonic::server::Grpc::new(DynamicCodec::new(method.input()))
             .max_decoding_message_size(crate::upstream::MAX_REPLY_BYTES)
             .max_encoding_message_size(crate::upstream::MAX_REPLY_BYTES);
+        if method.is_client_streaming() || method.is_server_streaming() {
+            let Some(handler) = self.streaming.clone() else {
+                return Status::unimplemented(format!(
+                    "{} is a streaming method and this server has no streaming handler",
+                    method.full_name()
+                ))
+                .into_http();
+            };
+            let svc = Streams { method, handler };
+            return match (
+                svc.method.is_client_streaming(),
+                svc.method.is_server_streaming(),
+            ) {
+                (true, true) => grpc.streaming(svc, req).await,
+                (true, false) => grpc.client_streaming(svc, req).await,
+                _ => grpc.server_streaming(svc, req).await,
+            };
+        }
         grpc.unary(
             Unary {
                 method,
@@ -143,6 +209,54 @@ impl tonic::server::UnaryService<DynamicMessage> for Unary {
     type Future = BoxFuture<Result<Response<DynamicMessage>, Status>>;
 
     fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
+        self.handler.call(&self.method, request)
+    }
+}
+
+/// Adapts a [`StreamHandler`] to tonic's three streaming service traits.
+#[derive(Clone)]
+struct Streams {
+    method: MethodDescriptor,
+    handler: Arc<dyn StreamHandler>,
+}
+
+impl tonic::server::ServerStreamingService<DynamicMessage> for Streams {
+    type Response = DynamicMessage;
+    type ResponseStream = MessageStream;
+    type Future = BoxFuture<Result<Response<MessageStream>, Status>>;
+
+    fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
+        let request = request.map(|m| Box::pin(tokio_stream::once(Ok(m))) as MessageStream);
+        self.handler.call(&self.method, request)
+    }
+}
+
+impl tonic::server::ClientStreamingService<DynamicMessage> for Streams {
+    type Response = DynamicMessage;
+    type Future = BoxFuture<Result<Response<DynamicMessage>, Status>>;
+
+    fn call(&mut self, request: Request<tonic::Streaming<DynamicMessage>>) -> Self::Future {
+        use tokio_stream::StreamExt as _;
+        let request = request.map(|s| Box::pin(s) as MessageStream);
+        let reply = self.handler.call(&self.method, request);
+        Box::pin(async move {
+            let (metadata, mut stream, extensions) = reply.await?.into_parts();
+            match stream.next().await {
+                Some(Ok(m)) => Ok(Response::from_parts(metadata, m, extensions)),
+                Some(Err(status)) => Err(status),
+                None => Err(Status::internal("the handler ended without a reply")),
+            }
+        })
+    }
+}
+
+impl tonic::server::StreamingService<DynamicMessage> for Streams {
+    type Response = DynamicMessage;
+    type ResponseStream = MessageStream;
+    type Future = BoxFuture<Result<Response<MessageStream>, Status>>;
+
+    fn call(&mut self, request: Request<tonic::Streaming<DynamicMessage>>) -> Self::Future {
+        let request = request.map(|s| Box::pin(s) as MessageStream);
         self.handler.call(&self.method, request)
     }
 }

@@ -3,4 +3,4 @@
 pub mod bookstore;
 pub mod dynamic;
 
-pub use dynamic::{BoxFuture, DynamicServer, Handler};
+pub use dynamic::{BoxFuture, DynamicServer, Handler, MessageStream, StreamHandler};

@@ -1,8 +1,16 @@
 //! HTTP <-> protobuf: request mapping, reply rendering, and status mapping.
 
+pub mod fieldmask;
+pub mod framing;
+pub mod httpbody;
+pub mod metadata;
+pub mod multipart;
 pub mod request;
 pub mod response;
+pub mod shape;
 pub mod status;
+pub mod stream;
+pub mod strict;
 
 pub use request::{BodyRule, DecodeOptions, FieldPath};
 pub use response::encode_reply;

@@ -9,7 +9,7 @@ use prost_reflect::{
     ReflectMessage, Value,
 };
 
-use super::TranscodeError;
+use super::{strict, TranscodeError};
 
 /// A chain of fields from the request message down to a leaf (`book.author.name`).
 pub type FieldPath = Vec<FieldDescriptor>;
@@ -29,6 +29,17 @@ pub enum BodyRule {
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
     pub reject_unknown: bool,
+    /// Deepest JSON nesting accepted in a body (`limits.max_json_depth`).
+    pub max_depth: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            reject_unknown: true,
+            max_depth: crate::edge::limits::DEFAULT_MAX_JSON_DEPTH,
+        }
+    }
 }
 
 /// Decodes the body according to `rule`; an empty body leaves the message empty,
@@ -43,18 +54,23 @@ pub fn decode_body(
     match rule {
         BodyRule::None => Ok(DynamicMessage::new(input.clone())),
         _ if body.iter().all(u8::is_ascii_whitespace) => Ok(DynamicMessage::new(input.clone())),
-        BodyRule::All => json_to_message(input, body, &de_opts, ""),
+        BodyRule::All => json_to_message(input, body, &de_opts, "", opts.max_depth),
         BodyRule::Field(field) => {
             let mut msg = DynamicMessage::new(input.clone());
             let value = match field.kind() {
-                Kind::Message(m) if !field.is_list() && !field.is_map() => {
-                    Value::Message(json_to_message(&m, body, &de_opts, field.name())?)
-                }
+                Kind::Message(m) if !field.is_list() && !field.is_map() => Value::Message(
+                    json_to_message(&m, body, &de_opts, field.name(), opts.max_depth)?,
+                ),
                 _ => {
                     // A scalar, repeated or map body: let the message decoder
                     // handle the field's JSON form by wrapping it in an object.
-                    let v: serde_json::Value = serde_json::from_slice(body)
-                        .map_err(|e| TranscodeError::new(format!("invalid JSON body: {e}")))?;
+                    let limits = strict::Limits::new(opts.max_depth);
+                    let mut de = serde_json::Deserializer::from_slice(body);
+                    let v: serde_json::Value = serde::Deserialize::deserialize(
+                        strict::Strict::new(&mut de, strict::Ctx::field(field), &limits),
+                    )
+                    .and_then(|v| de.end().map(|()| v))
+                    .map_err(|e| TranscodeError::new(format!("invalid JSON body: {e}")))?;
                     let wrapper = serde_json::json!({ field.json_name(): v });
                     let whole =
                         DynamicMessage::deserialize_with_options(input.clone(), wrapper, &de_opts)
@@ -73,24 +89,35 @@ pub fn decode_body(
     }
 }
 
-/// Decodes JSON straight from the bytes; only when that fails is it decoded a
-/// second time with path tracking, so the happy path pays nothing for good
-/// error messages.
+/// Decodes JSON straight from the bytes, through the strict adapter
+/// (duplicate keys, a field under both its names, nesting depth) in the same
+/// pass; only when that fails is it decoded a second time with path
+/// tracking, so the happy path pays nothing for good error messages.
 fn json_to_message(
     desc: &MessageDescriptor,
     body: &[u8],
     opts: &DeserializeOptions,
     prefix: &str,
+    max_depth: usize,
 ) -> Result<DynamicMessage, TranscodeError> {
+    let limits = strict::Limits::new(max_depth);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let result = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, opts)
-        .and_then(|m| de.end().map(|()| m));
+    let result = DynamicMessage::deserialize_with_options(
+        desc.clone(),
+        strict::Strict::new(&mut de, strict::Ctx::message(desc), &limits),
+        opts,
+    )
+    .and_then(|m| de.end().map(|()| m));
     result.map_err(|e| {
+        let limits = strict::Limits::new(max_depth);
         let mut de = serde_json::Deserializer::from_slice(body);
         let mut track = serde_path_to_error::Track::new();
         let _ = DynamicMessage::deserialize_with_options(
             desc.clone(),
-            serde_path_to_error::Deserializer::new(&mut de, &mut track),
+            serde_path_to_error::Deserializer::new(
+                strict::Strict::new(&mut de, strict::Ctx::message(desc), &limits),
+                &mut track,
+            ),
             opts,
         );
         let path = track.path().to_string();

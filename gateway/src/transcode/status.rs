@@ -88,8 +88,69 @@ impl RpcStatus {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // Kept beside the body so the answer can be re-rendered as
+        // problem+json when the client asked for it (see [`negotiate`]).
+        resp.extensions_mut().insert(self);
         resp
     }
+
+    /// The same error as an RFC 9457 problem document. `code` and `details`
+    /// are extension members carrying what google.rpc.Status carries.
+    pub fn to_problem_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Problem<'a> {
+            r#type: &'static str,
+            title: &'a str,
+            status: u16,
+            detail: &'a str,
+            code: i32,
+            details: &'a [serde_json::Value],
+        }
+        serde_json::to_vec(&Problem {
+            // No problem-type registry of our own: about:blank says the HTTP
+            // status is the problem type, and `title` is its phrase.
+            r#type: "about:blank",
+            title: self.http.canonical_reason().unwrap_or("Error"),
+            status: self.http.as_u16(),
+            detail: &self.message,
+            code: self.code as i32,
+            details: &self.details,
+        })
+        .expect("strings and JSON values always serialise")
+    }
+}
+
+/// The media type of RFC 9457 error documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Whether the client prefers `application/problem+json` to plain JSON
+/// errors: it must be named, and come before `application/json` and `*/*`.
+pub fn wants_problem(headers: &http::HeaderMap) -> bool {
+    for range in super::framing::accept_ranges(headers) {
+        match range.as_str() {
+            PROBLEM_JSON => return true,
+            "application/json" | "*/*" | "application/*" => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Re-renders an error answer made by [`RpcStatus::into_response`] as
+/// problem+json when `problem` is set; any other answer passes unchanged.
+pub fn negotiate<B: From<Bytes>>(problem: bool, resp: Response<B>) -> Response<B> {
+    if !problem {
+        return resp;
+    }
+    let Some(status) = resp.extensions().get::<RpcStatus>().cloned() else {
+        return resp;
+    };
+    let (mut parts, _) = resp.into_parts();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, B::from(Bytes::from(status.to_problem_json())))
 }
 
 /// Renders the `details` of an encoded `google.rpc.Status` as proto3 JSON `Any`s.
@@ -180,5 +241,33 @@ mod tests {
         let resp = s.into_response();
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn problem_json_is_chosen_by_accept_and_keeps_code_and_details() {
+        let mut h = http::HeaderMap::new();
+        assert!(!wants_problem(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/problem+json, application/json;q=0.5"),
+        );
+        assert!(wants_problem(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, application/problem+json"),
+        );
+        assert!(!wants_problem(&h));
+
+        let resp =
+            RpcStatus::new(StatusCode::NOT_FOUND, Code::NotFound, "no book 7").into_response();
+        let resp = negotiate(true, resp);
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "about:blank", "title": "Not Found", "status": 404,
+                "detail": "no book 7", "code": 5, "details": []})
+        );
     }
 }

@@ -64,3 +64,45 @@ impl Decoder for DynamicDecoder {
             })
     }
 }
+
+/// Sends an already encoded request message; decodes the reply into
+/// `decode_as`. Retries resend the same bytes instead of re-encoding.
+#[derive(Debug, Clone)]
+pub struct EncodedCodec {
+    decode_as: MessageDescriptor,
+}
+
+impl EncodedCodec {
+    pub fn new(decode_as: MessageDescriptor) -> Self {
+        EncodedCodec { decode_as }
+    }
+}
+
+impl Codec for EncodedCodec {
+    type Encode = bytes::Bytes;
+    type Decode = DynamicMessage;
+    type Encoder = BytesEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder(self.decode_as.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}

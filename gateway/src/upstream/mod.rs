@@ -1,34 +1,65 @@
-//! Backends: a set of endpoints, one multiplexed HTTP/2 connection each, and
-//! the unary call made over them.
+//! Backends: where a call goes and what happens when it fails.
+//!
+//! A [`Backend`] is a [`Pool`] of endpoints kept current by discovery
+//! (static, DNS or Consul), a balancer, outlier ejection, optional active
+//! health checks, a circuit breaker with a concurrency limit, and retries
+//! bounded by attempts, the deadline and a budget. [`Backend::call`] runs
+//! one request through all of it. Nothing on that path takes a lock: the
+//! endpoint set is an `ArcSwap` snapshot and every counter is an atomic.
 
+mod balancer;
+mod breaker;
 mod codec;
+pub mod deadline;
+mod endpoint;
+pub mod health;
+pub mod options;
+mod outlier;
+mod pool;
 pub mod reflection;
+mod retry;
+mod rng;
+mod window;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
+use http::HeaderMap;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::Code;
 
-pub use codec::DynamicCodec;
+use crate::discovery::consul::{ConsulClient, ConsulSpec};
+use crate::discovery::{self, Sink};
 
-/// Replies are buffered whole to become JSON; 64 MiB bounds what one call
-/// may make the gateway hold, well above ordinary unary replies.
-pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+pub use balancer::{HashKey, Policy};
+pub use breaker::{BreakerSpec, BreakerStatus};
+pub use codec::{DynamicCodec, EncodedCodec};
+pub use endpoint::{Endpoint, EndpointError};
+pub use health::HealthCheckSpec;
+pub use outlier::OutlierSpec;
+pub use pool::{DiscoveryStatus, EndpointSet, Pool, SourceKind};
+pub use retry::{parse_code, RetrySpec, RouteRetry};
 
-/// One backend instance.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub addr: String,
-    /// Lazily connected: a backend that is down at start does not stop the
-    /// gateway, and its first call gets a clear 503 instead.
-    channel: Channel,
-}
+use balancer::Balancer;
+use breaker::{Admission, Breaker};
+use endpoint::{InFlight, HEALTH_NOT_SERVING, HEALTH_SERVING};
+use retry::{Failure, RetryBudget};
+use window::now_ms;
 
-/// What a backend is made from; a reload keeps the live backend (and its
-/// connections) when this has not changed.
+/// Largest gRPC message accepted from (and sent to) a backend. tonic's
+/// default of 4 MiB matches the request body limit, but replies (lists,
+/// reports) are often larger; 16 MiB still bounds what one reply can hold
+/// in memory.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a backend's endpoints are made from; a reload keeps the live
+/// backend (and its connections) when this and its [`BackendOptions`]
+/// have not changed. With `consul`, `endpoints` is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendDefinition {
     pub endpoints: Vec<String>,
@@ -36,146 +67,573 @@ pub struct BackendDefinition {
     pub connect_timeout: Duration,
 }
 
+/// Discovery, balancing and resilience settings, all with defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendOptions {
+    /// Take the endpoints from Consul instead of `endpoints`.
+    pub consul: Option<ConsulSpec>,
+    /// How often DNS names among `endpoints` are resolved again.
+    pub dns_refresh: Duration,
+    pub policy: Policy,
+    /// Required by [`Policy::ConsistentHash`].
+    pub hash_key: Option<HashKey>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub outlier: OutlierSpec,
+    pub retry: RetrySpec,
+    pub breaker: BreakerSpec,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            consul: None,
+            dns_refresh: discovery::dns::DEFAULT_REFRESH,
+            policy: Policy::RoundRobin,
+            hash_key: None,
+            health_check: None,
+            outlier: OutlierSpec::default(),
+            retry: RetrySpec::default(),
+            breaker: BreakerSpec::default(),
+        }
+    }
+}
+
+/// Counters a metrics layer can read; they only go up.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    /// Retries the budget refused.
+    pub retries_over_budget: AtomicU64,
+    pub ejections: AtomicU64,
+    pub breaker_opened: AtomicU64,
+    pub breaker_half_opened: AtomicU64,
+    pub breaker_closed: AtomicU64,
+    /// Calls refused at once because the breaker was open (or half-open and full).
+    pub rejected_open: AtomicU64,
+    /// Calls refused because `max_requests` were in flight.
+    pub rejected_overload: AtomicU64,
+    /// Calls refused because no endpoint was in rotation.
+    pub no_endpoints: AtomicU64,
+    pub deadline_exceeded: AtomicU64,
+}
+
+impl BackendStats {
+    /// Name and value of every counter, for views and exporters.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("requests", v(&self.requests)),
+            ("retries", v(&self.retries)),
+            ("retries_over_budget", v(&self.retries_over_budget)),
+            ("ejections", v(&self.ejections)),
+            ("breaker_opened", v(&self.breaker_opened)),
+            ("breaker_half_opened", v(&self.breaker_half_opened)),
+            ("breaker_closed", v(&self.breaker_closed)),
+            ("rejected_open", v(&self.rejected_open)),
+            ("rejected_overload", v(&self.rejected_overload)),
+            ("no_endpoints", v(&self.no_endpoints)),
+            ("deadline_exceeded", v(&self.deadline_exceeded)),
+        ]
+    }
+}
+
 /// A named group of instances serving the same services.
 #[derive(Debug)]
 pub struct Backend {
     pub name: String,
     pub definition: BackendDefinition,
-    pub endpoints: Vec<Endpoint>,
+    pub options: BackendOptions,
+    /// The endpoints in force; `for ep in &backend.endpoints` lists them.
+    pub endpoints: Pool,
     pub timeout: Duration,
     pub connect_timeout: Duration,
-    next: AtomicUsize,
+    pub stats: BackendStats,
+    balancer: Balancer,
+    breaker: Breaker,
+    budget: RetryBudget,
+    in_flight: AtomicU32,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("endpoint \"{addr}\" is not a valid host:port: {reason}")]
-pub struct EndpointError {
+/// One request to a backend.
+#[derive(Debug)]
+pub struct CallRequest<'a> {
+    pub path: PathAndQuery,
+    pub message: DynamicMessage,
+    pub metadata: MetadataMap,
+    pub reply: MessageDescriptor,
+    /// The route's deadline; a smaller `grpc-timeout` or `X-Request-Timeout`
+    /// in `headers` wins.
+    pub timeout: Duration,
+    pub retry: RouteRetry<'a>,
+    /// The client's request headers (deadline, hash key).
+    pub headers: &'a HeaderMap,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// On a successful reply's extensions: which endpoint answered, after how
+/// many attempts (for the access log and metrics).
+#[derive(Debug, Clone)]
+pub struct Attempted {
     pub addr: String,
-    pub reason: String,
+    pub attempts: u32,
+}
+
+/// Why a call produced no reply.
+#[derive(Debug)]
+pub enum CallError {
+    /// The backend answered with an error, the transport to it failed, or
+    /// the deadline passed while waiting: `addr` is the last endpoint tried.
+    Upstream {
+        status: tonic::Status,
+        addr: String,
+        attempts: u32,
+    },
+    /// The gateway did not call: circuit open, too many calls in flight, no
+    /// endpoint in rotation, or the client's deadline had already passed.
+    /// `message` names the backend and the reason.
+    Refused { code: Code, message: String },
+}
+
+fn refused(code: Code, message: String) -> CallError {
+    CallError::Refused { code, message }
+}
+
+/// A fallback client address for hashing, when the edge has not settled one:
+/// the peer address if the server recorded it (`ConnectInfo`), else the
+/// first `X-Forwarded-For` entry, else `X-Real-IP`. Used for balancing only,
+/// where a forged header can only choose which instance serves its own request.
+pub fn client_ip(headers: &HeaderMap, extensions: &http::Extensions) -> Option<IpAddr> {
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header("x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .or_else(|| header("x-real-ip"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The breaker's admission, returned unused if the call is dropped midway
+/// (the client went away) so a half-open probe slot is not lost.
+struct Admitted<'a> {
+    backend: &'a Backend,
+    admission: Admission,
+    done: bool,
+}
+
+impl Admitted<'_> {
+    fn finish(&mut self, failed: bool) {
+        self.done = true;
+        let b = self.backend;
+        b.breaker.record(self.admission, failed, &b.stats, &b.name);
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.backend.breaker.abandon(self.admission);
+        }
+    }
 }
 
 impl Backend {
-    /// Builds the backend; must run inside a tokio runtime (tonic spawns each
-    /// channel's worker there).
+    /// A backend with default options; must run inside a tokio runtime
+    /// (channels and discovery tasks are spawned there).
     pub fn new(name: &str, definition: BackendDefinition) -> Result<Backend, EndpointError> {
-        let BackendDefinition {
-            timeout,
-            connect_timeout,
-            ..
-        } = definition;
-        let endpoints = definition
-            .endpoints
-            .iter()
-            .map(|addr| {
-                let bad = |reason: String| EndpointError {
-                    addr: addr.clone(),
-                    reason,
-                };
-                if addr.contains("://") || !addr.contains(':') {
-                    return Err(bad("write host:port without a scheme".into()));
-                }
-                let channel = TonicEndpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| bad(e.to_string()))?
-                    .connect_timeout(connect_timeout)
-                    .tcp_nodelay(true)
-                    // Keep-alives find dead peers that never sent a FIN
-                    // (a pulled cable, a crashed VM) before a request does.
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .connect_lazy();
-                Ok(Endpoint {
-                    addr: addr.clone(),
-                    channel,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        Self::with_options(name, definition, BackendOptions::default())
+    }
+
+    /// Builds the pool and starts what keeps it current: a Consul watch, a
+    /// DNS refresher for names among the endpoints, active health checks.
+    /// They stop when the backend is dropped.
+    pub fn with_options(
+        name: &str,
+        definition: BackendDefinition,
+        options: BackendOptions,
+    ) -> Result<Backend, EndpointError> {
+        let connect_timeout = definition.connect_timeout;
+        let ring = options.policy == Policy::ConsistentHash;
+        let mut pool = if let Some(spec) = &options.consul {
+            let client = ConsulClient::new(spec.clone()).map_err(|e| EndpointError {
+                addr: spec.address.clone(),
+                reason: e.to_string(),
+            })?;
+            let mut pool = Pool::new(
+                name,
+                SourceKind::Consul,
+                spec.describe(),
+                None,
+                connect_timeout,
+                ring,
+            );
+            let sink: Arc<dyn Sink> = pool.shared.clone();
+            let task = tokio::spawn(discovery::consul::watch(client, sink, name.to_owned()));
+            pool.own(task.abort_handle());
+            pool
+        } else {
+            // Names start as one endpoint each (resolved when connecting),
+            // so calls need not wait for the first DNS answer.
+            let initial = definition
+                .endpoints
+                .iter()
+                .map(|addr| Endpoint::new(addr, None, connect_timeout).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let names = definition
+                .endpoints
+                .iter()
+                .any(|e| discovery::dns::is_name(e));
+            let (kind, source) = if names {
+                (
+                    SourceKind::Dns,
+                    format!("DNS ({})", definition.endpoints.join(", ")),
+                )
+            } else {
+                (SourceKind::Static, "static endpoints".to_owned())
+            };
+            let mut pool = Pool::new(name, kind, source, Some(initial), connect_timeout, ring);
+            if names {
+                let sink: Arc<dyn Sink> = pool.shared.clone();
+                let task = tokio::spawn(discovery::dns::watch(
+                    definition.endpoints.clone(),
+                    options.dns_refresh,
+                    sink,
+                    name.to_owned(),
+                ));
+                pool.own(task.abort_handle());
+            }
+            pool
+        };
+        if let Some(spec) = &options.health_check {
+            let task = tokio::spawn(health::run(pool.shared.clone(), spec.clone()));
+            pool.own(task.abort_handle());
+        }
         Ok(Backend {
             name: name.to_owned(),
-            definition,
-            endpoints,
-            timeout,
+            timeout: definition.timeout,
             connect_timeout,
-            next: AtomicUsize::new(0),
+            definition,
+            stats: BackendStats::default(),
+            balancer: Balancer::new(options.policy),
+            breaker: Breaker::new(options.breaker.clone()),
+            budget: RetryBudget::new(&options.retry),
+            in_flight: AtomicU32::new(0),
+            endpoints: pool,
+            options,
         })
     }
 
-    /// Round robin over the endpoints; lock-free.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(i % self.endpoints.len())
-    }
-}
-
-impl Endpoint {
-    /// The endpoint's multiplexed connection, for side calls such as reflection.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// Whether `definition` and `options` describe this backend exactly, so
+    /// a reload can keep it (with its connections and discovery watch).
+    pub fn same_as(&self, definition: &BackendDefinition, options: &BackendOptions) -> bool {
+        self.definition == *definition && self.options == *options
     }
 
-    /// One unary call. `timeout` goes out as `grpc-timeout` and also bounds
-    /// the wait here, so a backend that ignores deadlines cannot hold the client.
-    pub async fn unary(
+    /// One request: deadline, concurrency limit, breaker, balancing, and
+    /// retries on another endpoint with backoff, within the budget.
+    pub async fn call(
         &self,
-        path: PathAndQuery,
-        message: DynamicMessage,
-        metadata: MetadataMap,
-        reply: MessageDescriptor,
-        timeout: Duration,
-    ) -> Result<tonic::Response<DynamicMessage>, tonic::Status> {
-        let mut request = tonic::Request::new(message);
-        *request.metadata_mut() = metadata;
-        request.set_timeout(timeout);
-        // The request is already bounded by server.max_body_bytes, so tonic's
-        // 4 MiB default would only make a larger configured limit fail late.
-        let mut client = tonic::client::Grpc::new(self.channel.clone())
-            .max_encoding_message_size(usize::MAX)
-            .max_decoding_message_size(MAX_REPLY_BYTES);
-        let call = async {
-            client.ready().await.map_err(|e| {
-                tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr))
-            })?;
-            client.unary(request, path, DynamicCodec::new(reply)).await
+        req: CallRequest<'_>,
+    ) -> Result<tonic::Response<DynamicMessage>, CallError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let timeout = deadline::effective(req.timeout, req.headers);
+        let deadline = tokio::time::Instant::now() + timeout;
+
+        // The limit first: it is the cheapest refusal, and a refused call
+        // must not count as a failure in the breaker's window.
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let limit = self.breaker.max_requests();
+        if self.in_flight.load(Ordering::Relaxed) > limit {
+            self.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
+            return Err(refused(
+                Code::Unavailable,
+                format!(
+                    "backend \"{}\" is at its limit of {limit} calls in flight; try again shortly",
+                    self.name
+                ),
+            ));
+        }
+        let admission = match self.breaker.admit(&self.stats, &self.name) {
+            Ok(a) => a,
+            Err(why) => {
+                self.stats.rejected_open.fetch_add(1, Ordering::Relaxed);
+                return Err(refused(
+                    Code::Unavailable,
+                    format!("backend \"{}\" is unavailable: {why}", self.name),
+                ));
+            }
         };
-        let started = std::time::Instant::now();
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(status)) => Err(self.client_side(status, started.elapsed() >= timeout, timeout)),
-            Err(_) => Err(deadline(timeout)),
+        let mut admitted = Admitted {
+            backend: self,
+            admission,
+            done: false,
+        };
+        if timeout.is_zero() {
+            self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+            return Err(refused(
+                Code::DeadlineExceeded,
+                format!(
+                    "the client's deadline had passed before the call to backend \"{}\" started",
+                    self.name
+                ),
+            ));
+        }
+        if !self.endpoints.shared.status.load().resolved
+            && !self.endpoints.wait_resolved(deadline).await
+        {
+            self.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
+            let st = self.endpoints.status();
+            let why = match &st.error {
+                Some(e) => e.clone(),
+                None => format!("still waiting for {}", st.source),
+            };
+            return Err(refused(
+                Code::Unavailable,
+                format!("backend \"{}\" has no endpoints yet: {why}", self.name),
+            ));
+        }
+        self.budget.request();
+
+        let body = Bytes::from(prost::Message::encode_to_vec(&req.message));
+        let key = match (&self.options.policy, &self.options.hash_key) {
+            (Policy::ConsistentHash, Some(k)) => k.hash(req.headers, &req.metadata, req.client_ip),
+            _ => None,
+        };
+        let spec = &self.options.retry;
+        let mut tried: Vec<usize> = Vec::with_capacity(spec.attempts as usize);
+        let mut last: Option<(tonic::Status, String)> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let picked = {
+                let set = self.endpoints.shared.set.load();
+                self.balancer
+                    .pick(&set, key, &tried, now_ms())
+                    .ok_or_else(|| self.no_endpoint_message(&set))
+            };
+            let ep = match picked {
+                Ok(ep) => ep,
+                Err(message) => {
+                    admitted.finish(last.is_some());
+                    return Err(match last {
+                        Some((status, addr)) => CallError::Upstream {
+                            status,
+                            addr,
+                            attempts: attempt - 1,
+                        },
+                        None => {
+                            self.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
+                            refused(Code::Unavailable, message)
+                        }
+                    });
+                }
+            };
+            tried.push(Arc::as_ptr(&ep) as usize);
+            ep.state.requests.fetch_add(1, Ordering::Relaxed);
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = {
+                let _ep_in_flight = InFlight::enter(&ep.state.in_flight);
+                tokio::time::timeout_at(
+                    deadline,
+                    ep.unary_encoded(
+                        req.path.clone(),
+                        body.clone(),
+                        req.metadata.clone(),
+                        req.reply.clone(),
+                        remaining,
+                    ),
+                )
+                .await
+            };
+            let error = match outcome {
+                Ok(Ok(mut reply)) => {
+                    outlier::success(&ep, &self.options.outlier);
+                    admitted.finish(false);
+                    reply.extensions_mut().insert(Attempted {
+                        addr: ep.addr.clone(),
+                        attempts: attempt,
+                    });
+                    return Ok(reply);
+                }
+                // tonic enforces the grpc-timeout it sends too, and its
+                // rounding of the header can make it fire first.
+                Ok(Err(e)) if !endpoint::is_timeout(&e.status) => e,
+                _ => {
+                    self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+                    admitted.finish(true);
+                    let tries = if attempt > 1 {
+                        format!(" ({attempt} attempts)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(CallError::Upstream {
+                        status: tonic::Status::deadline_exceeded(format!(
+                            "no answer within the deadline of {timeout:?}{tries}"
+                        )),
+                        addr: ep.addr.clone(),
+                        attempts: attempt,
+                    });
+                }
+            };
+            let failure = Failure::classify(&error.status, error.sent);
+            if failure.is_endpoint_failure() {
+                outlier::failure(
+                    &ep,
+                    &self.options.outlier,
+                    &self.endpoints.shared,
+                    &self.stats,
+                );
+            } else {
+                outlier::success(&ep, &self.options.outlier);
+            }
+            let code = error.status.code();
+            let status = match failure {
+                Failure::Answered(_) => error.status,
+                _ => retry::as_unavailable(error.status),
+            };
+            if attempt < spec.attempts && failure.retryable(&req.retry, spec) {
+                let wait = retry::backoff(spec, attempt);
+                let in_time = tokio::time::Instant::now() + wait < deadline;
+                if in_time && self.budget.try_retry() {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        backend = %self.name,
+                        upstream.addr = %ep.addr,
+                        grpc.code = ?code,
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying on another endpoint"
+                    );
+                    last = Some((status, ep.addr.clone()));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                if in_time {
+                    self.stats
+                        .retries_over_budget
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            admitted.finish(failure.is_endpoint_failure());
+            return Err(CallError::Upstream {
+                status,
+                addr: ep.addr.clone(),
+                attempts: attempt,
+            });
         }
     }
 
-    /// tonic reports two of its own client-side failures as CANCELLED: its
-    /// deadline timer ("Timeout expired", racing ours) and a connection that
-    /// broke mid-call (hyper's "operation was canceled"). Neither means the
-    /// client closed the request (499); say what really happened. A CANCELLED
-    /// sent by the backend itself (any other message) passes through.
-    fn client_side(
-        &self,
-        status: tonic::Status,
-        deadline_passed: bool,
-        timeout: Duration,
-    ) -> tonic::Status {
-        let ours = status.code() == tonic::Code::Cancelled
-            && (status.message() == "Timeout expired"
-                || status.message().starts_with("operation was canceled"));
-        if !ours {
-            return status;
+    fn no_endpoint_message(&self, set: &EndpointSet) -> String {
+        if set.is_empty() {
+            let st = self.endpoints.status();
+            let what = match &self.options.consul {
+                Some(c) if c.passing_only => "passing instances",
+                _ => "instances",
+            };
+            let mut msg = format!(
+                "backend \"{}\" has no endpoints: {} lists no {what}",
+                self.name, st.source
+            );
+            if let Some(e) = &st.error {
+                msg.push_str(&format!(" (and is failing now: {e})"));
+            }
+            return msg;
         }
-        if deadline_passed {
-            deadline(timeout)
-        } else {
-            tonic::Status::unavailable(format!(
-                "the connection to {} broke during the call ({})",
-                self.addr,
-                status.message()
-            ))
+        let ejected = set.endpoints.iter().filter(|e| e.is_ejected()).count();
+        let failing = set
+            .endpoints
+            .iter()
+            .filter(|e| !e.is_ejected() && e.failing_checks())
+            .count();
+        let mut msg = format!(
+            "backend \"{}\" has no healthy endpoints ({} known, {ejected} ejected",
+            self.name,
+            set.len()
+        );
+        if failing > 0 {
+            msg.push_str(&format!(", {failing} failing health checks"));
+        }
+        msg.push(')');
+        msg
+    }
+
+    /// Everything /admin/backends shows about this backend.
+    pub fn status(&self) -> BackendStatus {
+        let set = self.endpoints.current();
+        let now = now_ms();
+        let checks = self.options.health_check.is_some();
+        let endpoints = set
+            .endpoints
+            .iter()
+            .zip(&set.weights)
+            .map(|(ep, w)| {
+                let st = &ep.state;
+                let until = st.ejected_until.load(Ordering::Relaxed);
+                let health = st.health.load(Ordering::Relaxed);
+                EndpointStatus {
+                    address: ep.addr.clone(),
+                    label: ep.label.clone(),
+                    weight: *w,
+                    state: if until > now {
+                        "ejected"
+                    } else if health == HEALTH_NOT_SERVING {
+                        "failing_health_checks"
+                    } else {
+                        "healthy"
+                    },
+                    health_check: match (checks, health) {
+                        (false, _) => "off",
+                        (true, HEALTH_SERVING) => "serving",
+                        (true, HEALTH_NOT_SERVING) => "not_serving",
+                        (true, _) => "unknown",
+                    },
+                    in_flight: st.in_flight.load(Ordering::Relaxed),
+                    consecutive_failures: st.consecutive_failures.load(Ordering::Relaxed),
+                    ejected_for: (until > now).then(|| Duration::from_millis(until - now)),
+                    ejections: st.ejections.load(Ordering::Relaxed),
+                    requests: st.requests.load(Ordering::Relaxed),
+                    failures: st.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        BackendStatus {
+            discovery: self.endpoints.status(),
+            policy: self.options.policy.name(),
+            hash_key: self.options.hash_key.as_ref().map(HashKey::describe),
+            breaker: self.breaker.status(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            max_requests: self.breaker.max_requests(),
+            endpoints,
         }
     }
 }
 
-fn deadline(timeout: Duration) -> tonic::Status {
-    tonic::Status::deadline_exceeded(format!("no answer within the deadline of {timeout:?}"))
+/// A backend's state, for /admin/backends (and a later metrics layer).
+#[derive(Debug, Clone)]
+pub struct BackendStatus {
+    pub discovery: Arc<DiscoveryStatus>,
+    pub policy: &'static str,
+    pub hash_key: Option<String>,
+    pub breaker: BreakerStatus,
+    pub in_flight: u32,
+    pub max_requests: u32,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointStatus {
+    pub address: String,
+    pub label: Option<String>,
+    pub weight: u32,
+    /// `healthy`, `ejected` or `failing_health_checks`.
+    pub state: &'static str,
+    /// `off`, `unknown`, `serving` or `not_serving`.
+    pub health_check: &'static str,
+    pub in_flight: u32,
+    pub consecutive_failures: u32,
+    pub ejected_for: Option<Duration>,
+    pub ejections: u64,
+    pub requests: u64,
+    pub failures: u64,
 }

@@ -78,7 +78,7 @@ pub struct ErrorResponse {
 
 /// A tonic codec for prost-generated messages (tonic 0.14 moved its own to a
 /// separate crate; this is the dozen lines the gateway needs).
-struct ProstCodec<E, D>(PhantomData<(E, D)>);
+pub(crate) struct ProstCodec<E, D>(pub(crate) PhantomData<(E, D)>);
 
 impl<E, D> Codec for ProstCodec<E, D>
 where
@@ -97,7 +97,7 @@ where
     }
 }
 
-struct ProstEncoder<E>(PhantomData<E>);
+pub(crate) struct ProstEncoder<E>(PhantomData<E>);
 impl<E: Message> Encoder for ProstEncoder<E> {
     type Item = E;
     type Error = Status;
@@ -110,7 +110,7 @@ impl<E: Message> Encoder for ProstEncoder<E> {
     }
 }
 
-struct ProstDecoder<D>(PhantomData<D>);
+pub(crate) struct ProstDecoder<D>(PhantomData<D>);
 impl<D: Message + Default> Decoder for ProstDecoder<D> {
     type Item = D;
     type Error = Status;
@@ -118,7 +118,7 @@ impl<D: Message + Default> Decoder for ProstDecoder<D> {
         let bytes = src.copy_to_bytes(src.remaining());
         D::decode(bytes)
             .map(Some)
-            .map_err(|e| Status::internal(format!("bad reflection reply: {e}")))
+            .map_err(|e| Status::internal(format!("the reply does not decode: {e}")))
     }
 }
 

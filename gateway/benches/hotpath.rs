@@ -1,0 +1,131 @@
+//! Micro benchmarks of the request path's pieces: route matching at 10,
+//! 1,000 and 10,000 routes; JSON -> message and message -> JSON for small,
+//! medium and large messages; headers -> gRPC metadata.
+//!
+//! Run: `cargo bench -p gateway --bench hotpath` (add a filter, e.g. `-- match`).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway::routing::{Lookup, Matcher, Template};
+use gateway::transcode::encode_reply;
+use gateway::transcode::request::{decode_body, BodyRule, DecodeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use serde_json::json;
+
+const BENCH_PROTO: &str = include_str!("../../tests/fixtures/bench/bench.proto");
+
+fn pool() -> DescriptorPool {
+    let dir = std::env::temp_dir().join(format!("gateway-hotpath-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bench.proto"), BENCH_PROTO).unwrap();
+    let pool = gateway::descriptors::load_dir(&dir).unwrap().pool;
+    let _ = std::fs::remove_dir_all(&dir);
+    pool
+}
+
+fn matching(c: &mut Criterion) {
+    let mut group = c.benchmark_group("match");
+    for n in [10usize, 1_000, 10_000] {
+        let mut m: Matcher<usize> = Matcher::new();
+        for i in 0..n {
+            let t =
+                Template::parse(&format!("/v1/area{}/items{}/{{id}}", i / 100, i % 100)).unwrap();
+            m.insert("GET", &t, i).unwrap();
+        }
+        // A route in the middle of the table, with one variable to decode.
+        let path = format!("/v1/area{}/items{}/12345", (n / 2) / 100, (n / 2) % 100);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &path, |b, path| {
+            b.iter(|| match m.lookup("GET", black_box(path)) {
+                Lookup::Found { value, vars } => {
+                    black_box((value, vars));
+                }
+                _ => panic!("route not found"),
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A request body of about `target` bytes: an item plus copies of it.
+fn body(item: &serde_json::Value, target: usize) -> Vec<u8> {
+    let mut extra = Vec::new();
+    loop {
+        let v = json!({"item": item, "extra": extra});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        if bytes.len() >= target {
+            return bytes;
+        }
+        extra.push(item.clone());
+    }
+}
+
+fn json_both_ways(c: &mut Criterion) {
+    let pool = pool();
+    let req: MessageDescriptor = pool
+        .get_message_by_name("bench.v1.CreateItemRequest")
+        .unwrap();
+    let item = json!({
+        "id": "7", "name": "Widget", "description": "A small widget used to measure the gateway",
+        "quantity": 42, "price": 9.99, "active": true, "tags": ["blue", "small", "sale"],
+        "state": "ACTIVE", "created": "2026-11-21T10:00:00Z", "labels": {"team": "edge", "tier": "gold"},
+    });
+    let opts = DecodeOptions::default();
+    let ser = SerializeOptions::new();
+    let mut decode = c.benchmark_group("json_to_message");
+    let sizes = [
+        ("small", 300usize),
+        ("medium", 4 * 1024),
+        ("large", 64 * 1024),
+        ("1MiB", 1024 * 1024),
+    ];
+    for (name, size) in sizes {
+        let bytes = body(&item, size);
+        decode.throughput(Throughput::Bytes(bytes.len() as u64));
+        decode.bench_with_input(BenchmarkId::from_parameter(name), &bytes, |b, bytes| {
+            b.iter(|| black_box(decode_body(&req, &BodyRule::All, black_box(bytes), opts).unwrap()))
+        });
+    }
+    decode.finish();
+    let mut encode = c.benchmark_group("message_to_json");
+    for (name, size) in sizes {
+        let bytes = body(&item, size);
+        let msg: DynamicMessage = decode_body(&req, &BodyRule::All, &bytes, opts).unwrap();
+        encode.throughput(Throughput::Bytes(bytes.len() as u64));
+        encode.bench_with_input(BenchmarkId::from_parameter(name), &msg, |b, msg| {
+            b.iter(|| black_box(encode_reply(black_box(msg), None, &ser).unwrap()))
+        });
+    }
+    encode.finish();
+}
+
+fn headers_to_metadata(c: &mut Criterion) {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "application/json"),
+        ("x-request-id", "0f8e2a55-8c1e-4e62-a3c1-6b1d0b8c9e11"),
+        ("grpc-metadata-tenant", "acme"),
+        ("grpc-metadata-trace-tag", "bench"),
+        ("authorization", "Bearer abc.def.ghi"),
+        ("accept-encoding", "gzip"),
+    ] {
+        headers.insert(
+            http::HeaderName::from_static(k),
+            http::HeaderValue::from_static(v),
+        );
+    }
+    let forward = [http::HeaderName::from_static("x-request-id")];
+    c.bench_function("headers_to_metadata", |b| {
+        b.iter(|| {
+            black_box(gateway::transcode::metadata::metadata_from_headers(
+                black_box(&headers),
+                &forward,
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, matching, json_both_ways, headers_to_metadata);
+criterion_main!(benches);

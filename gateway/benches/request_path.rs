@@ -1,0 +1,139 @@
+//! The whole request path of the small GET, in process: the gateway's axum
+//! app called directly (no socket on the client side), a real gRPC call over
+//! loopback to an in-process backend, the reply rendered as JSON.
+//!
+//! `cargo bench -p gateway --bench request_path` prints wall time per request.
+//! `cargo bench -p gateway --bench request_path -- --callgrind` runs itself
+//! twice under valgrind's callgrind (200 and 1,200 requests) and prints the
+//! instructions per request from the difference: a count that does not
+//! depend on what else the machine is doing, so a regression shows as a
+//! number. It counts everything in the process for those requests: the
+//! gateway, the tonic client and server, and the (trivial) backend.
+
+use std::process::Command;
+use std::time::Instant;
+
+use gateway::example::{BoxFuture, DynamicServer};
+use gateway::server::{self, Gateway};
+use gateway::snapshot::Snapshot;
+use http_body_util::BodyExt as _;
+use prost_reflect::{DynamicMessage, MethodDescriptor, Value};
+use tower::ServiceExt as _;
+
+const BENCH_PROTO: &str = include_str!("../../tests/fixtures/bench/bench.proto");
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name);
+    let requests: usize = flag("--requests")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    if flag("--callgrind").is_some() {
+        callgrind();
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let app = setup().await;
+        // Warm-up: connection, caches.
+        run(&app, 100).await;
+        let start = Instant::now();
+        run(&app, requests).await;
+        let per = start.elapsed() / requests as u32;
+        println!("request_path: small GET in process, {requests} requests, {per:?} per request (gateway + backend on one thread)");
+    });
+}
+
+async fn setup() -> axum::Router {
+    let dir = std::env::temp_dir().join(format!("gateway-request-path-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("descriptors")).unwrap();
+    std::fs::write(dir.join("descriptors/bench.proto"), BENCH_PROTO).unwrap();
+    let pool = gateway::descriptors::load_dir(&dir.join("descriptors"))
+        .unwrap()
+        .pool;
+    let item = pool.get_message_by_name("bench.v1.Item").unwrap();
+    let template = DynamicMessage::deserialize(
+        item,
+        serde_json::json!({
+            "id": "1", "name": "Widget", "description": "A small widget used to measure the gateway",
+            "quantity": 42, "price": 9.99, "active": true, "tags": ["blue", "small", "sale"],
+            "state": "ACTIVE", "created": "2026-11-21T10:00:00Z", "labels": {"team": "edge", "tier": "gold"},
+        }),
+    )
+    .unwrap();
+    let backend = DynamicServer::new(
+        &pool,
+        &["bench.v1.Bench"],
+        move |_m: &MethodDescriptor, req: tonic::Request<DynamicMessage>| {
+            let mut reply = template.clone();
+            let id = req
+                .get_ref()
+                .get_field_by_name("id")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            reply.set_field_by_name("id", Value::I64(id));
+            Box::pin(async move { Ok(tonic::Response::new(reply)) }) as BoxFuture<_>
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(backend.serve(listener));
+    let config = format!(
+        "[server]\ndescriptors = \"descriptors\"\nwatch = false\n[admin]\nenabled = false\n\
+         [backends.bench]\nendpoints = [\"{addr}\"]\nservices = [\"bench.v1.Bench\"]\n\
+         [[routes]]\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\n"
+    );
+    std::fs::write(dir.join("routes.toml"), config).unwrap();
+    let snapshot = Snapshot::load(&dir.join("routes.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::new(snapshot);
+    server::app(gw)
+}
+
+async fn run(app: &axum::Router, n: usize) {
+    for _ in 0..n {
+        let req = http::Request::get("/v1/items/12345")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        std::hint::black_box(body);
+    }
+}
+
+/// Runs this binary under callgrind with two request counts; the difference
+/// cancels start-up (descriptor compilation, runtime, connection set-up).
+fn callgrind() {
+    let exe = std::env::current_exe().unwrap();
+    let count = |n: usize| -> u64 {
+        let out_file =
+            std::env::temp_dir().join(format!("callgrind-{}-{n}.out", std::process::id()));
+        let out = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(&exe)
+            .args(["--requests", &n.to_string()])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("valgrind did not run ({e}); install it: apt-get install -y valgrind")
+            });
+        let _ = std::fs::remove_file(&out_file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        stderr
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no instruction count in callgrind's output:\n{stderr}"))
+    };
+    let (a, b) = (count(200), count(1_200));
+    println!(
+        "request_path: {} instructions per small GET (callgrind; {} for 200 requests, {} for 1,200)",
+        (b - a) / 1_000,
+        a,
+        b
+    );
+}

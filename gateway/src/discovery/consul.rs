@@ -1,0 +1,522 @@
+//! A small Consul client: the one endpoint the gateway needs, watched with
+//! blocking queries.
+//!
+//! Follows Consul's documented HTTP API
+//! (<https://developer.hashicorp.com/consul/api-docs/health#list-service-instances-for-service>
+//! and <https://developer.hashicorp.com/consul/api-docs/features/blocking>):
+//!
+//! - `GET /v1/health/service/<service>` with `passing`, `tag` (repeated: an
+//!   instance must carry all of them), `dc`, and `stale` when allowed;
+//! - blocking: `index` from the previous answer's `X-Consul-Index` and a
+//!   `wait` (Consul caps it at 10 minutes and adds up to `wait/16` of jitter,
+//!   so the HTTP timeout is longer than both); the index is reset to 0 when
+//!   it goes backwards (a restored snapshot, a new cluster) and never sent
+//!   below 1 otherwise; queries are rate limited in case the index moves fast;
+//! - the ACL token in `X-Consul-Token`; a 403 ("ACL not found", "Permission
+//!   denied") is an error that keeps the last list, and so is an empty answer
+//!   marked `X-Consul-Results-Filtered-By-ACLs` (the token cannot see the
+//!   service, which is not the same as the service having no instance);
+//! - the address is `Service.Address`, or `Node.Address` when that is empty,
+//!   with `Service.Port`; the weight is `Service.Weights.Passing` (or
+//!   `.Warning` for an instance in warning, when warnings are allowed).
+//!
+//! consulrs is not used: it lacks this endpoint and brings a second HTTP and
+//! TLS stack. This is the project's reqwest client, plain HTTP only (no TLS
+//! stack is built in yet, so HTTPS agents are refused at config load).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+use super::{backoff, Sink, StateLog, Target};
+
+/// The local agent, where every Consul deployment runs one.
+pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
+/// Consul's own default wait; a change still arrives at once, the wait only
+/// bounds how long a quiet service holds the connection.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Consul refuses longer waits (it caps them at 10 minutes).
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The token variable Consul's own CLI reads.
+pub const DEFAULT_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
+/// A reachable agent answers a TCP connect in milliseconds; a few seconds
+/// means it is down, and the retry schedule takes over.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consul's documentation asks blocking clients to rate limit: an index
+/// that changes constantly would otherwise turn the watch into a busy loop.
+/// 100 ms keeps an instance's removal well under a second.
+const MIN_QUERY_INTERVAL: Duration = Duration::from_millis(100);
+/// First retry after a failure, doubled each time up to [`MAX_BACKOFF`]: a
+/// restarting agent is back within seconds, and a long outage is still
+/// noticed within 10 s of its end.
+const BASE_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Characters escaped in the service name path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
+/// Where the ACL token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// An environment variable, read once when the watch starts.
+    Env(String),
+    /// A file, read before every query (tokens rendered by an agent rotate).
+    File(PathBuf),
+}
+
+/// What to watch, as configured; equal specs keep a live watch across reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulSpec {
+    /// `http://host:port`, without a trailing slash.
+    pub address: String,
+    pub service: String,
+    pub tags: Vec<String>,
+    pub datacenter: Option<String>,
+    pub passing_only: bool,
+    pub token: TokenSource,
+    pub stale: bool,
+    pub wait: Duration,
+}
+
+impl ConsulSpec {
+    /// "consul service \"users\" (tags grpc, dc dc1) at http://127.0.0.1:8500".
+    pub fn describe(&self) -> String {
+        let mut s = format!("Consul service \"{}\"", self.service);
+        let mut extra = Vec::new();
+        if !self.tags.is_empty() {
+            extra.push(format!("tags {}", self.tags.join(",")));
+        }
+        if let Some(dc) = &self.datacenter {
+            extra.push(format!("dc {dc}"));
+        }
+        if !extra.is_empty() {
+            s.push_str(&format!(" ({})", extra.join(", ")));
+        }
+        s.push_str(&format!(" at {}", self.address));
+        s
+    }
+}
+
+/// Why a query gave no usable list.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("cannot reach Consul at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    #[error("Consul refused the ACL token (403 {body}); set it with token_file or token_env")]
+    Forbidden { body: String },
+    #[error("Consul answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error(
+        "Consul filtered every instance out by ACL: the token cannot read service \"{service}\""
+    )]
+    FilteredByAcl { service: String },
+    #[error("Consul's answer is not usable: {0}")]
+    BadReply(String),
+    #[error("cannot read the Consul token: {0}")]
+    Token(String),
+}
+
+impl ConsulError {
+    /// Errors of one kind are one state for logging.
+    fn kind(&self) -> &'static str {
+        match self {
+            ConsulError::Unreachable { .. } => "unreachable",
+            ConsulError::Forbidden { .. } | ConsulError::FilteredByAcl { .. } => "acl",
+            ConsulError::Status { .. } => "status",
+            ConsulError::BadReply(_) => "bad reply",
+            ConsulError::Token(_) => "token",
+        }
+    }
+}
+
+/// One answer of the health endpoint.
+#[derive(Debug)]
+pub struct HealthAnswer {
+    pub targets: Vec<Target>,
+    /// `X-Consul-Index`.
+    pub index: u64,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "Node")]
+    node: Node,
+    #[serde(rename = "Service")]
+    service: Service,
+    #[serde(rename = "Checks", default)]
+    checks: Vec<Check>,
+}
+
+#[derive(Deserialize)]
+struct Node {
+    #[serde(rename = "Node", default)]
+    name: String,
+    #[serde(rename = "Address", default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+struct Service {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Address", default)]
+    address: String,
+    #[serde(rename = "Port")]
+    port: u16,
+    #[serde(rename = "Weights", default)]
+    weights: Option<Weights>,
+}
+
+#[derive(Deserialize)]
+struct Weights {
+    #[serde(rename = "Passing", default)]
+    passing: u32,
+    #[serde(rename = "Warning", default)]
+    warning: u32,
+}
+
+#[derive(Deserialize)]
+struct Check {
+    #[serde(rename = "Status", default)]
+    status: String,
+}
+
+/// The health endpoint of one service, over the project's HTTP client.
+#[derive(Debug, Clone)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    spec: ConsulSpec,
+    /// Read once from the environment (a file is read per query).
+    env_token: Option<String>,
+}
+
+impl ConsulClient {
+    pub fn new(spec: ConsulSpec) -> Result<ConsulClient, ConsulError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| ConsulError::Unreachable {
+                address: spec.address.clone(),
+                reason: e.to_string(),
+            })?;
+        let env_token = match &spec.token {
+            TokenSource::Env(var) => std::env::var(var).ok().filter(|t| !t.trim().is_empty()),
+            TokenSource::File(_) => None,
+        };
+        Ok(ConsulClient {
+            http,
+            spec,
+            env_token,
+        })
+    }
+
+    pub fn spec(&self) -> &ConsulSpec {
+        &self.spec
+    }
+
+    fn token(&self) -> Result<Option<String>, ConsulError> {
+        match &self.spec.token {
+            TokenSource::Env(_) => Ok(self.env_token.clone()),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_owned()).filter(|t| !t.is_empty()))
+                .map_err(|e| ConsulError::Token(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// The query URL for `index` (0: answer at once).
+    pub fn url(&self, index: u64) -> String {
+        let s = &self.spec;
+        let mut url = format!(
+            "{}/v1/health/service/{}",
+            s.address,
+            utf8_percent_encode(&s.service, SEGMENT)
+        );
+        let mut params: Vec<String> = Vec::new();
+        if s.passing_only {
+            params.push("passing=true".into());
+        }
+        for tag in &s.tags {
+            params.push(format!(
+                "tag={}",
+                utf8_percent_encode(tag, NON_ALPHANUMERIC)
+            ));
+        }
+        if let Some(dc) = &s.datacenter {
+            params.push(format!("dc={}", utf8_percent_encode(dc, NON_ALPHANUMERIC)));
+        }
+        if s.stale {
+            params.push("stale".into());
+        }
+        if index > 0 {
+            params.push(format!("index={index}"));
+            params.push(format!("wait={}ms", s.wait.as_millis()));
+        }
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
+        }
+        url
+    }
+
+    /// One query; blocks up to `wait` (plus Consul's jitter) when `index` > 0.
+    pub async fn health_service(&self, index: u64) -> Result<HealthAnswer, ConsulError> {
+        let mut req = self
+            .http
+            .get(self.url(index))
+            // Consul holds a blocking query up to wait + wait/16; a little
+            // more covers the network. A non-blocking query should be quick.
+            .timeout(if index > 0 {
+                self.spec.wait + self.spec.wait / 16 + Duration::from_secs(5)
+            } else {
+                Duration::from_secs(10)
+            });
+        if let Some(token) = self.token()? {
+            req = req.header("X-Consul-Token", token);
+        }
+        let resp = req.send().await.map_err(|e| ConsulError::Unreachable {
+            address: self.spec.address.clone(),
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let consul_index = header("X-Consul-Index");
+        let filtered = header("X-Consul-Results-Filtered-By-ACLs").is_some_and(|v| v == "true");
+        let body = resp.bytes().await.map_err(|e| ConsulError::Unreachable {
+            address: self.spec.address.clone(),
+            reason: error_chain(&e),
+        })?;
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(ConsulError::Forbidden { body: short(&body) });
+        }
+        if !status.is_success() {
+            return Err(ConsulError::Status {
+                status: status.as_u16(),
+                body: short(&body),
+            });
+        }
+        let index = consul_index
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| ConsulError::BadReply("no X-Consul-Index header".into()))?;
+        let entries: Vec<Entry> = serde_json::from_slice(&body)
+            .map_err(|e| ConsulError::BadReply(format!("the JSON does not parse: {e}")))?;
+        if entries.is_empty() && filtered {
+            return Err(ConsulError::FilteredByAcl {
+                service: self.spec.service.clone(),
+            });
+        }
+        Ok(HealthAnswer {
+            targets: self.targets(entries),
+            index,
+        })
+    }
+
+    fn targets(&self, entries: Vec<Entry>) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::with_capacity(entries.len());
+        for e in entries {
+            let worst =
+                e.checks
+                    .iter()
+                    .fold("passing", |worst, c| match (worst, c.status.as_str()) {
+                        (_, "critical") | ("critical", _) => "critical",
+                        (_, "warning") | ("warning", _) => "warning",
+                        _ => worst,
+                    });
+            // `passing` already filtered on the server; without it, an
+            // instance in critical is still never used (as Consul's DNS does).
+            if worst == "critical" || (self.spec.passing_only && worst != "passing") {
+                continue;
+            }
+            let host = if e.service.address.is_empty() {
+                e.node.address
+            } else {
+                e.service.address
+            };
+            if host.is_empty() || e.service.port == 0 {
+                continue;
+            }
+            let addr = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{}", e.service.port)
+            } else {
+                format!("{host}:{}", e.service.port)
+            };
+            let weights = e.service.weights.unwrap_or(Weights {
+                passing: 1,
+                warning: 1,
+            });
+            let weight = if worst == "warning" {
+                weights.warning
+            } else {
+                weights.passing
+            };
+            // Two registrations of one address are one instance.
+            if out.iter().any(|t| t.addr == addr) {
+                continue;
+            }
+            out.push(Target {
+                addr,
+                weight: weight.max(1),
+                label: Some(format!("{}/{}", e.node.name, e.service.id)),
+            });
+        }
+        out
+    }
+}
+
+fn short(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// reqwest keeps the useful part ("Connection refused") in the source chain.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// The next index to send after an answer with `answered`, following
+/// Consul's rules: reset to 0 when it went backwards, never below 1 otherwise.
+pub fn next_index(previous: u64, answered: u64) -> u64 {
+    if answered < previous {
+        0
+    } else {
+        answered.max(1)
+    }
+}
+
+/// Watches the service until the task is aborted, handing every answer to `sink`.
+pub async fn watch(client: ConsulClient, sink: Arc<dyn Sink>, backend: String) {
+    let mut log = StateLog::new(&backend, client.spec().describe());
+    let mut index = 0;
+    let mut failures = 0u32;
+    let mut known = 0usize;
+    loop {
+        let started = Instant::now();
+        match client.health_service(index).await {
+            Ok(answer) => {
+                failures = 0;
+                known = answer.targets.len();
+                log.ok(known);
+                if answer.index < index {
+                    tracing::info!(backend = %backend, previous = index, index = answer.index, "Consul's index went backwards; starting over");
+                }
+                index = next_index(index, answer.index);
+                sink.update(answer.targets, Some(answer.index));
+                let took = started.elapsed();
+                if took < MIN_QUERY_INTERVAL {
+                    tokio::time::sleep(MIN_QUERY_INTERVAL - took).await;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let text = e.to_string();
+                log.failed(e.kind(), &text, known);
+                sink.failed(text);
+                tokio::time::sleep(backoff(failures, BASE_BACKOFF, MAX_BACKOFF)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ConsulSpec {
+        ConsulSpec {
+            address: "http://127.0.0.1:8500".into(),
+            service: "users api".into(),
+            tags: vec!["grpc".into(), "v1".into()],
+            datacenter: Some("dc1".into()),
+            passing_only: true,
+            token: TokenSource::Env("NO_SUCH_VAR_FOR_TESTS".into()),
+            stale: true,
+            wait: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn url_carries_filters_and_blocking_parameters() {
+        let c = ConsulClient::new(spec()).unwrap();
+        assert_eq!(
+            c.url(0),
+            "http://127.0.0.1:8500/v1/health/service/users%20api?passing=true&tag=grpc&tag=v1&dc=dc1&stale"
+        );
+        assert!(
+            c.url(42).ends_with("&stale&index=42&wait=300000ms"),
+            "{}",
+            c.url(42)
+        );
+    }
+
+    #[test]
+    fn index_resets_when_it_goes_backwards_and_never_drops_below_one() {
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(10, 10), 10);
+        assert_eq!(next_index(10, 3), 0);
+        assert_eq!(next_index(0, 0), 1);
+    }
+
+    #[test]
+    fn targets_use_service_then_node_address_and_weights() {
+        let mut s = spec();
+        s.passing_only = false;
+        let c = ConsulClient::new(s).unwrap();
+        let json = r#"[
+          {"Node": {"Node": "n1", "Address": "10.0.0.1"},
+           "Service": {"ID": "a", "Address": "", "Port": 5000, "Weights": {"Passing": 3, "Warning": 1}},
+           "Checks": [{"Status": "passing"}]},
+          {"Node": {"Node": "n2", "Address": "10.0.0.2"},
+           "Service": {"ID": "b", "Address": "10.1.0.2", "Port": 5001, "Weights": {"Passing": 3, "Warning": 1}},
+           "Checks": [{"Status": "passing"}, {"Status": "warning"}]},
+          {"Node": {"Node": "n3", "Address": "10.0.0.3"},
+           "Service": {"ID": "c", "Address": "", "Port": 5002},
+           "Checks": [{"Status": "critical"}]},
+          {"Node": {"Node": "n4", "Address": "fd00::4"},
+           "Service": {"ID": "d", "Address": "", "Port": 5003},
+           "Checks": []}
+        ]"#;
+        let entries: Vec<Entry> = serde_json::from_str(json).unwrap();
+        let t = c.targets(entries);
+        let got: Vec<(&str, u32)> = t.iter().map(|t| (t.addr.as_str(), t.weight)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1:5000", 3),
+                ("10.1.0.2:5001", 1),
+                ("[fd00::4]:5003", 1)
+            ]
+        );
+        assert_eq!(t[0].label.as_deref(), Some("n1/a"));
+    }
+
+    #[test]
+    fn passing_only_drops_warnings_too() {
+        let c = ConsulClient::new(spec()).unwrap();
+        let json = r#"[{"Node": {"Node": "n", "Address": "10.0.0.1"},
+            "Service": {"ID": "a", "Port": 1}, "Checks": [{"Status": "warning"}]}]"#;
+        let entries: Vec<Entry> = serde_json::from_str(json).unwrap();
+        assert!(c.targets(entries).is_empty());
+    }
+}

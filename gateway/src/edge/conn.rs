@@ -1,0 +1,265 @@
+//! The accept loop: HTTP/1.1 and HTTP/2 (hyper-util's auto builder) with a
+//! cap on open connections, the slow-client and idle timeouts, the peer
+//! address in every request, and graceful shutdown.
+//!
+//! axum::serve has none of the connection bounds, hence this loop.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
+
+use super::client_ip::PeerAddr;
+use super::limits::Limits;
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops
+/// accepting, closes the listener, asks every connection to finish (HTTP/1.1:
+/// after the response in flight; HTTP/2: GOAWAY) and returns once all are
+/// closed. `limits` is read at each accept, except `max_connections`, read
+/// once here.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: impl Fn() -> Limits + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits().max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Each connection task holds a sender; when all are dropped, recv() ends.
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        // A slot first: at the cap, new connections wait in the kernel's
+        // backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = serve_one(
+            stream,
+            peer,
+            app.clone(),
+            limits(),
+            stop_rx.clone(),
+            alive_tx.clone(),
+        );
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    let _ = alive_rx.recv().await;
+    Ok(())
+}
+
+/// Counts requests being handled (from arrival to the answer's head) on one
+/// connection, and when bytes last moved.
+struct Activity {
+    start: Instant,
+    last_io_ms: AtomicU64,
+    handling: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_io_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+    }
+}
+
+struct Handling(Arc<Activity>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+async fn serve_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: Limits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_io_ms: AtomicU64::new(0),
+        handling: AtomicUsize::new(0),
+    });
+    let io = TokioIo::new(Tracked {
+        io: stream,
+        activity: activity.clone(),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            activity.handling.fetch_add(1, Ordering::Relaxed);
+            let guard = Handling(activity.clone());
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(PeerAddr(peer));
+            // What axum's connect-info service would record; later stages
+            // (consistent hashing) read it.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await;
+                drop(guard);
+                resp
+            }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper's own bounds sit above the gateway's (which answer with the
+        // JSON error body), as a backstop for what is far beyond them.
+        .max_headers(limits.max_headers.saturating_mul(2).max(100))
+        .max_buf_size(
+            (limits.max_url_bytes + limits.max_header_bytes)
+                .saturating_mul(2)
+                .max(8192 + 1),
+        );
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let idle = limits.idle_timeout;
+    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if closing_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
+            () = tokio::time::sleep(tick) => {
+                match closing_since {
+                    None => {
+                        // Idle: nothing being handled and no byte moving
+                        // (keep-alive waits, a client that stopped reading).
+                        if activity.handling.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                            tracing::debug!(client.addr = %peer, "closing an idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing_since = Some(Instant::now());
+                        }
+                    }
+                    // A graceful close that makes no progress (a response
+                    // the client does not read) is cut after another idle
+                    // period; during shutdown the drain timeout decides.
+                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && activity.idle_for() >= idle => {
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The socket, noting when bytes move.
+struct Tracked {
+    io: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

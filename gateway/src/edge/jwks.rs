@@ -1,0 +1,373 @@
+//! JWKS: an issuer's published signing keys, fetched at start, cached,
+//! refreshed in the background as its Cache-Control allows (within a floor
+//! and a ceiling), and refetched early, at most once per interval, when a
+//! token names a key id the cache does not have: key rotation works, and a
+//! flood of tokens with made-up `kid`s costs the issuer one fetch per interval.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::Value;
+
+/// A floor on background refreshes: an issuer answering `max-age=0` (or
+/// nothing) must not be fetched on every tick.
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
+/// A ceiling: even a JWKS cached "for a week" is looked at hourly, so a
+/// key the issuer revoked stops working within the hour.
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// Unknown `kid`s refetch at most this often: quick enough to follow a
+/// rotation, rare enough that bogus kids cannot hammer the issuer.
+pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// An issuer that has not answered in 5 s is down; the cached keys go on.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// JWKS documents are a few KB; a megabyte is a broken or hostile answer.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// One verification key: from a JWKS, a PEM file or an HMAC secret.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub family: AlgorithmFamily,
+    /// Algorithms this key may verify (its JWK `alg`, or its curve's).
+    pub algorithms: Option<Vec<Algorithm>>,
+    pub key: DecodingKey,
+    /// Where it came from, for messages: `jwks`, `keys/a.pem`, `env JWT_SECRET`.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+impl VerifyKey {
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        alg.family() == self.family
+            && self
+                .algorithms
+                .as_ref()
+                .is_none_or(|list| list.contains(&alg))
+    }
+}
+
+/// Where and how often to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSource {
+    pub url: String,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub refetch_interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The keys as last fetched.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<VerifyKey>,
+    /// False until the first successful fetch.
+    pub loaded: bool,
+}
+
+/// A JWKS cache shared by the snapshots that use the same source.
+pub struct Jwks {
+    pub source: JwksSource,
+    keys: ArcSwap<KeySet>,
+    /// Held while fetching: requests that need fresh keys wait for a fetch
+    /// in flight instead of starting another.
+    fetch_lock: tokio::sync::Mutex<()>,
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last fetch forced by an unknown kid
+    /// (`u64::MAX`: never).
+    last_forced: AtomicU64,
+    fetches: AtomicU64,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field("url", &self.source.url)
+            .field("keys", &self.keys.load().keys.len())
+            .finish()
+    }
+}
+
+impl Jwks {
+    /// A cache for `source`, reusing `previous` (keys, and its refresh task)
+    /// when the source is unchanged. A new cache starts its refresher, which
+    /// fetches at once.
+    pub fn new(source: JwksSource, previous: Option<&Arc<Jwks>>) -> Result<Arc<Jwks>, String> {
+        if let Some(p) = previous.filter(|p| p.source == source) {
+            return Ok(p.clone());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(source.timeout)
+            .connect_timeout(source.timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| format!("cannot build the JWKS client: {e}"))?;
+        let jwks = Arc::new(Jwks {
+            source,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
+            last_forced: AtomicU64::new(u64::MAX),
+            fetches: AtomicU64::new(0),
+            client,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(refresher(Arc::downgrade(&jwks)));
+        }
+        Ok(jwks)
+    }
+
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// Fetches made so far (background and forced), for tests and /admin.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Called when a token names a kid the cache lacks. Waits for a fetch
+    /// already in flight, or starts one if the last forced fetch is older
+    /// than `refetch_interval`. Returns whether fresh keys may be there.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let guard = match self.fetch_lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                // A fetch is in flight: its result is as fresh as it gets.
+                let _wait = self.fetch_lock.lock().await;
+                return true;
+            }
+        };
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_forced.load(Ordering::Relaxed);
+        let interval = self.source.refetch_interval.as_millis() as u64;
+        if last != u64::MAX && now < last.saturating_add(interval) {
+            return false;
+        }
+        self.last_forced.store(now, Ordering::Relaxed);
+        let ok = self.fetch_locked().await.is_ok();
+        drop(guard);
+        ok
+    }
+
+    /// One fetch, with the lock held by the caller. Returns the refresh
+    /// time the answer asks for.
+    async fn fetch_locked(&self) -> Result<Duration, String> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = fetch(&self.client, &self.source).await;
+        match &result {
+            Ok((keys, _)) => {
+                tracing::debug!(url = %self.source.url, keys = keys.len(), "JWKS fetched");
+                self.keys.store(Arc::new(KeySet {
+                    keys: keys.clone(),
+                    loaded: true,
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(url = %self.source.url, error = %e, "JWKS fetch failed; the cached keys stay in use")
+            }
+        }
+        result.map(|(_, refresh)| refresh)
+    }
+}
+
+/// The background refresh loop; ends when no snapshot holds the cache.
+async fn refresher(weak: Weak<Jwks>) {
+    loop {
+        let Some(jwks) = weak.upgrade() else { return };
+        let next = {
+            let _guard = jwks.fetch_lock.lock().await;
+            match jwks.fetch_locked().await {
+                Ok(refresh) => refresh,
+                // Retry a failing issuer at the floor, sooner while nothing
+                // was ever loaded (every token is refused until then).
+                Err(_) if !jwks.keys.load().loaded => {
+                    jwks.source.min_refresh.min(Duration::from_secs(5))
+                }
+                Err(_) => jwks.source.min_refresh,
+            }
+        };
+        drop(jwks);
+        tokio::time::sleep(next).await;
+    }
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    source: &JwksSource,
+) -> Result<(Vec<VerifyKey>, Duration), String> {
+    let resp = client
+        .get(&source.url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("GET {}: {e}", source.url))?;
+    if !resp.status().is_success() {
+        return Err(format!("GET {}: HTTP {}", source.url, resp.status()));
+    }
+    let max_age = resp
+        .headers()
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(cache_max_age);
+    if resp
+        .content_length()
+        .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+    {
+        return Err(format!(
+            "GET {}: the JWKS is larger than {MAX_JWKS_BYTES} bytes",
+            source.url
+        ));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {}: {e}", source.url))?;
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!(
+            "GET {}: the JWKS is larger than {MAX_JWKS_BYTES} bytes",
+            source.url
+        ));
+    }
+    let keys = parse_jwks(&body)?;
+    let refresh = max_age
+        .unwrap_or(source.max_refresh)
+        .clamp(source.min_refresh, source.max_refresh);
+    Ok((keys, refresh))
+}
+
+/// `max-age=N` from a Cache-Control value; `no-cache`/`no-store` count as 0.
+pub fn cache_max_age(value: &str) -> Option<Duration> {
+    let mut out = None;
+    for d in value.split(',') {
+        let d = d.trim().to_ascii_lowercase();
+        if d == "no-cache" || d == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = d.strip_prefix("max-age=") {
+            out = n
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    out
+}
+
+/// The signing keys of a JWKS document. Keys this gateway cannot use
+/// (encryption keys, unknown types and curves) are skipped; symmetric
+/// (`oct`) keys are always skipped: a secret published in a JWKS is no secret.
+pub fn parse_jwks(body: &[u8]) -> Result<Vec<VerifyKey>, String> {
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
+    let list = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("the JWKS has no \"keys\" array")?;
+    let mut out = Vec::new();
+    for k in list {
+        match parse_jwk(k) {
+            Ok(Some(key)) => out.push(key),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "JWKS key skipped"),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_jwk(k: &Value) -> Result<Option<VerifyKey>, String> {
+    let s = |name: &str| k.get(name).and_then(Value::as_str);
+    if s("use").is_some_and(|u| u != "sig") {
+        return Ok(None);
+    }
+    let kid = s("kid").map(str::to_owned);
+    let alg = match s("alg") {
+        Some(a) => Some(
+            a.parse::<Algorithm>()
+                .map_err(|_| format!("unsupported alg {a:?}"))?,
+        ),
+        None => None,
+    };
+    let need = |name: &str| s(name).ok_or_else(|| format!("missing \"{name}\""));
+    let (family, key, algorithms) = match s("kty") {
+        Some("RSA") => (
+            AlgorithmFamily::Rsa,
+            DecodingKey::from_rsa_components(need("n")?, need("e")?).map_err(|e| e.to_string())?,
+            None,
+        ),
+        Some("EC") => {
+            let curve_alg = match s("crv") {
+                Some("P-256") => Algorithm::ES256,
+                Some("P-384") => Algorithm::ES384,
+                other => return Err(format!("unsupported curve {other:?}")),
+            };
+            (
+                AlgorithmFamily::Ec,
+                DecodingKey::from_ec_components(need("x")?, need("y")?)
+                    .map_err(|e| e.to_string())?,
+                Some(vec![curve_alg]),
+            )
+        }
+        Some("OKP") if s("crv") == Some("Ed25519") => (
+            AlgorithmFamily::Ed,
+            DecodingKey::from_ed_components(need("x")?).map_err(|e| e.to_string())?,
+            None,
+        ),
+        other => return Err(format!("unsupported key type {other:?}")),
+    };
+    if let Some(a) = alg {
+        if a.family() != family {
+            return Err(format!("alg {a:?} does not fit a {family:?} key"));
+        }
+    }
+    Ok(Some(VerifyKey {
+        kid,
+        family,
+        algorithms: alg.map(|a| vec![a]).or(algorithms),
+        key,
+        origin: "jwks".into(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        assert_eq!(
+            cache_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(cache_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(cache_max_age("public"), None);
+    }
+
+    #[test]
+    fn symmetric_and_encryption_keys_are_skipped() {
+        let doc = br#"{"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "h"},
+            {"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB", "kid": "e"},
+            {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "ed"},
+            {"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA", "kid": "big"}
+        ]}"#;
+        let keys = parse_jwks(doc).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("ed"));
+        assert!(keys[0].accepts(Algorithm::EdDSA));
+        assert!(!keys[0].accepts(Algorithm::HS256));
+    }
+}

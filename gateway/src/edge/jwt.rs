@@ -1,0 +1,682 @@
+//! JWT bearer authentication: finding the token, picking its issuer,
+//! verifying it with `jsonwebtoken`, and the route's scope and claim policy.
+//!
+//! What is refused, and why it matters:
+//! - `alg: none` and algorithms the issuer is not configured for: the
+//!   header's `alg` is never trusted alone.
+//! - HMAC tokens against an RSA/EC/Ed key ("algorithm confusion"): keys are
+//!   only tried for algorithms of their own family, and secrets only ever
+//!   come from the operator's environment, never from a JWKS.
+//! - Oversized tokens, before any decoding.
+//! - Tokens without `exp`, expired (beyond the leeway), not yet valid
+//!   (`nbf`), of another issuer or audience.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::{Jwks, VerifyKey};
+
+/// Real tokens are well under 2 KB; 8 KB leaves room for fat claims while
+/// keeping a hostile header from costing real work.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+/// Clock skew between the issuer and this host that is forgiven on
+/// `exp`/`nbf`; a minute is the usual choice (Envoy, Kong).
+pub const DEFAULT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Without a kid, each key of the right family is tried; a JWKS of more
+/// keys than this must use kids.
+const MAX_KEYS_TRIED: usize = 4;
+
+/// A route's authentication policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// No token is looked at.
+    #[default]
+    None,
+    /// A token is verified if sent (a bad one is a 401); none is fine.
+    Optional,
+    /// A valid token is needed.
+    Required,
+}
+
+impl AuthMode {
+    pub fn parse(s: &str) -> Result<AuthMode, String> {
+        match s.trim() {
+            "none" => Ok(AuthMode::None),
+            "optional" => Ok(AuthMode::Optional),
+            "required" => Ok(AuthMode::Required),
+            other => Err(format!(
+                "\"{other}\" is not an auth policy; use \"none\", \"optional\" or \"required\""
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        }
+    }
+}
+
+/// One trusted issuer.
+pub struct Issuer {
+    pub name: String,
+    /// The `iss` claim value.
+    pub iss: String,
+    pub algorithms: Vec<Algorithm>,
+    pub audiences: Vec<String>,
+    pub leeway_secs: u64,
+    /// PEM and HMAC keys.
+    pub static_keys: Vec<VerifyKey>,
+    pub jwks: Option<Arc<Jwks>>,
+    /// One validation per key family in `algorithms` (jsonwebtoken insists
+    /// that every algorithm of a validation fits the key).
+    validations: Vec<(AlgorithmFamily, Validation)>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("name", &self.name)
+            .field("iss", &self.iss)
+            .field("algorithms", &self.algorithms)
+            .finish()
+    }
+}
+
+impl Issuer {
+    pub fn new(
+        name: String,
+        iss: String,
+        algorithms: Vec<Algorithm>,
+        audiences: Vec<String>,
+        leeway_secs: u64,
+        static_keys: Vec<VerifyKey>,
+        jwks: Option<Arc<Jwks>>,
+    ) -> Issuer {
+        let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+        for alg in &algorithms {
+            if let Some((_, v)) = validations.iter_mut().find(|(f, _)| *f == alg.family()) {
+                v.algorithms.push(*alg);
+                continue;
+            }
+            let mut v = Validation::new(*alg);
+            v.leeway = leeway_secs;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&["exp"]);
+            v.set_issuer(&[&iss]);
+            if audiences.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&audiences);
+            }
+            validations.push((alg.family(), v));
+        }
+        Issuer {
+            name,
+            iss,
+            algorithms,
+            audiences,
+            leeway_secs,
+            static_keys,
+            jwks,
+            validations,
+        }
+    }
+
+    fn validation(&self, family: AlgorithmFamily) -> Option<&Validation> {
+        self.validations
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, v)| v)
+    }
+}
+
+/// `[auth]`, compiled.
+#[derive(Debug, Default)]
+pub struct Auth {
+    pub issuers: Vec<Arc<Issuer>>,
+    pub default_mode: AuthMode,
+    pub cookie: Option<String>,
+    pub query_param: Option<String>,
+    pub max_token_bytes: usize,
+    pub forward_claims: Vec<String>,
+    pub forward_token: bool,
+}
+
+/// A route's auth policy, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAuth {
+    pub mode: AuthMode,
+    /// Issuers accepted on this route (indexes into `Auth::issuers`); all when `None`.
+    pub issuers: Option<Vec<usize>>,
+    pub scopes: Vec<String>,
+    /// Claim name and the values any one of which it must have.
+    pub claims: Vec<(String, Vec<Value>)>,
+    /// Claim name and the `grpc-metadata-x-jwt-<claim>` header that carries it on.
+    pub forward_claims: Vec<(String, HeaderName)>,
+}
+
+/// The metadata key a forwarded claim travels under.
+pub fn claim_metadata_key(claim: &str) -> String {
+    let mut key = String::from("x-jwt-");
+    for c in claim.chars() {
+        key.push(if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '-'
+        });
+    }
+    key
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub issuer: Arc<Issuer>,
+    pub claims: Map<String, Value>,
+}
+
+impl Verified {
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+}
+
+/// Why a request was not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token on a route that needs one (401, `WWW-Authenticate: Bearer`).
+    Missing,
+    /// A token that does not verify (401, `error="invalid_token"`).
+    Invalid(String),
+    /// A valid token without the scope or claim the route needs (403).
+    Forbidden {
+        message: String,
+        scope: Option<String>,
+    },
+}
+
+impl AuthError {
+    fn invalid(msg: impl Into<String>) -> AuthError {
+        AuthError::Invalid(msg.into())
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 section 3).
+    pub fn challenge(&self) -> HeaderValue {
+        let text = match self {
+            AuthError::Missing => "Bearer".to_owned(),
+            AuthError::Invalid(m) => format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                quoted_safe(m)
+            ),
+            AuthError::Forbidden { message, scope } => {
+                let mut s = format!(
+                    "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
+                    quoted_safe(message)
+                );
+                if let Some(scope) = scope {
+                    s.push_str(&format!(", scope=\"{}\"", quoted_safe(scope)));
+                }
+                s
+            }
+        };
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            AuthError::Missing => {
+                "this route needs a bearer token (Authorization: Bearer <JWT>)".into()
+            }
+            AuthError::Invalid(m) => format!("invalid token: {m}"),
+            AuthError::Forbidden { message, .. } => message.clone(),
+        }
+    }
+}
+
+/// RFC 6750 error_description: visible ASCII without `"` and `\`.
+fn quoted_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .take(200)
+        .collect()
+}
+
+/// Where the token was found: it decides what is stripped before the
+/// request goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// A token taken out of the query string before routing (the query is
+/// transcoded into the message, where `access_token` is no field).
+#[derive(Debug, Clone)]
+pub struct QueryToken(pub String);
+
+/// Finds the bearer token: the Authorization header, then the cookie, then
+/// the query parameter. `Err` for an Authorization header that is there but
+/// not a single Bearer credential.
+pub fn find_token<'a>(
+    auth: &Auth,
+    headers: &'a HeaderMap,
+    query: Option<&'a QueryToken>,
+) -> Result<Option<(&'a str, TokenSource)>, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(v) = values.next() {
+        if values.next().is_some() {
+            return Err(AuthError::invalid("more than one Authorization header"));
+        }
+        let text = v
+            .to_str()
+            .map_err(|_| AuthError::invalid("the Authorization header is not ASCII"))?;
+        let (scheme, rest) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::invalid(
+                "the Authorization scheme must be Bearer",
+            ));
+        }
+        let token = rest.trim();
+        if token.is_empty() {
+            return Err(AuthError::invalid("the Authorization header has no token"));
+        }
+        return Ok(Some((token, TokenSource::Header)));
+    }
+    if let Some(name) = &auth.cookie {
+        if let Some(token) = cookie_value(headers, name) {
+            return Ok(Some((token, TokenSource::Cookie)));
+        }
+    }
+    Ok(query.map(|q| (q.0.as_str(), TokenSource::Query)))
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+/// Removes the token cookie from the Cookie headers (the other cookies stay).
+pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+fn b64(part: &str, what: &str) -> Result<Vec<u8>, AuthError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| AuthError::invalid(format!("the {what} is not base64url")))
+}
+
+/// Verifies `token` for a route; `issuers` are the ones the route accepts.
+pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verified, AuthError> {
+    if token.len() > auth.max_token_bytes {
+        return Err(AuthError::invalid(format!(
+            "the token is longer than {} bytes",
+            auth.max_token_bytes
+        )));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    {
+        return Err(AuthError::invalid(
+            "the token has characters outside base64url",
+        ));
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    match parts.len() {
+        3 => {}
+        5 => {
+            return Err(AuthError::invalid(
+                "encrypted tokens (JWE) are not accepted",
+            ))
+        }
+        _ => {
+            return Err(AuthError::invalid(
+                "not a JWT (expected header.payload.signature)",
+            ))
+        }
+    }
+    let head: RawHeader = serde_json::from_slice(&b64(parts[0], "header")?)
+        .map_err(|_| AuthError::invalid("the header is not a JSON object with \"alg\""))?;
+    if head.alg.eq_ignore_ascii_case("none") {
+        return Err(AuthError::invalid("alg \"none\" is not accepted"));
+    }
+    if head.crit.is_some() {
+        // RFC 7515 4.1.11: extensions this verifier does not understand.
+        return Err(AuthError::invalid("the \"crit\" header is not supported"));
+    }
+    let alg: Algorithm = head
+        .alg
+        .parse()
+        .map_err(|_| AuthError::invalid(format!("algorithm {:?} is not supported", head.alg)))?;
+    if parts[2].is_empty() {
+        return Err(AuthError::invalid("the token has no signature"));
+    }
+    // Only to pick the issuer; nothing here is believed before the signature is.
+    let payload: Map<String, Value> = serde_json::from_slice(&b64(parts[1], "payload")?)
+        .map_err(|_| AuthError::invalid("the payload is not a JSON object"))?;
+    let iss = payload
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AuthError::invalid("the token has no \"iss\" claim"))?;
+    let issuer = auth
+        .issuers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| route.issuers.as_ref().is_none_or(|list| list.contains(i)))
+        .map(|(_, is)| is)
+        .find(|is| is.iss == iss)
+        .ok_or_else(|| AuthError::invalid(format!("issuer {iss:?} is not accepted here")))?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(AuthError::invalid(format!(
+            "algorithm {alg:?} is not allowed for issuer {:?}",
+            issuer.iss
+        )));
+    }
+    let validation = issuer
+        .validation(alg.family())
+        .expect("a validation exists for each allowed family");
+
+    let mut keys = candidates(issuer, alg, head.kid.as_deref());
+    if keys.is_empty() {
+        // An unknown kid (or keys not loaded yet): perhaps the issuer rotated.
+        if let Some(jwks) = &issuer.jwks {
+            if jwks.refetch_for_unknown_kid().await {
+                keys = candidates(issuer, alg, head.kid.as_deref());
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err(AuthError::invalid(match &head.kid {
+            Some(kid) => format!("unknown key id {kid:?}"),
+            None => format!("issuer {:?} has no key for {alg:?}", issuer.iss),
+        }));
+    }
+    let mut last = None;
+    for key in keys.iter().take(MAX_KEYS_TRIED) {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+            Ok(data) => {
+                return Ok(Verified {
+                    issuer: issuer.clone(),
+                    claims: data.claims,
+                })
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
+            Err(e) => return Err(AuthError::Invalid(describe(&e, issuer))),
+        }
+    }
+    Err(AuthError::Invalid(match last {
+        Some(e) => describe(&e, issuer),
+        None => "no key verified the token".into(),
+    }))
+}
+
+fn candidates(issuer: &Issuer, alg: Algorithm, kid: Option<&str>) -> Vec<DecodingKey> {
+    let jwks = issuer.jwks.as_ref().map(|j| j.keys());
+    let from_jwks = jwks.as_ref().map(|s| s.keys.as_slice()).unwrap_or(&[]);
+    issuer
+        .static_keys
+        .iter()
+        .chain(from_jwks)
+        .filter(|k| k.accepts(alg))
+        .filter(|k| match (kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            // A key without a kid is tried for any token; a token without
+            // a kid tries every key of its family.
+            _ => true,
+        })
+        .map(|k| k.key.clone())
+        .collect()
+}
+
+fn describe(e: &jsonwebtoken::errors::Error, issuer: &Issuer) -> String {
+    match e.kind() {
+        ErrorKind::InvalidSignature => "the signature does not verify".into(),
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidIssuer => format!("the issuer is not {:?}", issuer.iss),
+        ErrorKind::InvalidAudience => {
+            format!("the audience is not one of {}", issuer.audiences.join(", "))
+        }
+        ErrorKind::MissingRequiredClaim(c) => format!("the token has no \"{c}\" claim"),
+        ErrorKind::InvalidClaimFormat(c) => format!("the \"{c}\" claim is malformed"),
+        ErrorKind::InvalidAlgorithm => "the algorithm does not fit the key".into(),
+        ErrorKind::InvalidToken => "the token is malformed".into(),
+        ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+            "the token is malformed".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// The route's scope and claim requirements on a verified token.
+pub fn authorize(route: &RouteAuth, v: &Verified) -> Result<(), AuthError> {
+    if !route.scopes.is_empty() {
+        let granted = granted_scopes(&v.claims);
+        for want in &route.scopes {
+            if !granted.contains(&want.as_str()) {
+                return Err(AuthError::Forbidden {
+                    message: format!("the token lacks the scope {want:?}"),
+                    scope: Some(route.scopes.join(" ")),
+                });
+            }
+        }
+    }
+    for (name, allowed) in &route.claims {
+        let ok = match v.claims.get(name) {
+            None => false,
+            Some(Value::Array(items)) => items.iter().any(|i| allowed.contains(i)),
+            Some(value) => allowed.contains(value),
+        };
+        if !ok {
+            return Err(AuthError::Forbidden {
+                message: format!("the token's \"{name}\" claim does not allow this route"),
+                scope: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `scope` (space-separated, RFC 8693) and `scp` (a list or a string).
+fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
+    let mut out = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => out.extend(s.split_whitespace()),
+            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A claim as one metadata value: strings as they are, lists joined by
+/// commas, other values as JSON.
+pub fn claim_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+/// An HS256 token signed with a fixed secret, valid until 2100.
+const SELF_CHECK_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzZWxmLWNoZWNrIiwiZXhwIjo0MTAyNDQ0ODAwfQ.FSAD9JczQvf_G1A1SBOHTuW2U3xT6OdCmlM-IbggBPI";
+
+/// Verifies a known token once per process. jsonwebtoken compiles without a
+/// crypto backend (or with two) and panics on the first verify; this turns
+/// that into a config error at start instead of a crash on a request.
+pub fn self_check() -> Result<(), String> {
+    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    RESULT
+        .get_or_init(|| {
+            let run = std::panic::catch_unwind(|| {
+                let key = DecodingKey::from_secret(b"gateway-jwt-self-check");
+                let mut v = Validation::new(Algorithm::HS256);
+                v.validate_aud = false;
+                jsonwebtoken::decode::<BTreeMap<String, Value>>(SELF_CHECK_TOKEN, &key, &v)
+                    .map(|d| d.claims.get("sub").cloned())
+            });
+            match run {
+                Ok(Ok(Some(Value::String(s)))) if s == "self-check" => Ok(()),
+                Ok(Ok(other)) => Err(format!("the known token decoded to {other:?}")),
+                Ok(Err(e)) => Err(format!("the known token did not verify: {e}")),
+                Err(_) => Err(
+                    "jsonwebtoken has no usable crypto backend (exactly one of its aws_lc_rs and rust_crypto features must be on)"
+                        .into(),
+                ),
+            }
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crypto_backend_self_check_passes() {
+        self_check().unwrap();
+    }
+
+    fn hs_issuer() -> Auth {
+        let key = VerifyKey {
+            kid: None,
+            family: AlgorithmFamily::Hmac,
+            algorithms: None,
+            key: DecodingKey::from_secret(b"gateway-jwt-self-check"),
+            origin: "test".into(),
+        };
+        Auth {
+            issuers: vec![Arc::new(Issuer::new(
+                "t".into(),
+                "t".into(),
+                vec![Algorithm::HS256],
+                vec![],
+                60,
+                vec![key],
+                None,
+            ))],
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            ..Default::default()
+        }
+    }
+
+    fn token(header: &str, payload: &str) -> String {
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.c2ln", e(header), e(payload))
+    }
+
+    #[tokio::test]
+    async fn alg_none_and_unknown_algorithms_are_refused_by_name() {
+        let auth = hs_issuer();
+        let r = RouteAuth::default();
+        let none = token(r#"{"alg":"none"}"#, r#"{"iss":"t"}"#);
+        assert_eq!(
+            verify(&auth, &r, &none).await.unwrap_err(),
+            AuthError::invalid("alg \"none\" is not accepted")
+        );
+        let weird = token(r#"{"alg":"XS999"}"#, r#"{"iss":"t"}"#);
+        assert!(verify(&auth, &r, &weird)
+            .await
+            .unwrap_err()
+            .message()
+            .contains("not supported"));
+        let rs = token(r#"{"alg":"RS256"}"#, r#"{"iss":"t"}"#);
+        assert!(verify(&auth, &r, &rs)
+            .await
+            .unwrap_err()
+            .message()
+            .contains("not allowed for issuer"));
+    }
+
+    #[test]
+    fn challenge_escapes_quotes() {
+        let e = AuthError::invalid("bad \"x\"\r\n");
+        assert_eq!(
+            e.challenge(),
+            "Bearer error=\"invalid_token\", error_description=\"bad 'x'??\""
+        );
+        assert_eq!(AuthError::Missing.challenge(), "Bearer");
+    }
+
+    #[test]
+    fn token_cookie_is_stripped_and_others_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; jwt=secret; b=2".parse().unwrap());
+        strip_cookie(&mut h, "jwt");
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp() {
+        let route = RouteAuth {
+            scopes: vec!["read".into(), "write".into()],
+            ..Default::default()
+        };
+        let issuer = hs_issuer().issuers[0].clone();
+        let with = |claims: Value| Verified {
+            issuer: issuer.clone(),
+            claims: claims.as_object().unwrap().clone(),
+        };
+        assert!(authorize(&route, &with(serde_json::json!({"scope": "read write"}))).is_ok());
+        assert!(authorize(&route, &with(serde_json::json!({"scp": ["write", "read"]}))).is_ok());
+        assert!(matches!(
+            authorize(&route, &with(serde_json::json!({"scope": "read"}))),
+            Err(AuthError::Forbidden { .. })
+        ));
+    }
+}

@@ -1,0 +1,255 @@
+//! Bounds on one request and one connection: target length (414), header
+//! count and size (431), declared body size (413, before a byte is read),
+//! and the whole-request timeout (504). Connection-level bounds (count,
+//! header-read and idle timeouts) are applied by `conn`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{header, Request, Response, StatusCode};
+use tonic::Code;
+use tower::{Layer, Service};
+
+use crate::server::Gateway;
+use crate::transcode::RpcStatus;
+
+/// Browsers and proxies commonly cap URLs near 8 KB; anything longer is a
+/// mistake or an attack on parsers.
+pub const DEFAULT_MAX_URL_BYTES: usize = 8192;
+/// Browsers send 10-20 headers; 100 is hyper's and nginx's usual cap.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// 32 KiB of header names and values, as nginx's default
+/// (4 buffers of 8k): room for big cookies and tokens, not for abuse.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Real APIs nest a handful of levels; 64 stops stack-eating documents
+/// well before serde_json's own 128.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+/// Above the default backend deadline (15 s) with room for retries and a
+/// slow upload, so only stuck requests hit it.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client has 10 s to send a request's headers (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections with nothing moving for a minute are closed: about what
+/// browsers keep idle connections for, and what cloud load balancers expect.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Enough for a busy replica; each connection costs a few KB plus buffers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// hyper's and most servers' default.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// `[limits]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_url_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_url_bytes: DEFAULT_MAX_URL_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
+impl Limits {
+    /// The first limit the request's head breaks, as the answer to send.
+    pub fn check_head<B>(&self, req: &Request<B>) -> Option<RpcStatus> {
+        let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if target > self.max_url_bytes {
+            return Some(RpcStatus::new(
+                StatusCode::URI_TOO_LONG,
+                Code::InvalidArgument,
+                format!(
+                    "the request target is {target} bytes, over the limit of {} (limits.max_url_bytes)",
+                    self.max_url_bytes
+                ),
+            ));
+        }
+        let headers = req.headers();
+        if headers.len() > self.max_headers {
+            return Some(RpcStatus::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Code::InvalidArgument,
+                format!(
+                    "the request has {} headers, over the limit of {} (limits.max_headers)",
+                    headers.len(),
+                    self.max_headers
+                ),
+            ));
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if bytes > self.max_header_bytes {
+            return Some(RpcStatus::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Code::InvalidArgument,
+                format!(
+                    "the request headers are {bytes} bytes, over the limit of {} (limits.max_header_bytes)",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Some(RpcStatus::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::InvalidArgument,
+                format!(
+                    "request body is larger than the limit of {} bytes",
+                    self.max_body_bytes
+                ),
+            ));
+        }
+        None
+    }
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// Refuses requests whose head breaks a limit; assembled in `server::app`.
+#[derive(Clone)]
+pub struct LimitsLayer {
+    gw: Arc<Gateway>,
+}
+
+impl LimitsLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        LimitsLayer { gw }
+    }
+}
+
+impl<S> Layer<S> for LimitsLayer {
+    type Service = LimitsService<S>;
+    fn layer(&self, inner: S) -> LimitsService<S> {
+        LimitsService {
+            gw: self.gw.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LimitsService<S> {
+    gw: Arc<Gateway>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for LimitsService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFut {
+        let refused = self.gw.snapshot().edge.limits.check_head(&req);
+        match refused {
+            Some(status) => {
+                let mut resp = status.into_response().map(Body::from);
+                // The request's body was not read; keeping the connection
+                // would mean reading (or misreading) it as the next request.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+            None => Box::pin(self.inner.call(req)),
+        }
+    }
+}
+
+/// Bounds the time from a request's arrival to its answer's head (504).
+#[derive(Clone)]
+pub struct TimeoutLayer {
+    gw: Arc<Gateway>,
+}
+
+impl TimeoutLayer {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        TimeoutLayer { gw }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = TimeoutService<S>;
+    fn layer(&self, inner: S) -> TimeoutService<S> {
+        TimeoutService {
+            gw: self.gw.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TimeoutService<S> {
+    gw: Arc<Gateway>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for TimeoutService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFut {
+        let limit = self.gw.snapshot().edge.limits.request_timeout;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                // Dropping the future cancels the backend call with it.
+                Err(_) => Ok(RpcStatus::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Code::DeadlineExceeded,
+                    format!(
+                        "the request took longer than {} ms (limits.request_timeout)",
+                        limit.as_millis()
+                    ),
+                )
+                .into_response()
+                .map(Body::from)),
+            }
+        })
+    }
+}

@@ -1,0 +1,514 @@
+//! Rate limits: GCRA token buckets from `governor`, one keyed limiter per
+//! named policy, and the IETF `RateLimit-Policy` / `RateLimit` fields
+//! (draft-ietf-httpapi-ratelimit-headers, structured-field syntax).
+//!
+//! Keys are 64-bit hashes (with a per-process random seed, so clients cannot
+//! aim for collisions) of the client IP, the JWT subject, a header value or
+//! the route: every entry has the same small size whatever the client sends.
+//! Memory stays bounded under millions of distinct keys: a background task
+//! drops idle buckets (`retain_recent`) every `sweep_interval`, and a policy
+//! that still holds more than `max_keys` is reset whole.
+
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Default cap of keys per policy: about 100 MB of buckets in the worst
+/// case, far more distinct clients than one gateway replica serves at once.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// Idle buckets are dropped this often. A bucket is idle once it has refilled,
+/// which for usual quotas is seconds; 10 s keeps the map near the number of
+/// clients active in the last few seconds without sweeping constantly.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How many checks pass between two looks at a policy's size (a look
+/// visits every shard of the map, so not on every request).
+const SIZE_CHECK_EVERY: u64 = 1024;
+
+type Limiter =
+    RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+
+/// What a policy counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    Ip,
+    /// The JWT `sub`; the client IP for requests without one.
+    Subject,
+    /// A header's value (an API key); the client IP when it is absent.
+    Header(HeaderName),
+    /// Every request on the route counts against one bucket.
+    Route,
+}
+
+impl KeyKind {
+    pub fn parse(s: &str) -> Result<KeyKind, String> {
+        let s = s.trim();
+        match s {
+            "ip" => Ok(KeyKind::Ip),
+            "subject" => Ok(KeyKind::Subject),
+            "route" => Ok(KeyKind::Route),
+            _ => match s.strip_prefix("header:") {
+                Some(h) => HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
+                    .map(KeyKind::Header)
+                    .map_err(|_| format!("\"{h}\" is not a header name")),
+                None => Err(format!(
+                    "\"{s}\" is not a key; use \"ip\", \"subject\", \"header:<name>\" or \"route\""
+                )),
+            },
+        }
+    }
+
+    /// Subject keys need the token, so they are checked after authentication.
+    pub fn after_auth(&self) -> bool {
+        matches!(self, KeyKind::Subject)
+    }
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyKind::Ip => f.write_str("ip"),
+            KeyKind::Subject => f.write_str("subject"),
+            KeyKind::Header(h) => write!(f, "header:{h}"),
+            KeyKind::Route => f.write_str("route"),
+        }
+    }
+}
+
+/// A policy as configured; two equal definitions share state across a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDef {
+    pub name: String,
+    pub key: KeyKind,
+    /// Requests per `per`, sustained.
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    /// One bucket per key and route, rather than per key.
+    pub per_route: bool,
+    pub max_keys: usize,
+}
+
+impl PolicyDef {
+    /// Time to earn one request back.
+    pub fn interval(&self) -> Duration {
+        self.per / self.rate.max(1)
+    }
+
+    /// The window of the `RateLimit-Policy` item: the time to refill a whole
+    /// burst, in which `burst` requests are allowed (whole seconds, at least 1).
+    pub fn window_secs(&self) -> u64 {
+        ceil_secs(self.interval() * self.burst).max(1)
+    }
+}
+
+/// One policy's buckets.
+pub struct Policy {
+    pub def: PolicyDef,
+    limiter: ArcSwap<Limiter>,
+    checks: AtomicU64,
+    resets: AtomicU64,
+    sweep_now: Arc<tokio::sync::Notify>,
+    /// The `RateLimit-Policy` list item, precomputed.
+    policy_item: String,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("def", &self.def).finish()
+    }
+}
+
+/// The verdict on one request for one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: bool,
+    pub remaining: u32,
+    /// Seconds until the bucket is full again (allowed) or until one more
+    /// request is allowed (refused).
+    pub reset_secs: u64,
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl Policy {
+    pub fn new(def: PolicyDef) -> Policy {
+        let policy_item = format!(
+            "{};q={};w={}",
+            sf_string(&def.name),
+            def.burst,
+            def.window_secs()
+        );
+        Policy {
+            limiter: ArcSwap::from_pointee(new_limiter(&def)),
+            def,
+            checks: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            sweep_now: Arc::new(tokio::sync::Notify::new()),
+            policy_item,
+        }
+    }
+
+    /// Counts one request against `key`.
+    pub fn check(&self, key: u64) -> Outcome {
+        let limiter = self.limiter.load();
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SIZE_CHECK_EVERY == SIZE_CHECK_EVERY - 1
+            && limiter.len() > self.def.max_keys
+        {
+            self.sweep_now.notify_one();
+        }
+        match limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let used = self.def.burst.saturating_sub(remaining);
+                Outcome {
+                    allowed: true,
+                    remaining,
+                    reset_secs: ceil_secs(self.def.interval() * used),
+                }
+            }
+            Err(not_until) => {
+                // The limiter's own clock, rounded up, at least 1 s: a
+                // client that waits Retry-After seconds is then let through.
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                Outcome {
+                    allowed: false,
+                    remaining: 0,
+                    reset_secs: ceil_secs(wait).max(1),
+                }
+            }
+        }
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.limiter.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Times the policy was reset whole for holding more than `max_keys`.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+    }
+
+    /// Drops idle buckets; resets the policy if it still holds too many.
+    pub fn sweep(&self) {
+        let limiter = self.limiter.load();
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+        let len = limiter.len();
+        if len > self.def.max_keys {
+            // Forgetting every bucket lets each client a fresh burst once;
+            // the alternative, refusing new clients, would let one flood
+            // of spoofed keys lock everyone out.
+            self.limiter.store(Arc::new(new_limiter(&self.def)));
+            self.resets.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                policy = %self.def.name,
+                keys = len,
+                max_keys = self.def.max_keys,
+                "rate-limit policy held more keys than its cap after dropping idle ones; reset"
+            );
+        }
+    }
+}
+
+fn new_limiter(def: &PolicyDef) -> Limiter {
+    let burst = NonZeroU32::new(def.burst.max(1)).expect("at least 1");
+    let quota = Quota::with_period(def.interval().max(Duration::from_nanos(1)))
+        .expect("a positive period")
+        .allow_burst(burst);
+    RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
+}
+
+/// An sf-string: `"name"` with `"` and `\` escaped; other characters that an
+/// sf-string cannot hold are dropped (policy names are checked at load).
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {}
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Every policy of a snapshot, with the hashing seed and a sweeper task.
+pub struct RateLimits {
+    pub policies: Vec<Arc<Policy>>,
+    pub legacy_headers: bool,
+    pub sweep_interval: Duration,
+    seed: std::hash::RandomState,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("policies", &self.policies)
+            .finish()
+    }
+}
+
+impl RateLimits {
+    /// `previous` policies with an identical definition are kept, buckets
+    /// and all, so a reload does not hand every client a fresh burst.
+    pub fn new(
+        defs: Vec<PolicyDef>,
+        legacy_headers: bool,
+        sweep_interval: Duration,
+        previous: Option<&RateLimits>,
+    ) -> RateLimits {
+        let policies = defs
+            .into_iter()
+            .map(|def| {
+                previous
+                    .and_then(|p| p.policies.iter().find(|old| old.def == def))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Policy::new(def)))
+            })
+            .collect();
+        let limits = RateLimits {
+            policies,
+            legacy_headers,
+            sweep_interval,
+            // Kept across reloads, or carried-over buckets would be keyed anew.
+            seed: previous.map(|p| p.seed.clone()).unwrap_or_default(),
+        };
+        limits.spawn_sweepers();
+        limits
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Policy>> {
+        self.policies.iter().find(|p| p.def.name == name)
+    }
+
+    /// A sweeper per policy, holding it weakly: it ends when no snapshot
+    /// uses the policy any more. Policies carried over already have one.
+    fn spawn_sweepers(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for policy in &self.policies {
+            if Arc::strong_count(policy) > 1 {
+                continue;
+            }
+            let weak: Weak<Policy> = Arc::downgrade(policy);
+            let wake = policy.sweep_now.clone();
+            let every = self.sweep_interval;
+            rt.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(every) => {}
+                        () = wake.notified() => {}
+                    }
+                    let Some(p) = weak.upgrade() else { return };
+                    // Sweeping takes each shard's write lock in turn: off the
+                    // async workers, so requests on other shards go on.
+                    let _ = tokio::task::spawn_blocking(move || p.sweep()).await;
+                }
+            });
+        }
+    }
+
+    /// The hash of a key's text (or address bytes), seeded per process.
+    pub fn hash_key(&self, route: Option<u64>, parts: &[&[u8]]) -> u64 {
+        let mut h = self.seed.build_hasher();
+        route.hash(&mut h);
+        for p in parts {
+            h.write(p);
+            h.write_u8(0xff);
+        }
+        h.finish()
+    }
+}
+
+/// The rate-limit fields of one answer, collected over the policies checked.
+#[derive(Debug, Default)]
+pub struct Fields {
+    policy: String,
+    state: String,
+    /// The most constraining outcome, for the legacy headers and Retry-After.
+    tightest: Option<(u32, u32, u64)>,
+}
+
+impl Fields {
+    pub fn add(&mut self, policy: &Policy, outcome: &Outcome) {
+        if !self.policy.is_empty() {
+            self.policy.push_str(", ");
+            self.state.push_str(", ");
+        }
+        self.policy.push_str(&policy.policy_item);
+        let _ = write!(
+            self.state,
+            "{};r={};t={}",
+            sf_string(&policy.def.name),
+            outcome.remaining,
+            outcome.reset_secs
+        );
+        let replace = match self.tightest {
+            None => true,
+            Some((_, remaining, reset)) => {
+                outcome.remaining < remaining
+                    || (outcome.remaining == remaining && outcome.reset_secs > reset)
+            }
+        };
+        if replace {
+            self.tightest = Some((policy.def.burst, outcome.remaining, outcome.reset_secs));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policy.is_empty()
+    }
+
+    /// Writes `RateLimit-Policy`, `RateLimit` and, if asked, the legacy fields.
+    pub fn write(&self, legacy: bool, out: &mut HeaderMap) {
+        if self.is_empty() {
+            return;
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.policy) {
+            out.insert(HeaderName::from_static("ratelimit-policy"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.state) {
+            out.insert(HeaderName::from_static("ratelimit"), v);
+        }
+        if let (true, Some((limit, remaining, reset))) = (legacy, self.tightest) {
+            out.insert(HeaderName::from_static("x-ratelimit-limit"), limit.into());
+            out.insert(
+                HeaderName::from_static("x-ratelimit-remaining"),
+                remaining.into(),
+            );
+            out.insert(HeaderName::from_static("x-ratelimit-reset"), reset.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(rate: u32, per: Duration, burst: u32, max_keys: usize) -> PolicyDef {
+        PolicyDef {
+            name: "t".into(),
+            key: KeyKind::Ip,
+            rate,
+            per,
+            burst,
+            per_route: false,
+            max_keys,
+        }
+    }
+
+    #[test]
+    fn burst_then_refusal_with_retry_after_rounded_up() {
+        let p = Policy::new(def(1, Duration::from_secs(10), 3, 100));
+        let seen: Vec<Outcome> = (0..4).map(|_| p.check(7)).collect();
+        assert!(seen[..3].iter().all(|o| o.allowed));
+        assert_eq!(
+            seen.iter().map(|o| o.remaining).collect::<Vec<_>>(),
+            [2, 1, 0, 0]
+        );
+        assert!(!seen[3].allowed);
+        // One request is earned back every 10 s.
+        assert!((9..=10).contains(&seen[3].reset_secs), "{:?}", seen[3]);
+        // Another key has its own bucket.
+        assert!(p.check(8).allowed);
+    }
+
+    #[test]
+    fn fields_use_structured_field_syntax() {
+        let p = Policy::new(PolicyDef {
+            name: "per-ip".into(),
+            ..def(100, Duration::from_secs(60), 20, 100)
+        });
+        let mut f = Fields::default();
+        let o = p.check(1);
+        f.add(&p, &o);
+        let mut h = HeaderMap::new();
+        f.write(true, &mut h);
+        // 20 requests per the 12 s it takes to earn 20 back at 100/min.
+        assert_eq!(h["ratelimit-policy"], "\"per-ip\";q=20;w=12");
+        assert_eq!(h["ratelimit"], "\"per-ip\";r=19;t=1");
+        assert_eq!(h["x-ratelimit-limit"], "20");
+        assert_eq!(h["x-ratelimit-remaining"], "19");
+    }
+
+    #[test]
+    fn sweep_drops_idle_keys_and_resets_past_the_cap() {
+        // 1000/s with a burst of 1: a bucket is idle again after 1 ms.
+        let p = Policy::new(def(1000, Duration::from_secs(1), 1, 500));
+        for k in 0..400u64 {
+            p.check(k);
+        }
+        assert_eq!(p.len(), 400);
+        std::thread::sleep(Duration::from_millis(5));
+        p.sweep();
+        assert_eq!(p.len(), 0, "idle buckets are dropped");
+        // Busy buckets (slow refill) past the cap reset the policy.
+        let slow = Policy::new(def(1, Duration::from_secs(60), 1, 100));
+        for k in 0..300u64 {
+            slow.check(k);
+        }
+        slow.sweep();
+        assert_eq!((slow.len(), slow.resets()), (0, 1));
+    }
+
+    /// Resident memory of this process, from /proc (Linux only).
+    fn rss_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_many_distinct_keys() {
+        // 600k distinct keys, never seen twice, against a policy capped at
+        // 50k keys whose buckets stay busy for a minute (so retain_recent
+        // alone cannot drop them): the cap must hold the map, and memory,
+        // down. The sweep runs every 100k keys, as the background task would.
+        let p = Policy::new(def(1, Duration::from_secs(60), 5, 50_000));
+        let before = rss_bytes();
+        let mut peak_len = 0;
+        for k in 0..600_000u64 {
+            p.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            if k % 100_000 == 99_999 {
+                peak_len = peak_len.max(p.len());
+                p.sweep();
+            }
+        }
+        let after = rss_bytes();
+        assert!(p.len() <= 50_000, "{} keys kept", p.len());
+        assert!(peak_len <= 100_000, "peak {peak_len}");
+        assert!(p.resets() >= 5);
+        if let (Some(b), Some(a)) = (before, after) {
+            let grown = a.saturating_sub(b);
+            eprintln!(
+                "600000 distinct keys, cap 50000: peak {peak_len} keys, RSS grew {} KiB",
+                grown / 1024
+            );
+            // 100k entries of (u64, u64) plus map overhead are a few MB.
+            assert!(grown < 64 * 1024 * 1024, "RSS grew by {grown} bytes");
+        }
+    }
+}

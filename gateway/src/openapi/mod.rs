@@ -1,0 +1,651 @@
+//! An OpenAPI 3.1 document generated from the descriptors and the live
+//! route table, so third-party developers can read the API and generate
+//! clients. It is built from a snapshot, so it follows the routes on every
+//! reload; it is rendered once per snapshot, when first asked for.
+//!
+//! Served on the REST listener (not the admin one) when `[openapi] path`
+//! is set: the people who need it are the API's clients, and the admin
+//! listener is loopback-only by default. `gateway openapi` prints it.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use prost_reflect::{Kind, MessageDescriptor};
+use serde_json::{json, Map, Value};
+
+use crate::config::{ConfigError, LoadedFile};
+use crate::edge::jwt::AuthMode;
+use crate::routing::{Lookup, Matcher, Segment};
+use crate::snapshot::{Route, Snapshot};
+use crate::transcode::framing::Framing;
+use crate::transcode::request::is_scalar_like;
+use crate::transcode::{httpbody, shape, BodyRule};
+use schema::{with_description, Schemas};
+
+/// Query parameters are listed through nested messages down to this depth
+/// (grpc-gateway flattens the same way); deeper fields still work, they are
+/// just not listed, which keeps recursive messages finite.
+const MAX_QUERY_DEPTH: usize = 4;
+
+/// `[openapi]`, checked, plus the document once rendered.
+#[derive(Debug, Default)]
+pub struct Settings {
+    pub path: Option<String>,
+    pub docs_path: Option<String>,
+    pub title: String,
+    pub version: String,
+    pub description: Option<String>,
+    /// Replies use proto field names (`server.proto_field_names`).
+    pub proto_field_names: bool,
+    rendered: OnceLock<Bytes>,
+}
+
+impl Settings {
+    /// Reads `[openapi]`; a path that a route would also match is an error.
+    pub fn from_config<T>(
+        file: &LoadedFile,
+        matcher: &Matcher<T>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Settings {
+        let c = &file.config.openapi;
+        let mut check = |value: &Option<toml::Spanned<String>>, key: &str| -> Option<String> {
+            let v = value.as_ref()?;
+            let p = v.get_ref().trim();
+            if !p.starts_with('/') || p.contains(['?', '#', '{', '}']) {
+                errors.push(file.error(
+                    v,
+                    key,
+                    format!("\"{p}\" is not a plain path; write e.g. \"/openapi.json\""),
+                ));
+                return None;
+            }
+            if let Lookup::Found { .. } = matcher.lookup("GET", p) {
+                errors.push(file.error(
+                    v,
+                    key,
+                    format!("\"{p}\" is also matched by a GET route; choose another path"),
+                ));
+                return None;
+            }
+            Some(p.to_owned())
+        };
+        let path = check(&c.path, "openapi.path");
+        let docs_path = check(&c.docs_path, "openapi.docs_path");
+        if let (Some(d), None) = (&c.docs_path, &c.path) {
+            errors.push(file.error(
+                d,
+                "openapi.docs_path",
+                "the documentation page loads the document from openapi.path; set that too",
+            ));
+        }
+        Settings {
+            path,
+            docs_path,
+            title: c.title.clone().unwrap_or_else(|| "API".to_owned()),
+            version: c.version.clone().unwrap_or_else(|| "1.0.0".to_owned()),
+            description: c.description.clone(),
+            proto_field_names: file.config.server.proto_field_names,
+            rendered: OnceLock::new(),
+        }
+    }
+}
+
+/// The document as JSON bytes, rendered once per snapshot.
+pub fn rendered(snap: &Snapshot) -> Bytes {
+    snap.openapi
+        .rendered
+        .get_or_init(|| {
+            Bytes::from(serde_json::to_vec(&document(snap)).expect("JSON values always serialise"))
+        })
+        .clone()
+}
+
+/// Answers the document and the documentation page; None for any other request.
+pub fn serve(snap: &Snapshot, parts: &Parts) -> Option<Response<Body>> {
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return None;
+    }
+    let path = parts.uri.path();
+    let s = &snap.openapi;
+    let (body, content_type) = if s.path.as_deref() == Some(path) {
+        (rendered(snap), "application/json")
+    } else if s.docs_path.as_deref() == Some(path) {
+        let page = DOCS_PAGE
+            .replace("{{TITLE}}", &html_escape(&s.title))
+            .replace("{{SPEC}}", &html_escape(s.path.as_deref().unwrap_or("")));
+        (Bytes::from(page), "text/html; charset=utf-8")
+    } else {
+        return None;
+    };
+    let mut resp = Response::new(if parts.method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if content_type.starts_with("text/html") {
+        // The page is self-contained: its own script and style, and fetches
+        // only from this origin.
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        );
+    }
+    Some(resp)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const DOCS_PAGE: &str = include_str!("docs.html");
+
+/// The security scheme of JWT routes.
+const BEARER: &str = "bearerAuth";
+
+/// The whole document.
+pub fn document(snap: &Snapshot) -> Value {
+    let settings = &snap.openapi;
+    let mut schemas = Schemas::new(settings.proto_field_names);
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut op_ids: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
+
+    for route in &snap.routes {
+        let service = route.grpc_method.parent_service();
+        let service_doc = schemas
+            .comments()
+            .of(&service.parent_file(), service.path());
+        tags.entry(service.full_name().to_owned())
+            .or_insert(service_doc);
+        let (path, path_params) = openapi_path(route, &mut schemas);
+        let base_id = format!("{}_{}", service.name(), route.grpc_method.name());
+        let n = op_ids.entry(base_id.clone()).or_insert(0);
+        *n += 1;
+        let op_id = if *n == 1 {
+            base_id
+        } else {
+            format!("{base_id}_{n}")
+        };
+        let op = operation(route, op_id, path_params, &mut schemas);
+        let method = route.method.to_ascii_lowercase();
+        let item = paths.entry(path.clone()).or_default();
+        let key = if matches!(
+            method.as_str(),
+            "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+        ) {
+            method
+        } else {
+            // Custom HTTP methods have no slot in a path item.
+            format!("x-method-{method}")
+        };
+        item.insert(key, op);
+    }
+
+    // The error body every failure uses, and its RFC 9457 alternative.
+    let status_schema = match snap.pool.get_message_by_name("google.rpc.Status") {
+        Some(m) => {
+            let s = schemas.message_schema(&m, &[]);
+            with_description(
+                s,
+                "The error body of every failure (google.rpc.Status): `code` is the gRPC code, `details` typed google.protobuf.Any values.".into(),
+            )
+        }
+        None => json!({"type": "object", "properties": {
+            "code": {"type": "integer", "format": "int32"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object"}}}}),
+    };
+    schemas
+        .components
+        .insert("google.rpc.Status".into(), status_schema);
+    schemas.components.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "RFC 9457 problem details, sent instead of google.rpc.Status when the client accepts application/problem+json.",
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "integer", "description": "The gRPC status code"},
+                "details": {"type": "array", "items": {"type": "object"}}
+            },
+            "required": ["type", "title", "status"]
+        }),
+    );
+
+    let mut info = json!({ "title": settings.title, "version": settings.version });
+    if let Some(d) = &settings.description {
+        info["description"] = Value::String(d.clone());
+    }
+    let tags: Vec<Value> = tags
+        .into_iter()
+        .map(|(name, doc)| match doc {
+            Some(d) => json!({"name": name, "description": d}),
+            None => json!({"name": name}),
+        })
+        .collect();
+    let mut components = json!({ "schemas": schemas.components });
+    let uses_auth = snap
+        .routes
+        .iter()
+        .any(|r| r.edge.auth.mode != AuthMode::None);
+    if uses_auth {
+        components["securitySchemes"] = json!({
+            BEARER: {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A JWT from one of the configured issuers, in `Authorization: Bearer <token>`."
+            }
+        });
+    }
+    components["responses"] = json!({
+        "Error": {
+            "description": "An error: google.rpc.Status, or problem+json when asked for.",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/google.rpc.Status"}},
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }
+        }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": info,
+        "tags": tags,
+        "paths": paths,
+        "components": components,
+    })
+}
+
+/// The OpenAPI path of a route and its path parameters. A variable becomes
+/// `{name}`; one that spans several segments (`{name=shelves/*}`) keeps its
+/// pattern in the parameter's schema, as grpc-gateway's generator does.
+fn openapi_path(route: &Route, schemas: &mut Schemas) -> (String, Vec<Value>) {
+    let t = &route.template;
+    let mut out = String::new();
+    let mut params = Vec::new();
+    let mut i = 0;
+    let mut wild = 0;
+    while i < t.segments.len() {
+        out.push('/');
+        if let Some((vi, var)) = t.variables.iter().enumerate().find(|(_, v)| v.start == i) {
+            let name = var.name();
+            out.push('{');
+            out.push_str(&name);
+            out.push('}');
+            let segs = &t.segments[var.start..var.end];
+            let field = route.path_fields.get(vi).and_then(|p| p.last());
+            let mut schema = match field {
+                Some(f) => schemas.kind(&f.kind()),
+                None => json!({"type": "string"}),
+            };
+            let simple = matches!(segs, [Segment::Single]);
+            let mut description = field
+                .and_then(|f| schemas.comments().of_field(f))
+                .unwrap_or_default();
+            if !simple {
+                schema = json!({"type": "string", "pattern": segments_pattern(segs)});
+                if !description.is_empty() {
+                    description.push_str("\n\n");
+                }
+                description.push_str(&format!(
+                    "Spans path segments: `{}` (its slashes are sent unescaped).",
+                    segments_text(segs)
+                ));
+            }
+            let mut p = json!({"name": name, "in": "path", "required": true, "schema": schema});
+            if !description.is_empty() {
+                p["description"] = Value::String(description);
+            }
+            params.push(p);
+            i = var.end.max(i + 1);
+            continue;
+        }
+        match &t.segments[i] {
+            Segment::Literal(l) => out.push_str(&percent_encode_segment(l)),
+            Segment::Single | Segment::Multi => {
+                wild += 1;
+                let name = format!("wildcard{wild}");
+                out.push_str(&format!("{{{name}}}"));
+                let multi = matches!(t.segments[i], Segment::Multi);
+                params.push(json!({
+                    "name": name,
+                    "in": "path",
+                    "required": true,
+                    "schema": {"type": "string"},
+                    "description": if multi { "Any path segments (not bound to a field)" } else { "Any one path segment (not bound to a field)" },
+                }));
+            }
+        }
+        i += 1;
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(verb) = &t.verb {
+        out.push(':');
+        out.push_str(verb);
+    }
+    (out, params)
+}
+
+fn percent_encode_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+        .to_string()
+        .replace("%2D", "-")
+        .replace("%2E", ".")
+        .replace("%5F", "_")
+        .replace("%7E", "~")
+}
+
+fn segments_text(segs: &[Segment]) -> String {
+    segs.iter()
+        .map(|s| match s {
+            Segment::Literal(l) => l.clone(),
+            Segment::Single => "*".into(),
+            Segment::Multi => "**".into(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn segments_pattern(segs: &[Segment]) -> String {
+    let parts: Vec<String> = segs
+        .iter()
+        .map(|s| match s {
+            Segment::Literal(l) => regex_escape(l),
+            Segment::Single => "[^/]+".into(),
+            Segment::Multi => ".*".into(),
+        })
+        .collect();
+    format!("^{}$", parts.join("/"))
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn operation(route: &Route, op_id: String, mut params: Vec<Value>, schemas: &mut Schemas) -> Value {
+    let m = &route.grpc_method;
+    let mut op = Map::new();
+    op.insert("operationId".into(), Value::String(op_id));
+    op.insert("tags".into(), json!([m.parent_service().full_name()]));
+    if let Some(doc) = schemas.comments().of(&m.parent_file(), m.path()) {
+        let summary = doc.split("\n\n").next().unwrap_or(&doc).replace('\n', " ");
+        op.insert("summary".into(), Value::String(summary));
+        op.insert("description".into(), Value::String(doc));
+    }
+    let client_streaming = m.is_client_streaming();
+    let server_streaming = m.is_server_streaming();
+
+    // Query parameters: fields the path and body do not bind.
+    if !matches!(route.body, BodyRule::All) && !client_streaming {
+        let mut prefix = Vec::new();
+        query_params(
+            &route.input,
+            &route.bound,
+            &mut prefix,
+            "",
+            0,
+            schemas,
+            &mut params,
+        );
+    }
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+
+    if let Some(body) = request_body(route, schemas) {
+        op.insert("requestBody".into(), body);
+    }
+
+    let mut responses = Map::new();
+    let status = route.shaping.success_status;
+    let mut ok = json!({ "description": status.canonical_reason().unwrap_or("Success") });
+    if status != StatusCode::NO_CONTENT {
+        ok["content"] = reply_content(route, server_streaming, schemas);
+    }
+    if !route.shaping.response_headers.is_empty() {
+        let mut headers = Map::new();
+        for rule in &route.shaping.response_headers {
+            let from: Vec<String> = rule
+                .parts
+                .iter()
+                .map(|p| match p {
+                    shape::Part::Text(t) => format!("\"{t}\""),
+                    shape::Part::Field(f) => format!("reply field `{}`", shape::path_name(f)),
+                    shape::Part::Metadata(k) => format!("response metadata `{k}`"),
+                })
+                .collect();
+            headers.insert(
+                canonical_header(rule.name.as_str()),
+                json!({"schema": {"type": "string"}, "description": format!("From {}", from.join(" + "))}),
+            );
+        }
+        ok["headers"] = Value::Object(headers);
+    }
+    responses.insert(status.as_u16().to_string(), ok);
+    responses.insert(
+        "default".into(),
+        json!({"$ref": "#/components/responses/Error"}),
+    );
+    op.insert("responses".into(), Value::Object(responses));
+    // JWT routes: required, or optional (anonymous allowed).
+    let auth = &route.edge.auth;
+    match auth.mode {
+        AuthMode::None => {}
+        AuthMode::Required => {
+            op.insert("security".into(), json!([{ BEARER: auth.scopes }]));
+        }
+        AuthMode::Optional => {
+            op.insert("security".into(), json!([{ BEARER: auth.scopes }, {}]));
+        }
+    }
+    op.insert(
+        "x-grpc-method".into(),
+        Value::String(format!("{}/{}", m.parent_service().full_name(), m.name())),
+    );
+    if client_streaming || server_streaming {
+        op.insert(
+            "x-grpc-streaming".into(),
+            Value::String(
+                match (client_streaming, server_streaming) {
+                    (true, true) => "bidirectional",
+                    (true, false) => "client",
+                    _ => "server",
+                }
+                .into(),
+            ),
+        );
+    }
+    Value::Object(op)
+}
+
+fn canonical_header(name: &str) -> String {
+    name.split('-')
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Every field the path and body leave free, flattened through nested
+/// messages as `a.b.c` (how the query names them).
+fn query_params(
+    desc: &MessageDescriptor,
+    bound: &[Vec<u32>],
+    prefix: &mut Vec<u32>,
+    prefix_name: &str,
+    depth: usize,
+    schemas: &mut Schemas,
+    out: &mut Vec<Value>,
+) {
+    for f in desc.fields() {
+        prefix.push(f.number());
+        // At or below a field the path or body binds: not for the query.
+        // Above one (a message holding a path variable): its other fields are.
+        let taken = bound.iter().any(|b| prefix.starts_with(b));
+        let holds_bound = bound
+            .iter()
+            .any(|b| b.len() > prefix.len() && b.starts_with(prefix));
+        if !taken && !f.is_map() {
+            let name = if prefix_name.is_empty() {
+                schemas.name_of(&f)
+            } else {
+                format!("{prefix_name}.{}", schemas.name_of(&f))
+            };
+            match f.kind() {
+                Kind::Message(m) if !is_scalar_like(&m) => {
+                    // Struct, Value, Any and the like have no query form.
+                    let opaque =
+                        m.full_name().starts_with("google.protobuf.") || httpbody::is_http_body(&m);
+                    if !f.is_list() && depth + 1 < MAX_QUERY_DEPTH && !opaque {
+                        query_params(&m, bound, prefix, &name, depth + 1, schemas, out);
+                    }
+                }
+                _ if holds_bound => {}
+                _ => {
+                    let mut p = json!({
+                        "name": name,
+                        "in": "query",
+                        "required": false,
+                        "schema": schemas.field(&f),
+                    });
+                    if f.is_list() {
+                        p["explode"] = Value::Bool(true);
+                    }
+                    if let Some(doc) = schemas.comments().of_field(&f) {
+                        p["description"] = Value::String(doc);
+                    }
+                    out.push(p);
+                }
+            }
+        }
+        prefix.pop();
+    }
+}
+
+fn request_body(route: &Route, schemas: &mut Schemas) -> Option<Value> {
+    let m = &route.grpc_method;
+    let mut content = Map::new();
+    let mut description: Option<&str> = None;
+    if route.shaping.raw_request {
+        content.insert("*/*".into(), json!({"schema": {"description": "The raw request body; its content type is passed on"}}));
+        if m.is_client_streaming() {
+            description = Some("Streamed to the backend in chunks as it arrives.");
+        }
+    } else {
+        let schema = match &route.body {
+            BodyRule::None => None,
+            BodyRule::All => {
+                // Fields bound by the path are not read from the body.
+                let skip: Vec<u32> = route
+                    .path_fields
+                    .iter()
+                    .filter(|p| p.len() == 1)
+                    .map(|p| p[0].number())
+                    .collect();
+                if skip.is_empty() {
+                    Some(schemas.message(&route.input))
+                } else {
+                    Some(schemas.message_schema(&route.input, &skip))
+                }
+            }
+            BodyRule::Field(f) => Some(schemas.field(f)),
+        };
+        if let Some(schema) = schema {
+            if m.is_client_streaming() {
+                content.insert("application/x-ndjson".into(), json!({"schema": schema}));
+                description = Some("Newline-delimited JSON: each line is one request message, sent on as it arrives.");
+            } else {
+                content.insert("application/json".into(), json!({"schema": schema}));
+            }
+        }
+    }
+    if route.shaping.multipart {
+        let mut props = Map::new();
+        for f in route.input.fields() {
+            let s = if shape::is_upload_field(&f) || (f.is_list() && f.kind() == Kind::Bytes) {
+                json!({"type": "string", "contentMediaType": "application/octet-stream"})
+            } else {
+                schemas.field(&f)
+            };
+            props.insert(f.name().to_owned(), s);
+        }
+        content.insert(
+            "multipart/form-data".into(),
+            json!({"schema": {"type": "object", "properties": props}}),
+        );
+    }
+    if content.is_empty() {
+        return None;
+    }
+    let mut body = json!({ "content": content });
+    if let Some(d) = description {
+        body["description"] = Value::String(d.into());
+    }
+    Some(body)
+}
+
+fn reply_content(route: &Route, server_streaming: bool, schemas: &mut Schemas) -> Value {
+    if route.shaping.raw_response {
+        return json!({"*/*": {"schema": {"description": "Raw bytes, with the content type the backend names"}}});
+    }
+    let item = match &route.response_body {
+        None => schemas.message(&route.output),
+        Some(f) => schemas.field(f),
+    };
+    if !server_streaming {
+        return json!({"application/json": {"schema": item}});
+    }
+    let mut content = json!({
+        Framing::Ndjson.content_type(): {
+            "schema": {
+                "type": "object",
+                "description": "One object per line: {\"result\": message}, or a last {\"error\": google.rpc.Status} if the stream fails.",
+                "properties": {
+                    "result": item.clone(),
+                    "error": {"$ref": "#/components/schemas/google.rpc.Status"}
+                }
+            }
+        },
+        Framing::Sse.content_type(): {
+            "schema": {
+                "type": "string",
+                "description": "Server-Sent Events: one `data:` event per message (JSON), an `error` event with a google.rpc.Status if the stream fails."
+            }
+        }
+    });
+    if route.shaping.framing == Framing::JsonArray {
+        content["application/json"] = json!({"schema": {"type": "array", "items": item, "description": "All messages in one array, streamed as they arrive."}});
+    }
+    content
+}

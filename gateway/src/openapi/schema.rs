@@ -1,0 +1,264 @@
+//! JSON Schemas (OpenAPI 3.1 is JSON Schema 2020-12) for protobuf messages
+//! as the gateway writes and reads them: proto3 JSON, lowerCamelCase names
+//! (or proto names), 64-bit integers as strings, enums by name, well-known
+//! types in their JSON forms. Descriptions come from .proto comments.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
+use serde_json::{json, Map, Value};
+
+/// Collects component schemas while operations refer to them.
+pub struct Schemas {
+    pub components: BTreeMap<String, Value>,
+    comments: Comments,
+    proto_names: bool,
+}
+
+impl Schemas {
+    pub fn new(proto_names: bool) -> Schemas {
+        Schemas {
+            components: BTreeMap::new(),
+            comments: Comments::default(),
+            proto_names,
+        }
+    }
+
+    pub fn comments(&mut self) -> &mut Comments {
+        &mut self.comments
+    }
+
+    /// The property name a field has in JSON replies.
+    pub fn name_of(&self, f: &FieldDescriptor) -> String {
+        if self.proto_names {
+            f.name().to_owned()
+        } else {
+            f.json_name().to_owned()
+        }
+    }
+
+    /// A reference to (or, for well-known types, the inline form of) a message.
+    pub fn message(&mut self, m: &MessageDescriptor) -> Value {
+        if let Some(wkt) = well_known(m) {
+            return wkt;
+        }
+        let name = m.full_name().to_owned();
+        if !self.components.contains_key(&name) {
+            // Placeholder first: recursive messages refer to themselves.
+            self.components.insert(name.clone(), Value::Null);
+            let schema = self.message_schema(m, &[]);
+            self.components.insert(name.clone(), schema);
+        }
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+
+    /// The object schema of `m`, leaving out the top-level fields `skip`
+    /// (path variables, bound elsewhere).
+    pub fn message_schema(&mut self, m: &MessageDescriptor, skip: &[u32]) -> Value {
+        let mut props = Map::new();
+        for f in m.fields() {
+            if skip.contains(&f.number()) {
+                continue;
+            }
+            let mut schema = self.field(&f);
+            if let Some(text) = self.comments.of_field(&f) {
+                schema = with_description(schema, text);
+            }
+            props.insert(self.name_of(&f), schema);
+        }
+        let mut out = json!({ "type": "object", "properties": props });
+        let mut description = self.comments.of_message(m).unwrap_or_default();
+        let oneofs: Vec<String> = m
+            .oneofs()
+            .filter(|o| !o.is_synthetic())
+            .map(|o| {
+                let names: Vec<String> = o.fields().map(|f| self.name_of(&f)).collect();
+                format!("`{}`: at most one of {}", o.name(), names.join(", "))
+            })
+            .collect();
+        if !oneofs.is_empty() {
+            if !description.is_empty() {
+                description.push_str("\n\n");
+            }
+            description.push_str("Oneof groups: ");
+            description.push_str(&oneofs.join("; "));
+            description.push('.');
+        }
+        if !description.is_empty() {
+            out["description"] = Value::String(description);
+        }
+        out
+    }
+
+    /// A field's schema: its value schema, as an array or map when repeated.
+    pub fn field(&mut self, f: &FieldDescriptor) -> Value {
+        if f.is_map() {
+            let Kind::Message(entry) = f.kind() else {
+                return json!({});
+            };
+            let value = self.kind(&entry.map_entry_value_field().kind());
+            return json!({ "type": "object", "additionalProperties": value });
+        }
+        let one = self.kind(&f.kind());
+        if f.is_list() {
+            json!({ "type": "array", "items": one })
+        } else {
+            one
+        }
+    }
+
+    pub fn kind(&mut self, kind: &Kind) -> Value {
+        match kind {
+            Kind::Double => json!({"type": "number", "format": "double"}),
+            Kind::Float => json!({"type": "number", "format": "float"}),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                json!({"type": "integer", "format": "int32"})
+            }
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
+            }
+            // proto3 JSON writes 64-bit integers as strings (JavaScript
+            // numbers lose precision past 2^53); the gateway also reads numbers.
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+            }
+            Kind::Uint64 | Kind::Fixed64 => {
+                json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
+            }
+            Kind::Bool => json!({"type": "boolean"}),
+            Kind::String => json!({"type": "string"}),
+            Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+            Kind::Enum(e) => self.enumeration(e),
+            Kind::Message(m) => self.message(m),
+        }
+    }
+
+    fn enumeration(&mut self, e: &EnumDescriptor) -> Value {
+        if e.full_name() == "google.protobuf.NullValue" {
+            return json!({"type": "null"});
+        }
+        let name = e.full_name().to_owned();
+        if !self.components.contains_key(&name) {
+            let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
+            let mut schema = json!({ "type": "string", "enum": names });
+            let mut lines: Vec<String> = Vec::new();
+            if let Some(c) = self.comments.of(&e.parent_file(), e.path()) {
+                lines.push(c);
+            }
+            for v in e.values() {
+                if let Some(c) = self.comments.of(&v.parent_file(), v.path()) {
+                    lines.push(format!("- `{}`: {}", v.name(), c.replace('\n', " ")));
+                }
+            }
+            if !lines.is_empty() {
+                schema["description"] = Value::String(lines.join("\n"));
+            }
+            self.components.insert(name.clone(), schema);
+        }
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+}
+
+/// `$ref` may have sibling keywords in OpenAPI 3.1 (JSON Schema 2020-12).
+pub fn with_description(mut schema: Value, text: String) -> Value {
+    if let Value::Object(o) = &mut schema {
+        o.insert("description".into(), Value::String(text));
+    }
+    schema
+}
+
+/// The JSON forms of the well-known types (protobuf's JSON mapping).
+fn well_known(m: &MessageDescriptor) -> Option<Value> {
+    let name = m.full_name();
+    if !name.starts_with("google.protobuf.") {
+        return None;
+    }
+    Some(match name {
+        "google.protobuf.Timestamp" => {
+            json!({"type": "string", "format": "date-time", "description": "RFC 3339, e.g. 2024-01-31T12:00:00Z"})
+        }
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "description": "Seconds with an `s` suffix, e.g. 1.5s"})
+        }
+        "google.protobuf.FieldMask" => {
+            json!({"type": "string", "description": "Comma-separated field paths in lowerCamelCase, e.g. title,author.name"})
+        }
+        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
+        "google.protobuf.Value" => json!({"description": "Any JSON value"}),
+        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Empty" => json!({"type": "object", "properties": {}}),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": {"@type": {"type": "string", "description": "type.googleapis.com/<message full name>"}},
+            "required": ["@type"],
+            "additionalProperties": true
+        }),
+        "google.protobuf.DoubleValue" => json!({"type": "number", "format": "double"}),
+        "google.protobuf.FloatValue" => json!({"type": "number", "format": "float"}),
+        "google.protobuf.Int64Value" => {
+            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+        }
+        "google.protobuf.UInt64Value" => {
+            json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
+        }
+        "google.protobuf.Int32Value" => json!({"type": "integer", "format": "int32"}),
+        "google.protobuf.UInt32Value" => {
+            json!({"type": "integer", "format": "int64", "minimum": 0})
+        }
+        "google.protobuf.BoolValue" => json!({"type": "boolean"}),
+        "google.protobuf.StringValue" => json!({"type": "string"}),
+        "google.protobuf.BytesValue" => json!({"type": "string", "contentEncoding": "base64"}),
+        _ => return None,
+    })
+}
+
+/// Leading (else trailing) comments from each file's SourceCodeInfo,
+/// indexed by descriptor path. Files compiled without source info have none.
+#[derive(Default)]
+pub struct Comments {
+    files: HashMap<String, HashMap<Vec<i32>, String>>,
+}
+
+impl Comments {
+    pub fn of(&mut self, file: &FileDescriptor, path: &[i32]) -> Option<String> {
+        let index = self
+            .files
+            .entry(file.name().to_owned())
+            .or_insert_with(|| index_file(file));
+        index.get(path).cloned()
+    }
+
+    pub fn of_message(&mut self, m: &MessageDescriptor) -> Option<String> {
+        self.of(&m.parent_file(), m.path())
+    }
+
+    pub fn of_field(&mut self, f: &FieldDescriptor) -> Option<String> {
+        self.of(&f.parent_file(), f.path())
+    }
+}
+
+fn index_file(file: &FileDescriptor) -> HashMap<Vec<i32>, String> {
+    let mut out = HashMap::new();
+    let Some(info) = &file.file_descriptor_proto().source_code_info else {
+        return out;
+    };
+    for loc in &info.location {
+        let raw = loc
+            .leading_comments
+            .as_deref()
+            .filter(|c| !c.trim().is_empty())
+            .or(loc.trailing_comments.as_deref());
+        let Some(raw) = raw else { continue };
+        let text = raw
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim()
+            .to_owned();
+        if !text.is_empty() {
+            out.insert(loc.path.clone(), text);
+        }
+    }
+    out
+}

@@ -1,0 +1,193 @@
+//! The outermost layer: request ids, trace context, the access log line and
+//! the HTTP metrics, for every request whatever answers it.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use super::trace::TraceParent;
+use super::RequestInfo;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
+/// What the access layer knows about the request, for handlers that want it
+/// (the request id goes to the backend as metadata).
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: HeaderValue,
+    pub trace: TraceParent,
+}
+
+/// Requests being served right now, for the in-flight gauge.
+static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+#[derive(Debug, Clone, Default)]
+pub struct AccessLayer {
+    pub log: bool,
+}
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Access<S>;
+    fn layer(&self, inner: S) -> Access<S> {
+        Access {
+            inner,
+            log: self.log,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Access<S> {
+    inner: S,
+    log: bool,
+}
+
+/// A client's id is kept when it is short and plain (so it cannot inject
+/// into logs or headers); otherwise the gateway makes its own.
+fn well_formed(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> HeaderValue {
+    let (a, b) = (super::trace::random_u64(), super::trace::random_u64());
+    HeaderValue::from_str(&format!("{a:016x}{b:016x}")).expect("hex is a valid header value")
+}
+
+struct InFlightGuard;
+impl InFlightGuard {
+    fn new() -> Self {
+        let n = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(super::metrics::IN_FLIGHT).set(n as f64);
+        InFlightGuard
+    }
+}
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let n = IN_FLIGHT.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!(super::metrics::IN_FLIGHT).set(n as f64);
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Access<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    RB: http_body::Body + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let guard = InFlightGuard::new();
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) if well_formed(v) => v.clone(),
+            _ => new_request_id(),
+        };
+        req.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        // Continue the client's trace (or start one); the backend receives
+        // the gateway's span as its parent.
+        let trace = req
+            .headers()
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+            .map(|tp| tp.child())
+            .unwrap_or_else(|| TraceParent::new_root(false));
+        if let Ok(v) = HeaderValue::from_str(&trace.header_value()) {
+            req.headers_mut().insert(TRACEPARENT.clone(), v);
+        }
+        req.extensions_mut().insert(RequestContext {
+            request_id: request_id.clone(),
+            trace,
+        });
+        let method = req.method().clone();
+        let bytes_in = req.body().size_hint().exact();
+        let client = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let log = self.log;
+        // Take the service that was polled ready, leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let result = inner.call(req).await;
+            drop(guard);
+            let mut resp = result?;
+            resp.headers_mut()
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
+            // W3C Trace Context level 2: tell the client which span was ours.
+            if let Ok(v) = HeaderValue::from_str(&trace.header_value()) {
+                resp.headers_mut().insert(TRACERESPONSE.clone(), v);
+            }
+            let elapsed = started.elapsed();
+            let info = resp
+                .extensions()
+                .get::<RequestInfo>()
+                .cloned()
+                .unwrap_or_default();
+            let status = resp.status().as_u16();
+            let route: Arc<str> = info.route.clone().unwrap_or_else(|| Arc::from("(none)"));
+            super::metrics::record_http(&route, method.as_str(), status, elapsed);
+            if log {
+                tracing::info!(
+                    target: "access",
+                    request_id = %request_id.to_str().unwrap_or(""),
+                    trace_id = %trace.trace_id_hex(),
+                    client.ip = %info.client.or(client.map(|c| c.ip())).map(|ip| ip.to_string()).unwrap_or_default(),
+                    http.method = %method,
+                    route = %route,
+                    http.status = status,
+                    grpc.method = %info.grpc_method.as_deref().unwrap_or(""),
+                    grpc.code = info.grpc_code.map(i64::from).unwrap_or(-1),
+                    upstream.addr = %info.endpoint.as_deref().unwrap_or(""),
+                    bytes_in = bytes_in.unwrap_or(0),
+                    bytes_out = resp.body().size_hint().exact().unwrap_or(0),
+                    duration_us = elapsed.as_micros() as u64,
+                    retries = info.retries,
+                    jwt.sub = %info.subject.as_deref().unwrap_or(""),
+                    "request"
+                );
+            }
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_plain() {
+        assert!(well_formed(&HeaderValue::from_static("abc-123_x.y:z")));
+        assert!(!well_formed(&HeaderValue::from_static("")));
+        assert!(!well_formed(&HeaderValue::from_static("has space")));
+        assert!(!well_formed(&HeaderValue::from_static("quote\"d")));
+        assert!(!well_formed(
+            &HeaderValue::from_str(&"a".repeat(129)).unwrap()
+        ));
+        let id = new_request_id();
+        assert!(well_formed(&id));
+        assert_eq!(id.len(), 32);
+    }
+}

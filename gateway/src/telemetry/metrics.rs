@@ -1,0 +1,146 @@
+//! Prometheus metrics: names, the recorder, and the `/metrics` text.
+//!
+//! Names follow Prometheus conventions: a `gateway_` prefix, base units in
+//! the name (`_seconds`, `_bytes`), `_total` on counters. Labels are bounded:
+//! the route *template*, never the raw path.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "gateway_http_requests_total";
+pub const HTTP_DURATION: &str = "gateway_http_request_duration_seconds";
+pub const IN_FLIGHT: &str = "gateway_http_requests_in_flight";
+pub const UPSTREAM_REQUESTS: &str = "gateway_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "gateway_upstream_request_duration_seconds";
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+pub const CORS_PREFLIGHTS: &str = "gateway_cors_preflights_total";
+pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
+pub const CONFIG_VERSION: &str = "gateway_config_version";
+pub const BUILD_INFO: &str = "gateway_build_info";
+
+/// From a quarter millisecond (a cached, local answer) to 30 s (past every
+/// default deadline), roughly ×2.5 apart.
+const BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle. A process
+/// that already has another recorder (a test binary running several
+/// gateways) keeps one shared registry.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .expect("static, non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template, method and status class"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time from request to response headers, by route template and method"
+    );
+    describe_gauge!(IN_FLIGHT, "HTTP requests being served now");
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Backend calls, by backend, gRPC method and gRPC code"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Backend call duration including retries, by backend and gRPC method"
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused by authentication or authorization, by reason"
+    );
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by policy");
+    describe_counter!(
+        CORS_PREFLIGHTS,
+        "CORS preflight requests answered by the gateway, by result"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads, by result (ok, error)"
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        "Version of the configuration snapshot being served"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pub fn record_http(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let (route, method) = (route.to_owned(), method.to_owned());
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "code" => status_class(status))
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn record_upstream(backend: &str, grpc_method: &str, code: tonic::Code, elapsed: Duration) {
+    let code = format!("{code:?}");
+    metrics::counter!(UPSTREAM_REQUESTS, "backend" => backend.to_owned(), "grpc_method" => grpc_method.to_owned(), "grpc_code" => code)
+        .increment(1);
+    metrics::histogram!(UPSTREAM_DURATION, "backend" => backend.to_owned(), "grpc_method" => grpc_method.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn record_reload(ok: bool, version: u64) {
+    metrics::counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+    if ok {
+        metrics::gauge!(CONFIG_VERSION).set(version as f64);
+    }
+}
+
+/// Appends one sample in the text format, escaping label values.
+pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    use std::fmt::Write as _;
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(out, "{k}=\"{v}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}

@@ -1,0 +1,55 @@
+//! What an operator sees without reading code: Prometheus metrics, one
+//! access-log line per request, request ids and W3C trace context.
+
+pub mod access;
+pub mod metrics;
+pub mod trace;
+
+use std::sync::Arc;
+
+pub use access::{AccessLayer, RequestContext};
+
+/// Filled in by the request handler and carried on the response's
+/// extensions to the access layer, which logs and counts it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The route template (bounded cardinality), not the raw path.
+    pub route: Option<Arc<str>>,
+    pub grpc_method: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub endpoint: Option<String>,
+    pub grpc_code: Option<i32>,
+    pub retries: u32,
+    /// The JWT subject when the request carried a valid token; never the token.
+    pub subject: Option<String>,
+    /// The client address after trusted proxies, when the edge settled it.
+    pub client: Option<std::net::IpAddr>,
+}
+
+/// Sets up `tracing` output: text on a terminal, JSON lines otherwise (or as
+/// configured). RUST_LOG, when set, wins over `log_level`.
+pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match cfg.log_format {
+        crate::config::LogFormat::Json => true,
+        crate::config::LogFormat::Text => false,
+        crate::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests running several gateways) keeps the first.
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}

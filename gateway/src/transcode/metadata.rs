@@ -1,0 +1,96 @@
+//! gRPC metadata <-> HTTP headers.
+
+use http::{HeaderMap, HeaderValue};
+use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
+
+use crate::snapshot::Route;
+
+/// Headers that describe the HTTP hop itself or belong to gRPC's framing;
+/// forwarding them would confuse the backend.
+pub fn reserved(name: &str) -> bool {
+    name.starts_with("grpc-")
+        || matches!(
+            name,
+            "content-type"
+                | "content-length"
+                | "te"
+                | "connection"
+                | "host"
+                | "transfer-encoding"
+                | "keep-alive"
+                | "upgrade"
+                | "proxy-connection"
+        )
+}
+
+/// Request headers to gRPC metadata for `route`.
+pub fn request_metadata(headers: &HeaderMap, route: &Route) -> MetadataMap {
+    metadata_from_headers(headers, &route.forward_headers)
+}
+
+/// Request headers to gRPC metadata: the allow-list under their own names,
+/// and every `Grpc-Metadata-Foo` as `foo` (grpc-gateway's convention).
+pub fn metadata_from_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    // Correlation headers always travel, whatever the allow-list: the
+    // request id and the trace context (already continued by the access layer).
+    for name in ["x-request-id", "traceparent", "tracestate"] {
+        if forward.iter().any(|f| f.as_str() == name) {
+            continue;
+        }
+        if let Some(v) = headers.get(name) {
+            if let Ok(v) = MetadataValue::try_from(v.as_bytes()) {
+                md.insert(MetadataKey::from_static(name), v);
+            }
+        }
+    }
+    for name in forward {
+        if reserved(name.as_str()) {
+            continue;
+        }
+        for v in headers.get_all(name) {
+            if let (Ok(k), Ok(v)) = (
+                MetadataKey::from_bytes(name.as_str().as_bytes()),
+                MetadataValue::try_from(v.as_bytes()),
+            ) {
+                md.append(k, v);
+            }
+        }
+    }
+    for (name, v) in headers {
+        let Some(rest) = name.as_str().strip_prefix("grpc-metadata-") else {
+            continue;
+        };
+        if rest.is_empty() || reserved(rest) {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (
+            MetadataKey::from_bytes(rest.as_bytes()),
+            MetadataValue::try_from(v.as_bytes()),
+        ) {
+            md.append(k, v);
+        }
+    }
+    md
+}
+
+/// Backend metadata (headers and trailers; tonic merges them for unary calls)
+/// goes back as `Grpc-Metadata-<key>`, as grpc-gateway does.
+pub fn response_metadata(md: &MetadataMap, out: &mut HeaderMap) {
+    for kv in md.iter() {
+        let KeyAndValueRef::Ascii(k, v) = kv else {
+            continue;
+        };
+        let key = k.as_str();
+        if reserved(key) || key == "date" || key == "server" {
+            continue;
+        }
+        let Ok(name) = http::HeaderName::from_bytes(format!("grpc-metadata-{key}").as_bytes())
+        else {
+            continue;
+        };
+        if let Ok(value) = HeaderValue::from_bytes(v.as_encoded_bytes()) {
+            out.append(name, value);
+        }
+    }
+}

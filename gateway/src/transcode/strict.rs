@@ -1,0 +1,788 @@
+//! Strict JSON for request bodies: a serde `Deserializer` adapter that sits
+//! between serde_json and prost-reflect and, in the same single pass,
+//!
+//! - refuses a key given twice in one object (serde_json and prost-reflect
+//!   keep the last one, so two parsers of one body could disagree);
+//! - in objects that are messages, refuses one field given under both its
+//!   JSON and its proto name (`stringField` and `string_field`), as the
+//!   proto3 JSON conformance tests require;
+//! - refuses nesting deeper than a limit.
+//!
+//! The adapter follows the message descriptor down the document (fields,
+//! repeated fields, map values), so it knows which objects are messages and
+//! which are maps or `google.protobuf.Struct`s, where only exact duplicates
+//! count (`"a_b"` and `"aB"` are two map keys).
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::fmt;
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// What the value being read is, per the descriptor.
+#[derive(Clone)]
+pub enum Ctx {
+    /// A single value of this kind.
+    Kind(Kind),
+    /// A repeated field's array of this kind.
+    List(Kind),
+    /// A map field's object with values of this kind.
+    Map(Kind),
+    /// Not described by a message (Struct, Value, Any's contents): only
+    /// exact duplicate keys are refused.
+    Opaque,
+}
+
+impl Ctx {
+    pub fn message(desc: &MessageDescriptor) -> Ctx {
+        Ctx::Kind(Kind::Message(desc.clone()))
+    }
+
+    pub fn field(f: &FieldDescriptor) -> Ctx {
+        if f.is_map() {
+            match f.kind() {
+                Kind::Message(entry) => Ctx::Map(entry.map_entry_value_field().kind()),
+                _ => Ctx::Opaque,
+            }
+        } else if f.is_list() {
+            Ctx::List(f.kind())
+        } else {
+            Ctx::Kind(f.kind())
+        }
+    }
+
+    fn object_message(&self) -> Option<&MessageDescriptor> {
+        match self {
+            // Well-known types have their own JSON forms (Any's "@type",
+            // Struct's free keys): treat their objects as opaque.
+            Ctx::Kind(Kind::Message(m)) if !m.full_name().starts_with("google.protobuf.") => {
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Depth shared by the whole document.
+pub struct Limits {
+    depth: Cell<usize>,
+    max_depth: usize,
+}
+
+impl Limits {
+    pub fn new(max_depth: usize) -> Limits {
+        Limits {
+            depth: Cell::new(0),
+            max_depth,
+        }
+    }
+}
+
+/// The adapter around a deserializer.
+pub struct Strict<'s, D> {
+    de: D,
+    ctx: Ctx,
+    limits: &'s Limits,
+}
+
+impl<'s, D> Strict<'s, D> {
+    pub fn new(de: D, ctx: Ctx, limits: &'s Limits) -> Self {
+        Strict { de, ctx, limits }
+    }
+}
+
+struct Visit<'s, V> {
+    v: V,
+    ctx: Ctx,
+    limits: &'s Limits,
+}
+
+macro_rules! forward_deserialize {
+    ($($method:ident),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+                self.de.$method(Visit { v: visitor, ctx: self.ctx, limits: self.limits })
+            }
+        )*
+    };
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<'_, D> {
+    type Error = D::Error;
+
+    forward_deserialize!(
+        deserialize_any,
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_bytes,
+        deserialize_byte_buf,
+        deserialize_option,
+        deserialize_unit,
+        deserialize_seq,
+        deserialize_map,
+        deserialize_identifier,
+        deserialize_ignored_any,
+    );
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_unit_struct(
+            name,
+            Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            },
+        )
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_newtype_struct(
+            name,
+            Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            },
+        )
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_tuple(
+            len,
+            Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            },
+        )
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_tuple_struct(
+            name,
+            len,
+            Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            },
+        )
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_struct(
+            name,
+            fields,
+            Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            },
+        )
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_enum(
+            name,
+            variants,
+            Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            },
+        )
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.de.is_human_readable()
+    }
+}
+
+macro_rules! forward_visit {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(
+            fn $method<E: de::Error>(self, v: $ty) -> Result<Self::Value, E> {
+                self.v.$method(v)
+            }
+        )*
+    };
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.v.expecting(f)
+    }
+
+    forward_visit!(
+        visit_bool(bool),
+        visit_i8(i8),
+        visit_i16(i16),
+        visit_i32(i32),
+        visit_i64(i64),
+        visit_i128(i128),
+        visit_u8(u8),
+        visit_u16(u16),
+        visit_u32(u32),
+        visit_u64(u64),
+        visit_u128(u128),
+        visit_f32(f32),
+        visit_f64(f64),
+        visit_char(char),
+        visit_str(&str),
+        visit_borrowed_str(&'de str),
+        visit_string(String),
+        visit_bytes(&[u8]),
+        visit_borrowed_bytes(&'de [u8]),
+        visit_byte_buf(Vec<u8>),
+    );
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.v.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.v.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.v.visit_some(Strict::new(d, self.ctx, self.limits))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.v
+            .visit_newtype_struct(Strict::new(d, self.ctx, self.limits))
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        self.v.visit_enum(data)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        enter::<A::Error>(self.limits)?;
+        let elem = match &self.ctx {
+            Ctx::List(k) => Ctx::Kind(k.clone()),
+            _ => Ctx::Opaque,
+        };
+        let r = self.v.visit_seq(Seq {
+            seq,
+            elem,
+            limits: self.limits,
+        });
+        leave(self.limits);
+        r
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        enter::<A::Error>(self.limits)?;
+        let keys = match (&self.ctx, self.ctx.object_message()) {
+            (_, Some(m)) => Keys::Fields {
+                desc: m.clone(),
+                seen: Vec::new(),
+            },
+            (Ctx::Map(_), None) | (_, None) => Keys::Exact(ExactKeys::default()),
+        };
+        let values = match &self.ctx {
+            Ctx::Map(k) => Some(Ctx::Kind(k.clone())),
+            _ => None,
+        };
+        let r = self.v.visit_map(Map {
+            map,
+            keys,
+            values,
+            key: String::new(),
+            next: Ctx::Opaque,
+            limits: self.limits,
+        });
+        leave(self.limits);
+        r
+    }
+}
+
+fn enter<E: de::Error>(limits: &Limits) -> Result<(), E> {
+    let d = limits.depth.get() + 1;
+    if d > limits.max_depth {
+        return Err(E::custom(format_args!(
+            "JSON nesting is deeper than the limit of {} levels (limits.max_json_depth)",
+            limits.max_depth
+        )));
+    }
+    limits.depth.set(d);
+    Ok(())
+}
+
+fn leave(limits: &Limits) {
+    limits.depth.set(limits.depth.get().saturating_sub(1));
+}
+
+struct Seq<'s, A> {
+    seq: A,
+    elem: Ctx,
+    limits: &'s Limits,
+}
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Seq<'_, A> {
+    type Error = A::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, A::Error> {
+        self.seq.next_element_seed(Seeded {
+            seed,
+            ctx: self.elem.clone(),
+            limits: self.limits,
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.seq.size_hint()
+    }
+}
+
+/// A seed whose value is read through the adapter.
+struct Seeded<'s, T> {
+    seed: T,
+    ctx: Ctx,
+    limits: &'s Limits,
+}
+
+impl<'de, T: DeserializeSeed<'de>> DeserializeSeed<'de> for Seeded<'_, T> {
+    type Value = T::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T::Value, D::Error> {
+        self.seed.deserialize(Strict::new(d, self.ctx, self.limits))
+    }
+}
+
+/// Keys seen in one object.
+enum Keys {
+    /// A message: field numbers, whatever name each was given under.
+    Fields {
+        desc: MessageDescriptor,
+        /// Field number, and whether it came under its JSON name.
+        seen: Vec<(u32, bool)>,
+    },
+    Exact(ExactKeys),
+}
+
+/// Keys are kept as 64-bit hashes (no copy of each key): a false "given
+/// twice" needs two keys of one object to collide, about 2^-64 per pair.
+/// Small objects are scanned; big ones (maps, Structs) get a hash set, so a
+/// hostile object of many keys costs linear time.
+#[derive(Default)]
+struct ExactKeys {
+    few: Vec<u64>,
+    many: Option<HashSet<u64>>,
+}
+
+const SCAN_UP_TO: usize = 16;
+
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // A per-process random seed: clients cannot aim for collisions.
+    static SEED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let mut h = SEED.get_or_init(std::hash::RandomState::new).build_hasher();
+    h.write(key.as_bytes());
+    h.finish()
+}
+
+impl ExactKeys {
+    /// False when `key` was seen before.
+    fn insert(&mut self, key: &str) -> bool {
+        let k = key_hash(key);
+        if let Some(set) = &mut self.many {
+            return set.insert(k);
+        }
+        if self.few.contains(&k) {
+            return false;
+        }
+        self.few.push(k);
+        if self.few.len() > SCAN_UP_TO {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        true
+    }
+}
+
+struct Map<'s, A> {
+    map: A,
+    keys: Keys,
+    /// The context of every value (map fields), or `None`: per field.
+    values: Option<Ctx>,
+    /// The last key read, reused between keys.
+    key: String,
+    /// The context of the value about to be read.
+    next: Ctx,
+    limits: &'s Limits,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        self.key.clear();
+        let Some(k) = self.map.next_key_seed(KeySeed {
+            seed,
+            slot: &mut self.key,
+        })?
+        else {
+            return Ok(None);
+        };
+        let key = self.key.as_str();
+        match &mut self.keys {
+            Keys::Fields { desc, seen } => {
+                let (field, as_json) = match desc.get_field_by_json_name(key) {
+                    Some(f) => (Some(f), true),
+                    None => (desc.get_field_by_name(key), false),
+                };
+                match field {
+                    Some(f) => {
+                        if let Some((_, first_json)) = seen.iter().find(|(n, _)| *n == f.number()) {
+                            let name = |json: bool| if json { f.json_name() } else { f.name() };
+                            return Err(de::Error::custom(
+                                if *first_json == as_json || f.json_name() == f.name() {
+                                    format!("field \"{key}\" is given twice")
+                                } else {
+                                    format!(
+                                        "field \"{}\" is given twice, as \"{}\" and as \"{key}\"",
+                                        f.name(),
+                                        name(*first_json)
+                                    )
+                                },
+                            ));
+                        }
+                        seen.push((f.number(), as_json));
+                        self.next = Ctx::field(&f);
+                    }
+                    // Unknown: the decoder refuses or skips it.
+                    None => self.next = Ctx::Opaque,
+                }
+            }
+            Keys::Exact(exact) => {
+                if !exact.insert(key) {
+                    return Err(de::Error::custom(format!("key \"{key}\" is given twice")));
+                }
+                self.next = self.values.clone().unwrap_or(Ctx::Opaque);
+            }
+        }
+        Ok(Some(k))
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        let ctx = std::mem::replace(&mut self.next, Ctx::Opaque);
+        self.map.next_value_seed(Seeded {
+            seed,
+            ctx,
+            limits: self.limits,
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.map.size_hint()
+    }
+}
+
+/// Reads a key through the caller's seed while noting its text.
+struct KeySeed<'k, K> {
+    seed: K,
+    slot: &'k mut String,
+}
+
+impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, K> {
+    type Value = K::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<K::Value, D::Error> {
+        self.seed.deserialize(KeyDe {
+            de: d,
+            slot: self.slot,
+        })
+    }
+}
+
+struct KeyDe<'k, D> {
+    de: D,
+    slot: &'k mut String,
+}
+
+macro_rules! forward_key_deserialize {
+    ($($method:ident),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+                self.de.$method(KeyVisit { v: visitor, slot: self.slot })
+            }
+        )*
+    };
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for KeyDe<'_, D> {
+    type Error = D::Error;
+
+    forward_key_deserialize!(
+        deserialize_any,
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_bytes,
+        deserialize_byte_buf,
+        deserialize_option,
+        deserialize_unit,
+        deserialize_seq,
+        deserialize_map,
+        deserialize_identifier,
+        deserialize_ignored_any,
+    );
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_unit_struct(
+            name,
+            KeyVisit {
+                v: visitor,
+                slot: self.slot,
+            },
+        )
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_newtype_struct(
+            name,
+            KeyVisit {
+                v: visitor,
+                slot: self.slot,
+            },
+        )
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_tuple(
+            len,
+            KeyVisit {
+                v: visitor,
+                slot: self.slot,
+            },
+        )
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_tuple_struct(
+            name,
+            len,
+            KeyVisit {
+                v: visitor,
+                slot: self.slot,
+            },
+        )
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_struct(
+            name,
+            fields,
+            KeyVisit {
+                v: visitor,
+                slot: self.slot,
+            },
+        )
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.de.deserialize_enum(
+            name,
+            variants,
+            KeyVisit {
+                v: visitor,
+                slot: self.slot,
+            },
+        )
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.de.is_human_readable()
+    }
+}
+
+struct KeyVisit<'k, V> {
+    v: V,
+    slot: &'k mut String,
+}
+
+macro_rules! note_and_forward {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(
+            fn $method<E: de::Error>(self, v: $ty) -> Result<Self::Value, E> {
+                use std::fmt::Write as _;
+                let _ = write!(self.slot, "{v}");
+                self.v.$method(v)
+            }
+        )*
+    };
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for KeyVisit<'_, V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.v.expecting(f)
+    }
+
+    note_and_forward!(
+        visit_bool(bool),
+        visit_i8(i8),
+        visit_i16(i16),
+        visit_i32(i32),
+        visit_i64(i64),
+        visit_i128(i128),
+        visit_u8(u8),
+        visit_u16(u16),
+        visit_u32(u32),
+        visit_u64(u64),
+        visit_u128(u128),
+        visit_f32(f32),
+        visit_f64(f64),
+        visit_char(char),
+    );
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        self.slot.push_str(v);
+        self.v.visit_str(v)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        self.slot.push_str(v);
+        self.v.visit_borrowed_str(v)
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        self.slot.push_str(&v);
+        self.v.visit_string(v)
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        self.slot.push_str(&String::from_utf8_lossy(v));
+        self.v.visit_bytes(v)
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+        self.slot.push_str(&String::from_utf8_lossy(v));
+        self.v.visit_borrowed_bytes(v)
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+        self.slot.push_str(&String::from_utf8_lossy(&v));
+        self.v.visit_byte_buf(v)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.v.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.v.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.v.visit_some(d)
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.v.visit_newtype_struct(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.v.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.v.visit_map(map)
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        self.v.visit_enum(data)
+    }
+}

@@ -1,0 +1,226 @@
+//! One backend instance: its lazily connected channel and the counters the
+//! balancer, outlier detection and health checks read and write (atomics
+//! only: many requests touch one endpoint at once).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+
+use super::codec::{DynamicCodec, EncodedCodec};
+use super::window::now_ms;
+
+/// Never checked (or checks are off): in rotation.
+pub(crate) const HEALTH_UNKNOWN: u8 = 0;
+pub(crate) const HEALTH_SERVING: u8 = 1;
+pub(crate) const HEALTH_NOT_SERVING: u8 = 2;
+
+/// One backend instance.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// `ip:port` (or `host:port`, resolved when connecting).
+    pub addr: String,
+    /// What the registry calls it, e.g. Consul's `node/service-id`.
+    pub label: Option<String>,
+    /// Lazily connected: an instance that is down does not stop the
+    /// gateway, and an instance that joins costs nothing until it is picked.
+    /// The connection closes when the last clone is dropped, i.e. after the
+    /// calls still running on a removed instance finish.
+    channel: Channel,
+    pub(crate) state: EndpointState,
+}
+
+/// Counters of one endpoint; relaxed atomics, approximate under races by design.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointState {
+    pub(crate) in_flight: AtomicU32,
+    /// Connect failures and UNAVAILABLE answers since the last success.
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Ejected until this time (on [`now_ms`]'s clock); 0: never ejected.
+    pub(crate) ejected_until: AtomicU64,
+    /// Ejections in a row; the next one lasts this many base times.
+    pub(crate) ejection_streak: AtomicU32,
+    pub(crate) ejections: AtomicU64,
+    /// One of the `HEALTH_*` values (active checks).
+    pub(crate) health: AtomicU8,
+    pub(crate) check_successes: AtomicU32,
+    pub(crate) check_failures: AtomicU32,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint \"{addr}\" is not a valid host:port: {reason}")]
+pub struct EndpointError {
+    pub addr: String,
+    pub reason: String,
+}
+
+/// A failed attempt, and whether the request may have reached the backend.
+#[derive(Debug)]
+pub(crate) struct AttemptError {
+    pub(crate) status: tonic::Status,
+    /// False when the call provably never left the gateway (connect failure).
+    pub(crate) sent: bool,
+}
+
+impl Endpoint {
+    /// Checks the address and creates the (not yet connected) channel; needs
+    /// a tokio runtime, where tonic spawns the channel's worker.
+    pub(crate) fn new(
+        addr: &str,
+        label: Option<String>,
+        connect_timeout: Duration,
+    ) -> Result<Endpoint, EndpointError> {
+        let bad = |reason: String| EndpointError {
+            addr: addr.to_owned(),
+            reason,
+        };
+        if addr.contains("://") || !addr.contains(':') {
+            return Err(bad("write host:port without a scheme".into()));
+        }
+        let channel = TonicEndpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            // Keep-alives find dead peers that never sent a FIN (a pulled
+            // cable, a crashed VM) before a request does.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Endpoint {
+            addr: addr.to_owned(),
+            label,
+            channel,
+            state: EndpointState::default(),
+        })
+    }
+
+    /// The endpoint's multiplexed connection, for side calls such as reflection.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        now_ms() < self.state.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Whether active checks have taken it out of rotation.
+    pub fn failing_checks(&self) -> bool {
+        self.state.health.load(Ordering::Relaxed) == HEALTH_NOT_SERVING
+    }
+
+    /// In rotation: not ejected and not failing active health checks.
+    pub(crate) fn available(&self, now: u64) -> bool {
+        now >= self.state.ejected_until.load(Ordering::Relaxed)
+            && self.state.health.load(Ordering::Relaxed) != HEALTH_NOT_SERVING
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// One unary call. `timeout` goes out as `grpc-timeout` and also bounds
+    /// the wait here, so a backend that ignores deadlines cannot hold the client.
+    pub async fn unary(
+        &self,
+        path: PathAndQuery,
+        message: DynamicMessage,
+        metadata: MetadataMap,
+        reply: MessageDescriptor,
+        timeout: Duration,
+    ) -> Result<tonic::Response<DynamicMessage>, tonic::Status> {
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = metadata;
+        request.set_timeout(timeout);
+        let mut client = tonic::client::Grpc::new(self.channel.clone());
+        let call = async {
+            client.ready().await.map_err(|e| {
+                tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr))
+            })?;
+            client.unary(request, path, DynamicCodec::new(reply)).await
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within the deadline of {timeout:?}"
+            ))),
+        }
+    }
+
+    /// One attempt with an already encoded request (retries resend the same
+    /// bytes). `deadline` goes out as `grpc-timeout`; the caller bounds the wait.
+    pub(crate) async fn unary_encoded(
+        &self,
+        path: PathAndQuery,
+        body: Bytes,
+        metadata: MetadataMap,
+        reply: MessageDescriptor,
+        deadline: Duration,
+    ) -> Result<tonic::Response<DynamicMessage>, AttemptError> {
+        let mut request = tonic::Request::new(body);
+        *request.metadata_mut() = metadata;
+        request.set_timeout(deadline);
+        let mut client = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(super::MAX_REPLY_BYTES)
+            .max_encoding_message_size(super::MAX_REPLY_BYTES);
+        client.ready().await.map_err(|e| AttemptError {
+            status: tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr)),
+            sent: false,
+        })?;
+        client
+            .unary(request, path, EncodedCodec::new(reply))
+            .await
+            .map_err(|status| {
+                let sent = !is_connect_error(&status);
+                AttemptError { status, sent }
+            })
+    }
+}
+
+/// Whether tonic's own deadline enforcement ended the call (it reports
+/// that as CANCELLED with `TimeoutExpired` in the source chain).
+pub(crate) fn is_timeout(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether the status comes from failing to connect (the request was never
+/// written): tonic keeps a `ConnectError` in the source chain.
+pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Decrements an endpoint's (or backend's) in-flight count when dropped,
+/// including when the client goes away mid-call.
+pub(crate) struct InFlight<'a>(pub(crate) &'a AtomicU32);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(counter: &'a AtomicU32) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

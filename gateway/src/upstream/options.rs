@@ -1,0 +1,467 @@
+//! From a `[backends.<name>]` table to [`BackendOptions`], checking every
+//! value and reporting each problem with file, line and key path.
+
+use http::HeaderName;
+use toml::Spanned;
+use tonic::Code;
+
+use super::{
+    parse_code, BackendOptions, BreakerSpec, HashKey, HealthCheckSpec, OutlierSpec, Policy,
+    RetrySpec,
+};
+use crate::config::{BackendConfig, ConfigError, LoadedFile};
+use crate::discovery::consul::{self, ConsulSpec, TokenSource};
+
+/// Checks a backend's discovery, balancing and resilience settings.
+/// Problems go to `errors`; the result then holds defaults in their place.
+pub fn backend_options(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<BackendConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> BackendOptions {
+    let b = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.{f}");
+    let mut o = BackendOptions::default();
+
+    match (&b.consul, b.endpoints.is_empty()) {
+        (None, true) => errors.push(file.error(
+            spanned,
+            at("endpoints"),
+            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" }",
+        )),
+        (Some(c), false) => errors.push(file.error(
+            c,
+            at("consul"),
+            "set either endpoints or consul, not both",
+        )),
+        _ => {}
+    }
+    if let Some(c) = &b.consul {
+        o.consul = consul_spec(file, name, c, errors);
+    }
+    o.dns_refresh = file.duration(&b.dns_refresh, &at("dns_refresh"), o.dns_refresh, errors);
+
+    if let Some(lb) = &b.load_balancer {
+        match Policy::parse(lb.get_ref().trim()) {
+            Some(p) => o.policy = p,
+            None => errors.push(file.error(
+                lb,
+                at("load_balancer"),
+                format!(
+                    "\"{}\" is not a load balancer; use one of {}",
+                    lb.get_ref(),
+                    Policy::NAMES
+                ),
+            )),
+        }
+    }
+    match (&b.hash_key, o.policy) {
+        (None, Policy::ConsistentHash) => {
+            let msg = "consistent_hash needs a hash_key: { header = \"x-user-id\" }, { claim = \"sub\" } or { client_ip = true }";
+            errors.push(match &b.load_balancer {
+                Some(lb) => file.error(lb, at("hash_key"), msg),
+                None => file.error(spanned, at("hash_key"), msg),
+            });
+        }
+        (Some(k), Policy::ConsistentHash) => o.hash_key = hash_key(file, name, k, errors),
+        (Some(k), _) => errors.push(file.error(
+            k,
+            at("hash_key"),
+            "hash_key is only used with load_balancer = \"consistent_hash\"",
+        )),
+        (None, _) => {}
+    }
+
+    if let Some(hc) = &b.health_check {
+        let h = hc.get_ref();
+        let d = HealthCheckSpec::default();
+        let interval = file.duration(
+            &h.interval,
+            &at("health_check.interval"),
+            d.interval,
+            errors,
+        );
+        let timeout = file.duration(&h.timeout, &at("health_check.timeout"), d.timeout, errors);
+        if timeout > interval {
+            if let Some(t) = &h.timeout {
+                errors.push(file.error(
+                    t,
+                    at("health_check.timeout"),
+                    format!("must not be longer than the interval ({interval:?})"),
+                ));
+            }
+        }
+        o.health_check = Some(HealthCheckSpec {
+            interval,
+            timeout,
+            service: h.service.clone(),
+            healthy_threshold: at_least_one(
+                file,
+                &h.healthy_threshold,
+                &at("health_check.healthy_threshold"),
+                d.healthy_threshold,
+                errors,
+            ),
+            unhealthy_threshold: at_least_one(
+                file,
+                &h.unhealthy_threshold,
+                &at("health_check.unhealthy_threshold"),
+                d.unhealthy_threshold,
+                errors,
+            ),
+        });
+    }
+
+    if let Some(od) = &b.outlier_detection {
+        let c = od.get_ref();
+        let d = OutlierSpec::default();
+        let base = file.duration(
+            &c.base_ejection_time,
+            &at("outlier_detection.base_ejection_time"),
+            d.base_ejection_time,
+            errors,
+        );
+        let max = file.duration(
+            &c.max_ejection_time,
+            &at("outlier_detection.max_ejection_time"),
+            d.max_ejection_time.max(base),
+            errors,
+        );
+        if max < base {
+            if let Some(m) = &c.max_ejection_time {
+                errors.push(file.error(
+                    m,
+                    at("outlier_detection.max_ejection_time"),
+                    format!("must not be shorter than base_ejection_time ({base:?})"),
+                ));
+            }
+        }
+        let percent = match &c.max_ejection_percent {
+            Some(p) if *p.get_ref() > 100 => {
+                errors.push(file.error(
+                    p,
+                    at("outlier_detection.max_ejection_percent"),
+                    "is a percentage: 0 to 100",
+                ));
+                d.max_ejection_percent
+            }
+            Some(p) => *p.get_ref(),
+            None => d.max_ejection_percent,
+        };
+        o.outlier = OutlierSpec {
+            consecutive_failures: c
+                .consecutive_failures
+                .as_ref()
+                .map_or(d.consecutive_failures, |v| *v.get_ref()),
+            base_ejection_time: base,
+            max_ejection_time: max,
+            max_ejection_percent: percent,
+        };
+    }
+
+    if let Some(r) = &b.retry {
+        let c = r.get_ref();
+        let d = RetrySpec::default();
+        let attempts = match &c.attempts {
+            Some(a) if !(1..=10).contains(a.get_ref()) => {
+                errors.push(file.error(
+                    a,
+                    at("retry.attempts"),
+                    "must be 1 to 10 (1 turns retries off)",
+                ));
+                d.attempts
+            }
+            Some(a) => *a.get_ref(),
+            None => d.attempts,
+        };
+        let backoff = file.duration(&c.backoff, &at("retry.backoff"), d.backoff, errors);
+        let max_backoff = file.duration(
+            &c.max_backoff,
+            &at("retry.max_backoff"),
+            d.max_backoff.max(backoff),
+            errors,
+        );
+        if max_backoff < backoff {
+            if let Some(m) = &c.max_backoff {
+                errors.push(file.error(
+                    m,
+                    at("retry.max_backoff"),
+                    format!("must not be shorter than backoff ({backoff:?})"),
+                ));
+            }
+        }
+        o.retry = RetrySpec {
+            attempts,
+            retry_on: match &c.retry_on {
+                Some(list) => codes(file, list, &at("retry.retry_on"), errors),
+                None => d.retry_on,
+            },
+            backoff,
+            max_backoff,
+            budget: share(file, &c.budget, &at("retry.budget"), d.budget, errors),
+            min_retries_per_second: c
+                .min_retries_per_second
+                .as_ref()
+                .map_or(d.min_retries_per_second, |v| *v.get_ref()),
+        };
+    }
+
+    if let Some(cb) = &b.circuit_breaker {
+        let c = cb.get_ref();
+        let d = BreakerSpec::default();
+        o.breaker = BreakerSpec {
+            window: file.duration(&c.window, &at("circuit_breaker.window"), d.window, errors),
+            failure_rate: share(
+                file,
+                &c.failure_rate,
+                &at("circuit_breaker.failure_rate"),
+                d.failure_rate,
+                errors,
+            ),
+            min_requests: c
+                .min_requests
+                .as_ref()
+                .map_or(d.min_requests, |v| *v.get_ref()),
+            failures: c.failures.as_ref().map_or(d.failures, |v| *v.get_ref()),
+            open_for: file.duration(
+                &c.open_for,
+                &at("circuit_breaker.open_for"),
+                d.open_for,
+                errors,
+            ),
+            half_open_probes: at_least_one(
+                file,
+                &c.half_open_probes,
+                &at("circuit_breaker.half_open_probes"),
+                d.half_open_probes,
+                errors,
+            ),
+            max_requests: at_least_one(
+                file,
+                &c.max_requests,
+                &at("circuit_breaker.max_requests"),
+                d.max_requests,
+                errors,
+            ),
+        };
+    }
+    o
+}
+
+fn consul_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::ConsulConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ConsulSpec> {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.consul.{f}");
+    let before = errors.len();
+    let service = c.service.get_ref().trim();
+    if service.is_empty() {
+        errors.push(file.error(
+            &c.service,
+            at("service"),
+            "name the Consul service to watch",
+        ));
+    }
+    let address = match &c.address {
+        None => consul::DEFAULT_ADDRESS.to_owned(),
+        Some(a) => {
+            let v = a.get_ref().trim().trim_end_matches('/');
+            if v.starts_with("https://") {
+                errors.push(file.error(
+                    a,
+                    at("address"),
+                    "HTTPS to Consul is not built into this gateway yet (no TLS stack is compiled in); talk to the local agent over http://, which is how Consul is usually deployed",
+                ));
+            } else if !v.starts_with("http://")
+                || v.len() <= "http://".len()
+                || reqwest::Url::parse(v).is_err()
+            {
+                errors.push(file.error(
+                    a,
+                    at("address"),
+                    format!(
+                        "\"{v}\" is not an agent address; write e.g. \"http://127.0.0.1:8500\""
+                    ),
+                ));
+            }
+            v.to_owned()
+        }
+    };
+    let wait = file.duration(&c.wait, &at("wait"), consul::DEFAULT_WAIT, errors);
+    if wait > consul::MAX_WAIT {
+        if let Some(w) = &c.wait {
+            errors.push(file.error(
+                w,
+                at("wait"),
+                "Consul caps blocking queries at 10m; use at most \"10m\"",
+            ));
+        }
+    }
+    let token = match (&c.token_file, &c.token_env) {
+        (Some(f), Some(_)) => {
+            errors.push(file.error(f, at("token_file"), "set token_file or token_env, not both"));
+            TokenSource::Env(consul::DEFAULT_TOKEN_ENV.to_owned())
+        }
+        (Some(f), None) => TokenSource::File(file.relative(f.get_ref())),
+        (None, Some(e)) => {
+            if e.get_ref().trim().is_empty() {
+                errors.push(file.error(e, at("token_env"), "name an environment variable"));
+            }
+            TokenSource::Env(e.get_ref().trim().to_owned())
+        }
+        (None, None) => TokenSource::Env(consul::DEFAULT_TOKEN_ENV.to_owned()),
+    };
+    let mut tags = Vec::new();
+    for t in &c.tags {
+        if t.get_ref().trim().is_empty() {
+            errors.push(file.error(t, at("tags"), "an empty tag matches nothing"));
+        }
+        tags.push(t.get_ref().trim().to_owned());
+    }
+    let datacenter = match &c.datacenter {
+        Some(dc) if dc.get_ref().trim().is_empty() => {
+            errors.push(file.error(
+                dc,
+                at("datacenter"),
+                "leave datacenter out to ask about the agent's own",
+            ));
+            None
+        }
+        Some(dc) => Some(dc.get_ref().trim().to_owned()),
+        None => None,
+    };
+    (errors.len() == before).then(|| ConsulSpec {
+        address,
+        service: service.to_owned(),
+        tags,
+        datacenter,
+        passing_only: c.passing_only,
+        token,
+        stale: c.stale,
+        wait,
+    })
+}
+
+fn hash_key(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::HashKeyConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<HashKey> {
+    let k = spanned.get_ref();
+    let at = format!("backends.{name}.hash_key");
+    let set =
+        usize::from(k.header.is_some()) + usize::from(k.claim.is_some()) + usize::from(k.client_ip);
+    if set != 1 {
+        errors.push(file.error(
+            spanned,
+            at,
+            "set exactly one of header = \"...\", claim = \"...\" or client_ip = true",
+        ));
+        return None;
+    }
+    if let Some(h) = &k.header {
+        return match HeaderName::from_bytes(h.get_ref().trim().to_ascii_lowercase().as_bytes()) {
+            Ok(name) => Some(HashKey::Header(name)),
+            Err(_) => {
+                errors.push(file.error(
+                    h,
+                    format!("{at}.header"),
+                    format!("\"{}\" is not a header name", h.get_ref()),
+                ));
+                None
+            }
+        };
+    }
+    if let Some(c) = &k.claim {
+        let claim = c.get_ref().trim();
+        if claim.is_empty()
+            || !claim
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            errors.push(file.error(
+                c,
+                format!("{at}.claim"),
+                format!("\"{claim}\" is not a claim name (letters, digits, _ and -)"),
+            ));
+            return None;
+        }
+        return Some(HashKey::claim(claim));
+    }
+    Some(HashKey::ClientIp)
+}
+
+/// gRPC code names, for `retry_on` lists.
+fn codes(
+    file: &LoadedFile,
+    list: &[Spanned<String>],
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Code> {
+    let mut out = Vec::new();
+    for c in list {
+        match parse_code(c.get_ref()) {
+            Some(code) if !out.contains(&code) => out.push(code),
+            Some(_) => {}
+            None => errors.push(file.error(
+                c,
+                field,
+                format!(
+                    "\"{}\" is not a gRPC status code name; write e.g. \"unavailable\", \"resource_exhausted\", \"aborted\"",
+                    c.get_ref()
+                ),
+            )),
+        }
+    }
+    out
+}
+
+/// A route's `retry_on`: `None` when absent (GET routes then retry on the
+/// backend's codes), else the codes it lists (`[]`: no retries).
+pub fn route_retry_on(
+    file: &LoadedFile,
+    list: &Option<Vec<Spanned<String>>>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<Code>> {
+    list.as_ref().map(|l| codes(file, l, field, errors))
+}
+
+fn share(
+    file: &LoadedFile,
+    value: &Option<Spanned<f64>>,
+    field: &str,
+    default: f64,
+    errors: &mut Vec<ConfigError>,
+) -> f64 {
+    match value {
+        Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
+            errors.push(file.error(v, field, "is a share: 0.0 to 1.0"));
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    }
+}
+
+fn at_least_one(
+    file: &LoadedFile,
+    value: &Option<Spanned<u32>>,
+    field: &str,
+    default: u32,
+    errors: &mut Vec<ConfigError>,
+) -> u32 {
+    match value {
+        Some(v) if *v.get_ref() == 0 => {
+            errors.push(file.error(v, field, "must be at least 1"));
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    }
+}

@@ -1,0 +1,741 @@
+//! The load benchmark: the gateway (release build, its own process) in front
+//! of a fast gRPC backend (its own process), against the same backend called
+//! directly over gRPC, on the same machine, in alternating runs so machine
+//! noise hits both paths alike.
+//!
+//! ```text
+//! cargo run --release -p gateway-tests --bin bench [-- --seconds 5 --rounds 2 --out bench-results.json]
+//! ```
+//!
+//! Per scenario it reports requests per second, p50/p99/p99.9 latency, the
+//! gateway's CPU time per request (utime+stime of the gateway process from
+//! /proc, divided by requests served), the gateway's peak resident memory,
+//! and the gateway/direct throughput ratio; then the p99 added at half the
+//! gateway's maximum rate, throughput with 10,000 routes against 10, and
+//! resident memory idle and with 1,000 idle keep-alive connections.
+//!
+//! The load client is in this process: a lean hyper HTTP/1.1 client (one
+//! keep-alive connection per worker, no JSON parsing) for the gateway, and a
+//! tonic client over one HTTP/2 connection for the direct path, the way gRPC
+//! clients (and the gateway itself) talk to a backend.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use gateway::example::{BoxFuture, DynamicServer};
+use gateway::upstream::DynamicCodec;
+use http_body_util::{BodyExt, Full};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, Value};
+use serde_json::json;
+
+const BENCH_PROTO: &str = include_str!("../../fixtures/bench/bench.proto");
+
+/// Concurrent requests in flight per run: enough to saturate two cores
+/// without measuring only queueing.
+const CONCURRENCY: usize = 16;
+
+struct Options {
+    seconds: u64,
+    rounds: usize,
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("backend") {
+        return run_backend();
+    }
+    let mut opts = Options {
+        seconds: 5,
+        rounds: 2,
+        out: PathBuf::from("bench-results.json"),
+    };
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context("flag needs a value");
+        match a.as_str() {
+            "--seconds" => opts.seconds = val()?.parse()?,
+            "--rounds" => opts.rounds = val()?.parse()?,
+            "--out" => opts.out = PathBuf::from(val()?),
+            "-h" | "--help" => {
+                println!("usage: bench [--seconds N] [--rounds N] [--out FILE]");
+                return Ok(());
+            }
+            other => bail!("unknown flag {other}; see --help"),
+        }
+    }
+    // Three processes (client, gateway, backend) share the machine's cores;
+    // two workers here keep the client from starving the other two.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run_bench(opts))
+}
+
+// ---------------------------------------------------------------------------
+// The backend process
+// ---------------------------------------------------------------------------
+
+fn bench_pool() -> Result<DescriptorPool> {
+    let dir = std::env::temp_dir().join(format!("gateway-bench-proto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench.proto"), BENCH_PROTO)?;
+    let pool = gateway::descriptors::load_dir(&dir)?.pool;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(pool)
+}
+
+/// A ~10-field reply, as the issue's small GET asks.
+fn sample_item(desc: &MessageDescriptor, id: i64) -> DynamicMessage {
+    let json = json!({
+        "id": id.to_string(),
+        "name": "Widget",
+        "description": "A small widget used to measure the gateway",
+        "quantity": 42,
+        "price": 9.99,
+        "active": true,
+        "tags": ["blue", "small", "sale"],
+        "state": "ACTIVE",
+        "created": "2026-11-21T10:00:00Z",
+        "labels": {"team": "edge", "tier": "gold"},
+    });
+    DynamicMessage::deserialize(desc.clone(), json).expect("sample item matches bench.proto")
+}
+
+fn run_backend() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pool = bench_pool()?;
+        let item_desc = pool
+            .get_message_by_name("bench.v1.Item")
+            .context("bench.v1.Item")?;
+        let template = Arc::new(sample_item(&item_desc, 0));
+        let server = DynamicServer::new(
+            &pool,
+            &["bench.v1.Bench"],
+            move |m: &MethodDescriptor, req: tonic::Request<DynamicMessage>| {
+                let reply = if m.name() == "GetItem" {
+                    let id = req
+                        .get_ref()
+                        .get_field_by_name("id")
+                        .and_then(|v| v.as_i64())
+                        .unwrap_or(0);
+                    let mut item = (*template).clone();
+                    item.set_field_by_name("id", Value::I64(id));
+                    item
+                } else {
+                    let mut item = DynamicMessage::new(m.output());
+                    item.set_field_by_name("id", Value::I64(1));
+                    item
+                };
+                Box::pin(async move { Ok(tonic::Response::new(reply)) }) as BoxFuture<_>
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("listening {}", listener.local_addr()?);
+        server.serve(listener).await;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Processes and /proc
+// ---------------------------------------------------------------------------
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+fn build_gateway() -> Result<PathBuf> {
+    eprintln!("building the gateway (release)...");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "gateway", "--bin", "gateway"])
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p gateway failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    Ok(target.join("release/gateway"))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f[11].parse()?;
+    let stime: f64 = f[12].parse()?;
+    Ok((utime + stime) / ticks)
+}
+
+/// A `Vm*` line of /proc/<pid>/status, in MiB.
+fn vm(pid: u32, key: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("{key} in /proc/{pid}/status"))?;
+    let kb: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn start_backend() -> Result<(Proc, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("backend")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the backend")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .with_context(|| format!("backend said {line:?}"))?
+        .to_owned();
+    Ok((Proc(child), addr))
+}
+
+/// Writes a config with the two benchmark routes plus `filler` more.
+fn write_config(dir: &Path, backend: &str, filler: usize) -> Result<(PathBuf, u16, u16)> {
+    std::fs::create_dir_all(dir.join("descriptors"))?;
+    std::fs::write(dir.join("descriptors/bench.proto"), BENCH_PROTO)?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let mut cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndescriptors = \"descriptors\"\nwatch = false\nshutdown_delay = \"0s\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [backends.bench]\nendpoints = [\"{backend}\"]\nservices = [\"bench.v1.Bench\"]\n\n\
+         [[routes]]\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\n\n\
+         [[routes]]\nmethod = \"POST\"\npath = \"/v1/items\"\ngrpc = \"bench.v1.Bench/CreateItem\"\nbody = \"*\"\n\n"
+    );
+    for i in 0..filler {
+        // Distinct shapes, so the trie really holds `filler` more routes.
+        cfg.push_str(&format!(
+            "[[routes]]\nmethod = \"GET\"\npath = \"/v1/area{}/items{}/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\n\n",
+            i / 100,
+            i % 100
+        ));
+    }
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, cfg)?;
+    Ok((path, port, admin))
+}
+
+async fn start_gateway(bin: &Path, config: &Path, admin: u16) -> Result<Proc> {
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the gateway")?;
+    let proc = Proc(child);
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return Ok(proc);
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the gateway did not become ready in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct HttpCall {
+    method: http::Method,
+    path: String,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+struct GrpcCall {
+    path: http::uri::PathAndQuery,
+    message: DynamicMessage,
+    reply: MessageDescriptor,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct RunResult {
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    /// Gateway runs only.
+    gateway_cpu_us_per_req: Option<f64>,
+}
+
+fn summarize(mut lat: Vec<u32>, errors: u64, elapsed: Duration) -> RunResult {
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        f64::from(lat[i])
+    };
+    RunResult {
+        requests: lat.len() as u64,
+        errors,
+        rps: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        gateway_cpu_us_per_req: None,
+    }
+}
+
+/// `rate`: None for as fast as possible (closed loop), Some(rps) paced.
+async fn http_load(
+    port: u16,
+    call: HttpCall,
+    dur: Duration,
+    rate: Option<f64>,
+) -> Result<RunResult> {
+    let deadline = Instant::now() + dur;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0u64;
+            let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / CONCURRENCY as f64));
+            while Instant::now() < deadline {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
+                let req = http::Request::builder()
+                    .method(call.method.clone())
+                    .uri(&call.path)
+                    .header(http::header::HOST, "bench")
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(call.body.clone()))?;
+                let t = Instant::now();
+                let resp = send.send_request(req).await?;
+                let ok = resp.status() == 200;
+                resp.into_body().collect().await?;
+                if ok {
+                    lat.push(t.elapsed().as_micros() as u32);
+                } else {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    Ok(summarize(all, errors, started.elapsed()))
+}
+
+async fn grpc_load(
+    channel: tonic::transport::Channel,
+    call: GrpcCall,
+    dur: Duration,
+    rate: Option<f64>,
+) -> Result<RunResult> {
+    let deadline = Instant::now() + dur;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let (call, channel) = (call.clone(), channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = tonic::client::Grpc::new(channel);
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0u64;
+            let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / CONCURRENCY as f64));
+            while Instant::now() < deadline {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
+                let t = Instant::now();
+                client.ready().await?;
+                let r = client
+                    .unary(
+                        tonic::Request::new(call.message.clone()),
+                        call.path.clone(),
+                        DynamicCodec::new(call.reply.clone()),
+                    )
+                    .await;
+                match r {
+                    Ok(_) => lat.push(t.elapsed().as_micros() as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    Ok(summarize(all, errors, started.elapsed()))
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark
+// ---------------------------------------------------------------------------
+
+struct Scenario {
+    name: &'static str,
+    http: HttpCall,
+    grpc: GrpcCall,
+}
+
+fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
+    let item = pool.get_message_by_name("bench.v1.Item").context("Item")?;
+    let get_req = pool
+        .get_message_by_name("bench.v1.GetItemRequest")
+        .context("GetItemRequest")?;
+    let create_req = pool
+        .get_message_by_name("bench.v1.CreateItemRequest")
+        .context("CreateItemRequest")?;
+    let mut get_msg = DynamicMessage::new(get_req);
+    get_msg.set_field_by_name("id", Value::I64(12345));
+    let body_of = |target: usize| -> Result<(Bytes, DynamicMessage)> {
+        // Items until the JSON reaches the target size.
+        let one = serde_json::to_value(sample_item(&item, 7))?;
+        let mut extra = Vec::new();
+        let mut json = json!({"item": one, "extra": extra});
+        while serde_json::to_vec(&json)?.len() < target {
+            extra.push(one.clone());
+            json = json!({"item": one, "extra": extra});
+        }
+        let bytes = serde_json::to_vec(&json)?;
+        let msg = DynamicMessage::deserialize(create_req.clone(), json)?;
+        Ok((Bytes::from(bytes), msg))
+    };
+    let (body_1k, msg_1k) = body_of(1024)?;
+    let (body_64k, msg_64k) = body_of(64 * 1024)?;
+    let get_path = http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem");
+    let create_path = http::uri::PathAndQuery::from_static("/bench.v1.Bench/CreateItem");
+    Ok(vec![
+        Scenario {
+            name: "small GET",
+            http: HttpCall {
+                method: http::Method::GET,
+                path: "/v1/items/12345".into(),
+                body: Bytes::new(),
+            },
+            grpc: GrpcCall {
+                path: get_path,
+                message: get_msg,
+                reply: item.clone(),
+            },
+        },
+        Scenario {
+            name: format_leak(&format!("POST {} B", body_1k.len())),
+            http: HttpCall {
+                method: http::Method::POST,
+                path: "/v1/items".into(),
+                body: body_1k,
+            },
+            grpc: GrpcCall {
+                path: create_path.clone(),
+                message: msg_1k,
+                reply: item.clone(),
+            },
+        },
+        Scenario {
+            name: format_leak(&format!("POST {} B", body_64k.len())),
+            http: HttpCall {
+                method: http::Method::POST,
+                path: "/v1/items".into(),
+                body: body_64k,
+            },
+            grpc: GrpcCall {
+                path: create_path,
+                message: msg_64k,
+                reply: item,
+            },
+        },
+    ])
+}
+
+/// Scenario names live for the whole (short) program.
+fn format_leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+async fn gateway_run(
+    gw: &Proc,
+    port: u16,
+    call: &HttpCall,
+    dur: Duration,
+    rate: Option<f64>,
+    ticks: f64,
+) -> Result<RunResult> {
+    let pid = gw.0.id();
+    let before = cpu_seconds(pid, ticks)?;
+    let mut r = http_load(port, call.clone(), dur, rate).await?;
+    let after = cpu_seconds(pid, ticks)?;
+    if r.requests > 0 {
+        r.gateway_cpu_us_per_req = Some((after - before) * 1e6 / (r.requests + r.errors) as f64);
+    }
+    Ok(r)
+}
+
+/// Median of the runs by rps (robust to one noisy run).
+fn median(mut runs: Vec<RunResult>) -> RunResult {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    runs[runs.len() / 2].clone()
+}
+
+async fn run_bench(opts: Options) -> Result<()> {
+    let bin = build_gateway()?;
+    let ticks = clock_ticks();
+    let dur = Duration::from_secs(opts.seconds);
+    let pool = bench_pool()?;
+    let scenarios = scenarios(&pool)?;
+    let (_backend, backend_addr) = start_backend()?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{backend_addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let work = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
+    let (config, port, admin) = write_config(&work.join("small"), &backend_addr, 8)?;
+    let gw = start_gateway(&bin, &config, admin).await?;
+    let rss_idle = vm(gw.0.id(), "VmRSS:")?;
+    eprintln!(
+        "gateway pid {} ready, {rss_idle:.1} MiB resident",
+        gw.0.id()
+    );
+
+    let mut table = Vec::new();
+    let mut small_get_max = 0.0;
+    for s in &scenarios {
+        let mut gw_runs = Vec::new();
+        let mut direct_runs = Vec::new();
+        // Warm both paths (connections, allocator, caches).
+        gateway_run(&gw, port, &s.http, Duration::from_millis(500), None, ticks).await?;
+        grpc_load(
+            channel.clone(),
+            s.grpc.clone(),
+            Duration::from_millis(500),
+            None,
+        )
+        .await?;
+        for round in 0..opts.rounds {
+            eprintln!("{}: round {}/{}", s.name, round + 1, opts.rounds);
+            gw_runs.push(gateway_run(&gw, port, &s.http, dur, None, ticks).await?);
+            direct_runs.push(grpc_load(channel.clone(), s.grpc.clone(), dur, None).await?);
+        }
+        let (g, d) = (median(gw_runs), median(direct_runs));
+        if s.name == "small GET" {
+            small_get_max = g.rps;
+        }
+        table.push((s.name, g, d));
+    }
+
+    // p99 added at half the gateway's maximum rate.
+    let half = small_get_max / 2.0;
+    eprintln!("small GET paced at {half:.0} req/s on both paths");
+    let paced_gw = gateway_run(&gw, port, &scenarios[0].http, dur, Some(half), ticks).await?;
+    let paced_direct =
+        grpc_load(channel.clone(), scenarios[0].grpc.clone(), dur, Some(half)).await?;
+    let peak_small = vm(gw.0.id(), "VmHWM:")?;
+    drop(gw);
+
+    // 10,000 routes: same small GET, and memory with 1,000 idle keep-alive connections.
+    let (config, port, admin) = write_config(&work.join("large"), &backend_addr, 10_000 - 2)?;
+    let gw = start_gateway(&bin, &config, admin).await?;
+    let rss_10k = vm(gw.0.id(), "VmRSS:")?;
+    let mut ten_k = Vec::new();
+    let mut ten = Vec::new();
+    gateway_run(
+        &gw,
+        port,
+        &scenarios[0].http,
+        Duration::from_millis(500),
+        None,
+        ticks,
+    )
+    .await?;
+    for _ in 0..opts.rounds {
+        ten_k.push(gateway_run(&gw, port, &scenarios[0].http, dur, None, ticks).await?);
+    }
+    let ten_k = median(ten_k);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(conn);
+        let req = http::Request::get("/v1/items/1")
+            .header("host", "bench")
+            .body(Full::new(Bytes::new()))?;
+        send.send_request(req).await?.into_body().collect().await?;
+        idle.push(send);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_10k_1000 = vm(gw.0.id(), "VmRSS:")?;
+    drop(idle);
+    drop(gw);
+    // The 10-route figure from the same phase of the run, for the ratio.
+    let (config10, port10, admin10) = write_config(&work.join("small2"), &backend_addr, 8)?;
+    let gw = start_gateway(&bin, &config10, admin10).await?;
+    gateway_run(
+        &gw,
+        port10,
+        &scenarios[0].http,
+        Duration::from_millis(500),
+        None,
+        ticks,
+    )
+    .await?;
+    for _ in 0..opts.rounds {
+        ten.push(gateway_run(&gw, port10, &scenarios[0].http, dur, None, ticks).await?);
+    }
+    let ten = median(ten);
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&work);
+
+    // The report.
+    println!();
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>9}",
+        "scenario",
+        "gw rps",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "gw cpu/req",
+        "direct rps",
+        "d p50",
+        "d p99",
+        "gw/direct"
+    );
+    let mut rows = Vec::new();
+    for (name, g, d) in &table {
+        let ratio = g.rps / d.rps;
+        println!(
+            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.1}us {:>11.0} {:>9.0} {:>8.0} {:>8.0}%",
+            name,
+            g.rps,
+            g.p50_us,
+            g.p99_us,
+            g.p999_us,
+            g.gateway_cpu_us_per_req.unwrap_or(0.0),
+            d.rps,
+            d.p50_us,
+            d.p99_us,
+            ratio * 100.0
+        );
+        rows.push(json!({"scenario": name, "gateway": g, "direct": d, "throughput_ratio": ratio}));
+    }
+    let added_p99 = paced_gw.p99_us - paced_direct.p99_us;
+    println!();
+    println!(
+        "small GET at {half:.0} req/s (half the gateway max): gateway p99 {:.0} us, direct p99 {:.0} us, added {:.0} us",
+        paced_gw.p99_us, paced_direct.p99_us, added_p99
+    );
+    println!(
+        "small GET with 10,000 routes: {:.0} req/s vs {:.0} with 10 routes ({:+.1}%)",
+        ten_k.rps,
+        ten.rps,
+        (ten_k.rps / ten.rps - 1.0) * 100.0
+    );
+    println!(
+        "gateway resident memory: {rss_idle:.1} MiB after start (10 routes), peak {peak_small:.1} MiB under load; \
+         {rss_10k:.1} MiB with 10,000 routes, {rss_10k_1000:.1} MiB with 10,000 routes and 1,000 idle keep-alive connections"
+    );
+    let report = json!({
+        "unix_time": unix_now(),
+        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "seconds_per_run": opts.seconds,
+        "rounds": opts.rounds,
+        "concurrency": CONCURRENCY,
+        "scenarios": rows,
+        "paced_small_get": {"rate": half, "gateway": paced_gw, "direct": paced_direct, "added_p99_us": added_p99},
+        "routes_10k": {"rps_10k": ten_k.rps, "rps_10": ten.rps},
+        "memory_mib": {"idle_10_routes": rss_idle, "peak_under_load": peak_small, "idle_10k_routes": rss_10k, "routes_10k_conns_1000": rss_10k_1000},
+    });
+    std::fs::write(&opts.out, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nwritten to {}", opts.out.display());
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}

@@ -1,0 +1,439 @@
+//! Observability end to end: Prometheus metrics scraped from the admin
+//! listener and read with a real text-format parser, request ids and W3C
+//! trace context carried into the backend's gRPC metadata, and the access
+//! log of the real binary as JSON lines.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_tests::running::RunningGateway;
+use gateway_tests::{
+    echo_server, http_client, spawn_backend, temp_dir, testing_descriptors, testing_pool, toml_path,
+};
+use serde_json::Value as Json;
+
+/// Metrics are one registry per process and tests run in parallel, so each
+/// test routes under its own prefix and reads only its own series.
+fn config(backend: &str, prefix: &str) -> String {
+    format!(
+        r#"[server]
+descriptors = "{descriptors}"
+watch = false
+shutdown_delay = "0s"
+
+[backends.echo]
+endpoints = ["{backend}"]
+services = ["testing.v1.Echo"]
+
+[[routes]]
+method = "GET"
+path = "/{prefix}/echo/{{string_field}}"
+grpc = "testing.v1.Echo/Echo"
+
+[[routes]]
+method = "GET"
+path = "/{prefix}/fail"
+grpc = "testing.v1.Echo/Fail"
+
+[[routes]]
+method = "GET"
+path = "/{prefix}/meta"
+grpc = "testing.v1.Echo/Meta"
+"#,
+        descriptors = toml_path(&testing_descriptors()),
+    )
+}
+
+async fn start(prefix: &str) -> RunningGateway {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let dir = temp_dir(prefix);
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, config(&backend, prefix)).unwrap();
+    RunningGateway::start(&path).await
+}
+
+/// One sample as the reference parser read it.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+/// Parses the exposition with the Prometheus project's own Python client
+/// parser (`prometheus_client.parser`), the reference implementation of the
+/// text format. (The Rust `prometheus-parse` crate mis-reads legal braces
+/// inside label values, which route templates always have.)
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'prometheus_client'") {
+        panic!("the reference parser is missing: python3 -m pip install prometheus-client (.ci/run installs it)");
+    }
+    assert!(
+        out.status.success(),
+        "not valid Prometheus text format:\n{stderr}\n{text}"
+    );
+    let rows: Vec<(String, HashMap<String, String>, f64)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    rows.into_iter()
+        .map(|(name, labels, value)| Sample {
+            name,
+            labels,
+            value,
+        })
+        .collect()
+}
+
+/// Sum of the samples named `name` whose labels include all of `want`.
+fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            want.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum::<f64>()
+        + 0.0
+}
+
+async fn scrape(gw: &RunningGateway) -> Vec<Sample> {
+    let resp = http_client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    parse_exposition(&resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_template_status_and_grpc_code() {
+    let gw = start("tm1").await;
+    let client = http_client();
+    for i in 0..3 {
+        let r = client
+            .get(gw.url(&format!("/tm1/echo/v{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for _ in 0..2 {
+        let r = client
+            .get(gw.url("/tm1/fail?code=5&message=gone"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = client
+        .get(gw.url("/tm1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let reload = client
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+
+    let s = scrape(&gw).await;
+    let echo = "/tm1/echo/{string_field}";
+    assert_eq!(
+        value(
+            &s,
+            "gateway_http_requests_total",
+            &[("route", echo), ("method", "GET"), ("code", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gateway_http_requests_total",
+            &[("route", "/tm1/fail"), ("code", "4xx")]
+        ),
+        2.0
+    );
+    // The raw path never becomes a label: three distinct paths, one series.
+    assert!(s
+        .iter()
+        .all(|x| x.labels.get("route").map(String::as_str) != Some("/tm1/echo/v0")));
+    // The histogram has the gateway's buckets, and its count matches.
+    let les: Vec<&str> = s
+        .iter()
+        .filter(|x| {
+            x.name == "gateway_http_request_duration_seconds_bucket"
+                && x.labels.get("route").map(String::as_str) == Some(echo)
+        })
+        .map(|x| x.labels["le"].as_str())
+        .collect();
+    assert!(
+        les.contains(&"0.00025") && les.contains(&"30") && les.contains(&"+Inf"),
+        "{les:?}"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gateway_http_request_duration_seconds_bucket",
+            &[("route", echo), ("le", "+Inf")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gateway_http_request_duration_seconds_count",
+            &[("route", echo)]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "gateway_upstream_requests_total",
+            &[
+                ("backend", "echo"),
+                ("grpc_method", "testing.v1.Echo/Fail"),
+                ("grpc_code", "NotFound")
+            ]
+        ),
+        2.0
+    );
+    assert!(
+        value(
+            &s,
+            "gateway_upstream_requests_total",
+            &[("grpc_method", "testing.v1.Echo/Echo"), ("grpc_code", "Ok")]
+        ) >= 3.0
+    );
+    assert!(value(&s, "gateway_config_reloads_total", &[("result", "ok")]) >= 1.0);
+    assert!(value(&s, "gateway_build_info", &[]) >= 1.0);
+    assert_eq!(
+        value(&s, "gateway_backend_endpoints", &[("backend", "echo")]),
+        1.0,
+        "one static endpoint"
+    );
+    assert!(s
+        .iter()
+        .any(|x| x.name == "gateway_http_requests_in_flight"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_when_plain_made_otherwise_and_reach_the_backend() {
+    let gw = start("tm2").await;
+    let client = http_client();
+    let meta = |r: &Json| {
+        r["metadata"]["x-request-id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let r = client
+        .get(gw.url("/tm2/meta"))
+        .header("x-request-id", "order-42_a.b:c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "order-42_a.b:c");
+    let body: Json = r.json().await.unwrap();
+    assert_eq!(meta(&body), "order-42_a.b:c");
+
+    for bad in ["has space", "quote\"d", &"x".repeat(200)] {
+        let r = client
+            .get(gw.url("/tm2/meta"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 32, "{id}");
+        let body: Json = r.json().await.unwrap();
+        assert_eq!(meta(&body), id);
+    }
+
+    let r = client.get(gw.url("/tm2/meta")).send().await.unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    // Error answers carry it too.
+    let r = client.get(gw.url("/tm2/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-request-id"].len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_continues_the_clients_trace_into_the_backend() {
+    let gw = start("tm3").await;
+    let client = http_client();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = client
+        .get(gw.url("/tm3/meta"))
+        .header("traceparent", parent)
+        .header("tracestate", "vendor=abc")
+        .send()
+        .await
+        .unwrap();
+    let ours = r.headers()["traceresponse"].to_str().unwrap().to_owned();
+    let body: Json = r.json().await.unwrap();
+    let seen = body["metadata"]["traceparent"]
+        .as_str()
+        .expect("backend got a traceparent");
+    let parts: Vec<&str> = seen.split('-').collect();
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the backend's parent is the gateway's span, not the client's"
+    );
+    assert_eq!(
+        seen, ours,
+        "the span the gateway reports is the one the backend saw as parent"
+    );
+    assert_eq!(parts[3], "01", "the client's sampling decision is kept");
+    assert_eq!(body["metadata"]["tracestate"], "vendor=abc");
+
+    // No (or a malformed) traceparent: the gateway starts a trace.
+    let r = client
+        .get(gw.url("/tm3/meta"))
+        .header("traceparent", "garbage")
+        .send()
+        .await
+        .unwrap();
+    let body: Json = r.json().await.unwrap();
+    let seen = body["metadata"]["traceparent"].as_str().unwrap();
+    assert_ne!(
+        seen.split('-').nth(1).unwrap(),
+        "00000000000000000000000000000000"
+    );
+    assert_eq!(seen.len(), 55);
+}
+
+fn gateway_bin() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| gateway_tests::repo_root().join("target"));
+    let bin = target.join("debug/gateway");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "gateway", "--bin", "gateway"])
+        .current_dir(gateway_tests::repo_root())
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_one_json_line_per_request_without_the_token() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let dir = temp_dir("tm4");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config(&backend, "tm4").replacen(
+        "[server]\n",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        1,
+    ) + "\n[admin]\nenabled = false\n\n[telemetry]\nlog_format = \"json\"\n";
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(gateway_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let client = http_client();
+    let url = format!("http://127.0.0.1:{port}/tm4/echo/hello");
+    let start = Instant::now();
+    let resp = loop {
+        if let Ok(r) = client
+            .get(&url)
+            .header("x-request-id", "log-test-1")
+            .header("authorization", "Bearer secret.token.value")
+            .send()
+            .await
+        {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(resp.status(), 200);
+    let mut access: Option<HashMap<String, Json>> = None;
+    let mut all = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        all.push(line.clone());
+        assert!(
+            !line.contains("secret.token.value"),
+            "the token was logged: {line}"
+        );
+        let Ok(Json::Object(fields)) = serde_json::from_str::<Json>(&line) else {
+            continue;
+        };
+        if fields.get("request_id").and_then(Json::as_str) == Some("log-test-1") {
+            access = Some(fields.into_iter().collect());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let access =
+        access.unwrap_or_else(|| panic!("no access line for the request in:\n{}", all.join("\n")));
+    assert_eq!(access["target"], "access");
+    assert_eq!(access["http.method"], "GET");
+    assert_eq!(access["route"], "/tm4/echo/{string_field}");
+    assert_eq!(access["http.status"], 200);
+    assert_eq!(access["grpc.method"], "testing.v1.Echo/Echo");
+    assert_eq!(access["grpc.code"], 0);
+    assert_eq!(access["upstream.addr"], backend.as_str());
+    assert_eq!(access["client.ip"], "127.0.0.1");
+    assert!(access["duration_us"].as_u64().is_some());
+    assert!(access["bytes_out"].as_u64().unwrap() > 0);
+    assert_eq!(access["retries"], 0);
+}
