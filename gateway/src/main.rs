@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, telemetry)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::Result<ExitCode> {
     // The same path a reload takes, reflection included: what `check`
     // accepts is exactly what `serve` and a reload accept.
     let state = ReloadState::default();
@@ -105,10 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve(snapshot, None).await,
+        Command::Serve => serve(snapshot, None, &telemetry).await,
         Command::Demo => {
             let example = start_example_backend(&snapshot).await?;
-            serve(snapshot, Some(example)).await
+            serve(snapshot, Some(example), &telemetry).await
         }
     }
 }
@@ -146,7 +146,11 @@ async fn start_example_backend(s: &Snapshot) -> anyhow::Result<Vec<String>> {
     Ok(addrs)
 }
 
-async fn serve(s: Snapshot, example: Option<Vec<String>>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    s: Snapshot,
+    example: Option<Vec<String>>,
+    telemetry: &gateway::config::TelemetryConfig,
+) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", s.listen))?;
@@ -181,9 +185,15 @@ async fn serve(s: Snapshot, example: Option<Vec<String>>) -> anyhow::Result<Exit
     if let Some(path) = first_get {
         eprintln!("try: curl http://{addr}{path}");
     }
-    server::run(listener, admin, gw, shutdown_signal())
-        .await
-        .context("serving")?;
+    // Trace export, when configured: set up once (here, inside the runtime
+    // its gRPC channel needs), flushed after the drain.
+    let traces = gateway::telemetry::otel::init(telemetry).map_err(anyhow::Error::msg)?;
+    let served = server::run(listener, admin, gw, shutdown_signal()).await;
+    if let Some(traces) = traces {
+        // The flush blocks until the collector answers (or times out).
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+    served.context("serving")?;
     Ok(ExitCode::SUCCESS)
 }
 

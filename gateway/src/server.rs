@@ -263,6 +263,8 @@ async fn handle_route(
         crate::transcode::stream::Intercepted::Pass(body) => body,
     };
 
+    // A trace span (when exporting) from the first body byte to the message.
+    let mut transcoding = crate::telemetry::otel::ChildSpan::internal("transcode request");
     let body = match read_body(&parts.headers, body, snap.max_body_bytes, route).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -270,9 +272,13 @@ async fn handle_route(
 
     let message = match build_message(&snap, route, &vars, parts.uri.query(), &body) {
         Ok(m) => m,
-        Err(e) => return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message),
+        Err(e) => {
+            transcoding.fail(&e.message);
+            return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
+        }
     };
     drop(body);
+    transcoding.end();
     if route.grpc_method.is_server_streaming() {
         let metadata = request_metadata(&parts.headers, route);
         return crate::transcode::stream::server_stream(
@@ -334,6 +340,7 @@ async fn handle_route(
     );
     match result {
         Ok(reply) => {
+            let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");
             let (md, msg, _) = reply.into_parts();
             match crate::transcode::shape::render_reply(
                 &msg,

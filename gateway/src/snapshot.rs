@@ -471,6 +471,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     }
 
     let openapi = crate::openapi::Settings::from_config(file, &matcher, &mut errors);
+    file.config.telemetry.validate(file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }

@@ -853,3 +853,6 @@ pub mod edge;
 
 // The gateway run with its admin listener and watcher, as `gateway serve` does.
 pub mod running;
+
+// The trace tests' in-process OTLP collectors and shared export.
+pub mod otel;

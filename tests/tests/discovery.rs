@@ -771,7 +771,7 @@ listen = "127.0.0.1:0"
 descriptors = "{}"
 
 [backends.echo]
-consul = {{ service = "", address = "https://consul:8501", wait = "20m" }}
+consul = {{ service = "", address = "ftp://consul:8501", wait = "20m" }}
 services = ["testing.v1.Echo"]
 load_balancer = "fastest"
 
@@ -779,6 +779,12 @@ load_balancer = "fastest"
 endpoints = ["127.0.0.1:1"]
 consul = {{ service = "other" }}
 retry = {{ attempts = 0, retry_on = ["sometimes"] }}
+
+[backends.third]
+consul = {{ service = "third", address = "https://consul:8501", ca_file = "no-such-ca.pem" }}
+
+[backends.fourth]
+consul = {{ service = "fourth", ca_file = "ca.pem" }}
 "#,
         toml_path(&testing_descriptors())
     );
@@ -786,7 +792,13 @@ retry = {{ attempts = 0, retry_on = ["sometimes"] }}
     let errors = Snapshot::load(&path).unwrap_err().to_string();
     for (line, field, words) in [
         (6, "backends.echo.consul.service", "name the Consul service"),
-        (6, "backends.echo.consul.address", "HTTPS to Consul"),
+        (6, "backends.echo.consul.address", "is not an agent address"),
+        (16, "backends.third.consul.ca_file", "cannot read"),
+        (
+            19,
+            "backends.fourth.consul.ca_file",
+            "needs an https:// address",
+        ),
         (6, "backends.echo.consul.wait", "10m"),
         (8, "backends.echo.load_balancer", "round_robin"),
         (12, "backends.other.consul", "not both"),

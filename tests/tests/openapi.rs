@@ -19,6 +19,28 @@ use serde_json::{json, Value};
 /// Validates `doc` with openapi-spec-validator; Err holds its complaint.
 /// Ok(false) when the validator is not installed (only allowed outside CI).
 fn validate(doc: &Value) -> Result<bool, String> {
+    // On a fresh machine, fetch the validator from PyPI once (.ci/run
+    // installs it too), so the README's test command really validates.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let have = Command::new("python3")
+            .args(["-c", "import openapi_spec_validator"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have {
+            eprintln!("installing openapi-spec-validator with pip");
+            let _ = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "openapi-spec-validator",
+                ])
+                .status();
+        }
+    });
     let dir = gateway_tests::temp_dir("openapi");
     let file = dir.join("openapi.json");
     std::fs::write(&file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();

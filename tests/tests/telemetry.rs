@@ -67,6 +67,7 @@ struct Sample {
 /// text format. (The Rust `prometheus-parse` crate mis-reads legal braces
 /// inside label values, which route templates always have.)
 fn parse_exposition(text: &str) -> Vec<Sample> {
+    ensure_reference_parser();
     const SCRIPT: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -108,6 +109,31 @@ print(json.dumps(out))
             value,
         })
         .collect()
+}
+
+/// Installs the parser from PyPI on first use when it is missing, so the
+/// README's test command works on a fresh machine (`.ci/run` installs it too).
+fn ensure_reference_parser() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let have = Command::new("python3")
+            .args(["-c", "import prometheus_client"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have {
+            eprintln!("installing prometheus-client (the reference text-format parser) with pip");
+            let _ = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "prometheus-client",
+                ])
+                .status();
+        }
+    });
 }
 
 /// Sum of the samples named `name` whose labels include all of `want`.
@@ -436,4 +462,136 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
     assert!(access["duration_us"].as_u64().is_some());
     assert!(access["bytes_out"].as_u64().unwrap() > 0);
     assert_eq!(access["retries"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_refusals_are_counted_by_reason_policy_and_result() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let dir = temp_dir("tm5");
+    let text = config(&backend, "tm5")
+        + r#"
+[[routes]]
+method = "GET"
+path = "/tm5/private"
+grpc = "testing.v1.Echo/Meta"
+auth = "required"
+
+[[routes]]
+method = "GET"
+path = "/tm5/limited"
+grpc = "testing.v1.Echo/Meta"
+rate_limit = ["tm5_tight"]
+
+[auth.issuers.tm5]
+issuer = "tm5"
+algorithms = ["HS256"]
+hmac_secret_env = "TM5_SECRET_NOT_SET_ANYWHERE_BUT_NEEDED"
+
+[rate_limits.policies.tm5_tight]
+key = "route"
+rate = 1
+per = "1m"
+burst = 1
+
+[cors]
+allowed_origins = ["http://page.example"]
+"#;
+    // The issuer's secret comes from the environment.
+    std::env::set_var(
+        "TM5_SECRET_NOT_SET_ANYWHERE_BUT_NEEDED",
+        "0123456789abcdef0123456789abcdef",
+    );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    let gw = RunningGateway::start(&path).await;
+    let client = http_client();
+    let before = scrape(&gw).await;
+    let b = |name: &str, labels: &[(&str, &str)]| value(&before, name, labels);
+    let (missing0, invalid0) = (
+        b(
+            "gateway_auth_failures_total",
+            &[("reason", "missing_token")],
+        ),
+        b(
+            "gateway_auth_failures_total",
+            &[("reason", "invalid_token")],
+        ),
+    );
+    let (granted0, refused0) = (
+        b("gateway_cors_preflights_total", &[("result", "granted")]),
+        b("gateway_cors_preflights_total", &[("result", "no_route")]),
+    );
+
+    assert_eq!(
+        client
+            .get(gw.url("/tm5/private"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = client
+        .get(gw.url("/tm5/private"))
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        client
+            .get(gw.url("/tm5/limited"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(gw.url("/tm5/limited"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    let preflight = |p: &str| {
+        client
+            .request(reqwest::Method::OPTIONS, gw.url(p))
+            .header("origin", "http://page.example")
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    assert_eq!(preflight("/tm5/meta").await.unwrap().status(), 200);
+    assert_eq!(preflight("/tm5/unrouted").await.unwrap().status(), 403);
+
+    let after = scrape(&gw).await;
+    let a = |name: &str, labels: &[(&str, &str)]| value(&after, name, labels);
+    assert_eq!(
+        a(
+            "gateway_auth_failures_total",
+            &[("reason", "missing_token")]
+        ) - missing0,
+        1.0
+    );
+    assert_eq!(
+        a(
+            "gateway_auth_failures_total",
+            &[("reason", "invalid_token")]
+        ) - invalid0,
+        1.0
+    );
+    assert_eq!(
+        a("gateway_rate_limited_total", &[("policy", "tm5_tight")]),
+        1.0
+    );
+    assert_eq!(
+        a("gateway_cors_preflights_total", &[("result", "granted")]) - granted0,
+        1.0
+    );
+    assert_eq!(
+        a("gateway_cors_preflights_total", &[("result", "no_route")]) - refused0,
+        1.0
+    );
 }

@@ -157,6 +157,20 @@ pub struct TelemetryConfig {
     /// One line per request (target `access`).
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Export OpenTelemetry traces over OTLP to this collector, e.g.
+    /// `http://127.0.0.1:4317` (gRPC) or `http://127.0.0.1:4318` (HTTP; the
+    /// `/v1/traces` path is added when the URL has none). No spans are made
+    /// when absent (the default). Read at start: changing it needs a restart.
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// `grpc` (default; OTLP's port 4317) or `http` (protobuf over HTTP, port 4318).
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0). Parent-based:
+    /// a client's `traceparent` decides for its own trace (sampled flag set:
+    /// recorded; unset: not), whatever this ratio.
+    pub sampling_ratio: Option<Spanned<f64>>,
+    /// `service.name` of the exported spans (default `gateway`).
+    pub service_name: Option<Spanned<String>>,
 }
 
 impl Default for TelemetryConfig {
@@ -165,6 +179,81 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::default(),
             log_level: default_log_level(),
             access_log: true,
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            sampling_ratio: None,
+            service_name: None,
+        }
+    }
+}
+
+/// How traces travel to the collector.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    #[default]
+    Grpc,
+    Http,
+}
+
+impl OtlpProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::Http => "http",
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks the trace export settings; every problem names its line.
+    pub fn validate(&self, file: &LoadedFile, errors: &mut Vec<ConfigError>) {
+        if let Some(r) = &self.sampling_ratio {
+            let v = *r.get_ref();
+            if !(0.0..=1.0).contains(&v) {
+                errors.push(file.error(
+                    r,
+                    "telemetry.sampling_ratio",
+                    format!(
+                        "{v} is not a share; write a number from 0.0 (no new traces) to 1.0 (all)"
+                    ),
+                ));
+            }
+        }
+        if let Some(name) = &self.service_name {
+            if name.get_ref().trim().is_empty() {
+                errors.push(file.error(name, "telemetry.service_name", "must not be empty"));
+            }
+        }
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return;
+        };
+        let text = endpoint.get_ref().trim();
+        let field = "telemetry.otlp_endpoint";
+        let uri = match text.parse::<http::Uri>() {
+            Ok(u) if u.authority().is_some() => u,
+            _ => {
+                errors.push(file.error(
+                    endpoint,
+                    field,
+                    format!("\"{text}\" is not a URL; write e.g. \"http://127.0.0.1:4317\""),
+                ));
+                return;
+            }
+        };
+        match (uri.scheme_str(), self.otlp_protocol) {
+            (Some("http"), _) | (Some("https"), OtlpProtocol::Http) => {}
+            (Some("https"), OtlpProtocol::Grpc) => errors.push(file.error(
+                endpoint,
+                field,
+                "the gRPC exporter is built without TLS; send to a collector agent over \
+                 http://, or set otlp_protocol = \"http\" for an https:// endpoint",
+            )),
+            _ => errors.push(file.error(
+                endpoint,
+                field,
+                format!("\"{text}\" must start with http:// or https://"),
+            )),
         }
     }
 }
@@ -285,6 +374,9 @@ pub struct ConsulConfig {
     pub stale: bool,
     /// How long one blocking query may wait for a change (default 5m, at most 10m).
     pub wait: Option<Spanned<String>>,
+    /// With an `https://` address: a PEM file of CA certificates to trust for
+    /// the agent, relative to routes.toml (the system roots are trusted too).
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// Exactly one of the three.
@@ -634,6 +726,40 @@ mod tests {
         let f = LoadedFile::parse(Path::new("r.toml"), "[server]\nlisten = \"nope\"\n").unwrap();
         let e = f.listen().unwrap_err().to_string();
         assert!(e.contains("r.toml:2: server.listen:"), "{e}");
+    }
+
+    #[test]
+    fn trace_export_settings_are_checked_with_their_lines() {
+        let check = |src: &str| {
+            let f = LoadedFile::parse(Path::new("r.toml"), src).unwrap();
+            let mut errors = Vec::new();
+            f.config.telemetry.validate(&f, &mut errors);
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        };
+        assert!(check("").is_empty());
+        assert!(check(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25\n"
+        )
+        .is_empty());
+        assert!(check(
+            "[telemetry]\notlp_protocol = \"http\"\notlp_endpoint = \"https://otel.example/v1/traces\"\n"
+        )
+        .is_empty());
+        let e = check("[telemetry]\nsampling_ratio = 1.5\n");
+        assert!(e[0].contains("r.toml:2: telemetry.sampling_ratio"), "{e:?}");
+        let e = check("[telemetry]\n\notlp_endpoint = \"localhost:4317\"\n");
+        assert!(e[0].contains("r.toml:3: telemetry.otlp_endpoint"), "{e:?}");
+        let e = check("[telemetry]\notlp_endpoint = \"not a url\"\n");
+        assert!(e[0].contains("is not a URL"), "{e:?}");
+        let e = check("[telemetry]\notlp_endpoint = \"https://otel.example:4317\"\n");
+        assert!(e[0].contains("without TLS"), "{e:?}");
+        let e = check("[telemetry]\nservice_name = \" \"\n");
+        assert!(e[0].contains("telemetry.service_name"), "{e:?}");
+        assert!(LoadedFile::parse(
+            Path::new("r.toml"),
+            "[telemetry]\notlp_protocol = \"udp\"\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -70,8 +70,10 @@ pub enum TokenSource {
 /// What to watch, as configured; equal specs keep a live watch across reloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsulSpec {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` or `https://host:port`, without a trailing slash.
     pub address: String,
+    /// Extra CA certificates (PEM) to trust for an https:// agent.
+    pub ca_pem: Option<Vec<u8>>,
     pub service: String,
     pub tags: Vec<String>,
     pub datacenter: Option<String>,
@@ -195,14 +197,24 @@ pub struct ConsulClient {
 
 impl ConsulClient {
     pub fn new(spec: ConsulSpec) -> Result<ConsulClient, ConsulError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| ConsulError::Unreachable {
-                address: spec.address.clone(),
-                reason: e.to_string(),
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(pem) = &spec.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ConsulError::Unreachable {
+                    address: spec.address.clone(),
+                    reason: format!("bad CA file: {e}"),
+                }
             })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| ConsulError::Unreachable {
+            address: spec.address.clone(),
+            reason: e.to_string(),
+        })?;
         let env_token = match &spec.token {
             TokenSource::Env(var) => std::env::var(var).ok().filter(|t| !t.trim().is_empty()),
             TokenSource::File(_) => None,
@@ -446,6 +458,7 @@ mod tests {
     fn spec() -> ConsulSpec {
         ConsulSpec {
             address: "http://127.0.0.1:8500".into(),
+            ca_pem: None,
             service: "users api".into(),
             tags: vec!["grpc".into(), "v1".into()],
             datacenter: Some("dc1".into()),

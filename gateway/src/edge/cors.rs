@@ -347,6 +347,10 @@ where
         let inner = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, inner);
         if preflight {
+            let preflights = |result: &'static str| {
+                metrics::counter!(crate::telemetry::metrics::CORS_PREFLIGHTS, "result" => result)
+                    .increment(1);
+            };
             let wanted = req
                 .headers()
                 .get(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -356,14 +360,16 @@ where
             let policy = match snap.matcher.lookup(&wanted, &path) {
                 Lookup::Found { value, .. } => value.edge.cors.clone(),
                 _ => {
+                    preflights("no_route");
                     return Box::pin(std::future::ready(Ok(refuse(
                         StatusCode::FORBIDDEN,
                         Code::PermissionDenied,
                         format!("CORS preflight refused: no route serves {wanted} {path}"),
-                    ))))
+                    ))));
                 }
             };
             let Some(policy) = policy.filter(|p| p.origin_allowed(&origin)) else {
+                preflights("origin_refused");
                 return Box::pin(std::future::ready(Ok(refuse(
                     StatusCode::FORBIDDEN,
                     Code::PermissionDenied,
@@ -385,6 +391,7 @@ where
                         .is_none_or(|allow| allow.contains(m))
                 })
                 .collect();
+            preflights("granted");
             let layer = policy
                 .layer
                 .clone()

@@ -241,8 +241,10 @@ async fn admit_inner(
         check(p, key, fields)?;
     }
 
-    // 4. Authentication and authorisation.
-    let verified = authenticate(edge, &policy.auth, headers, extensions).await?;
+    // 4. Authentication and authorisation (a trace span when exporting).
+    let checks_tokens = policy.auth.mode != AuthMode::None;
+    let authenticating = authenticate(edge, &policy.auth, headers, extensions);
+    let verified = crate::telemetry::otel::auth(checks_tokens, authenticating).await?;
 
     // 5. Limits keyed by subject (the IP for anonymous requests).
     for p in policy.rate_limits.iter().filter(|p| p.def.key.after_auth()) {
@@ -284,6 +286,8 @@ fn check(p: &Policy, key: u64, fields: &mut Fields) -> Result<(), Response<Body>
     if outcome.allowed {
         return Ok(());
     }
+    metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "policy" => p.def.name.clone())
+        .increment(1);
     let mut resp = error(
         StatusCode::TOO_MANY_REQUESTS,
         Code::ResourceExhausted,
@@ -312,6 +316,13 @@ async fn authenticate(
     }
     let auth = &edge.auth;
     let refuse = |e: AuthError| {
+        let reason = match &e {
+            AuthError::Missing => "missing_token",
+            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Forbidden { .. } => "forbidden",
+        };
+        metrics::counter!(crate::telemetry::metrics::AUTH_FAILURES, "reason" => reason)
+            .increment(1);
         let (status, code) = match e {
             AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, Code::PermissionDenied),
             _ => (StatusCode::UNAUTHORIZED, Code::Unauthenticated),

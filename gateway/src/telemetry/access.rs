@@ -59,8 +59,10 @@ fn well_formed(v: &HeaderValue) -> bool {
 }
 
 fn new_request_id() -> HeaderValue {
-    let (a, b) = (super::trace::random_u64(), super::trace::random_u64());
-    HeaderValue::from_str(&format!("{a:016x}{b:016x}")).expect("hex is a valid header value")
+    let mut buf = [0u8; 32];
+    super::trace::hex_into_buf(&super::trace::random_u64().to_be_bytes(), &mut buf[..16]);
+    super::trace::hex_into_buf(&super::trace::random_u64().to_be_bytes(), &mut buf[16..]);
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
 struct InFlightGuard;
@@ -104,14 +106,27 @@ where
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         // Continue the client's trace (or start one); the backend receives
-        // the gateway's span as its parent.
-        let trace = req
+        // the gateway's span as its parent (with export on, the span of the
+        // upstream attempt: see `otel::Attempt`).
+        let client_trace = req
             .headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse)
-            .map(|tp| tp.child())
-            .unwrap_or_else(|| TraceParent::new_root(false));
+            .and_then(TraceParent::parse);
+        let (trace, otel) = match super::otel::start_request(
+            client_trace,
+            req.headers(),
+            req.method(),
+            req.uri().path(),
+        ) {
+            Some((trace, cx)) => (trace, Some(cx)),
+            None => (
+                client_trace
+                    .map(|tp| tp.child())
+                    .unwrap_or_else(|| TraceParent::new_root(false)),
+                None,
+            ),
+        };
         if let Ok(v) = HeaderValue::from_str(&trace.header_value()) {
             req.headers_mut().insert(TRACEPARENT.clone(), v);
         }
@@ -130,7 +145,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let result = inner.call(req).await;
+            // The request span is the current context while the request
+            // runs, so auth, transcoding and upstream spans find their parent.
+            let result = match &otel {
+                Some(cx) => {
+                    use opentelemetry::context::FutureExt as _;
+                    inner.call(req).with_context(cx.clone()).await
+                }
+                None => inner.call(req).await,
+            };
             drop(guard);
             let mut resp = result?;
             resp.headers_mut()
@@ -148,6 +171,9 @@ where
             let status = resp.status().as_u16();
             let route: Arc<str> = info.route.clone().unwrap_or_else(|| Arc::from("(none)"));
             super::metrics::record_http(&route, method.as_str(), status, elapsed);
+            if let Some(cx) = &otel {
+                super::otel::end_request(cx, &method, &route, &info, status);
+            }
             if log {
                 tracing::info!(
                     target: "access",

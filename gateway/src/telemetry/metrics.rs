@@ -4,7 +4,7 @@
 //! the name (`_seconds`, `_bytes`), `_total` on counters. Labels are bounded:
 //! the route *template*, never the raw path.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -101,20 +101,63 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-pub fn record_http(route: &str, method: &str, status: u16, elapsed: Duration) {
-    let (route, method) = (route.to_owned(), method.to_owned());
+/// Standard methods as static strings, so labelling them allocates nothing.
+fn method_label(method: &str) -> metrics::SharedString {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|m| **m == method) {
+        Some(m) => metrics::SharedString::const_str(m),
+        None => metrics::SharedString::from(method.to_owned()),
+    }
+}
+
+/// Labels are shared strings (`Arc<str>` made once per route at load), so
+/// counting a request clones pointers instead of allocating.
+pub fn record_http(route: &Arc<str>, method: &str, status: u16, elapsed: Duration) {
+    let route = metrics::SharedString::from_shared(route.clone());
+    let method = method_label(method);
     metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "code" => status_class(status))
         .increment(1);
     metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
         .record(elapsed.as_secs_f64());
 }
 
-pub fn record_upstream(backend: &str, grpc_method: &str, code: tonic::Code, elapsed: Duration) {
-    let code = format!("{code:?}");
-    metrics::counter!(UPSTREAM_REQUESTS, "backend" => backend.to_owned(), "grpc_method" => grpc_method.to_owned(), "grpc_code" => code)
+pub fn record_upstream(
+    backend: &Arc<str>,
+    grpc_method: &Arc<str>,
+    code: tonic::Code,
+    elapsed: Duration,
+) {
+    let backend = metrics::SharedString::from_shared(backend.clone());
+    let grpc_method = metrics::SharedString::from_shared(grpc_method.clone());
+    metrics::counter!(UPSTREAM_REQUESTS, "backend" => backend.clone(), "grpc_method" => grpc_method.clone(), "grpc_code" => code_label(code))
         .increment(1);
-    metrics::histogram!(UPSTREAM_DURATION, "backend" => backend.to_owned(), "grpc_method" => grpc_method.to_owned())
+    metrics::histogram!(UPSTREAM_DURATION, "backend" => backend, "grpc_method" => grpc_method)
         .record(elapsed.as_secs_f64());
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
 }
 
 pub fn record_reload(ok: bool, version: u64) {

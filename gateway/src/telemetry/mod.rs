@@ -1,8 +1,10 @@
 //! What an operator sees without reading code: Prometheus metrics, one
-//! access-log line per request, request ids and W3C trace context.
+//! access-log line per request, request ids, W3C trace context and, when
+//! configured, OpenTelemetry traces exported over OTLP.
 
 pub mod access;
 pub mod metrics;
+pub mod otel;
 pub mod trace;
 
 use std::sync::Arc;
@@ -39,8 +41,10 @@ pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
         crate::config::LogFormat::Text => false,
         crate::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // Colours only on a terminal: escape codes in a log file are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests running several gateways) keeps the first.
     let _ = if json {

@@ -2,8 +2,6 @@
 //! continued by the gateway, and handed to the backend so its spans join
 //! the same trace.
 
-use std::fmt::Write as _;
-
 /// A parsed `traceparent`: version 00, trace id, parent span id, flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
@@ -82,21 +80,32 @@ impl TraceParent {
     }
 
     pub fn header_value(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            u8::from(self.sampled)
-        )
+        // 00-<32 hex>-<16 hex>-<2 hex>
+        let mut buf = [0u8; 55];
+        buf[..3].copy_from_slice(b"00-");
+        hex_into_buf(&self.trace_id, &mut buf[3..35]);
+        buf[35] = b'-';
+        hex_into_buf(&self.span_id, &mut buf[36..52]);
+        buf[52] = b'-';
+        hex_into_buf(&[u8::from(self.sampled)], &mut buf[53..55]);
+        String::from_utf8(buf.to_vec()).expect("ASCII")
+    }
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long), without the
+/// formatting machinery: ids are written on every request.
+pub fn hex_into_buf(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[i * 2] = DIGITS[usize::from(b >> 4)];
+        out[i * 2 + 1] = DIGITS[usize::from(b & 0x0f)];
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    let mut buf = vec![0u8; bytes.len() * 2];
+    hex_into_buf(bytes, &mut buf);
+    String::from_utf8(buf).expect("hex digits are ASCII")
 }
 
 fn random_span_id() -> [u8; 8] {

@@ -432,6 +432,8 @@ impl Backend {
             tried.push(Arc::as_ptr(&ep) as usize);
             ep.state.requests.fetch_add(1, Ordering::Relaxed);
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // A trace span per attempt (retries are siblings), the backend's parent.
+            let span = crate::telemetry::otel::Attempt::start(&req.path, &ep.addr, attempt);
             let outcome = {
                 let _ep_in_flight = InFlight::enter(&ep.state.in_flight);
                 tokio::time::timeout_at(
@@ -439,13 +441,18 @@ impl Backend {
                     ep.unary_encoded(
                         req.path.clone(),
                         body.clone(),
-                        req.metadata.clone(),
+                        span.metadata(&req.metadata),
                         req.reply.clone(),
                         remaining,
                     ),
                 )
                 .await
             };
+            span.end(match &outcome {
+                Ok(Ok(_)) => Code::Ok,
+                Ok(Err(e)) => e.status.code(),
+                Err(_) => Code::DeadlineExceeded,
+            });
             let error = match outcome {
                 Ok(Ok(mut reply)) => {
                     outlier::success(&ep, &self.options.outlier);

@@ -270,21 +270,20 @@ fn consul_spec(
         None => consul::DEFAULT_ADDRESS.to_owned(),
         Some(a) => {
             let v = a.get_ref().trim().trim_end_matches('/');
-            if v.starts_with("https://") {
-                errors.push(file.error(
-                    a,
-                    at("address"),
-                    "HTTPS to Consul is not built into this gateway yet (no TLS stack is compiled in); talk to the local agent over http://, which is how Consul is usually deployed",
-                ));
-            } else if !v.starts_with("http://")
-                || v.len() <= "http://".len()
+            let scheme_len = if v.starts_with("https://") {
+                "https://".len()
+            } else {
+                "http://".len()
+            };
+            if !(v.starts_with("http://") || v.starts_with("https://"))
+                || v.len() <= scheme_len
                 || reqwest::Url::parse(v).is_err()
             {
                 errors.push(file.error(
                     a,
                     at("address"),
                     format!(
-                        "\"{v}\" is not an agent address; write e.g. \"http://127.0.0.1:8500\""
+                        "\"{v}\" is not an agent address; write e.g. \"http://127.0.0.1:8500\" or \"https://consul.internal:8501\""
                     ),
                 ));
             }
@@ -334,7 +333,43 @@ fn consul_spec(
         Some(dc) => Some(dc.get_ref().trim().to_owned()),
         None => None,
     };
+    // A CA file is read and parsed here, so a bad one is a config error
+    // with its line, not a watcher that fails later.
+    let ca_pem = match &c.ca_file {
+        None => None,
+        Some(f) if !address.starts_with("https://") => {
+            errors.push(file.error(f, at("ca_file"), "ca_file needs an https:// address"));
+            None
+        }
+        Some(f) => {
+            let path = file.relative(f.get_ref());
+            match std::fs::read(&path) {
+                Ok(pem)
+                    if reqwest::Certificate::from_pem_bundle(&pem).is_ok_and(|c| !c.is_empty()) =>
+                {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    errors.push(file.error(
+                        f,
+                        at("ca_file"),
+                        format!("{} holds no PEM certificate", path.display()),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(file.error(
+                        f,
+                        at("ca_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     (errors.len() == before).then(|| ConsulSpec {
+        ca_pem,
         address,
         service: service.to_owned(),
         tags,
