@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::extract::State;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tonic::Code;
 
 use crate::reload::ReloadState;
@@ -424,33 +423,9 @@ async fn read_body(
     limit: usize,
     route: &Route,
 ) -> Result<Bytes, Response<Body>> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::InvalidArgument,
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large());
-        }
-    }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("reading the request body failed: {e}"),
-            ))
-        }
-    };
+    let bytes = crate::transcode::read_limited(headers, body, limit)
+        .await
+        .map_err(|s| s.into_response().map(Body::from))?;
     if matches!(route.body, request::BodyRule::None) {
         // grpc-gateway ignores a body the route does not bind; a stricter
         // answer helps clients that put fields in the wrong place.

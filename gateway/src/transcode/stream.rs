@@ -27,7 +27,6 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body::Frame;
-use http_body_util::BodyExt as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, SerializeOptions};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::metadata::MetadataMap;
@@ -917,27 +916,7 @@ async fn raw_message(
     body: Body,
     limit: usize,
 ) -> Result<DynamicMessage, RpcStatus> {
-    let too_large = || {
-        RpcStatus::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::InvalidArgument,
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large());
-        }
-    }
-    let data = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => return Err(read_failed(e)),
-    };
+    let data = super::read_limited(headers, body, limit).await?;
     builder
         .raw_body_message(&content_type(headers), data)
         .map_err(|e| RpcStatus::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message))
