@@ -76,9 +76,7 @@ async fn raw_body_over_the_limit_is_refused_with_413() {
 
 #[tokio::test]
 async fn raw_upload_streams_in_chunks_to_a_client_streaming_method() {
-    // The body limit does not apply: the upload is never held whole. (Sent
-    // chunked: a declared Content-Length over the limit is refused at the
-    // edge before routing.)
+    // The body limit does not apply: the upload is never held whole.
     let (gw, _) = start("max_body_bytes = 1000").await;
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
     let mut body = Vec::new();
@@ -103,6 +101,25 @@ async fn raw_upload_streams_in_chunks_to_a_client_streaming_method() {
         v["messages"].as_i64().unwrap() >= 16,
         "64 KiB chunks at most: {v}"
     );
+}
+
+#[tokio::test]
+async fn declared_large_upload_to_a_client_streaming_route_is_not_refused() {
+    // curl -T and -F declare Content-Length; the streaming route reads the
+    // body message by message, so the whole-body limit does not apply.
+    let (gw, _) = start("max_body_bytes = 1000").await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let r = gw
+        .request(
+            "POST",
+            "/v1/uploads:stream",
+            &[("content-type", "application/x-tar")],
+            Some(data.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["size"], json!("300000"));
+    assert_eq!(r.json["digest"], json!(fnv_hex(&data)));
 }
 
 #[tokio::test]

@@ -176,7 +176,19 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
-        let refused = self.gw.snapshot().edge.limits.check_head(&req);
+        let snap = self.gw.snapshot();
+        let refused = snap.edge.limits.check_head(&req).filter(|status| {
+            // A client-streaming route reads its body message by message,
+            // bounded per message, not as one buffer: a large declared
+            // upload (curl -F) is what it is for. Only this rare case pays
+            // for a route lookup here.
+            status.http != StatusCode::PAYLOAD_TOO_LARGE
+                || !matches!(
+                    snap.matcher.lookup(req.method().as_str(), req.uri().path()),
+                    crate::routing::Lookup::Found { value, .. }
+                        if value.grpc_method.is_client_streaming()
+                )
+        });
         match refused {
             Some(status) => {
                 let mut resp = status.into_response().map(Body::from);
