@@ -457,6 +457,15 @@ async fn consul_outage_keeps_the_last_endpoints_then_consul_returns() {
         admin["backends"][0]["endpoints"].as_array().unwrap().len(),
         1
     );
+    // The failed queries are counted for Prometheus (one registry per process).
+    let exposition = gateway::telemetry::metrics::handle().render();
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l.starts_with("gateway_discovery_errors_total{")
+                && l.contains("source=\"consul\"")),
+        "no discovery error counter in:\n{exposition}"
+    );
 
     // Consul comes back, and changes flow again.
     let b = TestInstance::start("b");

@@ -20,6 +20,7 @@ pub const CORS_PREFLIGHTS: &str = "gateway_cors_preflights_total";
 pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
 pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
+pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
 
 /// From a quarter millisecond (a cached, local answer) to 30 s (past every
 /// default deadline), roughly ×2.5 apart.
@@ -84,6 +85,10 @@ fn describe() {
     describe_gauge!(
         CONFIG_VERSION,
         "Version of the configuration snapshot being served"
+    );
+    describe_counter!(
+        DISCOVERY_ERRORS,
+        "Failed discovery queries (Consul, DNS), by backend and source; the last known endpoints keep serving"
     );
     describe_gauge!(
         BUILD_INFO,

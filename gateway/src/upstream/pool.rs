@@ -312,12 +312,23 @@ impl Sink for PoolShared {
     }
 
     fn failed(&self, error: String) {
+        // Counted per failed query; logged once per state change elsewhere.
+        metrics::counter!(
+            crate::telemetry::metrics::DISCOVERY_ERRORS,
+            "backend" => self.backend.to_string(),
+            "source" => status_kind(&self.status.load())
+        )
+        .increment(1);
         let mut status = (**self.status.load()).clone();
         status.failing_since = status.failing_since.or(Some(Instant::now()));
         status.error = Some(error);
         self.status.store(Arc::new(status));
         self.bump();
     }
+}
+
+fn status_kind(s: &DiscoveryStatus) -> &'static str {
+    s.kind.name()
 }
 
 #[cfg(test)]
