@@ -153,7 +153,13 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", s.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (server.listen); another process may hold the port: stop it or change server.listen in {}",
+                s.listen,
+                s.config_path.display()
+            )
+        })?;
     let admin = match s.admin_listen {
         Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
             format!(

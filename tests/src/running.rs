@@ -64,3 +64,64 @@ impl Drop for RunningGateway {
         }
     }
 }
+
+/// A gRPC backend in its own runtime: `kill` drops every connection at once,
+/// as a crashed process would, and `restart` binds the same address again.
+pub struct KillableBackend {
+    /// `host:port`; the same across restarts.
+    pub addr: String,
+    make: Box<dyn Fn() -> gateway::example::DynamicServer + Send + Sync>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableBackend {
+    /// Starts `make()` on an ephemeral loopback port.
+    pub fn start(
+        make: impl Fn() -> gateway::example::DynamicServer + Send + Sync + 'static,
+    ) -> KillableBackend {
+        let mut me = KillableBackend {
+            addr: String::new(),
+            make: Box::new(make),
+            rt: None,
+        };
+        me.run("127.0.0.1:0".parse().expect("loopback address"));
+        me
+    }
+
+    fn run(&mut self, addr: std::net::SocketAddr) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = {
+            let _in = rt.enter();
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            // Rebinding the port of a killed instance right away.
+            socket.set_reuseaddr(true).expect("reuseaddr");
+            socket.bind(addr).expect("bind instance");
+            socket.listen(128).expect("listen")
+        };
+        self.addr = listener.local_addr().expect("local addr").to_string();
+        rt.spawn((self.make)().serve(listener));
+        self.rt = Some(rt);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr.parse().expect("own address");
+        self.run(addr);
+    }
+}
+
+impl Drop for KillableBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -14,6 +14,7 @@ use gateway::example::{BoxFuture, DynamicServer};
 use gateway::server::Gateway;
 use gateway::snapshot::Snapshot;
 use gateway_tests::consul::{CheckStatus, ConsulTestServer, Instance};
+use gateway_tests::running::KillableBackend;
 use gateway_tests::{
     http_client, testing_descriptors, testing_pool, toml_path, write_config, ECHO_SERVICE,
 };
@@ -69,51 +70,25 @@ struct TestInstance {
     name: String,
     addr: String,
     seen: Arc<Seen>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for TestInstance {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    /// Kept for its lifetime: dropping it kills the instance.
+    _backend: KillableBackend,
 }
 
 impl TestInstance {
     fn start(name: &str) -> TestInstance {
-        let mut me = TestInstance {
+        let seen = Arc::new(Seen {
+            serving: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let backend = KillableBackend::start({
+            let (name, seen) = (name.to_owned(), seen.clone());
+            move || instance_server(&name, seen.clone())
+        });
+        TestInstance {
             name: name.to_owned(),
-            addr: String::new(),
-            seen: Arc::new(Seen {
-                serving: AtomicBool::new(true),
-                ..Default::default()
-            }),
-            rt: None,
-        };
-        me.run("127.0.0.1:0".parse().unwrap());
-        me
-    }
-
-    fn run(&mut self, addr: SocketAddr) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = {
-            let _in = rt.enter();
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.set_reuseaddr(true).unwrap();
-            socket.bind(addr).expect("bind instance");
-            socket.listen(128).unwrap()
-        };
-        self.addr = listener.local_addr().unwrap().to_string();
-        rt.spawn(instance_server(&self.name, self.seen.clone()).serve(listener));
-        self.rt = Some(rt);
-    }
-
-    fn kill(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            addr: backend.addr.clone(),
+            seen,
+            _backend: backend,
         }
     }
 
