@@ -856,3 +856,41 @@ pub mod running;
 
 // The trace tests' in-process OTLP collectors and shared export.
 pub mod otel;
+
+/// The debug `gateway` binary, built once per test process.
+///
+/// The build asks for `--tests` as well so Cargo resolves features exactly as
+/// `cargo test --workspace` did (resolver 2 unifies dev-dependency features
+/// only when test targets are in the build). Without it, Cargo compiles a
+/// second copy of the whole dependency tree for the binary, which doubled
+/// the build time and once filled CI's disk. With it, the build is a no-op
+/// apart from linking the binary.
+pub fn gateway_bin() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--tests", "--bin", "gateway"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build --workspace --tests --bin gateway failed"
+        );
+        let bin = target_dir()
+            .join("debug")
+            .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "no gateway binary at {}", bin.display());
+        bin
+    })
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the repo root)
+/// or `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => repo_root().join(p),
+        None => repo_root().join("target"),
+    }
+}

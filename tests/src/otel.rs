@@ -265,16 +265,5 @@ pub fn shared_export() -> &'static SharedExport {
     })
 }
 
-/// The `gateway` binary, built if needed (for tests of `gateway serve` itself).
-pub fn gateway_bin() -> std::path::PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| crate::repo_root().join("target"));
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-p", "gateway", "--bin", "gateway"])
-        .current_dir(crate::repo_root())
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    target.join("debug/gateway")
-}
+/// The `gateway` binary (for tests of `gateway serve` itself).
+pub use crate::gateway_bin;

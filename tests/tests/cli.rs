@@ -1,80 +1,16 @@
 //! The real `gateway` binary: `--help`, `check`, `routes`, `serve` and `demo`.
 //!
-//! The binary is built once per run (`cargo build --workspace --bin gateway`,
-//! which resolves features exactly as `cargo test --workspace` does, so it
-//! does not invalidate the test build) unless an up-to-date one exists.
+//! The binary comes from [`gateway_tests::gateway_bin`], which builds it
+//! with the same feature resolution as the test build.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gateway_tests::{
-    echo_config, echo_server, http_client, line_of, render_config, repo_root, spawn_backend,
-    testing_descriptors, testing_pool, toml_path, write_config,
+    echo_config, echo_server, gateway_bin, http_client, line_of, render_config, repo_root,
+    spawn_backend, testing_descriptors, testing_pool, toml_path, write_config,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("CARGO_TARGET_DIR").map(PathBuf::from))
-        .map(|p| {
-            if p.is_absolute() {
-                p
-            } else {
-                repo_root().join(p)
-            }
-        })
-        .unwrap_or_else(|| repo_root().join("target"))
-}
-
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return newest;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let t = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// The debug `gateway` binary, built if missing or older than its sources
-/// (or always, when `GATEWAY_TESTS_FORCE_BUILD` is set).
-fn gateway_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let bin = target_dir()
-            .join("debug")
-            .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-        let lock = std::fs::metadata(repo_root().join("Cargo.lock"))
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let sources = newest_mtime(&repo_root().join("gateway")).max(lock);
-        let fresh = std::fs::metadata(&bin)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= sources);
-        if !fresh || std::env::var_os("GATEWAY_TESTS_FORCE_BUILD").is_some() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--workspace", "--bin", "gateway"])
-                .current_dir(repo_root())
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build --bin gateway failed");
-        }
-        assert!(bin.exists(), "no gateway binary at {}", bin.display());
-        bin
-    })
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(gateway_bin())

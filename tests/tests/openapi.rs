@@ -366,20 +366,8 @@ async fn gateway_openapi_prints_the_document() {
         .replace("{backend}", "127.0.0.1:1")
         .replace("{descriptors}", &toml_path(&descriptors()));
     let path = write_config(&text);
-    // The binary as tests/tests/cli.rs builds it (a no-op when up to date).
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--workspace", "--bin", "gateway", "--quiet"])
-        .current_dir(gateway_tests::repo_root())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build --bin gateway failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| gateway_tests::repo_root().join("target"));
-    let bin = target
-        .join("debug")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    let out = Command::new(&bin)
+    let bin = gateway_tests::gateway_bin();
+    let out = Command::new(bin)
         .arg("openapi")
         .arg("--config")
         .arg(&path)

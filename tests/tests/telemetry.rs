@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use gateway_tests::running::RunningGateway;
 use gateway_tests::{
-    echo_server, http_client, spawn_backend, temp_dir, testing_descriptors, testing_pool, toml_path,
+    echo_server, gateway_bin, http_client, spawn_backend, temp_dir, testing_descriptors,
+    testing_pool, toml_path,
 };
 use serde_json::Value as Json;
 
@@ -365,20 +366,6 @@ async fn traceparent_continues_the_clients_trace_into_the_backend() {
         "00000000000000000000000000000000"
     );
     assert_eq!(seen.len(), 55);
-}
-
-fn gateway_bin() -> std::path::PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| gateway_tests::repo_root().join("target"));
-    let bin = target.join("debug/gateway");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "gateway", "--bin", "gateway"])
-        .current_dir(gateway_tests::repo_root())
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    bin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
