@@ -269,16 +269,16 @@ async fn handle_route(
         Err(resp) => return resp,
     };
 
-    let message = match build_message(&snap, route, &vars, parts.uri.query(), &body) {
-        Ok(m) => m,
-        Err(e) => {
-            transcoding.fail(&e.message);
-            return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
-        }
-    };
-    drop(body);
-    transcoding.end();
     if route.grpc_method.is_server_streaming() {
+        let message = match build_message(&snap, route, &vars, parts.uri.query(), &body) {
+            Ok(m) => m,
+            Err(e) => {
+                transcoding.fail(&e.message);
+                return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
+            }
+        };
+        drop(body);
+        transcoding.end();
         let metadata = request_metadata(&parts.headers, route);
         return crate::transcode::stream::server_stream(
             &snap,
@@ -289,6 +289,15 @@ async fn handle_route(
         )
         .await;
     }
+    let request = match encode_request(&snap, route, &vars, parts.uri.query(), &body) {
+        Ok(m) => m,
+        Err(e) => {
+            transcoding.fail(&e.message);
+            return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
+        }
+    };
+    drop(body);
+    transcoding.end();
 
     let metadata = request_metadata(&parts.headers, route);
     let started = std::time::Instant::now();
@@ -298,9 +307,8 @@ async fn handle_route(
         .backend
         .call(crate::upstream::CallRequest {
             path: route.grpc_path.clone(),
-            message,
+            body: request,
             metadata,
-            reply: route.output.clone(),
             timeout: route.timeout,
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
@@ -340,31 +348,8 @@ async fn handle_route(
     match result {
         Ok(reply) => {
             let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");
-            let (md, msg, _) = reply.into_parts();
-            match crate::transcode::shape::render_reply(
-                &msg,
-                route.response_body.as_ref(),
-                &snap.encode,
-            ) {
-                Ok(json) => {
-                    let mut resp = Response::new(Body::from(json));
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    response_metadata(&md, resp.headers_mut());
-                    // Success status, headers from the reply, HttpBody content type.
-                    crate::transcode::shape::finish(
-                        &route.shaping,
-                        route.response_body.as_ref(),
-                        &msg,
-                        &md,
-                        &mut resp,
-                    );
-                    resp
-                }
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, e.message),
-            }
+            let (md, raw, _) = reply.into_parts();
+            crate::transcode::response::answer(&snap, route, &md, &raw)
         }
         Err(crate::upstream::CallError::Refused { code, message }) => {
             tracing::debug!(
@@ -470,6 +455,18 @@ async fn read_body(
         }
     }
     Ok(bytes)
+}
+
+/// The request message for a unary call, encoded.
+fn encode_request(
+    snap: &Snapshot,
+    route: &Route,
+    vars: &[std::borrow::Cow<'_, str>],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Bytes, crate::transcode::TranscodeError> {
+    let msg = build_message(snap, route, vars, query, body)?;
+    Ok(Bytes::from(prost::Message::encode_to_vec(&msg)))
 }
 
 fn build_message(

@@ -1,9 +1,68 @@
-//! Reply message -> JSON bytes.
+//! Reply message -> JSON bytes, and a unary reply -> the HTTP answer.
 
+use axum::body::Body;
+use http::{header, HeaderValue, Response, StatusCode};
 use prost_reflect::ReflectMessage;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, SerializeOptions};
+use tonic::metadata::MetadataMap;
+use tonic::Code;
 
-use super::TranscodeError;
+use super::{metadata, shape, RpcStatus, TranscodeError};
+use crate::snapshot::{Route, Snapshot};
+
+/// A unary call's successful reply, from its wire bytes to the HTTP answer:
+/// the JSON body (or an HttpBody's raw bytes), the reply metadata as
+/// headers, and the route's shaping (status, headers from reply fields).
+pub fn answer(snap: &Snapshot, route: &Route, md: &MetadataMap, raw: &[u8]) -> Response<Body> {
+    let internal = |message: String| {
+        RpcStatus::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, message)
+            .into_response()
+            .map(Body::from)
+    };
+    let msg = match DynamicMessage::decode(route.output.clone(), raw) {
+        Ok(m) => m,
+        Err(e) => {
+            return internal(format!(
+                "the backend's reply is not a valid {}: {e}",
+                route.output.full_name()
+            ))
+        }
+    };
+    answer_message(snap, route, md, &msg)
+}
+
+/// [`answer`] for a reply already decoded (client streaming's).
+pub fn answer_message(
+    snap: &Snapshot,
+    route: &Route,
+    md: &MetadataMap,
+    msg: &DynamicMessage,
+) -> Response<Body> {
+    let internal = |message: String| {
+        RpcStatus::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, message)
+            .into_response()
+            .map(Body::from)
+    };
+    match shape::render_reply(msg, route.response_body.as_ref(), &snap.encode) {
+        Ok(bytes) => {
+            let mut resp = Response::new(Body::from(bytes));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            metadata::response_metadata(md, resp.headers_mut());
+            shape::finish(
+                &route.shaping,
+                route.response_body.as_ref(),
+                msg,
+                md,
+                &mut resp,
+            );
+            resp
+        }
+        Err(e) => internal(e.message),
+    }
+}
 
 /// Serialises the reply (or its `response_body` field) straight into a buffer.
 pub fn encode_reply(

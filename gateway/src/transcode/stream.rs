@@ -121,9 +121,8 @@ async fn single_request(
         .backend
         .call(crate::upstream::CallRequest {
             path: route.grpc_path.clone(),
-            message,
+            body: Bytes::from(prost::Message::encode_to_vec(&message)),
             metadata,
-            reply: route.output.clone(),
             timeout: route.timeout,
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
@@ -132,8 +131,8 @@ async fn single_request(
         .await;
     match result {
         Ok(reply) => {
-            let (md, msg, _) = reply.into_parts();
-            unary_answer(snap, route, &md, &msg)
+            let (md, raw, _) = reply.into_parts();
+            super::response::answer(snap, route, &md, &raw)
         }
         Err(crate::upstream::CallError::Refused { code, message }) => {
             error_response(RpcStatus::new(super::http_status(code), code, message))
@@ -141,38 +140,6 @@ async fn single_request(
         Err(crate::upstream::CallError::Upstream { status, addr, .. }) => {
             backend_error(snap, route, &addr, &status)
         }
-    }
-}
-
-/// A successful single reply, shaped as the unary path shapes it.
-fn unary_answer(
-    snap: &Snapshot,
-    route: &Route,
-    md: &MetadataMap,
-    msg: &DynamicMessage,
-) -> Response<Body> {
-    match shape::render_reply(msg, route.response_body.as_ref(), &snap.encode) {
-        Ok(bytes) => {
-            let mut resp = Response::new(Body::from(bytes));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            super::metadata::response_metadata(md, resp.headers_mut());
-            shape::finish(
-                &route.shaping,
-                route.response_body.as_ref(),
-                msg,
-                md,
-                &mut resp,
-            );
-            resp
-        }
-        Err(e) => error_response(RpcStatus::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Internal,
-            e.message,
-        )),
     }
 }
 
@@ -845,7 +812,7 @@ where
         return match result {
             Ok(reply) => {
                 let (md, msg, _) = reply.into_parts();
-                unary_answer(snap, route, &md, &msg)
+                super::response::answer_message(snap, route, &md, &msg)
             }
             Err(status) => match request_failed(&abort) {
                 Some(s) => error_response(s),

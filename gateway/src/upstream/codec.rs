@@ -65,31 +65,24 @@ impl Decoder for DynamicDecoder {
     }
 }
 
-/// Sends an already encoded request message; decodes the reply into
-/// `decode_as`. Retries resend the same bytes instead of re-encoding.
-#[derive(Debug, Clone)]
-pub struct EncodedCodec {
-    decode_as: MessageDescriptor,
-}
+/// Sends an already encoded request message and hands back the reply's
+/// bytes undecoded: retries resend the same bytes, and the gateway renders
+/// the reply straight from the wire (decoding it only when it must).
+#[derive(Debug, Clone, Default)]
+pub struct RawCodec;
 
-impl EncodedCodec {
-    pub fn new(decode_as: MessageDescriptor) -> Self {
-        EncodedCodec { decode_as }
-    }
-}
-
-impl Codec for EncodedCodec {
+impl Codec for RawCodec {
     type Encode = bytes::Bytes;
-    type Decode = DynamicMessage;
+    type Decode = bytes::Bytes;
     type Encoder = BytesEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         BytesEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder(self.decode_as.clone())
+        BytesDecoder
     }
 }
 
@@ -104,5 +97,18 @@ impl Encoder for BytesEncoder {
         use bytes::BufMut as _;
         dst.put_slice(&item);
         Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = bytes::Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

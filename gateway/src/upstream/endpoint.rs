@@ -11,7 +11,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-use super::codec::{DynamicCodec, EncodedCodec};
+use super::codec::{DynamicCodec, RawCodec};
 use super::window::now_ms;
 
 /// Never checked (or checks are off): in rotation.
@@ -159,9 +159,8 @@ impl Endpoint {
         path: PathAndQuery,
         body: Bytes,
         metadata: MetadataMap,
-        reply: MessageDescriptor,
         deadline: Duration,
-    ) -> Result<tonic::Response<DynamicMessage>, AttemptError> {
+    ) -> Result<tonic::Response<Bytes>, AttemptError> {
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = metadata;
         request.set_timeout(deadline);
@@ -173,7 +172,7 @@ impl Endpoint {
             sent: false,
         })?;
         client
-            .unary(request, path, EncodedCodec::new(reply))
+            .unary(request, path, RawCodec)
             .await
             .map_err(|status| {
                 let sent = !is_connect_error(&status);

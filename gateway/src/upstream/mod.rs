@@ -29,7 +29,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::HeaderMap;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
@@ -38,7 +37,7 @@ use crate::discovery::{self, Sink};
 
 pub use balancer::{HashKey, Policy};
 pub use breaker::{BreakerSpec, BreakerStatus};
-pub use codec::{DynamicCodec, EncodedCodec};
+pub use codec::{DynamicCodec, RawCodec};
 pub use endpoint::{Endpoint, EndpointError};
 pub use health::HealthCheckSpec;
 pub use outlier::OutlierSpec;
@@ -159,9 +158,9 @@ pub struct Backend {
 #[derive(Debug)]
 pub struct CallRequest<'a> {
     pub path: PathAndQuery,
-    pub message: DynamicMessage,
+    /// The request message, encoded.
+    pub body: Bytes,
     pub metadata: MetadataMap,
-    pub reply: MessageDescriptor,
     /// The route's deadline; a smaller `grpc-timeout` or `X-Request-Timeout`
     /// in `headers` wins.
     pub timeout: Duration,
@@ -332,10 +331,7 @@ impl Backend {
 
     /// One request: deadline, concurrency limit, breaker, balancing, and
     /// retries on another endpoint with backoff, within the budget.
-    pub async fn call(
-        &self,
-        req: CallRequest<'_>,
-    ) -> Result<tonic::Response<DynamicMessage>, CallError> {
+    pub async fn call(&self, req: CallRequest<'_>) -> Result<tonic::Response<Bytes>, CallError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let timeout = deadline::effective(req.timeout, req.headers);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -395,7 +391,7 @@ impl Backend {
         }
         self.budget.request();
 
-        let body = Bytes::from(prost::Message::encode_to_vec(&req.message));
+        let body = req.body;
         let key = match (&self.options.policy, &self.options.hash_key) {
             (Policy::ConsistentHash, Some(k)) => k.hash(req.headers, &req.metadata, req.client_ip),
             _ => None,
@@ -442,7 +438,6 @@ impl Backend {
                         req.path.clone(),
                         body.clone(),
                         span.metadata(&req.metadata),
-                        req.reply.clone(),
                         remaining,
                     ),
                 )
