@@ -229,6 +229,7 @@ async fn handle_route(
     info.route = Some(route.label.clone());
     info.grpc_method = Some(route.grpc_label.clone());
     info.backend = Some(route.backend_label.clone());
+    info.metrics = Some(route.metrics.clone());
 
     // STAGE edge: per-route authentication, policy and subject rate limits go
     // here, once the route is known and before any body byte is read.
@@ -339,12 +340,7 @@ async fn handle_route(
         }
         Err(crate::upstream::CallError::Refused { .. }) => {}
     }
-    crate::telemetry::metrics::record_upstream(
-        &route.backend_label,
-        &route.grpc_label,
-        code,
-        started.elapsed(),
-    );
+    route.metrics.record_upstream(code, started.elapsed());
     match result {
         Ok(reply) => {
             let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");

@@ -60,6 +60,8 @@ pub struct Route {
     pub grpc_label: Arc<str>,
     /// The backend's name, likewise.
     pub backend_label: Arc<str>,
+    /// Metric handles for the labels above, registered on first use.
+    pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
     pub source: RouteSource,
     pub grpc_method: MethodDescriptor,
     pub grpc_path: PathAndQuery,
@@ -811,11 +813,21 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
     );
     let template = template?;
     let backend = spec.backend?;
+    let label: Arc<str> = Arc::from(template.to_string());
+    let grpc_label: Arc<str> = Arc::from(grpc_path.trim_start_matches('/'));
+    let backend_label: Arc<str> = Arc::from(backend.name.as_str());
+    let metrics = Arc::new(crate::telemetry::metrics::RouteMetrics::new(
+        &label,
+        &spec.method,
+        &backend_label,
+        &grpc_label,
+    ));
     Some(Route {
         method: spec.method,
-        label: Arc::from(template.to_string()),
-        grpc_label: Arc::from(grpc_path.trim_start_matches('/')),
-        backend_label: Arc::from(backend.name.as_str()),
+        label,
+        grpc_label,
+        backend_label,
+        metrics,
         template,
         source: spec.source,
         grpc_path: PathAndQuery::try_from(grpc_path.as_str()).ok()?,

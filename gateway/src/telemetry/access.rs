@@ -170,7 +170,10 @@ where
                 .unwrap_or_default();
             let status = resp.status().as_u16();
             let route: Arc<str> = info.route.clone().unwrap_or_else(|| Arc::from("(none)"));
-            super::metrics::record_http(&route, method.as_str(), status, elapsed);
+            match &info.metrics {
+                Some(m) => m.record_http(method.as_str(), status, elapsed),
+                None => super::metrics::record_http(&route, method.as_str(), status, elapsed),
+            }
             if let Some(cx) = &otel {
                 super::otel::end_request(cx, &method, &route, &info, status);
             }

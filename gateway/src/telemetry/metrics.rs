@@ -120,8 +120,20 @@ fn method_label(method: &str) -> metrics::SharedString {
 /// Labels are shared strings (`Arc<str>` made once per route at load), so
 /// counting a request clones pointers instead of allocating.
 pub fn record_http(route: &Arc<str>, method: &str, status: u16, elapsed: Duration) {
-    let route = metrics::SharedString::from_shared(route.clone());
-    let method = method_label(method);
+    record_http_labels(
+        metrics::SharedString::from_shared(route.clone()),
+        method_label(method),
+        status,
+        elapsed,
+    );
+}
+
+fn record_http_labels(
+    route: metrics::SharedString,
+    method: metrics::SharedString,
+    status: u16,
+    elapsed: Duration,
+) {
     metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "code" => status_class(status))
         .increment(1);
     metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
@@ -140,6 +152,81 @@ pub fn record_upstream(
         .increment(1);
     metrics::histogram!(UPSTREAM_DURATION, "backend" => backend, "grpc_method" => grpc_method)
         .record(elapsed.as_secs_f64());
+}
+
+/// One route's metric handles, registered on its first request and reused
+/// after, so counting a request is an atomic add instead of a registry
+/// lookup (which builds a label set, hashes it and takes the registry
+/// shard's read lock, a lock every request shares). The series are the ones
+/// [`record_http`] and [`record_upstream`] write.
+pub struct RouteMetrics {
+    route: metrics::SharedString,
+    /// The route's HTTP method; a request with another method (HEAD on a
+    /// GET route) takes the uncached path.
+    method: String,
+    backend: metrics::SharedString,
+    grpc_method: metrics::SharedString,
+    http_requests: [OnceLock<metrics::Counter>; 5],
+    http_duration: OnceLock<metrics::Histogram>,
+    upstream_requests: [OnceLock<metrics::Counter>; 17],
+    upstream_duration: OnceLock<metrics::Histogram>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteMetrics {
+    pub fn new(route: &Arc<str>, method: &str, backend: &Arc<str>, grpc_method: &Arc<str>) -> Self {
+        RouteMetrics {
+            route: metrics::SharedString::from_shared(route.clone()),
+            method: method.to_owned(),
+            backend: metrics::SharedString::from_shared(backend.clone()),
+            grpc_method: metrics::SharedString::from_shared(grpc_method.clone()),
+            http_requests: Default::default(),
+            http_duration: OnceLock::new(),
+            upstream_requests: Default::default(),
+            upstream_duration: OnceLock::new(),
+        }
+    }
+
+    /// [`record_http`] for a request this route served.
+    pub fn record_http(&self, method: &str, status: u16, elapsed: Duration) {
+        if method != self.method {
+            return record_http_labels(self.route.clone(), method_label(method), status, elapsed);
+        }
+        let class = usize::from(status.clamp(100, 599) / 100 - 1);
+        self.http_requests[class]
+            .get_or_init(|| {
+                metrics::counter!(HTTP_REQUESTS, "route" => self.route.clone(), "method" => method_label(method), "code" => status_class(status))
+            })
+            .increment(1);
+        self.http_duration
+            .get_or_init(|| {
+                metrics::histogram!(HTTP_DURATION, "route" => self.route.clone(), "method" => method_label(method))
+            })
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// [`record_upstream`] for this route's backend call.
+    pub fn record_upstream(&self, code: tonic::Code, elapsed: Duration) {
+        let slot = (code as usize).min(self.upstream_requests.len() - 1);
+        self.upstream_requests[slot]
+            .get_or_init(|| {
+                metrics::counter!(UPSTREAM_REQUESTS, "backend" => self.backend.clone(), "grpc_method" => self.grpc_method.clone(), "grpc_code" => code_label(code))
+            })
+            .increment(1);
+        self.upstream_duration
+            .get_or_init(|| {
+                metrics::histogram!(UPSTREAM_DURATION, "backend" => self.backend.clone(), "grpc_method" => self.grpc_method.clone())
+            })
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 fn code_label(code: tonic::Code) -> &'static str {

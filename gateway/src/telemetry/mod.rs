@@ -19,6 +19,8 @@ pub struct RequestInfo {
     pub route: Option<Arc<str>>,
     pub grpc_method: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
+    /// The matched route's cached metric handles.
+    pub metrics: Option<Arc<metrics::RouteMetrics>>,
     pub endpoint: Option<String>,
     pub grpc_code: Option<i32>,
     pub retries: u32,
