@@ -3,6 +3,7 @@
 pub mod fieldmask;
 pub mod framing;
 pub mod httpbody;
+pub mod json_wire;
 pub mod metadata;
 pub mod multipart;
 pub mod request;

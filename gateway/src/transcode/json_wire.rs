@@ -1,0 +1,2086 @@
+//! JSON request body -> protobuf wire bytes in one pass, for `body: "*"`.
+//!
+//! The reference path ([`request::decode_body`](super::request::decode_body))
+//! builds a `DynamicMessage` through prost-reflect's serde support and the
+//! strict adapter, then encodes it: two passes, an allocation per value and a
+//! descriptor clone per message. This module reads the same bytes with the
+//! same parser (serde_json, so syntax, escapes, UTF-8, number parsing, its
+//! recursion limit and trailing garbage are judged by the very code that
+//! judges them in the reference), applies the rules the reference applies
+//! (prost-reflect's visitors, `strict.rs`), and writes wire bytes as it goes.
+//!
+//! It has no errors of its own: for anything it does not handle, and for
+//! anything the reference refuses, it returns [`Fallback`] and the caller runs
+//! the reference, which accepts the body or says precisely what is wrong.
+//!
+//! What the bytes decode to equals the reference's message under
+//! `DynamicMessage`'s derived `PartialEq`, which tells a field explicitly set
+//! to its default from an unset one. So every field the JSON sets is written,
+//! defaults included (`"count": 0` becomes `10 00`; receivers read that as
+//! the default, so the upstream sees the same message), and what the wire
+//! format cannot say that way (an empty array of strings or messages, an
+//! empty map) falls back.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::request::DecodeOptions;
+
+/// The fast path declined: the caller runs the existing DynamicMessage path,
+/// which either accepts the body or produces the precise error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback;
+
+/// Everything needed to encode one message type from JSON, resolved once (at
+/// config load) so the request path never touches the DescriptorPool.
+///
+/// Plain data (no descriptors): cloning a descriptor is an atomic refcount
+/// increment on a counter every request thread shares.
+pub struct BodyPlan {
+    msgs: Vec<MsgPlan>,
+    enums: Vec<Names<i32>>,
+    /// `None` when the request message itself is a well-known type (its JSON
+    /// form is not an object of fields): always the reference path.
+    root: Option<u32>,
+    reject_unknown: bool,
+    max_depth: usize,
+}
+
+/// A fixed name -> value table, built at config load: open addressing on a
+/// hash of a name's length and three of its bytes, then one comparison.
+/// Cheaper than hashing every byte (key lookup was the largest cost of the
+/// fast path with a `HashMap`), and safe against crafted keys: the table
+/// never grows, and a probe for a name not in it stops at the first empty
+/// slot, so no input makes a lookup walk more than the table's own clusters.
+#[derive(Debug)]
+struct Names<V> {
+    slots: Vec<u32>,
+    entries: Vec<(Box<[u8]>, V)>,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+fn quick_hash(b: &[u8]) -> u64 {
+    let n = b.len();
+    let (first, mid, last) = match n {
+        0 => (0, 0, 0),
+        _ => (b[0], b[n / 2], b[n - 1]),
+    };
+    let x =
+        (n as u64) ^ (u64::from(first) << 16) ^ (u64::from(mid) << 32) ^ (u64::from(last) << 48);
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
+}
+
+impl<V: Copy> Names<V> {
+    /// Later entries of one name win, so callers list proto names first
+    /// and JSON names after them, as prost-reflect looks JSON names up first.
+    fn new(pairs: impl IntoIterator<Item = (Box<[u8]>, V)>) -> Names<V> {
+        let mut entries: Vec<(Box<[u8]>, V)> = Vec::new();
+        let mut index: HashMap<Box<[u8]>, usize> = HashMap::new();
+        for (name, v) in pairs {
+            match index.get(&name) {
+                Some(&i) => entries[i].1 = v,
+                None => {
+                    index.insert(name.clone(), entries.len());
+                    entries.push((name, v));
+                }
+            }
+        }
+        // At most half full, so probes for absent names end quickly.
+        let size = (entries.len() * 2).next_power_of_two().max(4);
+        let mut slots = vec![EMPTY; size];
+        for (i, (name, _)) in entries.iter().enumerate() {
+            let mut at = quick_hash(name) as usize & (size - 1);
+            while slots[at] != EMPTY {
+                at = (at + 1) & (size - 1);
+            }
+            slots[at] = i as u32;
+        }
+        Names { slots, entries }
+    }
+
+    fn get(&self, name: &[u8]) -> Option<V> {
+        let mask = self.slots.len() - 1;
+        let mut at = quick_hash(name) as usize & mask;
+        loop {
+            let i = self.slots[at];
+            if i == EMPTY {
+                return None;
+            }
+            let (n, v) = &self.entries[i as usize];
+            if **n == *name {
+                return Some(*v);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+}
+
+impl<V: Copy> Default for Names<V> {
+    fn default() -> Self {
+        Names::new([])
+    }
+}
+
+/// FNV-1a 64, for map keys' duplicate check: a collision only costs a
+/// needless fallback.
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Scalar field types, as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scalar {
+    Double,
+    Float,
+    Int32,
+    Int64,
+    Uint32,
+    Uint64,
+    Sint32,
+    Sint64,
+    Fixed32,
+    Fixed64,
+    Sfixed32,
+    Sfixed64,
+    Bool,
+    String,
+    Bytes,
+}
+
+impl Scalar {
+    fn of(kind: &Kind) -> Option<Scalar> {
+        Some(match kind {
+            Kind::Double => Scalar::Double,
+            Kind::Float => Scalar::Float,
+            Kind::Int32 => Scalar::Int32,
+            Kind::Int64 => Scalar::Int64,
+            Kind::Uint32 => Scalar::Uint32,
+            Kind::Uint64 => Scalar::Uint64,
+            Kind::Sint32 => Scalar::Sint32,
+            Kind::Sint64 => Scalar::Sint64,
+            Kind::Fixed32 => Scalar::Fixed32,
+            Kind::Fixed64 => Scalar::Fixed64,
+            Kind::Sfixed32 => Scalar::Sfixed32,
+            Kind::Sfixed64 => Scalar::Sfixed64,
+            Kind::Bool => Scalar::Bool,
+            Kind::String => Scalar::String,
+            Kind::Bytes => Scalar::Bytes,
+            Kind::Message(_) | Kind::Enum(_) => return None,
+        })
+    }
+
+    fn wire_type(self) -> u8 {
+        match self {
+            Scalar::Double | Scalar::Fixed64 | Scalar::Sfixed64 => 1,
+            Scalar::Float | Scalar::Fixed32 | Scalar::Sfixed32 => 5,
+            Scalar::String | Scalar::Bytes => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// What one value (a singular field, a list element, a map value) is.
+#[derive(Debug, Clone, Copy)]
+enum ValueKind {
+    Scalar(Scalar),
+    /// Index into `BodyPlan::enums`.
+    Enum(u32),
+    /// Index into `BodyPlan::msgs`.
+    Message(u32),
+    Timestamp,
+    Duration,
+    /// `google.protobuf.*Value` wrappers: the scalar as field 1.
+    Wrapper(Scalar),
+    /// Any, Struct, Value, ListValue, FieldMask, Empty, NullValue, other
+    /// `google.protobuf` messages, groups: left to the reference.
+    Unsupported,
+}
+
+impl ValueKind {
+    fn wire_type(self) -> u8 {
+        match self {
+            ValueKind::Scalar(s) => s.wire_type(),
+            ValueKind::Enum(_) => 0,
+            _ => 2,
+        }
+    }
+
+    /// Whether a list of these can be written packed (and so empty).
+    fn packable(self) -> bool {
+        match self {
+            ValueKind::Scalar(s) => !matches!(s, Scalar::String | Scalar::Bytes),
+            ValueKind::Enum(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A field key as encoded: up to five varint bytes (field numbers are < 2^29).
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    bytes: [u8; 5],
+    len: u8,
+}
+
+impl Tag {
+    fn new(number: u32, wire_type: u8) -> Tag {
+        let mut bytes = [0; 5];
+        let mut v = (number << 3) | u32::from(wire_type);
+        let mut len = 0;
+        while v >= 0x80 {
+            bytes[len] = (v as u8) | 0x80;
+            v >>= 7;
+            len += 1;
+        }
+        bytes[len] = v as u8;
+        Tag {
+            bytes,
+            len: len as u8 + 1,
+        }
+    }
+
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.bytes[..usize::from(self.len)]);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Single,
+    List { packed: bool },
+    Map { key: Scalar },
+}
+
+#[derive(Debug)]
+struct FieldPlan {
+    /// The value's kind (for maps, the map value's).
+    kind: ValueKind,
+    shape: Shape,
+    /// The key for one value (one element when not packed).
+    tag: Tag,
+    /// The length-delimited key: packed lists, map entries.
+    len_tag: Tag,
+    /// Index of its (real, not synthetic) oneof in the message.
+    oneof: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct MsgPlan {
+    fields: Vec<FieldPlan>,
+    /// JSON names and proto names, JSON names winning as in prost-reflect.
+    names: Names<u32>,
+    /// Bits per object: one per field (given twice?), one per oneof (set twice?).
+    seen_words: usize,
+    /// Its unknown keys might be extensions (`[pkg.ext]`), which the
+    /// reference accepts: those always fall back.
+    has_extensions: bool,
+}
+
+struct Builder {
+    msgs: Vec<MsgPlan>,
+    msg_ids: HashMap<String, u32>,
+    enums: Vec<Names<i32>>,
+    enum_ids: HashMap<String, u32>,
+}
+
+impl Builder {
+    fn message(&mut self, desc: &MessageDescriptor) -> u32 {
+        if let Some(&id) = self.msg_ids.get(desc.full_name()) {
+            return id;
+        }
+        // Registered before its fields, so recursive types end here.
+        let id = self.msgs.len() as u32;
+        self.msgs.push(MsgPlan::default());
+        self.msg_ids.insert(desc.full_name().to_owned(), id);
+
+        let fields: Vec<FieldDescriptor> = desc.fields().collect();
+        let plans = fields.iter().map(|f| self.field(f)).collect::<Vec<_>>();
+        let names = Names::new(
+            (fields.iter().enumerate())
+                .map(|(i, f)| (f.name().as_bytes().into(), i as u32))
+                .chain(
+                    (fields.iter().enumerate())
+                        .map(|(i, f)| (f.json_name().as_bytes().into(), i as u32)),
+                ),
+        );
+        let bits = plans.len() + desc.oneofs().len();
+        self.msgs[id as usize] = MsgPlan {
+            fields: plans,
+            names,
+            seen_words: bits.div_ceil(64),
+            has_extensions: desc.extensions().next().is_some(),
+        };
+        id
+    }
+
+    fn enumeration(&mut self, desc: &EnumDescriptor) -> u32 {
+        if let Some(&id) = self.enum_ids.get(desc.full_name()) {
+            return id;
+        }
+        let table = Names::new(
+            desc.values()
+                .map(|v| (v.name().as_bytes().into(), v.number())),
+        );
+        let id = self.enums.len() as u32;
+        self.enums.push(table);
+        self.enum_ids.insert(desc.full_name().to_owned(), id);
+        id
+    }
+
+    fn value_kind(&mut self, kind: &Kind) -> ValueKind {
+        match kind {
+            Kind::Message(m) => match m.full_name() {
+                "google.protobuf.Timestamp" => ValueKind::Timestamp,
+                "google.protobuf.Duration" => ValueKind::Duration,
+                "google.protobuf.DoubleValue" => ValueKind::Wrapper(Scalar::Double),
+                "google.protobuf.FloatValue" => ValueKind::Wrapper(Scalar::Float),
+                "google.protobuf.Int64Value" => ValueKind::Wrapper(Scalar::Int64),
+                "google.protobuf.UInt64Value" => ValueKind::Wrapper(Scalar::Uint64),
+                "google.protobuf.Int32Value" => ValueKind::Wrapper(Scalar::Int32),
+                "google.protobuf.UInt32Value" => ValueKind::Wrapper(Scalar::Uint32),
+                "google.protobuf.BoolValue" => ValueKind::Wrapper(Scalar::Bool),
+                "google.protobuf.StringValue" => ValueKind::Wrapper(Scalar::String),
+                "google.protobuf.BytesValue" => ValueKind::Wrapper(Scalar::Bytes),
+                // The strict adapter treats every google.protobuf object as
+                // opaque (no both-names check): not worth mirroring.
+                n if n.starts_with("google.protobuf.") => ValueKind::Unsupported,
+                _ => ValueKind::Message(self.message(m)),
+            },
+            Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => ValueKind::Unsupported,
+            Kind::Enum(e) => ValueKind::Enum(self.enumeration(e)),
+            scalar => ValueKind::Scalar(Scalar::of(scalar).expect("non-message, non-enum kind")),
+        }
+    }
+
+    fn field(&mut self, f: &FieldDescriptor) -> FieldPlan {
+        let number = f.number();
+        let len_tag = Tag::new(number, 2);
+        let oneof = f
+            .containing_oneof()
+            .filter(|o| !o.is_synthetic())
+            .and_then(|o| {
+                f.parent_message()
+                    .oneofs()
+                    .position(|x| x.full_name() == o.full_name())
+            })
+            .map(|i| i as u32);
+        let (kind, shape) = if f.is_map() {
+            let Kind::Message(entry) = f.kind() else {
+                unreachable!("map fields have entry messages")
+            };
+            let key = Scalar::of(&entry.map_entry_key_field().kind());
+            let value = self.value_kind(&entry.map_entry_value_field().kind());
+            match key {
+                Some(key) => (value, Shape::Map { key }),
+                None => (ValueKind::Unsupported, Shape::Single),
+            }
+        } else if f.is_group() {
+            (ValueKind::Unsupported, Shape::Single)
+        } else {
+            let kind = self.value_kind(&f.kind());
+            let shape = if f.is_list() {
+                Shape::List {
+                    packed: f.is_packed() && kind.packable(),
+                }
+            } else {
+                Shape::Single
+            };
+            (kind, shape)
+        };
+        FieldPlan {
+            kind,
+            shape,
+            tag: Tag::new(number, kind.wire_type()),
+            len_tag,
+            oneof,
+        }
+    }
+}
+
+impl BodyPlan {
+    pub fn new(desc: &MessageDescriptor, opts: DecodeOptions) -> BodyPlan {
+        let mut b = Builder {
+            msgs: Vec::new(),
+            msg_ids: HashMap::new(),
+            enums: Vec::new(),
+            enum_ids: HashMap::new(),
+        };
+        let root = match b.value_kind(&Kind::Message(desc.clone())) {
+            ValueKind::Message(id) => Some(id),
+            _ => None,
+        };
+        BodyPlan {
+            msgs: b.msgs,
+            enums: b.enums,
+            root,
+            reject_unknown: opts.reject_unknown,
+            max_depth: opts.max_depth,
+        }
+    }
+
+    /// Appends the wire encoding of the JSON object `json` to `out`. A body of only
+    /// whitespace appends nothing and is Ok (an empty message, as decode_body does).
+    /// On Err, `out` is truncated back to its length at entry.
+    pub fn encode(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), Fallback> {
+        // The same test as decode_body's (which also counts form feed).
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let root = self.root.ok_or(Fallback)?;
+        let start = out.len();
+        // Wire bytes are nearly always shorter than their JSON.
+        out.reserve(json.len() / 2);
+        let mut st = State {
+            plan: self,
+            out,
+            seen: Vec::new(),
+            keys: Vec::new(),
+            depth: 0,
+        };
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let r = de
+            .deserialize_map(Top {
+                st: &mut st,
+                msg: root,
+            })
+            .and_then(|()| de.end());
+        if r.is_err() {
+            st.out.truncate(start);
+            return Err(Fallback);
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BodyPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyPlan")
+            .field("messages", &self.msgs.len())
+            .field("enums", &self.enums.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One encode call's mutable state.
+struct State<'p, 'o> {
+    plan: &'p BodyPlan,
+    out: &'o mut Vec<u8>,
+    /// A stack of per-object bitsets (`MsgPlan::seen_words` each).
+    seen: Vec<u64>,
+    /// A stack of map keys' hashes, per open map object.
+    keys: Vec<u64>,
+    /// Open objects and arrays, counted as strict.rs counts them.
+    depth: usize,
+}
+
+impl State<'_, '_> {
+    fn enter<E: de::Error>(&mut self) -> Result<(), E> {
+        self.depth += 1;
+        if self.depth > self.plan.max_depth {
+            return Err(declined());
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
+    /// Sets bit `bit` of the bitset at `base`; false if it was already set.
+    fn mark(&mut self, base: usize, bit: usize) -> bool {
+        let word = &mut self.seen[base + bit / 64];
+        let mask = 1u64 << (bit % 64);
+        let fresh = *word & mask == 0;
+        *word |= mask;
+        fresh
+    }
+}
+
+/// The error every visitor returns to stop serde_json; its text is never shown.
+fn declined<E: de::Error>() -> E {
+    E::custom("the JSON fast path declined")
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reserves one byte for a length prefix; returns where the content starts.
+fn begin_len(out: &mut Vec<u8>) -> usize {
+    out.push(0);
+    out.len()
+}
+
+/// Writes the length of the content since `start` into its prefix, moving
+/// the content right when the length needs more than the one reserved byte
+/// (only for content of 128 bytes and more, where the move is cheap next to
+/// writing it).
+fn end_len(out: &mut Vec<u8>, start: usize) {
+    let len = out.len() - start;
+    if len < 0x80 {
+        out[start - 1] = len as u8;
+        return;
+    }
+    let mut prefix = [0u8; 10];
+    let mut n = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        prefix[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    prefix[n] = v as u8;
+    n += 1;
+    out.resize(out.len() + n - 1, 0);
+    out.copy_within(start..start + len, start + n - 1);
+    out[start - 1..start - 1 + n].copy_from_slice(&prefix[..n]);
+}
+
+/// One JSON scalar, as serde_json hands it over.
+#[derive(Clone, Copy)]
+enum Tok<'a> {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(&'a str),
+    Bool(bool),
+}
+
+// The conversions below mirror prost-reflect 0.16's visitors
+// (dynamic/serde/de/kind.rs) line for line: `None` wherever they fail.
+
+fn to_i32(t: Tok<'_>) -> Option<i32> {
+    match t {
+        Tok::Str(s) => s.parse().ok(),
+        Tok::I64(v) => v.try_into().ok(),
+        Tok::U64(v) => v.try_into().ok(),
+        Tok::F64(v) => {
+            (v.fract() == 0.0 && !(v < i32::MIN as f64 || v > i32::MAX as f64)).then_some(v as i32)
+        }
+        Tok::Bool(_) => None,
+    }
+}
+
+fn to_u32(t: Tok<'_>) -> Option<u32> {
+    match t {
+        Tok::Str(s) => s.parse().ok(),
+        Tok::I64(v) => v.try_into().ok(),
+        Tok::U64(v) => v.try_into().ok(),
+        Tok::F64(v) => {
+            (v.fract() == 0.0 && !(v < u32::MIN as f64 || v > u32::MAX as f64)).then_some(v as u32)
+        }
+        Tok::Bool(_) => None,
+    }
+}
+
+fn to_i64(t: Tok<'_>) -> Option<i64> {
+    match t {
+        Tok::Str(s) => s.parse().ok(),
+        Tok::I64(v) => Some(v),
+        Tok::U64(v) => v.try_into().ok(),
+        Tok::F64(v) => {
+            (v.fract() == 0.0 && !(v < i64::MIN as f64 || v > i64::MAX as f64)).then_some(v as i64)
+        }
+        Tok::Bool(_) => None,
+    }
+}
+
+fn to_u64(t: Tok<'_>) -> Option<u64> {
+    match t {
+        Tok::Str(s) => s.parse().ok(),
+        Tok::I64(v) => v.try_into().ok(),
+        Tok::U64(v) => Some(v),
+        Tok::F64(v) => {
+            (v.fract() == 0.0 && !(v < u64::MIN as f64 || v > u64::MAX as f64)).then_some(v as u64)
+        }
+        Tok::Bool(_) => None,
+    }
+}
+
+/// NaN is declined although the reference accepts it: NaN != NaN, so no
+/// bytes could decode to a message equal to the reference's.
+fn to_f64(t: Tok<'_>) -> Option<f64> {
+    let v = match t {
+        Tok::F64(v) => v,
+        Tok::I64(v) => v as f64,
+        Tok::U64(v) => v as f64,
+        Tok::Str(s) => match s.parse::<f64>() {
+            Ok(v) => v,
+            Err(_) if s == "Infinity" => f64::INFINITY,
+            Err(_) if s == "-Infinity" => f64::NEG_INFINITY,
+            Err(_) => return None,
+        },
+        Tok::Bool(_) => return None,
+    };
+    (!v.is_nan()).then_some(v)
+}
+
+fn to_f32(t: Tok<'_>) -> Option<f32> {
+    let v = match t {
+        Tok::F64(v) => {
+            if v < f32::MIN as f64 || v > f32::MAX as f64 {
+                return None;
+            }
+            v as f32
+        }
+        Tok::I64(v) => v as f32,
+        Tok::U64(v) => v as f32,
+        Tok::Str(s) => match s.parse::<f32>() {
+            Ok(v) => v,
+            Err(_) if s == "Infinity" => f32::INFINITY,
+            Err(_) if s == "-Infinity" => f32::NEG_INFINITY,
+            Err(_) => return None,
+        },
+        Tok::Bool(_) => return None,
+    };
+    (!v.is_nan()).then_some(v)
+}
+
+/// Writes a scalar's value (no key); returns whether it is the type's default.
+fn put_scalar(out: &mut Vec<u8>, s: Scalar, t: Tok<'_>) -> Option<bool> {
+    Some(match s {
+        Scalar::Int32 => {
+            let v = to_i32(t)?;
+            put_varint(out, i64::from(v) as u64);
+            v == 0
+        }
+        Scalar::Sint32 => {
+            let v = to_i32(t)?;
+            put_varint(out, u64::from(((v << 1) ^ (v >> 31)) as u32));
+            v == 0
+        }
+        Scalar::Sfixed32 => {
+            let v = to_i32(t)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            v == 0
+        }
+        Scalar::Int64 => {
+            let v = to_i64(t)?;
+            put_varint(out, v as u64);
+            v == 0
+        }
+        Scalar::Sint64 => {
+            let v = to_i64(t)?;
+            put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+            v == 0
+        }
+        Scalar::Sfixed64 => {
+            let v = to_i64(t)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            v == 0
+        }
+        Scalar::Uint32 => {
+            let v = to_u32(t)?;
+            put_varint(out, u64::from(v));
+            v == 0
+        }
+        Scalar::Fixed32 => {
+            let v = to_u32(t)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            v == 0
+        }
+        Scalar::Uint64 => {
+            let v = to_u64(t)?;
+            put_varint(out, v);
+            v == 0
+        }
+        Scalar::Fixed64 => {
+            let v = to_u64(t)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            v == 0
+        }
+        Scalar::Double => {
+            let v = to_f64(t)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            v == 0.0
+        }
+        Scalar::Float => {
+            let v = to_f32(t)?;
+            out.extend_from_slice(&v.to_le_bytes());
+            v == 0.0
+        }
+        Scalar::Bool => {
+            let Tok::Bool(v) = t else { return None };
+            out.push(u8::from(v));
+            !v
+        }
+        Scalar::String => {
+            let Tok::Str(v) = t else { return None };
+            put_varint(out, v.len() as u64);
+            out.extend_from_slice(v.as_bytes());
+            v.is_empty()
+        }
+        Scalar::Bytes => {
+            let Tok::Str(v) = t else { return None };
+            put_base64(out, v)?
+        }
+    })
+}
+
+/// Length-prefixed decoded base64, accepting exactly what prost-reflect's
+/// `BytesVisitor` accepts (same crate and version, same configuration: either
+/// alphabet, padding optional, trailing bits allowed). Returns whether empty.
+fn put_base64(out: &mut Vec<u8>, v: &str) -> Option<bool> {
+    use base64::alphabet;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::{DecodeError, Engine as _};
+
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, CONFIG);
+
+    let start = begin_len(out);
+    match STANDARD.decode_vec(v, out) {
+        Ok(()) => {}
+        Err(DecodeError::InvalidByte(_, b'-' | b'_')) => {
+            out.truncate(start);
+            URL_SAFE.decode_vec(v, out).ok()?;
+        }
+        Err(_) => return None,
+    }
+    let empty = out.len() == start;
+    end_len(out, start);
+    Some(empty)
+}
+
+// prost-reflect's ranges for Timestamp and Duration (dynamic/serde/mod.rs).
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
+const MAX_DURATION_NANOS: u32 = 999_999_999;
+
+/// prost-reflect's `validate_strict_rfc3339`, as a predicate: prost-types'
+/// parser alone accepts more (lowercase `t`, no seconds, ...).
+fn strict_rfc3339(v: &str) -> bool {
+    let b = v.as_bytes();
+    let mut i = 0;
+    let digits = |i: &mut usize, n: usize| {
+        let ok = b.len() >= *i + n && b[*i..*i + n].iter().all(u8::is_ascii_digit);
+        if ok {
+            *i += n;
+        }
+        ok
+    };
+    let byte = |i: &mut usize, c: u8| {
+        let ok = b.get(*i) == Some(&c);
+        if ok {
+            *i += 1;
+        }
+        ok
+    };
+    if !(digits(&mut i, 4)
+        && byte(&mut i, b'-')
+        && digits(&mut i, 2)
+        && byte(&mut i, b'-')
+        && digits(&mut i, 2)
+        && byte(&mut i, b'T')
+        && digits(&mut i, 2)
+        && byte(&mut i, b':')
+        && digits(&mut i, 2)
+        && byte(&mut i, b':')
+        && digits(&mut i, 2))
+    {
+        return false;
+    }
+    if byte(&mut i, b'.') {
+        if !digits(&mut i, 1) {
+            return false;
+        }
+        while digits(&mut i, 1) {}
+    }
+    if byte(&mut i, b'+') || byte(&mut i, b'-') {
+        if !(digits(&mut i, 2) && byte(&mut i, b':') && digits(&mut i, 2)) {
+            return false;
+        }
+    } else if !byte(&mut i, b'Z') {
+        return false;
+    }
+    i == b.len()
+}
+
+/// Timestamp and Duration bodies as prost encodes `prost_types`' structs
+/// (zero fields left out), which is what the reference decodes from.
+fn put_seconds_nanos(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
+    let start = begin_len(out);
+    if seconds != 0 {
+        out.push(0x08);
+        put_varint(out, seconds as u64);
+    }
+    if nanos != 0 {
+        out.push(0x10);
+        put_varint(out, i64::from(nanos) as u64);
+    }
+    end_len(out, start);
+}
+
+/// Writes one non-null JSON scalar as a value of `kind`, keyed by `tag`
+/// (none inside a packed list). `Some(false)`: the reference leaves it unset
+/// (an enum name it does not know, when unknown names are allowed).
+fn put_token(
+    st: &mut State<'_, '_>,
+    kind: ValueKind,
+    tag: Option<&Tag>,
+    t: Tok<'_>,
+) -> Option<bool> {
+    let out = &mut *st.out;
+    match kind {
+        ValueKind::Scalar(s) => {
+            if let Some(tag) = tag {
+                tag.put(out);
+            }
+            put_scalar(out, s, t)?;
+        }
+        ValueKind::Enum(e) => {
+            let n = match t {
+                Tok::Str(s) => match st.plan.enums[e as usize].get(s.as_bytes()) {
+                    Some(n) => n,
+                    None if st.plan.reject_unknown => return None,
+                    None => return Some(false),
+                },
+                Tok::I64(v) => i32::try_from(v).ok()?,
+                Tok::U64(v) => i32::try_from(v).ok()?,
+                Tok::F64(_) | Tok::Bool(_) => return None,
+            };
+            if let Some(tag) = tag {
+                tag.put(out);
+            }
+            put_varint(out, i64::from(n) as u64);
+        }
+        ValueKind::Timestamp => {
+            let Tok::Str(s) = t else { return None };
+            if !strict_rfc3339(s) {
+                return None;
+            }
+            let ts: prost_types::Timestamp = s.parse().ok()?;
+            if ts.seconds < MIN_TIMESTAMP_SECONDS || ts.seconds > MAX_TIMESTAMP_SECONDS {
+                return None;
+            }
+            tag?.put(out);
+            put_seconds_nanos(out, ts.seconds, ts.nanos);
+        }
+        ValueKind::Duration => {
+            let Tok::Str(s) = t else { return None };
+            let d: prost_types::Duration = s.parse().ok()?;
+            if d.seconds.unsigned_abs() > MAX_DURATION_SECONDS
+                || d.nanos.unsigned_abs() > MAX_DURATION_NANOS
+            {
+                return None;
+            }
+            tag?.put(out);
+            put_seconds_nanos(out, d.seconds, d.nanos);
+        }
+        ValueKind::Wrapper(s) => {
+            tag?.put(out);
+            let start = begin_len(out);
+            out.push(0x08 | s.wire_type());
+            // prost's impls for the wrapped primitives leave out a default
+            // value (`-0.0 == 0.0` included), and the reference decodes that.
+            if put_scalar(out, s, t)? {
+                out.truncate(start);
+            }
+            end_len(out, start);
+        }
+        ValueKind::Message(_) | ValueKind::Unsupported => return None,
+    }
+    Some(true)
+}
+
+/// Converts `put_token`'s answer for serde.
+fn token<E: de::Error>(
+    st: &mut State<'_, '_>,
+    kind: ValueKind,
+    tag: Option<&Tag>,
+    t: Tok<'_>,
+) -> Result<bool, E> {
+    put_token(st, kind, tag, t).ok_or_else(declined)
+}
+
+/// The top-level object.
+struct Top<'s, 'p, 'o> {
+    st: &'s mut State<'p, 'o>,
+    msg: u32,
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        message_body(self.st, self.msg, map)
+    }
+}
+
+/// A nested message: key, length, fields.
+fn message<'de, A: MapAccess<'de>>(
+    st: &mut State<'_, '_>,
+    msg: u32,
+    tag: Option<&Tag>,
+    map: A,
+) -> Result<bool, A::Error> {
+    // Messages never sit in packed lists, so there is always a key.
+    tag.ok_or_else(declined)?.put(st.out);
+    let start = begin_len(st.out);
+    message_body(st, msg, map)?;
+    end_len(st.out, start);
+    Ok(true)
+}
+
+/// A message object's fields, with strict.rs's rules: a known field once
+/// (under either name), at most one member of a oneof set, bounded nesting.
+fn message_body<'de, A: MapAccess<'de>>(
+    st: &mut State<'_, '_>,
+    msg: u32,
+    mut map: A,
+) -> Result<(), A::Error> {
+    st.enter()?;
+    let plan = st.plan;
+    let m = &plan.msgs[msg as usize];
+    let base = st.seen.len();
+    st.seen.resize(base + m.seen_words, 0);
+    while let Some(key) = map.next_key_seed(FieldKey(m))? {
+        let Some(i) = key else {
+            // strict.rs does not check unknown keys for duplicates, and
+            // skipping goes through the same serde_json call as prost-reflect's.
+            if plan.reject_unknown || m.has_extensions {
+                return Err(declined());
+            }
+            map.next_value::<IgnoredAny>()?;
+            continue;
+        };
+        let f = &m.fields[i as usize];
+        if matches!(f.kind, ValueKind::Unsupported) || !st.mark(base, i as usize) {
+            return Err(declined());
+        }
+        let set = map.next_value_seed(FieldSeed { st: &mut *st, f })?;
+        // prost-reflect refuses a second oneof member only once it has a
+        // value (a `null` member sets nothing).
+        if let (true, Some(o)) = (set, f.oneof) {
+            if !st.mark(base, m.fields.len() + o as usize) {
+                return Err(declined());
+            }
+        }
+    }
+    st.seen.truncate(base);
+    st.leave();
+    Ok(())
+}
+
+/// A key of a message object: the field's index, or `None` when unknown.
+struct FieldKey<'p>(&'p MsgPlan);
+
+impl<'de> DeserializeSeed<'de> for FieldKey<'_> {
+    type Value = Option<u32>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u32>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldKey<'_> {
+    type Value = Option<u32>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<u32>, E> {
+        Ok(self.0.names.get(v.as_bytes()))
+    }
+}
+
+/// A field's value; `Ok(false)` when it sets nothing (`null`).
+struct FieldSeed<'s, 'p, 'o> {
+    st: &'s mut State<'p, 'o>,
+    f: &'p FieldPlan,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_, '_, '_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl FieldSeed<'_, '_, '_> {
+    fn single<E: de::Error>(self, t: Tok<'_>) -> Result<bool, E> {
+        match self.f.shape {
+            Shape::Single => token(self.st, self.f.kind, Some(&self.f.tag), t),
+            _ => Err(declined()),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_, '_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        // `null`: prost-reflect leaves the field unset (Value and NullValue,
+        // where null means something, are Unsupported).
+        Ok(false)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        self.single(Tok::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        self.single(Tok::I64(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        self.single(Tok::U64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+        self.single(Tok::F64(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        self.single(Tok::Str(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        match self.f.shape {
+            Shape::List { packed } => list(self.st, self.f, packed, seq),
+            _ => Err(declined()),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+        match (self.f.shape, self.f.kind) {
+            (Shape::Single, ValueKind::Message(m)) => message(self.st, m, Some(&self.f.tag), map),
+            (Shape::Map { key }, _) => map_field(self.st, self.f, key, map),
+            _ => Err(declined()),
+        }
+    }
+}
+
+/// A repeated field's array. prost-reflect sets the field even when the
+/// array is empty, which only a packed (possibly empty) run can say.
+fn list<'de, A: SeqAccess<'de>>(
+    st: &mut State<'_, '_>,
+    f: &FieldPlan,
+    packed: bool,
+    mut seq: A,
+) -> Result<bool, A::Error> {
+    st.enter()?;
+    if packed {
+        f.len_tag.put(st.out);
+        let start = begin_len(st.out);
+        while seq
+            .next_element_seed(ElemSeed {
+                st: &mut *st,
+                kind: f.kind,
+                tag: None,
+            })?
+            .is_some()
+        {}
+        end_len(st.out, start);
+    } else {
+        let mut any = false;
+        while let Some(set) = seq.next_element_seed(ElemSeed {
+            st: &mut *st,
+            kind: f.kind,
+            tag: Some(f.tag),
+        })? {
+            any |= set;
+        }
+        if !any {
+            if !f.kind.packable() {
+                return Err(declined());
+            }
+            f.len_tag.put(st.out);
+            st.out.push(0);
+        }
+    }
+    st.leave();
+    Ok(true)
+}
+
+/// A map field's object: one entry message (key 1, value 2) per key. Keys
+/// must differ as strings (strict.rs); keys equal as numbers ("1", "01")
+/// both go out, and the later wins on decode as it does in the reference.
+fn map_field<'de, 'p, A: MapAccess<'de>>(
+    st: &mut State<'p, '_>,
+    f: &'p FieldPlan,
+    key: Scalar,
+    mut map: A,
+) -> Result<bool, A::Error> {
+    st.enter()?;
+    let keys_base = st.keys.len();
+    let value_tag = Tag::new(2, f.kind.wire_type());
+    let mut any = false;
+    while let Some((entry, content)) = map.next_key_seed(MapKey {
+        st: &mut *st,
+        f,
+        key,
+    })? {
+        let set = map.next_value_seed(ElemSeed {
+            st: &mut *st,
+            kind: f.kind,
+            tag: Some(value_tag),
+        })?;
+        if set {
+            end_len(st.out, content);
+            any = true;
+        } else {
+            st.out.truncate(entry);
+        }
+    }
+    // An empty map is set (to empty) by the reference: no bytes say that.
+    if !any {
+        return Err(declined());
+    }
+    // Hashes, not keys, so no key is copied: a collision only costs a
+    // needless fallback, never a wrong answer.
+    let keys = &mut st.keys[keys_base..];
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return Err(declined());
+    }
+    st.keys.truncate(keys_base);
+    st.leave();
+    Ok(true)
+}
+
+/// A map key: notes it, opens the entry and writes field 1; returns where
+/// the entry and its content start.
+struct MapKey<'s, 'p, 'o> {
+    st: &'s mut State<'p, 'o>,
+    f: &'p FieldPlan,
+    key: Scalar,
+}
+
+impl<'de> DeserializeSeed<'de> for MapKey<'_, '_, '_> {
+    type Value = (usize, usize);
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(usize, usize), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MapKey<'_, '_, '_> {
+    type Value = (usize, usize);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(usize, usize), E> {
+        self.st.keys.push(fnv(v.as_bytes()));
+        let out = &mut *self.st.out;
+        let entry = out.len();
+        self.f.len_tag.put(out);
+        let content = begin_len(out);
+        out.push(0x08 | self.key.wire_type());
+        // prost-reflect parses keys with `FromStr`, as `Tok::Str` does,
+        // except bools, which its visitor takes only as JSON booleans.
+        let ok = match self.key {
+            Scalar::Bool => match v.parse::<bool>() {
+                Ok(b) => {
+                    out.push(u8::from(b));
+                    true
+                }
+                Err(_) => false,
+            },
+            s => put_scalar(out, s, Tok::Str(v)).is_some(),
+        };
+        if ok {
+            Ok((entry, content))
+        } else {
+            Err(declined())
+        }
+    }
+}
+
+/// A list element or a map value: never `null`.
+struct ElemSeed<'s, 'p, 'o> {
+    st: &'s mut State<'p, 'o>,
+    kind: ValueKind,
+    tag: Option<Tag>,
+}
+
+impl<'de> DeserializeSeed<'de> for ElemSeed<'_, '_, '_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ElemSeed<'_, '_, '_> {
+    fn scalar<E: de::Error>(self, t: Tok<'_>) -> Result<bool, E> {
+        token(self.st, self.kind, self.tag.as_ref(), t)
+    }
+}
+
+impl<'de> Visitor<'de> for ElemSeed<'_, '_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an element")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        self.scalar(Tok::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        self.scalar(Tok::I64(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        self.scalar(Tok::U64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+        self.scalar(Tok::F64(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        self.scalar(Tok::Str(v))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
+        match self.kind {
+            ValueKind::Message(m) => message(self.st, m, self.tag.as_ref(), map),
+            _ => Err(declined()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    use base64::Engine as _;
+    use proptest::prelude::*;
+    use prost::Message as _;
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+
+    use super::*;
+    use crate::transcode::request::{decode_body, BodyRule};
+
+    const TESTING_PROTO: &str = include_str!("../../../tests/fixtures/descriptors/testing.proto");
+    const BENCH_PROTO: &str = include_str!("../../../tests/fixtures/bench/bench.proto");
+
+    fn pool() -> &'static DescriptorPool {
+        static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!(
+                "gateway-json-wire-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("testing/v1")).unwrap();
+            std::fs::create_dir_all(dir.join("bench/v1")).unwrap();
+            std::fs::write(dir.join("testing/v1/testing.proto"), TESTING_PROTO).unwrap();
+            std::fs::write(dir.join("bench/v1/bench.proto"), BENCH_PROTO).unwrap();
+            let loaded = crate::descriptors::load_dir(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            loaded.expect("test descriptors").pool
+        })
+    }
+
+    fn everything() -> MessageDescriptor {
+        pool().get_message_by_name("testing.v1.Everything").unwrap()
+    }
+
+    fn opts(reject_unknown: bool, max_depth: usize) -> DecodeOptions {
+        DecodeOptions {
+            reject_unknown,
+            max_depth,
+        }
+    }
+
+    /// Both paths on one body: asserts the contract and returns whether the
+    /// fast path answered (`Some(reference_ok)` otherwise).
+    fn run(desc: &MessageDescriptor, json: &[u8], o: DecodeOptions) -> Result<(), bool> {
+        let plan = BodyPlan::new(desc, o);
+        // Something already in the buffer: encode appends, and truncates back on Err.
+        let mut out = vec![0xAB];
+        let fast = plan.encode(json, &mut out);
+        let reference = decode_body(desc, &BodyRule::All, json, o);
+        match fast {
+            Ok(()) => {
+                let want = reference.unwrap_or_else(|e| {
+                    panic!(
+                        "fast path accepted what the reference refuses ({e}): {}",
+                        String::from_utf8_lossy(json)
+                    )
+                });
+                assert_eq!(out[0], 0xAB);
+                let got = DynamicMessage::decode(desc.clone(), &out[1..]).unwrap_or_else(|e| {
+                    panic!(
+                        "undecodable output ({e}) for {}",
+                        String::from_utf8_lossy(json)
+                    )
+                });
+                assert_eq!(got, want, "for {}", String::from_utf8_lossy(json));
+                Ok(())
+            }
+            Err(Fallback) => {
+                assert_eq!(out, [0xAB], "output not truncated on fallback");
+                Err(reference.is_ok())
+            }
+        }
+    }
+
+    /// The fast path must take it, and agree.
+    #[track_caller]
+    fn fast(json: &str) {
+        if let Err(reference_ok) = run(&everything(), json.as_bytes(), DecodeOptions::default()) {
+            panic!("fell back (reference ok: {reference_ok}) on {json}");
+        }
+    }
+
+    /// The reference refuses it, and so the fast path must fall back.
+    #[track_caller]
+    fn refused(json: &str, o: DecodeOptions) {
+        assert_eq!(
+            run(&everything(), json.as_bytes(), o),
+            Err(false),
+            "expected the reference to refuse {json}"
+        );
+    }
+
+    /// Accepted by the reference, but left to it.
+    #[track_caller]
+    fn declined_but_valid(json: &str) {
+        assert_eq!(
+            run(&everything(), json.as_bytes(), DecodeOptions::default()),
+            Err(true),
+            "expected a fallback the reference accepts for {json}"
+        );
+    }
+
+    #[test]
+    fn every_scalar_kind_matches_the_reference() {
+        fast(
+            r#"{"int32Field": -5, "int64Field": "-9223372036854775808", "uint32Field": 4294967295,
+                "uint64Field": 18446744073709551615, "sint64Field": -3, "fixed64Field": "12",
+                "doubleField": 1.5e-7, "floatField": 3.25, "boolField": true,
+                "stringField": "h\u00e9llo \ud83d\ude00 \"q\" \\ \/ \b\f\n\r\t", "bytesField": "AAEC/w==",
+                "color": "GREEN", "name": "n"}"#,
+        );
+        fast(
+            r#"{"int32Field": 2147483647, "int64Field": 9223372036854775807, "uint64Field": "0"}"#,
+        );
+        // Past u64::MAX, serde_json reads a float, which equals u64::MAX as
+        // f64, and prost-reflect saturates it: both paths agree.
+        fast(r#"{"uint64Field": 18446744073709551616}"#);
+        fast(r#"{"doubleField": "Infinity", "floatField": "-Infinity"}"#);
+        fast(r#"{"doubleField": -0.0, "floatField": 1e38, "int32Field": 3.0, "int64Field": -0}"#);
+        fast(r#"{"bytesField": "-_8", "color": 3}"#);
+        fast(r#"{"bytesField": ""}"#);
+    }
+
+    #[test]
+    fn explicit_defaults_are_written() {
+        // The reference sets these fields, and DynamicMessage's equality sees that.
+        fast(
+            r#"{"int32Field": 0, "stringField": "", "boolField": false, "doubleField": 0, "color": "COLOR_UNSPECIFIED"}"#,
+        );
+        fast(r#"{"inner": {}, "numbers": [], "colors": []}"#);
+    }
+
+    #[test]
+    fn json_and_proto_names_are_both_accepted() {
+        fast(
+            r#"{"int32_field": 1, "string_field": "x", "bool_wrapper": true, "choice_text": "c"}"#,
+        );
+        fast(r#"{"int32Field": 1, "stringField": "x", "boolWrapper": true, "choiceNumber": 0}"#);
+    }
+
+    #[test]
+    fn nested_repeated_and_maps_match_the_reference() {
+        fast(
+            r#"{"inner": {"name": "a", "deeper": {"value": "v", "count": "7"}, "number": 3},
+                "items": [{"name": "x"}, {}, {"deeper": {"count": 1}}],
+                "tags": ["a", "", "c"], "numbers": [1, "-2", 3], "colors": ["RED", "BLUE", 0],
+                "labels": {"k": "v", "": "", "k\u0041": "w"}, "codes": {"1": "one", "-7": "minus", "01": "again"}}"#,
+        );
+        // A long nested message: its length prefix takes two bytes.
+        let long = "x".repeat(300);
+        fast(&format!(
+            r#"{{"inner": {{"name": "{long}", "deeper": {{"value": "{long}"}}}}}}"#
+        ));
+        let many: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+        fast(&format!(r#"{{"numbers": [{}]}}"#, many.join(",")));
+    }
+
+    #[test]
+    fn well_known_types_match_the_reference() {
+        fast(
+            r#"{"timestamp": "2024-02-29T12:34:56.789Z", "duration": "-1.5s",
+                "int64Wrapper": "42", "boolWrapper": false, "stringWrapper": "s"}"#,
+        );
+        fast(
+            r#"{"timestamp": "1970-01-01T00:00:00Z", "duration": "0s", "int64Wrapper": 0, "stringWrapper": ""}"#,
+        );
+        fast(r#"{"timestamp": "0001-01-01T00:00:00-01:30", "duration": "315576000000s"}"#);
+        fast(r#"{"timestamp": "9999-12-31T23:59:59.999999999Z", "duration": "0.000000001s"}"#);
+    }
+
+    #[test]
+    fn null_sets_nothing() {
+        fast(
+            r#"{"int32Field": null, "inner": null, "tags": null, "labels": null, "timestamp": null}"#,
+        );
+        // A null oneof member does not count as set.
+        fast(r#"{"choiceText": null, "choiceNumber": 5}"#);
+    }
+
+    #[test]
+    fn whitespace_only_body_is_an_empty_message() {
+        for body in ["", " ", "\n\t\r ", "\x0c"] {
+            let plan = BodyPlan::new(&everything(), DecodeOptions::default());
+            let mut out = vec![1, 2];
+            assert_eq!(plan.encode(body.as_bytes(), &mut out), Ok(()));
+            assert_eq!(out, [1, 2]);
+            assert!(run(&everything(), body.as_bytes(), DecodeOptions::default()).is_ok());
+        }
+        fast("{}");
+        fast(" \n{ }\n ");
+    }
+
+    #[test]
+    fn everything_the_reference_refuses_falls_back() {
+        let strict = DecodeOptions::default();
+        let lax = opts(false, 64);
+        for o in [strict, lax] {
+            // Duplicates, and one field under both names.
+            refused(r#"{"name": "a", "name": "b"}"#, o);
+            refused(r#"{"int32Field": 1, "int32_field": 2}"#, o);
+            refused(r#"{"inner": {"name": "a", "name": "b"}}"#, o);
+            refused(r#"{"labels": {"a": "1", "a": "2"}}"#, o);
+            refused(r#"{"items": [{"number": 1, "number": 1}]}"#, o);
+            // Two members of one oneof.
+            refused(r#"{"choiceText": "a", "choiceNumber": 1}"#, o);
+            refused(r#"{"choice_number": 0, "choiceText": ""}"#, o);
+            // Wrong types.
+            refused(r#"{"boolField": "true"}"#, o);
+            refused(r#"{"stringField": 1}"#, o);
+            refused(r#"{"int32Field": true}"#, o);
+            refused(r#"{"int32Field": {}}"#, o);
+            refused(r#"{"inner": []}"#, o);
+            refused(r#"{"inner": "x"}"#, o);
+            refused(r#"{"tags": "a"}"#, o);
+            refused(r#"{"tags": [1]}"#, o);
+            refused(r#"{"tags": [null]}"#, o);
+            refused(r#"{"labels": []}"#, o);
+            refused(r#"{"labels": {"a": null}}"#, o);
+            refused(r#"{"codes": {"x": "a"}}"#, o);
+            refused(r#"{"color": 1.5}"#, o);
+            refused(r#"{"timestamp": 5}"#, o);
+            refused(r#"{"timestamp": "2024-01-01 00:00:00Z"}"#, o);
+            refused(r#"{"timestamp": "2024-01-01T00:00Z"}"#, o);
+            refused(r#"{"duration": "5"}"#, o);
+            refused(r#"{"int64Wrapper": "x"}"#, o);
+            refused(r#"{"bytesField": "a$=="}"#, o);
+            refused(r#"{"bytesField": "a-+"}"#, o);
+            refused("[]", o);
+            refused("1", o);
+            refused("null", o);
+            // Out of range.
+            refused(r#"{"int32Field": 2147483648}"#, o);
+            refused(r#"{"int32Field": 1.5}"#, o);
+            refused(r#"{"uint32Field": -1}"#, o);
+            refused(r#"{"int64Field": 9223372036854775808}"#, o);
+            refused(r#"{"uint64Field": 100000000000000000000}"#, o);
+            refused(r#"{"floatField": 1e39}"#, o);
+            refused(r#"{"doubleField": 1e400}"#, o);
+            refused(r#"{"color": 2147483648}"#, o);
+            refused(r#"{"timestamp": "10000-01-01T00:00:00Z"}"#, o);
+            refused(r#"{"duration": "315576000001s"}"#, o);
+            // Syntax, UTF-8, trailing garbage.
+            refused(r#"{"name": "a",}"#, o);
+            refused(r#"{"name": "a"} x"#, o);
+            refused(r#"{"name": "a"}{}"#, o);
+            refused(r#"{"name": "a"#, o);
+            refused(r#"{"name": "\ud800"}"#, o);
+            refused(r#"{"name": "\x"}"#, o);
+            refused("{\"name\": \"\u{1}\"}", o);
+            refused(r#"{name: "a"}"#, o);
+            refused(r#"{"int32Field": 01}"#, o);
+            refused(r#"{"int32Field": +1}"#, o);
+            assert_eq!(
+                run(&everything(), b"{\"name\": \"\xff\"}", o),
+                Err(false),
+                "invalid UTF-8"
+            );
+        }
+        // Unknown field and enum names: refused only when unknowns are.
+        refused(r#"{"nope": 1}"#, strict);
+        refused(r#"{"inner": {"nope": 1}}"#, strict);
+        refused(r#"{"color": "PURPLE"}"#, strict);
+        refused(r#"{"colors": ["RED", "PURPLE"]}"#, strict);
+        let lax_ok = |json: &str| {
+            assert_eq!(run(&everything(), json.as_bytes(), lax), Ok(()), "{json}");
+        };
+        lax_ok(r#"{"nope": {"deep": [1, {"x": null}]}, "name": "a"}"#);
+        lax_ok(r#"{"nope": 1, "nope": 2}"#);
+        lax_ok(r#"{"color": "PURPLE", "colors": ["RED", "PURPLE"], "inner": {"nope": []}}"#);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_falls_back() {
+        // Depth counts objects and arrays, the top object being 1.
+        let body = r#"{"items": [{"deeper": {"value": "v"}}]}"#;
+        assert_eq!(run(&everything(), body.as_bytes(), opts(true, 4)), Ok(()));
+        assert_eq!(
+            run(&everything(), body.as_bytes(), opts(true, 3)),
+            Err(false)
+        );
+        let body = r#"{"inner": {"deeper": {}}, "labels": {"a": "b"}}"#;
+        assert_eq!(run(&everything(), body.as_bytes(), opts(true, 3)), Ok(()));
+        assert_eq!(
+            run(&everything(), body.as_bytes(), opts(true, 2)),
+            Err(false)
+        );
+        assert_eq!(run(&everything(), b"{}", opts(true, 0)), Err(false));
+        // Skipped unknown values are not counted (the reference skips them
+        // without looking inside).
+        let body = r#"{"x": [[[[[[[[{"a": 1}]]]]]]]]}"#;
+        assert_eq!(run(&everything(), body.as_bytes(), opts(false, 1)), Ok(()));
+        // Not even serde_json's recursion limit (128): it skips with a loop.
+        let deep = format!("{{\"x\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(run(&everything(), deep.as_bytes(), opts(false, 1)), Ok(()));
+    }
+
+    #[test]
+    fn rare_forms_are_left_to_the_reference() {
+        declined_but_valid(
+            r#"{"anyField": {"@type": "type.googleapis.com/testing.v1.Deeper", "value": "v"}}"#,
+        );
+        declined_but_valid(r#"{"structField": {"a": 1}}"#);
+        declined_but_valid(r#"{"valueField": null}"#);
+        declined_but_valid(r#"{"fieldMask": "a,b"}"#);
+        declined_but_valid(r#"{"doubleField": "NaN"}"#);
+        // Empty arrays of strings or messages, and empty maps: set-but-empty
+        // has no wire form.
+        declined_but_valid(r#"{"tags": []}"#);
+        declined_but_valid(r#"{"items": []}"#);
+        declined_but_valid(r#"{"labels": {}}"#);
+    }
+
+    #[test]
+    fn a_well_known_request_type_always_falls_back() {
+        let empty = pool().get_message_by_name("google.protobuf.Empty").unwrap();
+        let plan = BodyPlan::new(&empty, DecodeOptions::default());
+        assert_eq!(plan.encode(b"{}", &mut Vec::new()), Err(Fallback));
+        assert_eq!(plan.encode(b" ", &mut Vec::new()), Ok(()));
+    }
+
+    #[test]
+    fn name_tables_find_every_name_and_only_those() {
+        let names: Vec<String> = (0..300).map(|i| format!("field_{i}")).collect();
+        let table = Names::new(
+            (names.iter().enumerate())
+                .map(|(i, n)| (n.as_bytes().into(), i))
+                .chain([(b"field_7".as_slice().into(), 1000)]),
+        );
+        for (i, n) in names.iter().enumerate() {
+            let want = if i == 7 { 1000 } else { i };
+            assert_eq!(table.get(n.as_bytes()), Some(want));
+        }
+        for absent in ["", "f", "field_", "field_300", "Field_1", "field_1 "] {
+            assert_eq!(table.get(absent.as_bytes()), None, "{absent:?}");
+        }
+        let empty: Names<u32> = Names::default();
+        assert_eq!(empty.get(b"x"), None);
+    }
+
+    #[test]
+    fn plans_are_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<BodyPlan>();
+    }
+
+    // ---- Differential property tests ----
+
+    /// One field of a generated body: its key, its other name, its value.
+    type Entry = (String, String, String);
+
+    fn quoted(s: &str) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+
+    /// Strings, sometimes with every character as a `\u` escape (surrogate
+    /// pairs for astral ones).
+    fn json_string() -> impl Strategy<Value = String> {
+        (any::<String>(), any::<bool>()).prop_map(|(s, escape_all)| {
+            if !escape_all {
+                return quoted(&s);
+            }
+            let mut out = String::from("\"");
+            for unit in s.encode_utf16() {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+            out.push('"');
+            out
+        })
+    }
+
+    fn int_text<T: fmt::Display + Arbitrary>() -> impl Strategy<Value = String> {
+        (any::<T>(), any::<bool>())
+            .prop_map(|(v, q)| if q { format!("\"{v}\"") } else { v.to_string() })
+    }
+
+    fn double_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f64>()
+                .prop_filter("finite", |v| v.is_finite())
+                .prop_map(|v| serde_json::to_string(&v).unwrap()),
+            any::<i32>().prop_map(|v| v.to_string()),
+            Just("\"Infinity\"".to_owned()),
+            Just("\"-Infinity\"".to_owned()),
+            any::<f32>()
+                .prop_filter("not NaN", |v| !v.is_nan())
+                .prop_map(|v| format!("\"{v}\"")),
+        ]
+    }
+
+    fn float_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f32>()
+                .prop_filter("finite", |v| v.is_finite())
+                .prop_map(|v| serde_json::to_string(&v).unwrap()),
+            any::<i16>().prop_map(|v| v.to_string()),
+            Just("\"-Infinity\"".to_owned()),
+        ]
+    }
+
+    fn bytes_text() -> impl Strategy<Value = String> {
+        (proptest::collection::vec(any::<u8>(), 0..24), 0..4u8).prop_map(|(b, engine)| {
+            use base64::engine::general_purpose::{
+                STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+            };
+            let s = match engine {
+                0 => STANDARD.encode(&b),
+                1 => STANDARD_NO_PAD.encode(&b),
+                2 => URL_SAFE.encode(&b),
+                _ => URL_SAFE_NO_PAD.encode(&b),
+            };
+            quoted(&s)
+        })
+    }
+
+    fn color_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "\"COLOR_UNSPECIFIED\"",
+                "\"RED\"",
+                "\"GREEN\"",
+                "\"BLUE\""
+            ])
+            .prop_map(str::to_owned),
+            (0..5i32).prop_map(|v| v.to_string()),
+        ]
+    }
+
+    fn timestamp_text() -> impl Strategy<Value = String> {
+        (
+            MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS,
+            0..1_000_000_000i32,
+        )
+            .prop_map(|(seconds, nanos)| {
+                quoted(&prost_types::Timestamp { seconds, nanos }.to_string())
+            })
+    }
+
+    fn duration_text() -> impl Strategy<Value = String> {
+        (
+            any::<bool>(),
+            0..=MAX_DURATION_SECONDS as i64,
+            prop::option::of(0..1_000_000_000u32),
+        )
+            .prop_map(|(neg, s, nanos)| {
+                let sign = if neg { "-" } else { "" };
+                match nanos {
+                    Some(n) => format!("\"{sign}{s}.{n:09}s\""),
+                    None => format!("\"{sign}{s}s\""),
+                }
+            })
+    }
+
+    fn object(entries: Vec<Option<(String, String)>>) -> String {
+        let body: Vec<String> = entries
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{}: {v}", quoted(&k)))
+            .collect();
+        format!("{{{}}}", body.join(", "))
+    }
+
+    fn names(json: &'static str, proto: &'static str) -> impl Strategy<Value = (String, String)> {
+        any::<bool>().prop_map(move |j| {
+            if j {
+                (json.to_owned(), proto.to_owned())
+            } else {
+                (proto.to_owned(), json.to_owned())
+            }
+        })
+    }
+
+    fn deeper_text() -> impl Strategy<Value = String> {
+        (
+            prop::option::of(json_string().prop_map(|v| ("value".to_owned(), v))),
+            prop::option::of(int_text::<i64>().prop_map(|v| ("count".to_owned(), v))),
+        )
+            .prop_map(|(a, b)| object(vec![a, b]))
+    }
+
+    fn inner_text() -> impl Strategy<Value = String> {
+        (
+            prop::option::of(json_string().prop_map(|v| ("name".to_owned(), v))),
+            prop::option::of(deeper_text().prop_map(|v| ("deeper".to_owned(), v))),
+            prop::option::of(int_text::<i32>().prop_map(|v| ("number".to_owned(), v))),
+        )
+            .prop_map(|(a, b, c)| object(vec![a, b, c]))
+    }
+
+    fn array<S: Strategy<Value = String>>(elem: S, min: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(elem, min..5).prop_map(|v| format!("[{}]", v.join(", ")))
+    }
+
+    fn field<S>(json: &'static str, proto: &'static str, value: S) -> BoxedStrategy<Option<Entry>>
+    where
+        S: Strategy<Value = String> + 'static,
+    {
+        prop::option::weighted(
+            0.4,
+            (names(json, proto), value).prop_map(|((k, alt), v)| (k, alt, v)),
+        )
+        .boxed()
+    }
+
+    /// Every field the fast path must take, each present or not.
+    fn valid_fields() -> Vec<BoxedStrategy<Option<Entry>>> {
+        vec![
+            field("int32Field", "int32_field", int_text::<i32>()),
+            field("int64Field", "int64_field", int_text::<i64>()),
+            field("uint32Field", "uint32_field", int_text::<u32>()),
+            field("uint64Field", "uint64_field", int_text::<u64>()),
+            field("sint64Field", "sint64_field", int_text::<i64>()),
+            field("fixed64Field", "fixed64_field", int_text::<u64>()),
+            field("doubleField", "double_field", double_text()),
+            field("floatField", "float_field", float_text()),
+            field(
+                "boolField",
+                "bool_field",
+                any::<bool>().prop_map(|b| b.to_string()),
+            ),
+            field("stringField", "string_field", json_string()),
+            field("bytesField", "bytes_field", bytes_text()),
+            field("color", "color", color_text()),
+            field("inner", "inner", inner_text()),
+            field("tags", "tags", array(json_string(), 1)),
+            field("numbers", "numbers", array(int_text::<i64>(), 0)),
+            field("colors", "colors", array(color_text(), 0)),
+            field(
+                "labels",
+                "labels",
+                proptest::collection::btree_map(any::<String>(), any::<String>(), 1..4)
+                    .prop_map(|m| serde_json::to_string(&m).unwrap()),
+            ),
+            field(
+                "codes",
+                "codes",
+                proptest::collection::btree_map(any::<i32>(), any::<String>(), 1..4)
+                    .prop_map(|m| serde_json::to_string(&m).unwrap()),
+            ),
+            field("timestamp", "timestamp", timestamp_text()),
+            field("duration", "duration", duration_text()),
+            field("int64Wrapper", "int64_wrapper", int_text::<i64>()),
+            field(
+                "boolWrapper",
+                "bool_wrapper",
+                any::<bool>().prop_map(|b| b.to_string()),
+            ),
+            field("stringWrapper", "string_wrapper", json_string()),
+            prop_oneof![
+                field("choiceText", "choice_text", json_string()),
+                field("choiceNumber", "choice_number", int_text::<i32>()),
+            ]
+            .boxed(),
+            field("items", "items", array(inner_text(), 1)),
+            field("name", "name", json_string()),
+        ]
+    }
+
+    fn valid_body() -> impl Strategy<Value = Vec<Entry>> {
+        valid_fields()
+            .prop_map(|v| v.into_iter().flatten().collect::<Vec<_>>())
+            .prop_shuffle()
+    }
+
+    fn render(entries: &[Entry], ws: &str) -> String {
+        let body: Vec<String> = entries
+            .iter()
+            .map(|(k, _, v)| format!("{ws}{}{ws}:{ws}{v}", quoted(k)))
+            .collect();
+        format!("{ws}{{{}{ws}}}{ws}", body.join(","))
+    }
+
+    /// Values the reference refuses or the fast path declines, for any key.
+    fn odd_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+            Just("[null]".to_owned()),
+            Just("\"NaN\"".to_owned()),
+            Just("1.5".to_owned()),
+            Just("1e3".to_owned()),
+            Just("-1".to_owned()),
+            Just("4294967296".to_owned()),
+            Just("1e400".to_owned()),
+            Just("\"PURPLE\"".to_owned()),
+            Just("\"2024-01-01T00:00:00Z\"".to_owned()),
+            Just("\"1s\"".to_owned()),
+            Just("{\"a\": 1}".to_owned()),
+            Just("{\"@type\": \"x\"}".to_owned()),
+            Just("{\"name\": \"a\", \"name\": \"b\"}".to_owned()),
+            Just("{\"deeper\": {\"value\": 1}}".to_owned()),
+            Just("[{\"number\": \"x\"}]".to_owned()),
+            Just("{\"1\": \"a\", \"01\": \"b\"}".to_owned()),
+            Just("{\"a\": null}".to_owned()),
+            json_string(),
+            any::<bool>().prop_map(|b| b.to_string()),
+            int_text::<i64>(),
+            double_text(),
+        ]
+    }
+
+    fn any_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(
+                everything()
+                    .fields()
+                    .flat_map(|f| [f.name().to_owned(), f.json_name().to_owned()])
+                    .collect::<Vec<_>>()
+            ),
+            1 => "[a-z_]{1,8}",
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Entry `i` again, under the same or its other name.
+        Duplicate(prop::sample::Index, bool),
+        /// A field (known or not) with an odd value.
+        Insert(prop::sample::Index, String, String),
+        /// The value of entry `i` replaced by an odd one.
+        Replace(prop::sample::Index, String),
+        /// A byte of the rendered text replaced, inserted or removed.
+        Byte(prop::sample::Index, u8, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let byte = prop_oneof![
+            prop::sample::select(b"{}[]\",:.-+eE0123456789 \\nultrfa\x00\x7f\xff\xc3".to_vec()),
+            any::<u8>(),
+        ];
+        prop_oneof![
+            (any::<prop::sample::Index>(), any::<bool>())
+                .prop_map(|(i, alt)| Mutation::Duplicate(i, alt)),
+            (any::<prop::sample::Index>(), any_key(), odd_value())
+                .prop_map(|(i, k, v)| Mutation::Insert(i, k, v)),
+            (any::<prop::sample::Index>(), odd_value()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+            (any::<prop::sample::Index>(), 0..3u8, byte)
+                .prop_map(|(i, op, b)| Mutation::Byte(i, op, b)),
+        ]
+    }
+
+    fn apply(mut entries: Vec<Entry>, muts: &[Mutation], ws: &str) -> Vec<u8> {
+        let mut bytes = None;
+        for m in muts {
+            match m {
+                Mutation::Duplicate(i, alt) if !entries.is_empty() => {
+                    let (k, a, v) = entries[i.index(entries.len())].clone();
+                    let k = if *alt { a.clone() } else { k };
+                    entries.push((k, a, v));
+                }
+                Mutation::Insert(i, k, v) => {
+                    let at = i.index(entries.len() + 1);
+                    entries.insert(at, (k.clone(), k.clone(), v.clone()));
+                }
+                Mutation::Replace(i, v) if !entries.is_empty() => {
+                    let at = i.index(entries.len());
+                    entries[at].2 = v.clone();
+                }
+                Mutation::Byte(i, op, b) => {
+                    let mut text = bytes
+                        .take()
+                        .unwrap_or_else(|| render(&entries, ws).into_bytes());
+                    let at = i.index(text.len());
+                    match op {
+                        0 => text[at] = *b,
+                        1 => text.insert(at, *b),
+                        _ => {
+                            text.remove(at);
+                        }
+                    }
+                    bytes = Some(text);
+                }
+                _ => {}
+            }
+        }
+        bytes.unwrap_or_else(|| render(&entries, ws).into_bytes())
+    }
+
+    fn whitespace() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["", " ", "\n", " \t\r\n "]).prop_map(str::to_owned)
+    }
+
+    fn config() -> ProptestConfig {
+        // Debug builds on two cores: a few seconds per property
+        // (PROPTEST_CASES=100000 for a longer hunt).
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn valid_bodies_take_the_fast_path_and_match(
+            entries in valid_body(),
+            ws in whitespace(),
+            reject_unknown in any::<bool>(),
+        ) {
+            let body = render(&entries, &ws);
+            let r = run(&everything(), body.as_bytes(), opts(reject_unknown, 64));
+            prop_assert_eq!(r, Ok(()), "fell back on {}", body);
+        }
+
+        #[test]
+        fn mutated_bodies_never_disagree_with_the_reference(
+            entries in valid_body(),
+            muts in proptest::collection::vec(mutation(), 1..4),
+            ws in whitespace(),
+            reject_unknown in any::<bool>(),
+            max_depth in prop_oneof![1 => 0..6usize, 3 => Just(64usize)],
+        ) {
+            let body = apply(entries, &muts, &ws);
+            // `run` asserts the contract; either outcome is fine here.
+            let _ = run(&everything(), &body, opts(reject_unknown, max_depth));
+        }
+    }
+
+    // ---- Throughput ----
+
+    /// About 1 MiB of `bench.v1.CreateItemRequest`: many items with strings,
+    /// integers, doubles, enums, tags, timestamps and labels.
+    fn big_body() -> String {
+        let mut items = Vec::new();
+        let mut len = 0;
+        let mut i = 0u64;
+        while len < (1 << 20) {
+            let item = format!(
+                r#"{{"id": {id}, "name": "item number {i}", "description": "a fairly ordinary description of item {i}, with some words", "quantity": {q}, "price": {p}, "active": {a}, "tags": ["red", "large", "t{t}"], "state": "{s}", "created": "2024-03-0{d}T12:34:56.{n:03}Z", "labels": {{"team": "core", "tier": "t{t}"}}}}"#,
+                id = 1_000_000 + i * 7919,
+                q = i % 1000,
+                p = (i as f64) * 1.25 + 0.99,
+                a = i.is_multiple_of(2),
+                t = i % 5,
+                s = if i.is_multiple_of(3) {
+                    "ACTIVE"
+                } else {
+                    "RETIRED"
+                },
+                d = 1 + i % 9,
+                n = i % 1000,
+            );
+            len += item.len() + 2;
+            items.push(item);
+            i += 1;
+        }
+        format!(
+            r#"{{"item": {}, "extra": [{}]}}"#,
+            items[0],
+            items.join(", ")
+        )
+    }
+
+    #[test]
+    #[ignore = "throughput; run with --release -- --ignored --nocapture"]
+    fn throughput_of_a_one_mib_body() {
+        let desc = pool()
+            .get_message_by_name("bench.v1.CreateItemRequest")
+            .unwrap();
+        let body = big_body();
+        let o = DecodeOptions::default();
+        let plan = BodyPlan::new(&desc, o);
+        let mut out = Vec::new();
+        plan.encode(body.as_bytes(), &mut out).expect("fast path");
+        let want = decode_body(&desc, &BodyRule::All, body.as_bytes(), o).unwrap();
+        assert_eq!(
+            DynamicMessage::decode(desc.clone(), out.as_slice()).unwrap(),
+            want
+        );
+
+        let mb = body.len() as f64 / 1e6;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let start = Instant::now();
+            let mut n = 0;
+            while n < 5 || start.elapsed().as_secs_f64() < 2.0 {
+                f();
+                n += 1;
+            }
+            mb * n as f64 / start.elapsed().as_secs_f64()
+        };
+        let fast = time(&mut || {
+            let mut out = Vec::new();
+            plan.encode(body.as_bytes(), &mut out).unwrap();
+            std::hint::black_box(out);
+        });
+        let reused = time(&mut || {
+            out.clear();
+            plan.encode(body.as_bytes(), &mut out).unwrap();
+            std::hint::black_box(&out);
+        });
+        let reference = time(&mut || {
+            let m = decode_body(&desc, &BodyRule::All, body.as_bytes(), o).unwrap();
+            std::hint::black_box(m.encode_to_vec());
+        });
+        println!(
+            "body {:.2} MB -> {} wire bytes; json_wire {fast:.0} MB/s (fresh Vec), {reused:.0} MB/s (reused Vec); reference decode_body+encode {reference:.0} MB/s; {:.1}x",
+            mb,
+            out.len(),
+            fast / reference
+        );
+    }
+}
