@@ -461,6 +461,20 @@ fn encode_request(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<Bytes, crate::transcode::TranscodeError> {
+    if let Some(wire) = crate::transcode::fast::encode_request(
+        &route.fast,
+        &route.input,
+        &route.body,
+        &route.path_fields,
+        &route.bound,
+        route.shaping.update_mask.as_ref(),
+        vars,
+        query,
+        body,
+        snap.decode,
+    ) {
+        return Ok(Bytes::from(wire));
+    }
     let msg = build_message(snap, route, vars, query, body)?;
     Ok(Bytes::from(prost::Message::encode_to_vec(&msg)))
 }

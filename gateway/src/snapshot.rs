@@ -60,6 +60,8 @@ pub struct Route {
     pub grpc_label: Arc<str>,
     /// The backend's name, likewise.
     pub backend_label: Arc<str>,
+    /// The direct JSON <-> wire path, where the route allows it.
+    pub fast: crate::transcode::fast::FastRoute,
     /// Metric handles for the labels above, registered on first use.
     pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
     pub source: RouteSource,
@@ -342,6 +344,11 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     // Before the routes, which refer to its issuers and policies.
     let edge = crate::edge::build(file, ctx.previous.map(|p| &p.edge), &mut errors);
 
+    let decode = DecodeOptions {
+        reject_unknown: server.unknown_fields == UnknownFields::Reject,
+        max_depth: edge.limits.max_json_depth,
+    };
+    let mut planner = crate::transcode::fast::Planner::new(decode);
     let mut routes: Vec<Arc<Route>> = Vec::new();
     let mut matcher: Matcher<Arc<Route>> = Matcher::new();
 
@@ -362,7 +369,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         };
         spec.edge = edge.route(file, i, spanned, &spec.method, &spec.path, &mut errors);
         let mut route_errors = Vec::new();
-        let compiled = compile(spec, &mut |field: &str, msg: String| {
+        let compiled = compile(spec, &mut planner, &mut |field: &str, msg: String| {
             let e = match field {
                 "path" => file.error(&r.path, at("path"), msg),
                 "body" => match &r.body {
@@ -436,7 +443,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
                     };
                     let name = format!("{} (google.api.http)", method.full_name());
                     let mut ann_errors = Vec::new();
-                    let compiled = compile(spec, &mut |field: &str, msg: String| {
+                    let compiled = compile(spec, &mut planner, &mut |field: &str, msg: String| {
                         ann_errors.push(ConfigError::new(
                             &descriptors_dir,
                             None,
@@ -502,10 +509,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         matcher,
         backends,
         max_body_bytes: server.max_body_bytes,
-        decode: DecodeOptions {
-            reject_unknown: server.unknown_fields == UnknownFields::Reject,
-            max_depth: edge.limits.max_json_depth,
-        },
+        decode,
         encode: SerializeOptions::new()
             .skip_default_fields(!server.emit_defaults)
             .use_proto_field_name(server.proto_field_names),
@@ -740,7 +744,11 @@ fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, 
     Ok(out)
 }
 
-fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Route> {
+fn compile(
+    spec: RouteSpec<'_>,
+    planner: &mut crate::transcode::fast::Planner,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<Route> {
     let all_ok = std::cell::Cell::new(true);
     let mut fail = |field: &str, msg: String| {
         all_ok.set(false);
@@ -822,8 +830,15 @@ fn compile(spec: RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Rou
         &backend_label,
         &grpc_label,
     ));
+    let unary = !spec.grpc.is_client_streaming() && !spec.grpc.is_server_streaming();
+    let fast = planner.route(
+        &input,
+        &body,
+        unary && !shaping.raw_request && !shaping.multipart,
+    );
     Some(Route {
         method: spec.method,
+        fast,
         label,
         grpc_label,
         backend_label,

@@ -69,15 +69,26 @@ struct InFlightGuard;
 impl InFlightGuard {
     fn new() -> Self {
         let n = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(super::metrics::IN_FLIGHT).set(n as f64);
+        in_flight_gauge().set(n as f64);
         InFlightGuard
     }
 }
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         let n = IN_FLIGHT.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!(super::metrics::IN_FLIGHT).set(n as f64);
+        in_flight_gauge().set(n as f64);
     }
+}
+
+/// The gauge's handle, looked up once rather than twice per request (see
+/// `metrics::RouteMetrics`). Registered after the recorder: the app installs
+/// it before serving.
+fn in_flight_gauge() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| {
+        super::metrics::handle();
+        metrics::gauge!(super::metrics::IN_FLIGHT)
+    })
 }
 
 impl<S, B, RB> Service<Request<B>> for Access<S>

@@ -1273,7 +1273,6 @@ impl<'de> Visitor<'de> for ElemSeed<'_, '_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::OnceLock;
     use std::time::Instant;
 
     use base64::Engine as _;
@@ -1284,26 +1283,8 @@ mod tests {
     use super::*;
     use crate::transcode::request::{decode_body, BodyRule};
 
-    const TESTING_PROTO: &str = include_str!("../../../tests/fixtures/descriptors/testing.proto");
-    const BENCH_PROTO: &str = include_str!("../../../tests/fixtures/bench/bench.proto");
-
     fn pool() -> &'static DescriptorPool {
-        static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-        POOL.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!(
-                "gateway-json-wire-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(dir.join("testing/v1")).unwrap();
-            std::fs::create_dir_all(dir.join("bench/v1")).unwrap();
-            std::fs::write(dir.join("testing/v1/testing.proto"), TESTING_PROTO).unwrap();
-            std::fs::write(dir.join("bench/v1/bench.proto"), BENCH_PROTO).unwrap();
-            let loaded = crate::descriptors::load_dir(&dir);
-            let _ = std::fs::remove_dir_all(&dir);
-            loaded.expect("test descriptors").pool
-        })
+        crate::transcode::test_pool()
     }
 
     fn everything() -> MessageDescriptor {

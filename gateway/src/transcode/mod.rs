@@ -1,5 +1,6 @@
 //! HTTP <-> protobuf: request mapping, reply rendering, and status mapping.
 
+pub mod fast;
 pub mod fieldmask;
 pub mod framing;
 pub mod httpbody;
@@ -64,4 +65,30 @@ pub async fn read_limited(
             format!("reading the request body failed: {e}"),
         )),
     }
+}
+
+/// The end-to-end tests' descriptors (`testing.v1.Everything` has every
+/// kind of field) and the benchmark's, for unit tests of the transcoders.
+#[cfg(test)]
+pub(crate) fn test_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("gateway-test-pool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("testing/v1")).unwrap();
+        std::fs::create_dir_all(dir.join("bench/v1")).unwrap();
+        std::fs::write(
+            dir.join("testing/v1/testing.proto"),
+            include_str!("../../../tests/fixtures/descriptors/testing.proto"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("bench/v1/bench.proto"),
+            include_str!("../../../tests/fixtures/bench/bench.proto"),
+        )
+        .unwrap();
+        let loaded = crate::descriptors::load_dir(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded.expect("test descriptors").pool
+    })
 }

@@ -1,0 +1,435 @@
+//! The direct path between JSON and protobuf wire bytes for unary calls:
+//! the request body goes through [`json_wire`](super::json_wire) and path
+//! variables are appended as encoded fields, so no `DynamicMessage` is built.
+//!
+//! It relies on protobuf's merge rule: when a field appears twice on the
+//! wire, the last singular value wins and messages merge. Writing the body
+//! first and the path variables after it gives exactly "path variables win
+//! over the body" (grpc-gateway's rule) that the reference path implements
+//! by setting fields on a message.
+//!
+//! Whenever the direct path declines (a body it does not handle, any error),
+//! the caller runs the reference path, which is also what words the 400.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::encoding::{encode_key, encode_varint, WireType};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+
+use super::json_wire::BodyPlan;
+use super::request::{self, BodyRule, DecodeOptions};
+
+/// What a route can do without a `DynamicMessage`, resolved at config load.
+#[derive(Default)]
+pub struct FastRoute {
+    /// The plan for the JSON body (the request, or its `body` field's
+    /// message); `None` when the route has no body or the body's type is
+    /// not one the direct encoder handles.
+    body: Option<Arc<BodyPlan>>,
+    /// Whether the route can use the direct request path at all.
+    request: bool,
+    /// The query may set a field in the same oneof as the body field; the
+    /// reference path refuses that, and appending would let the last win.
+    query_in_body_oneof: bool,
+}
+
+impl std::fmt::Debug for FastRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastRoute")
+            .field("request", &self.request)
+            .field("body", &self.body.is_some())
+            .finish()
+    }
+}
+
+/// Builds [`FastRoute`]s for one snapshot, sharing a plan between routes of
+/// the same message type (10,000 routes of one method hold one plan).
+pub struct Planner {
+    decode: DecodeOptions,
+    bodies: HashMap<String, Arc<BodyPlan>>,
+}
+
+impl Planner {
+    pub fn new(decode: DecodeOptions) -> Self {
+        Planner {
+            decode,
+            bodies: HashMap::new(),
+        }
+    }
+
+    fn body_plan(&mut self, desc: &MessageDescriptor) -> Arc<BodyPlan> {
+        let decode = self.decode;
+        self.bodies
+            .entry(desc.full_name().to_owned())
+            .or_insert_with(|| Arc::new(BodyPlan::new(desc, decode)))
+            .clone()
+    }
+
+    /// The direct path for a unary route with a JSON (not raw, not
+    /// multipart) body, or none.
+    pub fn route(
+        &mut self,
+        input: &MessageDescriptor,
+        body: &BodyRule,
+        eligible: bool,
+    ) -> FastRoute {
+        if !eligible {
+            return FastRoute::default();
+        }
+        match body {
+            BodyRule::None => FastRoute {
+                body: None,
+                request: true,
+                query_in_body_oneof: false,
+            },
+            BodyRule::All => FastRoute {
+                body: Some(self.body_plan(input)),
+                request: true,
+                query_in_body_oneof: false,
+            },
+            BodyRule::Field(f) => match f.kind() {
+                Kind::Message(m) if !f.is_list() && !f.is_map() => FastRoute {
+                    body: Some(self.body_plan(&m)),
+                    request: true,
+                    query_in_body_oneof: f.containing_oneof().is_some_and(|o| !o.is_synthetic()),
+                },
+                // Scalar, repeated and map bodies: the reference path.
+                _ => FastRoute::default(),
+            },
+        }
+    }
+}
+
+/// The request message's wire bytes built directly, or `None` to take the
+/// reference path (which also words any error).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_request(
+    fast: &FastRoute,
+    input: &MessageDescriptor,
+    rule: &BodyRule,
+    path_fields: &[request::FieldPath],
+    bound: &[Vec<u32>],
+    mask: Option<&FieldDescriptor>,
+    vars: &[std::borrow::Cow<'_, str>],
+    query: Option<&str>,
+    body: &[u8],
+    decode: DecodeOptions,
+) -> Option<Vec<u8>> {
+    if !fast.request || (fast.query_in_body_oneof && query.is_some_and(|q| !q.is_empty())) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() / 2 + 32);
+    match (rule, &fast.body) {
+        (BodyRule::None, _) => {}
+        (BodyRule::All, Some(plan)) => plan.encode(body, &mut out).ok()?,
+        (BodyRule::Field(f), Some(plan)) => {
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                let mut inner = Vec::with_capacity(body.len() / 2 + 16);
+                plan.encode(body, &mut inner).ok()?;
+                encode_key(f.number(), WireType::LengthDelimited, &mut out);
+                encode_varint(inner.len() as u64, &mut out);
+                out.extend_from_slice(&inner);
+            }
+        }
+        _ => return None,
+    }
+    for (path, raw) in path_fields.iter().zip(vars) {
+        encode_path_var(path, raw, &mut out)?;
+    }
+    let query = query.filter(|q| !q.is_empty());
+    let mask = match (mask, rule) {
+        (Some(m), BodyRule::Field(f)) => Some((m, f)),
+        _ => None,
+    };
+    if query.is_some() || mask.is_some() {
+        // The query (and a filled update_mask) set fields the body and path
+        // do not bind, so they go in a message of their own, appended.
+        let mut rest = DynamicMessage::new(input.clone());
+        if let Some(q) = query {
+            request::apply_query(&mut rest, q, rule, bound, decode).ok()?;
+        }
+        if let Some((m, f)) = mask {
+            super::fieldmask::fill(&mut rest, m, f, body);
+        }
+        prost::Message::encode(&rest, &mut out).ok()?;
+    }
+    Some(out)
+}
+
+/// Appends one path variable as an encoded field (inside its parent
+/// messages), even when it is the default value: on the wire an explicit 0
+/// still overrides what the body said.
+fn encode_path_var(path: &[FieldDescriptor], raw: &str, out: &mut Vec<u8>) -> Option<()> {
+    let (leaf, parents) = path.split_last()?;
+    let value = request::parse_value(leaf, raw).ok()?;
+    if parents.is_empty() {
+        return encode_field(leaf, &value, out);
+    }
+    let mut inner = Vec::with_capacity(raw.len() + 8);
+    encode_field(leaf, &value, &mut inner)?;
+    for parent in parents.iter().rev() {
+        let mut wrapped = Vec::with_capacity(inner.len() + 6);
+        encode_key(parent.number(), WireType::LengthDelimited, &mut wrapped);
+        encode_varint(inner.len() as u64, &mut wrapped);
+        wrapped.extend_from_slice(&inner);
+        inner = wrapped;
+    }
+    out.extend_from_slice(&inner);
+    Some(())
+}
+
+/// One singular field's tag and value, as protobuf encodes `kind`.
+fn encode_field(field: &FieldDescriptor, value: &Value, out: &mut Vec<u8>) -> Option<()> {
+    let n = field.number();
+    let varint = |v: u64, out: &mut Vec<u8>| {
+        encode_key(n, WireType::Varint, out);
+        encode_varint(v, out);
+    };
+    match (field.kind(), value) {
+        (Kind::Double, Value::F64(v)) => {
+            encode_key(n, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (Kind::Float, Value::F32(v)) => {
+            encode_key(n, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        // Negative int32s are sign-extended to ten bytes, as protobuf does.
+        (Kind::Int32, Value::I32(v)) => varint(i64::from(*v) as u64, out),
+        (Kind::Int64, Value::I64(v)) => varint(*v as u64, out),
+        (Kind::Uint32, Value::U32(v)) => varint(u64::from(*v), out),
+        (Kind::Uint64, Value::U64(v)) => varint(*v, out),
+        (Kind::Sint32, Value::I32(v)) => varint(u64::from(((v << 1) ^ (v >> 31)) as u32), out),
+        (Kind::Sint64, Value::I64(v)) => varint(((v << 1) ^ (v >> 63)) as u64, out),
+        (Kind::Bool, Value::Bool(v)) => varint(u64::from(*v), out),
+        (Kind::Enum(_), Value::EnumNumber(v)) => varint(i64::from(*v) as u64, out),
+        (Kind::Fixed32, Value::U32(v)) => {
+            encode_key(n, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (Kind::Sfixed32, Value::I32(v)) => {
+            encode_key(n, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (Kind::Fixed64, Value::U64(v)) => {
+            encode_key(n, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (Kind::Sfixed64, Value::I64(v)) => {
+            encode_key(n, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        (Kind::String, Value::String(s)) => {
+            encode_key(n, WireType::LengthDelimited, out);
+            encode_varint(s.len() as u64, out);
+            out.extend_from_slice(s.as_bytes());
+        }
+        (Kind::Bytes, Value::Bytes(b)) => {
+            encode_key(n, WireType::LengthDelimited, out);
+            encode_varint(b.len() as u64, out);
+            out.extend_from_slice(b);
+        }
+        (Kind::Message(_), Value::Message(m)) => {
+            let bytes = prost::Message::encode_to_vec(m);
+            encode_key(n, WireType::LengthDelimited, out);
+            encode_varint(bytes.len() as u64, out);
+            out.extend_from_slice(&bytes);
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use prost_reflect::{DynamicMessage, ReflectMessage as _, SerializeOptions};
+
+    use super::*;
+
+    fn everything() -> MessageDescriptor {
+        crate::transcode::test_pool()
+            .get_message_by_name("testing.v1.Everything")
+            .unwrap()
+    }
+
+    fn field_path(names: &[&str]) -> request::FieldPath {
+        let mut desc = everything();
+        let mut out = Vec::new();
+        for name in names {
+            let f = desc.get_field_by_name(name).unwrap();
+            if let Kind::Message(m) = f.kind() {
+                desc = m;
+            }
+            out.push(f);
+        }
+        out
+    }
+
+    struct Case {
+        rule: BodyRule,
+        paths: Vec<request::FieldPath>,
+        vars: Vec<&'static str>,
+        query: Option<&'static str>,
+        body: &'static str,
+    }
+
+    fn decode() -> DecodeOptions {
+        DecodeOptions::default()
+    }
+
+    /// What the reference path (server::build_message) builds.
+    fn reference(c: &Case, bound: &[Vec<u32>]) -> Result<DynamicMessage, String> {
+        let input = everything();
+        let mut msg = request::decode_body(&input, &c.rule, c.body.as_bytes(), decode())
+            .map_err(|e| e.message)?;
+        for (p, v) in c.paths.iter().zip(&c.vars) {
+            request::set_path_field(&mut msg, p, v).map_err(|e| e.message)?;
+        }
+        if let Some(q) = c.query {
+            request::apply_query(&mut msg, q, &c.rule, bound, decode()).map_err(|e| e.message)?;
+        }
+        Ok(msg)
+    }
+
+    fn bound(c: &Case) -> Vec<Vec<u32>> {
+        let mut b: Vec<Vec<u32>> = c
+            .paths
+            .iter()
+            .map(|p| p.iter().map(FieldDescriptor::number).collect())
+            .collect();
+        if let BodyRule::Field(f) = &c.rule {
+            b.push(vec![f.number()]);
+        }
+        b
+    }
+
+    /// Runs the direct path; `Some` when it took the case.
+    fn direct(c: &Case) -> Option<Vec<u8>> {
+        let mut planner = Planner::new(decode());
+        let fast = planner.route(&everything(), &c.rule, true);
+        let vars: Vec<Cow<'_, str>> = c.vars.iter().map(|v| Cow::Borrowed(*v)).collect();
+        encode_request(
+            &fast,
+            &everything(),
+            &c.rule,
+            &c.paths,
+            &bound(c),
+            None,
+            &vars,
+            c.query,
+            c.body.as_bytes(),
+            decode(),
+        )
+    }
+
+    /// Both paths give the same message (compared as the JSON the backend's
+    /// reply would render, since explicit defaults differ only in presence).
+    fn same(c: Case) {
+        let expected = reference(&c, &bound(&c)).expect("the reference accepts the case");
+        let wire = direct(&c).expect("the direct path takes the case");
+        let got = DynamicMessage::decode(everything(), wire.as_slice()).unwrap();
+        let json = |m: &DynamicMessage| {
+            m.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                .unwrap()
+        };
+        assert_eq!(json(&got), json(&expected), "{}", c.body);
+        assert_eq!(got.descriptor().full_name(), "testing.v1.Everything");
+    }
+
+    fn inner_field() -> FieldDescriptor {
+        everything().get_field_by_name("inner").unwrap()
+    }
+
+    #[test]
+    fn path_variables_win_over_the_body() {
+        same(Case {
+            rule: BodyRule::All,
+            paths: vec![field_path(&["string_field"]), field_path(&["int64_field"])],
+            vars: vec!["from-path", "0"],
+            query: None,
+            body: r#"{"stringField":"from-body","int64Field":"7","tags":["a"]}"#,
+        });
+    }
+
+    #[test]
+    fn nested_path_variable_merges_into_the_body_field() {
+        same(Case {
+            rule: BodyRule::Field(inner_field()),
+            paths: vec![field_path(&["inner", "deeper", "value"])],
+            vars: vec!["v"],
+            query: Some("tags=x&tags=y&int32Field=-3&labels[k]=v"),
+            body: r#"{"name":"n","deeper":{"value":"old","count":"4"},"number":2}"#,
+        });
+    }
+
+    #[test]
+    fn every_scalar_kind_from_the_path() {
+        let names = [
+            ("int32_field", "-5"),
+            ("uint64_field", "18446744073709551615"),
+            ("sint64_field", "-9"),
+            ("fixed64_field", "12"),
+            ("double_field", "1.5"),
+            ("float_field", "-2.25"),
+            ("bool_field", "true"),
+            ("bytes_field", "aGk="),
+            ("color", "BLUE"),
+            ("timestamp", "2026-11-21T10:00:00Z"),
+            ("int64_wrapper", "9"),
+        ];
+        same(Case {
+            rule: BodyRule::None,
+            paths: names.iter().map(|(n, _)| field_path(&[n])).collect(),
+            vars: names.iter().map(|(_, v)| *v).collect(),
+            query: Some("stringField=q"),
+            body: "",
+        });
+    }
+
+    #[test]
+    fn declines_what_the_reference_must_word() {
+        // A bad path value, a bad body, an unknown query parameter: the
+        // reference path answers with the precise 400.
+        for c in [
+            Case {
+                rule: BodyRule::None,
+                paths: vec![field_path(&["int32_field"])],
+                vars: vec!["x"],
+                query: None,
+                body: "",
+            },
+            Case {
+                rule: BodyRule::All,
+                paths: vec![],
+                vars: vec![],
+                query: None,
+                body: r#"{"int32Field":"#,
+            },
+            Case {
+                rule: BodyRule::Field(inner_field()),
+                paths: vec![],
+                vars: vec![],
+                query: Some("nope=1"),
+                body: r#"{"name":"n"}"#,
+            },
+        ] {
+            assert!(reference(&c, &bound(&c)).is_err());
+            assert!(direct(&c).is_none());
+        }
+    }
+
+    #[test]
+    fn plans_are_shared_between_routes_of_one_type() {
+        let mut planner = Planner::new(decode());
+        let a = planner.route(&everything(), &BodyRule::All, true);
+        let b = planner.route(&everything(), &BodyRule::All, true);
+        assert!(Arc::ptr_eq(
+            a.body.as_ref().unwrap(),
+            b.body.as_ref().unwrap()
+        ));
+        assert!(!planner.route(&everything(), &BodyRule::All, false).request);
+    }
+}
