@@ -13,6 +13,7 @@ pub mod shape;
 pub mod status;
 pub mod stream;
 pub mod strict;
+pub mod wire_json;
 
 pub use request::{BodyRule, DecodeOptions, FieldPath};
 pub use response::encode_reply;
