@@ -348,7 +348,13 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         reject_unknown: server.unknown_fields == UnknownFields::Reject,
         max_depth: edge.limits.max_json_depth,
     };
-    let mut planner = crate::transcode::fast::Planner::new(decode);
+    let mut planner = crate::transcode::fast::Planner::new(
+        decode,
+        crate::transcode::wire_json::JsonStyle {
+            emit_defaults: server.emit_defaults,
+            proto_names: server.proto_field_names,
+        },
+    );
     let mut routes: Vec<Arc<Route>> = Vec::new();
     let mut matcher: Matcher<Arc<Route>> = Matcher::new();
 
@@ -835,6 +841,8 @@ fn compile(
         &input,
         &body,
         unary && !shaping.raw_request && !shaping.multipart,
+        &output,
+        unary && response_body.is_none() && !shaping.needs_reply_message(),
     );
     Some(Route {
         method: spec.method,

@@ -19,6 +19,7 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Va
 
 use super::json_wire::BodyPlan;
 use super::request::{self, BodyRule, DecodeOptions};
+use super::wire_json::{JsonStyle, ReplyPlan};
 
 /// What a route can do without a `DynamicMessage`, resolved at config load.
 #[derive(Default)]
@@ -32,6 +33,10 @@ pub struct FastRoute {
     /// The query may set a field in the same oneof as the body field; the
     /// reference path refuses that, and appending would let the last win.
     query_in_body_oneof: bool,
+    /// The plan that renders the reply straight from its wire bytes; `None`
+    /// when the answer needs the decoded message (`response_body`, an
+    /// HttpBody reply, headers taken from reply fields).
+    pub reply: Option<Arc<ReplyPlan>>,
 }
 
 impl std::fmt::Debug for FastRoute {
@@ -39,6 +44,7 @@ impl std::fmt::Debug for FastRoute {
         f.debug_struct("FastRoute")
             .field("request", &self.request)
             .field("body", &self.body.is_some())
+            .field("reply", &self.reply.is_some())
             .finish()
     }
 }
@@ -47,15 +53,27 @@ impl std::fmt::Debug for FastRoute {
 /// the same message type (10,000 routes of one method hold one plan).
 pub struct Planner {
     decode: DecodeOptions,
+    style: JsonStyle,
     bodies: HashMap<String, Arc<BodyPlan>>,
+    replies: HashMap<String, Arc<ReplyPlan>>,
 }
 
 impl Planner {
-    pub fn new(decode: DecodeOptions) -> Self {
+    pub fn new(decode: DecodeOptions, style: JsonStyle) -> Self {
         Planner {
             decode,
+            style,
             bodies: HashMap::new(),
+            replies: HashMap::new(),
         }
+    }
+
+    fn reply_plan(&mut self, desc: &MessageDescriptor) -> Arc<ReplyPlan> {
+        let style = self.style;
+        self.replies
+            .entry(desc.full_name().to_owned())
+            .or_insert_with(|| Arc::new(ReplyPlan::new(desc, style)))
+            .clone()
     }
 
     fn body_plan(&mut self, desc: &MessageDescriptor) -> Arc<BodyPlan> {
@@ -66,33 +84,43 @@ impl Planner {
             .clone()
     }
 
-    /// The direct path for a unary route with a JSON (not raw, not
-    /// multipart) body, or none.
+    /// The direct paths of a unary route: the request when its body is
+    /// JSON (`request_ok`: not raw, not multipart), the reply when the
+    /// answer is the whole reply as JSON (`reply_ok`).
     pub fn route(
         &mut self,
         input: &MessageDescriptor,
         body: &BodyRule,
-        eligible: bool,
+        request_ok: bool,
+        output: &MessageDescriptor,
+        reply_ok: bool,
     ) -> FastRoute {
+        let reply = reply_ok.then(|| self.reply_plan(output));
+        let mut fast = self.request(input, body, request_ok);
+        fast.reply = reply;
+        fast
+    }
+
+    fn request(&mut self, input: &MessageDescriptor, body: &BodyRule, eligible: bool) -> FastRoute {
         if !eligible {
             return FastRoute::default();
         }
         match body {
             BodyRule::None => FastRoute {
-                body: None,
                 request: true,
-                query_in_body_oneof: false,
+                ..FastRoute::default()
             },
             BodyRule::All => FastRoute {
                 body: Some(self.body_plan(input)),
                 request: true,
-                query_in_body_oneof: false,
+                ..FastRoute::default()
             },
             BodyRule::Field(f) => match f.kind() {
                 Kind::Message(m) if !f.is_list() && !f.is_map() => FastRoute {
                     body: Some(self.body_plan(&m)),
                     request: true,
                     query_in_body_oneof: f.containing_oneof().is_some_and(|o| !o.is_synthetic()),
+                    ..FastRoute::default()
                 },
                 // Scalar, repeated and map bodies: the reference path.
                 _ => FastRoute::default(),
@@ -308,8 +336,8 @@ mod tests {
 
     /// Runs the direct path; `Some` when it took the case.
     fn direct(c: &Case) -> Option<Vec<u8>> {
-        let mut planner = Planner::new(decode());
-        let fast = planner.route(&everything(), &c.rule, true);
+        let mut planner = Planner::new(decode(), JsonStyle::default());
+        let fast = planner.route(&everything(), &c.rule, true, &everything(), false);
         let vars: Vec<Cow<'_, str>> = c.vars.iter().map(|v| Cow::Borrowed(*v)).collect();
         encode_request(
             &fast,
@@ -423,13 +451,19 @@ mod tests {
 
     #[test]
     fn plans_are_shared_between_routes_of_one_type() {
-        let mut planner = Planner::new(decode());
-        let a = planner.route(&everything(), &BodyRule::All, true);
-        let b = planner.route(&everything(), &BodyRule::All, true);
+        let mut planner = Planner::new(decode(), JsonStyle::default());
+        let e = everything();
+        let a = planner.route(&e, &BodyRule::All, true, &e, true);
+        let b = planner.route(&e, &BodyRule::All, true, &e, true);
         assert!(Arc::ptr_eq(
             a.body.as_ref().unwrap(),
             b.body.as_ref().unwrap()
         ));
-        assert!(!planner.route(&everything(), &BodyRule::All, false).request);
+        assert!(Arc::ptr_eq(
+            a.reply.as_ref().unwrap(),
+            b.reply.as_ref().unwrap()
+        ));
+        let none = planner.route(&e, &BodyRule::All, false, &e, false);
+        assert!(!none.request && none.reply.is_none());
     }
 }

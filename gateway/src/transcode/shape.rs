@@ -48,6 +48,18 @@ pub struct Shaping {
     pub update_mask: Option<FieldDescriptor>,
 }
 
+impl Shaping {
+    /// Whether answering needs the decoded reply, not only its JSON: an
+    /// HttpBody reply, or a header taken from a reply field.
+    pub fn needs_reply_message(&self) -> bool {
+        self.raw_response
+            || self
+                .response_headers
+                .iter()
+                .any(|r| r.parts.iter().any(|p| matches!(p, Part::Field(_))))
+    }
+}
+
 impl Default for Shaping {
     fn default() -> Self {
         Shaping {
@@ -336,14 +348,16 @@ pub fn render_reply(
 
 /// Applies a unary route's shaping to its successful answer: the status,
 /// the configured headers and, for HttpBody replies, their content type.
+///
+/// `msg` may be `None` only when [`Shaping::needs_reply_message`] is false.
 pub fn finish<B: Default>(
     shaping: &Shaping,
     response_body: Option<&FieldDescriptor>,
-    msg: &DynamicMessage,
+    msg: Option<&DynamicMessage>,
     metadata: &MetadataMap,
     resp: &mut Response<B>,
 ) {
-    if shaping.raw_response {
+    if let (true, Some(msg)) = (shaping.raw_response, msg) {
         if let Some(raw) = httpbody::reply_body(msg, response_body) {
             let ct = HeaderValue::from_str(&raw.content_type)
                 .ok()
@@ -352,12 +366,7 @@ pub fn finish<B: Default>(
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
     }
-    apply_headers(
-        &shaping.response_headers,
-        Some(msg),
-        metadata,
-        resp.headers_mut(),
-    );
+    apply_headers(&shaping.response_headers, msg, metadata, resp.headers_mut());
     set_status(shaping.success_status, resp);
 }
 
