@@ -1,6 +1,9 @@
 //! Micro benchmarks of the request path's pieces: route matching at 10,
-//! 1,000 and 10,000 routes; JSON -> message and message -> JSON for small,
-//! medium and large messages; headers -> gRPC metadata.
+//! 1,000 and 10,000 routes; JSON -> protobuf and protobuf -> JSON for small,
+//! medium, large and 1 MiB messages, both on the direct path unary calls
+//! take (`json_to_wire`, `wire_to_json`) and on the DynamicMessage path the
+//! rest take and the direct path falls back to (`json_to_message`,
+//! `message_to_json`); headers -> gRPC metadata.
 //!
 //! Run: `cargo bench -p gateway --bench hotpath` (add a filter, e.g. `-- match`).
 
@@ -9,7 +12,9 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gateway::routing::{Lookup, Matcher, Template};
 use gateway::transcode::encode_reply;
+use gateway::transcode::json_wire::BodyPlan;
 use gateway::transcode::request::{decode_body, BodyRule, DecodeOptions};
+use gateway::transcode::wire_json::{JsonStyle, ReplyPlan};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::json;
 
@@ -94,6 +99,41 @@ fn json_both_ways(c: &mut Criterion) {
         });
     }
     encode.finish();
+
+    let body_plan = BodyPlan::new(&req, opts);
+    let mut to_wire = c.benchmark_group("json_to_wire");
+    for (name, size) in sizes {
+        let bytes = body(&item, size);
+        to_wire.throughput(Throughput::Bytes(bytes.len() as u64));
+        to_wire.bench_with_input(BenchmarkId::from_parameter(name), &bytes, |b, bytes| {
+            let mut out = Vec::new();
+            b.iter(|| {
+                out.clear();
+                body_plan.encode(black_box(bytes), &mut out).unwrap();
+                black_box(out.len())
+            })
+        });
+    }
+    to_wire.finish();
+    let reply_plan = ReplyPlan::new(&req, JsonStyle::default());
+    let mut to_json = c.benchmark_group("wire_to_json");
+    for (name, size) in sizes {
+        let bytes = body(&item, size);
+        let wire = prost::Message::encode_to_vec(
+            &decode_body(&req, &BodyRule::All, &bytes, opts).unwrap(),
+        );
+        // Throughput in JSON bytes, as the other groups count it.
+        to_json.throughput(Throughput::Bytes(bytes.len() as u64));
+        to_json.bench_with_input(BenchmarkId::from_parameter(name), &wire, |b, wire| {
+            let mut out = Vec::new();
+            b.iter(|| {
+                out.clear();
+                reply_plan.write(black_box(wire), &mut out).unwrap();
+                black_box(out.len())
+            })
+        });
+    }
+    to_json.finish();
 }
 
 fn headers_to_metadata(c: &mut Criterion) {

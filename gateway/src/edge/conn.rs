@@ -148,9 +148,16 @@ async fn serve_one(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        // hyper's own bounds sit above the gateway's (which answer with the
-        // JSON error body), as a backstop for what is far beyond them.
-        .max_headers(limits.max_headers.saturating_mul(2).max(100))
+        // hyper's own bound sits above the gateway's (which answers with
+        // the JSON error body), as a backstop for what is far beyond it.
+        // hyper keeps up to 100 header slots on the stack and allocates two
+        // tables per request above that, so the backstop is 100 whenever
+        // the gateway's limit leaves room below it.
+        .max_headers(if limits.max_headers < 100 {
+            100
+        } else {
+            limits.max_headers.saturating_mul(2)
+        })
         .max_buf_size(
             (limits.max_url_bytes + limits.max_header_bytes)
                 .saturating_mul(2)

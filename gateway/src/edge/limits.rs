@@ -21,8 +21,11 @@ use crate::transcode::RpcStatus;
 /// Browsers and proxies commonly cap URLs near 8 KB; anything longer is a
 /// mistake or an attack on parsers.
 pub const DEFAULT_MAX_URL_BYTES: usize = 8192;
-/// Browsers send 10-20 headers; 100 is hyper's and nginx's usual cap.
-pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Browsers send 10-20 headers; 64 leaves room for proxies' additions.
+/// Below 100, hyper's backstop (see `edge::conn`) stays at 100 and its
+/// per-request header tables stay on the stack; at 100 or more hyper
+/// allocates two tables of twice the limit on every request.
+pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// 32 KiB of header names and values, as nginx's default
 /// (4 buffers of 8k): room for big cookies and tokens, not for abuse.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;

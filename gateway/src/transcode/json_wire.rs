@@ -13,13 +13,12 @@
 //! anything the reference refuses, it returns [`Fallback`] and the caller runs
 //! the reference, which accepts the body or says precisely what is wrong.
 //!
-//! What the bytes decode to equals the reference's message under
-//! `DynamicMessage`'s derived `PartialEq`, which tells a field explicitly set
-//! to its default from an unset one. So every field the JSON sets is written,
-//! defaults included (`"count": 0` becomes `10 00`; receivers read that as
-//! the default, so the upstream sees the same message), and what the wire
-//! format cannot say that way (an empty array of strings or messages, an
-//! empty map) falls back.
+//! The bytes mean what the reference's message means on the wire: decoding
+//! them and re-encoding gives what re-encoding the reference's message
+//! gives. Every field the JSON sets is written, defaults included
+//! (`"count": 0` becomes `10 00`; receivers read that as the default). An
+//! empty array or map writes nothing, as the reference's message encodes to
+//! nothing for it: a backend cannot tell "set to empty" from "unset".
 
 use std::collections::HashMap;
 use std::fmt;
@@ -1077,8 +1076,9 @@ impl<'de> Visitor<'de> for FieldSeed<'_, '_, '_> {
     }
 }
 
-/// A repeated field's array. prost-reflect sets the field even when the
-/// array is empty, which only a packed (possibly empty) run can say.
+/// A repeated field's array. An empty one of a packable kind is written as an
+/// empty packed run; of strings, bytes or messages it writes nothing (the
+/// reference's encoding of its empty list).
 fn list<'de, A: SeqAccess<'de>>(
     st: &mut State<'_, '_>,
     f: &FieldPlan,
@@ -1107,10 +1107,7 @@ fn list<'de, A: SeqAccess<'de>>(
         })? {
             any |= set;
         }
-        if !any {
-            if !f.kind.packable() {
-                return Err(declined());
-            }
+        if !any && f.kind.packable() {
             f.len_tag.put(st.out);
             st.out.push(0);
         }
@@ -1131,7 +1128,6 @@ fn map_field<'de, 'p, A: MapAccess<'de>>(
     st.enter()?;
     let keys_base = st.keys.len();
     let value_tag = Tag::new(2, f.kind.wire_type());
-    let mut any = false;
     while let Some((entry, content)) = map.next_key_seed(MapKey {
         st: &mut *st,
         f,
@@ -1144,15 +1140,11 @@ fn map_field<'de, 'p, A: MapAccess<'de>>(
         })?;
         if set {
             end_len(st.out, content);
-            any = true;
         } else {
             st.out.truncate(entry);
         }
     }
-    // An empty map is set (to empty) by the reference: no bytes say that.
-    if !any {
-        return Err(declined());
-    }
+    // An empty map has written nothing, as the reference's empty map encodes.
     // Hashes, not keys, so no key is copied: a collision only costs a
     // needless fallback, never a wrong answer.
     let keys = &mut st.keys[keys_base..];
@@ -1321,7 +1313,18 @@ mod tests {
                         String::from_utf8_lossy(json)
                     )
                 });
-                assert_eq!(got, want, "for {}", String::from_utf8_lossy(json));
+                // Wire meaning: both re-encoded and decoded again, so "set
+                // to empty/default" and "unset" compare equal, as a backend
+                // reading the bytes sees them.
+                let norm = |m: &DynamicMessage| {
+                    DynamicMessage::decode(desc.clone(), m.encode_to_vec().as_slice()).unwrap()
+                };
+                assert_eq!(
+                    norm(&got),
+                    norm(&want),
+                    "for {}",
+                    String::from_utf8_lossy(json)
+                );
                 Ok(())
             }
             Err(Fallback) => {
@@ -1562,11 +1565,19 @@ mod tests {
         declined_but_valid(r#"{"valueField": null}"#);
         declined_but_valid(r#"{"fieldMask": "a,b"}"#);
         declined_but_valid(r#"{"doubleField": "NaN"}"#);
-        // Empty arrays of strings or messages, and empty maps: set-but-empty
-        // has no wire form.
-        declined_but_valid(r#"{"tags": []}"#);
-        declined_but_valid(r#"{"items": []}"#);
-        declined_but_valid(r#"{"labels": {}}"#);
+    }
+
+    #[test]
+    fn empty_arrays_and_maps_write_nothing() {
+        // The reference sets them to empty, which encodes to no bytes.
+        fast(r#"{"tags": []}"#);
+        fast(r#"{"items": []}"#);
+        fast(r#"{"labels": {}, "numbers": []}"#);
+        let plan = BodyPlan::new(&everything(), DecodeOptions::default());
+        let mut out = Vec::new();
+        plan.encode(br#"{"tags": [], "items": [], "labels": {}}"#, &mut out)
+            .unwrap();
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
