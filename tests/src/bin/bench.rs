@@ -39,6 +39,9 @@ const BENCH_PROTO: &str = include_str!("../../fixtures/bench/bench.proto");
 /// without measuring only queueing.
 const CONCURRENCY: usize = 16;
 
+/// Replies per call in the server-streaming scenario.
+const STREAMED: i32 = 10;
+
 struct Options {
     seconds: u64,
     rounds: usize,
@@ -119,6 +122,7 @@ fn run_backend() -> Result<()> {
             .get_message_by_name("bench.v1.Item")
             .context("bench.v1.Item")?;
         let template = Arc::new(sample_item(&item_desc, 0));
+        let streamed = template.clone();
         let server = DynamicServer::new(
             &pool,
             &["bench.v1.Bench"],
@@ -138,6 +142,31 @@ fn run_backend() -> Result<()> {
                     item
                 };
                 Box::pin(async move { Ok(tonic::Response::new(reply)) }) as BoxFuture<_>
+            },
+        );
+        // ListItems: `count` copies of the sample item, ids 1..=count.
+        let server = server.with_streaming(
+            move |_: &MethodDescriptor, req: tonic::Request<gateway::example::MessageStream>| {
+                let template = streamed.clone();
+                Box::pin(async move {
+                    use tokio_stream::StreamExt as _;
+                    let mut input = req.into_inner();
+                    let count = match input.next().await {
+                        Some(Ok(m)) => m
+                            .get_field_by_name("count")
+                            .and_then(|v| v.as_i32())
+                            .unwrap_or(0)
+                            .clamp(0, 10_000),
+                        _ => 0,
+                    };
+                    let items = (1..=i64::from(count)).map(move |id| {
+                        let mut item = (*template).clone();
+                        item.set_field_by_name("id", Value::I64(id));
+                        Ok(item)
+                    });
+                    let out: gateway::example::MessageStream = Box::pin(tokio_stream::iter(items));
+                    Ok(tonic::Response::new(out))
+                }) as BoxFuture<_>
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -248,7 +277,8 @@ fn write_config(dir: &Path, backend: &str, filler: usize) -> Result<(PathBuf, u1
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [backends.bench]\nendpoints = [\"{backend}\"]\nservices = [\"bench.v1.Bench\"]\n\n\
          [[routes]]\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\n\n\
-         [[routes]]\nmethod = \"POST\"\npath = \"/v1/items\"\ngrpc = \"bench.v1.Bench/CreateItem\"\nbody = \"*\"\n\n"
+         [[routes]]\nmethod = \"POST\"\npath = \"/v1/items\"\ngrpc = \"bench.v1.Bench/CreateItem\"\nbody = \"*\"\n\n\
+         [[routes]]\nmethod = \"GET\"\npath = \"/v1/stream/items\"\ngrpc = \"bench.v1.Bench/ListItems\"\n\n"
     );
     for i in 0..filler {
         // Distinct shapes, so the trie really holds `filler` more routes.
@@ -307,6 +337,8 @@ struct GrpcCall {
     path: http::uri::PathAndQuery,
     message: DynamicMessage,
     reply: MessageDescriptor,
+    /// A server-streaming method: the call ends when the last reply is read.
+    streaming: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -423,16 +455,35 @@ async fn grpc_load(
                 }
                 let t = Instant::now();
                 client.ready().await?;
-                let r = client
-                    .unary(
-                        tonic::Request::new(call.message.clone()),
-                        call.path.clone(),
-                        DynamicCodec::new(call.reply.clone()),
-                    )
-                    .await;
-                match r {
-                    Ok(_) => lat.push(t.elapsed().as_micros() as u32),
-                    Err(_) => errors += 1,
+                let request = tonic::Request::new(call.message.clone());
+                let codec = DynamicCodec::new(call.reply.clone());
+                let ok = if call.streaming {
+                    match client
+                        .server_streaming(request, call.path.clone(), codec)
+                        .await
+                    {
+                        Ok(r) => {
+                            let mut replies = r.into_inner();
+                            loop {
+                                match replies.message().await {
+                                    Ok(Some(_)) => {}
+                                    Ok(None) => break true,
+                                    Err(_) => break false,
+                                }
+                            }
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    client
+                        .unary(request, call.path.clone(), codec)
+                        .await
+                        .is_ok()
+                };
+                if ok {
+                    lat.push(t.elapsed().as_micros() as u32);
+                } else {
+                    errors += 1;
                 }
             }
             anyhow::Ok((lat, errors))
@@ -481,6 +532,11 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
         let msg = DynamicMessage::deserialize(create_req.clone(), json)?;
         Ok((Bytes::from(bytes), msg))
     };
+    let mut list_msg = DynamicMessage::new(
+        pool.get_message_by_name("bench.v1.ListItemsRequest")
+            .context("ListItemsRequest")?,
+    );
+    list_msg.set_field_by_name("count", Value::I32(STREAMED));
     let (body_1k, msg_1k) = body_of(1024)?;
     let (body_64k, msg_64k) = body_of(64 * 1024)?;
     let get_path = http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem");
@@ -497,6 +553,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: get_path,
                 message: get_msg,
                 reply: item.clone(),
+                streaming: false,
             },
         },
         Scenario {
@@ -510,6 +567,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: create_path.clone(),
                 message: msg_1k,
                 reply: item.clone(),
+                streaming: false,
             },
         },
         Scenario {
@@ -522,7 +580,22 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
             grpc: GrpcCall {
                 path: create_path,
                 message: msg_64k,
+                reply: item.clone(),
+                streaming: false,
+            },
+        },
+        Scenario {
+            name: format_leak(&format!("stream {STREAMED} items")),
+            http: HttpCall {
+                method: http::Method::GET,
+                path: format!("/v1/stream/items?count={STREAMED}"),
+                body: Bytes::new(),
+            },
+            grpc: GrpcCall {
+                path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/ListItems"),
+                message: list_msg,
                 reply: item,
+                streaming: true,
             },
         },
     ])
@@ -613,7 +686,7 @@ async fn run_bench(opts: Options) -> Result<()> {
     drop(gw);
 
     // 10,000 routes: same small GET, and memory with 1,000 idle keep-alive connections.
-    let (config, port, admin) = write_config(&work.join("large"), &backend_addr, 10_000 - 2)?;
+    let (config, port, admin) = write_config(&work.join("large"), &backend_addr, 10_000 - 3)?;
     let gw = start_gateway(&bin, &config, admin).await?;
     let rss_10k = vm(gw.0.id(), "VmRSS:")?;
     let mut ten_k = Vec::new();
