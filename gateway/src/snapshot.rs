@@ -842,7 +842,8 @@ fn compile(
         &body,
         unary && !shaping.raw_request && !shaping.multipart,
         &output,
-        unary && response_body.is_none() && !shaping.needs_reply_message(),
+        // Unary answers, and each message of a streamed answer.
+        response_body.is_none() && !shaping.needs_reply_message(),
     );
     Some(Route {
         method: spec.method,

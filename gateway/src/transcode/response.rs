@@ -52,8 +52,8 @@ fn internal_error(message: String) -> Response<Body> {
         .map(Body::from)
 }
 
-/// [`answer`] for a reply already decoded (client streaming's).
-pub fn answer_message(
+/// [`answer`]'s reference path, once the reply is decoded.
+fn answer_message(
     snap: &Snapshot,
     route: &Route,
     md: &MetadataMap,

@@ -36,7 +36,7 @@ use tonic::{CancellationHandle, Code};
 use super::framing::Framing;
 use super::{httpbody, multipart, request, shape, BodyRule, RpcStatus, TranscodeError};
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::{DynamicCodec, MAX_REPLY_BYTES};
+use crate::upstream::{BytesDecoder, RawCodec, MAX_REPLY_BYTES};
 
 /// Raw request bodies are sent on in messages of at most this size: large
 /// enough that per-message overhead is noise, small enough that one message
@@ -164,16 +164,13 @@ pub async fn server_stream(
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    let mut request = tonic::Request::new(message);
+    let mut request = tonic::Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
     *request.metadata_mut() = metadata;
     if let Some(t) = route.shaping.stream_timeout {
         request.set_timeout(t);
     }
-    let call = client.server_streaming(
-        request,
-        route.grpc_path.clone(),
-        DynamicCodec::new(route.output.clone()),
-    );
+    // Replies stay bytes until rendered (see `ReplyBody::write`).
+    let call = client.server_streaming(request, route.grpc_path.clone(), RawCodec);
     let response = match tokio::time::timeout(first_answer_timeout(route), call).await {
         Ok(Ok(r)) => r,
         Ok(Err(status)) => return backend_error(snap, route, &addr, &status),
@@ -203,7 +200,12 @@ pub async fn server_stream(
     };
     let content_type = match (&output, &first) {
         (Output::Framed(f), _) => HeaderValue::from_static(f.content_type()),
-        (Output::Raw, Some(m)) => raw_content_type(m, route.response_body.as_ref()),
+        (Output::Raw, Some(raw)) => {
+            match DynamicMessage::decode(route.output.clone(), raw.as_ref()) {
+                Ok(m) => raw_content_type(&m, route.response_body.as_ref()),
+                Err(e) => return error_response(internal(not_valid(&route.output, e))),
+            }
+        }
         (Output::Raw, None) => HeaderValue::from_static(httpbody::DEFAULT_CONTENT_TYPE),
     };
     let body = ReplyBody {
@@ -258,6 +260,9 @@ struct Render {
     response_body: Option<FieldDescriptor>,
     opts: SerializeOptions,
     pool: DescriptorPool,
+    output: prost_reflect::MessageDescriptor,
+    /// The route's direct wire -> JSON plan, when it has one.
+    plan: Option<Arc<super::wire_json::ReplyPlan>>,
 }
 
 impl Render {
@@ -266,8 +271,18 @@ impl Render {
             response_body: route.response_body.clone(),
             opts: snap.encode.clone(),
             pool: snap.pool.clone(),
+            output: route.output.clone(),
+            plan: route.fast.reply.clone(),
         }
     }
+}
+
+/// A reply the backend sent that does not decode as the method's output.
+fn not_valid(output: &prost_reflect::MessageDescriptor, e: prost::DecodeError) -> TranscodeError {
+    TranscodeError::new(format!(
+        "the backend's reply is not a valid {}: {e}",
+        output.full_name()
+    ))
 }
 
 /// The first request-side failure of a streaming call (a malformed line, a
@@ -289,9 +304,11 @@ impl Drop for CancelOnDrop {
 
 /// The streamed reply body; see the module doc for why it polls tonic directly.
 struct ReplyBody {
-    stream: Option<tonic::Streaming<DynamicMessage>>,
+    /// Replies as wire bytes: rendered straight to JSON by the route's
+    /// reply plan, decoded only when the plan declines or for HttpBody.
+    stream: Option<tonic::Streaming<Bytes>>,
     /// A reply already received (server streaming waits for it before the headers).
-    first: Option<DynamicMessage>,
+    first: Option<Bytes>,
     started: bool,
     output: Output,
     index: u64,
@@ -305,7 +322,18 @@ struct ReplyBody {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ReplyBody {
-    fn write(&mut self, msg: &DynamicMessage, out: &mut BytesMut) -> Result<(), TranscodeError> {
+    fn write(&mut self, raw: &[u8], out: &mut BytesMut) -> Result<(), TranscodeError> {
+        if let (Output::Framed(f), Some(plan)) = (&self.output, &self.render.plan) {
+            let mut json = Vec::with_capacity(raw.len() * 2 + 16);
+            if plan.write(raw, &mut json).is_ok() {
+                f.item(&json, self.index, out);
+                self.index += 1;
+                return Ok(());
+            }
+        }
+        let msg = DynamicMessage::decode(self.render.output.clone(), raw)
+            .map_err(|e| not_valid(&self.render.output, e))?;
+        let msg = &msg;
         match &self.output {
             Output::Raw => {
                 if let Some(b) = httpbody::reply_body(msg, self.render.response_body.as_ref()) {
@@ -513,7 +541,7 @@ enum Outgoing {
 /// (CANCEL) would not do: hyper-based servers read a request body reset
 /// with CANCEL as a normal end, and would act on a truncated request.
 #[derive(Clone)]
-struct StreamCodec(prost_reflect::MessageDescriptor);
+struct StreamCodec;
 
 struct OutgoingEncoder;
 
@@ -538,16 +566,16 @@ impl tonic::codec::Encoder for OutgoingEncoder {
 
 impl tonic::codec::Codec for StreamCodec {
     type Encode = Outgoing;
-    type Decode = DynamicMessage;
+    type Decode = Bytes;
     type Encoder = OutgoingEncoder;
-    type Decoder = <DynamicCodec as tonic::codec::Codec>::Decoder;
+    type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         OutgoingEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic::codec::Codec::decoder(&mut DynamicCodec::new(self.0.clone()))
+        BytesDecoder
     }
 }
 
@@ -796,7 +824,7 @@ where
     // the reply body takes over.
     let cancel = CancelOnDrop(Some(request.cancellation_handle()));
     let request_failed = |abort: &Option<Abort>| abort.as_ref().and_then(Abort::take);
-    let codec = StreamCodec(route.output.clone());
+    let codec = StreamCodec;
     let path = route.grpc_path.clone();
 
     if !route.grpc_method.is_server_streaming() {
@@ -811,8 +839,8 @@ where
         };
         return match result {
             Ok(reply) => {
-                let (md, msg, _) = reply.into_parts();
-                super::response::answer_message(snap, route, &md, &msg)
+                let (md, raw, _) = reply.into_parts();
+                super::response::answer(snap, route, &md, &raw)
             }
             Err(status) => match request_failed(&abort) {
                 Some(s) => error_response(s),

@@ -37,7 +37,7 @@ use crate::discovery::{self, Sink};
 
 pub use balancer::{HashKey, Policy};
 pub use breaker::{BreakerSpec, BreakerStatus};
-pub use codec::{DynamicCodec, RawCodec};
+pub use codec::{BytesDecoder, DynamicCodec, RawCodec};
 pub use endpoint::{Endpoint, EndpointError};
 pub use health::HealthCheckSpec;
 pub use outlier::OutlierSpec;
