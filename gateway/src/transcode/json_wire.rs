@@ -27,6 +27,7 @@ use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::request::DecodeOptions;
+use super::wire::Scalar;
 
 /// The fast path declined: the caller runs the existing DynamicMessage path,
 /// which either accepts the body or produces the precise error message.
@@ -132,58 +133,6 @@ fn fnv(bytes: &[u8]) -> u64 {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     h
-}
-
-/// Scalar field types, as on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scalar {
-    Double,
-    Float,
-    Int32,
-    Int64,
-    Uint32,
-    Uint64,
-    Sint32,
-    Sint64,
-    Fixed32,
-    Fixed64,
-    Sfixed32,
-    Sfixed64,
-    Bool,
-    String,
-    Bytes,
-}
-
-impl Scalar {
-    fn of(kind: &Kind) -> Option<Scalar> {
-        Some(match kind {
-            Kind::Double => Scalar::Double,
-            Kind::Float => Scalar::Float,
-            Kind::Int32 => Scalar::Int32,
-            Kind::Int64 => Scalar::Int64,
-            Kind::Uint32 => Scalar::Uint32,
-            Kind::Uint64 => Scalar::Uint64,
-            Kind::Sint32 => Scalar::Sint32,
-            Kind::Sint64 => Scalar::Sint64,
-            Kind::Fixed32 => Scalar::Fixed32,
-            Kind::Fixed64 => Scalar::Fixed64,
-            Kind::Sfixed32 => Scalar::Sfixed32,
-            Kind::Sfixed64 => Scalar::Sfixed64,
-            Kind::Bool => Scalar::Bool,
-            Kind::String => Scalar::String,
-            Kind::Bytes => Scalar::Bytes,
-            Kind::Message(_) | Kind::Enum(_) => return None,
-        })
-    }
-
-    fn wire_type(self) -> u8 {
-        match self {
-            Scalar::Double | Scalar::Fixed64 | Scalar::Sfixed64 => 1,
-            Scalar::Float | Scalar::Fixed32 | Scalar::Sfixed32 => 5,
-            Scalar::String | Scalar::Bytes => 2,
-            _ => 0,
-        }
-    }
 }
 
 /// What one value (a singular field, a list element, a map value) is.

@@ -13,6 +13,7 @@ pub mod shape;
 pub mod status;
 pub mod stream;
 pub mod strict;
+mod wire;
 pub mod wire_json;
 
 pub use request::{BodyRule, DecodeOptions, FieldPath};

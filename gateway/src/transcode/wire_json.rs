@@ -22,6 +22,8 @@ use std::io::Write as _;
 
 use base64::Engine as _;
 use prost_reflect::{Cardinality, EnumDescriptor, FieldDescriptor, MessageDescriptor, Syntax};
+
+use super::wire::{Scalar, WT_I32, WT_I64, WT_LEN, WT_VARINT};
 use serde_json::ser::{CompactFormatter, Formatter as _};
 
 /// How the JSON looks; mirrors the prost_reflect::SerializeOptions the gateway uses:
@@ -54,11 +56,6 @@ const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 /// Bounds of a `Duration` (10,000 years), as checked by prost-reflect.
 const MAX_DURATION_SECONDS: u64 = 315_576_000_000;
 const MAX_DURATION_NANOS: u32 = 999_999_999;
-
-const WT_VARINT: u8 = 0;
-const WT_I64: u8 = 1;
-const WT_LEN: u8 = 2;
-const WT_I32: u8 = 5;
 
 /// Everything needed to render one message type, resolved once (at config
 /// load) so the request path never touches the DescriptorPool.
@@ -107,40 +104,6 @@ struct FieldPlan {
     /// present even if default, never rendered when absent.
     presence: bool,
     oneof: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scalar {
-    Double,
-    Float,
-    Int32,
-    Int64,
-    Uint32,
-    Uint64,
-    Sint32,
-    Sint64,
-    Fixed32,
-    Fixed64,
-    Sfixed32,
-    Sfixed64,
-    Bool,
-    String,
-    Bytes,
-}
-
-impl Scalar {
-    fn wire_type(self) -> u8 {
-        match self {
-            Scalar::Double | Scalar::Fixed64 | Scalar::Sfixed64 => WT_I64,
-            Scalar::Float | Scalar::Fixed32 | Scalar::Sfixed32 => WT_I32,
-            Scalar::String | Scalar::Bytes => WT_LEN,
-            _ => WT_VARINT,
-        }
-    }
-
-    fn packable(self) -> bool {
-        !matches!(self, Scalar::String | Scalar::Bytes)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +344,7 @@ impl Builder {
         match &kind {
             prost_reflect::Kind::Enum(e) => Kind::Enum(self.enumeration(e)),
             prost_reflect::Kind::Message(m) => Kind::Message(self.message(m)),
-            scalar => Kind::Scalar(scalar_kind(scalar).expect("every other kind is a scalar")),
+            scalar => Kind::Scalar(Scalar::of(scalar).expect("every other kind is a scalar")),
         }
     }
 
@@ -425,7 +388,7 @@ fn well_known_shape(desc: &MessageDescriptor) -> Option<Shape> {
         desc.fields().len() == expected.len()
             && expected.iter().all(|&(number, scalar, repeated)| {
                 desc.get_field(number).is_some_and(|f| {
-                    scalar_kind(&f.kind()) == Some(scalar)
+                    Scalar::of(&f.kind()) == Some(scalar)
                         && (f.cardinality() == Cardinality::Repeated) == repeated
                 })
             })
@@ -463,28 +426,6 @@ fn well_known_shape(desc: &MessageDescriptor) -> Option<Shape> {
         | "google.protobuf.ListValue" => Some(Shape::Unsupported),
         _ => None,
     }
-}
-
-fn scalar_kind(kind: &prost_reflect::Kind) -> Option<Scalar> {
-    use prost_reflect::Kind as K;
-    Some(match kind {
-        K::Double => Scalar::Double,
-        K::Float => Scalar::Float,
-        K::Int32 => Scalar::Int32,
-        K::Int64 => Scalar::Int64,
-        K::Uint32 => Scalar::Uint32,
-        K::Uint64 => Scalar::Uint64,
-        K::Sint32 => Scalar::Sint32,
-        K::Sint64 => Scalar::Sint64,
-        K::Fixed32 => Scalar::Fixed32,
-        K::Fixed64 => Scalar::Fixed64,
-        K::Sfixed32 => Scalar::Sfixed32,
-        K::Sfixed64 => Scalar::Sfixed64,
-        K::Bool => Scalar::Bool,
-        K::String => Scalar::String,
-        K::Bytes => Scalar::Bytes,
-        K::Enum(_) | K::Message(_) => return None,
-    })
 }
 
 /// Per-message bookkeeping of one field's occurrences on the wire.
