@@ -373,6 +373,47 @@ fn summarize(mut lat: Vec<u32>, errors: u64, elapsed: Duration) -> RunResult {
     }
 }
 
+/// One load worker's pacing: none in a closed loop, else one call every
+/// `CONCURRENCY / rate` seconds, workers staggered across the interval.
+struct Pacer {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(rate: Option<f64>, worker: usize) -> Pacer {
+        let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
+        let offset = interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(worker as f64 / CONCURRENCY as f64)
+        });
+        Pacer {
+            interval,
+            next: Instant::now() + offset,
+        }
+    }
+
+    async fn wait(&mut self) {
+        if let Some(i) = self.interval {
+            tokio::time::sleep_until(self.next.into()).await;
+            self.next += i;
+        }
+    }
+}
+
+/// The workers' latencies (us) and error counts, summarised as one run.
+type Worker = tokio::task::JoinHandle<Result<(Vec<u32>, u64)>>;
+
+async fn gather(tasks: Vec<Worker>, started: Instant) -> Result<RunResult> {
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    Ok(summarize(all, errors, started.elapsed()))
+}
+
 /// `rate`: None for as fast as possible (closed loop), Some(rps) paced.
 async fn http_load(
     port: u16,
@@ -393,14 +434,9 @@ async fn http_load(
             tokio::spawn(conn);
             let mut lat = Vec::with_capacity(65536);
             let mut errors = 0u64;
-            let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
-            let mut next = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / CONCURRENCY as f64));
+            let mut pacer = Pacer::new(rate, w);
             while Instant::now() < deadline {
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += i;
-                }
+                pacer.wait().await;
                 let req = http::Request::builder()
                     .method(call.method.clone())
                     .uri(&call.path)
@@ -420,14 +456,7 @@ async fn http_load(
             anyhow::Ok((lat, errors))
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await??;
-        all.extend(l);
-        errors += e;
-    }
-    Ok(summarize(all, errors, started.elapsed()))
+    gather(tasks, started).await
 }
 
 async fn grpc_load(
@@ -445,14 +474,9 @@ async fn grpc_load(
             let mut client = tonic::client::Grpc::new(channel);
             let mut lat = Vec::with_capacity(65536);
             let mut errors = 0u64;
-            let interval = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / r));
-            let mut next = Instant::now()
-                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / CONCURRENCY as f64));
+            let mut pacer = Pacer::new(rate, w);
             while Instant::now() < deadline {
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next.into()).await;
-                    next += i;
-                }
+                pacer.wait().await;
                 let t = Instant::now();
                 client.ready().await?;
                 let request = tonic::Request::new(call.message.clone());
@@ -489,14 +513,7 @@ async fn grpc_load(
             anyhow::Ok((lat, errors))
         }));
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await??;
-        all.extend(l);
-        errors += e;
-    }
-    Ok(summarize(all, errors, started.elapsed()))
+    gather(tasks, started).await
 }
 
 // ---------------------------------------------------------------------------
