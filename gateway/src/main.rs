@@ -11,6 +11,9 @@ use gateway::reload::{self, ReloadState};
 use gateway::server::{self, Gateway};
 use gateway::snapshot::Snapshot;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An edge API gateway: REST/JSON to gRPC, routed from routes.toml and
 /// google.api.http annotations in descriptors loaded at run time.
 #[derive(Parser)]

@@ -7,6 +7,16 @@
 //! cargo run --release -p gateway-tests --bin bench [-- --seconds 5 --rounds 2 --out bench-results.json]
 //! ```
 //!
+//! To judge one change, keep the old binary and compare both in one run
+//! (`--baseline OLD` runs it right after the new one in every round, so the
+//! same noise hits both; `--only NAME` keeps the scenarios whose name
+//! contains NAME and skips the paced, 10,000-route and memory parts):
+//!
+//! ```text
+//! cp target/release/gateway /tmp/gateway-before   # then make the change
+//! cargo run --release -p gateway-tests --bin bench -- --baseline /tmp/gateway-before --only GET
+//! ```
+//!
 //! Per scenario it reports requests per second, p50/p99/p99.9 latency, the
 //! gateway's CPU time per request (utime+stime of the gateway process from
 //! /proc, divided by requests served), the gateway's peak resident memory,
@@ -46,6 +56,10 @@ struct Options {
     seconds: u64,
     rounds: usize,
     out: PathBuf,
+    /// Another gateway binary, measured alternately with this build's.
+    baseline: Option<PathBuf>,
+    /// Only the scenarios whose name contains this; skips the later parts.
+    only: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -57,6 +71,8 @@ fn main() -> Result<()> {
         seconds: 5,
         rounds: 2,
         out: PathBuf::from("bench-results.json"),
+        baseline: None,
+        only: None,
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -65,8 +81,12 @@ fn main() -> Result<()> {
             "--seconds" => opts.seconds = val()?.parse()?,
             "--rounds" => opts.rounds = val()?.parse()?,
             "--out" => opts.out = PathBuf::from(val()?),
+            "--baseline" => opts.baseline = Some(PathBuf::from(val()?)),
+            "--only" => opts.only = Some(val()?.clone()),
             "-h" | "--help" => {
-                println!("usage: bench [--seconds N] [--rounds N] [--out FILE]");
+                println!(
+                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME]"
+                );
                 return Ok(());
             }
             other => bail!("unknown flag {other}; see --help"),
@@ -437,6 +457,9 @@ async fn http_load(
             let mut pacer = Pacer::new(rate, w);
             while Instant::now() < deadline {
                 pacer.wait().await;
+                // hyper's HTTP/1 client takes a request only once the
+                // previous exchange has fully settled.
+                send.ready().await?;
                 let req = http::Request::builder()
                     .method(call.method.clone())
                     .uri(&call.path)
@@ -666,14 +689,40 @@ async fn run_bench(opts: Options) -> Result<()> {
         "gateway pid {} ready, {rss_idle:.1} MiB resident",
         gw.0.id()
     );
+    let base = match &opts.baseline {
+        Some(path) => {
+            let (config, port, admin) = write_config(&work.join("baseline"), &backend_addr, 8)?;
+            let proc = start_gateway(path, &config, admin).await?;
+            let rss = vm(proc.0.id(), "VmRSS:")?;
+            eprintln!(
+                "baseline {} pid {} ready, {rss:.1} MiB resident",
+                path.display(),
+                proc.0.id()
+            );
+            Some((proc, port, rss))
+        }
+        None => None,
+    };
 
     let mut table = Vec::new();
+    let mut base_table = Vec::new();
     let mut small_get_max = 0.0;
     for s in &scenarios {
+        if opts
+            .only
+            .as_ref()
+            .is_some_and(|o| !s.name.contains(o.as_str()))
+        {
+            continue;
+        }
         let mut gw_runs = Vec::new();
+        let mut base_runs = Vec::new();
         let mut direct_runs = Vec::new();
         // Warm both paths (connections, allocator, caches).
         gateway_run(&gw, port, &s.http, Duration::from_millis(500), None, ticks).await?;
+        if let Some((b, bport, _)) = &base {
+            gateway_run(b, *bport, &s.http, Duration::from_millis(500), None, ticks).await?;
+        }
         grpc_load(
             channel.clone(),
             s.grpc.clone(),
@@ -684,13 +733,42 @@ async fn run_bench(opts: Options) -> Result<()> {
         for round in 0..opts.rounds {
             eprintln!("{}: round {}/{}", s.name, round + 1, opts.rounds);
             gw_runs.push(gateway_run(&gw, port, &s.http, dur, None, ticks).await?);
+            if let Some((b, bport, _)) = &base {
+                base_runs.push(gateway_run(b, *bport, &s.http, dur, None, ticks).await?);
+            }
             direct_runs.push(grpc_load(channel.clone(), s.grpc.clone(), dur, None).await?);
         }
         let (g, d) = (median(gw_runs), median(direct_runs));
         if s.name == "small GET" {
             small_get_max = g.rps;
         }
+        if !base_runs.is_empty() {
+            base_table.push((s.name, median(base_runs), d.clone()));
+        }
         table.push((s.name, g, d));
+    }
+    let base_rows = match &base {
+        Some((_, _, rss)) => {
+            println!("\nbaseline ({rss:.1} MiB resident after start):");
+            print_table(&base_table)
+        }
+        None => Vec::new(),
+    };
+    drop(base);
+    if opts.only.is_some() {
+        println!("\nthis build ({rss_idle:.1} MiB resident after start):");
+        let rows = print_table(&table);
+        let report = json!({
+            "unix_time": unix_now(),
+            "seconds_per_run": opts.seconds,
+            "rounds": opts.rounds,
+            "concurrency": CONCURRENCY,
+            "scenarios": rows,
+            "baseline": base_rows,
+        });
+        std::fs::write(&opts.out, serde_json::to_vec_pretty(&report)?)?;
+        println!("\nwritten to {}", opts.out.display());
+        return Ok(());
     }
 
     // p99 added at half the gateway's maximum rate.
@@ -759,38 +837,10 @@ async fn run_bench(opts: Options) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
 
     // The report.
-    println!();
-    println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>9}",
-        "scenario",
-        "gw rps",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "gw cpu/req",
-        "direct rps",
-        "d p50",
-        "d p99",
-        "gw/direct"
-    );
-    let mut rows = Vec::new();
-    for (name, g, d) in &table {
-        let ratio = g.rps / d.rps;
-        println!(
-            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.1}us {:>11.0} {:>9.0} {:>8.0} {:>8.0}%",
-            name,
-            g.rps,
-            g.p50_us,
-            g.p99_us,
-            g.p999_us,
-            g.gateway_cpu_us_per_req.unwrap_or(0.0),
-            d.rps,
-            d.p50_us,
-            d.p99_us,
-            ratio * 100.0
-        );
-        rows.push(json!({"scenario": name, "gateway": g, "direct": d, "throughput_ratio": ratio}));
+    if !base_rows.is_empty() {
+        println!("\nthis build:");
     }
+    let rows = print_table(&table);
     let added_p99 = paced_gw.p99_us - paced_direct.p99_us;
     println!();
     println!(
@@ -814,6 +864,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         "rounds": opts.rounds,
         "concurrency": CONCURRENCY,
         "scenarios": rows,
+        "baseline": base_rows,
         "paced_small_get": {"rate": half, "gateway": paced_gw, "direct": paced_direct, "added_p99_us": added_p99},
         "routes_10k": {"rps_10k": ten_k.rps, "rps_10": ten.rps},
         "memory_mib": {"idle_10_routes": rss_idle, "peak_under_load": peak_small, "idle_10k_routes": rss_10k, "routes_10k_conns_1000": rss_10k_1000},
@@ -821,6 +872,43 @@ async fn run_bench(opts: Options) -> Result<()> {
     std::fs::write(&opts.out, serde_json::to_vec_pretty(&report)?)?;
     println!("\nwritten to {}", opts.out.display());
     Ok(())
+}
+
+/// Prints one table (scenario rows, with the direct path beside) and returns
+/// its JSON rows.
+fn print_table(table: &[(&str, RunResult, RunResult)]) -> Vec<serde_json::Value> {
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>9}",
+        "scenario",
+        "gw rps",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "gw cpu/req",
+        "direct rps",
+        "d p50",
+        "d p99",
+        "gw/direct"
+    );
+    let mut rows = Vec::new();
+    for (name, g, d) in table {
+        let ratio = g.rps / d.rps;
+        println!(
+            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.1}us {:>11.0} {:>9.0} {:>8.0} {:>8.0}%",
+            name,
+            g.rps,
+            g.p50_us,
+            g.p99_us,
+            g.p999_us,
+            g.gateway_cpu_us_per_req.unwrap_or(0.0),
+            d.rps,
+            d.p50_us,
+            d.p99_us,
+            ratio * 100.0
+        );
+        rows.push(json!({"scenario": name, "gateway": g, "direct": d, "throughput_ratio": ratio}));
+    }
+    rows
 }
 
 fn unix_now() -> u64 {
