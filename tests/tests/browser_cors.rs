@@ -148,7 +148,7 @@ cors = { enabled = false }
         .spawn()
         .expect("start chromium");
     let app_report = app.wait_post("/report", Duration::from_secs(25)).await;
-    let evil_report = evil.wait_post("/report", Duration::from_secs(10)).await;
+    let evil_report = evil.wait_post("/report", Duration::from_secs(25)).await;
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&profile);
     let app_report: serde_json::Value =

@@ -1,4 +1,4 @@
-//! One backend instance: its lazily connected channel and the counters the
+//! One backend instance: its lazily connected clients and the counters the
 //! balancer, outlier detection and health checks read and write (atomics
 //! only: many requests touch one endpoint at once).
 
@@ -11,7 +11,8 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-use super::codec::{DynamicCodec, RawCodec};
+use super::codec::DynamicCodec;
+use super::unary::UnaryClient;
 use super::window::now_ms;
 
 /// Never checked (or checks are off): in rotation.
@@ -29,8 +30,12 @@ pub struct Endpoint {
     /// Lazily connected: an instance that is down does not stop the
     /// gateway, and an instance that joins costs nothing until it is picked.
     /// The connection closes when the last clone is dropped, i.e. after the
-    /// calls still running on a removed instance finish.
+    /// calls still running on a removed instance finish. Streaming calls,
+    /// health checks and reflection use it.
     channel: Channel,
+    /// Unary calls, the bulk of the traffic, on their own lean HTTP/2
+    /// connection (see [`UnaryClient`] for why).
+    unary: UnaryClient,
     pub(crate) state: EndpointState,
 }
 
@@ -92,10 +97,12 @@ impl Endpoint {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .connect_lazy();
+        let unary = UnaryClient::new(addr, connect_timeout, super::MAX_REPLY_BYTES).map_err(bad)?;
         Ok(Endpoint {
             addr: addr.to_owned(),
             label,
             channel,
+            unary,
             state: EndpointState::default(),
         })
     }
@@ -161,50 +168,8 @@ impl Endpoint {
         metadata: MetadataMap,
         deadline: Duration,
     ) -> Result<tonic::Response<Bytes>, AttemptError> {
-        let mut request = tonic::Request::new(body);
-        *request.metadata_mut() = metadata;
-        request.set_timeout(deadline);
-        let mut client = tonic::client::Grpc::new(self.channel.clone())
-            .max_decoding_message_size(super::MAX_REPLY_BYTES)
-            .max_encoding_message_size(super::MAX_REPLY_BYTES);
-        client.ready().await.map_err(|e| AttemptError {
-            status: tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr)),
-            sent: false,
-        })?;
-        client
-            .unary(request, path, RawCodec)
-            .await
-            .map_err(|status| {
-                let sent = !is_connect_error(&status);
-                AttemptError { status, sent }
-            })
+        self.unary.call(path, body, metadata, deadline).await
     }
-}
-
-/// Whether tonic's own deadline enforcement ended the call (it reports
-/// that as CANCELLED with `TimeoutExpired` in the source chain).
-pub(crate) fn is_timeout(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// Whether the status comes from failing to connect (the request was never
-/// written): tonic keeps a `ConnectError` in the source chain.
-pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Decrements an endpoint's (or backend's) in-flight count when dropped,

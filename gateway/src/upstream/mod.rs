@@ -19,6 +19,7 @@ mod pool;
 pub mod reflection;
 mod retry;
 mod rng;
+mod unary;
 mod window;
 
 use std::net::{IpAddr, SocketAddr};
@@ -458,10 +459,8 @@ impl Backend {
                     });
                     return Ok(reply);
                 }
-                // tonic enforces the grpc-timeout it sends too, and its
-                // rounding of the header can make it fire first.
-                Ok(Err(e)) if !endpoint::is_timeout(&e.status) => e,
-                _ => {
+                Ok(Err(e)) => e,
+                Err(_) => {
                     self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
                     admitted.finish(true);
                     let tries = if attempt > 1 {

@@ -1,0 +1,899 @@
+//! The unary gRPC client of one endpoint: one HTTP/2 connection, driven
+//! straight through the `h2` crate.
+//!
+//! Why not tonic's `Channel` (still used for streaming calls, health checks
+//! and reflection): a call on it passes a tower `Buffer` worker task and
+//! hyper's client task before it reaches h2, and hyper spawns one more task
+//! per request for the body. Here the calling task opens the stream and
+//! reads the reply itself; the only hand-off is to the connection task that
+//! owns the socket. On the load bench that removed about a fifth of the
+//! gateway's CPU per small GET (see the commit that added this module).
+//!
+//! What it keeps from the tonic path: lazy connection on first use and
+//! reconnection after the connection ends, the connect timeout, TCP_NODELAY,
+//! HTTP/2 keep-alive pings while calls are open (30 s, 10 s to answer), the
+//! reply size limit, `grpc-timeout`, and failures classified the way
+//! retries and outlier detection expect: a failure to connect never sent the
+//! request (`sent: false`); a transport failure after that carries the error
+//! as the status's source, with no metadata.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue};
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+
+use super::endpoint::AttemptError;
+
+/// hyper's client defaults, which tonic's channel used: large replies
+/// should not wait on window updates every 64 KiB.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const USER_AGENT: &str = concat!("gateway/", env!("CARGO_PKG_VERSION"));
+
+/// gRPC status-details headers may come with or without padding.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The unary client of one endpoint.
+#[derive(Debug)]
+pub(crate) struct UnaryClient {
+    addr: String,
+    authority: Authority,
+    connect_timeout: Duration,
+    max_reply: usize,
+    /// Ping interval while calls are open, and how long a ping may go
+    /// unanswered before the connection counts as dead.
+    keepalive: (Duration, Duration),
+    /// The live connection; `None` until the first call, and replaced when
+    /// it ends. Calls load it without locking.
+    conn: ArcSwapOption<Conn>,
+    /// Held while connecting, so that calls arriving together open one
+    /// connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    send: h2::client::SendRequest<Bytes>,
+    shared: Arc<ConnShared>,
+}
+
+/// What the connection task and the calls both see.
+#[derive(Debug, Default)]
+struct ConnShared {
+    /// Set by the connection task when the connection has ended.
+    closed: AtomicBool,
+    /// Calls open on the connection; keep-alive pings only while non-zero,
+    /// as hyper does by default (gRPC servers penalise pings on idle
+    /// connections).
+    open_calls: AtomicU32,
+}
+
+/// Counts a call as open on its connection until dropped.
+struct OpenCall(Arc<ConnShared>);
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.open_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl UnaryClient {
+    /// `addr` is `host:port`, already checked by the endpoint.
+    pub(crate) fn new(
+        addr: &str,
+        connect_timeout: Duration,
+        max_reply: usize,
+    ) -> Result<UnaryClient, String> {
+        let authority = Authority::try_from(addr).map_err(|e| e.to_string())?;
+        Ok(UnaryClient {
+            addr: addr.to_owned(),
+            authority,
+            connect_timeout,
+            max_reply,
+            keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
+            conn: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// One call with an encoded request message. `deadline` goes out as
+    /// `grpc-timeout`; the caller bounds the wait (dropping this future
+    /// resets the stream).
+    pub(crate) async fn call(
+        &self,
+        path: PathAndQuery,
+        message: Bytes,
+        metadata: MetadataMap,
+        deadline: Duration,
+    ) -> Result<tonic::Response<Bytes>, AttemptError> {
+        let request = self.request(path, metadata, deadline);
+        let mut fresh = false;
+        let (conn, mut send) = loop {
+            let conn = self.connection().await?;
+            let mut send = conn.send.clone();
+            match poll_fn(|cx| send.poll_ready(cx)).await {
+                Ok(()) => break (conn, send),
+                // The connection is closing (a GOAWAY, a socket the backend
+                // closed while idle) and nothing was sent: once, on a new
+                // connection, before it counts as a failure.
+                Err(e) => {
+                    conn.shared.closed.store(true, Ordering::Relaxed);
+                    if fresh {
+                        return Err(AttemptError {
+                            status: transport_status(&self.addr, e),
+                            sent: false,
+                        });
+                    }
+                    fresh = true;
+                }
+            }
+        };
+        conn.shared.open_calls.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenCall(conn.shared.clone());
+        let (response, mut body) = match send.send_request(request, false) {
+            Ok(pair) => pair,
+            // Refused before a frame was written (the connection closed
+            // between the check above and now).
+            Err(e) => {
+                conn.shared.closed.store(true, Ordering::Relaxed);
+                return Err(AttemptError {
+                    status: transport_status(&self.addr, e),
+                    sent: false,
+                });
+            }
+        };
+        drop(send);
+        // One buffer for the 5-byte gRPC frame header and the message: the
+        // copy costs less than h2 writing a separate DATA frame for 5 bytes.
+        let mut frame = BytesMut::with_capacity(5 + message.len());
+        frame.put_u8(0);
+        frame.put_u32(message.len() as u32);
+        frame.extend_from_slice(&message);
+        if let Err(e) = body.send_data(frame.freeze(), true) {
+            return Err(self.after_send(e));
+        }
+        let response = response.await.map_err(|e| self.after_send(e))?;
+        drop(body);
+        read_reply(response, self.max_reply)
+            .await
+            .map_err(|status| AttemptError { status, sent: true })
+    }
+
+    fn after_send(&self, e: h2::Error) -> AttemptError {
+        // REFUSED_STREAM promises the stream was not processed (RFC 9113
+        // section 8.7), so retrying it is always safe.
+        let sent = e.reason() != Some(h2::Reason::REFUSED_STREAM);
+        AttemptError {
+            status: transport_status(&self.addr, e),
+            sent,
+        }
+    }
+
+    fn request(
+        &self,
+        path: PathAndQuery,
+        metadata: MetadataMap,
+        deadline: Duration,
+    ) -> http::Request<()> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = Some(path);
+        let mut request = http::Request::new(());
+        *request.version_mut() = http::Version::HTTP_2;
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_parts(uri).expect("scheme, authority and path");
+        // The metadata was built from allow-listed headers without the
+        // reserved ones (see `transcode::metadata`), so it becomes the
+        // header map as it is.
+        let headers = request.headers_mut();
+        *headers = metadata.into_headers();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
+        if let Ok(v) = HeaderValue::try_from(grpc_timeout(deadline)) {
+            headers.insert("grpc-timeout", v);
+        }
+        request
+    }
+
+    /// The live connection, connecting first if there is none.
+    async fn connection(&self) -> Result<Arc<Conn>, AttemptError> {
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let conn = Arc::new(self.connect().await.map_err(|e| AttemptError {
+            status: e,
+            sent: false,
+        })?);
+        self.conn.store(Some(conn.clone()));
+        Ok(conn)
+    }
+
+    fn live(&self) -> Option<Arc<Conn>> {
+        let guard = self.conn.load();
+        match &*guard {
+            Some(c) if !c.shared.closed.load(Ordering::Relaxed) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, tonic::Status> {
+        let handshake = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .enable_push(false)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .map_err(std::io::Error::other)
+        };
+        let (send, mut connection) =
+            match tokio::time::timeout(self.connect_timeout, handshake).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    let mut status =
+                        tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr));
+                    status.set_source(Arc::new(e));
+                    return Err(status);
+                }
+                Err(_) => {
+                    return Err(tonic::Status::unavailable(format!(
+                        "connecting to {}: no connection within the connect timeout of {:?}",
+                        self.addr, self.connect_timeout
+                    )))
+                }
+            };
+        let shared = Arc::new(ConnShared::default());
+        let pings = connection.ping_pong();
+        let task_shared = shared.clone();
+        let addr = self.addr.clone();
+        let keepalive = self.keepalive;
+        tokio::spawn(async move {
+            let why = drive(&mut connection, pings, &task_shared, keepalive).await;
+            task_shared.closed.store(true, Ordering::Relaxed);
+            tracing::debug!(upstream.addr = %addr, "backend connection ended: {why}");
+        });
+        Ok(Conn { send, shared })
+    }
+}
+
+/// Runs the connection (its reads and writes) until it ends, with
+/// keep-alive pings while calls are open; says why it ended.
+async fn drive<T>(
+    connection: &mut h2::client::Connection<T, Bytes>,
+    pings: Option<h2::PingPong>,
+    shared: &ConnShared,
+    (interval, timeout): (Duration, Duration),
+) -> String
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(mut pings) = pings else {
+        return match connection.await {
+            Ok(()) => "closed".into(),
+            Err(e) => e.to_string(),
+        };
+    };
+    let mut next = tokio::time::Instant::now() + interval;
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            end = &mut *connection => {
+                return match end {
+                    Ok(()) => "closed".into(),
+                    Err(e) => e.to_string(),
+                };
+            }
+            () = tokio::time::sleep_until(next) => {
+                if awaiting_pong {
+                    return format!("no answer to a keep-alive ping within {timeout:?}");
+                }
+                if shared.open_calls.load(Ordering::Relaxed) == 0 {
+                    next = tokio::time::Instant::now() + interval;
+                    continue;
+                }
+                if let Err(e) = pings.send_ping(h2::Ping::opaque()) {
+                    return e.to_string();
+                }
+                awaiting_pong = true;
+                next = tokio::time::Instant::now() + timeout;
+            }
+            pong = poll_fn(|cx| pings.poll_pong(cx)), if awaiting_pong => {
+                if let Err(e) = pong {
+                    return e.to_string();
+                }
+                awaiting_pong = false;
+                next = tokio::time::Instant::now() + interval;
+            }
+        }
+    }
+}
+
+/// A transport failure as a status: tonic's code for the h2 error, the
+/// error kept as the source (which is how retries and the error body tell
+/// a transport failure from a status the backend sent).
+fn transport_status(addr: &str, e: h2::Error) -> tonic::Status {
+    let code = match e.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        Some(_) => Code::Internal,
+        // Not a protocol error: the socket failed or closed.
+        None => Code::Unavailable,
+    };
+    let mut status = tonic::Status::new(code, format!("the connection to {addr} failed"));
+    status.set_source(Arc::new(e));
+    status
+}
+
+/// Reads a unary reply: headers, exactly one message, trailers.
+async fn read_reply(
+    response: http::Response<h2::RecvStream>,
+    max_reply: usize,
+) -> Result<tonic::Response<Bytes>, tonic::Status> {
+    let (parts, mut body) = response.into_parts();
+    let mut headers = parts.headers;
+    // Trailers-only: the status is in the headers and there is no body.
+    if headers.contains_key("grpc-status") {
+        return Err(match status_from(&headers) {
+            Some(s) if s.code() != Code::Ok => s,
+            _ => tonic::Status::internal("the backend answered OK without a reply message"),
+        });
+    }
+    if parts.status != http::StatusCode::OK {
+        return Err(from_http_status(parts.status));
+    }
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return Err(tonic::Status::internal(format!(
+            "the backend answered with content-type {:?}, not application/grpc; is it a gRPC server?",
+            headers.get(http::header::CONTENT_TYPE)
+        )));
+    }
+    let message = read_message(&mut body, max_reply).await?;
+    let trailers = match body.trailers().await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(tonic::Status::internal(
+                "the backend ended the reply without trailers (no grpc-status)",
+            ))
+        }
+        Err(e) => return Err(reply_failed(e)),
+    };
+    match status_from(&trailers) {
+        Some(s) if s.code() == Code::Ok => {}
+        Some(s) => return Err(s),
+        None => {
+            return Err(tonic::Status::internal(
+                "the backend's trailers carry no grpc-status",
+            ))
+        }
+    }
+    let Some(message) = message else {
+        return Err(tonic::Status::internal(
+            "the backend answered OK without a reply message",
+        ));
+    };
+    // Headers and trailers together, as tonic gives them for unary calls.
+    for (name, value) in trailers {
+        if let Some(name) = name {
+            headers.append(name, value);
+        }
+    }
+    Ok(tonic::Response::from_parts(
+        MetadataMap::from_headers(headers),
+        message,
+        http::Extensions::new(),
+    ))
+}
+
+/// The reply's one message (`None` if the body has none), without copying
+/// when it arrives in one DATA frame.
+async fn read_message(
+    body: &mut h2::RecvStream,
+    max_reply: usize,
+) -> Result<Option<Bytes>, tonic::Status> {
+    let mut buf = BytesMut::new();
+    let mut whole: Option<Bytes> = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(reply_failed)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if whole.is_none() && buf.is_empty() {
+            whole = Some(chunk);
+        } else {
+            if let Some(first) = whole.take() {
+                buf.extend_from_slice(&first);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let have = whole.as_ref().map_or(buf.len(), Bytes::len);
+        if have >= 5 {
+            let head = whole.as_deref().unwrap_or(&buf[..]);
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len > max_reply {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "the backend's reply is {len} bytes, over the gateway's limit of {max_reply}"
+                )));
+            }
+            if have > 5 + len {
+                return Err(tonic::Status::internal(
+                    "the backend sent more than one message in reply to a unary call",
+                ));
+            }
+        }
+    }
+    let mut frame = match whole {
+        Some(b) => b,
+        None if buf.is_empty() => return Ok(None),
+        None => buf.freeze(),
+    };
+    if frame.len() < 5 {
+        return Err(tonic::Status::internal(
+            "the backend's reply ended inside a gRPC frame header",
+        ));
+    }
+    let compressed = frame[0];
+    let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+    if compressed != 0 {
+        return Err(tonic::Status::internal(
+            "the backend compressed its reply, though the gateway asks for no compression",
+        ));
+    }
+    if frame.len() != 5 + len {
+        return Err(tonic::Status::internal(format!(
+            "the backend's reply ended after {} of {len} message bytes",
+            frame.len() - 5
+        )));
+    }
+    frame.advance(5);
+    Ok(Some(frame))
+}
+
+fn reply_failed(e: h2::Error) -> tonic::Status {
+    let mut status = tonic::Status::new(
+        if e.reason() == Some(h2::Reason::CANCEL) {
+            Code::Cancelled
+        } else {
+            Code::Unavailable
+        },
+        "the backend's reply was cut off",
+    );
+    status.set_source(Arc::new(e));
+    status
+}
+
+/// `grpc-status`, `grpc-message` (percent-encoded) and
+/// `grpc-status-details-bin` (base64) as a status whose metadata is the
+/// rest of the map; `None` without `grpc-status`. Never panics on bad
+/// values (tonic's `from_header_map` does on bad base64).
+fn status_from(map: &HeaderMap) -> Option<tonic::Status> {
+    let code = Code::from_bytes(map.get("grpc-status")?.as_bytes());
+    let message = map
+        .get("grpc-message")
+        .map(|v| {
+            percent_encoding::percent_decode(v.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let details = map
+        .get("grpc-status-details-bin")
+        .and_then(|v| BASE64.decode(v.as_bytes()).ok())
+        .map(Bytes::from)
+        .unwrap_or_default();
+    let mut rest = map.clone();
+    rest.remove("grpc-status");
+    rest.remove("grpc-message");
+    rest.remove("grpc-status-details-bin");
+    Some(tonic::Status::with_details_and_metadata(
+        code,
+        message,
+        details,
+        MetadataMap::from_headers(rest),
+    ))
+}
+
+/// The gRPC spec's mapping for an HTTP status without a gRPC status
+/// (a proxy in front of the backend answered, say).
+fn from_http_status(status: http::StatusCode) -> tonic::Status {
+    let code = match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    tonic::Status::new(
+        code,
+        format!("the backend answered HTTP {status} without a gRPC status"),
+    )
+}
+
+/// A `grpc-timeout` value: the finest unit that fits in 8 digits.
+fn grpc_timeout(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let candidates = [
+        (d.as_nanos(), 'n'),
+        (d.as_micros(), 'u'),
+        (d.as_millis(), 'm'),
+        (u128::from(d.as_secs()), 'S'),
+        (u128::from(d.as_secs() / 60), 'M'),
+    ];
+    for (value, unit) in candidates {
+        if value <= MAX {
+            return format!("{value}{unit}");
+        }
+    }
+    format!("{}H", (d.as_secs() / 3600).min(MAX as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the scripted backend does with each call.
+    #[derive(Clone, Copy, Debug)]
+    enum Reply {
+        /// OK: the reply message split over two DATA frames, a header and
+        /// a trailer of metadata.
+        Ok,
+        /// Trailers-only NOT_FOUND with a percent-encoded message.
+        NotFound,
+        TwoMessages,
+        Compressed,
+        /// A frame header that declares 1 MiB.
+        Huge,
+        Http503,
+        Html,
+        NoTrailers,
+        /// Answers OK, then closes the connection.
+        OkThenClose,
+    }
+
+    /// A real HTTP/2 server on loopback (the `h2` crate's server side) that
+    /// answers every call as `reply` says, and records each request's
+    /// headers and body.
+    async fn backend(
+        reply: Reply,
+    ) -> (
+        String,
+        Arc<std::sync::Mutex<Vec<(http::request::Parts, Bytes)>>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let (parts, mut body) = req.into_parts();
+                        let mut got = BytesMut::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.extend_from_slice(&chunk);
+                        }
+                        log.lock().unwrap().push((parts, got.freeze()));
+                        answer(reply, &mut respond);
+                        if matches!(reply, Reply::OkThenClose) {
+                            // Let the frames go out, then drop the connection.
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(50),
+                                poll_fn(|cx| conn.poll_closed(cx)),
+                            )
+                            .await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn answer(reply: Reply, respond: &mut h2::server::SendResponse<Bytes>) {
+        let head = |status: u16, ct: &'static str| {
+            http::Response::builder()
+                .status(status)
+                .header("content-type", ct)
+                .header("x-from-headers", "h")
+                .body(())
+                .unwrap()
+        };
+        let trailers = |code: &'static str| {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static(code));
+            t.insert("x-from-trailers", HeaderValue::from_static("t"));
+            t
+        };
+        let frame = |flag: u8, msg: &[u8]| {
+            let mut b = BytesMut::new();
+            b.put_u8(flag);
+            b.put_u32(msg.len() as u32);
+            b.extend_from_slice(msg);
+            b.freeze()
+        };
+        match reply {
+            Reply::Ok | Reply::OkThenClose => {
+                let mut s = respond
+                    .send_response(head(200, "application/grpc"), false)
+                    .unwrap();
+                let f = frame(0, b"reply-bytes");
+                s.send_data(f.slice(..3), false).unwrap();
+                s.send_data(f.slice(3..), false).unwrap();
+                s.send_trailers(trailers("0")).unwrap();
+            }
+            Reply::NotFound => {
+                let r = http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "5")
+                    .header("grpc-message", "no%20such%20book")
+                    .body(())
+                    .unwrap();
+                respond.send_response(r, true).unwrap();
+            }
+            Reply::TwoMessages => {
+                let mut s = respond
+                    .send_response(head(200, "application/grpc"), false)
+                    .unwrap();
+                s.send_data(frame(0, b"one"), false).unwrap();
+                s.send_data(frame(0, b"two"), false).unwrap();
+                s.send_trailers(trailers("0")).unwrap();
+            }
+            Reply::Compressed => {
+                let mut s = respond
+                    .send_response(head(200, "application/grpc"), false)
+                    .unwrap();
+                s.send_data(frame(1, b"zz"), false).unwrap();
+                s.send_trailers(trailers("0")).unwrap();
+            }
+            Reply::Huge => {
+                let mut s = respond
+                    .send_response(head(200, "application/grpc"), false)
+                    .unwrap();
+                let mut b = BytesMut::new();
+                b.put_u8(0);
+                b.put_u32(1 << 20);
+                s.send_data(b.freeze(), false).unwrap();
+                s.send_trailers(trailers("0")).unwrap();
+            }
+            Reply::Http503 => {
+                respond
+                    .send_response(head(503, "text/plain"), true)
+                    .unwrap();
+            }
+            Reply::Html => {
+                let mut s = respond
+                    .send_response(head(200, "text/html"), false)
+                    .unwrap();
+                s.send_data(Bytes::from_static(b"<html>"), true).unwrap();
+            }
+            Reply::NoTrailers => {
+                let mut s = respond
+                    .send_response(head(200, "application/grpc"), false)
+                    .unwrap();
+                s.send_data(frame(0, b"x"), true).unwrap();
+            }
+        }
+    }
+
+    async fn call(client: &UnaryClient) -> Result<tonic::Response<Bytes>, AttemptError> {
+        let mut md = MetadataMap::new();
+        md.insert("x-request-id", "abc".parse().unwrap());
+        client
+            .call(
+                PathAndQuery::from_static("/pkg.Svc/Get"),
+                Bytes::from_static(b"request-bytes"),
+                md,
+                Duration::from_millis(1500),
+            )
+            .await
+    }
+
+    fn client(addr: &str, max_reply: usize) -> UnaryClient {
+        UnaryClient::new(addr, Duration::from_secs(2), max_reply).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_sends_grpc_framing_and_returns_the_message_with_headers_and_trailers() {
+        let (addr, seen) = backend(Reply::Ok).await;
+        let c = client(&addr, 1024);
+        let reply = call(&c).await.unwrap();
+        assert_eq!(reply.get_ref().as_ref(), b"reply-bytes");
+        assert_eq!(reply.metadata().get("x-from-headers").unwrap(), "h");
+        assert_eq!(reply.metadata().get("x-from-trailers").unwrap(), "t");
+
+        let (parts, body) = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(parts.method, http::Method::POST);
+        assert_eq!(parts.uri.path(), "/pkg.Svc/Get");
+        assert_eq!(parts.uri.authority().unwrap().as_str(), addr);
+        assert_eq!(parts.headers["content-type"], "application/grpc");
+        assert_eq!(parts.headers["te"], "trailers");
+        assert_eq!(parts.headers["grpc-timeout"], "1500000u");
+        assert_eq!(parts.headers["x-request-id"], "abc");
+        assert_eq!(&body[..5], &[0, 0, 0, 0, 13]);
+        assert_eq!(&body[5..], b"request-bytes");
+    }
+
+    #[tokio::test]
+    async fn backend_statuses_and_protocol_faults_become_specific_statuses() {
+        let cases = [
+            (Reply::NotFound, Code::NotFound, "no such book"),
+            (Reply::TwoMessages, Code::Internal, "more than one message"),
+            (Reply::Compressed, Code::Internal, "compressed"),
+            (
+                Reply::Huge,
+                Code::ResourceExhausted,
+                "1048576 bytes, over the gateway's limit of 1024",
+            ),
+            (Reply::Http503, Code::Unavailable, "HTTP 503"),
+            (Reply::Html, Code::Internal, "not application/grpc"),
+            (Reply::NoTrailers, Code::Internal, "without trailers"),
+        ];
+        for (reply, code, text) in cases {
+            let (addr, _) = backend(reply).await;
+            let err = call(&client(&addr, 1024)).await.unwrap_err();
+            assert_eq!(err.status.code(), code, "{reply:?}: {:?}", err.status);
+            assert!(
+                err.status.message().contains(text),
+                "{reply:?}: {:?}",
+                err.status
+            );
+            assert!(err.sent, "{reply:?}");
+            // Answers from the backend are not transport failures.
+            assert!(
+                std::error::Error::source(&err.status).is_none(),
+                "{reply:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_keepalive_ping_ends_a_call_to_a_silent_peer() {
+        // A peer that accepts the connection and then says nothing (a
+        // hung process, a dropped route): no reply, no pong.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let mut c = client(&addr, 1024);
+        c.keepalive = (Duration::from_millis(100), Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), call(&c))
+            .await
+            .expect("the ping timeout ends the call, not the test's timeout")
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(err.status.code(), Code::Unavailable, "{:?}", err.status);
+        assert!(err.sent);
+        assert!(std::error::Error::source(&err.status).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unsent_and_a_closed_one_is_replaced() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = call(&client(&format!("127.0.0.1:{port}"), 1024))
+            .await
+            .unwrap_err();
+        assert!(!err.sent);
+        assert_eq!(err.status.code(), Code::Unavailable);
+        assert!(
+            err.status.message().starts_with("connecting to 127.0.0.1:"),
+            "{:?}",
+            err.status
+        );
+
+        // The backend closes the connection after each answer: every call
+        // still succeeds, each on a new connection.
+        let (addr, seen) = backend(Reply::OkThenClose).await;
+        let c = client(&addr, 1024);
+        for _ in 0..3 {
+            call(&c).await.unwrap();
+            // Let the connection task see the close.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen.lock().unwrap().len(), 3);
+
+        // The race where a call picks the connection before its task has
+        // marked it closed: h2 refuses the stream before anything is
+        // written, and the call goes out on a new connection instead.
+        let old = c.conn.load_full().unwrap();
+        old.shared.closed.store(false, Ordering::Relaxed);
+        call(&c).await.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 4);
+        assert!(!Arc::ptr_eq(&old, &c.conn.load_full().unwrap()));
+    }
+
+    #[test]
+    fn grpc_timeout_uses_the_finest_unit_that_fits() {
+        assert_eq!(grpc_timeout(Duration::from_millis(50)), "50000000n");
+        assert_eq!(grpc_timeout(Duration::from_millis(500)), "500000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(5)), "5000000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(1000)), "1000000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(grpc_timeout(Duration::from_secs(400_000_000)), "6666666M");
+    }
+
+    #[test]
+    fn status_headers_decode_without_panicking_on_bad_values() {
+        let mut map = HeaderMap::new();
+        map.insert("grpc-status", HeaderValue::from_static("5"));
+        map.insert(
+            "grpc-message",
+            HeaderValue::from_static("book%20not%20found"),
+        );
+        map.insert("grpc-status-details-bin", HeaderValue::from_static("!!!"));
+        map.insert("x-shelf", HeaderValue::from_static("7"));
+        let s = status_from(&map).expect("has grpc-status");
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "book not found");
+        assert!(s.details().is_empty());
+        assert_eq!(s.metadata().get("x-shelf").unwrap(), "7");
+        assert!(s.metadata().get("grpc-status").is_none());
+
+        // Unpadded base64 details are accepted (gRPC allows both).
+        map.insert("grpc-status-details-bin", HeaderValue::from_static("CAU"));
+        assert_eq!(status_from(&map).unwrap().details(), &[8u8, 5][..]);
+    }
+
+    #[test]
+    fn http_statuses_map_as_the_grpc_spec_says() {
+        assert_eq!(
+            from_http_status(http::StatusCode::SERVICE_UNAVAILABLE).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            from_http_status(http::StatusCode::NOT_FOUND).code(),
+            Code::Unimplemented
+        );
+        assert_eq!(
+            from_http_status(http::StatusCode::IM_A_TEAPOT).code(),
+            Code::Unknown
+        );
+    }
+}
