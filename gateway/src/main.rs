@@ -48,13 +48,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Log settings come from the config file when it parses; a broken file
     // still gets its errors reported, with the default (text) format.
-    let telemetry = gateway::config::LoadedFile::read(&cli.config)
-        .map(|f| f.config.telemetry)
+    let (telemetry, workers) = gateway::config::LoadedFile::read(&cli.config)
+        .map(|f| {
+            let workers = f.config.server.worker_threads.map(|w| *w.get_ref());
+            (f.config.telemetry, workers)
+        })
         .unwrap_or_default();
     gateway::telemetry::init_logging(&telemetry);
-    // Two cores is the expected deployment size; tokio's default (one worker
-    // per core) is right, so no override here.
-    let rt = match tokio::runtime::Runtime::new() {
+    // Out of range, the value is ignored here and the config load below
+    // reports it (naming the line) and exits.
+    let rt = match workers.filter(|n| (1..=gateway::config::MAX_WORKER_THREADS).contains(n)) {
+        // One thread: the current-thread scheduler, with no work stealing
+        // and no cross-thread wake-ups to pay for.
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -177,6 +177,9 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
             if snapshot.listen != current.listen || snapshot.admin_listen != current.admin_listen {
                 tracing::warn!("listener addresses changed in the config; they take effect at the next restart");
             }
+            if snapshot.worker_threads != current.worker_threads {
+                tracing::warn!("server.worker_threads changed in the config; it takes effect at the next restart");
+            }
             gw.swap(snapshot);
             state.succeeded.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::metrics::record_reload(true, version);

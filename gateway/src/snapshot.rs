@@ -19,7 +19,7 @@ use toml::Spanned;
 
 use crate::config::{
     ConfigError, ConfigErrors, LoadedFile, RouteConfig, UnknownFields, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_SHUTDOWN_DELAY, DEFAULT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_SHUTDOWN_DELAY, DEFAULT_TIMEOUT, MAX_WORKER_THREADS,
 };
 use crate::descriptors;
 use crate::routing::{Matcher, Template};
@@ -101,6 +101,8 @@ pub struct Snapshot {
     pub admin_listen: Option<SocketAddr>,
     pub watch: bool,
     pub shutdown_delay: Duration,
+    /// `server.worker_threads`, checked; `None`: one per core.
+    pub worker_threads: Option<usize>,
     pub drain_timeout: Duration,
     /// Backends whose descriptors come from server reflection.
     pub reflection_backends: Vec<String>,
@@ -248,6 +250,21 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         DEFAULT_DRAIN_TIMEOUT,
         &mut errors,
     );
+    let worker_threads = server.worker_threads.as_ref().and_then(|v| {
+        let n = *v.get_ref();
+        if (1..=MAX_WORKER_THREADS).contains(&n) {
+            Some(n)
+        } else {
+            errors.push(file.error(
+                v,
+                "server.worker_threads",
+                format!(
+                    "must be between 1 and {MAX_WORKER_THREADS}; leave it out for one per core"
+                ),
+            ));
+            None
+        }
+    });
 
     let server_headers = header_list(
         file,
@@ -501,6 +518,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         watch: server.watch,
         shutdown_delay,
         drain_timeout,
+        worker_threads,
         access_log: file.config.telemetry.access_log,
         reflection_backends: file
             .config

@@ -216,26 +216,42 @@ fn sigterm(child: &tokio::process::Child) {
 
 #[tokio::test]
 async fn serve_answers_requests_and_stops_on_sigterm() {
+    // No delay between readiness going false and closing the listener.
+    serve_and_stop("shutdown_delay = \"0s\"").await;
+}
+
+#[tokio::test]
+async fn serve_on_one_thread_answers_concurrent_requests_and_stops_on_sigterm() {
+    // worker_threads = 1 selects tokio's current-thread scheduler.
+    serve_and_stop("shutdown_delay = \"0s\"\nworker_threads = 1").await;
+}
+
+async fn serve_and_stop(server_settings: &str) {
     let backend = spawn_backend(echo_server(&testing_pool())).await;
     let path = write_config(&without_admin(&render_config(
-        // No delay between readiness going false and closing the listener.
-        &echo_config("shutdown_delay = \"0s\""),
+        &echo_config(server_settings),
         &backend,
         &testing_descriptors(),
     )));
     let (mut child, addr) = spawn_listening(&["serve", "--config", path.to_str().unwrap()]).await;
     let client = http_client();
-    let r = client
-        .get(format!("http://{addr}/v1/single/from-binary?int32Field=3"))
-        .send()
-        .await
-        .expect("request to the binary");
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(
-        body,
-        serde_json::json!({"stringField": "from-binary", "int32Field": 3})
-    );
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 1..=32 {
+        let client = client.clone();
+        let url = format!("http://{addr}/v1/single/from-binary-{i}?int32Field={i}");
+        calls.spawn(async move {
+            let r = client.get(url).send().await.expect("request to the binary");
+            assert_eq!(r.status(), 200);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"stringField": format!("from-binary-{i}"), "int32Field": i})
+            );
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("call task");
+    }
     let r = client
         .get(format!("http://{addr}/nope"))
         .send()

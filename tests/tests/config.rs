@@ -461,6 +461,24 @@ async fn bad_listen_address_names_server_listen() {
 }
 
 #[tokio::test]
+async fn out_of_range_worker_threads_names_server_worker_threads() {
+    for bad in ["0", "100000"] {
+        let text = config("").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:0\"\nworker_threads = {bad}"),
+        );
+        let (path, errors) = load_err(&text).await;
+        assert_has(
+            &errors,
+            &path,
+            line_of(&text, "worker_threads"),
+            "server.worker_threads",
+            "must be between 1 and 1024",
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_endpoint_names_the_endpoints_key() {
     let text = config("").replace(
         "endpoints = [\"127.0.0.1:1\"]",

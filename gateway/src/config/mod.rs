@@ -36,6 +36,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(2);
 /// Long enough for ordinary unary calls (whose default deadline is 15 s) to finish.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// More threads than this is a typo, not a machine.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// The whole of `routes.toml`.
 #[derive(Debug, Deserialize)]
@@ -130,6 +132,12 @@ pub struct ServerConfig {
     pub shutdown_delay: Option<Spanned<String>>,
     /// After the listener closes, how long in-flight requests may run on.
     pub drain_timeout: Option<Spanned<String>>,
+    /// Threads that serve traffic; default one per core. `1` runs the whole
+    /// gateway on one thread (tokio's current-thread scheduler): the least
+    /// CPU per request, and more throughput, when the gateway shares a
+    /// small machine with busy neighbours (see the README's Performance
+    /// section). Read at start; a reload that changes it warns.
+    pub worker_threads: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +302,7 @@ impl Default for ServerConfig {
             watch: true,
             shutdown_delay: None,
             drain_timeout: None,
+            worker_threads: None,
         }
     }
 }

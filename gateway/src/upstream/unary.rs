@@ -391,9 +391,13 @@ async fn read_reply(
         }
         Err(e) => return Err(reply_failed(e)),
     };
-    match status_from(&trailers) {
-        Some(s) if s.code() == Code::Ok => {}
-        Some(s) => return Err(s),
+    // The common case, OK, without building a status from the trailers.
+    let ok = trailers
+        .get("grpc-status")
+        .map(|v| Code::from_bytes(v.as_bytes()) == Code::Ok);
+    match ok {
+        Some(true) => {}
+        Some(false) => return Err(status_from(&trailers).expect("has grpc-status")),
         None => {
             return Err(tonic::Status::internal(
                 "the backend's trailers carry no grpc-status",

@@ -7,6 +7,12 @@
 //! cargo run --release -p gateway-tests --bin bench [-- --seconds 5 --rounds 2 --out bench-results.json]
 //! ```
 //!
+//! The gateway runs with `server.worker_threads = 1`: the load client and
+//! the backend keep the second core busy, and on this box one thread (the
+//! current-thread scheduler) costs the least CPU per request and serves
+//! the most requests. `--workers N` sets another count, `--workers 0`
+//! leaves the setting out (one worker per core, the gateway's default).
+//!
 //! To judge one change, keep the old binary and compare both in one run
 //! (`--baseline OLD` runs it right after the new one in every round, so the
 //! same noise hits both; `--only NAME` keeps the scenarios whose name
@@ -60,6 +66,9 @@ struct Options {
     baseline: Option<PathBuf>,
     /// Only the scenarios whose name contains this; skips the later parts.
     only: Option<String>,
+    /// `server.worker_threads` for this build's gateway (`--workers 0`:
+    /// leave it out, one per core).
+    workers: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -73,6 +82,7 @@ fn main() -> Result<()> {
         out: PathBuf::from("bench-results.json"),
         baseline: None,
         only: None,
+        workers: Some(1),
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -83,9 +93,10 @@ fn main() -> Result<()> {
             "--out" => opts.out = PathBuf::from(val()?),
             "--baseline" => opts.baseline = Some(PathBuf::from(val()?)),
             "--only" => opts.only = Some(val()?.clone()),
+            "--workers" => opts.workers = Some(val()?.parse()?).filter(|n| *n > 0),
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME]"
+                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME] [--workers N]"
                 );
                 return Ok(());
             }
@@ -288,17 +299,28 @@ fn start_backend() -> Result<(Proc, String)> {
 }
 
 /// Writes a config with the two benchmark routes plus `filler` more.
-fn write_config(dir: &Path, backend: &str, filler: usize) -> Result<(PathBuf, u16, u16)> {
+/// `workers`: `server.worker_threads`, or `None` to leave it out (the
+/// gateway's default; also what a `--baseline` binary from before the
+/// setting existed accepts).
+fn write_config(
+    dir: &Path,
+    backend: &str,
+    filler: usize,
+    workers: Option<usize>,
+) -> Result<(PathBuf, u16, u16)> {
     std::fs::create_dir_all(dir.join("descriptors"))?;
     std::fs::write(dir.join("descriptors/bench.proto"), BENCH_PROTO)?;
     let (port, admin) = (free_port()?, free_port()?);
     let mut cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\ndescriptors = \"descriptors\"\nwatch = false\nshutdown_delay = \"0s\"\n\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndescriptors = \"descriptors\"\nwatch = false\nshutdown_delay = \"0s\"\n{}\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [backends.bench]\nendpoints = [\"{backend}\"]\nservices = [\"bench.v1.Bench\"]\n\n\
          [[routes]]\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\n\n\
          [[routes]]\nmethod = \"POST\"\npath = \"/v1/items\"\ngrpc = \"bench.v1.Bench/CreateItem\"\nbody = \"*\"\n\n\
-         [[routes]]\nmethod = \"GET\"\npath = \"/v1/stream/items\"\ngrpc = \"bench.v1.Bench/ListItems\"\n\n"
+         [[routes]]\nmethod = \"GET\"\npath = \"/v1/stream/items\"\ngrpc = \"bench.v1.Bench/ListItems\"\n\n",
+        workers
+            .map(|n| format!("worker_threads = {n}\n"))
+            .unwrap_or_default()
     );
     for i in 0..filler {
         // Distinct shapes, so the trie really holds `filler` more routes.
@@ -682,16 +704,19 @@ async fn run_bench(opts: Options) -> Result<()> {
         .connect()
         .await?;
     let work = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
-    let (config, port, admin) = write_config(&work.join("small"), &backend_addr, 8)?;
+    let (config, port, admin) = write_config(&work.join("small"), &backend_addr, 8, opts.workers)?;
     let gw = start_gateway(&bin, &config, admin).await?;
     let rss_idle = vm(gw.0.id(), "VmRSS:")?;
     eprintln!(
-        "gateway pid {} ready, {rss_idle:.1} MiB resident",
-        gw.0.id()
+        "gateway pid {} ready, {rss_idle:.1} MiB resident, server.worker_threads = {}",
+        gw.0.id(),
+        opts.workers
+            .map_or("default (one per core)".to_owned(), |n| n.to_string())
     );
     let base = match &opts.baseline {
         Some(path) => {
-            let (config, port, admin) = write_config(&work.join("baseline"), &backend_addr, 8)?;
+            let (config, port, admin) =
+                write_config(&work.join("baseline"), &backend_addr, 8, None)?;
             let proc = start_gateway(path, &config, admin).await?;
             let rss = vm(proc.0.id(), "VmRSS:")?;
             eprintln!(
@@ -763,6 +788,7 @@ async fn run_bench(opts: Options) -> Result<()> {
             "seconds_per_run": opts.seconds,
             "rounds": opts.rounds,
             "concurrency": CONCURRENCY,
+            "worker_threads": opts.workers,
             "scenarios": rows,
             "baseline": base_rows,
         });
@@ -778,30 +804,29 @@ async fn run_bench(opts: Options) -> Result<()> {
     let paced_direct =
         grpc_load(channel.clone(), scenarios[0].grpc.clone(), dur, Some(half)).await?;
     let peak_small = vm(gw.0.id(), "VmHWM:")?;
-    drop(gw);
 
-    // 10,000 routes: same small GET, and memory with 1,000 idle keep-alive connections.
-    let (config, port, admin) = write_config(&work.join("large"), &backend_addr, 10_000 - 3)?;
-    let gw = start_gateway(&bin, &config, admin).await?;
-    let rss_10k = vm(gw.0.id(), "VmRSS:")?;
+    // 10,000 routes against 10 (the gateway above), alternating runs so the
+    // same noise hits both; then memory with 1,000 idle keep-alive
+    // connections on the large one.
+    let (config, port_10k, admin) =
+        write_config(&work.join("large"), &backend_addr, 10_000 - 3, opts.workers)?;
+    let gw_10k = start_gateway(&bin, &config, admin).await?;
+    let rss_10k = vm(gw_10k.0.id(), "VmRSS:")?;
+    let warm = Duration::from_millis(500);
+    let get = &scenarios[0].http;
+    gateway_run(&gw_10k, port_10k, get, warm, None, ticks).await?;
     let mut ten_k = Vec::new();
     let mut ten = Vec::new();
-    gateway_run(
-        &gw,
-        port,
-        &scenarios[0].http,
-        Duration::from_millis(500),
-        None,
-        ticks,
-    )
-    .await?;
-    for _ in 0..opts.rounds {
-        ten_k.push(gateway_run(&gw, port, &scenarios[0].http, dur, None, ticks).await?);
+    for round in 0..opts.rounds {
+        eprintln!("10,000 routes vs 10: round {}/{}", round + 1, opts.rounds);
+        ten_k.push(gateway_run(&gw_10k, port_10k, get, dur, None, ticks).await?);
+        ten.push(gateway_run(&gw, port, get, dur, None, ticks).await?);
     }
-    let ten_k = median(ten_k);
+    let (ten_k, ten) = (median(ten_k), median(ten));
+    drop(gw);
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port_10k)).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
             hyper_util::rt::TokioIo::new(stream),
         )
@@ -814,26 +839,9 @@ async fn run_bench(opts: Options) -> Result<()> {
         idle.push(send);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_10k_1000 = vm(gw.0.id(), "VmRSS:")?;
+    let rss_10k_1000 = vm(gw_10k.0.id(), "VmRSS:")?;
     drop(idle);
-    drop(gw);
-    // The 10-route figure from the same phase of the run, for the ratio.
-    let (config10, port10, admin10) = write_config(&work.join("small2"), &backend_addr, 8)?;
-    let gw = start_gateway(&bin, &config10, admin10).await?;
-    gateway_run(
-        &gw,
-        port10,
-        &scenarios[0].http,
-        Duration::from_millis(500),
-        None,
-        ticks,
-    )
-    .await?;
-    for _ in 0..opts.rounds {
-        ten.push(gateway_run(&gw, port10, &scenarios[0].http, dur, None, ticks).await?);
-    }
-    let ten = median(ten);
-    drop(gw);
+    drop(gw_10k);
     let _ = std::fs::remove_dir_all(&work);
 
     // The report.
@@ -863,6 +871,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         "seconds_per_run": opts.seconds,
         "rounds": opts.rounds,
         "concurrency": CONCURRENCY,
+        "worker_threads": opts.workers,
         "scenarios": rows,
         "baseline": base_rows,
         "paced_small_get": {"rate": half, "gateway": paced_gw, "direct": paced_direct, "added_p99_us": added_p99},
