@@ -15,8 +15,10 @@
 //!
 //! To judge one change, keep the old binary and compare both in one run
 //! (`--baseline OLD` runs it right after the new one in every round, so the
-//! same noise hits both; `--only NAME` keeps the scenarios whose name
-//! contains NAME and skips the paced, 10,000-route and memory parts):
+//! same noise hits both, with the same config, so a binary from before
+//! `server.worker_threads` needs `--workers 0`; `--only NAME` keeps the
+//! scenarios whose name contains NAME and skips the paced, 10,000-route
+//! and memory parts):
 //!
 //! ```text
 //! cp target/release/gateway /tmp/gateway-before   # then make the change
@@ -301,7 +303,7 @@ fn start_backend() -> Result<(Proc, String)> {
 /// Writes a config with the two benchmark routes plus `filler` more.
 /// `workers`: `server.worker_threads`, or `None` to leave it out (the
 /// gateway's default; also what a `--baseline` binary from before the
-/// setting existed accepts).
+/// setting existed needs: pass `--workers 0`).
 fn write_config(
     dir: &Path,
     backend: &str,
@@ -686,6 +688,15 @@ async fn gateway_run(
     Ok(r)
 }
 
+/// Shows one run's result as it finishes (runs take seconds each).
+fn progress(what: &str, r: RunResult) -> RunResult {
+    match r.gateway_cpu_us_per_req {
+        Some(cpu) => eprintln!("  {what}: {:.0} req/s, {cpu:.1} us CPU/req", r.rps),
+        None => eprintln!("  {what}: {:.0} req/s", r.rps),
+    }
+    r
+}
+
 /// Median of the runs by rps (robust to one noisy run).
 fn median(mut runs: Vec<RunResult>) -> RunResult {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -716,7 +727,7 @@ async fn run_bench(opts: Options) -> Result<()> {
     let base = match &opts.baseline {
         Some(path) => {
             let (config, port, admin) =
-                write_config(&work.join("baseline"), &backend_addr, 8, None)?;
+                write_config(&work.join("baseline"), &backend_addr, 8, opts.workers)?;
             let proc = start_gateway(path, &config, admin).await?;
             let rss = vm(proc.0.id(), "VmRSS:")?;
             eprintln!(
@@ -757,11 +768,20 @@ async fn run_bench(opts: Options) -> Result<()> {
         .await?;
         for round in 0..opts.rounds {
             eprintln!("{}: round {}/{}", s.name, round + 1, opts.rounds);
-            gw_runs.push(gateway_run(&gw, port, &s.http, dur, None, ticks).await?);
+            gw_runs.push(progress(
+                "gateway",
+                gateway_run(&gw, port, &s.http, dur, None, ticks).await?,
+            ));
             if let Some((b, bport, _)) = &base {
-                base_runs.push(gateway_run(b, *bport, &s.http, dur, None, ticks).await?);
+                base_runs.push(progress(
+                    "baseline",
+                    gateway_run(b, *bport, &s.http, dur, None, ticks).await?,
+                ));
             }
-            direct_runs.push(grpc_load(channel.clone(), s.grpc.clone(), dur, None).await?);
+            direct_runs.push(progress(
+                "direct",
+                grpc_load(channel.clone(), s.grpc.clone(), dur, None).await?,
+            ));
         }
         let (g, d) = (median(gw_runs), median(direct_runs));
         if s.name == "small GET" {
@@ -819,8 +839,14 @@ async fn run_bench(opts: Options) -> Result<()> {
     let mut ten = Vec::new();
     for round in 0..opts.rounds {
         eprintln!("10,000 routes vs 10: round {}/{}", round + 1, opts.rounds);
-        ten_k.push(gateway_run(&gw_10k, port_10k, get, dur, None, ticks).await?);
-        ten.push(gateway_run(&gw, port, get, dur, None, ticks).await?);
+        ten_k.push(progress(
+            "10,000 routes",
+            gateway_run(&gw_10k, port_10k, get, dur, None, ticks).await?,
+        ));
+        ten.push(progress(
+            "10 routes",
+            gateway_run(&gw, port, get, dur, None, ticks).await?,
+        ));
     }
     let (ten_k, ten) = (median(ten_k), median(ten));
     drop(gw);
