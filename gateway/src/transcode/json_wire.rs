@@ -393,7 +393,13 @@ impl BodyPlan {
             keys: Vec::new(),
             depth: 0,
         };
-        let mut de = serde_json::Deserializer::from_slice(json);
+        // One UTF-8 check of the whole body (fast on ASCII) instead of one
+        // per string, which serde_json does when it reads bytes; invalid
+        // UTF-8 goes to the reference path, which words the error.
+        let Ok(text) = std::str::from_utf8(json) else {
+            return Err(Fallback);
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
         let r = de
             .deserialize_map(Top {
                 st: &mut st,
@@ -1414,6 +1420,15 @@ mod tests {
             // Two members of one oneof.
             refused(r#"{"choiceText": "a", "choiceNumber": 1}"#, o);
             refused(r#"{"choice_number": 0, "choiceText": ""}"#, o);
+            // Not UTF-8: in a string, and (where a per-string check would
+            // not look) in the spaces between members.
+            for bad in [
+                &b"{\"name\": \"\xff\"}"[..],
+                b"{\"name\": \"a\"\xff}",
+                b"\xef\xbb\xbf{}",
+            ] {
+                assert_eq!(run(&everything(), bad, o), Err(false), "{bad:?}");
+            }
             // Wrong types.
             refused(r#"{"boolField": "true"}"#, o);
             refused(r#"{"stringField": 1}"#, o);
