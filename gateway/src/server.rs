@@ -31,6 +31,7 @@ impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Gateway> {
         // The metrics recorder exists before the first request is counted.
         crate::telemetry::metrics::handle();
+        crate::telemetry::metrics::start_upkeep();
         metrics::gauge!(crate::telemetry::metrics::CONFIG_VERSION).set(snapshot.version as f64);
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),

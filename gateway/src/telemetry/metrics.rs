@@ -48,6 +48,35 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Starts (once per process, on the current tokio runtime) the task that
+/// folds histogram samples into their buckets. The recorder keeps every
+/// sample in a lock-free queue until a scrape or an upkeep drains it; with
+/// nobody scraping /metrics that queue grew by about 25 bytes a request
+/// (RSS +0.6 MiB/s under the load bench) for as long as the process ran.
+/// The exporter's own `install` runs the same upkeep every 5 s; the gateway
+/// builds its recorder by hand, so it must too.
+pub fn start_upkeep() {
+    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if STARTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let handle = handle();
+    rt.spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
