@@ -147,10 +147,14 @@ impl UnaryClient {
         let _open = OpenCall(conn.shared.clone());
         let (response, mut body) = match send.send_request(request, false) {
             Ok(pair) => pair,
-            // Refused before a frame was written (the connection closed
-            // between the check above and now).
+            // Refused before a frame was written: the connection closed
+            // between the check above and now, or (reason-less, not I/O)
+            // h2 refused the request itself, which says nothing about the
+            // connection.
             Err(e) => {
-                conn.shared.closed.store(true, Ordering::Relaxed);
+                if e.is_go_away() || e.is_io() || e.reason().is_some() {
+                    conn.shared.closed.store(true, Ordering::Relaxed);
+                }
                 return Err(AttemptError {
                     status: transport_status(&self.addr, e),
                     sent: false,
