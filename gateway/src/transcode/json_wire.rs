@@ -1913,21 +1913,8 @@ mod tests {
         prop::sample::select(vec!["", " ", "\n", " \t\r\n "]).prop_map(str::to_owned)
     }
 
-    fn config() -> ProptestConfig {
-        // Debug builds on two cores: a few seconds per property
-        // (PROPTEST_CASES=100000 for a longer hunt).
-        ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(256),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::transcode::proptest_config())]
 
         #[test]
         fn valid_bodies_take_the_fast_path_and_match(

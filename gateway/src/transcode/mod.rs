@@ -94,3 +94,17 @@ pub(crate) fn test_pool() -> &'static prost_reflect::DescriptorPool {
         loaded.expect("test descriptors").pool
     })
 }
+
+/// The transcoders' property tests: 256 cases, a few seconds each in a
+/// debug build on two cores (`PROPTEST_CASES=100000` for a longer hunt).
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -2422,21 +2422,8 @@ message Bench {
         w
     }
 
-    fn config() -> ProptestConfig {
-        // Debug builds on two cores: enough cases to find shallow bugs in
-        // a few seconds.
-        ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(256),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(crate::transcode::proptest_config())]
 
         #[test]
         fn matches_prost_reflect_on_random_messages(seed in any::<u64>()) {
