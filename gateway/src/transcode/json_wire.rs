@@ -3,11 +3,16 @@
 //! The reference path ([`request::decode_body`](super::request::decode_body))
 //! builds a `DynamicMessage` through prost-reflect's serde support and the
 //! strict adapter, then encodes it: two passes, an allocation per value and a
-//! descriptor clone per message. This module reads the same bytes with the
-//! same parser (serde_json, so syntax, escapes, UTF-8, number parsing, its
-//! recursion limit and trailing garbage are judged by the very code that
-//! judges them in the reference), applies the rules the reference applies
-//! (prost-reflect's visitors, `strict.rs`), and writes wire bytes as it goes.
+//! descriptor clone per message. This module scans the bytes itself, applies
+//! the rules the reference applies (prost-reflect's visitors, `strict.rs`),
+//! and writes wire bytes as it goes.
+//!
+//! The scanner reads JSON exactly as serde_json does where it decides alone
+//! (structure, whitespace, literals, plain strings, integers of up to 18
+//! digits), and hands serde_json the rest so the reference's own code judges
+//! it: strings with escapes, and every other number (floats, so their
+//! rounding and range errors are serde_json's). Driving serde_json through
+//! serde's visitors cost about as much as the encoding itself.
 //!
 //! It has no errors of its own: for anything it does not handle, and for
 //! anything the reference refuses, it returns [`Fallback`] and the caller runs
@@ -20,11 +25,12 @@
 //! empty array or map writes nothing, as the reference's message encodes to
 //! nothing for it: a backend cannot tell "set to empty" from "unset".
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Visitor};
 
 use super::request::DecodeOptions;
 use super::wire::Scalar;
@@ -111,10 +117,37 @@ impl<V: Copy> Names<V> {
                 return None;
             }
             let (n, v) = &self.entries[i as usize];
-            if **n == *name {
+            if same_bytes(n, name) {
                 return Some(*v);
             }
             at = (at + 1) & mask;
+        }
+    }
+}
+
+/// Slice equality in word-sized loads: names are short, and `==` on slices
+/// is a call to memcmp, which cost more than the whole lookup around it.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => {
+            // Whole words, then the last (overlapping) word.
+            let mut at = 0;
+            while at + 8 < n {
+                if word(a, at) != word(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            word(a, n - 8) == word(b, n - 8)
         }
     }
 }
@@ -383,6 +416,11 @@ impl BodyPlan {
             return Ok(());
         }
         let root = self.root.ok_or(Fallback)?;
+        // One UTF-8 check of the whole body (fast on ASCII); invalid UTF-8
+        // goes to the reference path, which words the error.
+        let Ok(text) = std::str::from_utf8(json) else {
+            return Err(Fallback);
+        };
         let start = out.len();
         // Wire bytes are nearly always shorter than their JSON.
         out.reserve(json.len() / 2);
@@ -392,21 +430,11 @@ impl BodyPlan {
             seen: Vec::new(),
             keys: Vec::new(),
             depth: 0,
+            text,
+            b: json,
+            at: 0,
         };
-        // One UTF-8 check of the whole body (fast on ASCII) instead of one
-        // per string, which serde_json does when it reads bytes; invalid
-        // UTF-8 goes to the reference path, which words the error.
-        let Ok(text) = std::str::from_utf8(json) else {
-            return Err(Fallback);
-        };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let r = de
-            .deserialize_map(Top {
-                st: &mut st,
-                msg: root,
-            })
-            .and_then(|()| de.end());
-        if r.is_err() {
+        if st.document(root).is_none() {
             st.out.truncate(start);
             return Err(Fallback);
         }
@@ -423,8 +451,8 @@ impl fmt::Debug for BodyPlan {
     }
 }
 
-/// One encode call's mutable state.
-struct State<'p, 'o> {
+/// One encode call's mutable state: the scanner's cursor and the output.
+struct State<'p, 'o, 't> {
     plan: &'p BodyPlan,
     out: &'o mut Vec<u8>,
     /// A stack of per-object bitsets (`MsgPlan::seen_words` each).
@@ -433,21 +461,14 @@ struct State<'p, 'o> {
     keys: Vec<u64>,
     /// Open objects and arrays, counted as strict.rs counts them.
     depth: usize,
+    /// The body, as text (checked UTF-8) and as bytes.
+    text: &'t str,
+    b: &'t [u8],
+    /// The scanner's position in `b`.
+    at: usize,
 }
 
-impl State<'_, '_> {
-    fn enter<E: de::Error>(&mut self) -> Result<(), E> {
-        self.depth += 1;
-        if self.depth > self.plan.max_depth {
-            return Err(declined());
-        }
-        Ok(())
-    }
-
-    fn leave(&mut self) {
-        self.depth -= 1;
-    }
-
+impl State<'_, '_, '_> {
     /// Sets bit `bit` of the bitset at `base`; false if it was already set.
     fn mark(&mut self, base: usize, bit: usize) -> bool {
         let word = &mut self.seen[base + bit / 64];
@@ -456,11 +477,6 @@ impl State<'_, '_> {
         *word |= mask;
         fresh
     }
-}
-
-/// The error every visitor returns to stop serde_json; its text is never shown.
-fn declined<E: de::Error>() -> E {
-    E::custom("the JSON fast path declined")
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -502,7 +518,7 @@ fn end_len(out: &mut Vec<u8>, start: usize) {
     out[start - 1..start - 1 + n].copy_from_slice(&prefix[..n]);
 }
 
-/// One JSON scalar, as serde_json hands it over.
+/// One JSON scalar, as serde_json's `deserialize_any` would report it.
 #[derive(Clone, Copy)]
 enum Tok<'a> {
     U64(u64),
@@ -785,7 +801,7 @@ fn put_seconds_nanos(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
 /// (none inside a packed list). `Some(false)`: the reference leaves it unset
 /// (an enum name it does not know, when unknown names are allowed).
 fn put_token(
-    st: &mut State<'_, '_>,
+    st: &mut State<'_, '_, '_>,
     kind: ValueKind,
     tag: Option<&Tag>,
     t: Tok<'_>,
@@ -853,368 +869,530 @@ fn put_token(
     Some(true)
 }
 
-/// Converts `put_token`'s answer for serde.
-fn token<E: de::Error>(
-    st: &mut State<'_, '_>,
-    kind: ValueKind,
-    tag: Option<&Tag>,
-    t: Tok<'_>,
-) -> Result<bool, E> {
-    put_token(st, kind, tag, t).ok_or_else(declined)
+/// A number as serde_json's `deserialize_any` hands it to a visitor: the
+/// numbers the scanner does not convert itself go through this, so their
+/// value (float rounding, range errors) is decided by the reference's parser.
+struct Num(Tok<'static>);
+
+impl<'de> serde::Deserialize<'de> for Num {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Num, D::Error> {
+        d.deserialize_any(NumVisitor)
+    }
 }
 
-/// The top-level object.
-struct Top<'s, 'p, 'o> {
-    st: &'s mut State<'p, 'o>,
-    msg: u32,
-}
+struct NumVisitor;
 
-impl<'de> Visitor<'de> for Top<'_, '_, '_> {
-    type Value = ();
+impl Visitor<'_> for NumVisitor {
+    type Value = Num;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+        f.write_str("a number")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        message_body(self.st, self.msg, map)
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
+        Ok(Num(Tok::U64(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
+        Ok(Num(Tok::I64(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
+        Ok(Num(Tok::F64(v)))
     }
 }
 
-/// A nested message: key, length, fields.
-fn message<'de, A: MapAccess<'de>>(
-    st: &mut State<'_, '_>,
-    msg: u32,
-    tag: Option<&Tag>,
-    map: A,
-) -> Result<bool, A::Error> {
-    // Messages never sit in packed lists, so there is always a key.
-    tag.ok_or_else(declined)?.put(st.out);
-    let start = begin_len(st.out);
-    message_body(st, msg, map)?;
-    end_len(st.out, start);
-    Ok(true)
+/// serde_json's own limit on nested arrays and objects is 128; the scanner
+/// declines well before it, so it never accepts what serde_json refuses.
+const SCAN_DEPTH_LIMIT: usize = 100;
+
+/// Where a number's text is, and whether it is a plain integer.
+struct NumSpan {
+    start: usize,
+    end: usize,
+    negative: bool,
+    /// Digits of a number without fraction or exponent (`None` otherwise).
+    int_digits: Option<(usize, usize)>,
 }
 
-/// A message object's fields, with strict.rs's rules: a known field once
-/// (under either name), at most one member of a oneof set, bounded nesting.
-fn message_body<'de, A: MapAccess<'de>>(
-    st: &mut State<'_, '_>,
-    msg: u32,
-    mut map: A,
-) -> Result<(), A::Error> {
-    st.enter()?;
-    let plan = st.plan;
-    let m = &plan.msgs[msg as usize];
-    let base = st.seen.len();
-    st.seen.resize(base + m.seen_words, 0);
-    while let Some(key) = map.next_key_seed(FieldKey(m))? {
-        let Some(i) = key else {
-            // strict.rs does not check unknown keys for duplicates, and
-            // skipping goes through the same serde_json call as prost-reflect's.
-            if plan.reject_unknown || m.has_extensions {
-                return Err(declined());
+// The scanner: RFC 8259 JSON as serde_json reads it (only space, tab, CR and
+// LF as whitespace; no trailing commas, comments, leading zeros or bare
+// control characters), checked byte by byte. Every `None` is a fallback.
+impl<'t> State<'_, '_, 't> {
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.at) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                break;
             }
-            map.next_value::<IgnoredAny>()?;
-            continue;
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.at).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.at += usize::from(hit);
+        hit
+    }
+
+    /// After a member or element: whitespace, then `,` (and whitespace) or
+    /// `close`. Returns true at `close`.
+    fn after_item(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let c = self.peek()?;
+        self.at += 1;
+        if c == close {
+            return Some(true);
+        }
+        if c != b',' {
+            return None;
+        }
+        self.ws();
+        Some(false)
+    }
+
+    /// An object's key: a string, at the cursor.
+    fn key(&mut self) -> Option<Cow<'t, str>> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.string()
+    }
+
+    /// The colon after a key, and the whitespace around it.
+    fn colon(&mut self) -> Option<()> {
+        self.ws();
+        self.eat(b':').then_some(())?;
+        self.ws();
+        Some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if !self.b[self.at..].starts_with(word) {
+            return None;
+        }
+        self.at += word.len();
+        Some(())
+    }
+
+    /// A string at the cursor (its opening quote). Borrowed from the body
+    /// unless it has escapes, which serde_json decodes (and judges).
+    fn string(&mut self) -> Option<Cow<'t, str>> {
+        let b = self.b;
+        let start = self.at + 1;
+        let mut i = start;
+        // Eight bytes at a time while none is a quote, a backslash or a
+        // control character (the classic SWAR zero-byte test on each).
+        while let Some(chunk) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            const HIGH: u64 = 0x8080_8080_8080_8080;
+            let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+            let special = has_zero(w ^ (ONES * u64::from(b'"')))
+                | has_zero(w ^ (ONES * u64::from(b'\\')))
+                | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+            if special != 0 {
+                // The lowest flagged byte is exact (the test's false
+                // positives only sit above a true one).
+                i += (special.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        loop {
+            match *b.get(i)? {
+                b'"' => {
+                    self.at = i + 1;
+                    return Some(Cow::Borrowed(&self.text[start..i]));
+                }
+                b'\\' => return self.escaped(start),
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+    }
+
+    fn escaped(&mut self, start: usize) -> Option<Cow<'t, str>> {
+        let b = self.b;
+        let mut i = start;
+        loop {
+            match *b.get(i)? {
+                b'"' => break,
+                // The escaped byte is ASCII in valid JSON; serde_json below
+                // refuses it otherwise.
+                b'\\' => i += 2,
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        let s: String = serde_json::from_str(self.text.get(start - 1..=i)?).ok()?;
+        self.at = i + 1;
+        Some(Cow::Owned(s))
+    }
+
+    /// A number's extent, by JSON's grammar.
+    fn number_span(&mut self) -> Option<NumSpan> {
+        let b = self.b;
+        let start = self.at;
+        let digits = |mut i: usize| {
+            while matches!(b.get(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+            i
         };
-        let f = &m.fields[i as usize];
-        if matches!(f.kind, ValueKind::Unsupported) || !st.mark(base, i as usize) {
-            return Err(declined());
+        let negative = b.get(start) == Some(&b'-');
+        let first = start + usize::from(negative);
+        let mut i = match b.get(first) {
+            Some(b'0') => first + 1,
+            Some(b'1'..=b'9') => digits(first + 1),
+            _ => return None,
+        };
+        let int_end = i;
+        if b.get(i) == Some(&b'.') {
+            let end = digits(i + 1);
+            if end == i + 1 {
+                return None;
+            }
+            i = end;
         }
-        let set = map.next_value_seed(FieldSeed { st: &mut *st, f })?;
-        // prost-reflect refuses a second oneof member only once it has a
-        // value (a `null` member sets nothing).
-        if let (true, Some(o)) = (set, f.oneof) {
-            if !st.mark(base, m.fields.len() + o as usize) {
-                return Err(declined());
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let end = digits(i);
+            if end == i {
+                return None;
+            }
+            i = end;
+        }
+        self.at = i;
+        Some(NumSpan {
+            start,
+            end: i,
+            negative,
+            int_digits: (i == int_end).then_some((first, int_end)),
+        })
+    }
+
+    /// A number as serde_json would report it: u64 for a non-negative
+    /// integer, i64 for a negative one, f64 for the rest (`-0` included).
+    fn number(&mut self) -> Option<Tok<'static>> {
+        let n = self.number_span()?;
+        if let Some((from, to)) = n.int_digits {
+            // At most 18 digits: no overflow, and the same value serde_json
+            // accumulates.
+            if to - from <= 18 {
+                let v = self.b[from..to]
+                    .iter()
+                    .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'));
+                return Some(match (n.negative, v) {
+                    (false, v) => Tok::U64(v),
+                    (true, 0) => Tok::F64(-0.0),
+                    (true, v) => Tok::I64(-(v as i64)),
+                });
+            }
+        }
+        let Num(t) = serde_json::from_str(&self.text[n.start..n.end]).ok()?;
+        Some(t)
+    }
+
+    fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth <= self.plan.max_depth && self.depth <= SCAN_DEPTH_LIMIT).then_some(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
+    /// The whole body: one object, then only whitespace.
+    fn document(&mut self, msg: u32) -> Option<()> {
+        self.ws();
+        if !self.eat(b'{') {
+            return None;
+        }
+        self.message_body(msg)?;
+        self.ws();
+        (self.at == self.b.len()).then_some(())
+    }
+
+    /// A nested message (cursor after its `{`): key, length, fields.
+    fn message(&mut self, msg: u32, tag: Option<&Tag>) -> Option<bool> {
+        // Messages never sit in packed lists, so there is always a key.
+        tag?.put(self.out);
+        let start = begin_len(self.out);
+        self.message_body(msg)?;
+        end_len(self.out, start);
+        Some(true)
+    }
+
+    /// A message object's fields (cursor after its `{`), with strict.rs's
+    /// rules: a known field once (under either name), at most one member of
+    /// a oneof set, bounded nesting.
+    fn message_body(&mut self, msg: u32) -> Option<()> {
+        self.enter()?;
+        let plan = self.plan;
+        let m = &plan.msgs[msg as usize];
+        let base = self.seen.len();
+        self.seen.resize(base + m.seen_words, 0);
+        self.ws();
+        if !self.eat(b'}') {
+            loop {
+                let key = self.key()?;
+                let index = m.names.get(key.as_bytes());
+                self.colon()?;
+                match index {
+                    // strict.rs does not check unknown keys for duplicates.
+                    None if plan.reject_unknown || m.has_extensions => return None,
+                    None => self.skip()?,
+                    Some(i) => {
+                        let f = &m.fields[i as usize];
+                        if matches!(f.kind, ValueKind::Unsupported) || !self.mark(base, i as usize)
+                        {
+                            return None;
+                        }
+                        let set = self.field_value(f)?;
+                        // prost-reflect refuses a second oneof member only
+                        // once it has a value (a `null` member sets nothing).
+                        if let (true, Some(o)) = (set, f.oneof) {
+                            if !self.mark(base, m.fields.len() + o as usize) {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                if self.after_item(b'}')? {
+                    break;
+                }
+            }
+        }
+        self.seen.truncate(base);
+        self.leave();
+        Some(())
+    }
+
+    /// A field's value; `Some(false)` when it sets nothing (`null`).
+    fn field_value(&mut self, f: &FieldPlan) -> Option<bool> {
+        match self.peek()? {
+            b'{' => {
+                self.at += 1;
+                match (f.shape, f.kind) {
+                    (Shape::Single, ValueKind::Message(m)) => self.message(m, Some(&f.tag)),
+                    (Shape::Map { key }, _) => self.map_field(f, key),
+                    _ => None,
+                }
+            }
+            b'[' => {
+                self.at += 1;
+                match f.shape {
+                    Shape::List { packed } => self.list(f, packed),
+                    _ => None,
+                }
+            }
+            b'n' => {
+                // prost-reflect leaves the field unset (Value and NullValue,
+                // where null means something, are Unsupported).
+                self.literal(b"null")?;
+                Some(false)
+            }
+            _ => match f.shape {
+                Shape::Single => self.scalar(f.kind, Some(&f.tag)),
+                _ => None,
+            },
+        }
+    }
+
+    /// A string, number or boolean written as a value of `kind`.
+    fn scalar(&mut self, kind: ValueKind, tag: Option<&Tag>) -> Option<bool> {
+        match self.peek()? {
+            b'"' => {
+                let s = self.string()?;
+                put_token(self, kind, tag, Tok::Str(&s))
+            }
+            b't' => {
+                self.literal(b"true")?;
+                put_token(self, kind, tag, Tok::Bool(true))
+            }
+            b'f' => {
+                self.literal(b"false")?;
+                put_token(self, kind, tag, Tok::Bool(false))
+            }
+            _ => {
+                let t = self.number()?;
+                put_token(self, kind, tag, t)
             }
         }
     }
-    st.seen.truncate(base);
-    st.leave();
-    Ok(())
-}
 
-/// A key of a message object: the field's index, or `None` when unknown.
-struct FieldKey<'p>(&'p MsgPlan);
-
-impl<'de> DeserializeSeed<'de> for FieldKey<'_> {
-    type Value = Option<u32>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u32>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldKey<'_> {
-    type Value = Option<u32>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<u32>, E> {
-        Ok(self.0.names.get(v.as_bytes()))
-    }
-}
-
-/// A field's value; `Ok(false)` when it sets nothing (`null`).
-struct FieldSeed<'s, 'p, 'o> {
-    st: &'s mut State<'p, 'o>,
-    f: &'p FieldPlan,
-}
-
-impl<'de> DeserializeSeed<'de> for FieldSeed<'_, '_, '_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl FieldSeed<'_, '_, '_> {
-    fn single<E: de::Error>(self, t: Tok<'_>) -> Result<bool, E> {
-        match self.f.shape {
-            Shape::Single => token(self.st, self.f.kind, Some(&self.f.tag), t),
-            _ => Err(declined()),
-        }
-    }
-}
-
-impl<'de> Visitor<'de> for FieldSeed<'_, '_, '_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a field value")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-        // `null`: prost-reflect leaves the field unset (Value and NullValue,
-        // where null means something, are Unsupported).
-        Ok(false)
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
-        self.single(Tok::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
-        self.single(Tok::I64(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
-        self.single(Tok::U64(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
-        self.single(Tok::F64(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        self.single(Tok::Str(v))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
-        match self.f.shape {
-            Shape::List { packed } => list(self.st, self.f, packed, seq),
-            _ => Err(declined()),
+    /// A list element or a map value: never `null`, never an array.
+    fn elem(&mut self, kind: ValueKind, tag: Option<&Tag>) -> Option<bool> {
+        match self.peek()? {
+            b'{' => {
+                self.at += 1;
+                match kind {
+                    ValueKind::Message(m) => self.message(m, tag),
+                    _ => None,
+                }
+            }
+            b'[' | b'n' => None,
+            _ => self.scalar(kind, tag),
         }
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
-        match (self.f.shape, self.f.kind) {
-            (Shape::Single, ValueKind::Message(m)) => message(self.st, m, Some(&self.f.tag), map),
-            (Shape::Map { key }, _) => map_field(self.st, self.f, key, map),
-            _ => Err(declined()),
-        }
-    }
-}
-
-/// A repeated field's array. An empty one of a packable kind is written as an
-/// empty packed run; of strings, bytes or messages it writes nothing (the
-/// reference's encoding of its empty list).
-fn list<'de, A: SeqAccess<'de>>(
-    st: &mut State<'_, '_>,
-    f: &FieldPlan,
-    packed: bool,
-    mut seq: A,
-) -> Result<bool, A::Error> {
-    st.enter()?;
-    if packed {
-        f.len_tag.put(st.out);
-        let start = begin_len(st.out);
-        while seq
-            .next_element_seed(ElemSeed {
-                st: &mut *st,
-                kind: f.kind,
-                tag: None,
-            })?
-            .is_some()
-        {}
-        end_len(st.out, start);
-    } else {
-        let mut any = false;
-        while let Some(set) = seq.next_element_seed(ElemSeed {
-            st: &mut *st,
-            kind: f.kind,
-            tag: Some(f.tag),
-        })? {
-            any |= set;
-        }
-        if !any && f.kind.packable() {
-            f.len_tag.put(st.out);
-            st.out.push(0);
-        }
-    }
-    st.leave();
-    Ok(true)
-}
-
-/// A map field's object: one entry message (key 1, value 2) per key. Keys
-/// must differ as strings (strict.rs); keys equal as numbers ("1", "01")
-/// both go out, and the later wins on decode as it does in the reference.
-fn map_field<'de, 'p, A: MapAccess<'de>>(
-    st: &mut State<'p, '_>,
-    f: &'p FieldPlan,
-    key: Scalar,
-    mut map: A,
-) -> Result<bool, A::Error> {
-    st.enter()?;
-    let keys_base = st.keys.len();
-    let value_tag = Tag::new(2, f.kind.wire_type());
-    while let Some((entry, content)) = map.next_key_seed(MapKey {
-        st: &mut *st,
-        f,
-        key,
-    })? {
-        let set = map.next_value_seed(ElemSeed {
-            st: &mut *st,
-            kind: f.kind,
-            tag: Some(value_tag),
-        })?;
-        if set {
-            end_len(st.out, content);
+    /// A repeated field's array (cursor after its `[`). An empty one of a
+    /// packable kind is written as an empty packed run; of strings, bytes or
+    /// messages it writes nothing (the reference's encoding of its empty list).
+    fn list(&mut self, f: &FieldPlan, packed: bool) -> Option<bool> {
+        self.enter()?;
+        self.ws();
+        let empty = self.eat(b']');
+        if packed {
+            f.len_tag.put(self.out);
+            let start = begin_len(self.out);
+            if !empty {
+                loop {
+                    self.elem(f.kind, None)?;
+                    if self.after_item(b']')? {
+                        break;
+                    }
+                }
+            }
+            end_len(self.out, start);
         } else {
-            st.out.truncate(entry);
+            let mut any = false;
+            if !empty {
+                loop {
+                    any |= self.elem(f.kind, Some(&f.tag))?;
+                    if self.after_item(b']')? {
+                        break;
+                    }
+                }
+            }
+            if !any && f.kind.packable() {
+                f.len_tag.put(self.out);
+                self.out.push(0);
+            }
         }
-    }
-    // An empty map has written nothing, as the reference's empty map encodes.
-    // Hashes, not keys, so no key is copied: a collision only costs a
-    // needless fallback, never a wrong answer.
-    let keys = &mut st.keys[keys_base..];
-    keys.sort_unstable();
-    if keys.windows(2).any(|w| w[0] == w[1]) {
-        return Err(declined());
-    }
-    st.keys.truncate(keys_base);
-    st.leave();
-    Ok(true)
-}
-
-/// A map key: notes it, opens the entry and writes field 1; returns where
-/// the entry and its content start.
-struct MapKey<'s, 'p, 'o> {
-    st: &'s mut State<'p, 'o>,
-    f: &'p FieldPlan,
-    key: Scalar,
-}
-
-impl<'de> DeserializeSeed<'de> for MapKey<'_, '_, '_> {
-    type Value = (usize, usize);
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(usize, usize), D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for MapKey<'_, '_, '_> {
-    type Value = (usize, usize);
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a map key")
+        self.leave();
+        Some(true)
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(usize, usize), E> {
-        self.st.keys.push(fnv(v.as_bytes()));
-        let out = &mut *self.st.out;
+    /// A map field's object (cursor after its `{`): one entry message (key 1,
+    /// value 2) per key. Keys must differ as strings (strict.rs); keys equal
+    /// as numbers ("1", "01") both go out, and the later wins on decode as it
+    /// does in the reference.
+    fn map_field(&mut self, f: &FieldPlan, key: Scalar) -> Option<bool> {
+        self.enter()?;
+        let keys_base = self.keys.len();
+        let value_tag = Tag::new(2, f.kind.wire_type());
+        self.ws();
+        if !self.eat(b'}') {
+            loop {
+                let k = self.key()?;
+                let (entry, content) = self.map_key(f, key, &k)?;
+                self.colon()?;
+                if self.elem(f.kind, Some(&value_tag))? {
+                    end_len(self.out, content);
+                } else {
+                    self.out.truncate(entry);
+                }
+                if self.after_item(b'}')? {
+                    break;
+                }
+            }
+        }
+        // An empty map has written nothing, as the reference's empty map
+        // encodes. Hashes, not keys, so no key is copied: a collision only
+        // costs a needless fallback, never a wrong answer.
+        let keys = &mut self.keys[keys_base..];
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+        self.keys.truncate(keys_base);
+        self.leave();
+        Some(true)
+    }
+
+    /// Notes a map key, opens the entry and writes field 1; returns where the
+    /// entry and its content start.
+    fn map_key(&mut self, f: &FieldPlan, key: Scalar, v: &str) -> Option<(usize, usize)> {
+        self.keys.push(fnv(v.as_bytes()));
+        let out = &mut *self.out;
         let entry = out.len();
-        self.f.len_tag.put(out);
+        f.len_tag.put(out);
         let content = begin_len(out);
-        out.push(0x08 | self.key.wire_type());
+        out.push(0x08 | key.wire_type());
         // prost-reflect parses keys with `FromStr`, as `Tok::Str` does,
         // except bools, which its visitor takes only as JSON booleans.
-        let ok = match self.key {
-            Scalar::Bool => match v.parse::<bool>() {
-                Ok(b) => {
-                    out.push(u8::from(b));
-                    true
+        match key {
+            Scalar::Bool => out.push(u8::from(v.parse::<bool>().ok()?)),
+            s => {
+                put_scalar(out, s, Tok::Str(v))?;
+            }
+        }
+        Some((entry, content))
+    }
+
+    /// An unknown field's value, checked as serde_json's `IgnoredAny` checks
+    /// it or more strictly (escapes decoded, numbers in range). Like
+    /// serde_json's skipping, a loop with its own stack, not recursion: the
+    /// reference accepts any nesting there, and so does this.
+    fn skip(&mut self) -> Option<()> {
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            match self.peek()? {
+                b'{' => {
+                    self.at += 1;
+                    self.ws();
+                    if !self.eat(b'}') {
+                        open.push(b'}');
+                        self.member_key()?;
+                        continue;
+                    }
                 }
-                Err(_) => false,
-            },
-            s => put_scalar(out, s, Tok::Str(v)).is_some(),
-        };
-        if ok {
-            Ok((entry, content))
-        } else {
-            Err(declined())
+                b'[' => {
+                    self.at += 1;
+                    self.ws();
+                    if !self.eat(b']') {
+                        open.push(b']');
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.string()?;
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => {
+                    self.number()?;
+                }
+            }
+            // A value is complete: close what it completes, up to the next item.
+            loop {
+                let Some(&close) = open.last() else {
+                    return Some(());
+                };
+                if !self.after_item(close)? {
+                    if close == b'}' {
+                        self.member_key()?;
+                    }
+                    break;
+                }
+                open.pop();
+            }
         }
     }
-}
 
-/// A list element or a map value: never `null`.
-struct ElemSeed<'s, 'p, 'o> {
-    st: &'s mut State<'p, 'o>,
-    kind: ValueKind,
-    tag: Option<Tag>,
-}
-
-impl<'de> DeserializeSeed<'de> for ElemSeed<'_, '_, '_> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl ElemSeed<'_, '_, '_> {
-    fn scalar<E: de::Error>(self, t: Tok<'_>) -> Result<bool, E> {
-        token(self.st, self.kind, self.tag.as_ref(), t)
-    }
-}
-
-impl<'de> Visitor<'de> for ElemSeed<'_, '_, '_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an element")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
-        self.scalar(Tok::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
-        self.scalar(Tok::I64(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
-        self.scalar(Tok::U64(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
-        self.scalar(Tok::F64(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        self.scalar(Tok::Str(v))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
-        match self.kind {
-            ValueKind::Message(m) => message(self.st, m, self.tag.as_ref(), map),
-            _ => Err(declined()),
-        }
+    /// A skipped object's key and colon.
+    fn member_key(&mut self) -> Option<()> {
+        self.key()?;
+        self.colon()
     }
 }
 
@@ -1314,6 +1492,76 @@ mod tests {
             Err(true),
             "expected a fallback the reference accepts for {json}"
         );
+    }
+
+    #[test]
+    fn the_scanner_reads_what_serde_json_reads() {
+        let o = DecodeOptions::default();
+        // The special byte of a string at every offset of the 8-byte stride.
+        for n in 0..20 {
+            let x = "x".repeat(n);
+            fast(&format!(
+                r#"{{"name": "{x}\"{x}", "stringField": "{x}é\n{x}"}}"#
+            ));
+            fast(&format!(
+                r#"{{"name": "{x}\\", "stringField": "{x}\u00e9{x}"}}"#
+            ));
+            refused(&format!("{{\"name\": \"{x}\u{1f}{x}\"}}"), o);
+            refused(&format!("{{\"name\": \"{x}\u{0}\"}}"), o);
+            refused(&format!("{{\"name\": \"{x}"), o);
+            refused(&format!("{{\"name\": \"{x}\\"), o);
+        }
+        // Escaped keys mean their text.
+        fast(r#"{"n\u0061me": "a", "int\u0033\u0032Field": 1}"#);
+        // Integers the scanner converts, and those it leaves to serde_json.
+        fast(r#"{"doubleField": -0, "int32Field": -0, "floatField": 0}"#);
+        fast(r#"{"uint64Field": 999999999999999999, "int64Field": -999999999999999999}"#);
+        fast(r#"{"uint64Field": 9999999999999999999, "int64Field": -1000000000000000000}"#);
+        fast(r#"{"int64Field": -9223372036854775808, "doubleField": 18446744073709551616}"#);
+        fast(r#"{"doubleField": 1E+2, "floatField": 0.1e-2}"#);
+        fast(r#"{"doubleField": -123456789012345678901234567890.5e-3}"#);
+        for bad in [
+            "1e400", "1.", ".5", "-", "1e", "1e+", "--1", "0x1", "01", "-01", "1.e3",
+        ] {
+            refused(&format!(r#"{{"doubleField": {bad}}}"#), o);
+        }
+        // Only the four whitespace bytes JSON allows.
+        fast("\t\r\n {\t\r\n \"name\"\t\r\n :\t\r\n \"a\"\t\r\n }\t\r\n ");
+        refused("{\"name\":\u{c}\"a\"}", o);
+        refused("\u{c}{\"name\": \"a\"}", o);
+        // Commas, colons and literals.
+        for bad in [
+            r#"{"tags": ["a",]}"#,
+            r#"{"tags": [,"a"]}"#,
+            r#"{"tags": ["a" "b"]}"#,
+            r#"{"labels": {"a": "b",}}"#,
+            r#"{"labels": {"a" "b"}}"#,
+            r#"{"name" "a"}"#,
+            r#"{,}"#,
+            r#"{"boolField": tru}"#,
+            r#"{"boolField": truex}"#,
+            r#"{"boolField": True}"#,
+            r#"{"name": nul}"#,
+            r#"{"name": "a"]"#,
+            r#"{"tags": ["a"}"#,
+        ] {
+            refused(bad, o);
+        }
+        // Skipped unknown values: any JSON, checked as strictly.
+        let lax = opts(false, 64);
+        let body = r#"{"nope": {"a\"b": ["\u00e9", {"c": [1, 2.5, -0, true, false, null, {}, []]}]}, "name": "a"}"#;
+        assert_eq!(run(&everything(), body.as_bytes(), lax), Ok(()));
+        for bad in [
+            r#"{"nope": [1,], "name": "a"}"#,
+            r#"{"nope": {"a": 1,}, "name": "a"}"#,
+            r#"{"nope": {"a" 1}, "name": "a"}"#,
+            r#"{"nope": {1: 1}, "name": "a"}"#,
+            r#"{"nope": "\q", "name": "a"}"#,
+            r#"{"nope": [[1], "name": "a"}"#,
+            r#"{"nope": 01}"#,
+        ] {
+            assert_eq!(run(&everything(), bad.as_bytes(), lax), Err(false), "{bad}");
+        }
     }
 
     #[test]
