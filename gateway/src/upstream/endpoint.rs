@@ -34,7 +34,7 @@ pub struct Endpoint {
     /// health checks and reflection use it.
     channel: Channel,
     /// Unary calls, the bulk of the traffic, on their own lean HTTP/2
-    /// connection (see [`UnaryClient`] for why).
+    /// connections, one per worker thread (see [`UnaryClient`] for why).
     unary: UnaryClient,
     pub(crate) state: EndpointState,
 }

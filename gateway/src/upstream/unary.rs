@@ -1,5 +1,5 @@
-//! The unary gRPC client of one endpoint: one HTTP/2 connection, driven
-//! straight through the `h2` crate.
+//! The unary gRPC client of one endpoint: an HTTP/2 connection per runtime
+//! worker thread, driven straight through the `h2` crate.
 //!
 //! Why not tonic's `Channel` (still used for streaming calls, health checks
 //! and reflection): a call on it passes a tower `Buffer` worker task and
@@ -8,6 +8,13 @@
 //! reads the reply itself; the only hand-off is to the connection task that
 //! owns the socket. On the load bench that removed about a fifth of the
 //! gateway's CPU per small GET (see the commit that added this module).
+//!
+//! Why a connection per worker: h2 keeps a connection's streams behind one
+//! mutex, which every call on the connection and its I/O task take several
+//! times. With a single connection, all requests to a backend on all workers
+//! would share that lock; with one per worker, as Envoy keeps its pools,
+//! a lock is shared only by the calls one thread runs. Connections open
+//! lazily, so a worker that never calls an endpoint never connects to it.
 //!
 //! What it keeps from the tonic path: lazy connection on first use and
 //! reconnection after the connection ends, the connect timeout, TCP_NODELAY,
@@ -18,8 +25,8 @@
 //! as the status's source, with no metadata.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -58,12 +65,51 @@ pub(crate) struct UnaryClient {
     /// Ping interval while calls are open, and how long a ping may go
     /// unanswered before the connection counts as dead.
     keepalive: (Duration, Duration),
+    /// One per worker thread of the runtime that makes the first call (the
+    /// endpoint is built before the runtime exists); a thread calls on
+    /// lane `thread_slot() % lanes`.
+    lanes: OnceLock<Box<[Lane]>>,
+}
+
+/// One connection of the client, and the lock for opening it.
+#[derive(Debug)]
+struct Lane {
     /// The live connection; `None` until the first call, and replaced when
     /// it ends. Calls load it without locking.
     conn: ArcSwapOption<Conn>,
     /// Held while connecting, so that calls arriving together open one
     /// connection, not one each.
     connecting: tokio::sync::Mutex<()>,
+}
+
+impl Lane {
+    fn many(n: usize) -> Box<[Lane]> {
+        (0..n.max(1))
+            .map(|_| Lane {
+                conn: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect()
+    }
+
+    fn live(&self) -> Option<Arc<Conn>> {
+        let guard = self.conn.load();
+        match &*guard {
+            Some(c) if !c.shared.closed.load(Ordering::Relaxed) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A number per OS thread, handed out in the order threads first ask: the
+/// runtime's workers, which make the calls, get consecutive ones and so
+/// different lanes.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
 }
 
 #[derive(Debug)]
@@ -106,9 +152,19 @@ impl UnaryClient {
             connect_timeout,
             max_reply,
             keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
-            conn: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            lanes: OnceLock::new(),
         })
+    }
+
+    /// The calling thread's lane.
+    fn lane(&self) -> &Lane {
+        let lanes = self.lanes.get_or_init(|| {
+            let workers = tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .unwrap_or(1);
+            Lane::many(workers)
+        });
+        &lanes[thread_slot() % lanes.len()]
     }
 
     /// One call with an encoded request message. `deadline` goes out as
@@ -122,9 +178,10 @@ impl UnaryClient {
         deadline: Duration,
     ) -> Result<tonic::Response<Bytes>, AttemptError> {
         let request = self.request(path, metadata, deadline);
+        let lane = self.lane();
         let mut fresh = false;
         let (conn, mut send) = loop {
-            let conn = self.connection().await?;
+            let conn = self.connection(lane).await?;
             let mut send = conn.send.clone();
             match poll_fn(|cx| send.poll_ready(cx)).await {
                 Ok(()) => break (conn, send),
@@ -222,29 +279,21 @@ impl UnaryClient {
         request
     }
 
-    /// The live connection, connecting first if there is none.
-    async fn connection(&self) -> Result<Arc<Conn>, AttemptError> {
-        if let Some(conn) = self.live() {
+    /// The lane's live connection, connecting first if there is none.
+    async fn connection(&self, lane: &Lane) -> Result<Arc<Conn>, AttemptError> {
+        if let Some(conn) = lane.live() {
             return Ok(conn);
         }
-        let _connecting = self.connecting.lock().await;
-        if let Some(conn) = self.live() {
+        let _connecting = lane.connecting.lock().await;
+        if let Some(conn) = lane.live() {
             return Ok(conn);
         }
         let conn = Arc::new(self.connect().await.map_err(|e| AttemptError {
             status: e,
             sent: false,
         })?);
-        self.conn.store(Some(conn.clone()));
+        lane.conn.store(Some(conn.clone()));
         Ok(conn)
-    }
-
-    fn live(&self) -> Option<Arc<Conn>> {
-        let guard = self.conn.load();
-        match &*guard {
-            Some(c) if !c.shared.closed.load(Ordering::Relaxed) => Some(c.clone()),
-            _ => None,
-        }
     }
 
     async fn connect(&self) -> Result<Conn, tonic::Status> {
@@ -610,23 +659,32 @@ mod tests {
                 tokio::spawn(async move {
                     let mut conn = h2::server::handshake(tcp).await.unwrap();
                     while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        let (parts, mut body) = req.into_parts();
-                        let mut got = BytesMut::new();
-                        while let Some(Ok(chunk)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            got.extend_from_slice(&chunk);
+                        let log = log.clone();
+                        let handle = async move {
+                            let (parts, mut body) = req.into_parts();
+                            let mut got = BytesMut::new();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                got.extend_from_slice(&chunk);
+                            }
+                            log.lock().unwrap().push((parts, got.freeze()));
+                            answer(reply, &mut respond);
+                        };
+                        // A body's frames arrive only while `accept` polls
+                        // the connection: calls sharing it are served on
+                        // tasks of their own.
+                        if !matches!(reply, Reply::OkThenClose) {
+                            tokio::spawn(handle);
+                            continue;
                         }
-                        log.lock().unwrap().push((parts, got.freeze()));
-                        answer(reply, &mut respond);
-                        if matches!(reply, Reply::OkThenClose) {
-                            // Let the frames go out, then drop the connection.
-                            let _ = tokio::time::timeout(
-                                Duration::from_millis(50),
-                                poll_fn(|cx| conn.poll_closed(cx)),
-                            )
-                            .await;
-                            return;
-                        }
+                        handle.await;
+                        // Let the frames go out, then drop the connection.
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(50),
+                            poll_fn(|cx| conn.poll_closed(cx)),
+                        )
+                        .await;
+                        return;
                     }
                 });
             }
@@ -850,11 +908,56 @@ mod tests {
         // The race where a call picks the connection before its task has
         // marked it closed: h2 refuses the stream before anything is
         // written, and the call goes out on a new connection instead.
-        let old = c.conn.load_full().unwrap();
+        let old = c.lane().conn.load_full().unwrap();
         old.shared.closed.store(false, Ordering::Relaxed);
         call(&c).await.unwrap();
         assert_eq!(seen.lock().unwrap().len(), 4);
-        assert!(!Arc::ptr_eq(&old, &c.conn.load_full().unwrap()));
+        assert!(!Arc::ptr_eq(&old, &c.lane().conn.load_full().unwrap()));
+    }
+
+    /// Threads on different lanes call on different connections; threads
+    /// on one lane share its connection.
+    #[test]
+    fn each_worker_thread_calls_on_its_own_connection() {
+        const THREADS: usize = 8;
+        let backend_rt = tokio::runtime::Runtime::new().unwrap();
+        let (addr, seen) = backend_rt.block_on(backend(Reply::Ok));
+        let c = Arc::new(client(&addr, 1024));
+        c.lanes.set(Lane::many(2)).unwrap();
+        // Every thread keeps its runtime (and so the connection tasks it
+        // spawned) running until all have made their calls.
+        let all_called = Arc::new(tokio::sync::Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (c, all_called) = (c.clone(), all_called.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        call(&c).await.unwrap();
+                        call(&c).await.unwrap();
+                        let conn = c.lane().conn.load_full().unwrap();
+                        // Bounded: a thread that failed never arrives.
+                        tokio::time::timeout(Duration::from_secs(10), all_called.wait())
+                            .await
+                            .expect("every thread made its calls");
+                        (thread_slot() % 2, conn)
+                    })
+                })
+            })
+            .collect();
+        let got: Vec<(usize, Arc<Conn>)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(seen.lock().unwrap().len(), 2 * THREADS);
+        // Slots are consecutive, so 8 threads land on both lanes unless other
+        // tests' threads interleave in a most unlikely pattern.
+        assert!(got.iter().any(|(l, _)| *l == 0) && got.iter().any(|(l, _)| *l == 1));
+        for (lane_a, conn_a) in &got {
+            for (lane_b, conn_b) in &got {
+                assert_eq!(lane_a == lane_b, Arc::ptr_eq(conn_a, conn_b));
+            }
+        }
     }
 
     #[test]
