@@ -803,18 +803,7 @@ async fn run_bench(opts: Options) -> Result<()> {
     if opts.only.is_some() {
         println!("\nthis build ({rss_idle:.1} MiB resident after start):");
         let rows = print_table(&table);
-        let report = json!({
-            "unix_time": unix_now(),
-            "seconds_per_run": opts.seconds,
-            "rounds": opts.rounds,
-            "concurrency": CONCURRENCY,
-            "worker_threads": opts.workers,
-            "scenarios": rows,
-            "baseline": base_rows,
-        });
-        std::fs::write(&opts.out, serde_json::to_vec_pretty(&report)?)?;
-        println!("\nwritten to {}", opts.out.display());
-        return Ok(());
+        return write_report(&opts, rows, base_rows, json!({}));
     }
 
     // p99 added at half the gateway's maximum rate.
@@ -902,7 +891,23 @@ async fn run_bench(opts: Options) -> Result<()> {
         "gateway resident memory: {rss_idle:.1} MiB after start (10 routes), peak {peak_small:.1} MiB under load; \
          {rss_10k:.1} MiB with 10,000 routes, {rss_10k_1000:.1} MiB with 10,000 routes and 1,000 idle keep-alive connections"
     );
-    let report = json!({
+    let extra = json!({
+        "paced_small_get": {"rate": half, "gateway": paced_gw, "direct": paced_direct, "added_p99_us": added_p99},
+        "routes_10k": {"rps_10k": ten_k.rps, "rps_10": ten.rps, "median_pair_ratio": ratio_10k},
+        "memory_mib": {"idle_10_routes": rss_idle, "peak_under_load": peak_small, "idle_10k_routes": rss_10k, "routes_10k_conns_1000": rss_10k_1000},
+    });
+    write_report(&opts, rows, base_rows, extra)
+}
+
+/// Writes the run's JSON: its settings and scenario rows, plus `extra`
+/// (an object of the full run's other figures; empty with `--only`).
+fn write_report(
+    opts: &Options,
+    rows: Vec<serde_json::Value>,
+    base_rows: Vec<serde_json::Value>,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let mut report = json!({
         "unix_time": unix_now(),
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
         "seconds_per_run": opts.seconds,
@@ -911,10 +916,10 @@ async fn run_bench(opts: Options) -> Result<()> {
         "worker_threads": opts.workers,
         "scenarios": rows,
         "baseline": base_rows,
-        "paced_small_get": {"rate": half, "gateway": paced_gw, "direct": paced_direct, "added_p99_us": added_p99},
-        "routes_10k": {"rps_10k": ten_k.rps, "rps_10": ten.rps, "median_pair_ratio": ratio_10k},
-        "memory_mib": {"idle_10_routes": rss_idle, "peak_under_load": peak_small, "idle_10k_routes": rss_10k, "routes_10k_conns_1000": rss_10k_1000},
     });
+    if let (Some(report), serde_json::Value::Object(extra)) = (report.as_object_mut(), extra) {
+        report.extend(extra);
+    }
     std::fs::write(&opts.out, serde_json::to_vec_pretty(&report)?)?;
     println!("\nwritten to {}", opts.out.display());
     Ok(())
