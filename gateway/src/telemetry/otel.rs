@@ -343,7 +343,8 @@ impl Attempt {
         let mut md = md.clone();
         if let Some(s) = &self.0 .0 {
             let tp = trace_parent(s.span_context());
-            if let Ok(v) = MetadataValue::try_from(tp.header_value()) {
+            if let Ok(mut v) = MetadataValue::try_from(tp.header_value()) {
+                super::trace::unique_per_call(&mut v);
                 md.insert(MetadataKey::from_static("traceparent"), v);
             }
         }

@@ -144,6 +144,17 @@ pub fn random_u64() -> u64 {
     })
 }
 
+/// Marks a value that differs on every call (a request id, a span id) so
+/// HPACK sends it as a literal instead of adding it to the connection's
+/// header table. Indexed, each call's value pushed out of the table the
+/// headers that do repeat (`:authority`, `content-type`, `user-agent`),
+/// which then went out as Huffman-coded literals again, and lookups walked
+/// a chain of dead request ids. The flag only selects HPACK's "never
+/// indexed" form; the value reaches the backend unchanged.
+pub fn unique_per_call(v: &mut tonic::metadata::MetadataValue<tonic::metadata::Ascii>) {
+    v.set_sensitive(true);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

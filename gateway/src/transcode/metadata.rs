@@ -23,6 +23,14 @@ pub fn reserved(name: &str) -> bool {
         )
 }
 
+/// The correlation headers, as names made once (a lookup by `&str` parses
+/// the name on every call).
+static CORRELATION: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-request-id"),
+    http::HeaderName::from_static("traceparent"),
+    http::HeaderName::from_static("tracestate"),
+];
+
 /// Request headers to gRPC metadata for `route`.
 pub fn request_metadata(headers: &HeaderMap, route: &Route) -> MetadataMap {
     metadata_from_headers(headers, &route.forward_headers)
@@ -34,13 +42,14 @@ pub fn metadata_from_headers(headers: &HeaderMap, forward: &[http::HeaderName]) 
     let mut md = MetadataMap::new();
     // Correlation headers always travel, whatever the allow-list: the
     // request id and the trace context (already continued by the access layer).
-    for name in ["x-request-id", "traceparent", "tracestate"] {
-        if forward.iter().any(|f| f.as_str() == name) {
+    for name in CORRELATION.iter() {
+        if forward.contains(name) {
             continue;
         }
         if let Some(v) = headers.get(name) {
-            if let Ok(v) = MetadataValue::try_from(v.as_bytes()) {
-                md.insert(MetadataKey::from_static(name), v);
+            if let Ok(mut v) = MetadataValue::try_from(v.as_bytes()) {
+                crate::telemetry::trace::unique_per_call(&mut v);
+                md.insert(MetadataKey::from_static(name.as_str()), v);
             }
         }
     }
@@ -92,5 +101,33 @@ pub fn response_metadata(md: &MetadataMap, out: &mut HeaderMap) {
         if let Ok(value) = HeaderValue::from_bytes(v.as_encoded_bytes()) {
             out.append(name, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-call correlation values go to HPACK as never-indexed literals
+    /// (see `unique_per_call`); allow-listed headers, which tend to repeat,
+    /// stay indexable. All of them arrive with their values unchanged.
+    #[test]
+    fn correlation_values_are_not_indexed_and_forwarded_ones_are() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("0123abcd"));
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        headers.insert("x-tenant", HeaderValue::from_static("acme"));
+        headers.insert("grpc-metadata-shelf", HeaderValue::from_static("7"));
+        let md = metadata_from_headers(&headers, &[http::HeaderName::from_static("x-tenant")]);
+        let get = |k: &str| md.get(k).unwrap_or_else(|| panic!("{k} forwarded"));
+        assert_eq!(get("x-request-id"), "0123abcd");
+        assert!(get("x-request-id").is_sensitive());
+        assert!(get("traceparent").is_sensitive());
+        assert_eq!(get("x-tenant"), "acme");
+        assert!(!get("x-tenant").is_sensitive());
+        assert!(!get("shelf").is_sensitive());
     }
 }

@@ -598,22 +598,30 @@ fn from_http_status(status: http::StatusCode) -> tonic::Status {
     )
 }
 
-/// A `grpc-timeout` value: the finest unit that fits in 8 digits.
+/// A `grpc-timeout` value, rounded down to the coarsest unit that still
+/// gives at least three digits (under 1% early, never late). The first
+/// attempt of every call then sends the same value ("4999m" for a 5 s
+/// deadline), which HPACK sends as a one-byte index; at nanosecond
+/// precision each call sent a new value that went through Huffman coding
+/// and into the connection's header table, evicting the headers that do
+/// repeat. Sub-millisecond precision means nothing across a network hop.
 fn grpc_timeout(d: Duration) -> String {
     const MAX: u128 = 99_999_999;
-    let candidates = [
-        (d.as_nanos(), 'n'),
-        (d.as_micros(), 'u'),
-        (d.as_millis(), 'm'),
-        (u128::from(d.as_secs()), 'S'),
-        (u128::from(d.as_secs() / 60), 'M'),
+    const UNITS: [(u128, char); 6] = [
+        (3_600_000_000_000, 'H'),
+        (60_000_000_000, 'M'),
+        (1_000_000_000, 'S'),
+        (1_000_000, 'm'),
+        (1_000, 'u'),
+        (1, 'n'),
     ];
-    for (value, unit) in candidates {
-        if value <= MAX {
-            return format!("{value}{unit}");
-        }
-    }
-    format!("{}H", (d.as_secs() / 3600).min(MAX as u64))
+    let nanos = d.as_nanos();
+    let (value, unit) = UNITS
+        .iter()
+        .map(|&(per, unit)| (nanos / per, unit))
+        .find(|&(value, _)| value >= 100)
+        .unwrap_or((nanos, 'n'));
+    format!("{}{unit}", value.min(MAX))
 }
 
 #[cfg(test)]
@@ -811,7 +819,7 @@ mod tests {
         assert_eq!(parts.uri.authority().unwrap().as_str(), addr);
         assert_eq!(parts.headers["content-type"], "application/grpc");
         assert_eq!(parts.headers["te"], "trailers");
-        assert_eq!(parts.headers["grpc-timeout"], "1500000u");
+        assert_eq!(parts.headers["grpc-timeout"], "1500m");
         assert_eq!(parts.headers["x-request-id"], "abc");
         assert_eq!(&body[..5], &[0, 0, 0, 0, 13]);
         assert_eq!(&body[5..], b"request-bytes");
@@ -961,13 +969,31 @@ mod tests {
     }
 
     #[test]
-    fn grpc_timeout_uses_the_finest_unit_that_fits() {
-        assert_eq!(grpc_timeout(Duration::from_millis(50)), "50000000n");
-        assert_eq!(grpc_timeout(Duration::from_millis(500)), "500000u");
-        assert_eq!(grpc_timeout(Duration::from_secs(5)), "5000000u");
-        assert_eq!(grpc_timeout(Duration::from_secs(1000)), "1000000m");
-        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
-        assert_eq!(grpc_timeout(Duration::from_secs(400_000_000)), "6666666M");
+    fn grpc_timeout_rounds_down_to_three_digits_of_the_coarsest_unit() {
+        let ms = Duration::from_millis;
+        assert_eq!(grpc_timeout(ms(50)), "50000u");
+        assert_eq!(grpc_timeout(ms(500)), "500m");
+        assert_eq!(grpc_timeout(Duration::from_secs(5)), "5000m");
+        // What a first attempt sends: a hair under the deadline.
+        assert_eq!(grpc_timeout(ms(5000) - Duration::from_nanos(1)), "4999m");
+        assert_eq!(grpc_timeout(ms(99)), "99000u");
+        assert_eq!(grpc_timeout(Duration::from_nanos(42)), "42n");
+        assert_eq!(grpc_timeout(Duration::ZERO), "0n");
+        assert_eq!(grpc_timeout(Duration::from_secs(1000)), "1000S");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "3333M");
+        assert_eq!(grpc_timeout(Duration::from_secs(400_000_000)), "111111H");
+        assert_eq!(grpc_timeout(Duration::MAX), "99999999H");
+        // Never later than the deadline, never more than 1% early, and
+        // always what the parser reads back.
+        for n in [1u64, 99, 100, 12_345, 987_654_321, 3_599_999_999_999] {
+            let d = Duration::from_nanos(n);
+            let back =
+                crate::upstream::deadline::parse_grpc_timeout(&grpc_timeout(d)).expect("parses");
+            assert!(
+                back <= d && back.as_nanos() * 100 >= d.as_nanos() * 99,
+                "{n}: {back:?}"
+            );
+        }
     }
 
     #[test]
