@@ -257,10 +257,8 @@ async fn handle_route(
     // STAGE streaming: streaming methods branch off here to their own handler.
     let body = match crate::transcode::stream::intercept(&snap, route, &vars, &parts, body, || {
         request_metadata(&parts.headers, route)
-    })
-    .await
-    {
-        crate::transcode::stream::Intercepted::Answered(resp) => return resp,
+    }) {
+        crate::transcode::stream::Intercepted::Answered(answer) => return answer.await,
         crate::transcode::stream::Intercepted::Pass(body) => body,
     };
 
@@ -282,13 +280,14 @@ async fn handle_route(
         drop(body);
         transcoding.end();
         let metadata = request_metadata(&parts.headers, route);
-        return crate::transcode::stream::server_stream(
+        // Boxed: inline, its state would make every request's future larger.
+        return Box::pin(crate::transcode::stream::server_stream(
             &snap,
             route,
             message,
             metadata,
             &parts.headers,
-        )
+        ))
         .await;
     }
     let request = match encode_request(&snap, route, &vars, parts.uri.query(), &body) {

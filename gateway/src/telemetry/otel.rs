@@ -288,14 +288,13 @@ impl ChildSpan {
     pub fn end(self) {}
 }
 
-/// Runs `auth` (the edge's token check) inside an `auth` span when `traced`
-/// (the route checks tokens at all); a refusal marks the span failed with
-/// its HTTP status.
+/// Runs `auth` (the edge's token check, for a route that checks tokens)
+/// inside an `auth` span; a refusal marks the span failed with its HTTP
+/// status.
 pub async fn auth<T, B>(
-    traced: bool,
     auth: impl Future<Output = Result<T, Response<B>>>,
 ) -> Result<T, Response<B>> {
-    if !traced || !enabled() {
+    if !enabled() {
         return auth.await;
     }
     let mut span = ChildSpan::internal("auth");

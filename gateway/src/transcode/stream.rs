@@ -16,6 +16,7 @@
 //! fast as tonic sends their messages on.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,10 +44,11 @@ use crate::upstream::{BytesDecoder, RawCodec, MAX_REPLY_BYTES};
 /// never holds much of an upload.
 pub const RAW_CHUNK_BYTES: usize = 64 * 1024;
 
-/// What the streaming stage did with a request.
-pub enum Intercepted {
-    /// Answered here (a streaming call, a raw or multipart body).
-    Answered(Response<Body>),
+/// What the streaming stage does with a request.
+pub enum Intercepted<'a> {
+    /// Answered here (a streaming call, a raw or multipart body): the
+    /// answer, to be awaited.
+    Answered(Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>),
     /// An ordinary JSON request: the unary path goes on with the body.
     Pass(Body),
 }
@@ -62,14 +64,19 @@ fn takes_body(route: &Route, headers: &HeaderMap) -> bool {
 
 /// The streaming stage of the request path. `metadata` builds the request
 /// metadata (only called when the call is made here).
-pub async fn intercept(
-    snap: &Arc<Snapshot>,
-    route: &Arc<Route>,
+///
+/// The answer comes boxed, and only for the requests this stage takes:
+/// awaited inline, its state machine (8 KiB: every streaming variant) made
+/// the future of every request that large, and each move of it, into
+/// axum's box first, a copy of 8 KiB.
+pub fn intercept<'a>(
+    snap: &'a Arc<Snapshot>,
+    route: &'a Arc<Route>,
     vars: &[Cow<'_, str>],
-    parts: &Parts,
+    parts: &'a Parts,
     body: Body,
     metadata: impl FnOnce() -> MetadataMap,
-) -> Intercepted {
+) -> Intercepted<'a> {
     if !takes_body(route, &parts.headers) {
         return Intercepted::Pass(body);
     }
@@ -79,30 +86,48 @@ pub async fn intercept(
         query: parts.uri.query().map(str::to_owned),
         opts: snap.decode,
     };
-    let metadata = metadata();
+    Intercepted::Answered(Box::pin(answer(
+        snap,
+        route,
+        builder,
+        parts,
+        body,
+        metadata(),
+    )))
+}
+
+/// A request [`intercept`] took, answered.
+async fn answer(
+    snap: &Arc<Snapshot>,
+    route: &Arc<Route>,
+    builder: Builder,
+    parts: &Parts,
+    body: Body,
+    metadata: MetadataMap,
+) -> Response<Body> {
+    let builder = &builder;
     let method = &route.grpc_method;
-    let resp = if route.shaping.multipart && multipart::is_multipart(&parts.headers) {
+    if route.shaping.multipart && multipart::is_multipart(&parts.headers) {
         if method.is_client_streaming() {
-            multipart_stream(snap, route, &builder, parts, body, metadata).await
+            multipart_stream(snap, route, builder, parts, body, metadata).await
         } else {
-            match multipart::message(&builder, &parts.headers, body, snap.max_body_bytes).await {
+            match multipart::message(builder, &parts.headers, body, snap.max_body_bytes).await {
                 Ok(msg) => single_request(snap, route, msg, metadata, parts).await,
                 Err(s) => error_response(s),
             }
         }
     } else if route.shaping.raw_request {
         if method.is_client_streaming() {
-            raw_stream(snap, route, &builder, parts, body, metadata).await
+            raw_stream(snap, route, builder, parts, body, metadata).await
         } else {
-            match raw_message(&builder, &parts.headers, body, snap.max_body_bytes).await {
+            match raw_message(builder, &parts.headers, body, snap.max_body_bytes).await {
                 Ok(msg) => single_request(snap, route, msg, metadata, parts).await,
                 Err(s) => error_response(s),
             }
         }
     } else {
-        lines_stream(snap, route, &builder, parts, body, metadata).await
-    };
-    Intercepted::Answered(resp)
+        lines_stream(snap, route, builder, parts, body, metadata).await
+    }
 }
 
 /// A call whose request is one message built here: unary, or server streaming.

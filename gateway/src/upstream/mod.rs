@@ -376,8 +376,10 @@ impl Backend {
                 ),
             ));
         }
+        // Boxed: only calls before the first discovery answer wait here, and
+        // the wait's state inline would enlarge every call's future.
         if !self.endpoints.shared.status.load().resolved
-            && !self.endpoints.wait_resolved(deadline).await
+            && !Box::pin(self.endpoints.wait_resolved(deadline)).await
         {
             self.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
             let st = self.endpoints.status();
@@ -398,7 +400,9 @@ impl Backend {
             _ => None,
         };
         let spec = &self.options.retry;
-        let mut tried: Vec<usize> = Vec::with_capacity(spec.attempts as usize);
+        // Endpoints already tried, for a retry to avoid; filled only when a
+        // retry happens, so a call that succeeds first time allocates nothing.
+        let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(tonic::Status, String)> = None;
         let mut attempt = 0u32;
         loop {
@@ -426,7 +430,6 @@ impl Backend {
                     });
                 }
             };
-            tried.push(Arc::as_ptr(&ep) as usize);
             ep.state.requests.fetch_add(1, Ordering::Relaxed);
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             // A trace span per attempt (retries are siblings), the backend's parent.
@@ -507,6 +510,7 @@ impl Backend {
                         "retrying on another endpoint"
                     );
                     last = Some((status, ep.addr.clone()));
+                    tried.push(Arc::as_ptr(&ep) as usize);
                     tokio::time::sleep(wait).await;
                     continue;
                 }

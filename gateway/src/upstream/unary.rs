@@ -281,9 +281,17 @@ impl UnaryClient {
 
     /// The lane's live connection, connecting first if there is none.
     async fn connection(&self, lane: &Lane) -> Result<Arc<Conn>, AttemptError> {
-        if let Some(conn) = lane.live() {
-            return Ok(conn);
+        match lane.live() {
+            Some(conn) => Ok(conn),
+            // Boxed: the connect and handshake state, inline, would make
+            // every call's future larger (and every move of it a longer copy)
+            // for what happens once per connection.
+            None => Box::pin(self.reconnect(lane)).await,
         }
+    }
+
+    /// Connects the lane, unless another call did while this one waited.
+    async fn reconnect(&self, lane: &Lane) -> Result<Arc<Conn>, AttemptError> {
         let _connecting = lane.connecting.lock().await;
         if let Some(conn) = lane.live() {
             return Ok(conn);
