@@ -79,22 +79,45 @@ pub async fn serve(
 }
 
 /// Counts requests being handled (from arrival to the answer's head) on one
-/// connection, and when bytes last moved.
+/// connection, and the times bytes moved.
+///
+/// Bytes moving is a count, not a timestamp: the connection's loop notes
+/// when the count last changed at its idle tick. A timestamp cost a clock
+/// read on every read and write (three per request), for a decision made a
+/// few times a second.
 struct Activity {
-    start: Instant,
-    last_io_ms: AtomicU64,
+    io: AtomicU64,
     handling: AtomicUsize,
 }
 
 impl Activity {
     fn touch(&self) {
-        self.last_io_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // Relaxed load and store rather than an atomic add: the socket's
+        // reads and writes happen on one task, so there is one writer but
+        // for `Handling`, whose rare lost update only delays an idle close
+        // by a tick.
+        self.io.store(
+            self.io.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
+}
 
-    fn idle_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+/// When a connection was last seen busy, kept by its loop at each tick.
+struct Quiet {
+    seen: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    /// How long nothing has moved and nothing has been handled, as of now.
+    fn idle_for(&mut self, activity: &Activity) -> Duration {
+        let seen = activity.io.load(Ordering::Relaxed);
+        if seen != self.seen || activity.handling.load(Ordering::Relaxed) != 0 {
+            self.seen = seen;
+            self.since = Instant::now();
+        }
+        self.since.elapsed()
     }
 }
 
@@ -116,10 +139,13 @@ async fn serve_one(
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
     let activity = Arc::new(Activity {
-        start: Instant::now(),
-        last_io_ms: AtomicU64::new(0),
+        io: AtomicU64::new(0),
         handling: AtomicUsize::new(0),
     });
+    let mut quiet = Quiet {
+        seen: 0,
+        since: Instant::now(),
+    };
     let io = TokioIo::new(Tracked {
         io: stream,
         activity: activity.clone(),
@@ -178,6 +204,9 @@ async fn serve_one(
     let mut closing_since: Option<Instant> = None;
     loop {
         tokio::select! {
+            // The connection first, every time: it is what woke the task
+            // nearly always (and `biased` skips select's random start).
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
@@ -193,7 +222,7 @@ async fn serve_one(
                     None => {
                         // Idle: nothing being handled and no byte moving
                         // (keep-alive waits, a client that stopped reading).
-                        if activity.handling.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                        if quiet.idle_for(&activity) >= idle {
                             tracing::debug!(client.addr = %peer, "closing an idle connection");
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(Instant::now());
@@ -202,7 +231,7 @@ async fn serve_one(
                     // A graceful close that makes no progress (a response
                     // the client does not read) is cut after another idle
                     // period; during shutdown the drain timeout decides.
-                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && activity.idle_for() >= idle => {
+                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && quiet.idle_for(&activity) >= idle => {
                         return;
                     }
                     Some(_) => {}
