@@ -1186,6 +1186,11 @@ impl<'p> Writer<'p, '_, '_> {
             if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) {
                 return Err(Fallback);
             }
+            if (0..1_000_000_000).contains(&nanos) {
+                write_utc_timestamp(self.out, seconds, nanos as u32);
+                return Ok(());
+            }
+            // Nanos out of range: prost-types normalises them first.
             write!(
                 self.out,
                 "\"{}\"",
@@ -1379,6 +1384,58 @@ fn non_finite(nan: bool, positive: bool) -> &'static [u8] {
     } else {
         b"\"-Infinity\""
     }
+}
+
+/// A timestamp in years 1 to 9999 with nanos in range, quoted, as
+/// prost-types writes it (`YYYY-MM-DDTHH:MM:SS`, then 0, 3, 6 or 9 fraction
+/// digits, then `Z`), without the formatting machinery: through
+/// `Display` it was a quarter of rendering a ten-field reply. A property
+/// test checks it against prost-types.
+fn write_utc_timestamp(out: &mut Vec<u8>, seconds: i64, nanos: u32) {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400) as u32;
+    // The civil date of a day count from 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+
+    let mut buf = *b"\"0000-00-00T00:00:00.000000000Z\"";
+    let mut digits = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    digits(1, 4, year);
+    digits(6, 2, month);
+    digits(9, 2, day);
+    digits(12, 2, secs / 3600);
+    digits(15, 2, secs / 60 % 60);
+    digits(18, 2, secs % 60);
+    let fraction = match nanos {
+        0 => 0,
+        n if n % 1_000_000 == 0 => {
+            digits(21, 3, n / 1_000_000);
+            3
+        }
+        n if n % 1_000 == 0 => {
+            digits(21, 6, n / 1_000);
+            6
+        }
+        n => {
+            digits(21, 9, n);
+            9
+        }
+    };
+    let end = if fraction == 0 { 20 } else { 21 + fraction };
+    out.extend_from_slice(&buf[..end]);
+    out.extend_from_slice(b"Z\"");
 }
 
 /// Numbers and bools through serde_json's own formatter, so the digits
@@ -2424,6 +2481,23 @@ message Bench {
 
     proptest! {
         #![proptest_config(crate::transcode::proptest_config())]
+
+        #[test]
+        fn utc_timestamps_are_written_as_prost_types_writes_them(
+            seconds in MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS,
+            nanos in 0u32..1_000_000_000,
+            // Whole seconds, millis and micros take the shorter forms.
+            step in prop::sample::select(vec![1_000_000_000u32, 1_000_000, 1_000, 1]),
+        ) {
+            let nanos = nanos / step * step;
+            let mut out = Vec::new();
+            write_utc_timestamp(&mut out, seconds, nanos);
+            let expected = format!(
+                "\"{}\"",
+                prost_types::Timestamp { seconds, nanos: nanos as i32 }
+            );
+            prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
 
         #[test]
         fn matches_prost_reflect_on_random_messages(seed in any::<u64>()) {
