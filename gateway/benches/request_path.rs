@@ -55,11 +55,11 @@ fn main() {
 /// included, and nothing of start-up, whose count varies from run to run
 /// with hash seeds.
 #[inline(never)]
-fn measured(rt: &tokio::runtime::Runtime, app: &axum::Router, n: usize) {
+fn measured(rt: &tokio::runtime::Runtime, app: &server::App, n: usize) {
     rt.block_on(run(app, n));
 }
 
-async fn setup() -> axum::Router {
+async fn setup() -> server::App {
     let dir = std::env::temp_dir().join(format!("gateway-request-path-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("descriptors")).unwrap();
     std::fs::write(dir.join("descriptors/bench.proto"), BENCH_PROTO).unwrap();
@@ -104,7 +104,7 @@ async fn setup() -> axum::Router {
     server::app(gw)
 }
 
-async fn run(app: &axum::Router, n: usize) {
+async fn run(app: &server::App, n: usize) {
     for _ in 0..n {
         let req = http::Request::get("/v1/items/12345")
             .body(axum::body::Body::empty())

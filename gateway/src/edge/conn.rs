@@ -20,6 +20,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
 use super::client_ip::PeerAddr;
+
+/// What a listener serves: the gateway's layered handler.
+pub trait HttpService:
+    tower::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
 use super::limits::Limits;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops
@@ -27,12 +52,15 @@ use super::limits::Limits;
 /// after the response in flight; HTTP/2: GOAWAY) and returns once all are
 /// closed. `limits` is read at each accept, except `max_connections`, read
 /// once here.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: axum::Router,
+    app: S,
     limits: impl Fn() -> Limits + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: HttpService,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(limits().max_connections));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Each connection task holds a sender; when all are dropped, recv() ends.
@@ -130,10 +158,10 @@ impl Drop for Handling {
     }
 }
 
-async fn serve_one(
+async fn serve_one<S: HttpService>(
     stream: TcpStream,
     peer: SocketAddr,
-    app: axum::Router,
+    app: S,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
     _alive: tokio::sync::mpsc::Sender<()>,

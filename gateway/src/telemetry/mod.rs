@@ -9,7 +9,7 @@ pub mod trace;
 
 use std::sync::Arc;
 
-pub use access::{AccessLayer, RequestContext};
+pub use access::{Access, AccessLayer, RequestContext};
 
 /// Filled in by the request handler and carried on the response's
 /// extensions to the access layer, which logs and counts it.
