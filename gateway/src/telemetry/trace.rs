@@ -151,8 +151,25 @@ pub fn random_u64() -> u64 {
 /// which then went out as Huffman-coded literals again, and lookups walked
 /// a chain of dead request ids. The flag only selects HPACK's "never
 /// indexed" form; the value reaches the backend unchanged.
-pub fn unique_per_call(v: &mut tonic::metadata::MetadataValue<tonic::metadata::Ascii>) {
-    v.set_sensitive(true);
+pub fn unique_per_call(v: &mut impl NeverIndexed) {
+    v.never_indexed();
+}
+
+/// The two value types [`unique_per_call`] marks.
+pub trait NeverIndexed {
+    fn never_indexed(&mut self);
+}
+
+impl NeverIndexed for http::HeaderValue {
+    fn never_indexed(&mut self) {
+        self.set_sensitive(true);
+    }
+}
+
+impl NeverIndexed for tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    fn never_indexed(&mut self) {
+        self.set_sensitive(true);
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! gRPC metadata <-> HTTP headers.
 
 use http::{HeaderMap, HeaderValue};
-use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
 
 use crate::snapshot::Route;
 
@@ -38,8 +38,16 @@ pub fn request_metadata(headers: &HeaderMap, route: &Route) -> MetadataMap {
 
 /// Request headers to gRPC metadata: the allow-list under their own names,
 /// and every `Grpc-Metadata-Foo` as `foo` (grpc-gateway's convention).
+///
+/// Built as a header map and wrapped: a request header's value is already
+/// a valid ASCII metadata value (tonic checks the same thing), so values
+/// are shared rather than copied into new buffers. Keys ending in `-bin`
+/// are left out, as tonic's ASCII keys refuse them: a binary value needs
+/// base64 the client did not give.
 pub fn metadata_from_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> MetadataMap {
-    let mut md = MetadataMap::new();
+    // Room for the four headers the backend call adds (content-type, te,
+    // user-agent, grpc-timeout) without growing.
+    let mut md = HeaderMap::with_capacity(CORRELATION.len() + forward.len() + 4);
     // Correlation headers always travel, whatever the allow-list: the
     // request id and the trace context (already continued by the access layer).
     for name in CORRELATION.iter() {
@@ -47,40 +55,31 @@ pub fn metadata_from_headers(headers: &HeaderMap, forward: &[http::HeaderName]) 
             continue;
         }
         if let Some(v) = headers.get(name) {
-            if let Ok(mut v) = MetadataValue::try_from(v.as_bytes()) {
-                crate::telemetry::trace::unique_per_call(&mut v);
-                md.insert(MetadataKey::from_static(name.as_str()), v);
-            }
+            let mut v = v.clone();
+            crate::telemetry::trace::unique_per_call(&mut v);
+            md.insert(name.clone(), v);
         }
     }
     for name in forward {
-        if reserved(name.as_str()) {
+        if reserved(name.as_str()) || name.as_str().ends_with("-bin") {
             continue;
         }
         for v in headers.get_all(name) {
-            if let (Ok(k), Ok(v)) = (
-                MetadataKey::from_bytes(name.as_str().as_bytes()),
-                MetadataValue::try_from(v.as_bytes()),
-            ) {
-                md.append(k, v);
-            }
+            md.append(name.clone(), v.clone());
         }
     }
     for (name, v) in headers {
         let Some(rest) = name.as_str().strip_prefix("grpc-metadata-") else {
             continue;
         };
-        if rest.is_empty() || reserved(rest) {
+        if rest.is_empty() || reserved(rest) || rest.ends_with("-bin") {
             continue;
         }
-        if let (Ok(k), Ok(v)) = (
-            MetadataKey::from_bytes(rest.as_bytes()),
-            MetadataValue::try_from(v.as_bytes()),
-        ) {
-            md.append(k, v);
+        if let Ok(k) = http::HeaderName::from_bytes(rest.as_bytes()) {
+            md.append(k, v.clone());
         }
     }
-    md
+    MetadataMap::from_headers(md)
 }
 
 /// Backend metadata (headers and trailers; tonic merges them for unary calls)
@@ -121,7 +120,17 @@ mod tests {
         );
         headers.insert("x-tenant", HeaderValue::from_static("acme"));
         headers.insert("grpc-metadata-shelf", HeaderValue::from_static("7"));
-        let md = metadata_from_headers(&headers, &[http::HeaderName::from_static("x-tenant")]);
+        // Binary keys need base64 the client did not give: left out.
+        headers.insert("x-blob-bin", HeaderValue::from_static("AAEC"));
+        headers.insert("grpc-metadata-raw-bin", HeaderValue::from_static("AAEC"));
+        let md = metadata_from_headers(
+            &headers,
+            &[
+                http::HeaderName::from_static("x-tenant"),
+                http::HeaderName::from_static("x-blob-bin"),
+            ],
+        );
+        assert_eq!(md.len(), 4, "{md:?}");
         let get = |k: &str| md.get(k).unwrap_or_else(|| panic!("{k} forwarded"));
         assert_eq!(get("x-request-id"), "0123abcd");
         assert!(get("x-request-id").is_sensitive());
