@@ -138,8 +138,10 @@ where
                 None,
             ),
         };
-        if let Ok(v) = HeaderValue::from_str(&trace.header_value()) {
-            req.headers_mut().insert(TRACEPARENT.clone(), v);
+        // The same value answers as `traceresponse`: made once.
+        let trace_value = HeaderValue::from_str(&trace.header_value()).ok();
+        if let Some(v) = &trace_value {
+            req.headers_mut().insert(TRACEPARENT.clone(), v.clone());
         }
         req.extensions_mut().insert(RequestContext {
             request_id: request_id.clone(),
@@ -170,14 +172,14 @@ where
             resp.headers_mut()
                 .insert(X_REQUEST_ID.clone(), request_id.clone());
             // W3C Trace Context level 2: tell the client which span was ours.
-            if let Ok(v) = HeaderValue::from_str(&trace.header_value()) {
+            if let Some(v) = trace_value {
                 resp.headers_mut().insert(TRACERESPONSE.clone(), v);
             }
             let elapsed = started.elapsed();
+            // Only this layer reads it: taken, not cloned.
             let info = resp
-                .extensions()
-                .get::<RequestInfo>()
-                .cloned()
+                .extensions_mut()
+                .remove::<RequestInfo>()
                 .unwrap_or_default();
             let status = resp.status().as_u16();
             let route: Arc<str> = info.route.clone().unwrap_or_else(|| Arc::from("(none)"));

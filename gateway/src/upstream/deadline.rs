@@ -40,15 +40,19 @@ pub fn parse_request_timeout(v: &str) -> Option<Duration> {
     crate::config::parse_duration(v).ok()
 }
 
+// Names made once: a lookup by `&str` parses and hashes the name each time.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+static X_REQUEST_TIMEOUT: http::HeaderName = http::HeaderName::from_static("x-request-timeout");
+
 /// The client's own deadline, the smaller of the two headers; unreadable
 /// values are ignored (the route's timeout still applies).
 pub fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
     let grpc = headers
-        .get("grpc-timeout")
+        .get(&GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
     let plain = headers
-        .get("x-request-timeout")
+        .get(&X_REQUEST_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_request_timeout);
     match (grpc, plain) {

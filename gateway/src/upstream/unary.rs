@@ -273,9 +273,7 @@ impl UnaryClient {
             http::header::USER_AGENT,
             HeaderValue::from_static(USER_AGENT),
         );
-        if let Ok(v) = HeaderValue::try_from(grpc_timeout(deadline)) {
-            headers.insert("grpc-timeout", v);
-        }
+        headers.insert(GRPC_TIMEOUT.clone(), grpc_timeout_value(deadline));
         request
     }
 
@@ -424,7 +422,7 @@ async fn read_reply(
     let (parts, mut body) = response.into_parts();
     let mut headers = parts.headers;
     // Trailers-only: the status is in the headers and there is no body.
-    if headers.contains_key("grpc-status") {
+    if headers.contains_key(&GRPC_STATUS) {
         return Err(match status_from(&headers) {
             Some(s) if s.code() != Code::Ok => s,
             _ => tonic::Status::internal("the backend answered OK without a reply message"),
@@ -454,7 +452,7 @@ async fn read_reply(
     };
     // The common case, OK, without building a status from the trailers.
     let ok = trailers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .map(|v| Code::from_bytes(v.as_bytes()) == Code::Ok);
     match ok {
         Some(true) => {}
@@ -563,9 +561,9 @@ fn reply_failed(e: h2::Error) -> tonic::Status {
 /// rest of the map; `None` without `grpc-status`. Never panics on bad
 /// values (tonic's `from_header_map` does on bad base64).
 fn status_from(map: &HeaderMap) -> Option<tonic::Status> {
-    let code = Code::from_bytes(map.get("grpc-status")?.as_bytes());
+    let code = Code::from_bytes(map.get(&GRPC_STATUS)?.as_bytes());
     let message = map
-        .get("grpc-message")
+        .get(&GRPC_MESSAGE)
         .map(|v| {
             percent_encoding::percent_decode(v.as_bytes())
                 .decode_utf8_lossy()
@@ -573,14 +571,14 @@ fn status_from(map: &HeaderMap) -> Option<tonic::Status> {
         })
         .unwrap_or_default();
     let details = map
-        .get("grpc-status-details-bin")
+        .get(&GRPC_STATUS_DETAILS)
         .and_then(|v| BASE64.decode(v.as_bytes()).ok())
         .map(Bytes::from)
         .unwrap_or_default();
     let mut rest = map.clone();
-    rest.remove("grpc-status");
-    rest.remove("grpc-message");
-    rest.remove("grpc-status-details-bin");
+    rest.remove(&GRPC_STATUS);
+    rest.remove(&GRPC_MESSAGE);
+    rest.remove(&GRPC_STATUS_DETAILS);
     Some(tonic::Status::with_details_and_metadata(
         code,
         message,
@@ -614,6 +612,37 @@ fn from_http_status(status: http::StatusCode) -> tonic::Status {
 /// and into the connection's header table, evicting the headers that do
 /// repeat. Sub-millisecond precision means nothing across a network hop.
 fn grpc_timeout(d: Duration) -> String {
+    let (value, unit) = grpc_timeout_parts(d);
+    format!("{value}{unit}")
+}
+
+// Names made once: a lookup by `&str` parses and hashes the name each time.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+static GRPC_STATUS_DETAILS: http::HeaderName =
+    http::HeaderName::from_static("grpc-status-details-bin");
+
+/// [`grpc_timeout`] as a header value, made once per thread for each value:
+/// the first attempts of all calls on a route send the same one.
+fn grpc_timeout_value(d: Duration) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<((u128, char), HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let parts = grpc_timeout_parts(d);
+    LAST.with_borrow_mut(|last| match last {
+        Some((p, v)) if *p == parts => v.clone(),
+        _ => {
+            let v = HeaderValue::try_from(grpc_timeout(d)).expect("digits and a unit letter");
+            *last = Some((parts, v.clone()));
+            v
+        }
+    })
+}
+
+/// [`grpc_timeout`]'s number and unit.
+fn grpc_timeout_parts(d: Duration) -> (u128, char) {
     const MAX: u128 = 99_999_999;
     const UNITS: [(u128, char); 6] = [
         (3_600_000_000_000, 'H'),
@@ -629,7 +658,7 @@ fn grpc_timeout(d: Duration) -> String {
         .map(|&(per, unit)| (nanos / per, unit))
         .find(|&(value, _)| value >= 100)
         .unwrap_or((nanos, 'n'));
-    format!("{}{unit}", value.min(MAX))
+    (value.min(MAX), unit)
 }
 
 #[cfg(test)]
@@ -991,6 +1020,15 @@ mod tests {
         assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "3333M");
         assert_eq!(grpc_timeout(Duration::from_secs(400_000_000)), "111111H");
         assert_eq!(grpc_timeout(Duration::MAX), "99999999H");
+        // The cached header value follows the value.
+        for d in [
+            ms(5000),
+            ms(5000),
+            ms(50),
+            ms(5000) - Duration::from_nanos(1),
+        ] {
+            assert_eq!(grpc_timeout_value(d), grpc_timeout(d).as_str());
+        }
         // Never later than the deadline, never more than 1% early, and
         // always what the parser reads back.
         for n in [1u64, 99, 100, 12_345, 987_654_321, 3_599_999_999_999] {
