@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
 use super::client_ip::PeerAddr;
+use super::limits::Limits;
 
 /// What a listener serves: the gateway's layered handler.
 pub trait HttpService:
@@ -45,22 +46,18 @@ impl<S> HttpService for S where
         + 'static
 {
 }
-use super::limits::Limits;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops
 /// accepting, closes the listener, asks every connection to finish (HTTP/1.1:
 /// after the response in flight; HTTP/2: GOAWAY) and returns once all are
 /// closed. `limits` is read at each accept, except `max_connections`, read
 /// once here.
-pub async fn serve<S>(
+pub async fn serve<S: HttpService>(
     listener: TcpListener,
     app: S,
     limits: impl Fn() -> Limits + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
-) -> io::Result<()>
-where
-    S: HttpService,
-{
+) -> io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits().max_connections));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Each connection task holds a sender; when all are dropped, recv() ends.

@@ -67,8 +67,8 @@ fn takes_body(route: &Route, headers: &HeaderMap) -> bool {
 ///
 /// The answer comes boxed, and only for the requests this stage takes:
 /// awaited inline, its state machine (8 KiB: every streaming variant) made
-/// the future of every request that large, and each move of it, into
-/// axum's box first, a copy of 8 KiB.
+/// the future of every request that large, and each move of it (into the
+/// handler's box first) a copy of 8 KiB.
 pub fn intercept<'a>(
     snap: &'a Arc<Snapshot>,
     route: &'a Arc<Route>,
