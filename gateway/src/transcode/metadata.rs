@@ -56,7 +56,11 @@ pub fn metadata_from_headers(headers: &HeaderMap, forward: &[http::HeaderName]) 
         }
         if let Some(v) = headers.get(name) {
             let mut v = v.clone();
-            crate::telemetry::trace::unique_per_call(&mut v);
+            // The request id and the gateway's span differ on every call;
+            // a client's tracestate tends to repeat, so it stays indexable.
+            if *name != CORRELATION[2] {
+                crate::telemetry::trace::unique_per_call(&mut v);
+            }
             md.insert(name.clone(), v);
         }
     }
@@ -107,9 +111,10 @@ pub fn response_metadata(md: &MetadataMap, out: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    /// Per-call correlation values go to HPACK as never-indexed literals
-    /// (see `unique_per_call`); allow-listed headers, which tend to repeat,
-    /// stay indexable. All of them arrive with their values unchanged.
+    /// The request id and trace parent, new on every call, go to HPACK as
+    /// never-indexed literals (see `unique_per_call`); tracestate and
+    /// allow-listed headers, which tend to repeat, stay indexable. All of
+    /// them arrive with their values unchanged.
     #[test]
     fn correlation_values_are_not_indexed_and_forwarded_ones_are() {
         let mut headers = HeaderMap::new();
@@ -118,6 +123,7 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
+        headers.insert("tracestate", HeaderValue::from_static("vendor=1"));
         headers.insert("x-tenant", HeaderValue::from_static("acme"));
         headers.insert("grpc-metadata-shelf", HeaderValue::from_static("7"));
         // Binary keys need base64 the client did not give: left out.
@@ -130,11 +136,13 @@ mod tests {
                 http::HeaderName::from_static("x-blob-bin"),
             ],
         );
-        assert_eq!(md.len(), 4, "{md:?}");
+        assert_eq!(md.len(), 5, "{md:?}");
         let get = |k: &str| md.get(k).unwrap_or_else(|| panic!("{k} forwarded"));
         assert_eq!(get("x-request-id"), "0123abcd");
         assert!(get("x-request-id").is_sensitive());
         assert!(get("traceparent").is_sensitive());
+        assert_eq!(get("tracestate"), "vendor=1");
+        assert!(!get("tracestate").is_sensitive());
         assert_eq!(get("x-tenant"), "acme");
         assert!(!get("x-tenant").is_sensitive());
         assert!(!get("shelf").is_sensitive());

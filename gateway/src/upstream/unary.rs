@@ -623,8 +623,8 @@ static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-mess
 static GRPC_STATUS_DETAILS: http::HeaderName =
     http::HeaderName::from_static("grpc-status-details-bin");
 
-/// [`grpc_timeout`] as a header value, made once per thread for each value:
-/// the first attempts of all calls on a route send the same one.
+/// [`grpc_timeout`] as a header value. Each thread keeps the last one it
+/// made: the first attempts of the calls on a route all send the same value.
 fn grpc_timeout_value(d: Duration) -> HeaderValue {
     thread_local! {
         static LAST: std::cell::RefCell<Option<((u128, char), HeaderValue)>> =
