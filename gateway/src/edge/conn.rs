@@ -128,17 +128,17 @@ impl Activity {
     }
 }
 
-/// When a connection was last seen busy, kept by its loop at each tick.
+/// When bytes last moved on a connection, as its loop saw at each tick.
 struct Quiet {
     seen: u64,
     since: Instant,
 }
 
 impl Quiet {
-    /// How long nothing has moved and nothing has been handled, as of now.
+    /// How long no byte has moved, as of now (to tick precision).
     fn idle_for(&mut self, activity: &Activity) -> Duration {
         let seen = activity.io.load(Ordering::Relaxed);
-        if seen != self.seen || activity.handling.load(Ordering::Relaxed) != 0 {
+        if seen != self.seen {
             self.seen = seen;
             self.since = Instant::now();
         }
@@ -247,7 +247,7 @@ async fn serve_one<S: HttpService>(
                     None => {
                         // Idle: nothing being handled and no byte moving
                         // (keep-alive waits, a client that stopped reading).
-                        if quiet.idle_for(&activity) >= idle {
+                        if activity.handling.load(Ordering::Relaxed) == 0 && quiet.idle_for(&activity) >= idle {
                             tracing::debug!(client.addr = %peer, "closing an idle connection");
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(Instant::now());
