@@ -4,6 +4,7 @@
 //! loopback ports, from a routes.toml written into a fresh temporary folder,
 //! and talks to the gateway over real HTTP.
 
+pub mod binary;
 pub mod consul;
 
 use std::collections::BTreeMap;

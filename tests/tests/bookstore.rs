@@ -112,7 +112,13 @@ async fn creates_a_shelf_and_a_book_and_reads_them_back() {
             &json!({"title": "Leaves of Grass", "author": "Walt Whitman", "genre": "POETRY", "tags": ["us"], "page_count": 145}),
         )
         .await;
-    let book = r.ok().clone();
+    // The demo shapes CreateBook: 201 with the new book's address.
+    assert_eq!(r.status, 201, "{}", r.text);
+    let book: serde_json::Value = serde_json::from_str(&r.text).unwrap();
+    assert_eq!(
+        r.header("location"),
+        format!("/v1/shelves/{id}/books/{}", book["id"].as_str().unwrap())
+    );
     assert_eq!(book["title"], "Leaves of Grass");
     assert_eq!(book["shelfId"], id);
     assert_eq!(book["pageCount"], 145);

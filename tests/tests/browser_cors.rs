@@ -4,8 +4,11 @@
 //! from a third origin, which the gateway does not allow, tries the same.
 //! The pages post what the browser allowed and refused back to their server.
 //!
-//! Chromium comes from Debian (`.ci/run` installs it). Under CI=true a
-//! missing browser fails the test; elsewhere the test says so and passes.
+//! Chromium comes from Debian (`.ci/run` installs it). When it is missing,
+//! the test installs it itself with apt-get, as the Python-based tests
+//! install their parsers; where that is impossible (not root, no network)
+//! the test fails with what to do, unless `GATEWAY_TESTS_SKIP_BROWSER=1`
+//! says to skip it. A silent pass would hide that CORS went untested.
 
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -14,11 +17,36 @@ use std::time::Duration;
 use gateway_tests::edge::{counting_backend, edge_config, serve_pages, Pages};
 use gateway_tests::{temp_dir, testing_descriptors, TestGateway};
 
-fn chromium() -> Option<String> {
+fn find_chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .map(|name| format!("/usr/bin/{name}"))
         .find(|p| std::path::Path::new(p).exists())
+}
+
+/// The browser, installed from Debian's packages if missing. `None` only
+/// when the operator asked to skip the test.
+fn chromium() -> Option<String> {
+    if let Some(found) = find_chromium() {
+        return Some(found);
+    }
+    if std::env::var("GATEWAY_TESTS_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    eprintln!("chromium is missing; installing it with apt-get (Debian's package)");
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium")
+        .stdout(Stdio::null())
+        .status();
+    match find_chromium() {
+        Some(found) => Some(found),
+        None => panic!(
+            "chromium is not installed and `apt-get install -y chromium` failed; install it \
+             (as root: apt-get install -y chromium), or set GATEWAY_TESTS_SKIP_BROWSER=1 to \
+             skip this browser test knowingly"
+        ),
+    }
 }
 
 const SCRIPT: &str = r#"
@@ -51,10 +79,7 @@ fn page(gateway: &str, calls: &str, iframe: Option<&str>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_calls_across_origins_only_where_cors_allows() {
     let Some(browser) = chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium is not installed; .ci/run installs it (apt-get install chromium)");
-        }
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+        eprintln!("SKIPPED: GATEWAY_TESTS_SKIP_BROWSER=1");
         return;
     };
 

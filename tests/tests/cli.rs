@@ -3,14 +3,14 @@
 //! The binary comes from [`gateway_tests::gateway_bin`], which builds it
 //! with the same feature resolution as the test build.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use gateway_tests::binary::{spawn_demo, spawn_listening, without_admin};
 use gateway_tests::{
     echo_config, echo_server, gateway_bin, http_client, line_of, render_config, repo_root,
     spawn_backend, testing_descriptors, testing_pool, toml_path, write_config,
 };
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 fn run(args: &[&str]) -> Output {
     Command::new(gateway_bin())
@@ -158,53 +158,6 @@ fn routes_prints_each_route_with_its_source() {
     assert_eq!(lines.len(), 1 + 8 + 1, "{stdout}");
 }
 
-/// Starts the binary with `args`, waits for its "listening on" line and
-/// returns the child and the address.
-async fn spawn_listening(args: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(gateway_bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn gateway");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-            seen.push(line);
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| {
-        panic!(
-            "gateway did not report its address; stderr so far:\n{}",
-            seen.join("\n")
-        )
-    });
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-/// Turns the admin listener off: its fixed default port would make
-/// concurrently running binaries collide.
-fn without_admin(config: &str) -> String {
-    if config.contains("[admin]") {
-        config.replacen("[admin]", "[admin]\nenabled = false", 1)
-    } else {
-        format!("{config}\n[admin]\nenabled = false\n")
-    }
-}
-
 fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().expect("child is running");
     let status = Command::new("kill")
@@ -289,20 +242,7 @@ async fn serve_with_a_broken_config_exits_nonzero_without_listening() {
 
 #[tokio::test]
 async fn demo_serves_the_bookstore_on_the_configured_backend_endpoint() {
-    let backend_port = gateway_tests::dead_addr().await;
-    let cfg = std::fs::read_to_string(repo_root().join("routes.toml"))
-        .unwrap()
-        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace("127.0.0.1:50051", &backend_port)
-        .replace(
-            "descriptors = \"descriptors\"",
-            &format!(
-                "descriptors = \"{}\"",
-                toml_path(&repo_root().join("descriptors"))
-            ),
-        );
-    let path = write_config(&without_admin(&cfg));
-    let (mut child, addr) = spawn_listening(&["demo", "--config", path.to_str().unwrap()]).await;
+    let (mut child, addr) = spawn_demo().await;
     let r = http_client()
         .get(format!("http://{addr}/v1/shelves/1/books/3"))
         .send()

@@ -21,8 +21,9 @@
 //!   `.Warning` for an instance in warning, when warnings are allowed).
 //!
 //! consulrs is not used: it lacks this endpoint and brings a second HTTP and
-//! TLS stack. This is the project's reqwest client, plain HTTP only (no TLS
-//! stack is built in yet, so HTTPS agents are refused at config load).
+//! TLS stack. This is the project's reqwest client, with its rustls stack:
+//! `https://` agents are verified against the system roots plus the extra
+//! CA certificates a backend names (`ca_file`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

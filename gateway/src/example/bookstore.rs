@@ -11,7 +11,9 @@ use prost_reflect::{
 };
 use tonic::{Request, Response, Status};
 
-use super::dynamic::{BoxFuture, DynamicServer};
+use tokio_stream::StreamExt as _;
+
+use super::dynamic::{BoxFuture, DynamicServer, MessageStream};
 
 pub const SERVICE: &str = "example.bookstore.v1.Bookstore";
 
@@ -31,14 +33,67 @@ struct Store {
 pub fn server(pool: &DescriptorPool) -> DynamicServer {
     let store = Arc::new(Mutex::new(Store::default()));
     seed(pool, &store);
+    let unary = store.clone();
     DynamicServer::new(
         pool,
         &[SERVICE],
         move |method: &MethodDescriptor, req: Request<DynamicMessage>| {
-            let result = handle(&store, method, req.into_inner());
+            let result = handle(&unary, method, req.into_inner());
             Box::pin(async move { result.map(Response::new) }) as BoxFuture<_>
         },
     )
+    .with_streaming(
+        move |method: &MethodDescriptor, req: Request<MessageStream>| {
+            let store = store.clone();
+            let method = method.clone();
+            Box::pin(async move { stream(&store, &method, req.into_inner()).await }) as BoxFuture<_>
+        },
+    )
+}
+
+/// The two streaming methods: StreamBooks sends ListBooks' answer one book at
+/// a time; ImportBooks runs CreateBook for each message, stopping at the
+/// first refusal.
+async fn stream(
+    store: &Mutex<Store>,
+    method: &MethodDescriptor,
+    mut requests: MessageStream,
+) -> Result<Response<MessageStream>, Status> {
+    let sibling = |name: &str| {
+        method
+            .parent_service()
+            .methods()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| Status::internal(format!("{name} missing from the descriptors")))
+    };
+    let replies: Vec<Result<DynamicMessage, Status>> = match method.name() {
+        "StreamBooks" => {
+            let req = requests
+                .next()
+                .await
+                .ok_or_else(|| Status::invalid_argument("no request message"))??;
+            let list = handle(store, &sibling("ListBooks")?, req)?;
+            let books = list.get_field_by_name("books");
+            let books = books.as_deref().and_then(|v| v.as_list()).unwrap_or(&[]);
+            books
+                .iter()
+                .filter_map(|b| b.as_message().cloned())
+                .map(Ok)
+                .collect()
+        }
+        "ImportBooks" => {
+            let create = sibling("CreateBook")?;
+            let mut created = Vec::new();
+            while let Some(req) = requests.next().await {
+                created.push(Value::Message(handle(store, &create, req?)?));
+            }
+            let mut reply = DynamicMessage::new(method.output());
+            reply.set_field_by_name("books", Value::List(created));
+            vec![Ok(reply)]
+        }
+        other => return Err(Status::unimplemented(format!("{other} is not implemented"))),
+    };
+    Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
 }
 
 fn msg(pool: &DescriptorPool, name: &str) -> DynamicMessage {
@@ -178,49 +233,8 @@ fn handle(
         }
         "ListBooks" => {
             need_shelf(&s)?;
-            let genre = req
-                .get_field_by_name("genre")
-                .and_then(|v| v.as_enum_number())
-                .unwrap_or(0);
-            let tags: Vec<String> = req
-                .get_field_by_name("tags")
-                .and_then(|v| {
-                    v.as_list().map(|l| {
-                        l.iter()
-                            .filter_map(|t| t.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                })
-                .unwrap_or_default();
-            let page_size = req
-                .get_field_by_name("page_size")
-                .and_then(|v| v.as_i32())
-                .unwrap_or(0);
-            let books: Vec<Value> = s
-                .books
-                .range((shelf_id, i64::MIN)..=(shelf_id, i64::MAX))
-                .map(|(_, b)| b)
-                .filter(|b| {
-                    genre == 0
-                        || b.get_field_by_name("genre")
-                            .and_then(|v| v.as_enum_number())
-                            == Some(genre)
-                })
-                .filter(|b| {
-                    let have = b.get_field_by_name("tags");
-                    let have = have.as_deref().and_then(|v| v.as_list()).unwrap_or(&[]);
-                    tags.iter()
-                        .all(|t| have.iter().any(|h| h.as_str() == Some(t)))
-                })
-                .take(if page_size > 0 {
-                    page_size as usize
-                } else {
-                    usize::MAX
-                })
-                .cloned()
-                .map(Value::Message)
-                .collect();
-            reply.set_field_by_name("books", Value::List(books));
+            let books = list_books(&s, &req).into_iter().map(Value::Message);
+            reply.set_field_by_name("books", Value::List(books.collect()));
         }
         "CreateBook" => {
             need_shelf(&s)?;
@@ -312,4 +326,50 @@ fn handle(
         other => return Err(Status::unimplemented(format!("{other} is not implemented"))),
     }
     Ok(reply)
+}
+
+/// The books of the request's shelf, filtered by genre and tags and cut at
+/// page_size: ListBooks answers them in one message, StreamBooks one each.
+fn list_books(s: &Store, req: &DynamicMessage) -> Vec<DynamicMessage> {
+    let shelf_id = i64_field(req, "shelf");
+    let genre = req
+        .get_field_by_name("genre")
+        .and_then(|v| v.as_enum_number())
+        .unwrap_or(0);
+    let tags: Vec<String> = req
+        .get_field_by_name("tags")
+        .and_then(|v| {
+            v.as_list().map(|l| {
+                l.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let page_size = req
+        .get_field_by_name("page_size")
+        .and_then(|v| v.as_i32())
+        .unwrap_or(0);
+    s.books
+        .range((shelf_id, i64::MIN)..=(shelf_id, i64::MAX))
+        .map(|(_, b)| b)
+        .filter(|b| {
+            genre == 0
+                || b.get_field_by_name("genre")
+                    .and_then(|v| v.as_enum_number())
+                    == Some(genre)
+        })
+        .filter(|b| {
+            let have = b.get_field_by_name("tags");
+            let have = have.as_deref().and_then(|v| v.as_list()).unwrap_or(&[]);
+            tags.iter()
+                .all(|t| have.iter().any(|h| h.as_str() == Some(t)))
+        })
+        .take(if page_size > 0 {
+            page_size as usize
+        } else {
+            usize::MAX
+        })
+        .cloned()
+        .collect()
 }

@@ -1,0 +1,90 @@
+//! The real `gateway` binary as a child process: started, waited for until
+//! it listens, and killed when its handle drops.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::{gateway_bin, repo_root, toml_path, write_config};
+
+/// Starts the binary with `args`, waits for its "listening on" line and
+/// returns the child and the address.
+pub async fn spawn_listening(args: &[&str]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(gateway_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gateway");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        panic!(
+            "gateway did not report its address; stderr so far:\n{}",
+            seen.join("\n")
+        )
+    });
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// Turns the admin listener off: its fixed default port would make
+/// concurrently running binaries collide.
+pub fn without_admin(config: &str) -> String {
+    if config.contains("[admin]") {
+        config.replacen("[admin]", "[admin]\nenabled = false", 1)
+    } else {
+        format!("{config}\n[admin]\nenabled = false\n")
+    }
+}
+
+/// `gateway demo` on the repository's own routes.toml and descriptors, on
+/// ephemeral ports (the file's fixed 8080 and 50051 would collide between
+/// tests): the setup the README's examples are written against.
+pub async fn spawn_demo() -> (tokio::process::Child, String) {
+    let (child, rest, _admin) = spawn_demo_with_admin().await;
+    (child, rest)
+}
+
+/// [`spawn_demo`] with the admin listener on, on a free port of its own;
+/// returns the child, the REST address and the admin address.
+pub async fn spawn_demo_with_admin() -> (tokio::process::Child, String, String) {
+    let backend_port = crate::dead_addr().await;
+    let admin = crate::dead_addr().await;
+    let cfg = std::fs::read_to_string(repo_root().join("routes.toml"))
+        .expect("read routes.toml")
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("127.0.0.1:50051", &backend_port)
+        .replace(
+            "descriptors = \"descriptors\"",
+            &format!(
+                "descriptors = \"{}\"",
+                toml_path(&repo_root().join("descriptors"))
+            ),
+        );
+    assert!(
+        !cfg.contains("[admin]"),
+        "routes.toml grew an [admin] table"
+    );
+    let path = write_config(&format!("{cfg}\n[admin]\nlisten = \"{admin}\"\n"));
+    let (child, rest) =
+        spawn_listening(&["demo", "--config", path.to_str().expect("utf-8 path")]).await;
+    (child, rest, admin)
+}

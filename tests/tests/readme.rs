@@ -1,0 +1,164 @@
+//! The README's examples, run as a newcomer runs them: every `$ curl ...`
+//! line of a `sh` block is sent to `gateway demo` (the repository's own
+//! routes.toml, descriptors and example backend), in the order the README
+//! shows them, and its answer is compared with the one the README prints.
+//!
+//! Ids and timestamps differ from run to run, so an answer is compared by
+//! its shape: the status line when the README shows one, otherwise what
+//! comes before the first `:` (`{"shelves"`, `{"result"`, `data`, `{"code"`),
+//! which tells a stream from a list from an error.
+
+use gateway_tests::binary::spawn_demo_with_admin;
+use gateway_tests::repo_root;
+
+/// One `$ curl` example: the command (continuation lines joined) and the
+/// lines the README shows after it.
+#[derive(Debug)]
+struct Example {
+    line: usize,
+    command: String,
+    expected: Vec<String>,
+}
+
+/// The `$ curl` examples of every ```sh block in `text`.
+fn curl_examples(text: &str) -> Vec<Example> {
+    let mut out: Vec<Example> = Vec::new();
+    let mut in_sh = false;
+    let mut continuing = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh" && !in_sh;
+            continuing = false;
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        if continuing {
+            let ex = out.last_mut().expect("a command to continue");
+            ex.command.push(' ');
+            ex.command.push_str(line.trim().trim_end_matches('\\'));
+            continuing = line.ends_with('\\');
+        } else if let Some(cmd) = line.strip_prefix("$ ") {
+            if cmd.starts_with("curl ") || cmd.contains("| curl ") {
+                out.push(Example {
+                    line: n + 1,
+                    command: cmd.trim_end_matches('\\').to_owned(),
+                    expected: Vec::new(),
+                });
+                continuing = line.ends_with('\\');
+            } else {
+                // Not a curl example (gateway, docker, ...): its output
+                // lines must not be taken for the previous example's.
+                out.push(Example {
+                    line: n + 1,
+                    command: String::new(),
+                    expected: Vec::new(),
+                });
+            }
+        } else if let Some(ex) = out.last_mut() {
+            ex.expected.push(line.to_owned());
+        }
+    }
+    out.retain(|e| !e.command.is_empty());
+    out
+}
+
+/// What an answer is compared by (see the module comment).
+fn shape(output: &str) -> String {
+    let first = output.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if let Some(rest) = first.strip_prefix("HTTP/") {
+        return rest.split_whitespace().nth(1).unwrap_or("").to_owned();
+    }
+    match first.split_once(':') {
+        Some((head, _)) => head.to_owned(),
+        // A metric line has no colon: its name is its shape.
+        None => first.split('{').next().unwrap_or("").to_owned(),
+    }
+}
+
+#[test]
+fn curl_examples_are_found_with_their_expected_answers() {
+    let text = "```sh\n$ curl -s a\n{\"x\":1}\n$ printf 'q' | curl -s \\\n    -d @- b\n{\"y\":2}\n$ gateway check\nok\n```\n```sh\n$ curl -i c\nHTTP/1.1 404 Not Found\n```\n";
+    let ex = curl_examples(text);
+    assert_eq!(ex.len(), 3, "{ex:?}");
+    assert_eq!(ex[1].command, "printf 'q' | curl -s  -d @- b");
+    assert_eq!(shape(&ex[0].expected.join("\n")), "{\"x\"");
+    assert_eq!(shape(&ex[2].expected.join("\n")), "404");
+    assert!(ex[1].expected == ["{\"y\":2}"]);
+}
+
+/// The routes.toml the demo child was started with (its `--config`).
+fn demo_config_path(child: &tokio::process::Child) -> std::path::PathBuf {
+    let pid = child.id().expect("the demo is running");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("read /proc cmdline");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--config").expect("--config");
+    std::path::PathBuf::from(&args[at + 1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_curl_examples_work_against_the_demo() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let examples = curl_examples(&readme);
+    assert!(
+        examples.len() >= 8,
+        "expected the README's curl examples, found {examples:?}"
+    );
+    let (mut demo, addr, admin) = spawn_demo_with_admin().await;
+    let config = demo_config_path(&demo);
+    let mut failures = Vec::new();
+    for ex in &examples {
+        let command = ex
+            .command
+            .replace("localhost:8080", &addr)
+            .replace("localhost:9901", &admin);
+        // The one example that needs a precondition says so in a comment.
+        let broken = ex.command.contains("# after breaking routes.toml");
+        let good = std::fs::read_to_string(&config).expect("read the demo's config");
+        if broken {
+            std::fs::write(
+                &config,
+                good.replace("Bookstore/ListBooks\"", "Bookstore/ListBoks\""),
+            )
+            .expect("break the demo's config");
+        }
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .output()
+            .await
+            .expect("run sh");
+        if broken {
+            std::fs::write(&config, &good).expect("restore the demo's config");
+        }
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        let want = shape(&ex.expected.join("\n"));
+        // `curl ... | head -c 200` stops reading early: curl's exit code
+        // then says "write error", which is not the gateway's doing.
+        let pipe_cut = command.contains("| head");
+        if (!out.status.success() && !pipe_cut) || got.trim().is_empty() {
+            failures.push(format!(
+                "README.md:{}: `{}` failed ({}): {}{}",
+                ex.line,
+                ex.command,
+                out.status,
+                got,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        } else if !ex.expected.is_empty() && shape(&got) != want {
+            failures.push(format!(
+                "README.md:{}: `{}` answered\n{got}\nbut the README shows\n{}",
+                ex.line,
+                ex.command,
+                ex.expected.join("\n")
+            ));
+        }
+    }
+    demo.start_kill().expect("kill the demo gateway");
+    let _ = demo.wait().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
