@@ -162,3 +162,104 @@ async fn readme_curl_examples_work_against_the_demo() {
     let _ = demo.wait().await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The ```toml blocks of `text`, with the line each starts on.
+fn toml_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match (&mut current, line) {
+            (None, "```toml") => current = Some((n + 2, String::new())),
+            (Some(_), l) if l.starts_with("```") => out.extend(current.take()),
+            (Some((_, body)), l) => {
+                body.push_str(l);
+                body.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    out
+}
+
+/// `block` applied to `base` as an operator would paste it into the demo's
+/// routes.toml: its tables merge key by key (its values win), a backend it
+/// defines replaces the demo's of that name, and each of its routes replaces
+/// the demo's route on the same method and path, or is added.
+fn merge(base: &mut toml::Table, block: toml::Table) {
+    for (key, value) in block {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(v)) if key == "backends" => {
+                b.extend(v);
+            }
+            (Some(toml::Value::Table(b)), toml::Value::Table(v)) => merge(b, v),
+            (Some(toml::Value::Array(b)), toml::Value::Array(v)) if key == "routes" => {
+                for route in v {
+                    let same = |r: &toml::Value| {
+                        r.get("method") == route.get("method") && r.get("path") == route.get("path")
+                    };
+                    b.retain(|r| !same(r));
+                    b.push(route);
+                }
+            }
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_readme_toml_block_loads_into_the_demo_config() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let blocks = toml_blocks(&readme);
+    assert!(
+        blocks.len() >= 10,
+        "found only {} toml blocks",
+        blocks.len()
+    );
+    let demo: toml::Table = std::fs::read_to_string(repo_root().join("routes.toml"))
+        .expect("routes.toml")
+        .parse()
+        .expect("routes.toml is TOML");
+    let mut failures = Vec::new();
+    for (line, block) in blocks {
+        let parsed: toml::Table = match block.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("README.md:{line}: not TOML: {e}"));
+                continue;
+            }
+        };
+        let mut config = demo.clone();
+        merge(&mut config, parsed);
+        let dir = gateway_tests::temp_dir("readme-toml");
+        support_files(&dir);
+        config["server"]["descriptors"] =
+            toml::Value::String(repo_root().join("descriptors").display().to_string());
+        let path = dir.join("routes.toml");
+        std::fs::write(&path, toml::to_string(&config).expect("serialise")).unwrap();
+        if let Err(e) = gateway::snapshot::Snapshot::load(&path) {
+            failures.push(format!(
+                "README.md:{line}: the block does not load:\n{e}\n---\n{block}"
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Files and variables the README's examples point at: an Ed25519 public key
+/// for `pem_files` and an HMAC secret for `hmac_secret_env`.
+fn support_files(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    std::fs::write(
+        dir.join("keys/partner.pem"),
+        "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    // Safe here: no other test of this binary reads the environment.
+    std::env::set_var(
+        "INTERNAL_JWT_SECRET",
+        "an-example-secret-of-at-least-32-bytes!",
+    );
+}
