@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -24,6 +25,11 @@ struct Cli {
     /// The routes file (used when no subcommand is given: serve).
     #[arg(long, short, default_value = "routes.toml", global = true)]
     config: PathBuf,
+    /// Accept a configuration with no route (at start, in `check` and on
+    /// reload). Without it such a file is refused: an empty or route-less
+    /// routes.toml is far more often a truncated write than intent.
+    #[arg(long, global = true)]
+    allow_empty: bool,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +95,7 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
     // The same path a reload takes, reflection included: what `check`
     // accepts is exactly what `serve` and a reload accept.
     let state = ReloadState::default();
+    state.allow_empty.store(cli.allow_empty, Ordering::Relaxed);
     let loaded = reload::load(&cli.config, None, &state).await;
     let snapshot = match loaded {
         Ok(s) => s,
@@ -123,10 +130,10 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve(snapshot, None, &telemetry).await,
+        Command::Serve => serve(snapshot, None, &telemetry, cli.allow_empty).await,
         Command::Demo => {
             let example = start_example_backend(&snapshot).await?;
-            serve(snapshot, Some(example), &telemetry).await
+            serve(snapshot, Some(example), &telemetry, cli.allow_empty).await
         }
     }
 }
@@ -168,6 +175,7 @@ async fn serve(
     s: Snapshot,
     example: Option<Vec<String>>,
     telemetry: &gateway::config::TelemetryConfig,
+    allow_empty: bool,
 ) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -195,6 +203,7 @@ async fn serve(
         .map(|r| r.template.to_string());
     let watch = s.watch;
     let gw = Gateway::new(s);
+    gw.reload.allow_empty.store(allow_empty, Ordering::Relaxed);
     if watch {
         reload::spawn_watcher(gw.clone());
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +21,20 @@ use crate::upstream::{Backend, BackendDefinition};
 /// rename); waiting for 200 ms of quiet turns them into one reload, and is
 /// still well inside the 2 s operators expect a change to take.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// After the quiet period, routes.toml must read the same twice this far
+/// apart before it is loaded: a writer pausing between two chunks for longer
+/// than [`DEBOUNCE`] (a script appending in steps, a slow copy) would
+/// otherwise have its first half loaded whenever that half is valid TOML.
+/// Together with the debounce this covers pauses of up to 700 ms, and keeps
+/// a reload within about a second of the last write.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A write to routes.toml whose close has not been seen (the writer still
+/// holds the file open) is waited for this long before the file is read
+/// anyway: a writer that keeps its file open between chunks is covered
+/// whatever its pauses, and a stuck one does not stop reloads for good.
+const MAX_OPEN_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Reflection runs at reload time against a live backend; a backend that
 /// cannot list its services in 5 s is treated as failing, and the cached copy
@@ -48,6 +62,10 @@ pub struct ReloadState {
     /// Last good reflection answer per backend, served when the backend is
     /// briefly unreachable during a reload.
     reflection_cache: Mutex<BTreeMap<String, Reflected>>,
+    /// `--allow-empty`: a configuration with no route is accepted. Without
+    /// it an empty or route-less file is refused (at start, in `check` and
+    /// on reload), since it is far more often a truncated write than intent.
+    pub allow_empty: AtomicBool,
 }
 
 impl Default for ReloadState {
@@ -58,6 +76,7 @@ impl Default for ReloadState {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reflection_cache: Mutex::new(BTreeMap::new()),
+            allow_empty: AtomicBool::new(false),
         }
     }
 }
@@ -73,7 +92,8 @@ pub async fn load(
     let reflected = fetch_reflection(&file, previous.as_deref(), state).await;
     let version = previous.as_ref().map_or(1, |p| p.version + 1);
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    let allow_empty = state.allow_empty.load(Ordering::Relaxed);
+    let snapshot = tokio::task::spawn_blocking(move || {
         let _rt = handle.enter();
         Snapshot::build(
             &file,
@@ -92,7 +112,19 @@ pub async fn load(
             "",
             format!("building the configuration failed: {e}"),
         ))
-    })?
+    })??;
+    if snapshot.routes.is_empty() && !allow_empty {
+        return Err(ConfigErrors::one(ConfigError::new(
+            path,
+            None,
+            "routes",
+            "the configuration has no route (an empty or half-written file?); add [[routes]] or \
+             backends whose services carry google.api.http annotations, or start the gateway \
+             with --allow-empty to serve none on purpose"
+                .to_owned(),
+        )));
+    }
+    Ok(snapshot)
 }
 
 /// Asks each `reflection = true` backend for its descriptors.
@@ -260,18 +292,17 @@ pub fn spawn_watcher(gw: Arc<Gateway>) {
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
             let snapshot = gw.snapshot();
-            let first_relevant = match ev {
-                Ok(ev) => relevant(&ev, &snapshot),
+            let first = match ev {
+                Ok(ev) if relevant(&ev, &snapshot) => ev,
+                Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "file watcher error");
-                    false
+                    continue;
                 }
             };
-            if !first_relevant {
-                continue;
+            if !settle(&mut rx, &snapshot.config_path, &first).await {
+                return;
             }
-            // Debounce: wait for a quiet period.
-            while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
             let _ = reload(&gw, "file change").await;
             if arm(&mut watcher, &gw.snapshot(), &mut armed) {
                 // A watched folder was replaced: what changed in it before
@@ -280,6 +311,52 @@ pub fn spawn_watcher(gw: Arc<Gateway>) {
             }
         }
     });
+}
+
+/// Waits until the change is complete: [`DEBOUNCE`] without events, no
+/// write to routes.toml still open (up to [`MAX_OPEN_WRITE_WAIT`]), and the
+/// file reading the same twice [`SETTLE`] apart. Returns false when the
+/// watcher has stopped.
+async fn settle(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    config: &Path,
+    first: &notify::Event,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    let config_name = config.file_name();
+    // Whether routes.toml has been written in place and not yet closed.
+    let writing_after = |writing: bool, ev: &notify::Event| {
+        if !ev.paths.iter().any(|p| p.file_name() == config_name) {
+            return writing;
+        }
+        match ev.kind {
+            EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write,
+            )) => false,
+            // Data written in place; a rename onto the file (editors,
+            // ConfigMaps) brings it complete.
+            EventKind::Modify(notify::event::ModifyKind::Data(_)) => true,
+            _ => writing,
+        }
+    };
+    let mut writing = writing_after(false, first);
+    loop {
+        match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            Ok(None) => return false,
+            Ok(Some(Ok(ev))) => writing = writing_after(writing, &ev),
+            Ok(Some(Err(_))) => {}
+            Err(_quiet) => {
+                if writing && started.elapsed() < MAX_OPEN_WRITE_WAIT {
+                    continue;
+                }
+                let before = std::fs::read(config).ok();
+                tokio::time::sleep(SETTLE).await;
+                if std::fs::read(config).ok() == before {
+                    return true;
+                }
+            }
+        }
+    }
 }
 
 /// A watched folder and the inode it had when the watch was set.

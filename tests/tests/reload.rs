@@ -76,6 +76,18 @@ async fn wait_for_status(url: &str, status: u16) -> Duration {
     }
 }
 
+/// Writes `text` to `config` and waits until the watcher's reload of it has
+/// been refused.
+async fn write_and_wait_for_refusal(gw: &RunningGateway, config: &Path, text: &str, what: &str) {
+    let failed_before = gw.gw.reload.failed.load(Ordering::Relaxed);
+    std::fs::write(config, text).unwrap();
+    let start_wait = Instant::now();
+    while gw.gw.reload.failed.load(Ordering::Relaxed) == failed_before {
+        assert!(start_wait.elapsed() < PICKUP, "{what} was not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes a file the way editors and `kubectl cp` do: to a temp name, then rename.
 fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
@@ -128,37 +140,7 @@ async fn reload_under_load_loses_no_request_and_follows_every_change() {
     let gw = start(&config).await;
 
     // Steady load on a route that exists in every version of the config.
-    let stable = format!("http://{}/v1/shelves/1", gw.rest);
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let (stop_load, load_stopped) = tokio::sync::watch::channel(false);
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (url, ok, failed, mut stopped) = (
-            stable.clone(),
-            ok.clone(),
-            failed.clone(),
-            load_stopped.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let client = http_client();
-            while !*stopped.borrow_and_update() {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        eprintln!("failed: {}", r.status());
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = SteadyLoad::start(format!("http://{}/v1/shelves/1", gw.rest));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // 1. Add a route.
@@ -211,15 +193,181 @@ grpc = "example.greeter.v1.Greeter/Hello"
     assert_eq!(body, serde_json::json!({"greeting": "hello, ada"}));
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_load.send(true).unwrap();
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     eprintln!("steady load during reloads: {ok} ok, {failed} failed");
     assert!(ok > 100, "the load barely ran: {ok} requests");
     assert_eq!(failed, 0, "requests failed during reloads");
     assert!(gw.gw.reload.succeeded.load(Ordering::Relaxed) >= 4);
+}
+
+/// Four clients sending GETs to one URL back to back, counting answers that
+/// are not 200 (and transport errors) as failures.
+struct SteadyLoad {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    fn start(url: String) -> SteadyLoad {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let clients = (0..4)
+            .map(|_| {
+                let (url, ok, failed, mut stopped) =
+                    (url.clone(), ok.clone(), failed.clone(), stopped.clone());
+                tokio::spawn(async move {
+                    let client = http_client();
+                    while !*stopped.borrow_and_update() {
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => {
+                                eprintln!("failed: {}", r.status());
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("failed: {e}");
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        SteadyLoad {
+            ok,
+            failed,
+            stop,
+            clients,
+        }
+    }
+
+    /// Stops the clients; returns (answered 200, failed).
+    async fn stop(self) -> (u64, u64) {
+        self.stop.send(true).unwrap();
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A config whose stable route (`GET /v1/shelves/{shelf}`) comes last, after
+/// `/v2/shelves/{shelf}`, and the byte offset where that last route starts:
+/// cut there, the file is valid TOML that lacks the route under load.
+fn two_route_config(backend: &str) -> (String, usize) {
+    let v2 = r#"
+[[routes]]
+method = "GET"
+path = "/v2/shelves/{shelf}"
+grpc = "example.bookstore.v1.Bookstore/GetShelf"
+"#;
+    let text = base_config(backend, "", "");
+    let cut = text.find("[[routes]]").unwrap();
+    let full = format!("{}{v2}\n{}", &text[..cut], &text[cut..]);
+    let cut = full.rfind("[[routes]]").unwrap();
+    (full, cut)
+}
+
+/// A bookstore backend and a gateway on [`base_config`], with
+/// [`SteadyLoad`] on its stable route: (backend, routes.toml, gateway, load).
+async fn start_under_load(tag: &str) -> (String, PathBuf, RunningGateway, SteadyLoad) {
+    let backend = spawn_backend(bookstore::server(&bookstore_pool())).await;
+    let dir = temp_dir(tag);
+    copy_descriptors(&dir);
+    let config = dir.join("routes.toml");
+    std::fs::write(&config, base_config(&backend, "", "")).unwrap();
+    let gw = start(&config).await;
+    let load = SteadyLoad::start(format!("http://{}/v1/shelves/1", gw.rest));
+    (backend, config, gw, load)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_toml_written_in_pausing_chunks_is_never_loaded_half_done() {
+    use std::io::Write as _;
+    let (backend, config, gw, load) = start_under_load("reload-chunks").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (full, cut) = two_route_config(&backend);
+
+    // One writer holding the file open across a long pause (a slow copy):
+    // its first half is valid TOML and lacks the route under load.
+    let mut f = std::fs::File::create(&config).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    let took = wait_for_status(&format!("http://{}/v2/shelves/2", gw.rest), 200).await;
+    assert!(took < PICKUP, "the complete file took {took:?}");
+
+    // Two writes with a pause longer than the debounce between them (a
+    // script writing `>` then `>>`).
+    std::fs::write(&config, &full.as_bytes()[..cut]).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&config)
+        .unwrap();
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (ok, failed) = load.stop().await;
+    eprintln!("chunked writes under load: {ok} ok, {failed} failed");
+    assert!(ok > 50, "the load barely ran: {ok} requests");
+    assert_eq!(failed, 0, "a half-written routes.toml was served");
+    assert_eq!(
+        get(&format!("http://{}/v2/shelves/2", gw.rest)).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_routes_toml_is_refused_unless_allowed() {
+    let (_backend, config, gw, load) = start_under_load("reload-empty").await;
+    write_and_wait_for_refusal(&gw, &config, "", "the empty file").await;
+    let (ok, failed) = load.stop().await;
+    eprintln!("empty routes.toml under load: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "the empty file replaced the running config");
+    let last = gw.gw.reload.last.load();
+    let error = last
+        .as_ref()
+        .as_ref()
+        .and_then(|s| s.error.clone())
+        .unwrap();
+    assert!(
+        error.contains("no route") && error.contains("--allow-empty"),
+        "{error}"
+    );
+
+    // `gateway check` says the same, and --allow-empty accepts the file.
+    let check = |extra: &[&str]| {
+        std::process::Command::new(gateway_tests::gateway_bin())
+            .args(["check", "--config", config.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = check(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("routes.toml: routes: the configuration has no route"),
+        "{stderr}"
+    );
+    let allowed = check(&["--allow-empty"]);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,16 +392,7 @@ async fn broken_config_keeps_old_snapshot_and_admin_shows_the_error() {
         (good[..good.len() / 2].to_owned(), "routes.toml"),
     ];
     for (i, (text, expect)) in broken.iter().enumerate() {
-        let failed_before = gw.gw.reload.failed.load(Ordering::Relaxed);
-        std::fs::write(&config, text).unwrap();
-        let start_wait = Instant::now();
-        while gw.gw.reload.failed.load(Ordering::Relaxed) == failed_before {
-            assert!(
-                start_wait.elapsed() < PICKUP,
-                "broken file {i} was not noticed"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        write_and_wait_for_refusal(&gw, &config, text, &format!("broken file {i}")).await;
         let (status, body) = get(&url).await;
         assert_eq!(
             status, 200,
