@@ -209,7 +209,9 @@ fn merge_reflected(pool: &mut DescriptorPool, backend: &str, reflected: &Reflect
 }
 
 fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErrors> {
-    let mut errors = Vec::new();
+    // Unknown keys first, so they come out in the order of the file's own
+    // problems and no typo hides behind another error.
+    let mut errors = file.unknown_keys.clone();
     let server = &file.config.server;
     let listen = file.listen().map_err(|e| errors.push(e)).ok();
 

@@ -94,6 +94,51 @@ body = "nothere"
     );
 }
 
+/// One typo used to stop the parse and hide every other problem: two
+/// unknown keys and an unknown backend now come out together, each with its
+/// line, the typos with the key they were meant to be.
+#[test]
+fn check_reports_unknown_keys_with_every_other_error() {
+    let cfg = format!(
+        r#"[server]
+descriptors = "{}"
+wacth = false
+
+[backends.echo]
+endpoints = ["127.0.0.1:1"]
+services = ["testing.v1.Echo"]
+
+[[routes]]
+method = "GET"
+path = "/v1/a"
+grpc = "testing.v1.Echo/Echo"
+backend = "nosuch"
+timout = "1s"
+"#,
+        toml_path(&testing_descriptors())
+    );
+    let path = write_config(&cfg);
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let p = path.display().to_string();
+    for (needle, want) in [
+        (
+            "wacth",
+            "server.wacth: unknown key \"wacth\"; did you mean \"watch\"?",
+        ),
+        (
+            "timout",
+            "routes[0].timout: unknown key \"timout\"; did you mean \"timeout\"?",
+        ),
+        ("nosuch", "routes[0].backend: "),
+    ] {
+        let want = format!("{p}:{}: {want}", line_of(&cfg, needle));
+        assert!(stderr.contains(&want), "stderr lacks {want:?}:\n{stderr}");
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
 #[test]
 fn check_with_a_missing_config_file_fails_clearly() {
     let out = run(&["check", "--config", "/nonexistent/routes.toml"]);
