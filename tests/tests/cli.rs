@@ -139,6 +139,36 @@ timout = "1s"
     assert!(stderr.contains("3 error(s)"), "{stderr}");
 }
 
+/// etcd's own rpc.proto binds Hash and HashKV to one path: a team dropping
+/// in its descriptor set gets a warning, not a refused configuration.
+#[test]
+fn check_warns_about_conflicting_annotations_and_exits_zero() {
+    let cfg = format!(
+        r#"[server]
+descriptors = "{}"
+
+[backends.etcd]
+endpoints = ["127.0.0.1:1"]
+services = ["etcdserverpb.KV", "etcdserverpb.Maintenance"]
+"#,
+        toml_path(&gateway_tests::fixtures_dir().join("etcd/descriptors"))
+    );
+    let path = write_config(&cfg);
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: etcd/etcdserver/etcdserverpb/rpc.proto: etcdserverpb.Maintenance.HashKV \
+             (google.api.http): POST /v3/maintenance/hash is also bound by google.api.http on \
+             etcdserverpb.Maintenance.Hash (POST /v3/maintenance/hash), which wins"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(stdout.contains(", 1 warning(s))"), "{stdout}");
+}
+
 #[test]
 fn check_with_a_missing_config_file_fails_clearly() {
     let out = run(&["check", "--config", "/nonexistent/routes.toml"]);
