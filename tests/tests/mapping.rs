@@ -735,6 +735,58 @@ async fn unknown_fields_ignore_drops_unknown_json_fields_and_query_parameters() 
     assert_eq!(r.ok(), &json!({"int32Field": 2}));
 }
 
+/// README, "Two choices": with `unknown_fields = "ignore"` an enum name the
+/// descriptors do not know is dropped from a JSON body like an unknown field
+/// (the field keeps its default; a list keeps its other elements), as
+/// protojson's DiscardUnknown does. A query or path value is not JSON: there
+/// it stays a 400, as in grpc-gateway.
+#[tokio::test]
+async fn unknown_fields_ignore_drops_unknown_enum_names() {
+    let gw = TestGateway::echo("unknown_fields = \"ignore\"").await;
+    let r = gw
+        .post(
+            "/v1/echo",
+            &json!({"color": "PURPLE", "colors": ["RED", "PURPLE", "BLUE"], "stringField": "x"}),
+        )
+        .await;
+    assert_eq!(
+        r.ok(),
+        &json!({"colors": ["RED", "BLUE"], "stringField": "x"})
+    );
+    gw.get("/v1/echo?color=PURPLE").await.assert_error(
+        400,
+        3,
+        "query parameter \"color\": \"PURPLE\" is not a value of testing.v1.Color",
+    );
+    gw.get("/v1/color/PURPLE")
+        .await
+        .assert_error(400, 3, "PURPLE");
+    // A known name still sets the field.
+    let r = gw.get("/v1/echo?color=GREEN").await;
+    assert_eq!(r.ok(), &json!({"color": "GREEN"}));
+}
+
+/// README, "Two choices": a query parameter naming a field the path already
+/// binds is refused, in both `unknown_fields` modes (grpc-gateway lets the
+/// path value win silently); the field is known, so "ignore" does not apply.
+#[tokio::test]
+async fn query_setting_a_path_bound_field_is_refused_in_both_modes() {
+    for server in ["", "unknown_fields = \"ignore\""] {
+        let gw = TestGateway::echo(server).await;
+        gw.get("/v1/single/x?stringField=y").await.assert_error(
+            400,
+            3,
+            "query parameter \"stringField\" sets a field that the path or body already binds",
+        );
+        gw.get("/v1/deep/x?inner.deeper.value=y")
+            .await
+            .assert_error(400, 3, "already binds");
+        // Without the query the path value goes through.
+        let r = gw.get("/v1/single/x").await;
+        assert_eq!(r.ok(), &json!({"stringField": "x"}));
+    }
+}
+
 #[tokio::test]
 async fn unknown_fields_reject_is_the_default() {
     let gw = TestGateway::echo("").await;
