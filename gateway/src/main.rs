@@ -112,12 +112,19 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
+            for w in &snapshot.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
-                "{}: ok ({} routes, {} backends, {} descriptor files)",
+                "{}: ok ({} routes, {} backends, {} descriptor files{})",
                 cli.config.display(),
                 snapshot.routes.len(),
                 snapshot.backends.len(),
-                snapshot.descriptor_files.len()
+                snapshot.descriptor_files.len(),
+                match snapshot.warnings.len() {
+                    0 => String::new(),
+                    n => format!(", {n} warning(s)"),
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -177,6 +184,7 @@ async fn serve(
     telemetry: &gateway::config::TelemetryConfig,
     allow_empty: bool,
 ) -> anyhow::Result<ExitCode> {
+    s.log_warnings();
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
         .with_context(|| {

@@ -212,6 +212,7 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
             if snapshot.worker_threads != current.worker_threads {
                 tracing::warn!("server.worker_threads changed in the config; it takes effect at the next restart");
             }
+            snapshot.log_warnings();
             gw.swap(snapshot);
             state.succeeded.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::metrics::record_reload(true, version);

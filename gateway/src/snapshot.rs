@@ -121,6 +121,10 @@ pub struct Snapshot {
     pub edge: crate::edge::Edge,
     /// `[openapi]`, and the generated document once rendered.
     pub openapi: crate::openapi::Settings,
+    /// Problems that do not refuse the config (annotations binding a method
+    /// and path another annotation already binds): printed by `check`,
+    /// logged at start and reload, listed by /admin/routes.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -163,6 +167,13 @@ pub struct BuildContext<'a> {
 }
 
 impl Snapshot {
+    /// Logs each of [`Snapshot::warnings`] once, when the snapshot goes live.
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            tracing::warn!(warning = %w, "configuration warning");
+        }
+    }
+
     /// Reads `routes.toml` and the descriptors it names, and checks all of it.
     /// Every problem found is returned, not just the first. Needs a tokio
     /// runtime (backend channels are created here, lazily connected).
@@ -209,7 +220,9 @@ fn merge_reflected(pool: &mut DescriptorPool, backend: &str, reflected: &Reflect
 }
 
 fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErrors> {
-    let mut errors = Vec::new();
+    // Unknown keys first, so they come out in the order of the file's own
+    // problems and no typo hides behind another error.
+    let mut errors = file.unknown_keys.clone();
     let server = &file.config.server;
     let listen = file.listen().map_err(|e| errors.push(e)).ok();
 
@@ -429,7 +442,11 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         }
     }
 
+    let mut warnings = Vec::new();
     if server.routes_from_annotations {
+        // Services in full-name order (a BTreeMap), methods in declaration
+        // order, a method's main binding before its additional ones: the
+        // order that decides which of two conflicting annotations is served.
         for (svc_name, backend_name) in &service_owner {
             let (Some(service), Some(backend)) = (
                 pool.get_service_by_name(svc_name),
@@ -483,12 +500,17 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
                         Err(c) if matches!(c.existing.source, RouteSource::File { .. }) => {
                             tracing::debug!(route = %route.template, "annotation overridden by routes.toml");
                         }
-                        Err(c) => errors.push(ConfigError::new(
-                            &descriptors_dir,
+                        // Two annotations: third-party protos have these
+                        // (etcd binds Hash and HashKV to one path), and
+                        // refusing the whole config for them would take
+                        // nothing live. The first binding wins, as in
+                        // grpc-gateway, in the order this loop runs.
+                        Err(c) => warnings.push(ConfigError::new(
+                            Path::new(method.parent_file().name()),
                             None,
                             name.clone(),
                             format!(
-                                "{} {} collides with {} ({} {})",
+                                "{} {} is also bound by {} ({} {}), which wins (annotations are taken by service full name, then method declaration order); this binding is not served. A [[routes]] entry for this method and path chooses instead",
                                 route.method,
                                 route.template,
                                 c.existing.source,
@@ -539,6 +561,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
             .use_proto_field_name(server.proto_field_names),
         openapi,
         edge,
+        warnings,
     })
 }
 

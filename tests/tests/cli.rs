@@ -94,6 +94,81 @@ body = "nothere"
     );
 }
 
+/// One typo used to stop the parse and hide every other problem: two
+/// unknown keys and an unknown backend now come out together, each with its
+/// line, the typos with the key they were meant to be.
+#[test]
+fn check_reports_unknown_keys_with_every_other_error() {
+    let cfg = format!(
+        r#"[server]
+descriptors = "{}"
+wacth = false
+
+[backends.echo]
+endpoints = ["127.0.0.1:1"]
+services = ["testing.v1.Echo"]
+
+[[routes]]
+method = "GET"
+path = "/v1/a"
+grpc = "testing.v1.Echo/Echo"
+backend = "nosuch"
+timout = "1s"
+"#,
+        toml_path(&testing_descriptors())
+    );
+    let path = write_config(&cfg);
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let p = path.display().to_string();
+    for (needle, want) in [
+        (
+            "wacth",
+            "server.wacth: unknown key \"wacth\"; did you mean \"watch\"?",
+        ),
+        (
+            "timout",
+            "routes[0].timout: unknown key \"timout\"; did you mean \"timeout\"?",
+        ),
+        ("nosuch", "routes[0].backend: "),
+    ] {
+        let want = format!("{p}:{}: {want}", line_of(&cfg, needle));
+        assert!(stderr.contains(&want), "stderr lacks {want:?}:\n{stderr}");
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
+/// etcd's own rpc.proto binds Hash and HashKV to one path: a team dropping
+/// in its descriptor set gets a warning, not a refused configuration.
+#[test]
+fn check_warns_about_conflicting_annotations_and_exits_zero() {
+    let cfg = format!(
+        r#"[server]
+descriptors = "{}"
+
+[backends.etcd]
+endpoints = ["127.0.0.1:1"]
+services = ["etcdserverpb.KV", "etcdserverpb.Maintenance"]
+"#,
+        toml_path(&gateway_tests::fixtures_dir().join("etcd/descriptors"))
+    );
+    let path = write_config(&cfg);
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: etcd/etcdserver/etcdserverpb/rpc.proto: etcdserverpb.Maintenance.HashKV \
+             (google.api.http): POST /v3/maintenance/hash is also bound by google.api.http on \
+             etcdserverpb.Maintenance.Hash (POST /v3/maintenance/hash), which wins"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(stdout.contains(", 1 warning(s))"), "{stdout}");
+}
+
 #[test]
 fn check_with_a_missing_config_file_fails_clearly() {
     let out = run(&["check", "--config", "/nonexistent/routes.toml"]);

@@ -279,3 +279,68 @@ async fn credentials_with_a_wildcard_origin_is_a_config_error_not_a_panic() {
         .to_string();
     assert!(err.contains("cors.allowed_origins"), "{err}");
 }
+
+/// With only origins configured, the default lists let a traced page send
+/// its correlation headers and read the gateway's answers to them.
+#[tokio::test]
+async fn default_lists_let_pages_send_and_read_request_ids_and_trace_context() {
+    let (backend, _) = counting_backend().await;
+    let sections = "[cors]\nallowed_origins = [\"https://app.example.com\"]\n";
+    let routes =
+        "[[routes]]\nmethod = \"GET\"\npath = \"/v1/echo\"\ngrpc = \"testing.v1.Echo/Echo\"\n";
+    let config = edge_config(sections, routes);
+    let gw = TestGateway::start_with(&config, &backend, &testing_descriptors()).await;
+    let r = gw
+        .request(
+            "OPTIONS",
+            "/v1/echo",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+                (
+                    "access-control-request-headers",
+                    "traceparent,tracestate,x-request-id",
+                ),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.text, "");
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        "authorization,content-type,traceparent,tracestate,x-request-id"
+    );
+    let r = gw
+        .request(
+            "GET",
+            "/v1/echo",
+            &[
+                ("origin", "https://app.example.com"),
+                ("x-request-id", "page-42"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+            None,
+        )
+        .await;
+    r.ok();
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        "ratelimit,ratelimit-policy,retry-after,traceresponse,www-authenticate,x-request-id"
+    );
+    // The headers the page may now read are there to read.
+    assert_eq!(r.header("x-request-id"), "page-42");
+    assert!(
+        r.header("traceresponse")
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{}",
+        r.header("traceresponse")
+    );
+}

@@ -735,6 +735,58 @@ async fn unknown_fields_ignore_drops_unknown_json_fields_and_query_parameters() 
     assert_eq!(r.ok(), &json!({"int32Field": 2}));
 }
 
+/// README, "Two choices": with `unknown_fields = "ignore"` an enum name the
+/// descriptors do not know is dropped from a JSON body like an unknown field
+/// (the field keeps its default; a list keeps its other elements), as
+/// protojson's DiscardUnknown does. A query or path value is not JSON: there
+/// it stays a 400, as in grpc-gateway.
+#[tokio::test]
+async fn unknown_fields_ignore_drops_unknown_enum_names() {
+    let gw = TestGateway::echo("unknown_fields = \"ignore\"").await;
+    let r = gw
+        .post(
+            "/v1/echo",
+            &json!({"color": "PURPLE", "colors": ["RED", "PURPLE", "BLUE"], "stringField": "x"}),
+        )
+        .await;
+    assert_eq!(
+        r.ok(),
+        &json!({"colors": ["RED", "BLUE"], "stringField": "x"})
+    );
+    gw.get("/v1/echo?color=PURPLE").await.assert_error(
+        400,
+        3,
+        "query parameter \"color\": \"PURPLE\" is not a value of testing.v1.Color",
+    );
+    gw.get("/v1/color/PURPLE")
+        .await
+        .assert_error(400, 3, "PURPLE");
+    // A known name still sets the field.
+    let r = gw.get("/v1/echo?color=GREEN").await;
+    assert_eq!(r.ok(), &json!({"color": "GREEN"}));
+}
+
+/// README, "Two choices": a query parameter naming a field the path already
+/// binds is refused, in both `unknown_fields` modes (grpc-gateway lets the
+/// path value win silently); the field is known, so "ignore" does not apply.
+#[tokio::test]
+async fn query_setting_a_path_bound_field_is_refused_in_both_modes() {
+    for server in ["", "unknown_fields = \"ignore\""] {
+        let gw = TestGateway::echo(server).await;
+        gw.get("/v1/single/x?stringField=y").await.assert_error(
+            400,
+            3,
+            "query parameter \"stringField\" sets a field that the path or body already binds",
+        );
+        gw.get("/v1/deep/x?inner.deeper.value=y")
+            .await
+            .assert_error(400, 3, "already binds");
+        // Without the query the path value goes through.
+        let r = gw.get("/v1/single/x").await;
+        assert_eq!(r.ok(), &json!({"stringField": "x"}));
+    }
+}
+
 #[tokio::test]
 async fn unknown_fields_reject_is_the_default() {
     let gw = TestGateway::echo("").await;
@@ -900,4 +952,131 @@ async fn http2_cleartext_clients_are_served() {
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body, json!({"stringField": "h2"}));
+}
+
+/// etcd's published v3 API (tests/fixtures/etcd: built from Debian's
+/// golang-etcd-server-dev by build.sh there), whose annotations bind both
+/// Maintenance.Hash and Maintenance.HashKV to POST /v3/maintenance/hash.
+mod etcd {
+    use std::path::PathBuf;
+
+    use gateway::example::{BoxFuture, DynamicServer};
+    use prost_reflect::{DynamicMessage, MethodDescriptor, Value};
+    use tonic::{Request, Response};
+
+    pub const CONFIG: &str = r#"[server]
+listen = "127.0.0.1:0"
+descriptors = "{descriptors}"
+watch = false
+
+[admin]
+enabled = false
+
+[backends.etcd]
+endpoints = ["{backend}"]
+services = ["etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Cluster", "etcdserverpb.Maintenance", "etcdserverpb.Auth"]
+"#;
+
+    pub fn descriptors() -> PathBuf {
+        gateway_tests::fixtures_dir().join("etcd/descriptors")
+    }
+
+    /// Maintenance: Hash answers hash 111, HashKV hash 222, so a reply tells
+    /// which method the gateway called.
+    pub async fn backend() -> String {
+        let pool = gateway::descriptors::load_dir(&descriptors())
+            .expect("the etcd fixture loads")
+            .pool;
+        let server = DynamicServer::new(
+            &pool,
+            &["etcdserverpb.Maintenance"],
+            |method: &MethodDescriptor, _req: Request<DynamicMessage>| {
+                let mut reply = DynamicMessage::new(method.output());
+                let hash = if method.name() == "HashKV" { 222 } else { 111 };
+                reply.set_field_by_name("hash", Value::U32(hash));
+                Box::pin(async move { Ok(Response::new(reply)) }) as BoxFuture<_>
+            },
+        );
+        gateway_tests::spawn_backend(server).await
+    }
+}
+
+#[tokio::test]
+async fn conflicting_annotations_serve_the_first_binding_and_warn() {
+    let backend = etcd::backend().await;
+    let text = gateway_tests::render_config(etcd::CONFIG, &backend, &etcd::descriptors());
+    let path = gateway_tests::write_config(&text);
+    let snapshot = gateway::snapshot::Snapshot::load(&path)
+        .unwrap_or_else(|e| panic!("a conflict between annotations refused the config:\n{e}"));
+    let warnings: Vec<String> = snapshot.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["etcd/etcdserver/etcdserverpb/rpc.proto: etcdserverpb.Maintenance.HashKV (google.api.http): \
+          POST /v3/maintenance/hash is also bound by google.api.http on etcdserverpb.Maintenance.Hash \
+          (POST /v3/maintenance/hash), which wins (annotations are taken by service full name, then \
+          method declaration order); this binding is not served. A [[routes]] entry for this method \
+          and path chooses instead"]
+    );
+    // /admin/routes lists the warning beside the routes.
+    let gw = gateway::server::Gateway::new(snapshot);
+    let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rest_addr = rest.local_addr().unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(gateway::server::run(rest, Some(admin), gw, async {
+        let _ = stopped.await;
+    }));
+    let client = gateway_tests::http_client();
+    let v: serde_json::Value = client
+        .get(format!("http://{admin_addr}/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["warnings"], json!(warnings), "{v}");
+    let hash_routes: Vec<&serde_json::Value> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == "/v3/maintenance/hash")
+        .collect();
+    assert_eq!(hash_routes.len(), 1, "{hash_routes:?}");
+    assert_eq!(hash_routes[0]["grpc"], "etcdserverpb.Maintenance/Hash");
+    // The first binding (Hash) serves the path.
+    let r = client
+        .post(format!("http://{rest_addr}/v3/maintenance/hash"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"hash": 111})
+    );
+    let _ = stop.send(());
+    let _ = running.await;
+}
+
+#[tokio::test]
+async fn routes_toml_pins_the_choice_between_conflicting_annotations() {
+    let backend = etcd::backend().await;
+    let template = format!(
+        "{}\n[[routes]]\nmethod = \"POST\"\npath = \"/v3/maintenance/hash\"\n\
+         grpc = \"etcdserverpb.Maintenance/HashKV\"\nbody = \"*\"\n",
+        etcd::CONFIG
+    );
+    let text = gateway_tests::render_config(&template, &backend, &etcd::descriptors());
+    let path = gateway_tests::write_config(&text);
+    let snapshot = gateway::snapshot::Snapshot::load(&path).unwrap();
+    // Both annotations give way to the file's route: nothing to warn about.
+    assert!(snapshot.warnings.is_empty(), "{:?}", snapshot.warnings);
+    let gw = TestGateway::serve(snapshot, &backend, path).await;
+    let r = gw
+        .post("/v3/maintenance/hash", &json!({"revision": "7"}))
+        .await;
+    assert_eq!(r.ok(), &json!({"hash": 222}));
 }

@@ -85,9 +85,11 @@ pub struct CorsConfig {
     /// route table binds for the path); the preflight answer lists the
     /// methods both allowed here and bound for the path.
     pub allowed_methods: Option<Vec<Spanned<String>>>,
-    /// Request headers browsers may send (default: `authorization`, `content-type`).
+    /// Request headers browsers may send (default: `authorization`,
+    /// `content-type`, `traceparent`, `tracestate`, `x-request-id`).
     pub allowed_headers: Option<Vec<Spanned<String>>>,
-    /// Response headers scripts may read (default: the rate-limit fields).
+    /// Response headers scripts may read (default: the rate-limit fields,
+    /// `www-authenticate`, `traceresponse`, `x-request-id`).
     pub exposed_headers: Option<Vec<Spanned<String>>>,
     /// Let browsers send cookies and read answers to credentialed requests.
     pub allow_credentials: Option<bool>,

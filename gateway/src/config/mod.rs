@@ -8,6 +8,7 @@
 mod duration;
 mod edge;
 mod error;
+mod parse;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -558,6 +559,11 @@ pub struct LoadedFile {
     pub path: PathBuf,
     pub config: FileConfig,
     pub lines: LineIndex,
+    /// Unknown keys, each with its line and the nearest known key. The config
+    /// was built without them so that the later checks can run; the snapshot
+    /// build reports them first among its errors, so a file with any is
+    /// still refused.
+    pub unknown_keys: Vec<ConfigError>,
     /// FNV-1a 64 of the file's bytes.
     pub hash: u64,
 }
@@ -576,16 +582,20 @@ impl LoadedFile {
         Self::parse(path, &text)
     }
 
+    /// Parses `text`; fails with every unknown key and wrong value found when
+    /// no config can be built, and otherwise keeps the unknown keys in
+    /// [`LoadedFile::unknown_keys`].
     pub fn parse(path: &Path, text: &str) -> Result<LoadedFile, ConfigErrors> {
         let lines = LineIndex::new(text);
-        let config: FileConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| lines.line(s.start));
-            ConfigErrors::one(ConfigError::new(path, line, "", e.message().trim()))
-        })?;
+        let parsed = parse::parse(path, text, &lines);
+        let Some(config) = parsed.config else {
+            return Err(ConfigErrors(parsed.errors));
+        };
         Ok(LoadedFile {
             path: path.to_owned(),
             config,
             lines,
+            unknown_keys: parsed.errors,
             hash: fnv1a(text.as_bytes()),
         })
     }
@@ -702,13 +712,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_is_rejected_with_its_line() {
+    fn unknown_key_is_kept_with_its_line() {
         let src = "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n";
-        let err = LoadedFile::parse(Path::new("r.toml"), src).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("r.toml:3") && text.contains("lisen"),
-            "{text}"
+        let f = LoadedFile::parse(Path::new("r.toml"), src).unwrap();
+        let text = ConfigErrors(f.unknown_keys).to_string();
+        assert_eq!(
+            text,
+            "r.toml:3: server.lisen: unknown key \"lisen\"; did you mean \"listen\"?"
         );
     }
 

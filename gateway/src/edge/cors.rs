@@ -30,14 +30,26 @@ use crate::transcode::RpcStatus;
 /// (Chromium caps it at 2 h anyway).
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
 
-/// What browsers may send by default besides CORS-safelisted headers.
-pub const DEFAULT_ALLOWED_HEADERS: &[&str] = &["authorization", "content-type"];
-/// What scripts may read by default besides CORS-safelisted headers.
+/// What browsers may send by default besides CORS-safelisted headers: the
+/// credentials and body type, and the correlation headers the gateway reads
+/// (`x-request-id`, W3C Trace Context), so a traced page is not refused.
+pub const DEFAULT_ALLOWED_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+/// What scripts may read by default besides CORS-safelisted headers: the
+/// rate-limit and authentication answers, and the correlation headers the
+/// gateway sets on every answer, so a page can report which request failed.
 pub const DEFAULT_EXPOSED_HEADERS: &[&str] = &[
     "ratelimit",
     "ratelimit-policy",
     "retry-after",
+    "traceresponse",
     "www-authenticate",
+    "x-request-id",
 ];
 
 /// One origin rule: exact, or with `*` for a leading host label run or the port.
