@@ -591,3 +591,106 @@ scopes = ["a"]
     }
     assert!(err.contains("routes.toml:"), "{err}");
 }
+
+/// Signs `payload` as it is with the main issuer's RSA key and checks the
+/// token is refused as invalid before any backend is called.
+async fn assert_claims_refused(payload: serde_json::Value, contains: &str) {
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let r = bearer(&s.gw, "/v1/echo", &rsa.sign(&payload)).await;
+    assert_invalid_token(&r, contains);
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        0,
+        "{payload}: reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn jwt_without_aud_is_refused_when_the_issuer_lists_audiences() {
+    assert_claims_refused(
+        json!({"iss": ISS, "sub": "a", "exp": now() + 600}),
+        "invalid token: the token has no \"aud\" claim (issuer \"https://issuer.test\" needs one)",
+    )
+    .await;
+    // An issuer without `audiences` checks none (its token has no aud).
+    let s = setup().await;
+    let hs = sign_hs256(
+        SECRET.as_bytes(),
+        &json!({"iss": "https://hmac.test", "sub": "h", "exp": now() + 60}),
+    );
+    bearer(&s.gw, "/v1/echo", &hs).await.ok();
+}
+
+#[tokio::test]
+async fn jwt_with_an_aud_that_is_not_a_string_or_list_of_strings_is_refused() {
+    for aud in [
+        json!(42),
+        json!(null),
+        json!([]),
+        json!(["gateway-tests", 1]),
+    ] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": aud, "sub": "a", "exp": now() + 600}),
+            "invalid token: the \"aud\" claim is not a string or a list of strings",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_without_iss_is_refused() {
+    assert_claims_refused(
+        json!({"aud": "gateway-tests", "sub": "a", "exp": now() + 600}),
+        "invalid token: the token has no \"iss\" claim",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_with_an_iss_that_is_not_a_string_is_refused() {
+    assert_claims_refused(
+        json!({"iss": [ISS], "aud": "gateway-tests", "sub": "a", "exp": now() + 600}),
+        "invalid token: the \"iss\" claim is not a string",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_with_an_exp_that_is_not_a_number_is_refused() {
+    for exp in [json!((now() + 600).to_string()), json!(null), json!(-1)] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": "gateway-tests", "sub": "a", "exp": exp}),
+            "invalid token: the \"exp\" claim is not a NumericDate",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_with_an_nbf_that_is_not_a_number_is_refused() {
+    for nbf in [json!("0"), json!(null), json!({"at": 0})] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": "gateway-tests", "sub": "a", "exp": now() + 600, "nbf": nbf}),
+            "invalid token: the \"nbf\" claim is not a NumericDate",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_with_an_iat_that_is_not_a_number_is_refused() {
+    for iat in [json!("yesterday"), json!(null), json!(true)] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": "gateway-tests", "sub": "a", "exp": now() + 600, "iat": iat}),
+            "invalid token: the \"iat\" claim is not a NumericDate",
+        )
+        .await;
+    }
+    // A fractional NumericDate is a number all the same (RFC 7519 section 2).
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let mut c = claims(ISS, "a");
+    c["iat"] = json!(now() as f64 - 0.5);
+    bearer(&s.gw, "/v1/echo", &rsa.sign(&c)).await.ok();
+}
