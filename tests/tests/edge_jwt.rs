@@ -55,6 +55,13 @@ forward_headers = ["authorization", "cookie", "x-jwt-sub"]
 
 [[routes]]
 method = "GET"
+path = "/v1/meta-unforwarded"
+grpc = "testing.v1.Echo/Meta"
+auth = "required"
+forward_claims = []
+
+[[routes]]
+method = "GET"
 path = "/v1/open-meta"
 grpc = "testing.v1.Echo/Meta"
 forward_headers = ["x-jwt-sub"]
@@ -693,4 +700,43 @@ async fn jwt_with_an_iat_that_is_not_a_number_is_refused() {
     let mut c = claims(ISS, "a");
     c["iat"] = json!(now() as f64 - 0.5);
     bearer(&s.gw, "/v1/echo", &rsa.sign(&c)).await.ok();
+}
+
+#[tokio::test]
+async fn jwt_whose_forwarded_sub_has_cr_lf_is_refused_naming_the_claim() {
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let token = rsa.sign(&claims(ISS, "alice\r\nx-jwt-role: admin"));
+    let r = bearer(&s.gw, "/v1/meta", &token).await;
+    assert_invalid_token(
+        &r,
+        "invalid token: the \"sub\" claim cannot be forwarded as gRPC metadata: it holds a control character",
+    );
+    assert_eq!(s.calls.load(Ordering::SeqCst), 0, "reached the backend");
+    // A route that forwards no claim has nothing to lose: the token is fine.
+    let r = bearer(&s.gw, "/v1/meta-unforwarded", &token).await;
+    let md = &r.ok()["metadata"];
+    assert!(md.get("x-jwt-sub").is_none(), "{md}");
+}
+
+#[tokio::test]
+async fn jwt_whose_forwarded_sub_is_not_ascii_is_refused_naming_the_claim() {
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&claims(ISS, "José"))).await;
+    assert_invalid_token(
+        &r,
+        "invalid token: the \"sub\" claim cannot be forwarded as gRPC metadata: it is not ASCII",
+    );
+    // Any forwarded claim, not only sub.
+    let mut c = claims(ISS, "jose");
+    c["email"] = json!("josé@example.com");
+    let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&c)).await;
+    assert_invalid_token(&r, "the \"email\" claim cannot be forwarded");
+    assert_eq!(s.calls.load(Ordering::SeqCst), 0, "reached the backend");
+    // Claims the route does not forward may hold anything.
+    let mut c = claims(ISS, "jose");
+    c["name"] = json!("José\n");
+    let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&c)).await;
+    assert_eq!(r.ok()["metadata"]["x-jwt-sub"], "jose");
 }

@@ -582,7 +582,7 @@ fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
 
 /// A claim as one metadata value: strings as they are, lists joined by
 /// commas, other values as JSON.
-pub fn claim_text(v: &Value) -> String {
+fn claim_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(items) => items
@@ -595,6 +595,28 @@ pub fn claim_text(v: &Value) -> String {
             .join(","),
         other => other.to_string(),
     }
+}
+
+/// A forwarded claim as a gRPC metadata value. gRPC's ASCII-Value is
+/// printable ASCII (0x20-0x7E); a claim outside it (a `sub` with CR/LF, a
+/// non-ASCII name) is refused with the token rather than dropped or sent as
+/// raw bytes: a route that forwards an identity never reaches its backend
+/// without it, nor with one the backend may read differently.
+pub fn claim_metadata(name: &str, v: &Value) -> Result<HeaderValue, AuthError> {
+    let text = claim_text(v);
+    let refuse = |what: &str| {
+        AuthError::invalid(format!(
+            "the \"{name}\" claim cannot be forwarded as gRPC metadata: it {what}"
+        ))
+    };
+    if let Some(b) = text.bytes().find(|b| !(b' '..=b'~').contains(b)) {
+        return Err(refuse(if b.is_ascii() {
+            "holds a control character"
+        } else {
+            "is not ASCII"
+        }));
+    }
+    HeaderValue::try_from(text).map_err(|_| refuse("is not a valid header value"))
 }
 
 /// An HS256 token signed with a fixed secret, valid until 2100.
