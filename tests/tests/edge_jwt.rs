@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_tests::edge::{
-    claims, counting_backend, edge_config, keys, now, raw_token, sign_hs256, Jwks, TestKey,
+    claims, counting_backend, edge_config, keys, now, raw_token, sign_hs256, Jwks, LoggingGateway,
+    TestKey,
 };
 use gateway_tests::{temp_dir, testing_descriptors, toml_path, Reply, TestGateway};
 use serde_json::json;
@@ -817,4 +818,94 @@ async fn jwt_whose_forwarded_sub_is_not_ascii_is_refused_naming_the_claim() {
     c["name"] = json!("José\n");
     let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&c)).await;
     assert_eq!(r.ok()["metadata"]["x-jwt-sub"], "jose");
+}
+
+/// A sub that would write a second access line, with quotes, a `key=value`,
+/// CR, an ANSI escape and DEL besides.
+const FORGING_SUB: &str = "alice\n2026-01-01T00:00:00.000000Z  INFO access: request request_id=forged http.status=200 jwt.sub=\"root\"\r\u{1b}[2K\u{7f}";
+
+/// Runs the gateway binary with `log_format`, sends one request with a
+/// validly signed token whose sub is `FORGING_SUB` and returns the log lines
+/// and the request id used.
+async fn log_of_a_forging_sub(log_format: &str) -> (Vec<String>, String) {
+    let (rsa, _, _) = keys();
+    let jwks = Jwks::start(&[rsa], "max-age=300").await;
+    let (backend, calls) = counting_backend().await;
+    let config = edge_config(
+        &format!(
+            r#"[telemetry]
+log_format = "{log_format}"
+
+[auth.issuers.main]
+issuer = "{ISS}"
+audiences = ["gateway-tests"]
+algorithms = ["RS256"]
+jwks_url = "{}"
+"#,
+            jwks.url
+        ),
+        r#"
+[[routes]]
+method = "GET"
+path = "/v1/echo"
+grpc = "testing.v1.Echo/Echo"
+auth = "required"
+forward_claims = []
+"#,
+    );
+    let config = gateway_tests::render_config(&config, &backend, &testing_descriptors());
+    let gw = LoggingGateway::start(&config).await;
+    let request_id = format!("log-injection-{log_format}");
+    let r = gateway_tests::http_client()
+        .get(gw.url("/v1/echo"))
+        .bearer_auth(rsa.sign(&claims(ISS, FORGING_SUB)))
+        .header("x-request-id", &request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    (gw.lines_after(&request_id).await, request_id)
+}
+
+/// The one line of the request; no other line carries the sub's text.
+#[track_caller]
+fn only_line_of(lines: &[String], request_id: &str) -> String {
+    let mine: Vec<&String> = lines.iter().filter(|l| l.contains(request_id)).collect();
+    assert_eq!(mine.len(), 1, "lines of the request:\n{}", lines.join("\n"));
+    let forged: Vec<&String> = lines.iter().filter(|l| l.contains("forged")).collect();
+    assert_eq!(forged, mine, "a forged line:\n{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains(['\u{1b}', '\u{7f}', '\r'])),
+        "raw control characters in the log:\n{}",
+        lines.join("\n")
+    );
+    mine[0].clone()
+}
+
+#[tokio::test]
+async fn a_newline_in_a_signed_sub_cannot_forge_a_text_access_log_line() {
+    let (lines, request_id) = log_of_a_forging_sub("text").await;
+    let line = only_line_of(&lines, &request_id);
+    let escaped = r#"jwt.sub="alice\n2026-01-01T00:00:00.000000Z  INFO access: request request_id=forged http.status=200 jwt.sub=\"root\"\r\u{1b}[2K\u{7f}""#;
+    assert!(line.contains(escaped), "{line}");
+    assert!(
+        line.contains(&format!("request_id={request_id} ")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_newline_in_a_signed_sub_is_escaped_in_the_json_access_log() {
+    let (lines, request_id) = log_of_a_forging_sub("json").await;
+    let line = only_line_of(&lines, &request_id);
+    let fields: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(fields["request_id"], json!(request_id));
+    assert_eq!(
+        fields["jwt.sub"],
+        json!(
+            r#"alice\n2026-01-01T00:00:00.000000Z  INFO access: request request_id=forged http.status=200 jwt.sub="root"\r\u{1b}[2K\u{7f}"#
+        ),
+        "{line}"
+    );
 }
