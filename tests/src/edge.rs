@@ -424,3 +424,104 @@ timeout = "5s"
 "#
     )
 }
+
+// ---------------------------------------------------------------------------
+// The gateway binary, for tests that read its log
+// ---------------------------------------------------------------------------
+
+/// `gateway serve` run as a process on a rendered routes.toml (its listener
+/// on port 0), with every stderr line kept for the test to read.
+pub struct LoggingGateway {
+    child: tokio::process::Child,
+    /// `host:port` of the REST listener, from the "listening on" line.
+    pub addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    config_path: std::path::PathBuf,
+}
+
+impl LoggingGateway {
+    /// Starts the binary on `config` (`{backend}` and `{descriptors}`
+    /// already replaced), with RUST_LOG unset so the config's log settings
+    /// apply, and waits for it to listen.
+    pub async fn start(config: &str) -> LoggingGateway {
+        use tokio::io::AsyncBufReadExt as _;
+        let path = crate::write_config(config);
+        let mut child = tokio::process::Command::new(crate::gateway_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn gateway");
+        let mut reader = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+        let kept = lines.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                        .collect();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                kept.lock().expect("lines").push(line);
+            }
+        });
+        let addr = match tokio::time::timeout(Duration::from_secs(20), rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => panic!(
+                "gateway did not report its address; stderr:\n{}",
+                lines.lock().expect("lines").join("\n")
+            ),
+        };
+        LoggingGateway {
+            child,
+            addr,
+            lines,
+            config_path: path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every line logged so far, once one containing `needle` is there (and
+    /// a moment more, for anything written just after it).
+    pub async fn lines_after(&self, needle: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .expect("lines")
+                .iter()
+                .any(|l| l.contains(needle));
+            if found {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return self.lines.lock().expect("lines").clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no log line contains {needle:?}:\n{}",
+                    self.lines.lock().expect("lines").join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for LoggingGateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        crate::remove_temp_parent(&self.config_path);
+    }
+}

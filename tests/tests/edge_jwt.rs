@@ -3,11 +3,13 @@
 //! HMAC secret from the environment; every kind of bad token; route scopes
 //! and claims; what reaches the backend.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_tests::edge::{
-    claims, counting_backend, edge_config, keys, now, raw_token, sign_hs256, Jwks, TestKey,
+    claims, counting_backend, edge_config, keys, now, raw_token, sign_hs256, Jwks, LoggingGateway,
+    TestKey,
 };
 use gateway_tests::{temp_dir, testing_descriptors, toml_path, Reply, TestGateway};
 use serde_json::json;
@@ -52,6 +54,13 @@ path = "/v1/meta"
 grpc = "testing.v1.Echo/Meta"
 auth = "required"
 forward_headers = ["authorization", "cookie", "x-jwt-sub"]
+
+[[routes]]
+method = "GET"
+path = "/v1/meta-unforwarded"
+grpc = "testing.v1.Echo/Meta"
+auth = "required"
+forward_claims = []
 
 [[routes]]
 method = "GET"
@@ -454,39 +463,116 @@ async fn jwks_key_rotation_mid_test_is_followed() {
     );
 }
 
+/// A gateway whose issuer uses the JWKS defaults (refetch bucket and
+/// interval included), with the keys `jwks` publishes.
+async fn default_jwks_gateway(jwks: &Jwks) -> (TestGateway, Arc<AtomicUsize>) {
+    let (backend, calls) = counting_backend().await;
+    let config = edge_config(
+        &format!(
+            r#"[auth.issuers.main]
+issuer = "{ISS}"
+audiences = ["gateway-tests"]
+algorithms = ["RS256", "EdDSA"]
+jwks_url = "{}"
+"#,
+            jwks.url
+        ),
+        r#"
+[[routes]]
+method = "GET"
+path = "/v1/echo"
+grpc = "testing.v1.Echo/Echo"
+auth = "required"
+"#,
+    );
+    let gw = TestGateway::start_with(&config, &backend, &testing_descriptors()).await;
+    (gw, calls)
+}
+
+/// Sends `n` tokens naming made-up kids, 25 at a time; each must be refused
+/// as an unknown key. No signing: the kid is looked up before the signature.
+async fn flood_of_made_up_kids(gw: &TestGateway, n: usize) {
+    let per_worker = n / 25;
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..25 {
+        let client = gw.client.clone();
+        let url = gw.url("/v1/echo");
+        workers.spawn(async move {
+            for i in 0..per_worker {
+                let kid = format!("made-up-{w}-{i}");
+                let header = json!({"alg": "RS256", "kid": kid});
+                let token = raw_token(&header, &claims(ISS, "x"), b"signature");
+                let r = client.get(&url).bearer_auth(token).send().await.unwrap();
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap();
+                assert_eq!(status, 401, "{body}");
+                assert!(
+                    body.contains(&format!("unknown key id \\\"{kid}\\\"")),
+                    "{body}"
+                );
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+}
+
 #[tokio::test]
-async fn a_flood_of_unknown_kids_costs_the_issuer_one_fetch_per_interval() {
-    let s = setup().await;
+async fn a_flood_of_a_thousand_made_up_kids_costs_the_issuer_a_few_fetches() {
     let (rsa, _, _) = keys();
+    let jwks = Jwks::start(&[rsa], "max-age=300").await;
+    let (gw, calls) = default_jwks_gateway(&jwks).await;
     // Let the start-up fetch land first.
-    bearer(&s.gw, "/v1/echo", &rsa.sign(&claims(ISS, "warm")))
+    bearer(&gw, "/v1/echo", &rsa.sign(&claims(ISS, "warm")))
         .await
         .ok();
-    let before = s.jwks.fetches();
-    let mut tasks = Vec::new();
-    for i in 0..60 {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(format!("bogus-{i}"));
-        let token = jsonwebtoken::encode(&header, &claims(ISS, "x"), &rsa.encoding).unwrap();
-        let client = s.gw.client.clone();
-        let url = s.gw.url("/v1/echo");
-        tasks.push(tokio::spawn(async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
+    let before = jwks.fetches();
+    let started = std::time::Instant::now();
+    flood_of_made_up_kids(&gw, 1000).await;
+    let took = started.elapsed();
+    let during = jwks.fetches() - before;
+    // The burst of 3, then one per 3 s interval while the flood lasts.
+    let allowed = 3 + took.as_secs() as usize / 3 + 1;
+    assert!(
+        during <= allowed.min(8),
+        "{during} JWKS fetches for 1,000 made-up kids in {took:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_real_rotation_right_after_a_kid_flood_is_accepted_within_seconds() {
+    let (rsa, _, _) = keys();
+    let jwks = Jwks::start(&[rsa], "max-age=300").await;
+    let (gw, calls) = default_jwks_gateway(&jwks).await;
+    bearer(&gw, "/v1/echo", &rsa.sign(&claims(ISS, "warm")))
+        .await
+        .ok();
+    let before = jwks.fetches();
+    flood_of_made_up_kids(&gw, 200).await;
+    // The flood used the refetches up (the made-up kids forced fetches).
+    assert!(jwks.fetches() > before, "the flood forced no refetch");
+    // The issuer rotates to a key the cache has never seen; its clients
+    // retry until the gateway takes it.
+    let rotated = TestKey::ed25519("rotated-after-flood");
+    jwks.publish(&[rsa, &rotated], "max-age=300");
+    let token = rotated.sign(&claims(ISS, "after-rotation"));
+    let published = std::time::Instant::now();
+    loop {
+        let r = bearer(&gw, "/v1/echo", &token).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_invalid_token(&r, "unknown key id \"rotated-after-flood\"");
+        assert!(
+            published.elapsed() < Duration::from_secs(5),
+            "the rotated key is still refused after {:?}",
+            published.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 401);
-    }
-    let during = s.jwks.fetches() - before;
-    assert!(during <= 2, "{during} JWKS fetches for 60 bogus kids");
-    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -590,4 +676,236 @@ scopes = ["a"]
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
     assert!(err.contains("routes.toml:"), "{err}");
+}
+
+/// Signs `payload` as it is with the main issuer's RSA key and checks the
+/// token is refused as invalid before any backend is called.
+async fn assert_claims_refused(payload: serde_json::Value, contains: &str) {
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let r = bearer(&s.gw, "/v1/echo", &rsa.sign(&payload)).await;
+    assert_invalid_token(&r, contains);
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        0,
+        "{payload}: reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn jwt_without_aud_is_refused_when_the_issuer_lists_audiences() {
+    assert_claims_refused(
+        json!({"iss": ISS, "sub": "a", "exp": now() + 600}),
+        "invalid token: the token has no \"aud\" claim (issuer \"https://issuer.test\" needs one)",
+    )
+    .await;
+    // An issuer without `audiences` checks none (its token has no aud).
+    let s = setup().await;
+    let hs = sign_hs256(
+        SECRET.as_bytes(),
+        &json!({"iss": "https://hmac.test", "sub": "h", "exp": now() + 60}),
+    );
+    bearer(&s.gw, "/v1/echo", &hs).await.ok();
+}
+
+#[tokio::test]
+async fn jwt_with_an_aud_that_is_not_a_string_or_list_of_strings_is_refused() {
+    for aud in [
+        json!(42),
+        json!(null),
+        json!([]),
+        json!(["gateway-tests", 1]),
+    ] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": aud, "sub": "a", "exp": now() + 600}),
+            "invalid token: the \"aud\" claim is not a string or a list of strings",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_without_iss_is_refused() {
+    assert_claims_refused(
+        json!({"aud": "gateway-tests", "sub": "a", "exp": now() + 600}),
+        "invalid token: the token has no \"iss\" claim",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_with_an_iss_that_is_not_a_string_is_refused() {
+    assert_claims_refused(
+        json!({"iss": [ISS], "aud": "gateway-tests", "sub": "a", "exp": now() + 600}),
+        "invalid token: the \"iss\" claim is not a string",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwt_with_an_exp_that_is_not_a_number_is_refused() {
+    for exp in [json!((now() + 600).to_string()), json!(null), json!(-1)] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": "gateway-tests", "sub": "a", "exp": exp}),
+            "invalid token: the \"exp\" claim is not a NumericDate",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_with_an_nbf_that_is_not_a_number_is_refused() {
+    for nbf in [json!("0"), json!(null), json!({"at": 0})] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": "gateway-tests", "sub": "a", "exp": now() + 600, "nbf": nbf}),
+            "invalid token: the \"nbf\" claim is not a NumericDate",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_with_an_iat_that_is_not_a_number_is_refused() {
+    for iat in [json!("yesterday"), json!(null), json!(true)] {
+        assert_claims_refused(
+            json!({"iss": ISS, "aud": "gateway-tests", "sub": "a", "exp": now() + 600, "iat": iat}),
+            "invalid token: the \"iat\" claim is not a NumericDate",
+        )
+        .await;
+    }
+    // A fractional NumericDate is a number all the same (RFC 7519 section 2).
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let mut c = claims(ISS, "a");
+    c["iat"] = json!(now() as f64 - 0.5);
+    bearer(&s.gw, "/v1/echo", &rsa.sign(&c)).await.ok();
+}
+
+#[tokio::test]
+async fn jwt_whose_forwarded_sub_has_cr_lf_is_refused_naming_the_claim() {
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let token = rsa.sign(&claims(ISS, "alice\r\nx-jwt-role: admin"));
+    let r = bearer(&s.gw, "/v1/meta", &token).await;
+    assert_invalid_token(
+        &r,
+        "invalid token: the \"sub\" claim cannot be forwarded as gRPC metadata: it holds a control character",
+    );
+    assert_eq!(s.calls.load(Ordering::SeqCst), 0, "reached the backend");
+    // A route that forwards no claim has nothing to lose: the token is fine.
+    let r = bearer(&s.gw, "/v1/meta-unforwarded", &token).await;
+    let md = &r.ok()["metadata"];
+    assert!(md.get("x-jwt-sub").is_none(), "{md}");
+}
+
+#[tokio::test]
+async fn jwt_whose_forwarded_sub_is_not_ascii_is_refused_naming_the_claim() {
+    let s = setup().await;
+    let (rsa, _, _) = keys();
+    let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&claims(ISS, "José"))).await;
+    assert_invalid_token(
+        &r,
+        "invalid token: the \"sub\" claim cannot be forwarded as gRPC metadata: it is not ASCII",
+    );
+    // Any forwarded claim, not only sub.
+    let mut c = claims(ISS, "jose");
+    c["email"] = json!("josé@example.com");
+    let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&c)).await;
+    assert_invalid_token(&r, "the \"email\" claim cannot be forwarded");
+    assert_eq!(s.calls.load(Ordering::SeqCst), 0, "reached the backend");
+    // Claims the route does not forward may hold anything.
+    let mut c = claims(ISS, "jose");
+    c["name"] = json!("José\n");
+    let r = bearer(&s.gw, "/v1/meta", &rsa.sign(&c)).await;
+    assert_eq!(r.ok()["metadata"]["x-jwt-sub"], "jose");
+}
+
+/// A sub that would write a second access line, with quotes, a `key=value`,
+/// CR, an ANSI escape and DEL besides.
+const FORGING_SUB: &str = "alice\n2026-01-01T00:00:00.000000Z  INFO access: request request_id=forged http.status=200 jwt.sub=\"root\"\r\u{1b}[2K\u{7f}";
+
+/// Runs the gateway binary with `log_format`, sends one request with a
+/// validly signed token whose sub is `FORGING_SUB` and returns the log lines
+/// and the request id used.
+async fn log_of_a_forging_sub(log_format: &str) -> (Vec<String>, String) {
+    let (rsa, _, _) = keys();
+    let jwks = Jwks::start(&[rsa], "max-age=300").await;
+    let (backend, calls) = counting_backend().await;
+    let config = edge_config(
+        &format!(
+            r#"[telemetry]
+log_format = "{log_format}"
+
+[auth.issuers.main]
+issuer = "{ISS}"
+audiences = ["gateway-tests"]
+algorithms = ["RS256"]
+jwks_url = "{}"
+"#,
+            jwks.url
+        ),
+        r#"
+[[routes]]
+method = "GET"
+path = "/v1/echo"
+grpc = "testing.v1.Echo/Echo"
+auth = "required"
+forward_claims = []
+"#,
+    );
+    let config = gateway_tests::render_config(&config, &backend, &testing_descriptors());
+    let gw = LoggingGateway::start(&config).await;
+    let request_id = format!("log-injection-{log_format}");
+    let r = gateway_tests::http_client()
+        .get(gw.url("/v1/echo"))
+        .bearer_auth(rsa.sign(&claims(ISS, FORGING_SUB)))
+        .header("x-request-id", &request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    (gw.lines_after(&request_id).await, request_id)
+}
+
+/// The one line of the request; no other line carries the sub's text.
+#[track_caller]
+fn only_line_of(lines: &[String], request_id: &str) -> String {
+    let mine: Vec<&String> = lines.iter().filter(|l| l.contains(request_id)).collect();
+    assert_eq!(mine.len(), 1, "lines of the request:\n{}", lines.join("\n"));
+    let forged: Vec<&String> = lines.iter().filter(|l| l.contains("forged")).collect();
+    assert_eq!(forged, mine, "a forged line:\n{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains(['\u{1b}', '\u{7f}', '\r'])),
+        "raw control characters in the log:\n{}",
+        lines.join("\n")
+    );
+    mine[0].clone()
+}
+
+#[tokio::test]
+async fn a_newline_in_a_signed_sub_cannot_forge_a_text_access_log_line() {
+    let (lines, request_id) = log_of_a_forging_sub("text").await;
+    let line = only_line_of(&lines, &request_id);
+    let escaped = r#"jwt.sub="alice\n2026-01-01T00:00:00.000000Z  INFO access: request request_id=forged http.status=200 jwt.sub=\"root\"\r\u{1b}[2K\u{7f}""#;
+    assert!(line.contains(escaped), "{line}");
+    assert!(
+        line.contains(&format!("request_id={request_id} ")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_newline_in_a_signed_sub_is_escaped_in_the_json_access_log() {
+    let (lines, request_id) = log_of_a_forging_sub("json").await;
+    let line = only_line_of(&lines, &request_id);
+    let fields: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(fields["request_id"], json!(request_id));
+    assert_eq!(
+        fields["jwt.sub"],
+        json!(
+            r#"alice\n2026-01-01T00:00:00.000000Z  INFO access: request request_id=forged http.status=200 jwt.sub="root"\r\u{1b}[2K\u{7f}"#
+        ),
+        "{line}"
+    );
 }

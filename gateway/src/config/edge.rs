@@ -64,8 +64,8 @@ pub struct IssuerConfig {
     /// Longest time between background JWKS refreshes (default 1h); also the
     /// refresh time when the answer has no max-age.
     pub jwks_max_refresh: Option<Spanned<String>>,
-    /// A token with an unknown `kid` refetches the JWKS at most once per
-    /// this interval (default 30s).
+    /// Tokens with an unknown `kid` refetch the JWKS from a bucket of 3
+    /// fetches, refilled one per this interval (default 3s).
     pub jwks_refetch_interval: Option<Spanned<String>>,
     /// Time limit of one JWKS fetch (default 5s).
     pub jwks_timeout: Option<Spanned<String>>,

@@ -1,8 +1,11 @@
 //! JWKS: an issuer's published signing keys, fetched at start, cached,
 //! refreshed in the background as its Cache-Control allows (within a floor
-//! and a ceiling), and refetched early, at most once per interval, when a
-//! token names a key id the cache does not have: key rotation works, and a
-//! flood of tokens with made-up `kid`s costs the issuer one fetch per interval.
+//! and a ceiling), and refetched early when a token names a key id the cache
+//! does not have. Those early fetches come out of a small token bucket
+//! (`REFETCH_BURST`, one more per `refetch_interval`): a flood of made-up
+//! `kid`s costs the issuer the burst and then one fetch per interval, and a
+//! genuine rotation right after such a flood is seen within one interval,
+//! since any refetch after the issuer publishes the new key brings it in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -18,9 +21,18 @@ pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
 /// A ceiling: even a JWKS cached "for a week" is looked at hourly, so a
 /// key the issuer revoked stops working within the hour.
 pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(3600);
-/// Unknown `kid`s refetch at most this often: quick enough to follow a
-/// rotation, rare enough that bogus kids cannot hammer the issuer.
-pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// One unknown-`kid` refetch is earned back per interval. It bounds how long
+/// a rotation waits after a flood drained the bucket (3 s, well inside the
+/// 5 s a client's retry allows), while a sustained flood costs the issuer
+/// 20 small GETs a minute per gateway, which any JWKS endpoint (usually
+/// behind a CDN) absorbs. 30 s, the earlier default, refused rotations for
+/// half a minute after one made-up kid.
+pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(3);
+/// Unknown-`kid` refetches allowed back to back: a rotation may need two
+/// (one fetch can race the issuer's publication), and a third leaves one for
+/// a real rotation after a single stray kid, without waiting an interval.
+/// Small, so a flood of a thousand made-up kids costs a handful of fetches.
+pub const REFETCH_BURST: u64 = 3;
 /// An issuer that has not answered in 5 s is down; the cached keys go on.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// JWKS documents are a few KB; a megabyte is a broken or hostile answer.
@@ -84,9 +96,10 @@ pub struct Jwks {
     /// in flight instead of starting another.
     fetch_lock: tokio::sync::Mutex<()>,
     epoch: Instant,
-    /// Milliseconds after `epoch` of the last fetch forced by an unknown kid
-    /// (`u64::MAX`: never).
-    last_forced: AtomicU64,
+    /// The refetch bucket as GCRA keeps it: milliseconds after `epoch` at
+    /// which the bucket is full again (0 or the past: full). Only read and
+    /// written under `fetch_lock`.
+    refetch_full_at: AtomicU64,
     fetches: AtomicU64,
     client: reqwest::Client,
 }
@@ -119,7 +132,7 @@ impl Jwks {
             keys: ArcSwap::from_pointee(KeySet::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
-            last_forced: AtomicU64::new(u64::MAX),
+            refetch_full_at: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             client,
         });
@@ -139,8 +152,8 @@ impl Jwks {
     }
 
     /// Called when a token names a kid the cache lacks. Waits for a fetch
-    /// already in flight, or starts one if the last forced fetch is older
-    /// than `refetch_interval`. Returns whether fresh keys may be there.
+    /// already in flight, or starts one if the refetch bucket has a fetch
+    /// left. Returns whether fresh keys may be there.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
         let guard = match self.fetch_lock.try_lock() {
             Ok(g) => g,
@@ -150,16 +163,27 @@ impl Jwks {
                 return true;
             }
         };
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.last_forced.load(Ordering::Relaxed);
-        let interval = self.source.refetch_interval.as_millis() as u64;
-        if last != u64::MAX && now < last.saturating_add(interval) {
+        if !self.take_refetch() {
             return false;
         }
-        self.last_forced.store(now, Ordering::Relaxed);
         let ok = self.fetch_locked().await.is_ok();
         drop(guard);
         ok
+    }
+
+    /// Takes one fetch from the refetch bucket (GCRA: the bucket holds
+    /// `REFETCH_BURST` fetches, refilled one per `refetch_interval`). Called
+    /// with `fetch_lock` held, so the load and store cannot interleave.
+    fn take_refetch(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let interval = self.source.refetch_interval.as_millis() as u64;
+        let full_at = self.refetch_full_at.load(Ordering::Relaxed).max(now);
+        if full_at - now > interval.saturating_mul(REFETCH_BURST - 1) {
+            return false;
+        }
+        self.refetch_full_at
+            .store(full_at.saturating_add(interval), Ordering::Relaxed);
+        true
     }
 
     /// One fetch, with the lock held by the caller. Returns the refresh
@@ -354,6 +378,21 @@ mod tests {
         );
         assert_eq!(cache_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(cache_max_age("public"), None);
+    }
+
+    #[test]
+    fn unknown_kid_refetches_come_from_a_bucket_of_three() {
+        let source = JwksSource {
+            url: "http://127.0.0.1:1/jwks.json".into(),
+            min_refresh: DEFAULT_MIN_REFRESH,
+            max_refresh: DEFAULT_MAX_REFRESH,
+            refetch_interval: Duration::from_secs(3600),
+            timeout: DEFAULT_TIMEOUT,
+        };
+        // Outside a runtime: no refresher, nothing fetched.
+        let jwks = Jwks::new(source, None).unwrap();
+        let taken: Vec<bool> = (0..5).map(|_| jwks.take_refetch()).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   come from the operator's environment, never from a JWKS.
 //! - Oversized tokens, before any decoding.
 //! - Tokens without `exp`, expired (beyond the leeway), not yet valid
-//!   (`nbf`), of another issuer or audience.
+//!   (`nbf`), of another issuer or audience; without `aud` when the issuer
+//!   lists audiences; with `exp`, `nbf`, `iat`, `iss` or `aud` of the wrong
+//!   JSON type (see `check_registered_claims`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -111,11 +113,15 @@ impl Issuer {
             v.leeway = leeway_secs;
             v.validate_exp = true;
             v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp"]);
             v.set_issuer(&[&iss]);
+            // jsonwebtoken passes a token without `aud` unless it is
+            // required; `check_registered_claims` refuses it first with a
+            // clearer message, this is the second line.
             if audiences.is_empty() {
+                v.set_required_spec_claims(&["exp", "iss"]);
                 v.validate_aud = false;
             } else {
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
                 v.set_audience(&audiences);
             }
             validations.push((alg.family(), v));
@@ -400,10 +406,11 @@ pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verif
     // Only to pick the issuer; nothing here is believed before the signature is.
     let payload: Map<String, Value> = serde_json::from_slice(&b64(parts[1], "payload")?)
         .map_err(|_| AuthError::invalid("the payload is not a JSON object"))?;
-    let iss = payload
-        .get("iss")
-        .and_then(Value::as_str)
-        .ok_or_else(|| AuthError::invalid("the token has no \"iss\" claim"))?;
+    let iss = match payload.get("iss") {
+        Some(Value::String(iss)) => iss.as_str(),
+        Some(_) => return Err(AuthError::invalid("the \"iss\" claim is not a string")),
+        None => return Err(AuthError::invalid("the token has no \"iss\" claim")),
+    };
     let issuer = auth
         .issuers
         .iter()
@@ -418,6 +425,7 @@ pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verif
             issuer.iss
         )));
     }
+    check_registered_claims(&payload, issuer)?;
     let validation = issuer
         .validation(alg.family())
         .expect("a validation exists for each allowed family");
@@ -454,6 +462,42 @@ pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verif
         Some(e) => describe(&e, issuer),
         None => "no key verified the token".into(),
     }))
+}
+
+/// The registered claims' JSON types (RFC 7519 section 4.1), checked here
+/// because jsonwebtoken lets through what it cannot parse: an `aud` that is
+/// absent or a number passes its audience check, `iat` is never read, and a
+/// `null` `nbf` counts as absent. Done before the signature is checked: the
+/// shape of a claim needs no trust, and a malformed token costs no crypto.
+fn check_registered_claims(claims: &Map<String, Value>, issuer: &Issuer) -> Result<(), AuthError> {
+    for name in ["exp", "nbf", "iat"] {
+        match claims.get(name) {
+            None => {}
+            // A NumericDate: seconds since 1970, fractions allowed.
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => {}
+            Some(_) => {
+                return Err(AuthError::invalid(format!(
+                    "the \"{name}\" claim is not a NumericDate (a number of seconds since 1970)"
+                )))
+            }
+        }
+    }
+    if issuer.audiences.is_empty() {
+        return Ok(());
+    }
+    match claims.get("aud") {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            Ok(())
+        }
+        Some(_) => Err(AuthError::invalid(
+            "the \"aud\" claim is not a string or a list of strings",
+        )),
+        None => Err(AuthError::invalid(format!(
+            "the token has no \"aud\" claim (issuer {:?} needs one)",
+            issuer.iss
+        ))),
+    }
 }
 
 fn candidates(issuer: &Issuer, alg: Algorithm, kid: Option<&str>) -> Vec<DecodingKey> {
@@ -538,7 +582,7 @@ fn granted_scopes(claims: &Map<String, Value>) -> Vec<&str> {
 
 /// A claim as one metadata value: strings as they are, lists joined by
 /// commas, other values as JSON.
-pub fn claim_text(v: &Value) -> String {
+fn claim_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(items) => items
@@ -551,6 +595,28 @@ pub fn claim_text(v: &Value) -> String {
             .join(","),
         other => other.to_string(),
     }
+}
+
+/// A forwarded claim as a gRPC metadata value. gRPC's ASCII-Value is
+/// printable ASCII (0x20-0x7E); a claim outside it (a `sub` with CR/LF, a
+/// non-ASCII name) is refused with the token rather than dropped or sent as
+/// raw bytes: a route that forwards an identity never reaches its backend
+/// without it, nor with one the backend may read differently.
+pub fn claim_metadata(name: &str, v: &Value) -> Result<HeaderValue, AuthError> {
+    let text = claim_text(v);
+    let refuse = |what: &str| {
+        AuthError::invalid(format!(
+            "the \"{name}\" claim cannot be forwarded as gRPC metadata: it {what}"
+        ))
+    };
+    if let Some(b) = text.bytes().find(|b| !(b' '..=b'~').contains(b)) {
+        return Err(refuse(if b.is_ascii() {
+            "holds a control character"
+        } else {
+            "is not ASCII"
+        }));
+    }
+    HeaderValue::try_from(text).map_err(|_| refuse("is not a valid header value"))
 }
 
 /// An HS256 token signed with a fixed secret, valid until 2100.

@@ -370,9 +370,8 @@ async fn authenticate(
     }
     for (claim, name) in &route.forward_claims {
         if let Some(v) = verified.claims.get(claim) {
-            if let Ok(v) = HeaderValue::from_str(&jwt::claim_text(v)) {
-                headers.insert(name.clone(), v);
-            }
+            let value = jwt::claim_metadata(claim, v).map_err(refuse)?;
+            headers.insert(name.clone(), value);
         }
     }
     Ok(Some(verified))

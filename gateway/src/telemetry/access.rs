@@ -1,6 +1,7 @@
 //! The outermost layer: request ids, trace context, the access log line and
 //! the HTTP metrics, for every request whatever answers it.
 
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -63,6 +64,50 @@ fn new_request_id() -> HeaderValue {
     super::trace::hex_into_buf(&super::trace::random_u64().to_be_bytes(), &mut buf[..16]);
     super::trace::hex_into_buf(&super::trace::random_u64().to_be_bytes(), &mut buf[16..]);
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+/// A logged value with what could forge or garble a log line escaped:
+/// control characters (C0, DEL, C1) and Unicode line separators as `\n`,
+/// `\r`, `\t` or `\u{..}`, and `\` itself, so the escaped text reads back
+/// unambiguously. In the text format a value holding a space, `"`, `=` or an
+/// escape is also quoted (logfmt's convention), so a token's `sub` cannot
+/// add a `key=value` or a line of its own; JSON quotes values itself.
+/// Written straight into the formatter: nothing is allocated, and a plain
+/// value is one `write_str`.
+struct LogValue<'a> {
+    text: &'a str,
+    quote: bool,
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\\' | '\u{2028}' | '\u{2029}')
+}
+
+impl fmt::Display for LogValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let special = |c: char| needs_escape(c) || (self.quote && matches!(c, ' ' | '"' | '='));
+        if !self.text.chars().any(special) {
+            return f.write_str(self.text);
+        }
+        if self.quote {
+            f.write_char('"')?;
+        }
+        for c in self.text.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '\\' => f.write_str("\\\\")?,
+                '"' if self.quote => f.write_str("\\\"")?,
+                c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        if self.quote {
+            f.write_char('"')?;
+        }
+        Ok(())
+    }
 }
 
 struct InFlightGuard;
@@ -191,22 +236,24 @@ where
                 super::otel::end_request(cx, &method, &route, &info, status);
             }
             if log {
+                let quote = !super::json_logs();
+                let v = |text| LogValue { text, quote };
                 tracing::info!(
                     target: "access",
-                    request_id = %request_id.to_str().unwrap_or(""),
-                    trace_id = %trace.trace_id_hex(),
+                    request_id = %v(request_id.to_str().unwrap_or("")),
+                    trace_id = %v(&trace.trace_id_hex()),
                     client.ip = %info.client.or(client.map(|c| c.ip())).map(|ip| ip.to_string()).unwrap_or_default(),
-                    http.method = %method,
-                    route = %route,
+                    http.method = %v(method.as_str()),
+                    route = %v(&route),
                     http.status = status,
-                    grpc.method = %info.grpc_method.as_deref().unwrap_or(""),
+                    grpc.method = %v(info.grpc_method.as_deref().unwrap_or("")),
                     grpc.code = info.grpc_code.map(i64::from).unwrap_or(-1),
-                    upstream.addr = %info.endpoint.as_deref().unwrap_or(""),
+                    upstream.addr = %v(info.endpoint.as_deref().unwrap_or("")),
                     bytes_in = bytes_in.unwrap_or(0),
                     bytes_out = resp.body().size_hint().exact().unwrap_or(0),
                     duration_us = elapsed.as_micros() as u64,
                     retries = info.retries,
-                    jwt.sub = %info.subject.as_deref().unwrap_or(""),
+                    jwt.sub = %v(info.subject.as_deref().unwrap_or("")),
                     "request"
                 );
             }
@@ -218,6 +265,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_values_escape_controls_and_quote_in_text() {
+        let text = |s| {
+            LogValue {
+                text: s,
+                quote: true,
+            }
+            .to_string()
+        };
+        let json = |s| {
+            LogValue {
+                text: s,
+                quote: false,
+            }
+            .to_string()
+        };
+        assert_eq!(text("/v1/shelves/{shelf}"), "/v1/shelves/{shelf}");
+        assert_eq!(text(""), "");
+        assert_eq!(
+            text("a\nb c=\"d\"\\\r\t\u{1b}\u{7f}\u{85}\u{2028}é"),
+            r#""a\nb c=\"d\"\\\r\t\u{1b}\u{7f}\u{85}\u{2028}é""#
+        );
+        assert_eq!(json("a b=\"c\""), "a b=\"c\"");
+        assert_eq!(json("a\nb\u{7f}"), r"a\nb\u{7f}");
+    }
 
     #[test]
     fn request_ids_are_kept_only_when_plain() {

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod otel;
 pub mod trace;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use access::{Access, AccessLayer, RequestContext};
@@ -30,6 +31,15 @@ pub struct RequestInfo {
     pub client: Option<std::net::IpAddr>,
 }
 
+/// Whether the installed log format is JSON: the access log quotes values
+/// only in the text format (JSON quotes them itself). Global like the
+/// subscriber it describes.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
+
 /// Sets up `tracing` output: text on a terminal, JSON lines otherwise (or as
 /// configured). RUST_LOG, when set, wins over `log_level`.
 pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
@@ -49,7 +59,7 @@ pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests running several gateways) keeps the first.
-    let _ = if json {
+    let installed = if json {
         builder
             .json()
             .flatten_event(true)
@@ -58,4 +68,7 @@ pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
     } else {
         builder.try_init()
     };
+    if installed.is_ok() {
+        JSON_LOGS.store(json, Ordering::Relaxed);
+    }
 }
