@@ -1,14 +1,82 @@
-//! No client can add Prometheus series: thousands of made-up methods, paths,
-//! hosts, headers, preflights and backend error messages leave /metrics the
-//! size it had after one request of each kind.
+//! What /metrics may hold. No client can add series: thousands of made-up
+//! methods, paths, hosts, headers, preflights and backend error messages
+//! leave it the size it had after one request of each kind. And every
+//! metric says what it counts in a HELP text.
 //!
-//! Its own test binary, so its own process-wide registry: the series counted
-//! are only the ones this test made.
+//! Its own test binary, so its own process-wide registry: the series seen
+//! are only the ones these tests made. They take turns ([`EXCLUSIVE`]), since
+//! each looks at the whole registry.
 
+use std::collections::HashMap;
+
+use gateway_tests::exposition::parse_families;
 use gateway_tests::running::RunningGateway;
 use gateway_tests::{
     echo_server, http_client, spawn_backend, temp_dir, testing_descriptors, testing_pool, toml_path,
 };
+
+/// Held by each test for its whole run.
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Routes with nothing in front, one needing a token, one rate-limited, and
+/// CORS, so that every counter can be made to move.
+async fn start(tag: &str) -> RunningGateway {
+    // The issuer's secret comes from the environment.
+    std::env::set_var("METRICS_BOUNDS_SECRET", "0123456789abcdef0123456789abcdef");
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let dir = temp_dir(tag);
+    let path = dir.join("routes.toml");
+    let config = format!(
+        r#"[server]
+descriptors = "{descriptors}"
+watch = false
+shutdown_delay = "0s"
+
+[backends.echo]
+endpoints = ["{backend}"]
+services = ["testing.v1.Echo"]
+
+[[routes]]
+method = "GET"
+path = "/mb/echo/{{string_field}}"
+grpc = "testing.v1.Echo/Echo"
+
+[[routes]]
+method = "GET"
+path = "/mb/fail"
+grpc = "testing.v1.Echo/Fail"
+
+[[routes]]
+method = "GET"
+path = "/mb/private"
+grpc = "testing.v1.Echo/Meta"
+auth = "required"
+
+[[routes]]
+method = "GET"
+path = "/mb/limited"
+grpc = "testing.v1.Echo/Meta"
+rate_limit = ["tight"]
+
+[auth.issuers.mb]
+issuer = "mb"
+algorithms = ["HS256"]
+hmac_secret_env = "METRICS_BOUNDS_SECRET"
+
+[rate_limits.policies.tight]
+key = "route"
+rate = 1
+per = "1m"
+burst = 1
+
+[cors]
+allowed_origins = ["http://page.example"]
+"#,
+        descriptors = toml_path(&testing_descriptors()),
+    );
+    std::fs::write(&path, config).unwrap();
+    RunningGateway::start(&path).await
+}
 
 /// One of the kinds of request a hostile client varies; `i` makes each
 /// value distinct.
@@ -39,7 +107,7 @@ const KINDS: [Kind; 6] = [
 /// Mostly short values, every tenth one 2 KB: the length that grew /metrics
 /// by 40 MB per thousand methods when methods were labels.
 fn pad(i: usize) -> String {
-    let n = if i % 10 == 0 { 2000 } else { i % 64 };
+    let n = if i.is_multiple_of(10) { 2000 } else { i % 64 };
     "A".repeat(n)
 }
 
@@ -48,14 +116,14 @@ async fn send(gw: &RunningGateway, client: &reqwest::Client, kind: Kind, i: usiz
     let req = match kind {
         Kind::Method => {
             let method = reqwest::Method::from_bytes(format!("HOSTILE{i}{p}").as_bytes()).unwrap();
-            let path = if i % 2 == 0 {
+            let path = if i.is_multiple_of(2) {
                 "/mb/echo/x".to_owned()
             } else {
                 format!("/hostile-{i}")
             };
             client.request(method, gw.url(&path))
         }
-        Kind::Path if i % 2 == 0 => client.get(gw.url(&format!("/mb/echo/hostile-{i}-{p}"))),
+        Kind::Path if i.is_multiple_of(2) => client.get(gw.url(&format!("/mb/echo/hostile-{i}-{p}"))),
         Kind::Path => client.get(gw.url(&format!("/hostile-{i}/{p}"))),
         Kind::Host => client
             .get(gw.url("/mb/echo/x"))
@@ -80,9 +148,9 @@ async fn send(gw: &RunningGateway, client: &reqwest::Client, kind: Kind, i: usiz
     };
     let r = req.send().await.unwrap();
     let want = match kind {
-        Kind::Method if i % 2 == 0 => 405,
+        Kind::Method if i.is_multiple_of(2) => 405,
         Kind::Method => 404,
-        Kind::Path if i % 2 == 0 => 200,
+        Kind::Path if i.is_multiple_of(2) => 200,
         Kind::Path => 404,
         Kind::Host | Kind::Header => 200,
         Kind::Preflight => 403,
@@ -125,36 +193,8 @@ fn label_values(text: &str, label: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_methods_paths_hosts_and_headers_add_no_metric_series() {
-    let backend = spawn_backend(echo_server(&testing_pool())).await;
-    let dir = temp_dir("metrics-bounds");
-    let path = dir.join("routes.toml");
-    let config = format!(
-        r#"[server]
-descriptors = "{descriptors}"
-watch = false
-shutdown_delay = "0s"
-
-[backends.echo]
-endpoints = ["{backend}"]
-services = ["testing.v1.Echo"]
-
-[[routes]]
-method = "GET"
-path = "/mb/echo/{{string_field}}"
-grpc = "testing.v1.Echo/Echo"
-
-[[routes]]
-method = "GET"
-path = "/mb/fail"
-grpc = "testing.v1.Echo/Fail"
-
-[cors]
-allowed_origins = ["http://page.example"]
-"#,
-        descriptors = toml_path(&testing_descriptors()),
-    );
-    std::fs::write(&path, config).unwrap();
-    let gw = std::sync::Arc::new(RunningGateway::start(&path).await);
+    let _turn = EXCLUSIVE.lock().await;
+    let gw = std::sync::Arc::new(start("metrics-bounds").await);
     let client = http_client();
 
     // Warm-up: every outcome the hostile requests can have, once each, so
@@ -206,27 +246,111 @@ allowed_origins = ["http://page.example"]
         before.len(),
         after.len()
     );
-    let methods = label_values(&after, "method");
-    assert_eq!(
-        methods,
-        ["GET", "OPTIONS", "_OTHER"]
-            .map(String::from)
-            .into_iter()
-            .collect(),
-        "made-up methods are all `_OTHER`"
+    // Label values from fixed sets and the configuration only (the other
+    // test may have run first and counted the other routes).
+    let within = |label: &str, allowed: &[&str]| {
+        let values = label_values(&after, label);
+        assert!(
+            values.iter().all(|v| allowed.contains(&v.as_str())),
+            "{label}: {values:?} not all in {allowed:?}"
+        );
+    };
+    within("method", &["GET", "OPTIONS", "_OTHER"]);
+    within(
+        "route",
+        &[
+            "(none)",
+            "/mb/echo/{string_field}",
+            "/mb/fail",
+            "/mb/private",
+            "/mb/limited",
+        ],
     );
-    let routes = label_values(&after, "route");
-    assert_eq!(
-        routes,
-        ["(none)", "/mb/echo/{string_field}", "/mb/fail"]
-            .map(String::from)
-            .into_iter()
-            .collect(),
-        "routes are the configured templates, or `(none)`"
-    );
-    assert_eq!(
-        label_values(&after, "grpc_code"),
-        ["Ok", "Unknown"].map(String::from).into_iter().collect(),
-        "unknown gRPC codes are `Unknown`"
-    );
+    within("code", &["2xx", "4xx", "5xx"]);
+    within("grpc_code", &["Ok", "Unknown", "NotFound"]);
+}
+
+/// A HELP text someone wrote for the metric, not a stand-in: a few words of
+/// its own (no two metrics share one) that are not just its name.
+fn placeholder_help(name: &str, help: &str, seen: &mut HashMap<String, String>) -> Option<String> {
+    let words = help.split_whitespace().count();
+    let lower = help.to_ascii_lowercase();
+    let why = if help.is_empty() {
+        "no HELP".to_owned()
+    } else if words < 4 {
+        format!("HELP \"{help}\" is too short to say anything")
+    } else if ["todo", "fixme", "placeholder", "xxx"]
+        .iter()
+        .any(|w| lower.split(|c: char| !c.is_alphanumeric()).any(|x| x == *w))
+    {
+        format!("HELP \"{help}\" is a placeholder")
+    } else if lower.replace(' ', "_").contains(name) {
+        format!("HELP \"{help}\" only repeats the name")
+    } else if let Some(other) = seen.insert(help.to_owned(), name.to_owned()) {
+        format!("HELP \"{help}\" is also {other}'s")
+    } else {
+        return None;
+    };
+    Some(format!("{name}: {why}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_has_a_real_help_text() {
+    let _turn = EXCLUSIVE.lock().await;
+    let gw = start("metrics-help").await;
+    let client = http_client();
+    // Make every lazily registered series appear: a success, a backend
+    // error, a refusal by auth and by a rate limit, a preflight, a reload.
+    for path in [
+        "/mb/echo/x",
+        "/mb/fail?code=5",
+        "/mb/private",
+        "/mb/limited",
+        "/mb/limited",
+    ] {
+        client.get(gw.url(path)).send().await.unwrap();
+    }
+    client
+        .request(reqwest::Method::OPTIONS, gw.url("/mb/private"))
+        .header("origin", "http://page.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    let reload = client
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+
+    let families = parse_families(&scrape(&gw).await.0);
+    let names: Vec<&str> = families.iter().map(|f| f.0.as_str()).collect();
+    // Counters are named without `_total` by the parser.
+    for want in [
+        "gateway_http_requests",
+        "gateway_http_request_duration_seconds",
+        "gateway_http_requests_in_flight",
+        "gateway_upstream_requests",
+        "gateway_upstream_request_duration_seconds",
+        "gateway_auth_failures",
+        "gateway_rate_limited",
+        "gateway_cors_preflights",
+        "gateway_config_reloads",
+        "gateway_config_version",
+        "gateway_build_info",
+        "gateway_backend_endpoints",
+        "gateway_backend_requests",
+        "gateway_backend_deadline_exceeded",
+        "gateway_circuit_breaker_state",
+        "gateway_config_reload_failures",
+    ] {
+        assert!(names.contains(&want), "no {want} in {names:?}");
+    }
+    let mut seen = HashMap::new();
+    let bad: Vec<String> = families
+        .iter()
+        .filter_map(|(name, _, help)| placeholder_help(name, help, &mut seen))
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

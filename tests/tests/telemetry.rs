@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gateway_tests::exposition::{parse_exposition, value, Sample};
 use gateway_tests::running::RunningGateway;
 use gateway_tests::{
     echo_server, gateway_bin, http_client, spawn_backend, temp_dir, testing_descriptors,
@@ -53,102 +54,6 @@ async fn start(prefix: &str) -> RunningGateway {
     let path = dir.join("routes.toml");
     std::fs::write(&path, config(&backend, prefix)).unwrap();
     RunningGateway::start(&path).await
-}
-
-/// One sample as the reference parser read it.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
-}
-
-/// Parses the exposition with the Prometheus project's own Python client
-/// parser (`prometheus_client.parser`), the reference implementation of the
-/// text format. (The Rust `prometheus-parse` crate mis-reads legal braces
-/// inside label values, which route templates always have.)
-fn parse_exposition(text: &str) -> Vec<Sample> {
-    ensure_reference_parser();
-    const SCRIPT: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = []
-for fam in text_string_to_metric_families(sys.stdin.read()):
-    for s in fam.samples:
-        out.append([s.name, s.labels, s.value])
-print(json.dumps(out))
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No module named 'prometheus_client'") {
-        panic!("the reference parser is missing: python3 -m pip install prometheus-client (.ci/run installs it)");
-    }
-    assert!(
-        out.status.success(),
-        "not valid Prometheus text format:\n{stderr}\n{text}"
-    );
-    let rows: Vec<(String, HashMap<String, String>, f64)> =
-        serde_json::from_slice(&out.stdout).unwrap();
-    rows.into_iter()
-        .map(|(name, labels, value)| Sample {
-            name,
-            labels,
-            value,
-        })
-        .collect()
-}
-
-/// Installs the parser from PyPI on first use when it is missing, so the
-/// README's test command works on a fresh machine (`.ci/run` installs it too).
-fn ensure_reference_parser() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let have = Command::new("python3")
-            .args(["-c", "import prometheus_client"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !have {
-            eprintln!("installing prometheus-client (the reference text-format parser) with pip");
-            let _ = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "prometheus-client",
-                ])
-                .status();
-        }
-    });
-}
-
-/// Sum of the samples named `name` whose labels include all of `want`.
-fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            want.iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum::<f64>()
-        + 0.0
 }
 
 async fn scrape(gw: &RunningGateway) -> Vec<Sample> {
