@@ -319,6 +319,8 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         &[],
         gw.reload.failed.load(Ordering::Relaxed) as f64,
     );
+    // Read from /proc now, at scrape time: nothing per request.
+    crate::telemetry::process::render(&mut out);
     (
         [(
             http::header::CONTENT_TYPE,

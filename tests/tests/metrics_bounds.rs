@@ -123,7 +123,9 @@ async fn send(gw: &RunningGateway, client: &reqwest::Client, kind: Kind, i: usiz
             };
             client.request(method, gw.url(&path))
         }
-        Kind::Path if i.is_multiple_of(2) => client.get(gw.url(&format!("/mb/echo/hostile-{i}-{p}"))),
+        Kind::Path if i.is_multiple_of(2) => {
+            client.get(gw.url(&format!("/mb/echo/hostile-{i}-{p}")))
+        }
         Kind::Path => client.get(gw.url(&format!("/hostile-{i}/{p}"))),
         Kind::Host => client
             .get(gw.url("/mb/echo/x"))
@@ -344,6 +346,9 @@ async fn every_metric_has_a_real_help_text() {
         "gateway_backend_deadline_exceeded",
         "gateway_circuit_breaker_state",
         "gateway_config_reload_failures",
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
     ] {
         assert!(names.contains(&want), "no {want} in {names:?}");
     }

@@ -487,3 +487,37 @@ allowed_origins = ["http://page.example"]
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_running_process() {
+    let gw = start("tm7").await;
+    let s = scrape(&gw).await;
+    let one = |name: &str| {
+        let found: Vec<f64> = s
+            .iter()
+            .filter(|x| x.name == name)
+            .map(|x| x.value)
+            .collect();
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        found[0]
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // The gateway runs in this test process: its numbers are this process's.
+    let start = one("process_start_time_seconds");
+    assert!(
+        start <= now && start > now - 3600.0,
+        "started {start}, now {now}"
+    );
+    assert!(one("process_cpu_seconds_total") > 0.0);
+    let rss = one("process_resident_memory_bytes");
+    assert!(rss > 4_000_000.0, "{rss}");
+    assert!(one("process_virtual_memory_bytes") >= rss);
+    let (open, max) = (one("process_open_fds"), one("process_max_fds"));
+    // At least stdio and the two listeners.
+    assert!(open >= 5.0 && open <= max, "{open} open of {max}");
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
+    assert!((open - fds).abs() < 50.0, "{open} reported, {fds} listed");
+}

@@ -141,7 +141,7 @@ impl BackendStats {
     /// /metrics shows it (`gateway_backend_NAME_total`).
     pub fn help(name: &str) -> &'static str {
         match name {
-            "requests" => "Calls to the backend, each counted once however many attempts it took",
+            "requests" => "Calls started on the backend, refused ones included; retries count once",
             "retries" => "Attempts repeated on another endpoint after a retryable failure",
             "retries_over_budget" => {
                 "Retries not made because the backend's retry budget was spent"
