@@ -305,8 +305,9 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     }
     for name in names {
         let metric = format!("gateway_backend_{name}_total");
+        let help = crate::upstream::BackendStats::help(name);
         out.push_str(&format!(
-            "# HELP {metric} Backend counter {name}\n# TYPE {metric} counter\n"
+            "# HELP {metric} {help}\n# TYPE {metric} counter\n"
         ));
         for b in s.backends.values() {
             if let Some((_, v)) = b.stats.snapshot().into_iter().find(|(k, _)| *k == name) {
@@ -321,6 +322,8 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         &[],
         gw.reload.failed.load(Ordering::Relaxed) as f64,
     );
+    // Read from /proc now, at scrape time: nothing per request.
+    crate::telemetry::process::render(&mut out);
     (
         [(
             http::header::CONTENT_TYPE,

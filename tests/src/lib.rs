@@ -858,6 +858,9 @@ pub mod running;
 // The trace tests' in-process OTLP collectors and shared export.
 pub mod otel;
 
+// The metrics tests' reference parser for the Prometheus text format.
+pub mod exposition;
+
 /// The debug `gateway` binary, built once per test process.
 ///
 /// The build asks for `--tests` as well so Cargo resolves features exactly as

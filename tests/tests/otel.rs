@@ -344,6 +344,13 @@ async fn serve_and_stop(prefix: &str, protocol: &str, collector: &str) {
     assert_eq!(r.status(), 404);
     let r = client.get(format!("{base}/nowhere")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    let made_up = reqwest::Method::from_bytes(b"MADEUP").unwrap();
+    let r = client
+        .request(made_up, format!("{base}/elsewhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -370,13 +377,13 @@ async fn serve_and_stop(prefix: &str, protocol: &str, collector: &str) {
     );
 }
 
-/// The spans of the three requests [`serve_and_stop`] sends.
+/// The spans of the four requests [`serve_and_stop`] sends.
 fn check_served_spans(spans: &[Span], prefix: &str, protocol: &str) {
     let servers: Vec<&Span> = spans
         .iter()
         .filter(|s| s.kind == SpanKind::Server)
         .collect();
-    assert_eq!(servers.len(), 3, "{spans:#?}");
+    assert_eq!(servers.len(), 4, "{spans:#?}");
     assert!(spans.iter().all(|s| s.service == format!("gw-{protocol}")));
     let echo = one(spans, "echo request", |s| {
         s.name == format!("GET /{prefix}/echo/{{string_field}}")
@@ -409,14 +416,23 @@ fn check_served_spans(spans: &[Span], prefix: &str, protocol: &str) {
     assert!(failed.error);
 
     let unrouted = one(spans, "unrouted request", |s| {
-        s.kind == SpanKind::Server && s.attr("http.route").is_none()
+        s.kind == SpanKind::Server
+            && s.attr("url.path") == Some(format!("/{prefix}/nowhere").as_str())
     });
     assert_eq!(unrouted.name, "GET");
     assert_eq!(unrouted.attr("http.response.status_code"), Some("404"));
-    assert_eq!(
-        unrouted.attr("url.path"),
-        Some(format!("/{prefix}/nowhere").as_str())
-    );
+    assert_eq!(unrouted.attr("http.route"), None);
+
+    // A made-up method names no span: the HTTP semantic conventions' `HTTP`
+    // and `_OTHER`, with the method as sent in its own attribute.
+    let other = one(spans, "made-up method request", |s| {
+        s.kind == SpanKind::Server
+            && s.attr("url.path") == Some(format!("/{prefix}/elsewhere").as_str())
+    });
+    assert_eq!(other.name, "HTTP");
+    assert_eq!(other.attr("http.request.method"), Some("_OTHER"));
+    assert_eq!(other.attr("http.request.method_original"), Some("MADEUP"));
+    assert_eq!(other.attr("http.response.status_code"), Some("404"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,7 +443,7 @@ async fn the_binary_exports_over_grpc_with_route_and_status_and_flushes_at_shutd
     // was flushed on the way out.
     let spans = received
         .wait_until(Duration::from_secs(2), |s| {
-            s.iter().filter(|x| x.kind == SpanKind::Server).count() >= 3
+            s.iter().filter(|x| x.kind == SpanKind::Server).count() >= 4
         })
         .await;
     check_served_spans(&spans, "ot3", "grpc");
@@ -439,7 +455,7 @@ async fn the_binary_exports_over_http_protobuf() {
     serve_and_stop("ot4", "http", &addr).await;
     let spans = received
         .wait_until(Duration::from_secs(2), |s| {
-            s.iter().filter(|x| x.kind == SpanKind::Server).count() >= 3
+            s.iter().filter(|x| x.kind == SpanKind::Server).count() >= 4
         })
         .await;
     check_served_spans(&spans, "ot4", "http");

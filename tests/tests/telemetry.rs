@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gateway_tests::exposition::{parse_exposition, value, Sample};
 use gateway_tests::running::RunningGateway;
 use gateway_tests::{
     echo_server, gateway_bin, http_client, spawn_backend, temp_dir, testing_descriptors,
@@ -53,102 +54,6 @@ async fn start(prefix: &str) -> RunningGateway {
     let path = dir.join("routes.toml");
     std::fs::write(&path, config(&backend, prefix)).unwrap();
     RunningGateway::start(&path).await
-}
-
-/// One sample as the reference parser read it.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
-}
-
-/// Parses the exposition with the Prometheus project's own Python client
-/// parser (`prometheus_client.parser`), the reference implementation of the
-/// text format. (The Rust `prometheus-parse` crate mis-reads legal braces
-/// inside label values, which route templates always have.)
-fn parse_exposition(text: &str) -> Vec<Sample> {
-    ensure_reference_parser();
-    const SCRIPT: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = []
-for fam in text_string_to_metric_families(sys.stdin.read()):
-    for s in fam.samples:
-        out.append([s.name, s.labels, s.value])
-print(json.dumps(out))
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if stderr.contains("No module named 'prometheus_client'") {
-        panic!("the reference parser is missing: python3 -m pip install prometheus-client (.ci/run installs it)");
-    }
-    assert!(
-        out.status.success(),
-        "not valid Prometheus text format:\n{stderr}\n{text}"
-    );
-    let rows: Vec<(String, HashMap<String, String>, f64)> =
-        serde_json::from_slice(&out.stdout).unwrap();
-    rows.into_iter()
-        .map(|(name, labels, value)| Sample {
-            name,
-            labels,
-            value,
-        })
-        .collect()
-}
-
-/// Installs the parser from PyPI on first use when it is missing, so the
-/// README's test command works on a fresh machine (`.ci/run` installs it too).
-fn ensure_reference_parser() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let have = Command::new("python3")
-            .args(["-c", "import prometheus_client"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !have {
-            eprintln!("installing prometheus-client (the reference text-format parser) with pip");
-            let _ = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "prometheus-client",
-                ])
-                .status();
-        }
-    });
-}
-
-/// Sum of the samples named `name` whose labels include all of `want`.
-fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            want.iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum::<f64>()
-        + 0.0
 }
 
 async fn scrape(gw: &RunningGateway) -> Vec<Sample> {
@@ -581,4 +486,38 @@ allowed_origins = ["http://page.example"]
         a("gateway_cors_preflights_total", &[("result", "no_route")]) - refused0,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_running_process() {
+    let gw = start("tm7").await;
+    let s = scrape(&gw).await;
+    let one = |name: &str| {
+        let found: Vec<f64> = s
+            .iter()
+            .filter(|x| x.name == name)
+            .map(|x| x.value)
+            .collect();
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        found[0]
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // The gateway runs in this test process: its numbers are this process's.
+    let start = one("process_start_time_seconds");
+    assert!(
+        start <= now && start > now - 3600.0,
+        "started {start}, now {now}"
+    );
+    assert!(one("process_cpu_seconds_total") > 0.0);
+    let rss = one("process_resident_memory_bytes");
+    assert!(rss > 4_000_000.0, "{rss}");
+    assert!(one("process_virtual_memory_bytes") >= rss);
+    let (open, max) = (one("process_open_fds"), one("process_max_fds"));
+    // At least stdio and the two listeners.
+    assert!(open >= 5.0 && open <= max, "{open} open of {max}");
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
+    assert!((open - fds).abs() < 50.0, "{open} reported, {fds} listed");
 }

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod metrics;
 pub mod otel;
+pub mod process;
 pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -200,16 +200,30 @@ pub fn start_request(
         }
         None => Context::new(),
     };
-    // Named `METHOD route` once the route is known (at the end).
+    // Named `METHOD route` once the route is known (at the end). Until then
+    // a made-up method is `HTTP` in the name and `_OTHER` in the method
+    // attribute, as the HTTP semantic conventions ask, so span names stay a
+    // small set whatever clients send; the raw method goes in its own
+    // attribute.
+    let known = super::metrics::known_method(method.as_str());
     let mut span = tracer
-        .span_builder(method.as_str().to_owned())
+        .span_builder(known.unwrap_or("HTTP"))
         .with_kind(SpanKind::Server)
         .start_with_context(tracer, &parent);
     if span.span_context().is_sampled() {
         span.set_attributes([
-            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new(
+                "http.request.method",
+                known.unwrap_or(super::metrics::OTHER_METHOD),
+            ),
             KeyValue::new("url.path", path.to_owned()),
         ]);
+        if known.is_none() {
+            span.set_attribute(KeyValue::new(
+                "http.request.method_original",
+                method.as_str().to_owned(),
+            ));
+        }
     }
     let ids = trace_parent(span.span_context());
     Some((ids, parent.with_span(span)))

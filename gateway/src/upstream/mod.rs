@@ -136,6 +136,35 @@ impl BackendStats {
             ("deadline_exceeded", v(&self.deadline_exceeded)),
         ]
     }
+
+    /// The HELP text of each counter in [`BackendStats::snapshot`], as
+    /// /metrics shows it (`gateway_backend_NAME_total`).
+    pub fn help(name: &str) -> &'static str {
+        match name {
+            "requests" => "Calls started on the backend, refused ones included; retries count once",
+            "retries" => "Attempts repeated on another endpoint after a retryable failure",
+            "retries_over_budget" => {
+                "Retries not made because the backend's retry budget was spent"
+            }
+            "ejections" => "Endpoints taken out of rotation by outlier detection",
+            "breaker_opened" => "Times the circuit breaker opened and began refusing calls",
+            "breaker_half_opened" => {
+                "Times the circuit breaker let probe calls through after its open period"
+            }
+            "breaker_closed" => "Times the circuit breaker closed again after successful probes",
+            "rejected_open" => {
+                "Calls refused at once because the circuit breaker was open (or half-open and full)"
+            }
+            "rejected_overload" => {
+                "Calls refused because the backend's max_requests were already in flight"
+            }
+            "no_endpoints" => "Calls refused because no endpoint was in rotation",
+            "deadline_exceeded" => {
+                "Calls that ran out of deadline before or while waiting for the backend"
+            }
+            _ => "",
+        }
+    }
 }
 
 /// A named group of instances serving the same services.
