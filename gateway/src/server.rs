@@ -284,13 +284,32 @@ async fn handle_route(
         return resp;
     }
 
-    // STAGE streaming: streaming methods branch off here to their own handler.
-    let body = match crate::transcode::stream::intercept(&snap, route, &vars, &parts, body, || {
-        request_metadata(&parts.headers, route)
-    }) {
-        crate::transcode::stream::Intercepted::Answered(answer) => return answer.await,
-        crate::transcode::stream::Intercepted::Pass(body) => body,
+    // STAGE headers: the client's deadline and metadata, read before any
+    // body byte; a value the gateway cannot read is a 400 naming the header.
+    if let Err(e) = crate::upstream::deadline::client_timeout(&parts.headers) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            e.to_string(),
+        );
+    }
+    let metadata = match request_metadata(&parts.headers, route) {
+        Ok(md) => md,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                e.to_string(),
+            )
+        }
     };
+
+    // STAGE streaming: streaming methods branch off here to their own handler.
+    let (body, metadata) =
+        match crate::transcode::stream::intercept(&snap, route, &vars, &parts, body, metadata) {
+            crate::transcode::stream::Intercepted::Answered(answer) => return answer.await,
+            crate::transcode::stream::Intercepted::Pass(body, metadata) => (body, metadata),
+        };
 
     // A trace span (when exporting) from the first body byte to the message.
     let mut transcoding = crate::telemetry::otel::ChildSpan::internal("transcode request");
@@ -309,7 +328,6 @@ async fn handle_route(
         };
         drop(body);
         transcoding.end();
-        let metadata = request_metadata(&parts.headers, route);
         // Boxed: inline, its state would make every request's future larger.
         return Box::pin(crate::transcode::stream::server_stream(
             &snap,
@@ -330,7 +348,6 @@ async fn handle_route(
     drop(body);
     transcoding.end();
 
-    let metadata = request_metadata(&parts.headers, route);
     let started = std::time::Instant::now();
     // Balancing, retries, ejection, circuit breaker and deadline all happen
     // in the backend; the client's deadline headers and address go along.
