@@ -1,13 +1,16 @@
-//! The HTTP side of the wire contract: binary metadata both ways and
-//! deadline headers the gateway cannot read.
+//! The HTTP side of the wire contract: binary metadata both ways, a
+//! backend's header metadata on error answers, and deadline headers the
+//! gateway cannot read.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 
-use gateway::example::{BoxFuture, DynamicServer};
+use gateway::example::{BoxFuture, DynamicServer, MessageStream};
 use gateway_tests::{
     echo_config, spawn_backend, streaming, testing_descriptors, testing_pool, TestGateway,
     ECHO_SERVICE,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost_reflect::{DynamicMessage, MapKey, MethodDescriptor, Value};
 use serde_json::json;
 use tonic::metadata::{KeyAndValueRef, MetadataValue};
@@ -130,6 +133,103 @@ async fn binary_backend_metadata_comes_back_as_base64_grpc_metadata_bin_headers(
     let r = gw.get("/v1/fail").await;
     r.assert_error(404, 5, "no such blob");
     assert_eq!(r.header("grpc-metadata-x-why-bin"), "+/8=");
+}
+
+// ---------------------------------------------------------------------------
+// Item: header metadata on error replies
+// ---------------------------------------------------------------------------
+
+/// A unary method answered the way grpc-go answers after `SendHeader`:
+/// response headers with metadata first, then the failure in the trailers.
+/// tonic does that for a server-streaming reply whose stream fails at once,
+/// and on the wire a unary reply is no different.
+#[derive(Clone)]
+struct HeadersThenFailure;
+
+impl tonic::server::ServerStreamingService<DynamicMessage> for HeadersThenFailure {
+    type Response = DynamicMessage;
+    type ResponseStream = MessageStream;
+    type Future = BoxFuture<Result<Response<MessageStream>, Status>>;
+
+    fn call(&mut self, _: Request<DynamicMessage>) -> Self::Future {
+        Box::pin(async { Ok(headers_then_failure()) })
+    }
+}
+
+fn headers_then_failure() -> Response<MessageStream> {
+    let mut status = Status::new(Code::FailedPrecondition, "failed after its headers");
+    status
+        .metadata_mut()
+        .insert("x-late", MetadataValue::from_static("trailer"));
+    let mut resp = Response::new(Box::pin(tokio_stream::once(Err(status))) as MessageStream);
+    resp.metadata_mut()
+        .insert("x-early", MetadataValue::from_static("header"));
+    resp.metadata_mut()
+        .insert_bin("x-early-bin", MetadataValue::from_bytes(&BLOB));
+    resp
+}
+
+/// Serves every call of `testing.v1.Echo` with [`HeadersThenFailure`].
+async fn headers_then_failure_backend() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend addr").to_string();
+    let input = testing_pool()
+        .get_message_by_name("testing.v1.FailRequest")
+        .expect("FailRequest");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let input = input.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let codec = gateway::upstream::DynamicCodec::new(input.clone());
+                async move {
+                    let mut grpc = tonic::server::Grpc::new(codec);
+                    Ok::<_, Infallible>(grpc.server_streaming(HeadersThenFailure, req).await)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn header_metadata_sent_before_a_unary_failure_comes_back_with_the_error() {
+    let backend = headers_then_failure_backend().await;
+    let gw = TestGateway::start_with(&echo_config(""), &backend, &testing_descriptors()).await;
+    let r = gw.get("/v1/fail").await;
+    r.assert_error(400, 9, "failed after its headers");
+    assert_eq!(r.header("grpc-metadata-x-early"), "header");
+    assert_eq!(r.header("grpc-metadata-x-early-bin"), "+/8=");
+    assert_eq!(r.header("grpc-metadata-x-late"), "trailer");
+    // Framing headers are not metadata.
+    assert_eq!(r.header("grpc-metadata-content-type"), "");
+}
+
+#[tokio::test]
+async fn header_metadata_sent_before_a_server_stream_fails_comes_back_with_the_error() {
+    let server = DynamicServer::new(
+        &streaming::pool(),
+        &streaming::SERVICES,
+        |_: &MethodDescriptor, _: Request<DynamicMessage>| {
+            Box::pin(async { Err(Status::unimplemented("streams only")) }) as BoxFuture<_>
+        },
+    )
+    .with_streaming(|_: &MethodDescriptor, _: Request<MessageStream>| {
+        Box::pin(async { Ok(headers_then_failure()) }) as BoxFuture<_>
+    });
+    let backend = spawn_backend(server).await;
+    let config = streaming::CONFIG.replace("{extra}", "");
+    let gw = TestGateway::start_with(&config, &backend, &streaming::descriptors()).await;
+    let r = gw.get("/v1/count?count=3").await;
+    r.assert_error(400, 9, "failed after its headers");
+    assert_eq!(r.header("grpc-metadata-x-early"), "header");
+    assert_eq!(r.header("grpc-metadata-x-early-bin"), "+/8=");
+    assert_eq!(r.header("grpc-metadata-x-late"), "trailer");
 }
 
 // ---------------------------------------------------------------------------

@@ -212,7 +212,10 @@ pub async fn server_stream(
     };
     let first = match first {
         Ok(m) => m,
-        Err(status) => return backend_error(snap, route, &addr, &status),
+        Err(status) => {
+            let status = with_header_metadata(status, md);
+            return backend_error(snap, route, &addr, &status);
+        }
     };
     let output = if route.shaping.raw_response {
         Output::Raw
@@ -1109,6 +1112,19 @@ fn deadline_error(route: &Route) -> Response<Body> {
 
 pub(crate) fn error_response(s: RpcStatus) -> Response<Body> {
     s.into_response().map(Body::from)
+}
+
+/// A stream that failed before its first message, with the header metadata
+/// the backend sent before failing, so the error answer carries it as a
+/// success would. A transport failure (it has a source) is kept as it is:
+/// its empty metadata is how [`backend_error`] knows to name the backend.
+fn with_header_metadata(mut status: tonic::Status, headers: MetadataMap) -> tonic::Status {
+    if std::error::Error::source(&status).is_none() {
+        let mut headers = headers.into_headers();
+        headers.remove(header::CONTENT_TYPE);
+        status.metadata_mut().as_mut().extend(headers);
+    }
+    status
 }
 
 /// A backend's failure as the unary path renders it: status, details, and
