@@ -1,6 +1,6 @@
 //! The HTTP side of the wire contract: binary metadata both ways, a
-//! backend's header metadata on error answers, and deadline headers the
-//! gateway cannot read.
+//! backend's header metadata on error answers, deadline headers the gateway
+//! cannot read, and HEAD on GET routes.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -322,3 +322,151 @@ async fn deadline_headers_are_checked_on_streaming_routes_too() {
     r.assert_error(400, 3, "header grpc-timeout");
 }
 
+// ---------------------------------------------------------------------------
+// Item: HEAD
+// ---------------------------------------------------------------------------
+
+/// Headers that differ between any two answers.
+const PER_ANSWER: [&str; 3] = ["date", "x-request-id", "traceresponse"];
+
+/// Asserts that `head` has `get`'s status and headers and no body.
+#[track_caller]
+fn assert_head_matches_get(get: &reqwest::Response, head: &reqwest::Response, body_len: usize) {
+    assert_eq!(head.status(), get.status());
+    let strip = |r: &reqwest::Response| {
+        let mut h: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .filter(|(k, _)| !PER_ANSWER.contains(&k.as_str()))
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(strip(head), strip(get));
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        body_len.to_string()
+    );
+}
+
+#[tokio::test]
+async fn head_on_a_get_route_answers_as_the_get_without_a_body() {
+    let gw = TestGateway::echo("").await;
+    for path in ["/v1/single/abc", "/v1/fail?code=5&message=gone"] {
+        let get = gw.client.get(gw.url(path)).send().await.unwrap();
+        let head = gw.client.head(gw.url(path)).send().await.unwrap();
+        let get_status = get.status();
+        let get_headers = get.headers().clone();
+        let get_body = get.bytes().await.unwrap();
+        assert!(!get_body.is_empty(), "{path}");
+        assert_eq!(get_headers["content-length"], get_body.len().to_string());
+        let expected = if path.starts_with("/v1/single") {
+            json!({"stringField": "abc"})
+        } else {
+            json!({"code": 5, "message": "gone", "details": []})
+        };
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&get_body).unwrap(),
+            expected
+        );
+        assert_eq!(head.status(), get_status, "{path}");
+        let mut head_headers = head.headers().clone();
+        let head_body = head.bytes().await.unwrap();
+        assert!(head_body.is_empty(), "{path}: {head_body:?}");
+        let mut get_headers = get_headers;
+        for h in PER_ANSWER {
+            get_headers.remove(h);
+            head_headers.remove(h);
+        }
+        assert_eq!(head_headers, get_headers, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn head_answers_carry_no_body_bytes_on_the_wire() {
+    let gw = TestGateway::echo("").await;
+    let r = gw.raw("HEAD /v1/single/abc HTTP/1.1", b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        r#"{"stringField":"abc"}"#.len().to_string()
+    );
+    assert_eq!(r.header("content-type"), "application/json");
+    // Everything after the blank line up to the close: nothing.
+    assert_eq!(r.text, "");
+    assert_eq!(r.header("transfer-encoding"), "");
+
+    // Over HTTP/2 too, where the server, not the protocol library, must
+    // leave the body out.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let get = h2.get(gw.url("/v1/single/abc")).send().await.unwrap();
+    let head = h2.head(gw.url("/v1/single/abc")).send().await.unwrap();
+    assert_eq!(head.version(), reqwest::Version::HTTP_2);
+    assert_head_matches_get(&get, &head, r#"{"stringField":"abc"}"#.len());
+    assert_eq!(get.text().await.unwrap(), r#"{"stringField":"abc"}"#);
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn head_where_no_get_is_routed_is_405_and_allow_lists_head_beside_get() {
+    let gw = TestGateway::echo("").await;
+    let head = gw
+        .client
+        .head(gw.url("/v1/items/abc:activate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 405);
+    assert_eq!(head.headers()["allow"], "POST");
+    assert_eq!(head.headers()["content-type"], "application/json");
+    // The same answer as any other wrong method, body aside.
+    let r = gw
+        .request("PATCH", "/v1/items/abc:activate", &[], None)
+        .await;
+    r.assert_error(
+        405,
+        12,
+        "method PATCH is not allowed on /v1/items/abc:activate; allowed: POST",
+    );
+    assert_eq!(
+        head.headers()["content-length"],
+        r.text.replace("PATCH", "HEAD").len().to_string()
+    );
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    let r = gw.delete("/v1/single/abc").await;
+    r.assert_error(405, 12, "allowed: GET, HEAD");
+    assert_eq!(r.header("allow"), "GET, HEAD");
+}
+
+#[tokio::test]
+async fn head_requests_are_counted_under_method_head() {
+    // A route of its own: the metrics registry is shared by the tests of
+    // this binary.
+    let config = format!(
+        "{}\n[[routes]]\nmethod = \"GET\"\npath = \"/v1/head-count/{{string_field}}\"\ngrpc = \"testing.v1.Echo/Echo\"\n",
+        echo_config("")
+    );
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..3 {
+        let r = gw.request("HEAD", "/v1/head-count/x", &[], None).await;
+        assert_eq!((r.status, r.text.as_str()), (200, ""));
+    }
+    gw.get("/v1/head-count/x").await.ok();
+    let text = gateway::telemetry::metrics::handle().render();
+    let count = |method: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("gateway_http_requests_total{"))
+            .filter(|l| l.contains("route=\"/v1/head-count/{string_field}\""))
+            .filter(|l| l.contains(&format!("method=\"{method}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(count("HEAD"), 3.0, "{text}");
+    assert_eq!(count("GET"), 1.0, "{text}");
+}
