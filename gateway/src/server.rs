@@ -75,6 +75,9 @@ pub fn app(gateway: Arc<Gateway>) -> App {
         .layer(crate::telemetry::AccessLayer {
             log: gateway.snapshot().access_log,
         })
+        // HEAD answers lose their body here, whichever layer made them, so
+        // the access log counts the bytes actually sent.
+        .layer(tower::layer::layer_fn(Head))
         // The whole request, from arrival to the answer's head: 504 beyond.
         .layer(crate::edge::limits::TimeoutLayer::new(gateway.clone()))
         // CORS: preflights answered here (no auth, no rate limit); CORS
@@ -87,10 +90,66 @@ pub fn app(gateway: Arc<Gateway>) -> App {
 
 /// The service [`app`] returns.
 pub type App = crate::telemetry::Access<
-    crate::edge::limits::TimeoutService<
-        crate::edge::cors::Cors<crate::edge::limits::LimitsService<Handler>>,
+    Head<
+        crate::edge::limits::TimeoutService<
+            crate::edge::cors::Cors<crate::edge::limits::LimitsService<Handler>>,
+        >,
     >,
 >;
+
+/// HEAD answers: the status and headers the GET would have, without the
+/// body (RFC 9110 section 9.3.2); the router sends HEAD to the GET route
+/// where no route claims HEAD. hyper leaves the body out over HTTP/1.1 but
+/// not over HTTP/2, so it is dropped here for both, with the length it
+/// would have had. Dropping a streaming body cancels its backend call.
+#[derive(Clone)]
+pub struct Head<S>(S);
+
+impl<S> tower::Service<http::Request<Body>> for Head<S>
+where
+    S: tower::Service<http::Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        S::Future,
+        futures_util::future::MapOk<S::Future, fn(Response<Body>) -> Response<Body>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        use futures_util::TryFutureExt as _;
+        if req.method() == http::Method::HEAD {
+            futures_util::future::Either::Right(self.0.call(req).map_ok(without_body as fn(_) -> _))
+        } else {
+            futures_util::future::Either::Left(self.0.call(req))
+        }
+    }
+}
+
+/// `resp` with an empty body and the `Content-Length` the body had.
+fn without_body(resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    // Statuses that never carry a length (RFC 9110 section 8.6).
+    let lengthless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if let Some(len) = http_body::Body::size_hint(&body).exact() {
+        if !lengthless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    Response::from_parts(parts, Body::empty())
+}
 
 /// [`handle`] as a tower service, innermost of [`app`].
 #[derive(Clone)]
@@ -284,13 +343,32 @@ async fn handle_route(
         return resp;
     }
 
-    // STAGE streaming: streaming methods branch off here to their own handler.
-    let body = match crate::transcode::stream::intercept(&snap, route, &vars, &parts, body, || {
-        request_metadata(&parts.headers, route)
-    }) {
-        crate::transcode::stream::Intercepted::Answered(answer) => return answer.await,
-        crate::transcode::stream::Intercepted::Pass(body) => body,
+    // STAGE headers: the client's deadline and metadata, read before any
+    // body byte; a value the gateway cannot read is a 400 naming the header.
+    if let Err(e) = crate::upstream::deadline::client_timeout(&parts.headers) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            e.to_string(),
+        );
+    }
+    let metadata = match request_metadata(&parts.headers, route) {
+        Ok(md) => md,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                e.to_string(),
+            )
+        }
     };
+
+    // STAGE streaming: streaming methods branch off here to their own handler.
+    let (body, metadata) =
+        match crate::transcode::stream::intercept(&snap, route, &vars, &parts, body, metadata) {
+            crate::transcode::stream::Intercepted::Answered(answer) => return answer.await,
+            crate::transcode::stream::Intercepted::Pass(body, metadata) => (body, metadata),
+        };
 
     // A trace span (when exporting) from the first body byte to the message.
     let mut transcoding = crate::telemetry::otel::ChildSpan::internal("transcode request");
@@ -309,7 +387,6 @@ async fn handle_route(
         };
         drop(body);
         transcoding.end();
-        let metadata = request_metadata(&parts.headers, route);
         // Boxed: inline, its state would make every request's future larger.
         return Box::pin(crate::transcode::stream::server_stream(
             &snap,
@@ -330,7 +407,6 @@ async fn handle_route(
     drop(body);
     transcoding.end();
 
-    let metadata = request_metadata(&parts.headers, route);
     let started = std::time::Instant::now();
     // Balancing, retries, ejection, circuit breaker and deadline all happen
     // in the backend; the client's deadline headers and address go along.

@@ -281,23 +281,40 @@ impl<T> Matcher<T> {
             return Lookup::BadPath(PathError::NotAbsolute);
         }
         let split = self.split_verb(path);
-        let mut search = Search::new(&self.nodes, path, Some(method));
-        let found = match search.run(split.as_ref().map(|(end, verb)| (*end, &**verb))) {
+        let verb = split.as_ref().map(|(end, verb)| (*end, &**verb));
+        let mut found = match Search::new(&self.nodes, path, Some(method)).run(verb) {
             Ok(found) => found,
             Err(Exhausted) => return Lookup::BadPath(PathError::TooComplex),
         };
+        // HEAD is the GET without its body (RFC 9110 section 9.3.2) where
+        // no route claims HEAD itself; the caller leaves the body out.
+        if found.is_none() && method == "HEAD" {
+            found = match Search::new(&self.nodes, path, Some("GET")).run(verb) {
+                Ok(found) => found,
+                Err(Exhausted) => return Lookup::BadPath(PathError::TooComplex),
+            };
+        }
         if let Some((id, end)) = found {
             return self.found(id, path, end);
         }
         match self.collect(path) {
             Err(Exhausted) => Lookup::BadPath(PathError::TooComplex),
             Ok(allowed) if allowed.is_empty() => Lookup::NotFound,
-            Ok(allowed) => Lookup::MethodNotAllowed { allowed },
+            Ok(mut allowed) => {
+                // What the request could have used, HEAD included.
+                if allowed.contains(&"GET") && !allowed.contains(&"HEAD") {
+                    let at = allowed.partition_point(|m| *m < "HEAD");
+                    allowed.insert(at, "HEAD");
+                }
+                Lookup::MethodNotAllowed { allowed }
+            }
         }
     }
 
     /// Methods (sorted, deduplicated) having a route that matches `path`,
-    /// for the `Allow` header of a 405 and for CORS preflight answers.
+    /// for CORS preflight answers. (A 405's `Allow` adds HEAD where GET is
+    /// there, see [`lookup`](Self::lookup); a preflight never asks for
+    /// HEAD, a CORS-safelisted method.)
     pub fn allowed_methods(&self, path: &str) -> Vec<&str> {
         if !path.starts_with('/') {
             return Vec::new();
@@ -688,7 +705,7 @@ mod tests {
             &[
                 ("GET", "/v1/users/me", ok(1, &["me"])),
                 ("POST", "/v1/users/me", ok(0, &[])),
-                ("POST", "/v1/users/you", err("405 GET")),
+                ("POST", "/v1/users/you", err("405 GET,HEAD")),
             ],
         );
     }
@@ -784,8 +801,8 @@ mod tests {
                 ("GET", "/v1/books/1", ok(1, &["1"])),
                 ("GET", "/v1/books/1:publish", ok(1, &["1:publish"])),
                 ("GET", "/v1/books/1:unknown", ok(1, &["1:unknown"])),
-                ("POST", "/v1/books/1", err("405 GET")),
-                ("POST", "/v1/books/:publish", err("405 GET")),
+                ("POST", "/v1/books/1", err("405 GET,HEAD")),
+                ("POST", "/v1/books/:publish", err("405 GET,HEAD")),
                 ("POST", "/v1/a/b:download", ok(2, &["a/b"])),
                 ("POST", "/v1/x:do%20it", ok(3, &[])),
                 ("GET", "/v1/x:batchGet", ok(4, &[])),
@@ -839,6 +856,23 @@ mod tests {
     }
 
     #[test]
+    fn head_takes_its_own_route_first_then_the_get() {
+        let m = matcher(&[
+            ("GET", "/v1/things/{id}"),
+            ("HEAD", "/v1/things/{id}"),
+            ("GET", "/v1/other/{id}"),
+        ]);
+        check(
+            &m,
+            &[
+                ("HEAD", "/v1/things/1", ok(1, &["1"])),
+                ("HEAD", "/v1/other/2", ok(2, &["2"])),
+                ("POST", "/v1/things/1", err("405 GET,HEAD")),
+            ],
+        );
+    }
+
+    #[test]
     fn distinguishes_method_not_allowed_from_not_found() {
         let m = matcher(&[
             ("GET", "/v1/books/{id}"),
@@ -849,9 +883,15 @@ mod tests {
         check(
             &m,
             &[
-                ("PUT", "/v1/books/1", err("405 DELETE,GET")),
-                ("get", "/v1/books/1", err("405 DELETE,GET")),
-                ("PUT", "/v1/books/1:publish", err("405 DELETE,GET,POST")),
+                ("PUT", "/v1/books/1", err("405 DELETE,GET,HEAD")),
+                ("get", "/v1/books/1", err("405 DELETE,GET,HEAD")),
+                (
+                    "PUT",
+                    "/v1/books/1:publish",
+                    err("405 DELETE,GET,HEAD,POST"),
+                ),
+                ("HEAD", "/v1/books/1", ok(0, &["1"])),
+                ("HEAD", "/v1/books", err("405 LIST")),
                 ("LIST", "/v1/books", ok(3, &[])),
                 ("GET", "/v1/books", err("405 LIST")),
                 ("GET", "/v2/books/1", err("404")),

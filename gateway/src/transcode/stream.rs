@@ -49,8 +49,9 @@ pub enum Intercepted<'a> {
     /// Answered here (a streaming call, a raw or multipart body): the
     /// answer, to be awaited.
     Answered(Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>),
-    /// An ordinary JSON request: the unary path goes on with the body.
-    Pass(Body),
+    /// An ordinary JSON request: the unary path goes on with the body and
+    /// the request metadata.
+    Pass(Body, MetadataMap),
 }
 
 /// Whether the request goes through [`intercept`] rather than the JSON
@@ -62,8 +63,8 @@ fn takes_body(route: &Route, headers: &HeaderMap) -> bool {
         || (route.shaping.multipart && multipart::is_multipart(headers))
 }
 
-/// The streaming stage of the request path. `metadata` builds the request
-/// metadata (only called when the call is made here).
+/// The streaming stage of the request path, with the request metadata
+/// (handed back when the request is not taken here).
 ///
 /// The answer comes boxed, and only for the requests this stage takes:
 /// awaited inline, its state machine (8 KiB: every streaming variant) made
@@ -75,10 +76,10 @@ pub fn intercept<'a>(
     vars: &[Cow<'_, str>],
     parts: &'a Parts,
     body: Body,
-    metadata: impl FnOnce() -> MetadataMap,
+    metadata: MetadataMap,
 ) -> Intercepted<'a> {
     if !takes_body(route, &parts.headers) {
-        return Intercepted::Pass(body);
+        return Intercepted::Pass(body, metadata);
     }
     let builder = Builder {
         route: route.clone(),
@@ -87,12 +88,7 @@ pub fn intercept<'a>(
         opts: snap.decode,
     };
     Intercepted::Answered(Box::pin(answer(
-        snap,
-        route,
-        builder,
-        parts,
-        body,
-        metadata(),
+        snap, route, builder, parts, body, metadata,
     )))
 }
 
@@ -216,7 +212,10 @@ pub async fn server_stream(
     };
     let first = match first {
         Ok(m) => m,
-        Err(status) => return backend_error(snap, route, &addr, &status),
+        Err(status) => {
+            let status = with_header_metadata(status, md);
+            return backend_error(snap, route, &addr, &status);
+        }
     };
     let output = if route.shaping.raw_response {
         Output::Raw
@@ -1113,6 +1112,19 @@ fn deadline_error(route: &Route) -> Response<Body> {
 
 pub(crate) fn error_response(s: RpcStatus) -> Response<Body> {
     s.into_response().map(Body::from)
+}
+
+/// A stream that failed before its first message, with the header metadata
+/// the backend sent before failing, so the error answer carries it as a
+/// success would. A transport failure (it has a source) is kept as it is:
+/// its empty metadata is how [`backend_error`] knows to name the backend.
+fn with_header_metadata(mut status: tonic::Status, headers: MetadataMap) -> tonic::Status {
+    if std::error::Error::source(&status).is_none() {
+        let mut headers = headers.into_headers();
+        headers.remove(header::CONTENT_TYPE);
+        status.metadata_mut().as_mut().extend(headers);
+    }
+    status
 }
 
 /// A backend's failure as the unary path renders it: status, details, and

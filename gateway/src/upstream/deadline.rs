@@ -44,26 +44,66 @@ pub fn parse_request_timeout(v: &str) -> Option<Duration> {
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 static X_REQUEST_TIMEOUT: http::HeaderName = http::HeaderName::from_static("x-request-timeout");
 
-/// The client's own deadline, the smaller of the two headers; unreadable
-/// values are ignored (the route's timeout still applies).
-pub fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let grpc = headers
-        .get(&GRPC_TIMEOUT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
-    let plain = headers
-        .get(&X_REQUEST_TIMEOUT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_request_timeout);
-    match (grpc, plain) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// A deadline header the gateway cannot read. Refused with a 400 rather
+/// than ignored: a client that sends a deadline counts on it, and a call
+/// that silently ran to the route's timeout instead would surprise it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BadTimeout {
+    #[error(
+        "header grpc-timeout {0:?} is not a gRPC timeout: write 1 to 8 digits and a unit, \
+         H (hours), M (minutes), S (seconds), m (milliseconds), u (microseconds) or \
+         n (nanoseconds), e.g. \"500m\""
+    )]
+    Grpc(String),
+    #[error(
+        "header x-request-timeout {0:?} is not a timeout: write a number of seconds \
+         (\"1.5\") or a duration with a unit, ms, s, m or h (\"500ms\"), at most a day"
+    )]
+    Plain(String),
 }
 
-/// The route's timeout, capped by the client's if smaller.
+/// The value as the error quotes it: enough to recognise, bounded so a
+/// long header does not make a long answer.
+fn quoted(v: &http::HeaderValue) -> String {
+    let text = String::from_utf8_lossy(v.as_bytes());
+    text.chars().take(40).collect()
+}
+
+/// The client's own deadline, the smaller of the two headers; an
+/// unreadable value is an error (see [`BadTimeout`]).
+pub fn client_timeout(headers: &HeaderMap) -> Result<Option<Duration>, BadTimeout> {
+    let grpc = match headers.get(&GRPC_TIMEOUT) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(parse_grpc_timeout)
+                .ok_or_else(|| BadTimeout::Grpc(quoted(v)))?,
+        ),
+    };
+    let plain = match headers.get(&X_REQUEST_TIMEOUT) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(parse_request_timeout)
+                .ok_or_else(|| BadTimeout::Plain(quoted(v)))?,
+        ),
+    };
+    Ok(match (grpc, plain) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// The route's timeout, capped by the client's if smaller. Unreadable
+/// deadline headers were refused before the call (see `server`), so here
+/// they cannot occur; the route's timeout is the safe reading.
 pub fn effective(route: Duration, headers: &HeaderMap) -> Duration {
-    client_timeout(headers).map_or(route, |c| c.min(route))
+    client_timeout(headers)
+        .ok()
+        .flatten()
+        .map_or(route, |c| c.min(route))
 }
 
 #[cfg(test)]
@@ -76,7 +116,18 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("5000u"), Some(Duration::from_millis(5)));
-        for bad in ["", "m", "123456789m", "1x", "-1m", "1.5S"] {
+        for bad in [
+            "",
+            "m",
+            "123456789m",
+            "1x",
+            "-1m",
+            "1.5S",
+            "soon",
+            "100",
+            "-5S",
+            "99999999999S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }
@@ -106,5 +157,24 @@ mod tests {
         assert_eq!(effective(route, &h), Duration::from_millis(300));
         h.insert("grpc-timeout", "60S".parse().unwrap());
         assert_eq!(effective(route, &h), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unreadable_deadline_headers_are_errors_naming_the_header() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", "soon".parse().unwrap());
+        let e = client_timeout(&h).unwrap_err().to_string();
+        assert!(
+            e.contains("grpc-timeout \"soon\"") && e.contains("8 digits"),
+            "{e}"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-request-timeout", "-5S".parse().unwrap());
+        let e = client_timeout(&h).unwrap_err().to_string();
+        assert!(e.contains("x-request-timeout \"-5S\""), "{e}");
+        let mut h = HeaderMap::new();
+        h.insert("x-request-timeout", "100".parse().unwrap());
+        h.insert("grpc-timeout", "99999999S".parse().unwrap());
+        assert_eq!(client_timeout(&h).unwrap(), Some(Duration::from_secs(100)));
     }
 }

@@ -456,7 +456,16 @@ async fn read_reply(
         .map(|v| Code::from_bytes(v.as_bytes()) == Code::Ok);
     match ok {
         Some(true) => {}
-        Some(false) => return Err(status_from(&trailers).expect("has grpc-status")),
+        Some(false) => {
+            // The header metadata the backend sent before failing goes back
+            // with the error, as on success (grpc-go's SendHeader, say).
+            let mut status = status_from(&trailers).expect("has grpc-status");
+            status
+                .metadata_mut()
+                .as_mut()
+                .extend(headers_metadata(headers));
+            return Err(status);
+        }
         None => {
             return Err(tonic::Status::internal(
                 "the backend's trailers carry no grpc-status",
@@ -479,6 +488,13 @@ async fn read_reply(
         message,
         http::Extensions::new(),
     ))
+}
+
+/// Response headers as an error status's metadata: without the content
+/// type, which is the framing's, not something the backend set.
+fn headers_metadata(mut headers: HeaderMap) -> HeaderMap {
+    headers.remove(http::header::CONTENT_TYPE);
+    headers
 }
 
 /// The reply's one message (`None` if the body has none), without copying
