@@ -322,3 +322,32 @@ async fn whole_body_fields_of_integers_are_range_checked_too() {
         serde_json::json!(["9223372036854775806", "-1000000000000000000"])
     );
 }
+
+#[tokio::test]
+async fn integers_inside_an_any_are_range_checked_after_its_type() {
+    let gw = gateway().await;
+    let body =
+        |payload: &str| format!(r#"{{"anyField": {{"@type": "type.googleapis.com/{payload}}}}}"#);
+    gw.send_raw_json(
+        "POST",
+        "/v1/echo",
+        body(r#"testing.v1.Integers", "int64Field": 9223372036854775808.0"#).as_bytes(),
+    )
+    .await
+    .assert_error(400, 3, "out of range for int64");
+    gw.send_raw_json(
+        "POST",
+        "/v1/echo",
+        body(r#"google.protobuf.UInt64Value", "value": 18446744073709551616"#).as_bytes(),
+    )
+    .await
+    .assert_error(400, 3, "out of range for uint64");
+    let r = gw
+        .send_raw_json(
+            "POST",
+            "/v1/echo",
+            body(r#"testing.v1.Integers", "int64Field": 9223372036854775806.0"#).as_bytes(),
+        )
+        .await;
+    assert_eq!(r.ok()["anyField"]["int64Field"], "9223372036854775806");
+}

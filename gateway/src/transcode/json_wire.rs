@@ -1808,6 +1808,16 @@ mod tests {
             refused(r#"{"int32Field": 1.0000000000000000001}"#, o);
             refused(r#"{"uint64Field": 1e-400}"#, o);
             refused(r#"{"codes": {"2147483648": "a"}}"#, o);
+            refused(
+                r#"{"anyField": {"@type": "type.googleapis.com/testing.v1.Integers",
+                    "uint32List": [4294967296.0]}}"#,
+                o,
+            );
+            refused(
+                r#"{"anyField": {"@type": "type.googleapis.com/google.protobuf.Int64Value",
+                    "value": -9223372036854775809}}"#,
+                o,
+            );
             refused(r#"{"floatField": 1e39}"#, o);
             refused(r#"{"doubleField": 1e400}"#, o);
             refused(r#"{"color": 2147483648}"#, o);

@@ -404,11 +404,22 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
             Ctx::Map(_, keys) => IntType::of(keys),
             _ => None,
         };
+        let any = match &self.ctx {
+            Ctx::Kind(Kind::Message(m)) if m.full_name() == "google.protobuf.Any" => {
+                Some(AnyPayload {
+                    any: m.clone(),
+                    payload: None,
+                    reading_type: false,
+                })
+            }
+            _ => None,
+        };
         let r = self.v.visit_map(Map {
             map,
             keys,
             values,
             int_keys,
+            any,
             key: String::new(),
             next: Ctx::Opaque,
             limits: self.limits,
@@ -531,6 +542,8 @@ struct Map<'s, A> {
     values: Option<Ctx>,
     /// A map field's integer key type: keys are checked as its values are.
     int_keys: Option<IntType>,
+    /// Set in a `google.protobuf.Any`.
+    any: Option<AnyPayload>,
     /// The last key read, reused between keys.
     key: String,
     /// The context of the value about to be read.
@@ -593,13 +606,29 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
                         quoted(key)
                     )));
                 }
-                self.next = self.values.clone().unwrap_or(Ctx::Opaque);
+                self.next = match &mut self.any {
+                    Some(any) => any.value_ctx(key),
+                    None => self.values.clone().unwrap_or(Ctx::Opaque),
+                };
             }
         }
         Ok(Some(k))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        if let Some(any) = self.any.as_mut().filter(|a| a.reading_type) {
+            any.reading_type = false;
+            self.key.clear();
+            let v = self.map.next_value_seed(KeySeed {
+                seed,
+                slot: &mut self.key,
+            })?;
+            any.payload = self
+                .key
+                .rsplit_once('/')
+                .and_then(|(_, name)| any.any.parent_pool().get_message_by_name(name));
+            return Ok(v);
+        }
         let ctx = std::mem::replace(&mut self.next, Ctx::Opaque);
         self.map.next_value_seed(Seeded {
             seed,
@@ -610,6 +639,39 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
 
     fn size_hint(&self) -> Option<usize> {
         self.map.size_hint()
+    }
+}
+
+/// A `google.protobuf.Any` object. Once its `@type` is read, the members
+/// after it are the payload's fields (or, for a well-known type, its JSON
+/// form under `value`) and get their context like any message's, so their
+/// integers are checked. prost-reflect buffers the members before `@type`
+/// itself, as untyped values: those stay opaque here.
+struct AnyPayload {
+    /// The Any type, for its pool.
+    any: MessageDescriptor,
+    payload: Option<MessageDescriptor>,
+    /// The value about to be read is `@type`'s.
+    reading_type: bool,
+}
+
+impl AnyPayload {
+    fn value_ctx(&mut self, key: &str) -> Ctx {
+        if key == "@type" {
+            self.reading_type = true;
+            return Ctx::Opaque;
+        }
+        match &self.payload {
+            Some(p) if p.full_name().starts_with("google.protobuf.") => match key {
+                "value" => Ctx::message(p),
+                _ => Ctx::Opaque,
+            },
+            Some(p) => p
+                .get_field_by_json_name(key)
+                .or_else(|| p.get_field_by_name(key))
+                .map_or(Ctx::Opaque, |f| Ctx::field(&f)),
+            None => Ctx::Opaque,
+        }
     }
 }
 
