@@ -12,7 +12,9 @@
 //! digits), and hands serde_json the rest so the reference's own code judges
 //! it: strings with escapes, and every other number (floats, so their
 //! rounding and range errors are serde_json's). Driving serde_json through
-//! serde's visitors cost about as much as the encoding itself.
+//! serde's visitors cost about as much as the encoding itself. The values of
+//! integer fields are the exception on both paths: they are read from their
+//! text by [`json_int`](super::json_int), never through a float.
 //!
 //! It has no errors of its own: for anything it does not handle, and for
 //! anything the reference refuses, it returns [`Fallback`] and the caller runs
@@ -32,6 +34,7 @@ use std::fmt;
 use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde::de::{self, Visitor};
 
+use super::json_int;
 use super::request::DecodeOptions;
 use super::wire::Scalar;
 
@@ -529,16 +532,16 @@ enum Tok<'a> {
 }
 
 // The conversions below mirror prost-reflect 0.16's visitors
-// (dynamic/serde/de/kind.rs) line for line: `None` wherever they fail.
+// (dynamic/serde/de/kind.rs) line for line: `None` wherever they fail. The
+// exception: integers never come as floats (`Scanner::integer` reads them
+// exactly, as strict.rs does for the reference), so a float is declined.
 
 fn to_i32(t: Tok<'_>) -> Option<i32> {
     match t {
         Tok::Str(s) => s.parse().ok(),
         Tok::I64(v) => v.try_into().ok(),
         Tok::U64(v) => v.try_into().ok(),
-        Tok::F64(v) => {
-            (v.fract() == 0.0 && !(v < i32::MIN as f64 || v > i32::MAX as f64)).then_some(v as i32)
-        }
+        Tok::F64(_) => None,
         Tok::Bool(_) => None,
     }
 }
@@ -548,9 +551,7 @@ fn to_u32(t: Tok<'_>) -> Option<u32> {
         Tok::Str(s) => s.parse().ok(),
         Tok::I64(v) => v.try_into().ok(),
         Tok::U64(v) => v.try_into().ok(),
-        Tok::F64(v) => {
-            (v.fract() == 0.0 && !(v < u32::MIN as f64 || v > u32::MAX as f64)).then_some(v as u32)
-        }
+        Tok::F64(_) => None,
         Tok::Bool(_) => None,
     }
 }
@@ -560,9 +561,7 @@ fn to_i64(t: Tok<'_>) -> Option<i64> {
         Tok::Str(s) => s.parse().ok(),
         Tok::I64(v) => Some(v),
         Tok::U64(v) => v.try_into().ok(),
-        Tok::F64(v) => {
-            (v.fract() == 0.0 && !(v < i64::MIN as f64 || v > i64::MAX as f64)).then_some(v as i64)
-        }
+        Tok::F64(_) => None,
         Tok::Bool(_) => None,
     }
 }
@@ -572,9 +571,7 @@ fn to_u64(t: Tok<'_>) -> Option<u64> {
         Tok::Str(s) => s.parse().ok(),
         Tok::I64(v) => v.try_into().ok(),
         Tok::U64(v) => Some(v),
-        Tok::F64(v) => {
-            (v.fract() == 0.0 && !(v < u64::MIN as f64 || v > u64::MAX as f64)).then_some(v as u64)
-        }
+        Tok::F64(_) => None,
         Tok::Bool(_) => None,
     }
 }
@@ -1154,6 +1151,31 @@ impl<'t> State<'_, '_, 't> {
         Some(t)
     }
 
+    /// A number for an integer field, exactly: u64 when not negative, i64
+    /// when negative; `None` (the reference refuses it) when it is not a
+    /// whole number or needs more than 64 bits. A plain integer of up to 18
+    /// digits takes the same quick sum as in [`Scanner::number`].
+    fn integer(&mut self) -> Option<Tok<'static>> {
+        let n = self.number_span()?;
+        if let Some((from, to)) = n.int_digits {
+            if to - from <= 18 {
+                let v = self.b[from..to]
+                    .iter()
+                    .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'));
+                return Some(match n.negative {
+                    true if v != 0 => Tok::I64(-(v as i64)),
+                    _ => Tok::U64(v),
+                });
+            }
+        }
+        let v = json_int::exact(&self.b[n.start..n.end])?;
+        Some(match v.negative_value() {
+            Some(i) => Tok::I64(i),
+            None if v.is_negative() => return None,
+            None => Tok::U64(v.magnitude),
+        })
+    }
+
     fn enter(&mut self) -> Option<()> {
         self.depth += 1;
         (self.depth <= self.plan.max_depth && self.depth <= SCAN_DEPTH_LIMIT).then_some(())
@@ -1276,7 +1298,12 @@ impl<'t> State<'_, '_, 't> {
                 put_token(self, kind, tag, Tok::Bool(false))
             }
             _ => {
-                let t = self.number()?;
+                let t = match kind {
+                    ValueKind::Scalar(s) | ValueKind::Wrapper(s) if s.is_integer() => {
+                        self.integer()?
+                    }
+                    _ => self.number()?,
+                };
                 put_token(self, kind, tag, t)
             }
         }
@@ -1630,9 +1657,17 @@ mod tests {
         fast(
             r#"{"int32Field": 2147483647, "int64Field": 9223372036854775807, "uint64Field": "0"}"#,
         );
-        // Past u64::MAX, serde_json reads a float, which equals u64::MAX as
-        // f64, and prost-reflect saturates it: both paths agree.
-        fast(r#"{"uint64Field": 18446744073709551616}"#);
+        // Integral numbers in any form, exactly: as an f64 the first two
+        // would be 2^63, and the last 1.
+        fast(r#"{"int64Field": 9223372036854775807.0, "sint64Field": -9.223372036854775808e18}"#);
+        fast(
+            r#"{"uint64Field": 1.8446744073709551615e19, "fixed64Field": 18446744073709551615.0}"#,
+        );
+        fast(
+            r#"{"int64Wrapper": 9223372036854775806.00, "numbers": [1e18, -1e2, 9223372036854775806e0]}"#,
+        );
+        fast(r#"{"uint32Field": 4294967295e0, "int32Field": -21474836.48e2, "codes": {"1": "a"}}"#);
+        fast(r#"{"uint64Field": 0.0, "int64Field": -0.0e5, "inner": {"deeper": {"count": 1e3}}}"#);
         fast(r#"{"doubleField": "Infinity", "floatField": "-Infinity"}"#);
         fast(r#"{"doubleField": -0.0, "floatField": 1e38, "int32Field": 3.0, "int64Field": -0}"#);
         fast(r#"{"bytesField": "-_8", "color": 3}"#);
@@ -1761,6 +1796,28 @@ mod tests {
             refused(r#"{"uint32Field": -1}"#, o);
             refused(r#"{"int64Field": 9223372036854775808}"#, o);
             refused(r#"{"uint64Field": 100000000000000000000}"#, o);
+            // Past the range but equal to its limit as an f64, or whole as an
+            // f64 but not as the number sent: refused, never saturated.
+            refused(r#"{"uint64Field": 18446744073709551616}"#, o);
+            refused(r#"{"int64Field": 9223372036854775808.0}"#, o);
+            refused(r#"{"int64Field": -9223372036854775809}"#, o);
+            refused(r#"{"sint64Field": 9.3e18}"#, o);
+            refused(r#"{"int64Wrapper": 9223372036854775808.0}"#, o);
+            refused(r#"{"numbers": [1, 9223372036854775808.0]}"#, o);
+            refused(r#"{"inner": {"deeper": {"count": -1e19}}}"#, o);
+            refused(r#"{"int32Field": 1.0000000000000000001}"#, o);
+            refused(r#"{"uint64Field": 1e-400}"#, o);
+            refused(r#"{"codes": {"2147483648": "a"}}"#, o);
+            refused(
+                r#"{"anyField": {"@type": "type.googleapis.com/testing.v1.Integers",
+                    "uint32List": [4294967296.0]}}"#,
+                o,
+            );
+            refused(
+                r#"{"anyField": {"@type": "type.googleapis.com/google.protobuf.Int64Value",
+                    "value": -9223372036854775809}}"#,
+                o,
+            );
             refused(r#"{"floatField": 1e39}"#, o);
             refused(r#"{"doubleField": 1e400}"#, o);
             refused(r#"{"color": 2147483648}"#, o);
@@ -2215,6 +2272,109 @@ mod tests {
         prop::sample::select(vec!["", " ", "\n", " \t\r\n "]).prop_map(str::to_owned)
     }
 
+    // ---- Integer ranges ----
+
+    /// Each integer type of `testing.v1.Integers`, its range, and whether
+    /// it has a `google.protobuf` wrapper.
+    const INT_TYPES: [(&str, i128, i128, bool); 10] = [
+        ("int32", i32::MIN as i128, i32::MAX as i128, true),
+        ("sint32", i32::MIN as i128, i32::MAX as i128, false),
+        ("sfixed32", i32::MIN as i128, i32::MAX as i128, false),
+        ("uint32", 0, u32::MAX as i128, true),
+        ("fixed32", 0, u32::MAX as i128, false),
+        ("int64", i64::MIN as i128, i64::MAX as i128, true),
+        ("sint64", i64::MIN as i128, i64::MAX as i128, false),
+        ("sfixed64", i64::MIN as i128, i64::MAX as i128, false),
+        ("uint64", 0, u64::MAX as i128, true),
+        ("fixed64", 0, u64::MAX as i128, false),
+    ];
+
+    /// `n` in one of the JSON forms a client may send for an integer field;
+    /// `false` when the form itself is refused (a string in exponent form).
+    fn int_form(n: i128, form: u8) -> (String, bool) {
+        let sign = if n < 0 { "-" } else { "" };
+        let digits = n.unsigned_abs().to_string();
+        let (head, tail) = digits.split_at(1);
+        let point = if tail.is_empty() { "" } else { "." };
+        let k = tail.len();
+        let text = match form {
+            0 => n.to_string(),
+            1 => format!("\"{n}\""),
+            2 => format!("{n}.0"),
+            3 => format!("{n}.000"),
+            4 => format!("{sign}{head}{point}{tail}e{k}"),
+            5 => format!("{sign}{head}.{tail}00E+{k}"),
+            6 if n == 0 => "0.0e-1".to_owned(),
+            6 => format!("{n}0e-1"),
+            7 => format!("{sign}0.{digits}e{}", digits.len()),
+            _ => return (format!("\"{sign}{head}{point}{tail}e{k}\""), false),
+        };
+        (text, true)
+    }
+
+    /// Where in `Integers` a value goes: its field's JSON name and the body.
+    fn int_body(ty: &str, wrapper: bool, position: u8, n: i128, text: &str) -> (String, String) {
+        let (field, body) = match position {
+            1 => (format!("{ty}List"), format!("[7, {text}]")),
+            2 => (format!("{ty}Map"), format!("{{\"a\": {text}}}")),
+            // Map keys are strings whatever the form.
+            3 => (format!("{ty}Key"), format!("{{\"{n}\": \"x\"}}")),
+            4 if wrapper => (format!("{ty}Wrapper"), text.to_owned()),
+            5 if wrapper => (format!("{ty}Wrappers"), format!("[{text}]")),
+            _ => (format!("{ty}Field"), text.to_owned()),
+        };
+        let json = format!("{{\"{field}\": {body}}}");
+        (field, json)
+    }
+
+    /// The integer the reference decoded at that place.
+    fn decoded_int(m: &DynamicMessage, field: &str, position: u8) -> Option<i128> {
+        use prost_reflect::{MapKey, ReflectMessage as _, Value};
+        let f = m.descriptor().get_field_by_json_name(field)?;
+        let v = m.get_field(&f);
+        let int = |v: &Value| match v {
+            Value::I32(v) => Some(i128::from(*v)),
+            Value::I64(v) => Some(i128::from(*v)),
+            Value::U32(v) => Some(i128::from(*v)),
+            Value::U64(v) => Some(i128::from(*v)),
+            Value::Message(w) => Some(match w.get_field_by_number(1)?.as_ref() {
+                Value::I32(v) => i128::from(*v),
+                Value::I64(v) => i128::from(*v),
+                Value::U32(v) => i128::from(*v),
+                Value::U64(v) => i128::from(*v),
+                _ => return None,
+            }),
+            _ => None,
+        };
+        let key = |k: &MapKey| match k {
+            MapKey::I32(v) => Some(i128::from(*v)),
+            MapKey::I64(v) => Some(i128::from(*v)),
+            MapKey::U32(v) => Some(i128::from(*v)),
+            MapKey::U64(v) => Some(i128::from(*v)),
+            _ => None,
+        };
+        match (position, v.as_ref()) {
+            (1, Value::List(l)) => int(l.get(1)?),
+            (5, Value::List(l)) => int(l.first()?),
+            (2, Value::Map(m)) => int(m.get(&MapKey::String("a".into()))?),
+            (3, Value::Map(m)) => key(m.keys().next()?),
+            (_, v) => int(v),
+        }
+    }
+
+    /// Next to a limit of the type, or anywhere in (and just past) it.
+    fn int_case() -> impl Strategy<Value = (usize, i128, u8, u8)> {
+        (0..INT_TYPES.len(), 0u8..=8, 0u8..=5).prop_flat_map(|(t, form, position)| {
+            let (_, min, max, _) = INT_TYPES[t];
+            let n = prop_oneof![
+                (-3i128..=3).prop_map(move |d| min + d),
+                (-3i128..=3).prop_map(move |d| max + d),
+                (min - 1..=max + 1),
+            ];
+            (Just(t), n, Just(form), Just(position))
+        })
+    }
+
     proptest! {
         #![proptest_config(crate::transcode::proptest_config())]
 
@@ -2235,6 +2395,40 @@ mod tests {
                         && mi < 60 && s < 60 && frac.len() != 1 && frac.len() <= 10;
                     prop_assert!(!plain, "declined {}", text);
                 }
+            }
+        }
+
+        /// Every integer type at and past its limits, in every JSON form
+        /// and position: a whole value in range takes the fast path and
+        /// arrives exactly; anything else is refused by both paths, naming
+        /// the field and the range. Never clamped, never rounded.
+        #[test]
+        fn integers_at_their_limits_are_exact_or_refused(
+            (t, n, form, position) in int_case(),
+        ) {
+            let (ty, min, max, wrapper) = INT_TYPES[t];
+            let (text, form_ok) = int_form(n, form);
+            let (field, json) = int_body(ty, wrapper, position, n, &text);
+            let desc = pool().get_message_by_name("testing.v1.Integers").unwrap();
+            let o = DecodeOptions::default();
+            let in_range = (min..=max).contains(&n);
+            // A map key is always the plain decimal string.
+            let accepted = in_range && (form_ok || position == 3);
+            let r = run(&desc, json.as_bytes(), o);
+            let reference = decode_body(&desc, &BodyRule::All, json.as_bytes(), o);
+            if accepted {
+                prop_assert_eq!(r, Ok(()), "fell back on {}", json);
+                let m = reference.expect("accepted by the fast path");
+                prop_assert_eq!(decoded_int(&m, &field, position), Some(n), "{}", json);
+            } else {
+                prop_assert_eq!(r, Err(false), "accepted {}", json);
+                let e = reference.expect_err("refused").message;
+                let why = if form_ok || position == 3 {
+                    format!("out of range for {ty}")
+                } else {
+                    format!("is not a valid {ty}")
+                };
+                prop_assert!(e.contains(&field) && e.contains(&why), "{}: {}", json, e);
             }
         }
 

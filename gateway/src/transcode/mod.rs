@@ -4,6 +4,7 @@ pub mod fast;
 pub mod fieldmask;
 pub mod framing;
 pub mod httpbody;
+mod json_int;
 pub mod json_wire;
 pub mod metadata;
 pub mod multipart;

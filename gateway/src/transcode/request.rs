@@ -70,7 +70,12 @@ pub fn decode_body(
                         strict::Strict::new(&mut de, strict::Ctx::field(field), &limits),
                     )
                     .and_then(|v| de.end().map(|()| v))
-                    .map_err(|e| TranscodeError::new(format!("invalid JSON body: {e}")))?;
+                    .map_err(|e| {
+                        TranscodeError::new(format!(
+                            "invalid JSON body (the request's \"{}\" field): {e}",
+                            field.name()
+                        ))
+                    })?;
                     let wrapper = serde_json::json!({ field.json_name(): v });
                     let whole =
                         DynamicMessage::deserialize_with_options(input.clone(), wrapper, &de_opts)

@@ -6,7 +6,11 @@
 //! - in objects that are messages, refuses one field given under both its
 //!   JSON and its proto name (`stringField` and `string_field`), as the
 //!   proto3 JSON conformance tests require;
-//! - refuses nesting deeper than a limit.
+//! - refuses nesting deeper than a limit;
+//! - reads the values of integer fields from their text, exactly
+//!   ([`json_int`](super::json_int)): serde_json would hand prost-reflect a
+//!   rounded `f64` for `9223372036854775808.0`, which it saturates to the
+//!   int64 maximum instead of refusing.
 //!
 //! The adapter follows the message descriptor down the document (fields,
 //! repeated fields, map values), so it knows which objects are messages and
@@ -18,7 +22,10 @@ use std::collections::HashSet;
 use std::fmt;
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
+use serde_json::value::RawValue;
+
+use super::json_int::{quoted, IntType};
 
 /// What the value being read is, per the descriptor.
 #[derive(Clone)]
@@ -27,8 +34,8 @@ pub enum Ctx {
     Kind(Kind),
     /// A repeated field's array of this kind.
     List(Kind),
-    /// A map field's object with values of this kind.
-    Map(Kind),
+    /// A map field's object: its values' kind, then its keys'.
+    Map(Kind, Kind),
     /// Not described by a message (Struct, Value, Any's contents): only
     /// exact duplicate keys are refused.
     Opaque,
@@ -42,7 +49,10 @@ impl Ctx {
     pub fn field(f: &FieldDescriptor) -> Ctx {
         if f.is_map() {
             match f.kind() {
-                Kind::Message(entry) => Ctx::Map(entry.map_entry_value_field().kind()),
+                Kind::Message(entry) => Ctx::Map(
+                    entry.map_entry_value_field().kind(),
+                    entry.map_entry_key_field().kind(),
+                ),
                 _ => Ctx::Opaque,
             }
         } else if f.is_list() {
@@ -111,8 +121,27 @@ macro_rules! forward_deserialize {
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<'_, D> {
     type Error = D::Error;
 
+    /// prost-reflect reads every integer field (and integer wrapper) with
+    /// `deserialize_any`; serde_json's own Value does too.
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        match &self.ctx {
+            Ctx::Kind(kind) => match IntType::of(kind) {
+                Some(ty) => integer(self.de, ty, visitor),
+                None => self.de.deserialize_any(Visit {
+                    v: visitor,
+                    ctx: self.ctx,
+                    limits: self.limits,
+                }),
+            },
+            _ => self.de.deserialize_any(Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            }),
+        }
+    }
+
     forward_deserialize!(
-        deserialize_any,
         deserialize_bool,
         deserialize_i8,
         deserialize_i16,
@@ -240,6 +269,48 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<'_, D> {
     }
 }
 
+/// An integer field's value, read from its JSON text: a number or decimal
+/// string within the type's range reaches the visitor as an exact `u64` or
+/// `i64`; anything else out of range or not whole is refused here, worded
+/// once for both request paths. Other JSON values get the visitor's own
+/// "invalid type" answer, as from serde_json.
+///
+/// The text comes from serde_json's `RawValue` (borrowed from the body, no
+/// copy), so `D` must be a serde_json deserializer over a slice, as every
+/// `Strict` in `request.rs` is.
+fn integer<'de, D: Deserializer<'de>, V: Visitor<'de>>(
+    de: D,
+    ty: IntType,
+    v: V,
+) -> Result<V::Value, D::Error> {
+    let raw: &'de RawValue = serde::Deserialize::deserialize(de)?;
+    let text = raw.get();
+    let int = match text.as_bytes().first() {
+        Some(b'"') => {
+            let s = match text.contains('\\') {
+                false => std::borrow::Cow::Borrowed(&text[1..text.len() - 1]),
+                true => serde_json::from_str::<String>(text)
+                    .map_err(de::Error::custom)?
+                    .into(),
+            };
+            ty.string(&s)
+                .map_err(|e| de::Error::custom(format_args!("\"{}\" {e}", quoted(&s))))?
+        }
+        Some(b'-' | b'0'..=b'9') => ty
+            .number(text.as_bytes())
+            .map_err(|e| de::Error::custom(format_args!("{} {e}", quoted(text))))?,
+        Some(b't') => return v.visit_bool(true),
+        Some(b'f') => return v.visit_bool(false),
+        Some(b'n') => return v.visit_unit(),
+        Some(b'{') => return Err(de::Error::invalid_type(Unexpected::Map, &v)),
+        _ => return Err(de::Error::invalid_type(Unexpected::Seq, &v)),
+    };
+    match int.negative_value() {
+        Some(n) => v.visit_i64(n),
+        None => v.visit_u64(int.magnitude),
+    }
+}
+
 macro_rules! forward_visit {
     ($($method:ident($ty:ty)),* $(,)?) => {
         $(
@@ -323,16 +394,32 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
                 desc: m.clone(),
                 seen: Vec::new(),
             },
-            (Ctx::Map(_), None) | (_, None) => Keys::Exact(ExactKeys::default()),
+            (Ctx::Map(..), None) | (_, None) => Keys::Exact(ExactKeys::default()),
         };
         let values = match &self.ctx {
-            Ctx::Map(k) => Some(Ctx::Kind(k.clone())),
+            Ctx::Map(k, _) => Some(Ctx::Kind(k.clone())),
+            _ => None,
+        };
+        let int_keys = match &self.ctx {
+            Ctx::Map(_, keys) => IntType::of(keys),
+            _ => None,
+        };
+        let any = match &self.ctx {
+            Ctx::Kind(Kind::Message(m)) if m.full_name() == "google.protobuf.Any" => {
+                Some(AnyPayload {
+                    any: m.clone(),
+                    payload: None,
+                    reading_type: false,
+                })
+            }
             _ => None,
         };
         let r = self.v.visit_map(Map {
             map,
             keys,
             values,
+            int_keys,
+            any,
             key: String::new(),
             next: Ctx::Opaque,
             limits: self.limits,
@@ -453,6 +540,10 @@ struct Map<'s, A> {
     keys: Keys,
     /// The context of every value (map fields), or `None`: per field.
     values: Option<Ctx>,
+    /// A map field's integer key type: keys are checked as its values are.
+    int_keys: Option<IntType>,
+    /// Set in a `google.protobuf.Any`.
+    any: Option<AnyPayload>,
     /// The last key read, reused between keys.
     key: String,
     /// The context of the value about to be read.
@@ -509,13 +600,35 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
                 if !exact.insert(key) {
                     return Err(de::Error::custom(format!("key \"{key}\" is given twice")));
                 }
-                self.next = self.values.clone().unwrap_or(Ctx::Opaque);
+                if let Some(Err(e)) = self.int_keys.map(|ty| ty.string(key)) {
+                    return Err(de::Error::custom(format!(
+                        "map key \"{}\" {e}",
+                        quoted(key)
+                    )));
+                }
+                self.next = match &mut self.any {
+                    Some(any) => any.value_ctx(key),
+                    None => self.values.clone().unwrap_or(Ctx::Opaque),
+                };
             }
         }
         Ok(Some(k))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        if let Some(any) = self.any.as_mut().filter(|a| a.reading_type) {
+            any.reading_type = false;
+            self.key.clear();
+            let v = self.map.next_value_seed(KeySeed {
+                seed,
+                slot: &mut self.key,
+            })?;
+            any.payload = self
+                .key
+                .rsplit_once('/')
+                .and_then(|(_, name)| any.any.parent_pool().get_message_by_name(name));
+            return Ok(v);
+        }
         let ctx = std::mem::replace(&mut self.next, Ctx::Opaque);
         self.map.next_value_seed(Seeded {
             seed,
@@ -526,6 +639,39 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
 
     fn size_hint(&self) -> Option<usize> {
         self.map.size_hint()
+    }
+}
+
+/// A `google.protobuf.Any` object. Once its `@type` is read, the members
+/// after it are the payload's fields (or, for a well-known type, its JSON
+/// form under `value`) and get their context like any message's, so their
+/// integers are checked. prost-reflect buffers the members before `@type`
+/// itself, as untyped values: those stay opaque here.
+struct AnyPayload {
+    /// The Any type, for its pool.
+    any: MessageDescriptor,
+    payload: Option<MessageDescriptor>,
+    /// The value about to be read is `@type`'s.
+    reading_type: bool,
+}
+
+impl AnyPayload {
+    fn value_ctx(&mut self, key: &str) -> Ctx {
+        if key == "@type" {
+            self.reading_type = true;
+            return Ctx::Opaque;
+        }
+        match &self.payload {
+            Some(p) if p.full_name().starts_with("google.protobuf.") => match key {
+                "value" => Ctx::message(p),
+                _ => Ctx::Opaque,
+            },
+            Some(p) => p
+                .get_field_by_json_name(key)
+                .or_else(|| p.get_field_by_name(key))
+                .map_or(Ctx::Opaque, |f| Ctx::field(&f)),
+            None => Ctx::Opaque,
+        }
     }
 }
 

@@ -60,6 +60,14 @@ impl Scalar {
         }
     }
 
+    /// The integer types, whose JSON values `json_int` reads exactly.
+    pub(crate) fn is_integer(self) -> bool {
+        !matches!(
+            self,
+            Scalar::Double | Scalar::Float | Scalar::Bool | Scalar::String | Scalar::Bytes
+        )
+    }
+
     /// Whether a repeated field of it may be packed.
     pub(crate) fn packable(self) -> bool {
         !matches!(self, Scalar::String | Scalar::Bytes)
