@@ -170,8 +170,9 @@ async fn echo_routes_document_is_valid_too() {
         "#/components/schemas/testing.v1.Color"
     );
     assert_eq!(
-        doc["components"]["schemas"]["testing.v1.Color"]["enum"],
-        json!(["COLOR_UNSPECIFIED", "RED", "GREEN", "BLUE"])
+        doc["components"]["schemas"]["testing.v1.Color"]["anyOf"],
+        json!([{"type": "string", "enum": ["COLOR_UNSPECIFIED", "RED", "GREEN", "BLUE"]},
+               {"type": "integer", "format": "int32"}])
     );
     remove_temp_parent(&gw.config_path);
 }
@@ -735,12 +736,16 @@ async fn schemas_close_objects_and_carry_field_behavior() {
 /// Pinned as in .ci/run: a new release can add checks or change the CLI.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
-/// Schemathesis against the demo: generated requests for every documented
-/// operation (valid and invalid ones), each answer checked for a 5xx and
-/// against the document's schemas. A fixed seed and example count keep the
-/// run short (about 30 s) and repeatable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn property_based_client_finds_no_server_error_or_schema_mismatch() {
+/// Runs schemathesis against the document `gw` serves: generated requests
+/// for every documented operation (valid and invalid ones), each answer
+/// checked for a 5xx and against the document's schemas. A fixed seed and
+/// example count keep the run short and repeatable. None when schemathesis
+/// is missing (only allowed outside CI); else its success and output.
+///
+/// Only the demo runs it: the echo routes include ones that fail or time
+/// out on request (/v1/fail, /v1/sleep), and 29 operations take over two
+/// minutes.
+async fn schemathesis(gw: &TestGateway, max_examples: u32) -> Option<(bool, String)> {
     let have = tokio::task::spawn_blocking(|| have_python_module("schemathesis", SCHEMATHESIS))
         .await
         .unwrap();
@@ -750,9 +755,8 @@ async fn property_based_client_finds_no_server_error_or_schema_mismatch() {
             "schemathesis is not installed; .ci/run installs it with pip"
         );
         eprintln!("SKIPPED: schemathesis is not installed (pip install {SCHEMATHESIS})");
-        return;
+        return None;
     }
-    let gw = start_demo().await;
     let url = gw.url("/openapi.json");
     // Schemathesis keeps a cache in its working directory: not in the tree.
     let dir = gateway_tests::temp_dir("schemathesis");
@@ -762,7 +766,8 @@ async fn property_based_client_finds_no_server_error_or_schema_mismatch() {
             .current_dir(cwd)
             .args(["-m", "schemathesis.cli", "run", &url])
             .args(["--checks", "not_a_server_error,response_schema_conformance"])
-            .args(["--max-examples", "25", "--seed", "1", "--workers", "1"])
+            .args(["--max-examples", &max_examples.to_string()])
+            .args(["--seed", "1", "--workers", "1"])
             .args(["--generation-database", "none", "--no-color"])
             .args(["--request-timeout", "10"])
             .output()
@@ -776,6 +781,82 @@ async fn property_based_client_finds_no_server_error_or_schema_mismatch() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "schemathesis failed:\n{text}");
+    Some((out.status.success(), text))
+}
+
+/// The demo, as a new user runs it (about 20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn property_based_client_finds_no_server_error_or_schema_mismatch() {
+    let gw = start_demo().await;
+    let Some((ok, text)) = schemathesis(&gw, 25).await else {
+        return;
+    };
+    assert!(ok, "schemathesis failed:\n{text}");
     assert!(text.contains("9 selected / 9 total"), "{text}");
+}
+
+/// Checks `value` against the document's schema at `pointer` (a JSON
+/// pointer into `doc`) with openapi-schema-validator (installed with
+/// openapi-spec-validator); Err holds its complaint.
+fn conforms(doc: &Value, pointer: &str, value: &Value) -> Result<(), String> {
+    if !have_python_module("openapi_schema_validator", "openapi-spec-validator") {
+        assert!(!under_ci(), "openapi-schema-validator is not installed");
+        eprintln!("SKIPPED schema check: openapi-schema-validator is not installed");
+        return Ok(());
+    }
+    // The schema is the whole document plus a $ref, so $refs resolve.
+    let mut root = doc.clone();
+    root["$ref"] = Value::String(format!("#{pointer}"));
+    let dir = gateway_tests::temp_dir("openapi-conforms");
+    let file = dir.join("check.json");
+    std::fs::write(&file, serde_json::to_vec(&json!([root, value])).unwrap()).unwrap();
+    let script = "import json, sys\n\
+        from openapi_schema_validator import OAS31Validator\n\
+        schema, value = json.load(open(sys.argv[1]))\n\
+        OAS31Validator(schema).validate(value)\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .expect("run python3");
+    let _ = std::fs::remove_dir_all(&dir);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn replies_with_unnamed_enum_numbers_and_non_finite_floats_match_the_document() {
+    let backend = spawn_backend(gateway_tests::echo_server(&gateway_tests::testing_pool())).await;
+    let mut config = echo_config("");
+    config.push_str("\n[openapi]\npath = \"/openapi.json\"\n");
+    let gw = TestGateway::start_with(&config, &backend, &testing_descriptors()).await;
+    let doc = gw.get("/openapi.json").await.ok().clone();
+    let schema = "/paths/~1v1~1echo/post/responses/200/content/application~1json/schema";
+    // proto3 enums are open and floats may be non-finite: the gateway reads
+    // and writes both, so the document must allow them.
+    let sent = json!({
+        "color": 7,
+        "colors": ["RED", 9],
+        "doubleField": "NaN",
+        "floatField": "-Infinity",
+        "int64Field": 5
+    });
+    let r = gw.post("/v1/echo", &sent).await;
+    let reply = r.ok().clone();
+    assert_eq!(reply["color"], 7, "{reply}");
+    assert_eq!(reply["colors"], json!(["RED", 9]));
+    assert_eq!(reply["doubleField"], "NaN");
+    assert_eq!(reply["floatField"], "-Infinity");
+    assert_eq!(reply["int64Field"], "5");
+    if let Err(e) = conforms(&doc, schema, &reply) {
+        panic!("the reply {reply} does not match its schema:\n{e}");
+    }
+    // And the check is real: a string where an integer belongs is refused.
+    let mut wrong = reply.clone();
+    wrong["int32Field"] = json!("x");
+    assert!(conforms(&doc, schema, &wrong).is_err());
 }

@@ -12,6 +12,8 @@
 //! - 64-bit integers are written as strings; the gateway reads a string or a
 //!   number, so the type is both, with the range (numbers) and the pattern
 //!   (strings) of the field's type.
+//! - Enums are open in proto3: a name, or a number (a value without a name
+//!   is written as its number). Floats may be "NaN" or "(-)Infinity".
 //! - `google.api.field_behavior`: `REQUIRED` fields are `required`,
 //!   `OUTPUT_ONLY` ones `readOnly`, `INPUT_ONLY` ones `writeOnly`. proto3
 //!   JSON leaves out fields holding their default, so `required` holds for
@@ -152,8 +154,8 @@ impl Schemas {
 
     pub fn kind(&mut self, kind: &Kind) -> Value {
         match kind {
-            Kind::Double => json!({"type": "number", "format": "double"}),
-            Kind::Float => json!({"type": "number", "format": "float"}),
+            Kind::Double => float("double"),
+            Kind::Float => float("float"),
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
                 json!({"type": "integer", "format": "int32"})
             }
@@ -177,23 +179,38 @@ impl Schemas {
         let name = e.full_name().to_owned();
         if !self.components.contains_key(&name) {
             let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
-            let mut schema = json!({ "type": "string", "enum": names });
+            // proto3 enums are open: a number the enum does not name is
+            // kept, and written as that number; numbers are read too.
+            let mut schema = json!({ "anyOf": [
+                { "type": "string", "enum": names },
+                { "type": "integer", "format": "int32" }
+            ]});
             let mut lines: Vec<String> = Vec::new();
             if let Some(c) = self.comments.of(&e.parent_file(), e.path()) {
                 lines.push(c);
             }
+            lines.push("By name; a value without a name is written as its number.".to_owned());
             for v in e.values() {
                 if let Some(c) = self.comments.of(&v.parent_file(), v.path()) {
                     lines.push(format!("- `{}`: {}", v.name(), c.replace('\n', " ")));
                 }
             }
-            if !lines.is_empty() {
-                schema["description"] = Value::String(lines.join("\n"));
-            }
+            schema["description"] = Value::String(lines.join("\n"));
             self.components.insert(name.clone(), schema);
         }
         json!({ "$ref": format!("#/components/schemas/{name}") })
     }
+}
+
+/// proto3 JSON writes the non-finite values as strings, and reads them so.
+fn float(format: &str) -> Value {
+    json!({
+        "anyOf": [
+            { "type": "number" },
+            { "type": "string", "enum": ["NaN", "Infinity", "-Infinity"] }
+        ],
+        "format": format
+    })
 }
 
 /// proto3 JSON writes 64-bit integers as strings (JavaScript numbers lose
@@ -290,8 +307,8 @@ fn well_known(m: &MessageDescriptor) -> Option<Value> {
             "required": ["@type"],
             "additionalProperties": true
         }),
-        "google.protobuf.DoubleValue" => json!({"type": "number", "format": "double"}),
-        "google.protobuf.FloatValue" => json!({"type": "number", "format": "float"}),
+        "google.protobuf.DoubleValue" => float("double"),
+        "google.protobuf.FloatValue" => float("float"),
         "google.protobuf.Int64Value" => int64(),
         "google.protobuf.UInt64Value" => uint64(),
         "google.protobuf.Int32Value" => json!({"type": "integer", "format": "int32"}),
