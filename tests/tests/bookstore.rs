@@ -187,6 +187,22 @@ async fn patch_with_a_mask_naming_an_immutable_field_is_400() {
 }
 
 #[tokio::test]
+async fn patch_may_not_clear_the_required_title() {
+    // title is REQUIRED (google.api.field_behavior), so the OpenAPI document
+    // lists it as required in replies too: no update may leave it empty.
+    let gw = start().await;
+    gw.patch(
+        "/v1/shelves/1/books/1?updateMask=title,author",
+        &json!({"author": "x"}),
+    )
+    .await
+    .assert_error(400, 3, "book.title is required");
+    let r = gw.get("/v1/shelves/1/books/1").await;
+    assert_eq!(r.ok()["title"], "The Left Hand of Darkness");
+    assert_eq!(r.ok()["author"], "Ursula K. Le Guin");
+}
+
+#[tokio::test]
 async fn deletes_a_book_and_then_it_is_404() {
     let gw = start().await;
     let r = gw.delete("/v1/shelves/1/books/1").await;

@@ -20,6 +20,10 @@ pub(super) const GOOGLEAPIS: &[(&str, &str)] = &[
         include_str!("googleapis/google/api/annotations.proto"),
     ),
     (
+        "google/api/field_behavior.proto",
+        include_str!("googleapis/google/api/field_behavior.proto"),
+    ),
+    (
         "google/api/http.proto",
         include_str!("googleapis/google/api/http.proto"),
     ),

@@ -310,6 +310,14 @@ fn handle(
                             )));
                         }
                     }
+                    // title is REQUIRED (field_behavior): a mask may not clear it.
+                    let clears_title = paths.iter().any(|p| p == "title")
+                        && patch
+                            .get_field_by_name("title")
+                            .is_none_or(|t| t.as_str() == Some(""));
+                    if clears_title {
+                        return Err(Status::invalid_argument("book.title is required"));
+                    }
                     for p in &paths {
                         let v = patch.get_field_by_name(p).map(|v| v.into_owned());
                         match v {

@@ -7,6 +7,7 @@
 //! is set: the people who need it are the API's clients, and the admin
 //! listener is loopback-only by default. `gateway openapi` prints it.
 
+mod paths;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -159,40 +160,33 @@ const BEARER: &str = "bearerAuth";
 /// The whole document.
 pub fn document(snap: &Snapshot) -> Value {
     let settings = &snap.openapi;
-    let mut schemas = Schemas::new(settings.proto_field_names);
-    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut schemas = Schemas::new(settings.proto_field_names, snap.decode.reject_unknown);
+    let mut paths_out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut op_ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
 
-    for route in &snap.routes {
-        let service = route.grpc_method.parent_service();
-        let service_doc = schemas
-            .comments()
-            .of(&service.parent_file(), service.path());
-        tags.entry(service.full_name().to_owned())
-            .or_insert(service_doc);
-        let (path, path_params) = openapi_path(route, &mut schemas);
-        let base_id = format!("{}_{}", service.name(), route.grpc_method.name());
-        let n = op_ids.entry(base_id.clone()).or_insert(0);
-        *n += 1;
-        let op_id = if *n == 1 {
-            base_id
-        } else {
-            format!("{base_id}_{n}")
-        };
-        let op = operation(route, op_id, path_params, &mut schemas);
-        let method = route.method.to_ascii_lowercase();
-        let item = paths.entry(path.clone()).or_default();
-        let key = if matches!(
-            method.as_str(),
-            "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
-        ) {
-            method
-        } else {
-            // Custom HTTP methods have no slot in a path item.
-            format!("x-method-{method}")
-        };
-        item.insert(key, op);
+    for group in paths::group(&snap.routes) {
+        let path = group.layout.path();
+        let item = paths_out.entry(path).or_default();
+        for route in &group.routes {
+            let service = route.grpc_method.parent_service();
+            let service_doc = schemas
+                .comments()
+                .of(&service.parent_file(), service.path());
+            tags.entry(service.full_name().to_owned())
+                .or_insert(service_doc);
+            let path_params = path_params(&group.layout, route, &mut schemas);
+            let base_id = format!("{}_{}", service.name(), route.grpc_method.name());
+            let n = op_ids.entry(base_id.clone()).or_insert(0);
+            *n += 1;
+            let op_id = if *n == 1 {
+                base_id
+            } else {
+                format!("{base_id}_{n}")
+            };
+            let op = operation(route, op_id, path_params, &mut schemas);
+            item.insert(operation_key(&route.method), op);
+        }
     }
 
     // The error body every failure uses, and its RFC 9457 alternative.
@@ -268,90 +262,92 @@ pub fn document(snap: &Snapshot) -> Value {
         "openapi": "3.1.0",
         "info": info,
         "tags": tags,
-        "paths": paths,
+        "paths": paths_out,
         "components": components,
     })
 }
 
-/// The OpenAPI path of a route and its path parameters. A variable becomes
-/// `{name}`; one that spans several segments (`{name=shelves/*}`) keeps its
-/// pattern in the parameter's schema, as grpc-gateway's generator does.
-fn openapi_path(route: &Route, schemas: &mut Schemas) -> (String, Vec<Value>) {
+/// The key of an operation in its path item. Custom HTTP methods have no
+/// slot there; they become `x-method-<name>` so the document still lists
+/// every method the `Allow` header of a 405 names.
+fn operation_key(method: &str) -> String {
+    let m = method.to_ascii_lowercase();
+    if matches!(
+        m.as_str(),
+        "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+    ) {
+        m
+    } else {
+        format!("x-method-{m}")
+    }
+}
+
+/// The path parameters of `route` under its shape's layout (see
+/// [`paths`]): every operation of a path item has the same names. A
+/// variable that spans several segments keeps its pattern in the
+/// parameter's schema, as grpc-gateway's generator does.
+fn path_params(layout: &paths::Layout, route: &Route, schemas: &mut Schemas) -> Vec<Value> {
     let t = &route.template;
-    let mut out = String::new();
-    let mut params = Vec::new();
-    let mut i = 0;
-    let mut wild = 0;
-    while i < t.segments.len() {
-        out.push('/');
-        if let Some((vi, var)) = t.variables.iter().enumerate().find(|(_, v)| v.start == i) {
-            let name = var.name();
-            out.push('{');
-            out.push_str(&name);
-            out.push('}');
-            let segs = &t.segments[var.start..var.end];
-            let field = route.path_fields.get(vi).and_then(|p| p.last());
-            let mut schema = match field {
-                Some(f) => schemas.kind(&f.kind()),
-                None => json!({"type": "string"}),
-            };
-            let simple = matches!(segs, [Segment::Single]);
-            let mut description = field
-                .and_then(|f| schemas.comments().of_field(f))
-                .unwrap_or_default();
-            if !simple {
-                schema = json!({"type": "string", "pattern": segments_pattern(segs)});
-                if !description.is_empty() {
-                    description.push_str("\n\n");
+    layout
+        .slots
+        .iter()
+        .map(|slot| {
+            let segs = &t.segments[slot.start..slot.end];
+            let (schema, description) = match paths::binding(route, slot) {
+                paths::Binding::Field(vi) => {
+                    let field = route.path_fields.get(vi).and_then(|p| p.last());
+                    let mut description = field
+                        .and_then(|f| schemas.comments().of_field(f))
+                        .unwrap_or_default();
+                    let mut note = |text: String| {
+                        if !description.is_empty() {
+                            description.push_str("\n\n");
+                        }
+                        description.push_str(&text);
+                    };
+                    let var = t.variables[vi].name();
+                    if var != slot.name {
+                        note(format!("Sets the field `{var}`."));
+                    }
+                    let schema = if matches!(segs, [Segment::Single]) {
+                        match field {
+                            Some(f) => schemas.kind(&f.kind()),
+                            None => json!({"type": "string"}),
+                        }
+                    } else {
+                        note(format!(
+                            "Spans path segments: `{}` (its slashes are sent unescaped).",
+                            segments_text(segs)
+                        ));
+                        json!({"type": "string", "pattern": segments_pattern(segs)})
+                    };
+                    (schema, description)
                 }
-                description.push_str(&format!(
-                    "Spans path segments: `{}` (its slashes are sent unescaped).",
-                    segments_text(segs)
-                ));
-            }
-            let mut p = json!({"name": name, "in": "path", "required": true, "schema": schema});
+                paths::Binding::Part(vi) => (
+                    json!({"type": "string", "pattern": segments_pattern(segs)}),
+                    format!(
+                        "Part of the field `{}`, which is set to `{}`.",
+                        t.variables[vi].name(),
+                        layout.spelled(t, vi)
+                    ),
+                ),
+                paths::Binding::Unbound => (
+                    json!({"type": "string"}),
+                    if matches!(segs, [Segment::Multi]) {
+                        "Any path segments (not bound to a field)".to_owned()
+                    } else {
+                        "Any one path segment (not bound to a field)".to_owned()
+                    },
+                ),
+            };
+            let mut p =
+                json!({"name": slot.name, "in": "path", "required": true, "schema": schema});
             if !description.is_empty() {
                 p["description"] = Value::String(description);
             }
-            params.push(p);
-            i = var.end.max(i + 1);
-            continue;
-        }
-        match &t.segments[i] {
-            Segment::Literal(l) => out.push_str(&percent_encode_segment(l)),
-            Segment::Single | Segment::Multi => {
-                wild += 1;
-                let name = format!("wildcard{wild}");
-                out.push_str(&format!("{{{name}}}"));
-                let multi = matches!(t.segments[i], Segment::Multi);
-                params.push(json!({
-                    "name": name,
-                    "in": "path",
-                    "required": true,
-                    "schema": {"type": "string"},
-                    "description": if multi { "Any path segments (not bound to a field)" } else { "Any one path segment (not bound to a field)" },
-                }));
-            }
-        }
-        i += 1;
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    if let Some(verb) = &t.verb {
-        out.push(':');
-        out.push_str(verb);
-    }
-    (out, params)
-}
-
-fn percent_encode_segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-        .to_string()
-        .replace("%2D", "-")
-        .replace("%2E", ".")
-        .replace("%5F", "_")
-        .replace("%7E", "~")
+            p
+        })
+        .collect()
 }
 
 fn segments_text(segs: &[Segment]) -> String {

@@ -2,6 +2,23 @@
 //! as the gateway writes and reads them: proto3 JSON, lowerCamelCase names
 //! (or proto names), 64-bit integers as strings, enums by name, well-known
 //! types in their JSON forms. Descriptions come from .proto comments.
+//!
+//! One schema serves requests and replies, so each keyword holds for both:
+//! - `additionalProperties: false` when the gateway refuses unknown fields
+//!   (`unknown_fields = "reject"`); replies never carry fields outside the
+//!   descriptor either. The gateway also reads the other spelling of a name
+//!   (`page_count` for `pageCount`), which the schema does not list: it
+//!   describes what replies use, and is stricter than reads, never looser.
+//! - 64-bit integers are written as strings; the gateway reads a string or a
+//!   number, so the type is both, with the range (numbers) and the pattern
+//!   (strings) of the field's type.
+//! - Enums are open in proto3: a name, or a number (a value without a name
+//!   is written as its number). Floats may be "NaN" or "(-)Infinity".
+//! - `google.api.field_behavior`: `REQUIRED` fields are `required`,
+//!   `OUTPUT_ONLY` ones `readOnly`, `INPUT_ONLY` ones `writeOnly`. proto3
+//!   JSON leaves out fields holding their default, so `required` holds for
+//!   replies only as far as the backend keeps a required field non-empty, as
+//!   the annotation's own definition (AIP-203) asks.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,14 +30,22 @@ pub struct Schemas {
     pub components: BTreeMap<String, Value>,
     comments: Comments,
     proto_names: bool,
+    /// `unknown_fields = "reject"`: objects are closed.
+    closed: bool,
 }
 
+/// `google.api.FieldBehavior` values this document uses.
+const REQUIRED: i32 = 2;
+const OUTPUT_ONLY: i32 = 3;
+const INPUT_ONLY: i32 = 4;
+
 impl Schemas {
-    pub fn new(proto_names: bool) -> Schemas {
+    pub fn new(proto_names: bool, closed: bool) -> Schemas {
         Schemas {
             components: BTreeMap::new(),
             comments: Comments::default(),
             proto_names,
+            closed,
         }
     }
 
@@ -56,6 +81,7 @@ impl Schemas {
     /// (path variables, bound elsewhere).
     pub fn message_schema(&mut self, m: &MessageDescriptor, skip: &[u32]) -> Value {
         let mut props = Map::new();
+        let mut required = Vec::new();
         for f in m.fields() {
             if skip.contains(&f.number()) {
                 continue;
@@ -64,9 +90,28 @@ impl Schemas {
             if let Some(text) = self.comments.of_field(&f) {
                 schema = with_description(schema, text);
             }
+            let behavior = field_behavior(&f);
+            if let Value::Object(o) = &mut schema {
+                if behavior.contains(&OUTPUT_ONLY) {
+                    o.insert("readOnly".into(), Value::Bool(true));
+                }
+                if behavior.contains(&INPUT_ONLY) {
+                    o.insert("writeOnly".into(), Value::Bool(true));
+                }
+            }
+            if behavior.contains(&REQUIRED) {
+                required.push(Value::String(self.name_of(&f)));
+                non_empty(&f, &mut schema);
+            }
             props.insert(self.name_of(&f), schema);
         }
         let mut out = json!({ "type": "object", "properties": props });
+        if !required.is_empty() {
+            out["required"] = Value::Array(required);
+        }
+        if self.closed {
+            out["additionalProperties"] = Value::Bool(false);
+        }
         let mut description = self.comments.of_message(m).unwrap_or_default();
         let oneofs: Vec<String> = m
             .oneofs()
@@ -109,22 +154,16 @@ impl Schemas {
 
     pub fn kind(&mut self, kind: &Kind) -> Value {
         match kind {
-            Kind::Double => json!({"type": "number", "format": "double"}),
-            Kind::Float => json!({"type": "number", "format": "float"}),
+            Kind::Double => float("double"),
+            Kind::Float => float("float"),
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
                 json!({"type": "integer", "format": "int32"})
             }
             Kind::Uint32 | Kind::Fixed32 => {
                 json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
             }
-            // proto3 JSON writes 64-bit integers as strings (JavaScript
-            // numbers lose precision past 2^53); the gateway also reads numbers.
-            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-                json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
-            }
-            Kind::Uint64 | Kind::Fixed64 => {
-                json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
-            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => int64(),
+            Kind::Uint64 | Kind::Fixed64 => uint64(),
             Kind::Bool => json!({"type": "boolean"}),
             Kind::String => json!({"type": "string"}),
             Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -140,22 +179,97 @@ impl Schemas {
         let name = e.full_name().to_owned();
         if !self.components.contains_key(&name) {
             let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
-            let mut schema = json!({ "type": "string", "enum": names });
+            // proto3 enums are open: a number the enum does not name is
+            // kept, and written as that number; numbers are read too.
+            let mut schema = json!({ "anyOf": [
+                { "type": "string", "enum": names },
+                { "type": "integer", "format": "int32" }
+            ]});
             let mut lines: Vec<String> = Vec::new();
             if let Some(c) = self.comments.of(&e.parent_file(), e.path()) {
                 lines.push(c);
             }
+            lines.push("By name; a value without a name is written as its number.".to_owned());
             for v in e.values() {
                 if let Some(c) = self.comments.of(&v.parent_file(), v.path()) {
                     lines.push(format!("- `{}`: {}", v.name(), c.replace('\n', " ")));
                 }
             }
-            if !lines.is_empty() {
-                schema["description"] = Value::String(lines.join("\n"));
-            }
+            schema["description"] = Value::String(lines.join("\n"));
             self.components.insert(name.clone(), schema);
         }
         json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+}
+
+/// proto3 JSON writes the non-finite values as strings, and reads them so.
+fn float(format: &str) -> Value {
+    json!({
+        "anyOf": [
+            { "type": "number" },
+            { "type": "string", "enum": ["NaN", "Infinity", "-Infinity"] }
+        ],
+        "format": format
+    })
+}
+
+/// proto3 JSON writes 64-bit integers as strings (JavaScript numbers lose
+/// precision past 2^53) and reads either form. `pattern` constrains only the
+/// string form, `minimum`/`maximum` only the number form.
+fn int64() -> Value {
+    json!({
+        "type": ["string", "integer"],
+        "format": "int64",
+        "pattern": "^-?[0-9]+$",
+        "minimum": i64::MIN,
+        "maximum": i64::MAX
+    })
+}
+
+fn uint64() -> Value {
+    json!({
+        "type": ["string", "integer"],
+        "format": "uint64",
+        "pattern": "^[0-9]+$",
+        "minimum": 0,
+        "maximum": u64::MAX
+    })
+}
+
+/// A required field holding its default is indistinguishable from an unset
+/// one in proto3 (and left out of replies), so a required string, list or
+/// map must be non-empty.
+fn non_empty(f: &FieldDescriptor, schema: &mut Value) {
+    let Value::Object(o) = schema else { return };
+    let key = if f.is_map() {
+        "minProperties"
+    } else if f.is_list() {
+        "minItems"
+    } else if matches!(f.kind(), Kind::String | Kind::Bytes) {
+        "minLength"
+    } else {
+        return;
+    };
+    o.insert(key.into(), json!(1));
+}
+
+/// The field's `google.api.field_behavior` values (empty without one).
+fn field_behavior(f: &FieldDescriptor) -> Vec<i32> {
+    let Some(ext) = f
+        .parent_pool()
+        .get_extension_by_name("google.api.field_behavior")
+    else {
+        return Vec::new();
+    };
+    let options = f.options();
+    if !options.has_extension(&ext) {
+        return Vec::new();
+    }
+    match &*options.get_extension(&ext) {
+        prost_reflect::Value::List(values) => {
+            values.iter().filter_map(|v| v.as_enum_number()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -193,17 +307,13 @@ fn well_known(m: &MessageDescriptor) -> Option<Value> {
             "required": ["@type"],
             "additionalProperties": true
         }),
-        "google.protobuf.DoubleValue" => json!({"type": "number", "format": "double"}),
-        "google.protobuf.FloatValue" => json!({"type": "number", "format": "float"}),
-        "google.protobuf.Int64Value" => {
-            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
-        }
-        "google.protobuf.UInt64Value" => {
-            json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})
-        }
+        "google.protobuf.DoubleValue" => float("double"),
+        "google.protobuf.FloatValue" => float("float"),
+        "google.protobuf.Int64Value" => int64(),
+        "google.protobuf.UInt64Value" => uint64(),
         "google.protobuf.Int32Value" => json!({"type": "integer", "format": "int32"}),
         "google.protobuf.UInt32Value" => {
-            json!({"type": "integer", "format": "int64", "minimum": 0})
+            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64})
         }
         "google.protobuf.BoolValue" => json!({"type": "boolean"}),
         "google.protobuf.StringValue" => json!({"type": "string"}),
