@@ -235,3 +235,42 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// A raw request whose head holds exactly `total` headers (`Host` and
+/// `Connection`, added by `raw`, among them).
+async fn with_headers(gw: &TestGateway, total: usize) -> gateway_tests::Reply {
+    let mut head = "GET /v1/echo?stringField=h HTTP/1.1".to_owned();
+    for i in 0..total - 2 {
+        head.push_str(&format!("\r\nx-h{i}: v"));
+    }
+    gw.raw(&head, b"").await
+}
+
+#[tokio::test]
+async fn header_limits_count_the_client_headers_not_the_ones_the_gateway_adds() {
+    // The gateway adds x-request-id and traceparent; a client at the limit
+    // must still pass.
+    let (gw, calls) = start("max_headers = 20\nmax_header_bytes = 2048").await;
+    with_headers(&gw, 19).await.ok();
+    with_headers(&gw, 20).await.ok();
+    with_headers(&gw, 21).await.assert_error(
+        431,
+        3,
+        "the request has 21 headers, over the limit of 20 (limits.max_headers)",
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Bytes: names and values as sent, `Host` and `Connection: close` included.
+    let fixed = "host".len() + gw.addr.to_string().len() + "connection".len() + "close".len();
+    let fill = |total: usize| {
+        let value = "f".repeat(total - fixed - "x-fill".len());
+        format!("GET /v1/echo?stringField=b HTTP/1.1\r\nx-fill: {value}")
+    };
+    gw.raw(&fill(2048), b"").await.ok();
+    gw.raw(&fill(2049), b"").await.assert_error(
+        431,
+        3,
+        "the request headers are 2049 bytes, over the limit of 2048 (limits.max_header_bytes)",
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

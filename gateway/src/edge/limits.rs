@@ -11,11 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderMap, Request, Response, StatusCode};
 use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::server::Gateway;
+use crate::telemetry::RequestContext;
 use crate::transcode::RpcStatus;
 
 /// Browsers and proxies commonly cap URLs near 8 KB; anything longer is a
@@ -77,6 +78,28 @@ impl Default for Limits {
     }
 }
 
+/// The size of a request's head as the client sent it. The access layer
+/// measures it before adding `x-request-id` and `traceparent`, so a client
+/// is held to the limits it can see, not to headers the gateway added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHead {
+    pub headers: usize,
+    /// Header names and values, without separators.
+    pub bytes: usize,
+}
+
+impl ClientHead {
+    pub fn measure(headers: &HeaderMap) -> ClientHead {
+        ClientHead {
+            headers: headers.len(),
+            bytes: headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum(),
+        }
+    }
+}
+
 impl Limits {
     /// The first limit the request's head breaks, as the answer to send.
     pub fn check_head<B>(&self, req: &Request<B>) -> Option<RpcStatus> {
@@ -92,21 +115,21 @@ impl Limits {
             ));
         }
         let headers = req.headers();
-        if headers.len() > self.max_headers {
+        let client = req
+            .extensions()
+            .get::<RequestContext>()
+            .map_or_else(|| ClientHead::measure(headers), |c| c.client_head);
+        if client.headers > self.max_headers {
             return Some(RpcStatus::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Code::InvalidArgument,
                 format!(
                     "the request has {} headers, over the limit of {} (limits.max_headers)",
-                    headers.len(),
-                    self.max_headers
+                    client.headers, self.max_headers
                 ),
             ));
         }
-        let bytes: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len())
-            .sum();
+        let bytes = client.bytes;
         if bytes > self.max_header_bytes {
             return Some(RpcStatus::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
