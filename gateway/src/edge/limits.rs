@@ -140,6 +140,13 @@ impl Limits {
                 ),
             ));
         }
+        if let Some(problem) = framing_problem(req) {
+            return Some(RpcStatus::new(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                problem,
+            ));
+        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -156,6 +163,36 @@ impl Limits {
         }
         None
     }
+}
+
+/// What hyper's HTTP/1.1 parser lets through but RFC 9112 refuses: a
+/// request without exactly one `Host` (section 3.2), and the chunked coding
+/// applied more than once (section 6.1), which proxies in front may frame
+/// differently from hyper (request smuggling).
+fn framing_problem<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    // HTTP/2 carries the authority in its own pseudo-header; HTTP/1.0 may
+    // omit Host.
+    if req.version() == http::Version::HTTP_11 {
+        let hosts = headers.get_all(header::HOST).iter().count();
+        if hosts != 1 {
+            return Some(format!(
+                "an HTTP/1.1 request must have exactly one Host header (RFC 9112, section 3.2); this one has {hosts}"
+            ));
+        }
+    }
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count();
+    if chunked > 1 {
+        return Some(
+            "Transfer-Encoding names chunked more than once (RFC 9112, section 6.1)".to_owned(),
+        );
+    }
+    None
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
