@@ -111,6 +111,9 @@ pub struct RateLimitsConfig {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// `x-forwarded-for` (default) or `forwarded` (RFC 7239).
     pub client_ip_header: Option<Spanned<String>>,
+    /// IPv6 clients are counted by this many leading bits of their address
+    /// (default 64, 1..=128); IPv4 clients by their whole address.
+    pub ipv6_prefix: Option<Spanned<u8>>,
     /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
     #[serde(default)]
     pub legacy_headers: bool,

@@ -113,12 +113,22 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
             max_keys,
         });
     }
-    let rate_limits = RateLimits::new(
+    let mut rate_limits = RateLimits::new(
         defs,
         rl.legacy_headers,
         sweep,
         previous.map(|p| &p.rate_limits),
     );
+    if let Some(p) = &rl.ipv6_prefix {
+        match *p.get_ref() {
+            1..=128 => rate_limits.ipv6_prefix = *p.get_ref(),
+            _ => errors.push(file.error(
+                p,
+                "rate_limits.ipv6_prefix",
+                "must be 1..=128 (64: one subscriber's network; 128: every address apart)",
+            )),
+        }
+    }
     for d in &rl.default {
         if rate_limits.get(d.get_ref()).is_none() {
             errors.push(unknown_policy(file, d, "rate_limits.default", &rate_limits));
