@@ -166,4 +166,8 @@ pub struct LimitsConfig {
     pub max_connections: Option<Spanned<usize>>,
     /// HTTP/2 streams in flight per connection.
     pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Bytes a multipart body may hold before its first boundary (400 beyond).
+    pub max_multipart_preamble_bytes: Option<Spanned<usize>>,
+    /// Bytes of one multipart part's headers (413 beyond).
+    pub max_multipart_part_header_bytes: Option<Spanned<usize>>,
 }

@@ -287,6 +287,20 @@ fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
             errors,
         ),
         max_concurrent_streams,
+        max_multipart_preamble_bytes: positive(
+            file,
+            &l.max_multipart_preamble_bytes,
+            "limits.max_multipart_preamble_bytes",
+            d.max_multipart_preamble_bytes,
+            errors,
+        ),
+        max_multipart_part_header_bytes: positive(
+            file,
+            &l.max_multipart_part_header_bytes,
+            "limits.max_multipart_part_header_bytes",
+            d.max_multipart_part_header_bytes,
+            errors,
+        ),
     }
 }
 

@@ -45,6 +45,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// hyper's and most servers' default.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Browsers send no multipart preamble; RFC 2046 allows one for a line
+/// such as "This is a multi-part message in MIME format." 4 KiB is plenty
+/// for that, and a body that shows no boundary by then uses another one.
+pub const DEFAULT_MAX_MULTIPART_PREAMBLE_BYTES: usize = 4096;
+/// A part's headers are a Content-Disposition (a file name of up to 255
+/// bytes, maybe percent-encoded twice over in `filename*`) and a
+/// Content-Type: 8 KiB, nginx's bound on one request header line.
+pub const DEFAULT_MAX_MULTIPART_PART_HEADER_BYTES: usize = 8192;
 
 /// `[limits]`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +67,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
+    pub max_multipart_preamble_bytes: usize,
+    pub max_multipart_part_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +84,8 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_multipart_preamble_bytes: DEFAULT_MAX_MULTIPART_PREAMBLE_BYTES,
+            max_multipart_part_header_bytes: DEFAULT_MAX_MULTIPART_PART_HEADER_BYTES,
         }
     }
 }
@@ -101,6 +113,13 @@ impl ClientHead {
 }
 
 impl Limits {
+    pub fn multipart(&self) -> crate::transcode::multipart::Bounds {
+        crate::transcode::multipart::Bounds {
+            preamble: self.max_multipart_preamble_bytes,
+            part_headers: self.max_multipart_part_header_bytes,
+        }
+    }
+
     /// The first limit the request's head breaks, as the answer to send.
     pub fn check_head<B>(&self, req: &Request<B>) -> Option<RpcStatus> {
         let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());

@@ -111,7 +111,10 @@ async fn answer(
         if method.is_client_streaming() {
             multipart_stream(snap, route, builder, parts, body, metadata).await
         } else {
-            match multipart::message(builder, &parts.headers, body, snap.max_body_bytes).await {
+            let bounds = snap.edge.limits.multipart();
+            match multipart::message(builder, &parts.headers, body, snap.max_body_bytes, bounds)
+                .await
+            {
                 Ok(msg) => single_request(snap, route, msg, metadata, parts).await,
                 Err(s) => error_response(s),
             }
@@ -1027,7 +1030,8 @@ async fn multipart_stream(
     body: Body,
     metadata: MetadataMap,
 ) -> Response<Body> {
-    let parts_stream = match multipart::PartStream::new(builder, &parts.headers, body) {
+    let bounds = snap.edge.limits.multipart();
+    let parts_stream = match multipart::PartStream::new(builder, &parts.headers, body, bounds) {
         Ok(p) => p,
         Err(s) => return error_response(s),
     };
