@@ -170,4 +170,7 @@ pub struct LimitsConfig {
     pub max_multipart_preamble_bytes: Option<Spanned<usize>>,
     /// Bytes of one multipart part's headers (413 beyond).
     pub max_multipart_part_header_bytes: Option<Spanned<usize>>,
+    /// Bytes/s a request body read whole must keep up, after a 5 s grace
+    /// (408 and the connection closed below it); 0 turns it off.
+    pub min_body_rate: Option<Spanned<u64>>,
 }

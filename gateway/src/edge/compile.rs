@@ -301,6 +301,10 @@ fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
             d.max_multipart_part_header_bytes,
             errors,
         ),
+        min_body_rate: l
+            .min_body_rate
+            .as_ref()
+            .map_or(d.min_body_rate, |r| *r.get_ref()),
     }
 }
 

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -115,6 +115,8 @@ pub async fn serve<S: HttpService>(
 struct Activity {
     io: AtomicU64,
     handling: AtomicUsize,
+    /// A request's head has arrived on this connection.
+    served: AtomicBool,
 }
 
 impl Activity {
@@ -165,9 +167,11 @@ async fn serve_one<S: HttpService>(
     mut stop: tokio::sync::watch::Receiver<bool>,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
+    let accepted = Instant::now();
     let activity = Arc::new(Activity {
         io: AtomicU64::new(0),
         handling: AtomicUsize::new(0),
+        served: AtomicBool::new(false),
     });
     let mut quiet = Quiet {
         seen: 0,
@@ -183,6 +187,7 @@ async fn serve_one<S: HttpService>(
         let activity = activity.clone();
         hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             activity.handling.fetch_add(1, Ordering::Relaxed);
+            activity.served.store(true, Ordering::Relaxed);
             let guard = Handling(activity.clone());
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(PeerAddr(peer));
@@ -229,7 +234,8 @@ async fn serve_one<S: HttpService>(
     tokio::pin!(conn);
 
     let idle = limits.idle_timeout;
-    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let first_head = limits.header_read_timeout;
+    let tick = (idle.min(first_head) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
     let mut closing_since: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -247,20 +253,33 @@ async fn serve_one<S: HttpService>(
                 closing_since = Some(Instant::now());
             }
             () = tokio::time::sleep(tick) => {
+                let handling = activity.handling.load(Ordering::Relaxed);
                 match closing_since {
+                    // hyper's header-read timer starts once the protocol is
+                    // known, i.e. at the first byte: a connection that sends
+                    // nothing would wait for the idle timeout and hold a
+                    // slot. The first head is due header_read_timeout after
+                    // accept, whatever the protocol.
+                    None if !activity.served.load(Ordering::Relaxed) && accepted.elapsed() >= first_head => {
+                        tracing::debug!(client.addr = %peer, "no request head within limits.header_read_timeout; closing");
+                        return;
+                    }
                     None => {
                         // Idle: nothing being handled and no byte moving
                         // (keep-alive waits, a client that stopped reading).
-                        if activity.handling.load(Ordering::Relaxed) == 0 && quiet.idle_for(&activity) >= idle {
+                        if handling == 0 && quiet.idle_for(&activity) >= idle {
                             tracing::debug!(client.addr = %peer, "closing an idle connection");
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(Instant::now());
                         }
                     }
-                    // A graceful close that makes no progress (a response
-                    // the client does not read) is cut after another idle
-                    // period; during shutdown the drain timeout decides.
-                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && quiet.idle_for(&activity) >= idle => {
+                    // A graceful close is cut after another idle period
+                    // when nothing is being handled (an HTTP/2 client that
+                    // ignores the GOAWAY's PING, whatever else it sends), or
+                    // when a request being handled makes no progress (a
+                    // response the client does not read). During shutdown
+                    // the drain timeout decides.
+                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && (handling == 0 || quiet.idle_for(&activity) >= idle) => {
                         return;
                     }
                     Some(_) => {}

@@ -45,6 +45,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// hyper's and most servers' default.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// A body read whole must arrive at 1 KiB/s or more: a phone on a poor
+/// link manages far more, while a client sending a byte a second (slow
+/// POST, the body's slowloris) would hold its connection for the whole
+/// request timeout. Apache's mod_reqtimeout asks 500 bytes/s.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
+/// How far behind `min_body_rate` a body may fall: a few seconds of stall
+/// (a retransmission, a radio waking up) are no attack.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 /// Browsers send no multipart preamble; RFC 2046 allows one for a line
 /// such as "This is a multi-part message in MIME format." 4 KiB is plenty
 /// for that, and a body that shows no boundary by then uses another one.
@@ -69,6 +77,8 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     pub max_multipart_preamble_bytes: usize,
     pub max_multipart_part_header_bytes: usize,
+    /// Bytes/s; 0: no minimum.
+    pub min_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -86,6 +96,7 @@ impl Default for Limits {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_multipart_preamble_bytes: DEFAULT_MAX_MULTIPART_PREAMBLE_BYTES,
             max_multipart_part_header_bytes: DEFAULT_MAX_MULTIPART_PART_HEADER_BYTES,
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
         }
     }
 }

@@ -123,7 +123,8 @@ async fn answer(
         if method.is_client_streaming() {
             raw_stream(snap, route, builder, parts, body, metadata).await
         } else {
-            match raw_message(builder, &parts.headers, body, snap.max_body_bytes).await {
+            let limit = (snap.max_body_bytes, snap.edge.limits.min_body_rate);
+            match raw_message(builder, &parts.headers, body, limit).await {
                 Ok(msg) => single_request(snap, route, msg, metadata, parts).await,
                 Err(s) => error_response(s),
             }
@@ -937,9 +938,9 @@ async fn raw_message(
     builder: &Builder,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    (limit, min_rate): (usize, u64),
 ) -> Result<DynamicMessage, RpcStatus> {
-    let data = super::read_limited(headers, body, limit).await?;
+    let data = super::read_limited(headers, body, limit, min_rate).await?;
     builder
         .raw_body_message(&content_type(headers), data)
         .map_err(|e| RpcStatus::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message))
