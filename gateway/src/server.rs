@@ -372,7 +372,8 @@ async fn handle_route(
 
     // A trace span (when exporting) from the first body byte to the message.
     let mut transcoding = crate::telemetry::otel::ChildSpan::internal("transcode request");
-    let body = match read_body(&parts.headers, body, snap.max_body_bytes, route).await {
+    let limit = (snap.max_body_bytes, snap.edge.limits.min_body_rate);
+    let body = match read_body(&parts.headers, body, limit, route).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -502,15 +503,16 @@ async fn handle_route(
     }
 }
 
-/// Reads the body up to the limit; a declared length over the limit is
-/// refused before any byte is read.
+/// Reads the body up to the limit, at the minimum rate (`limit`: bytes,
+/// bytes/s); a declared length over the limit is refused before any byte
+/// is read.
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    (limit, min_rate): (usize, u64),
     route: &Route,
 ) -> Result<Bytes, Response<Body>> {
-    let bytes = crate::transcode::read_limited(headers, body, limit)
+    let bytes = crate::transcode::read_limited(headers, body, limit, min_rate)
         .await
         .map_err(|s| s.into_response().map(Body::from))?;
     if matches!(route.body, request::BodyRule::None) {

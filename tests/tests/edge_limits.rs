@@ -235,3 +235,148 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// A raw request whose head holds exactly `total` headers (`Host` and
+/// `Connection`, added by `raw`, among them).
+async fn with_headers(gw: &TestGateway, total: usize) -> gateway_tests::Reply {
+    let mut head = "GET /v1/echo?stringField=h HTTP/1.1".to_owned();
+    for i in 0..total - 2 {
+        head.push_str(&format!("\r\nx-h{i}: v"));
+    }
+    gw.raw(&head, b"").await
+}
+
+#[tokio::test]
+async fn header_limits_count_the_client_headers_not_the_ones_the_gateway_adds() {
+    // The gateway adds x-request-id and traceparent; a client at the limit
+    // must still pass.
+    let (gw, calls) = start("max_headers = 20\nmax_header_bytes = 2048").await;
+    with_headers(&gw, 19).await.ok();
+    with_headers(&gw, 20).await.ok();
+    with_headers(&gw, 21).await.assert_error(
+        431,
+        3,
+        "the request has 21 headers, over the limit of 20 (limits.max_headers)",
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Bytes: names and values as sent, `Host` and `Connection: close` included.
+    let fixed = "host".len() + gw.addr.to_string().len() + "connection".len() + "close".len();
+    let fill = |total: usize| {
+        let value = "f".repeat(total - fixed - "x-fill".len());
+        format!("GET /v1/echo?stringField=b HTTP/1.1\r\nx-fill: {value}")
+    };
+    gw.raw(&fill(2048), b"").await.ok();
+    gw.raw(&fill(2049), b"").await.assert_error(
+        431,
+        3,
+        "the request headers are 2049 bytes, over the limit of 2048 (limits.max_header_bytes)",
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    // hyper's own header timer only starts at the first byte; the idle
+    // timeout is far off here, so only the header timeout can close it.
+    let (gw, _) = start("header_read_timeout = \"300ms\"\nidle_timeout = \"30s\"").await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let (out, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection stayed open for 5 s");
+    assert!(out.is_empty(), "{out:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    // A connection that sends its request in time is served.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /v1/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_minimum_rate_is_408_and_the_connection_closed() {
+    let (gw, calls) = start("min_body_rate = 100000").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"stringField\": \"",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    // Then nothing: 17 bytes in, 1000 promised.
+    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert!(closed, "the connection stayed open");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    gateway_tests::check_error_body(
+        &json,
+        4,
+        "the request body is arriving slower than 100000 bytes/s (limits.min_body_rate)",
+    )
+    .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // A body sent at once is far above any minimum.
+    gw.post("/v1/echo", &json!({"stringField": "quick"}))
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn an_http2_client_ignoring_the_goaway_ping_is_dropped_after_another_idle_period() {
+    let (gw, _) = start("idle_timeout = \"300ms\"").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // Wait for the idle close's GOAWAY (type 7).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !seen
+        .windows(4)
+        .any(|w| w[3] == 0x07 && w[0] == 0 && w[1] == 0)
+    {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("a GOAWAY within 3 s")
+            .unwrap();
+        assert!(n > 0, "closed before any GOAWAY");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let goaway = Instant::now();
+    // Never acknowledge the gateway's PING, but keep bytes moving with
+    // PINGs of our own.
+    let (mut rd, mut wr) = s.into_split();
+    let pinger = tokio::spawn(async move {
+        let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+        while wr.write_all(ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    pinger.abort();
+    assert!(
+        closed.is_ok(),
+        "the connection outlived 5 s of ignored PING"
+    );
+    let took = goaway.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}

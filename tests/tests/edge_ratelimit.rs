@@ -273,3 +273,87 @@ async fn admin_routes_show_each_routes_auth_and_limits() {
     let _ = stop.send(());
     let _ = running.await;
 }
+
+const ECHO_ROUTE: &str = r#"
+[[routes]]
+method = "GET"
+path = "/v1/echo"
+grpc = "testing.v1.Echo/Echo"
+"#;
+
+async fn start_keyed_by_ip(extra: &str) -> TestGateway {
+    let (backend, _) = counting_backend().await;
+    let sections = format!(
+        r#"[rate_limits]
+default = ["per_ip"]
+trusted_proxies = ["127.0.0.1"]
+{extra}
+
+[rate_limits.policies.per_ip]
+key = "ip"
+rate = 1
+per = "1m"
+burst = 1
+"#
+    );
+    let config = edge_config(&sections, ECHO_ROUTE);
+    TestGateway::start_with(&config, &backend, &testing_descriptors()).await
+}
+
+async fn from(gw: &TestGateway, client: &str) -> Reply {
+    get(gw, "/v1/echo", &[("x-forwarded-for", client)]).await
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_64_and_ipv4_clients_per_address() {
+    let gw = start_keyed_by_ip("").await;
+    from(&gw, "2001:db8:1:2::1").await.ok();
+    // A new address in the same /64 (a privacy address) is the same client.
+    from(&gw, "2001:db8:1:2:aaaa:bbbb:cccc:dddd")
+        .await
+        .assert_error(429, 8, "rate limit \"per_ip\" exceeded");
+    // The next /64 is another client.
+    from(&gw, "2001:db8:1:3::1").await.ok();
+    // IPv4 addresses are counted whole, neighbours apart.
+    from(&gw, "192.0.2.1").await.ok();
+    from(&gw, "192.0.2.2").await.ok();
+    from(&gw, "192.0.2.1")
+        .await
+        .assert_error(429, 8, "rate limit \"per_ip\" exceeded");
+}
+
+#[tokio::test]
+async fn the_ipv6_prefix_of_rate_limit_keys_is_configurable() {
+    let gw = start_keyed_by_ip("ipv6_prefix = 128").await;
+    from(&gw, "2001:db8:1:2::1").await.ok();
+    from(&gw, "2001:db8:1:2::2").await.ok();
+    from(&gw, "2001:db8:1:2::1")
+        .await
+        .assert_error(429, 8, "per_ip");
+    let gw = start_keyed_by_ip("ipv6_prefix = 48").await;
+    from(&gw, "2001:db8:1:2::1").await.ok();
+    from(&gw, "2001:db8:1:ffff::1")
+        .await
+        .assert_error(429, 8, "per_ip");
+}
+
+#[tokio::test]
+async fn an_ipv6_prefix_out_of_range_is_a_config_error_at_its_line() {
+    let (backend, _) = counting_backend().await;
+    let text = gateway_tests::render_config(
+        &edge_config("[rate_limits]\nipv6_prefix = 0\n", ECHO_ROUTE),
+        &backend,
+        &testing_descriptors(),
+    );
+    let path = gateway_tests::write_config(&text);
+    let err = gateway::snapshot::Snapshot::load(&path)
+        .expect_err("ipv6_prefix = 0 was accepted")
+        .to_string();
+    let at = format!(
+        "{}:{}: rate_limits.ipv6_prefix: must be 1..=128",
+        path.display(),
+        gateway_tests::line_of(&text, "ipv6_prefix = 0")
+    );
+    assert!(err.contains(&at), "{err}");
+    gateway_tests::remove_temp_parent(&path);
+}

@@ -113,6 +113,9 @@ pub struct RateLimitsConfig {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// `x-forwarded-for` (default) or `forwarded` (RFC 7239).
     pub client_ip_header: Option<Spanned<String>>,
+    /// IPv6 clients are counted by this many leading bits of their address
+    /// (default 64, 1..=128); IPv4 clients by their whole address.
+    pub ipv6_prefix: Option<Spanned<u8>>,
     /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
     #[serde(default)]
     pub legacy_headers: bool,
@@ -165,4 +168,11 @@ pub struct LimitsConfig {
     pub max_connections: Option<Spanned<usize>>,
     /// HTTP/2 streams in flight per connection.
     pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Bytes a multipart body may hold before its first boundary (400 beyond).
+    pub max_multipart_preamble_bytes: Option<Spanned<usize>>,
+    /// Bytes of one multipart part's headers (413 beyond).
+    pub max_multipart_part_header_bytes: Option<Spanned<usize>>,
+    /// Bytes/s a request body read whole must keep up, after a 5 s grace
+    /// (408 and the connection closed below it); 0 turns it off.
+    pub min_body_rate: Option<Spanned<u64>>,
 }

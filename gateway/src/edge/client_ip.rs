@@ -75,6 +75,26 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// IPv6 clients are counted by their /64 by default: the smallest network a
+/// site or subscriber is given (RFC 6177), inside which a host picks new
+/// privacy addresses (RFC 8981) freely. Keyed per /128, one host would get
+/// a fresh bucket per address.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// What rate limits count a client address as: an IPv4 address whole, an
+/// IPv6 address cut to its first `ipv6_prefix` bits.
+pub fn rate_limit_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Which header a trusted proxy writes the client's address into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ForwardedHeader {
@@ -222,5 +242,21 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn rate_limit_key_cuts_ipv6_to_the_prefix_and_keeps_ipv4_whole() {
+        let key = |ip: &str, prefix| rate_limit_key(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff", 64),
+            "2001:db8:1:2::"
+        );
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 0), "::");
+        assert_eq!(key("192.0.2.7", 64), "192.0.2.7");
+        // A dual-stack socket's mapped IPv4 is the IPv4 address, not a /64.
+        assert_eq!(key("::ffff:192.0.2.7", 64), "192.0.2.7");
     }
 }

@@ -113,12 +113,22 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
             max_keys,
         });
     }
-    let rate_limits = RateLimits::new(
+    let mut rate_limits = RateLimits::new(
         defs,
         rl.legacy_headers,
         sweep,
         previous.map(|p| &p.rate_limits),
     );
+    if let Some(p) = &rl.ipv6_prefix {
+        match *p.get_ref() {
+            1..=128 => rate_limits.ipv6_prefix = *p.get_ref(),
+            _ => errors.push(file.error(
+                p,
+                "rate_limits.ipv6_prefix",
+                "must be 1..=128 (64: one subscriber's network; 128: every address apart)",
+            )),
+        }
+    }
     for d in &rl.default {
         if rate_limits.get(d.get_ref()).is_none() {
             errors.push(unknown_policy(file, d, "rate_limits.default", &rate_limits));
@@ -277,6 +287,24 @@ fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
             errors,
         ),
         max_concurrent_streams,
+        max_multipart_preamble_bytes: positive(
+            file,
+            &l.max_multipart_preamble_bytes,
+            "limits.max_multipart_preamble_bytes",
+            d.max_multipart_preamble_bytes,
+            errors,
+        ),
+        max_multipart_part_header_bytes: positive(
+            file,
+            &l.max_multipart_part_header_bytes,
+            "limits.max_multipart_part_header_bytes",
+            d.max_multipart_part_header_bytes,
+            errors,
+        ),
+        min_body_rate: l
+            .min_body_rate
+            .as_ref()
+            .map_or(d.min_body_rate, |r| *r.get_ref()),
     }
 }
 

@@ -8,12 +8,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use http::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +22,7 @@ use tower::ServiceExt as _;
 
 use super::client_ip::PeerAddr;
 use super::limits::Limits;
+use crate::transcode::RpcStatus;
 
 /// What a listener serves: the gateway's layered handler.
 pub trait HttpService:
@@ -113,6 +115,8 @@ pub async fn serve<S: HttpService>(
 struct Activity {
     io: AtomicU64,
     handling: AtomicUsize,
+    /// A request's head has arrived on this connection.
+    served: AtomicBool,
 }
 
 impl Activity {
@@ -163,9 +167,11 @@ async fn serve_one<S: HttpService>(
     mut stop: tokio::sync::watch::Receiver<bool>,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
+    let accepted = Instant::now();
     let activity = Arc::new(Activity {
         io: AtomicU64::new(0),
         handling: AtomicUsize::new(0),
+        served: AtomicBool::new(false),
     });
     let mut quiet = Quiet {
         seen: 0,
@@ -174,11 +180,14 @@ async fn serve_one<S: HttpService>(
     let io = TokioIo::new(Tracked {
         io: stream,
         activity: activity.clone(),
+        bounds: HeadBounds::of(&limits),
+        replacement: None,
     });
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             activity.handling.fetch_add(1, Ordering::Relaxed);
+            activity.served.store(true, Ordering::Relaxed);
             let guard = Handling(activity.clone());
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(PeerAddr(peer));
@@ -225,7 +234,8 @@ async fn serve_one<S: HttpService>(
     tokio::pin!(conn);
 
     let idle = limits.idle_timeout;
-    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let first_head = limits.header_read_timeout;
+    let tick = (idle.min(first_head) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
     let mut closing_since: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -243,20 +253,33 @@ async fn serve_one<S: HttpService>(
                 closing_since = Some(Instant::now());
             }
             () = tokio::time::sleep(tick) => {
+                let handling = activity.handling.load(Ordering::Relaxed);
                 match closing_since {
+                    // hyper's header-read timer starts once the protocol is
+                    // known, i.e. at the first byte: a connection that sends
+                    // nothing would wait for the idle timeout and hold a
+                    // slot. The first head is due header_read_timeout after
+                    // accept, whatever the protocol.
+                    None if !activity.served.load(Ordering::Relaxed) && accepted.elapsed() >= first_head => {
+                        tracing::debug!(client.addr = %peer, "no request head within limits.header_read_timeout; closing");
+                        return;
+                    }
                     None => {
                         // Idle: nothing being handled and no byte moving
                         // (keep-alive waits, a client that stopped reading).
-                        if activity.handling.load(Ordering::Relaxed) == 0 && quiet.idle_for(&activity) >= idle {
+                        if handling == 0 && quiet.idle_for(&activity) >= idle {
                             tracing::debug!(client.addr = %peer, "closing an idle connection");
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(Instant::now());
                         }
                     }
-                    // A graceful close that makes no progress (a response
-                    // the client does not read) is cut after another idle
-                    // period; during shutdown the drain timeout decides.
-                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && quiet.idle_for(&activity) >= idle => {
+                    // A graceful close is cut after another idle period
+                    // when nothing is being handled (an HTTP/2 client that
+                    // ignores the GOAWAY's PING, whatever else it sends), or
+                    // when a request being handled makes no progress (a
+                    // response the client does not read). During shutdown
+                    // the drain timeout decides.
+                    Some(since) if !*stop.borrow() && since.elapsed() >= idle && (handling == 0 || quiet.idle_for(&activity) >= idle) => {
                         return;
                     }
                     Some(_) => {}
@@ -266,10 +289,118 @@ async fn serve_one<S: HttpService>(
     }
 }
 
-/// The socket, noting when bytes move.
+/// The limits named in the body of an answer hyper makes by itself.
+#[derive(Clone, Copy)]
+struct HeadBounds {
+    max_url_bytes: usize,
+    max_headers: usize,
+    max_header_bytes: usize,
+}
+
+impl HeadBounds {
+    fn of(limits: &Limits) -> HeadBounds {
+        HeadBounds {
+            max_url_bytes: limits.max_url_bytes,
+            max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
+        }
+    }
+
+    /// hyper answers a head it cannot parse (400), a target over its own
+    /// 64 KiB bound (414) or a head past its buffer (431) by itself, with an
+    /// empty body and no request reaching the gateway. Such an answer is
+    /// recognised on its way out: its head holds nothing but
+    /// `connection: close`, `content-length: 0` and `date`, while every answer of the gateway
+    /// carries at least `x-request-id`. The same answer with the JSON error
+    /// body is returned to be written instead.
+    fn with_body(self, written: &[u8]) -> Option<Vec<u8>> {
+        let status = match written.get(..12)? {
+            b"HTTP/1.1 400" => StatusCode::BAD_REQUEST,
+            b"HTTP/1.1 414" => StatusCode::URI_TOO_LONG,
+            b"HTTP/1.1 431" => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => return None,
+        };
+        let head = written.strip_suffix(b"\r\n\r\n")?;
+        let mut date = None;
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.eq_ignore_ascii_case(b"content-length: 0")
+                || line.eq_ignore_ascii_case(b"connection: close")
+            {
+                continue;
+            }
+            match line.strip_prefix(b"date: ") {
+                Some(d) if date.is_none() => date = Some(d),
+                _ => return None,
+            }
+        }
+        let message = match status {
+            StatusCode::URI_TOO_LONG => format!(
+                "the request target is over the limit of {} bytes (limits.max_url_bytes)",
+                self.max_url_bytes
+            ),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+                "the request head is far over the limits of {} headers and {} bytes (limits.max_headers, limits.max_header_bytes)",
+                self.max_headers, self.max_header_bytes
+            ),
+            _ => "the request head is not valid HTTP/1.1".to_owned(),
+        };
+        let body = RpcStatus::new(status, tonic::Code::InvalidArgument, message).to_json();
+        let mut out = Vec::with_capacity(160 + body.len());
+        out.extend_from_slice(&written[..12]);
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: application/json\r\nconnection: close\r\n");
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        if let Some(d) = date {
+            out.extend_from_slice(b"date: ");
+            out.extend_from_slice(d);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+}
+
+/// The socket, noting when bytes move; also gives hyper's own refusals the
+/// JSON error body (see [`HeadBounds::with_body`]).
 struct Tracked {
     io: TcpStream,
     activity: Arc<Activity>,
+    bounds: HeadBounds,
+    /// A refusal being written in place of hyper's, and how much of it is out.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl Tracked {
+    /// Writes out the rest of a replacement answer, if any.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.replacement {
+            if *done == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *done += n;
+            self.activity.touch();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `buf` as written when it is one of hyper's bodiless refusals.
+    fn replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        let replacement = self.bounds.with_body(buf)?;
+        self.replacement = Some((replacement, 0));
+        Some(match self.poll_replacement(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // The rest goes out on flush, which hyper calls next.
+            _ => Poll::Ready(Ok(buf.len())),
+        })
+    }
 }
 
 impl AsyncRead for Tracked {
@@ -293,6 +424,10 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if let Some(r) = self.replace(cx, buf) {
+            return r;
+        }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -305,6 +440,12 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_replacement(cx))?;
+        if let [one] = bufs {
+            if let Some(r) = self.replace(cx, one) {
+                return r;
+            }
+        }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -317,10 +458,12 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

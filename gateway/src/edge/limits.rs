@@ -11,11 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderMap, Request, Response, StatusCode};
 use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::server::Gateway;
+use crate::telemetry::RequestContext;
 use crate::transcode::RpcStatus;
 
 /// Browsers and proxies commonly cap URLs near 8 KB; anything longer is a
@@ -44,6 +45,22 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// hyper's and most servers' default.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// A body read whole must arrive at 1 KiB/s or more: a phone on a poor
+/// link manages far more, while a client sending a byte a second (slow
+/// POST, the body's slowloris) would hold its connection for the whole
+/// request timeout. Apache's mod_reqtimeout asks 500 bytes/s.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
+/// How far behind `min_body_rate` a body may fall: a few seconds of stall
+/// (a retransmission, a radio waking up) are no attack.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+/// Browsers send no multipart preamble; RFC 2046 allows one for a line
+/// such as "This is a multi-part message in MIME format." 4 KiB is plenty
+/// for that, and a body that shows no boundary by then uses another one.
+pub const DEFAULT_MAX_MULTIPART_PREAMBLE_BYTES: usize = 4096;
+/// A part's headers are a Content-Disposition (a file name of up to 255
+/// bytes, maybe percent-encoded twice over in `filename*`) and a
+/// Content-Type: 8 KiB, nginx's bound on one request header line.
+pub const DEFAULT_MAX_MULTIPART_PART_HEADER_BYTES: usize = 8192;
 
 /// `[limits]`, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +75,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
+    pub max_multipart_preamble_bytes: usize,
+    pub max_multipart_part_header_bytes: usize,
+    /// Bytes/s; 0: no minimum.
+    pub min_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -73,11 +94,43 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_multipart_preamble_bytes: DEFAULT_MAX_MULTIPART_PREAMBLE_BYTES,
+            max_multipart_part_header_bytes: DEFAULT_MAX_MULTIPART_PART_HEADER_BYTES,
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
+        }
+    }
+}
+
+/// The size of a request's head as the client sent it. The access layer
+/// measures it before adding `x-request-id` and `traceparent`, so a client
+/// is held to the limits it can see, not to headers the gateway added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHead {
+    pub headers: usize,
+    /// Header names and values, without separators.
+    pub bytes: usize,
+}
+
+impl ClientHead {
+    pub fn measure(headers: &HeaderMap) -> ClientHead {
+        ClientHead {
+            headers: headers.len(),
+            bytes: headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum(),
         }
     }
 }
 
 impl Limits {
+    pub fn multipart(&self) -> crate::transcode::multipart::Bounds {
+        crate::transcode::multipart::Bounds {
+            preamble: self.max_multipart_preamble_bytes,
+            part_headers: self.max_multipart_part_header_bytes,
+        }
+    }
+
     /// The first limit the request's head breaks, as the answer to send.
     pub fn check_head<B>(&self, req: &Request<B>) -> Option<RpcStatus> {
         let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
@@ -92,21 +145,21 @@ impl Limits {
             ));
         }
         let headers = req.headers();
-        if headers.len() > self.max_headers {
+        let client = req
+            .extensions()
+            .get::<RequestContext>()
+            .map_or_else(|| ClientHead::measure(headers), |c| c.client_head);
+        if client.headers > self.max_headers {
             return Some(RpcStatus::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Code::InvalidArgument,
                 format!(
                     "the request has {} headers, over the limit of {} (limits.max_headers)",
-                    headers.len(),
-                    self.max_headers
+                    client.headers, self.max_headers
                 ),
             ));
         }
-        let bytes: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len())
-            .sum();
+        let bytes = client.bytes;
         if bytes > self.max_header_bytes {
             return Some(RpcStatus::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -115,6 +168,13 @@ impl Limits {
                     "the request headers are {bytes} bytes, over the limit of {} (limits.max_header_bytes)",
                     self.max_header_bytes
                 ),
+            ));
+        }
+        if let Some(problem) = framing_problem(req) {
+            return Some(RpcStatus::new(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                problem,
             ));
         }
         let declared = headers
@@ -133,6 +193,36 @@ impl Limits {
         }
         None
     }
+}
+
+/// What hyper's HTTP/1.1 parser lets through but RFC 9112 refuses: a
+/// request without exactly one `Host` (section 3.2), and the chunked coding
+/// applied more than once (section 6.1), which proxies in front may frame
+/// differently from hyper (request smuggling).
+fn framing_problem<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    // HTTP/2 carries the authority in its own pseudo-header; HTTP/1.0 may
+    // omit Host.
+    if req.version() == http::Version::HTTP_11 {
+        let hosts = headers.get_all(header::HOST).iter().count();
+        if hosts != 1 {
+            return Some(format!(
+                "an HTTP/1.1 request must have exactly one Host header (RFC 9112, section 3.2); this one has {hosts}"
+            ));
+        }
+    }
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count();
+    if chunked > 1 {
+        return Some(
+            "Transfer-Encoding names chunked more than once (RFC 9112, section 6.1)".to_owned(),
+        );
+    }
+    None
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;

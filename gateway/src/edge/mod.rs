@@ -217,7 +217,7 @@ async fn admit_inner(
     client: IpAddr,
     fields: &mut Fields,
 ) -> Result<(), Response<Body>> {
-    let ip_text = match client {
+    let ip_text = match client_ip::rate_limit_key(client, edge.rate_limits.ipv6_prefix) {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };

@@ -259,6 +259,9 @@ pub struct RateLimits {
     pub policies: Vec<Arc<Policy>>,
     pub legacy_headers: bool,
     pub sweep_interval: Duration,
+    /// IPv6 clients are keyed by this many leading bits (`ip` keys, and the
+    /// address other keys fall back to).
+    pub ipv6_prefix: u8,
     seed: std::hash::RandomState,
 }
 
@@ -292,6 +295,7 @@ impl RateLimits {
             policies,
             legacy_headers,
             sweep_interval,
+            ipv6_prefix: super::client_ip::DEFAULT_IPV6_PREFIX,
             // Kept across reloads, or carried-over buckets would be keyed anew.
             seed: previous.map(|p| p.seed.clone()).unwrap_or_default(),
         };

@@ -23,6 +23,9 @@ static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 pub struct RequestContext {
     pub request_id: HeaderValue,
     pub trace: TraceParent,
+    /// The head as the client sent it, measured before this layer added
+    /// `x-request-id` and `traceparent`: the header limits count this.
+    pub client_head: crate::edge::limits::ClientHead,
 }
 
 /// Requests being served right now, for the in-flight gauge.
@@ -155,6 +158,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let started = Instant::now();
         let guard = InFlightGuard::new();
+        let client_head = crate::edge::limits::ClientHead::measure(req.headers());
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) if well_formed(v) => v.clone(),
             _ => new_request_id(),
@@ -191,6 +195,7 @@ where
         req.extensions_mut().insert(RequestContext {
             request_id: request_id.clone(),
             trace,
+            client_head,
         });
         let method = req.method().clone();
         let bytes_in = req.body().size_hint().exact();

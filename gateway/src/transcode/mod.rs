@@ -43,6 +43,7 @@ pub async fn read_limited(
     headers: &http::HeaderMap,
     body: axum::body::Body,
     limit: usize,
+    min_rate: u64,
 ) -> Result<bytes::Bytes, RpcStatus> {
     use http_body_util::BodyExt as _;
     let too_large = || {
@@ -59,15 +60,63 @@ pub async fn read_limited(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(RpcStatus::new(
-            http::StatusCode::BAD_REQUEST,
-            tonic::Code::InvalidArgument,
-            format!("reading the request body failed: {e}"),
-        )),
+    let mut body = body;
+    // One frame is the whole body nearly always: kept as is, not copied.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut more = bytes::BytesMut::new();
+    let started = tokio::time::Instant::now();
+    let mut received: u64 = 0;
+    loop {
+        let frame = match min_rate {
+            0 => body.frame().await,
+            rate => {
+                // The body may lag `BODY_RATE_GRACE` behind `rate`, no more.
+                let due = started
+                    + crate::edge::limits::BODY_RATE_GRACE
+                    + std::time::Duration::from_secs_f64(received as f64 / rate as f64);
+                match tokio::time::timeout_at(due, body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => return Err(too_slow(rate)),
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers
+            },
+            Some(Err(e)) => {
+                return Err(RpcStatus::new(
+                    http::StatusCode::BAD_REQUEST,
+                    tonic::Code::InvalidArgument,
+                    format!("reading the request body failed: {e}"),
+                ))
+            }
+        };
+        received += data.len() as u64;
+        if received > limit as u64 {
+            return Err(too_large());
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            f => {
+                if let Some(f) = f {
+                    more.extend_from_slice(&f);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| more.freeze()))
+}
+
+fn too_slow(rate: u64) -> RpcStatus {
+    RpcStatus::new(
+        http::StatusCode::REQUEST_TIMEOUT,
+        tonic::Code::DeadlineExceeded,
+        format!("the request body is arriving slower than {rate} bytes/s (limits.min_body_rate)"),
+    )
 }
 
 /// The end-to-end tests' descriptors (`testing.v1.Everything` has every

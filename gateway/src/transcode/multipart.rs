@@ -9,7 +9,9 @@
 //! parts go on the next message sent (or a final one).
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
 use http::{header, HeaderMap, StatusCode};
+use memchr::memmem::Finder;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, Value};
 use tonic::Code;
 
@@ -30,6 +32,9 @@ fn bad(message: impl Into<String>) -> RpcStatus {
 
 fn multer_error(e: multer::Error) -> RpcStatus {
     match e {
+        multer::Error::StreamReadFailed(e) if e.is::<Unframed>() => e
+            .downcast::<Unframed>()
+            .map_or_else(|e| bad(format!("malformed multipart body: {e}")), |u| u.0),
         multer::Error::StreamSizeExceeded { limit }
         | multer::Error::FieldSizeExceeded { limit, .. } => RpcStatus::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -44,6 +49,7 @@ fn open(
     headers: &HeaderMap,
     body: axum::body::Body,
     limit: Option<u64>,
+    bounds: Bounds,
 ) -> Result<multer::Multipart<'static>, RpcStatus> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -58,11 +64,199 @@ fn open(
     if let Some(l) = limit {
         size = size.whole_stream(l);
     }
+    let mut framing = Framing::new(&boundary, bounds);
+    let data = body.into_data_stream().map(move |chunk| match chunk {
+        Ok(c) => framing.feed(&c).map(|()| c).map_err(BodyError::Unframed),
+        Err(e) => Err(BodyError::Read(e)),
+    });
     Ok(multer::Multipart::with_constraints(
-        body.into_data_stream(),
+        data,
         boundary,
         multer::Constraints::new().size_limit(size),
     ))
+}
+
+/// How much multipart framing may take before the parts it frames:
+/// `[limits]`'s `max_multipart_preamble_bytes` and
+/// `max_multipart_part_header_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Bytes before the first boundary.
+    pub preamble: usize,
+    /// One part's header block, from its boundary line to the blank line.
+    pub part_headers: usize,
+}
+
+/// A refusal made while the body streams in, carried through multer as a
+/// read error and turned back into its answer by `multer_error`.
+#[derive(Debug)]
+struct Unframed(RpcStatus);
+
+impl std::fmt::Display for Unframed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl std::error::Error for Unframed {}
+
+#[derive(Debug)]
+enum BodyError {
+    Read(axum::Error),
+    Unframed(Unframed),
+}
+
+impl From<BodyError> for Box<dyn std::error::Error + Send + Sync> {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Read(e) => Box::new(e),
+            BodyError::Unframed(u) => Box::new(u),
+        }
+    }
+}
+
+/// Where the body is in its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Before the first `--boundary`.
+    Preamble,
+    /// Just past a boundary: `--` next ends the body, anything else starts
+    /// a part's headers. The count is the dashes seen.
+    AfterBoundary(u8),
+    /// A part's headers, up to the blank line.
+    Headers,
+    /// A part's content, up to `\r\n--boundary`.
+    Content,
+    /// Past the closing boundary: the rest is not read.
+    Done,
+}
+
+/// Follows the framing of the bytes on their way into multer, which keeps
+/// everything it has not yet matched: a body that never shows a boundary,
+/// or a part header that never ends, would otherwise be buffered whole
+/// (256 MiB of it, 256 MiB of memory). Part contents pass through, as
+/// multer hands them out in chunks. The scan is memchr's, as multer's own.
+struct Framing {
+    stage: Stage,
+    /// Bytes of the current preamble or header block so far.
+    seen: usize,
+    /// The last bytes of the stage's data, shorter than its pattern: a
+    /// pattern may straddle two chunks.
+    carry: Vec<u8>,
+    scratch: Vec<u8>,
+    first: Finder<'static>,
+    next: Finder<'static>,
+    blank_line: Finder<'static>,
+    bounds: Bounds,
+}
+
+impl Framing {
+    fn new(boundary: &str, bounds: Bounds) -> Framing {
+        Framing {
+            stage: Stage::Preamble,
+            seen: 0,
+            carry: Vec::new(),
+            scratch: Vec::new(),
+            first: Finder::new(format!("--{boundary}").as_bytes()).into_owned(),
+            next: Finder::new(format!("\r\n--{boundary}").as_bytes()).into_owned(),
+            blank_line: Finder::new(b"\r\n\r\n").into_owned(),
+            bounds,
+        }
+    }
+
+    /// Follows one chunk; Err as soon as a bound is passed.
+    fn feed(&mut self, mut rest: &[u8]) -> Result<(), Unframed> {
+        loop {
+            let (finder, bound) = match self.stage {
+                Stage::Done => return Ok(()),
+                Stage::AfterBoundary(dashes) => {
+                    let Some((&b, tail)) = rest.split_first() else {
+                        return Ok(());
+                    };
+                    self.stage = match (b, dashes) {
+                        (b'-', 1) => Stage::Done,
+                        (b'-', _) => Stage::AfterBoundary(1),
+                        _ => {
+                            // This byte starts the header block.
+                            self.seen = usize::from(dashes);
+                            Stage::Headers
+                        }
+                    };
+                    if b == b'-' {
+                        rest = tail;
+                    }
+                    continue;
+                }
+                Stage::Preamble => (&self.first, Some(self.bounds.preamble)),
+                Stage::Headers => (&self.blank_line, Some(self.bounds.part_headers)),
+                Stage::Content => (&self.next, None),
+            };
+            let found = find(finder, &self.carry, &mut self.scratch, rest);
+            let used = found.unwrap_or(rest.len());
+            self.seen += used;
+            if let Some(bound) = bound.filter(|&b| self.seen > b) {
+                return Err(self.over(bound));
+            }
+            let Some(end) = found else {
+                keep_tail(&mut self.carry, rest, finder.needle().len() - 1);
+                return Ok(());
+            };
+            self.carry.clear();
+            self.seen = 0;
+            self.stage = match self.stage {
+                Stage::Headers => Stage::Content,
+                _ => Stage::AfterBoundary(0),
+            };
+            rest = &rest[end..];
+        }
+    }
+
+    fn over(&self, bound: usize) -> Unframed {
+        Unframed(if self.stage == Stage::Preamble {
+            bad(format!(
+                "the multipart body has more than {bound} bytes before its first boundary \
+                 (limits.max_multipart_preamble_bytes); does the body use the boundary its \
+                 Content-Type names?"
+            ))
+        } else {
+            RpcStatus::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::InvalidArgument,
+                format!(
+                    "a multipart part's headers are larger than {bound} bytes \
+                     (limits.max_multipart_part_header_bytes)"
+                ),
+            )
+        })
+    }
+}
+
+/// Where the first match of `finder` in `carry` + `rest` ends, as an offset
+/// into `rest`. `carry` is shorter than the pattern, so a match that
+/// begins there ends within `rest`'s first pattern-length bytes.
+fn find(finder: &Finder<'_>, carry: &[u8], scratch: &mut Vec<u8>, rest: &[u8]) -> Option<usize> {
+    let len = finder.needle().len();
+    if !carry.is_empty() {
+        scratch.clear();
+        scratch.extend_from_slice(carry);
+        scratch.extend_from_slice(&rest[..rest.len().min(len - 1)]);
+        if let Some(at) = finder.find(scratch) {
+            return Some(at + len - carry.len());
+        }
+    }
+    finder.find(rest).map(|at| at + len)
+}
+
+/// Keeps the last `keep` bytes of `carry` + `rest` in `carry`.
+fn keep_tail(carry: &mut Vec<u8>, rest: &[u8], keep: usize) {
+    if rest.len() >= keep {
+        carry.clear();
+        carry.extend_from_slice(&rest[rest.len() - keep..]);
+    } else {
+        carry.extend_from_slice(rest);
+        let extra = carry.len().saturating_sub(keep);
+        carry.drain(..extra);
+    }
 }
 
 /// The request field a part fills; None for a part to skip.
@@ -167,8 +361,9 @@ pub async fn message(
     headers: &HeaderMap,
     body: axum::body::Body,
     limit: usize,
+    bounds: Bounds,
 ) -> Result<DynamicMessage, RpcStatus> {
-    let mut mp = open(headers, body, Some(limit as u64))?;
+    let mut mp = open(headers, body, Some(limit as u64), bounds)?;
     let mut msg = DynamicMessage::new(builder.route.input.clone());
     while let Some(field) = mp.next_field().await.map_err(multer_error)? {
         let Some(fd) = part_field(builder, field.name())? else {
@@ -208,13 +403,14 @@ impl PartStream {
         builder: &Builder,
         headers: &HeaderMap,
         body: axum::body::Body,
+        bounds: Bounds,
     ) -> Result<PartStream, RpcStatus> {
         let mut base = DynamicMessage::new(builder.route.input.clone());
         builder
             .path_and_query(&mut base)
             .map_err(|e| bad(e.message))?;
         Ok(PartStream {
-            mp: open(headers, body, None)?,
+            mp: open(headers, body, None, bounds)?,
             builder: builder.clone(),
             current: None,
             base,
@@ -267,6 +463,79 @@ impl PartStream {
             }
             let msg = self.pending.get_or_insert_with(|| self.base.clone());
             set_text(msg, &fd, &text, self.builder.opts)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: Bounds = Bounds {
+        preamble: 64,
+        part_headers: 128,
+    };
+
+    const BODY: &[u8] =
+        b"preamble line\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\
+        one\r\n--XyZ-not-a-boundary\r\n--XyZ\r\nContent-Disposition: form-data; name=\"b\"\r\n\
+        Content-Type: text/plain\r\n\r\ntwo\r\n--XyZ--\r\nepilogue of any length";
+
+    fn feed_in(size: usize, body: &[u8]) -> (Result<(), Unframed>, Stage) {
+        let mut f = Framing::new("XyZ", BOUNDS);
+        for chunk in body.chunks(size) {
+            if let Err(e) = f.feed(chunk) {
+                return (Err(e), f.stage);
+            }
+        }
+        (Ok(()), f.stage)
+    }
+
+    #[test]
+    fn a_well_framed_body_passes_in_chunks_of_any_size() {
+        for size in 1..=BODY.len() {
+            let (r, stage) = feed_in(size, BODY);
+            assert!(r.is_ok(), "chunks of {size}: {:?}", r.err());
+            assert_eq!(stage, Stage::Done, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn part_content_of_any_length_passes() {
+        let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 100_000));
+        body.extend_from_slice(b"\r\n--XyZ--\r\n");
+        for size in [1, 7, 4096, body.len()] {
+            assert_eq!(feed_in(size, &body).1, Stage::Done);
+        }
+    }
+
+    #[test]
+    fn a_long_preamble_is_refused_once_past_the_bound() {
+        let body = vec![b'x'; 1000];
+        for size in [1, 10, 1000] {
+            let (r, stage) = feed_in(size, &body);
+            let e = r.expect_err("a 1000-byte preamble passed").0;
+            assert_eq!(e.http, StatusCode::BAD_REQUEST);
+            assert!(e
+                .message
+                .contains("more than 64 bytes before its first boundary"));
+            assert_eq!(stage, Stage::Preamble);
+        }
+        // Exactly at the bound, boundary included, passes.
+        let mut body = vec![b'x'; 64 - 5];
+        body.extend_from_slice(b"--XyZ");
+        assert!(feed_in(3, &body).0.is_ok());
+    }
+
+    #[test]
+    fn an_endless_part_header_is_refused_once_past_the_bound() {
+        let mut body = b"--XyZ\r\nX-Long: ".to_vec();
+        body.extend(std::iter::repeat_n(b'a', 1000));
+        for size in [1, 13, 1000] {
+            let e = feed_in(size, &body).0.expect_err("passed").0;
+            assert_eq!(e.http, StatusCode::PAYLOAD_TOO_LARGE);
+            assert!(e.message.contains("larger than 128 bytes"), "{}", e.message);
         }
     }
 }

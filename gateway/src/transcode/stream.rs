@@ -107,7 +107,10 @@ async fn answer(
         if method.is_client_streaming() {
             multipart_stream(snap, route, builder, parts, body, metadata).await
         } else {
-            match multipart::message(builder, &parts.headers, body, snap.max_body_bytes).await {
+            let bounds = snap.edge.limits.multipart();
+            match multipart::message(builder, &parts.headers, body, snap.max_body_bytes, bounds)
+                .await
+            {
                 Ok(msg) => single_request(snap, route, msg, metadata, parts).await,
                 Err(s) => error_response(s),
             }
@@ -116,7 +119,8 @@ async fn answer(
         if method.is_client_streaming() {
             raw_stream(snap, route, builder, parts, body, metadata).await
         } else {
-            match raw_message(builder, &parts.headers, body, snap.max_body_bytes).await {
+            let limit = (snap.max_body_bytes, snap.edge.limits.min_body_rate);
+            match raw_message(builder, &parts.headers, body, limit).await {
                 Ok(msg) => single_request(snap, route, msg, metadata, parts).await,
                 Err(s) => error_response(s),
             }
@@ -933,9 +937,9 @@ async fn raw_message(
     builder: &Builder,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    (limit, min_rate): (usize, u64),
 ) -> Result<DynamicMessage, RpcStatus> {
-    let data = super::read_limited(headers, body, limit).await?;
+    let data = super::read_limited(headers, body, limit, min_rate).await?;
     builder
         .raw_body_message(&content_type(headers), data)
         .map_err(|e| RpcStatus::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message))
@@ -1026,7 +1030,8 @@ async fn multipart_stream(
     body: Body,
     metadata: MetadataMap,
 ) -> Response<Body> {
-    let parts_stream = match multipart::PartStream::new(builder, &parts.headers, body) {
+    let bounds = snap.edge.limits.multipart();
+    let parts_stream = match multipart::PartStream::new(builder, &parts.headers, body, bounds) {
         Ok(p) => p,
         Err(s) => return error_response(s),
     };
