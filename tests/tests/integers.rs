@@ -351,3 +351,54 @@ async fn integers_inside_an_any_are_range_checked_after_its_type() {
         .await;
     assert_eq!(r.ok()["anyField"]["int64Field"], "9223372036854775806");
 }
+
+#[tokio::test]
+async fn integers_before_an_anys_type_are_range_checked_too() {
+    let gw = gateway().await;
+    let body = |members: &str| format!(r#"{{"anyField": {{{members}}}}}"#);
+    let integers = r#""@type": "type.googleapis.com/testing.v1.Integers""#;
+    // Members before "@type" were kept as untyped floats and clamped.
+    for (member, expect) in [
+        (
+            r#""int64Field": 9223372036854775808.0"#,
+            "out of range for int64",
+        ),
+        (
+            r#""uint64Field": 18446744073709551616"#,
+            "out of range for uint64",
+        ),
+        (r#""int32Field": 1.5"#, "not a whole number"),
+    ] {
+        gw.send_raw_json(
+            "POST",
+            "/v1/echo",
+            body(&format!("{member}, {integers}")).as_bytes(),
+        )
+        .await
+        .assert_error(400, 3, expect);
+    }
+    let r = gw
+        .send_raw_json(
+            "POST",
+            "/v1/echo",
+            body(&format!(
+                r#""int64Field": 9223372036854775806, "sint64List": ["-9223372036854775808"], {integers}"#
+            ))
+            .as_bytes(),
+        )
+        .await;
+    let any = &r.ok()["anyField"];
+    assert_eq!(any["int64Field"], "9223372036854775806");
+    assert_eq!(any["sint64List"][0], "-9223372036854775808");
+    // A wrapper's value before its type, and an Any that is not an object.
+    gw.send_raw_json(
+        "POST",
+        "/v1/echo",
+        body(r#""value": 18446744073709551616, "@type": "type.googleapis.com/google.protobuf.UInt64Value""#).as_bytes(),
+    )
+    .await
+    .assert_error(400, 3, "out of range for uint64");
+    gw.send_raw_json("POST", "/v1/echo", br#"{"anyField": 5}"#)
+        .await
+        .assert_error(400, 3, "anyField");
+}

@@ -125,6 +125,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<'_, D> {
     /// `deserialize_any`; serde_json's own Value does too.
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         match &self.ctx {
+            Ctx::Kind(Kind::Message(m)) if m.full_name() == ANY => {
+                any_type_first(self.de, self.ctx, self.limits, visitor)
+            }
             Ctx::Kind(kind) => match IntType::of(kind) {
                 Some(ty) => integer(self.de, ty, visitor),
                 None => self.de.deserialize_any(Visit {
@@ -163,10 +166,22 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<'_, D> {
         deserialize_option,
         deserialize_unit,
         deserialize_seq,
-        deserialize_map,
         deserialize_identifier,
         deserialize_ignored_any,
     );
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        match &self.ctx {
+            Ctx::Kind(Kind::Message(m)) if m.full_name() == ANY => {
+                any_type_first(self.de, self.ctx, self.limits, visitor)
+            }
+            _ => self.de.deserialize_map(Visit {
+                v: visitor,
+                ctx: self.ctx,
+                limits: self.limits,
+            }),
+        }
+    }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
         self,
@@ -266,6 +281,110 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<'_, D> {
 
     fn is_human_readable(&self) -> bool {
         self.de.is_human_readable()
+    }
+}
+
+const ANY: &str = "google.protobuf.Any";
+
+/// A `google.protobuf.Any` object, handed to the visitor with its `@type`
+/// member first. prost-reflect keeps the members it meets before `@type` as
+/// untyped JSON values, whose numbers are `f64`s: an int64 field sent before
+/// `@type` would be rounded and clamped unseen. Read in this order, every
+/// member gets its field's context ([`AnyPayload`]) and its integers the
+/// exact check. The members stay borrowed from the body; only their list is
+/// allocated, and only for Any objects.
+///
+/// Like [`integer`], this needs `D` to be a serde_json deserializer (for
+/// `RawValue`). Errors inside the object are worded as elsewhere, but their
+/// line and column count from the object's start.
+fn any_type_first<'de, D: Deserializer<'de>, V: Visitor<'de>>(
+    de: D,
+    ctx: Ctx,
+    limits: &Limits,
+    v: V,
+) -> Result<V::Value, D::Error> {
+    let raw: &'de RawValue = serde::Deserialize::deserialize(de)?;
+    let visit = Visit { v, ctx, limits };
+    let reply = if raw.get().starts_with('{') {
+        serde_json::from_str::<Members<'de>>(raw.get()).and_then(|Members(mut members)| {
+            if let Some(at) = members.iter().position(|(k, _)| k == "@type") {
+                let ty = members.remove(at);
+                members.insert(0, ty);
+            }
+            visit.visit_map(TypeFirst {
+                members: members.into_iter(),
+                value: None,
+            })
+        })
+    } else {
+        // null, or a value of the wrong type: the visitor words it.
+        serde_json::Deserializer::from_str(raw.get()).deserialize_any(visit)
+    };
+    reply.map_err(de::Error::custom)
+}
+
+/// An object's members in order, keys unescaped, values as raw JSON.
+struct Members<'de>(Vec<(String, &'de RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Collect;
+        impl<'de> Visitor<'de> for Collect {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    out.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Collect)
+    }
+}
+
+/// [`Members`] as a map, each value read from its own text.
+struct TypeFirst<'de> {
+    members: std::vec::IntoIter<(String, &'de RawValue)>,
+    value: Option<&'de RawValue>,
+}
+
+impl<'de> MapAccess<'de> for TypeFirst<'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer as _;
+        match self.members.next() {
+            None => Ok(None),
+            Some((key, value)) => {
+                self.value = Some(value);
+                seed.deserialize(key.into_deserializer()).map(Some)
+            }
+        }
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, Self::Error> {
+        let raw = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("a value without its key"))?;
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let value = seed.deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.members.len())
     }
 }
 
@@ -645,8 +764,8 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Map<'_, A> {
 /// A `google.protobuf.Any` object. Once its `@type` is read, the members
 /// after it are the payload's fields (or, for a well-known type, its JSON
 /// form under `value`) and get their context like any message's, so their
-/// integers are checked. prost-reflect buffers the members before `@type`
-/// itself, as untyped values: those stay opaque here.
+/// integers are checked. [`any_type_first`] puts `@type` first, so no
+/// member is read before the payload's type is known.
 struct AnyPayload {
     /// The Any type, for its pool.
     any: MessageDescriptor,
