@@ -242,24 +242,35 @@ impl Balancer {
             endpoint: set.endpoints[i].clone(),
             panic,
         };
+        // One turn per pick, however many filters it takes: a pick that
+        // advanced the counter twice would always land on the same parity.
+        let turn = match self.policy {
+            Policy::RoundRobin | Policy::Weighted | Policy::ConsistentHash => {
+                self.next.fetch_add(1, Ordering::Relaxed)
+            }
+            Policy::Random | Policy::LeastRequest => 0,
+        };
+        let with = |ok: &dyn Fn(usize) -> bool| self.pick_with(set, key, turn, ok);
         let in_rotation = if tried.is_empty() {
-            self.pick_with(set, key, &any)
+            with(&any)
         } else {
-            self.pick_with(set, key, &fresh)
-                .or_else(|| self.pick_with(set, key, &any))
+            with(&fresh).or_else(|| with(&any))
         };
         if let Some(i) = in_rotation {
             return Some(found(i, false));
         }
-        self.pick_with(set, key, &untried)
-            .or_else(|| self.pick_with(set, key, &|_| true))
+        with(&untried)
+            .or_else(|| with(&|_| true))
             .map(|i| found(i, true))
     }
 
+    /// One policy's choice among the endpoints `ok` allows; `turn` is this
+    /// pick's position in the rotating policies' sequence.
     fn pick_with(
         &self,
         set: &EndpointSet,
         key: Option<u64>,
+        turn: usize,
         ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = set.len();
@@ -275,10 +286,7 @@ impl Balancer {
         let random = || or_spread(rng::below(n), rng::next_u64() as usize);
         // A full round of `n` turns takes each slot once, so a slot that is
         // out hands its turns to the others in order, round after round.
-        let round_robin = || {
-            let c = self.next.fetch_add(1, Ordering::Relaxed);
-            or_spread(c % n, c / n)
-        };
+        let round_robin = || or_spread(turn % n, turn / n);
         match self.policy {
             Policy::RoundRobin => round_robin(),
             Policy::Random => random(),
@@ -293,8 +301,7 @@ impl Balancer {
             }
             Policy::Weighted => {
                 let total = *set.cumulative.last()?;
-                let c = self.next.fetch_add(1, Ordering::Relaxed);
-                let point = ((c as f64 * GOLDEN).fract() * total as f64) as u64;
+                let point = ((turn as f64 * GOLDEN).fract() * total as f64) as u64;
                 let start = set.cumulative.partition_point(|&cum| cum <= point);
                 let choice = start.min(n - 1);
                 if ok(choice) {
@@ -572,6 +579,9 @@ mod tests {
             .unwrap();
         assert!(second.panic);
         assert_ne!(first.endpoint.addr, second.endpoint.addr);
+        // Panic-mode picks still take turns.
+        let c = counts(&b, &set, 100, |_| None);
+        assert!(c.values().all(|&n| n == 50), "{c:?}");
         // Back in rotation: no panic.
         set.endpoints[0]
             .state
