@@ -45,10 +45,34 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Config loaded and listener up, and not draining.
+/// Config loaded and listener up, not draining, and every discovery source
+/// has answered or failed once. Readiness waits for a first answer so that
+/// a new replica does not take traffic it would refuse with "no endpoints
+/// yet"; it does not wait for a source that fails (a registry outage must
+/// not keep every replica out of its load balancer, and backends with
+/// static endpoints still serve): the failure is listed here and in
+/// /admin/backends, and the instances are picked up when it answers.
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.is_ready() {
-        Json(json!({"status": "ready", "version": gw.snapshot().version})).into_response()
+    let s = gw.snapshot();
+    let mut waiting = Vec::new();
+    let mut failing = Vec::new();
+    for b in s.backends.values() {
+        let d = b.endpoints.status();
+        if d.error.is_some() {
+            failing.push(json!({"backend": b.name, "error": d.error}));
+        } else if !d.resolved {
+            waiting.push(b.name.clone());
+        }
+    }
+    if gw.is_ready() && waiting.is_empty() {
+        Json(json!({"status": "ready", "version": s.version, "discovery_failing": failing}))
+            .into_response()
+    } else if gw.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "waiting_for_discovery": waiting})),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -119,12 +143,20 @@ async fn backends(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                     "last_success_at": d.last_success_at.map(rfc3339),
                     "last_change_ago_ms": d.last_change.map(|t| ms(t.elapsed())),
                     "index": d.version,
-                    "state": if d.error.is_some() { "failing (serving last known endpoints)" } else if d.resolved { "ok" } else { "waiting for first answer" },
+                    "state": match (d.error.is_some(), d.resolved) {
+                        (true, true) => "failing (serving last known endpoints)",
+                        (true, false) => "failing (no endpoints yet)",
+                        (false, true) => "ok",
+                        (false, false) => "waiting for first answer",
+                    },
                     "error": d.error,
                     "failing_for_ms": d.failing_since.map(|t| ms(t.elapsed())),
                 },
                 "load_balancer": st.policy,
                 "hash_key": st.hash_key,
+                // Every endpoint ejected or failing health checks: calls
+                // go to all of them anyway (Envoy's panic mode).
+                "panic": st.panic,
                 "in_flight": st.in_flight,
                 "max_requests": st.max_requests,
                 "circuit_breaker": {
@@ -140,6 +172,8 @@ async fn backends(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                     "weight": e.weight,
                     "health": e.state,
                     "health_check": e.health_check,
+                    "in_rotation": e.in_rotation,
+                    "ejection_lifted_by_max_ejection_percent": e.ejection_lifted,
                     "in_flight": e.in_flight,
                     "consecutive_failures": e.consecutive_failures,
                     "ejected_for_ms": e.ejected_for.map(ms),
@@ -266,6 +300,15 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             "gateway_backend_discovery_failing",
             &[("backend", &b.name)],
             failing,
+        );
+    }
+    out.push_str("# HELP gateway_backend_panic 1 while no endpoint of the backend is in rotation and calls go to all of them (panic mode)\n# TYPE gateway_backend_panic gauge\n");
+    for (b, st) in &statuses {
+        sample(
+            &mut out,
+            "gateway_backend_panic",
+            &[("backend", &b.name)],
+            if st.panic { 1.0 } else { 0.0 },
         );
     }
     out.push_str("# HELP gateway_circuit_breaker_state 1 for the state each backend's circuit breaker is in\n# TYPE gateway_circuit_breaker_state gauge\n");

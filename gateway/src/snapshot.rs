@@ -346,16 +346,14 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         };
         // An unchanged backend keeps its live connections, its discovery
         // watch and its health state across a reload.
-        let kept = ctx
-            .previous
-            .and_then(|p| p.backends.get(name))
-            .filter(|old| old.same_as(&definition, &options))
-            .cloned();
-        if let Some(old) = kept {
-            backends.insert(name.clone(), old);
+        let previous = ctx.previous.and_then(|p| p.backends.get(name));
+        if let Some(old) = previous.filter(|old| old.same_as(&definition, &options)) {
+            backends.insert(name.clone(), old.clone());
             continue;
         }
-        match Backend::with_options(name, definition, options) {
+        // A changed backend whose discovery source is the same starts with
+        // the endpoints (and their state) its predecessor knows.
+        match Backend::replacing(name, definition, options, previous.map(|b| &**b)) {
             Ok(backend) => {
                 backends.insert(name.clone(), Arc::new(backend));
             }

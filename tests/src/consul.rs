@@ -27,8 +27,11 @@
 //!
 //! The server can be stopped (every connection, including blocking queries
 //! in progress, is cut, as when the agent dies) and started again on the
-//! same port, and its index can be moved backwards (as after a snapshot
-//! restore) to exercise the client's reset rule.
+//! same port, also with an empty catalog and a lower index (as a dev agent
+//! or a rebuilt cluster comes back), and its index can be moved backwards
+//! (as after a snapshot restore) to exercise the client's reset rule. It
+//! can answer every query with an error (`500 No cluster leader`, as
+//! Consul does during an election), blocking queries in progress included.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -182,6 +185,8 @@ struct Shared {
     queries: AtomicUsize,
     /// Largest `wait` accepted; tests shorten it so a quiet watch still cycles.
     max_wait: Mutex<Duration>,
+    /// While set, every health query is answered with this status and body.
+    failing: Mutex<Option<(u16, String)>>,
 }
 
 /// Consul's health API on loopback; see the module documentation.
@@ -225,6 +230,7 @@ impl ConsulTestServer {
             token,
             queries: AtomicUsize::new(0),
             max_wait: Mutex::new(Duration::from_secs(600)),
+            failing: Mutex::new(None),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         ConsulTestServer {
@@ -296,6 +302,31 @@ impl ConsulTestServer {
     /// wakes every blocking query.
     pub fn reset_index(&self, index: u64) {
         self.shared.catalog.lock().unwrap().index = index;
+        self.shared.changed.send_replace(index);
+    }
+
+    /// Answers every health query with `status` and `body` until
+    /// [`heal`](Self::heal), ending blocking queries in progress with it too.
+    pub fn fail_with(&self, status: u16, body: &str) {
+        *self.shared.failing.lock().unwrap() = Some((status, body.to_owned()));
+        self.shared.changed.send_modify(|_| {});
+    }
+
+    /// Answers normally again.
+    pub fn heal(&self) {
+        *self.shared.failing.lock().unwrap() = None;
+    }
+
+    /// Forgets every registration and sets the index to `index` (lower than
+    /// before), as a dev agent or a rebuilt cluster comes back: call while
+    /// stopped, register what the agents register again, then
+    /// [`restart`](Self::restart).
+    pub fn forget_all(&self, index: u64) {
+        {
+            let mut c = self.shared.catalog.lock().unwrap();
+            c.services.clear();
+            c.index = index;
+        }
         self.shared.changed.send_replace(index);
     }
 
@@ -405,6 +436,10 @@ async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
     if req.method() != http::Method::GET {
         return text(405, "method not allowed");
     }
+    let failing = || shared.failing.lock().unwrap().clone();
+    if let Some((status, body)) = failing() {
+        return text(status, &body);
+    }
     let service = decode(service);
     let mut params: Vec<(String, String)> = Vec::new();
     for pair in req
@@ -477,11 +512,14 @@ async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
         let deadline = tokio::time::Instant::now() + wait + jitter;
         // As Consul does, an index that went backwards does not end the
         // wait early: the client sees it when the wait is over.
-        while *rx.borrow_and_update() <= index {
+        while *rx.borrow_and_update() <= index && failing().is_none() {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => break,
             }
+        }
+        if let Some((status, body)) = failing() {
+            return text(status, &body);
         }
     }
 

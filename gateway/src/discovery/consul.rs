@@ -12,6 +12,10 @@
 //!   so the HTTP timeout is longer than both); the index is reset to 0 when
 //!   it goes backwards (a restored snapshot, a new cluster) and never sent
 //!   below 1 otherwise; queries are rate limited in case the index moves fast;
+//! - after a failed query the next one is not blocking (index 0): an agent
+//!   that restarted empty has a lower index, and a blocking query on the
+//!   old one would wait the whole `wait` before saying so; a recovered agent
+//!   answers at once, which ends the failing state on its first answer;
 //! - the ACL token in `X-Consul-Token`; a 403 ("ACL not found", "Permission
 //!   denied") is an error that keeps the last list, and so is an empty answer
 //!   marked `X-Consul-Results-Filtered-By-ACLs` (the token cannot see the
@@ -422,6 +426,8 @@ pub fn next_index(previous: u64, answered: u64) -> u64 {
 pub async fn watch(client: ConsulClient, sink: Arc<dyn Sink>, backend: String) {
     let mut log = StateLog::new(&backend, client.spec().describe());
     let mut index = 0;
+    // The index of the list in force; `index` is 0 after a failure.
+    let mut applied = 0;
     let mut failures = 0u32;
     let mut known = 0usize;
     loop {
@@ -431,10 +437,13 @@ pub async fn watch(client: ConsulClient, sink: Arc<dyn Sink>, backend: String) {
                 failures = 0;
                 known = answer.targets.len();
                 log.ok(known);
-                if answer.index < index {
-                    tracing::info!(backend = %backend, previous = index, index = answer.index, "Consul's index went backwards; starting over");
+                if answer.index < applied {
+                    tracing::info!(backend = %backend, previous = applied, index = answer.index, "Consul's index went backwards; starting over from its answer");
                 }
-                index = next_index(index, answer.index);
+                // Compared with the list in force, not with the 0 a failure
+                // left: a lower index is a reset whichever query saw it.
+                index = next_index(applied, answer.index);
+                applied = answer.index;
                 sink.update(answer.targets, Some(answer.index));
                 let took = started.elapsed();
                 if took < MIN_QUERY_INTERVAL {
@@ -446,6 +455,8 @@ pub async fn watch(client: ConsulClient, sink: Arc<dyn Sink>, backend: String) {
                 let text = e.to_string();
                 log.failed(e.kind(), &text, known);
                 sink.failed(text);
+                // See the module documentation: the next query answers at once.
+                index = 0;
                 tokio::time::sleep(backoff(failures, BASE_BACKOFF, MAX_BACKOFF)).await;
             }
         }

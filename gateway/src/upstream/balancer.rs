@@ -2,10 +2,18 @@
 //! rotating policies, per-thread randomness for the others, and the
 //! precomputed ring or weight sums of the [`EndpointSet`].
 //!
-//! Every policy picks among endpoints in rotation (not ejected, not failing
-//! health checks) that this request has not tried yet; when all of those
-//! were tried, it picks among the ones in rotation again.
+//! Every policy picks among endpoints in rotation (see [`Rotation`]) that
+//! this request has not tried yet; when all of those were tried, it picks
+//! among the ones in rotation again. When a policy's choice is out of
+//! rotation, its share goes to the others evenly, not to the next one in
+//! the list (which would double that neighbour's load).
+//!
+//! When no endpoint is in rotation at all, the pick is among all of them
+//! (Envoy's "panic" mode): a backend whose instances are all ejected or all
+//! failing health checks is more likely to answer than a refusal is, and the
+//! registry still vouches for every one of them.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,7 +21,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 use tonic::metadata::MetadataMap;
 
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, HEALTH_NOT_SERVING};
 use super::pool::EndpointSet;
 use super::rng;
 
@@ -118,70 +126,193 @@ impl HashKey {
 /// so the weighted policy interleaves endpoints instead of sending bursts.
 const GOLDEN: f64 = 0.618_033_988_749_894_9;
 
+/// Which endpoints of a set are in rotation at one instant: not failing
+/// active health checks, and not ejected, except that ejections beyond
+/// `max_ejection_percent` of the set do not count. Ejection checks the cap,
+/// but the set can shrink afterwards (discovery removed the others) or the
+/// cap change on a reload; the ejections that end soonest are the ones
+/// lifted, so the cap holds whenever a pick is made.
+pub(crate) struct Rotation<'a> {
+    set: &'a EndpointSet,
+    now: u64,
+    max_ejection_percent: u32,
+    /// Computed on the first ejected endpoint met (none: nothing to compute
+    /// on the common path): the largest `(ejected_until, index)` of an
+    /// ejection the cap lifts, `None` when the cap lifts none.
+    lifted: Cell<Option<Option<(u64, usize)>>>,
+}
+
+impl<'a> Rotation<'a> {
+    pub(crate) fn new(set: &'a EndpointSet, now: u64, max_ejection_percent: u32) -> Rotation<'a> {
+        Rotation {
+            set,
+            now,
+            max_ejection_percent,
+            lifted: Cell::new(None),
+        }
+    }
+
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        let st = &self.set.endpoints[i].state;
+        if st.health.load(Ordering::Relaxed) == HEALTH_NOT_SERVING {
+            return false;
+        }
+        let until = st.ejected_until.load(Ordering::Relaxed);
+        self.now >= until || self.lifted_key().is_some_and(|last| (until, i) <= last)
+    }
+
+    /// Whether the cap lifts this endpoint's ejection (it is ejected, and in rotation anyway).
+    pub(crate) fn ejection_lifted(&self, i: usize) -> bool {
+        let until = self.set.endpoints[i]
+            .state
+            .ejected_until
+            .load(Ordering::Relaxed);
+        self.now < until && self.lifted_key().is_some_and(|last| (until, i) <= last)
+    }
+
+    /// Whether no endpoint is in rotation (and a pick is in panic mode).
+    pub(crate) fn is_empty(&self) -> bool {
+        !(0..self.set.len()).any(|i| self.contains(i))
+    }
+
+    fn lifted_key(&self) -> Option<(u64, usize)> {
+        if let Some(known) = self.lifted.get() {
+            return known;
+        }
+        // Rare (ejections are in force): allocating here is fine.
+        let mut ejected: Vec<(u64, usize)> = self
+            .set
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let until = e.state.ejected_until.load(Ordering::Relaxed);
+                (until > self.now).then_some((until, i))
+            })
+            .collect();
+        let allowed = self.set.len() * self.max_ejection_percent as usize / 100;
+        let excess = ejected.len().saturating_sub(allowed);
+        let key = (excess > 0).then(|| *ejected.select_nth_unstable(excess - 1).1);
+        self.lifted.set(Some(key));
+        key
+    }
+}
+
+/// An endpoint for one attempt.
+pub(crate) struct Picked {
+    pub(crate) endpoint: Arc<Endpoint>,
+    /// No endpoint was in rotation: picked among all of them.
+    pub(crate) panic: bool,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Balancer {
     pub(crate) policy: Policy,
+    max_ejection_percent: u32,
     next: AtomicUsize,
 }
 
 impl Balancer {
-    pub(crate) fn new(policy: Policy) -> Balancer {
+    pub(crate) fn new(policy: Policy, max_ejection_percent: u32) -> Balancer {
         Balancer {
             policy,
+            max_ejection_percent,
             next: AtomicUsize::new(0),
         }
     }
 
     /// Picks for one attempt. `tried` holds the endpoints this request used
-    /// already (as `Arc::as_ptr` addresses); `key` is the consistent-hash key, if any.
+    /// already (as `Arc::as_ptr` addresses); `key` is the consistent-hash
+    /// key, if any. `None` only for an empty set.
     pub(crate) fn pick(
         &self,
         set: &EndpointSet,
         key: Option<u64>,
         tried: &[usize],
         now: u64,
-    ) -> Option<Arc<Endpoint>> {
+    ) -> Option<Picked> {
         if set.is_empty() {
             return None;
         }
-        let fresh = |i: usize| {
-            let ep = &set.endpoints[i];
-            ep.available(now) && !tried.contains(&(Arc::as_ptr(ep) as usize))
+        let rotation = Rotation::new(set, now, self.max_ejection_percent);
+        let untried = |i: usize| !tried.contains(&(Arc::as_ptr(&set.endpoints[i]) as usize));
+        let fresh = |i: usize| rotation.contains(i) && untried(i);
+        let any = |i: usize| rotation.contains(i);
+        let found = |i: usize, panic: bool| Picked {
+            endpoint: set.endpoints[i].clone(),
+            panic,
         };
-        let any = |i: usize| set.endpoints[i].available(now);
-        self.pick_with(set, key, &fresh)
-            .or_else(|| self.pick_with(set, key, &any))
-            .map(|i| set.endpoints[i].clone())
+        // One turn per pick, however many filters it takes: a pick that
+        // advanced the counter twice would always land on the same parity.
+        let turn = match self.policy {
+            Policy::RoundRobin | Policy::Weighted | Policy::ConsistentHash => {
+                self.next.fetch_add(1, Ordering::Relaxed)
+            }
+            Policy::Random | Policy::LeastRequest => 0,
+        };
+        let with = |ok: &dyn Fn(usize) -> bool| self.pick_with(set, key, turn, ok);
+        let in_rotation = if tried.is_empty() {
+            with(&any)
+        } else {
+            with(&fresh).or_else(|| with(&any))
+        };
+        if let Some(i) = in_rotation {
+            return Some(found(i, false));
+        }
+        with(&untried)
+            .or_else(|| with(&|_| true))
+            .map(|i| found(i, true))
     }
 
+    /// One policy's choice among the endpoints `ok` allows; `turn` is this
+    /// pick's position in the rotating policies' sequence.
     fn pick_with(
         &self,
         set: &EndpointSet,
         key: Option<u64>,
+        turn: usize,
         ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = set.len();
-        let scan = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+        // The policy's choice if it may be used, else an even share of the
+        // others: the `turn`-th of those that may, counted round.
+        let or_spread = |choice: usize, turn: usize| {
+            if ok(choice) {
+                Some(choice)
+            } else {
+                nth_allowed(n, turn, ok)
+            }
+        };
+        let random = || or_spread(rng::below(n), rng::next_u64() as usize);
+        // A full round of `n` turns takes each slot once, so a slot that is
+        // out hands its turns to the others in order, round after round.
+        let round_robin = || or_spread(turn % n, turn / n);
         match self.policy {
-            Policy::RoundRobin => scan(self.next.fetch_add(1, Ordering::Relaxed)),
-            Policy::Random => scan(rng::below(n)),
+            Policy::RoundRobin => round_robin(),
+            Policy::Random => random(),
             Policy::LeastRequest => {
-                let a = scan(rng::below(n))?;
+                let a = random()?;
                 if n == 1 {
                     return Some(a);
                 }
-                let b = scan(rng::below(n))?;
+                let b = random()?;
                 let load = |i: usize| set.endpoints[i].in_flight();
                 Some(if load(b) < load(a) { b } else { a })
             }
             Policy::Weighted => {
                 let total = *set.cumulative.last()?;
-                let c = self.next.fetch_add(1, Ordering::Relaxed);
-                let point = ((c as f64 * GOLDEN).fract() * total as f64) as u64;
+                let point = ((turn as f64 * GOLDEN).fract() * total as f64) as u64;
                 let start = set.cumulative.partition_point(|&cum| cum <= point);
-                scan(start.min(n - 1))
+                let choice = start.min(n - 1);
+                if ok(choice) {
+                    Some(choice)
+                } else {
+                    weighted_allowed(set, ok)
+                }
             }
             Policy::ConsistentHash => match key {
+                // The ring's next point: an endpoint's many points spread
+                // its keys over all the others.
                 Some(key) if !set.ring.is_empty() => {
                     let ring = &set.ring;
                     let start = ring.partition_point(|&(p, _)| p < key);
@@ -189,10 +320,39 @@ impl Balancer {
                         .map(|k| ring[(start + k) % ring.len()].1 as usize)
                         .find(|&i| ok(i))
                 }
-                _ => scan(self.next.fetch_add(1, Ordering::Relaxed)),
+                _ => round_robin(),
             },
         }
     }
+}
+
+/// The `turn % m`-th of the `m` endpoints `ok` allows, if any.
+fn nth_allowed(n: usize, turn: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let m = (0..n).filter(|&i| ok(i)).count();
+    if m == 0 {
+        return None;
+    }
+    (0..n).filter(|&i| ok(i)).nth(turn % m)
+}
+
+/// One of the endpoints `ok` allows, in proportion to their weights.
+fn weighted_allowed(set: &EndpointSet, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let total: u64 = (0..set.len())
+        .filter(|&i| ok(i))
+        .map(|i| u64::from(set.weights[i]))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = rng::next_u64() % total;
+    for i in (0..set.len()).filter(|&i| ok(i)) {
+        let w = u64::from(set.weights[i]);
+        if point < w {
+            return Some(i);
+        }
+        point -= w;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -235,7 +395,7 @@ mod tests {
     ) -> HashMap<String, usize> {
         let mut out = HashMap::new();
         for i in 0..n {
-            let ep = b.pick(set, key(i), &[], 0).unwrap();
+            let ep = b.pick(set, key(i), &[], 0).unwrap().endpoint;
             *out.entry(ep.addr.clone()).or_default() += 1;
         }
         out
@@ -248,7 +408,7 @@ mod tests {
             false,
         );
         let set = p.current();
-        let b = Balancer::new(Policy::RoundRobin);
+        let b = Balancer::new(Policy::RoundRobin, 50);
         let c = counts(&b, &set, 300, |_| None);
         assert!(c.values().all(|&n| n == 100), "{c:?}");
         set.endpoints[1]
@@ -269,25 +429,27 @@ mod tests {
             Policy::LeastRequest,
             Policy::Weighted,
         ] {
-            let b = Balancer::new(policy);
+            let b = Balancer::new(policy, 50);
             for _ in 0..20 {
-                let first = b.pick(&set, None, &[], 0).unwrap();
+                let first = b.pick(&set, None, &[], 0).unwrap().endpoint;
                 let second = b
                     .pick(&set, None, &[Arc::as_ptr(&first) as usize], 0)
-                    .unwrap();
+                    .unwrap()
+                    .endpoint;
                 assert_ne!(first.addr, second.addr, "{policy:?}");
             }
         }
         // With one endpoint left, the retry uses it again.
-        let b = Balancer::new(Policy::RoundRobin);
+        let b = Balancer::new(Policy::RoundRobin, 50);
         set.endpoints[1]
             .state
             .ejected_until
             .store(u64::MAX, Ordering::Relaxed);
-        let first = b.pick(&set, None, &[], 0).unwrap();
+        let first = b.pick(&set, None, &[], 0).unwrap().endpoint;
         let again = b
             .pick(&set, None, &[Arc::as_ptr(&first) as usize], 0)
-            .unwrap();
+            .unwrap()
+            .endpoint;
         assert_eq!(first.addr, again.addr);
     }
 
@@ -295,7 +457,7 @@ mod tests {
     async fn weighted_follows_the_weights() {
         let p = pool(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 3)], false);
         let set = p.current();
-        let b = Balancer::new(Policy::Weighted);
+        let b = Balancer::new(Policy::Weighted, 50);
         let c = counts(&b, &set, 4000, |_| None);
         let heavy = c["127.0.0.1:2"] as f64 / 4000.0;
         assert!((heavy - 0.75).abs() < 0.02, "{c:?}");
@@ -309,7 +471,7 @@ mod tests {
             .state
             .in_flight
             .store(50, Ordering::Relaxed);
-        let b = Balancer::new(Policy::LeastRequest);
+        let b = Balancer::new(Policy::LeastRequest, 50);
         let c = counts(&b, &set, 1000, |_| None);
         // Only a draw of the busy one twice picks it: about a quarter.
         assert!(c.get("127.0.0.1:1").copied().unwrap_or(0) < 350, "{c:?}");
@@ -324,15 +486,16 @@ mod tests {
         };
         let four = with(4);
         let five = with(5);
-        let b = Balancer::new(Policy::ConsistentHash);
+        let b = Balancer::new(Policy::ConsistentHash, 50);
         let keys = 10_000;
         let mut moved = 0;
         for k in 0..keys {
             let key = Some(rng::stable_hash(format!("user-{k}").as_bytes()));
-            let a = b.pick(&four.current(), key, &[], 0).unwrap();
-            let c = b.pick(&five.current(), key, &[], 0).unwrap();
+            let a = b.pick(&four.current(), key, &[], 0).unwrap().endpoint;
+            let c = b.pick(&five.current(), key, &[], 0).unwrap().endpoint;
             // Same key, same set: same endpoint.
-            assert_eq!(a.addr, b.pick(&four.current(), key, &[], 0).unwrap().addr);
+            let again = b.pick(&four.current(), key, &[], 0).unwrap().endpoint;
+            assert_eq!(a.addr, again.addr);
             if a.addr != c.addr {
                 assert_eq!(c.addr, "127.0.0.1:5", "a key moved between old endpoints");
                 moved += 1;
@@ -340,6 +503,91 @@ mod tests {
         }
         let share = moved as f64 / keys as f64;
         assert!((0.12..0.28).contains(&share), "moved {share}");
+    }
+
+    #[tokio::test]
+    async fn an_ejected_endpoints_share_is_spread_evenly() {
+        let p = pool(
+            &[
+                ("127.0.0.1:1", 1),
+                ("127.0.0.1:2", 1),
+                ("127.0.0.1:3", 1),
+                ("127.0.0.1:4", 1),
+            ],
+            false,
+        );
+        let set = p.current();
+        set.endpoints[1]
+            .state
+            .ejected_until
+            .store(u64::MAX, Ordering::Relaxed);
+        for policy in [Policy::RoundRobin, Policy::Random, Policy::Weighted] {
+            let b = Balancer::new(policy, 50);
+            let c = counts(&b, &set, 6000, |_| None);
+            assert_eq!(c.get("127.0.0.1:2"), None, "{policy:?}: {c:?}");
+            for addr in ["127.0.0.1:1", "127.0.0.1:3", "127.0.0.1:4"] {
+                let share = c[addr] as f64 / 6000.0;
+                assert!((share - 1.0 / 3.0).abs() < 0.03, "{policy:?}: {c:?}");
+            }
+        }
+        // Round robin is exact: 2,000 each, not 1,500 / 3,000 / 1,500.
+        let b = Balancer::new(Policy::RoundRobin, 50);
+        let c = counts(&b, &set, 6000, |_| None);
+        assert!(c.values().all(|&n| n == 2000), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn ejections_beyond_the_cap_are_lifted_soonest_ending_first() {
+        let p = pool(
+            &[("127.0.0.1:1", 1), ("127.0.0.1:2", 1), ("127.0.0.1:3", 1)],
+            false,
+        );
+        let set = p.current();
+        // Two of three ejected, as after the set shrank: the cap (50% of 3
+        // is 1) lifts the one whose ejection ends first.
+        set.endpoints[0]
+            .state
+            .ejected_until
+            .store(5_000, Ordering::Relaxed);
+        set.endpoints[1]
+            .state
+            .ejected_until
+            .store(9_000, Ordering::Relaxed);
+        let r = Rotation::new(&set, 1_000, 50);
+        assert!(r.contains(0) && r.ejection_lifted(0));
+        assert!(!r.contains(1));
+        assert!(r.contains(2) && !r.ejection_lifted(2));
+        // With 100% allowed, both stay out.
+        let r = Rotation::new(&set, 1_000, 100);
+        assert!(!r.contains(0) && !r.contains(1));
+    }
+
+    #[tokio::test]
+    async fn with_nothing_in_rotation_the_pick_panics_to_all_endpoints() {
+        let p = pool(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)], false);
+        let set = p.current();
+        for ep in &set.endpoints {
+            ep.state.ejected_until.store(u64::MAX, Ordering::Relaxed);
+        }
+        let b = Balancer::new(Policy::RoundRobin, 100);
+        assert!(Rotation::new(&set, 0, 100).is_empty());
+        let first = b.pick(&set, None, &[], 0).unwrap();
+        assert!(first.panic);
+        // A retry still goes to the other one.
+        let second = b
+            .pick(&set, None, &[Arc::as_ptr(&first.endpoint) as usize], 0)
+            .unwrap();
+        assert!(second.panic);
+        assert_ne!(first.endpoint.addr, second.endpoint.addr);
+        // Panic-mode picks still take turns.
+        let c = counts(&b, &set, 100, |_| None);
+        assert!(c.values().all(|&n| n == 50), "{c:?}");
+        // Back in rotation: no panic.
+        set.endpoints[0]
+            .state
+            .ejected_until
+            .store(0, Ordering::Relaxed);
+        assert!(!b.pick(&set, None, &[], 0).unwrap().panic);
     }
 
     #[test]

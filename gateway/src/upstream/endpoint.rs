@@ -121,12 +121,6 @@ impl Endpoint {
         self.state.health.load(Ordering::Relaxed) == HEALTH_NOT_SERVING
     }
 
-    /// In rotation: not ejected and not failing active health checks.
-    pub(crate) fn available(&self, now: u64) -> bool {
-        now >= self.state.ejected_until.load(Ordering::Relaxed)
-            && self.state.health.load(Ordering::Relaxed) != HEALTH_NOT_SERVING
-    }
-
     pub fn in_flight(&self) -> u32 {
         self.state.in_flight.load(Ordering::Relaxed)
     }

@@ -23,7 +23,7 @@ mod unary;
 mod window;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub use retry::{parse_code, RetrySpec, RouteRetry};
 
 use balancer::Balancer;
 use breaker::{Admission, Breaker};
-use endpoint::{InFlight, HEALTH_NOT_SERVING, HEALTH_SERVING};
+use endpoint::{InFlight, HEALTH_NOT_SERVING, HEALTH_SERVING, HEALTH_UNKNOWN};
 use retry::{Failure, RetryBudget};
 use window::now_ms;
 
@@ -113,8 +113,11 @@ pub struct BackendStats {
     pub rejected_open: AtomicU64,
     /// Calls refused because `max_requests` were in flight.
     pub rejected_overload: AtomicU64,
-    /// Calls refused because no endpoint was in rotation.
+    /// Calls refused because the backend had no endpoint at all.
     pub no_endpoints: AtomicU64,
+    /// Attempts sent while no endpoint was in rotation (every one ejected
+    /// or failing health checks): panic mode, picking among all of them.
+    pub panic_routed: AtomicU64,
     pub deadline_exceeded: AtomicU64,
 }
 
@@ -133,6 +136,7 @@ impl BackendStats {
             ("rejected_open", v(&self.rejected_open)),
             ("rejected_overload", v(&self.rejected_overload)),
             ("no_endpoints", v(&self.no_endpoints)),
+            ("panic_routed", v(&self.panic_routed)),
             ("deadline_exceeded", v(&self.deadline_exceeded)),
         ]
     }
@@ -182,6 +186,8 @@ pub struct Backend {
     breaker: Breaker,
     budget: RetryBudget,
     in_flight: AtomicU32,
+    /// Whether the last pick was in panic mode, to log entering and leaving it once.
+    in_panic: AtomicBool,
 }
 
 /// One request to a backend.
@@ -282,7 +288,31 @@ impl Backend {
         definition: BackendDefinition,
         options: BackendOptions,
     ) -> Result<Backend, EndpointError> {
+        Self::replacing(name, definition, options, None)
+    }
+
+    /// [`with_options`](Self::with_options) for a reload that changed the
+    /// backend named `name`, `previous`: when its discovery source is the
+    /// same, the new backend starts with its endpoints (and their state) and
+    /// its discovery status instead of empty. Only a new source starts over.
+    pub fn replacing(
+        name: &str,
+        definition: BackendDefinition,
+        options: BackendOptions,
+        previous: Option<&Backend>,
+    ) -> Result<Backend, EndpointError> {
         let connect_timeout = definition.connect_timeout;
+        // Same Consul service, or the same endpoint list (static or DNS).
+        let inherit = previous.filter(|old| match (&options.consul, &old.options.consul) {
+            (Some(new), Some(old)) => new == old,
+            (None, None) => old.definition.endpoints == definition.endpoints,
+            _ => false,
+        });
+        let seed = |pool: &Pool| {
+            if let Some(old) = inherit {
+                pool.inherit(&old.endpoints);
+            }
+        };
         let ring = options.policy == Policy::ConsistentHash;
         let mut pool = if let Some(spec) = &options.consul {
             let client = ConsulClient::new(spec.clone()).map_err(|e| EndpointError {
@@ -297,6 +327,7 @@ impl Backend {
                 connect_timeout,
                 ring,
             );
+            seed(&pool);
             let sink: Arc<dyn Sink> = pool.shared.clone();
             let task = tokio::spawn(discovery::consul::watch(client, sink, name.to_owned()));
             pool.own(task.abort_handle());
@@ -322,6 +353,7 @@ impl Backend {
                 (SourceKind::Static, "static endpoints".to_owned())
             };
             let mut pool = Pool::new(name, kind, source, Some(initial), connect_timeout, ring);
+            seed(&pool);
             if names {
                 let sink: Arc<dyn Sink> = pool.shared.clone();
                 let task = tokio::spawn(discovery::dns::watch(
@@ -334,6 +366,13 @@ impl Backend {
             }
             pool
         };
+        if inherit.is_some() && options.health_check.is_none() {
+            // Checks are off now: what they last said must not keep an
+            // endpoint out of rotation forever.
+            for ep in &pool {
+                ep.state.health.store(HEALTH_UNKNOWN, Ordering::Relaxed);
+            }
+        }
         if let Some(spec) = &options.health_check {
             let task = tokio::spawn(health::run(pool.shared.clone(), spec.clone()));
             pool.own(task.abort_handle());
@@ -344,10 +383,11 @@ impl Backend {
             connect_timeout,
             definition,
             stats: BackendStats::default(),
-            balancer: Balancer::new(options.policy),
+            balancer: Balancer::new(options.policy, options.outlier.max_ejection_percent),
             breaker: Breaker::new(options.breaker.clone()),
             budget: RetryBudget::new(&options.retry),
             in_flight: AtomicU32::new(0),
+            in_panic: AtomicBool::new(false),
             endpoints: pool,
             options,
         })
@@ -440,10 +480,13 @@ impl Backend {
                 let set = self.endpoints.shared.set.load();
                 self.balancer
                     .pick(&set, key, &tried, now_ms())
-                    .ok_or_else(|| self.no_endpoint_message(&set))
+                    .ok_or_else(|| self.no_endpoint_message())
             };
             let ep = match picked {
-                Ok(ep) => ep,
+                Ok(picked) => {
+                    self.note_panic(picked.panic);
+                    picked.endpoint
+                }
                 Err(message) => {
                     admitted.finish(last.is_some());
                     return Err(match last {
@@ -558,38 +601,39 @@ impl Backend {
         }
     }
 
-    fn no_endpoint_message(&self, set: &EndpointSet) -> String {
-        if set.is_empty() {
-            let st = self.endpoints.status();
-            let what = match &self.options.consul {
-                Some(c) if c.passing_only => "passing instances",
-                _ => "instances",
-            };
-            let mut msg = format!(
-                "backend \"{}\" has no endpoints: {} lists no {what}",
-                self.name, st.source
-            );
-            if let Some(e) = &st.error {
-                msg.push_str(&format!(" (and is failing now: {e})"));
-            }
-            return msg;
-        }
-        let ejected = set.endpoints.iter().filter(|e| e.is_ejected()).count();
-        let failing = set
-            .endpoints
-            .iter()
-            .filter(|e| !e.is_ejected() && e.failing_checks())
-            .count();
+    /// Why a pick found nothing: the set is empty (a non-empty set always
+    /// gives an endpoint, in panic mode if need be).
+    fn no_endpoint_message(&self) -> String {
+        let st = self.endpoints.status();
+        let what = match &self.options.consul {
+            Some(c) if c.passing_only => "passing instances",
+            _ => "instances",
+        };
         let mut msg = format!(
-            "backend \"{}\" has no healthy endpoints ({} known, {ejected} ejected",
-            self.name,
-            set.len()
+            "backend \"{}\" has no endpoints: {} lists no {what}",
+            self.name, st.source
         );
-        if failing > 0 {
-            msg.push_str(&format!(", {failing} failing health checks"));
+        if let Some(e) = &st.error {
+            msg.push_str(&format!(" (and is failing now: {e})"));
         }
-        msg.push(')');
         msg
+    }
+
+    /// Counts a panic-mode attempt, and logs entering and leaving panic
+    /// mode once each (a relaxed load per call otherwise).
+    fn note_panic(&self, panic: bool) {
+        if panic {
+            self.stats.panic_routed.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.in_panic.load(Ordering::Relaxed) != panic
+            && self.in_panic.swap(panic, Ordering::Relaxed) != panic
+        {
+            if panic {
+                tracing::warn!(backend = %self.name, "no endpoint in rotation (all ejected or failing health checks); sending to all of them (panic mode)");
+            } else {
+                tracing::info!(backend = %self.name, "endpoints in rotation again; panic mode over");
+            }
+        }
     }
 
     /// Everything /admin/backends shows about this backend.
@@ -597,11 +641,14 @@ impl Backend {
         let set = self.endpoints.current();
         let now = now_ms();
         let checks = self.options.health_check.is_some();
+        let rotation =
+            balancer::Rotation::new(&set, now, self.options.outlier.max_ejection_percent);
         let endpoints = set
             .endpoints
             .iter()
             .zip(&set.weights)
-            .map(|(ep, w)| {
+            .enumerate()
+            .map(|(i, (ep, w))| {
                 let st = &ep.state;
                 let until = st.ejected_until.load(Ordering::Relaxed);
                 let health = st.health.load(Ordering::Relaxed);
@@ -622,6 +669,8 @@ impl Backend {
                         (true, HEALTH_NOT_SERVING) => "not_serving",
                         (true, _) => "unknown",
                     },
+                    in_rotation: rotation.contains(i),
+                    ejection_lifted: rotation.ejection_lifted(i),
                     in_flight: st.in_flight.load(Ordering::Relaxed),
                     consecutive_failures: st.consecutive_failures.load(Ordering::Relaxed),
                     ejected_for: (until > now).then(|| Duration::from_millis(until - now)),
@@ -638,6 +687,7 @@ impl Backend {
             breaker: self.breaker.status(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             max_requests: self.breaker.max_requests(),
+            panic: !set.is_empty() && rotation.is_empty(),
             endpoints,
         }
     }
@@ -652,6 +702,8 @@ pub struct BackendStatus {
     pub breaker: BreakerStatus,
     pub in_flight: u32,
     pub max_requests: u32,
+    /// No endpoint is in rotation: calls go to all of them (panic mode).
+    pub panic: bool,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -664,6 +716,11 @@ pub struct EndpointStatus {
     pub state: &'static str,
     /// `off`, `unknown`, `serving` or `not_serving`.
     pub health_check: &'static str,
+    /// Whether the balancer may pick it (outside panic mode).
+    pub in_rotation: bool,
+    /// Ejected, but in rotation because `max_ejection_percent` of the
+    /// current set would be exceeded otherwise.
+    pub ejection_lifted: bool,
     pub in_flight: u32,
     pub consecutive_failures: u32,
     pub ejected_for: Option<Duration>,

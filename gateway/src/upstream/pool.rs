@@ -199,6 +199,37 @@ impl Pool {
         }
     }
 
+    /// Starts from what `previous` knows, the pool of the backend this one
+    /// replaces on a reload, when both read the same discovery source: its
+    /// endpoints (the same objects, so their connections, ejections and
+    /// health go on; new ones if `connect_timeout` changed, as it is part of
+    /// the connection) and its discovery status (a source failing now stays
+    /// failing). Without this a backend edited during a registry outage
+    /// would start empty and refuse every call until the registry answers.
+    /// Call before starting the pool's discovery task, so that a fresh
+    /// answer is never overwritten by this older one.
+    pub(crate) fn inherit(&self, previous: &Pool) {
+        let (new, old) = (&self.shared, &previous.shared);
+        let set = old.set.load_full();
+        let mut endpoints = Vec::with_capacity(set.len());
+        let mut weights = Vec::with_capacity(set.len());
+        for (ep, w) in set.endpoints.iter().zip(&set.weights) {
+            let ep = if new.connect_timeout == old.connect_timeout {
+                Arc::clone(ep)
+            } else {
+                match Endpoint::new(&ep.addr, ep.label.clone(), new.connect_timeout) {
+                    Ok(e) => Arc::new(e),
+                    Err(_) => continue,
+                }
+            };
+            endpoints.push(ep);
+            weights.push(*w);
+        }
+        new.set
+            .store(Arc::new(EndpointSet::new(endpoints, weights, new.ring)));
+        new.status.store(old.status.load_full());
+    }
+
     /// Ties a task (discovery, health checks) to the pool's life.
     pub(crate) fn own(&mut self, task: AbortHandle) {
         self.tasks.push(task);
