@@ -160,7 +160,8 @@ impl BackendStats {
             }
             "no_endpoints" => "Calls refused because no endpoint was in rotation",
             "deadline_exceeded" => {
-                "Calls that ran out of deadline before or while waiting for the backend"
+                "Calls answered DEADLINE_EXCEEDED: the deadline or per-try timeout passed, \
+                 or the instance answered DEADLINE_EXCEEDED"
             }
             _ => "",
         }
