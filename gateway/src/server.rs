@@ -473,10 +473,10 @@ async fn handle_route(
                 "backend call failed"
             );
             let mut s = RpcStatus::from_grpc(&status, &snap.pool);
-            if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
-                && status.metadata().is_empty()
-            {
-                // Errors made by the client side (connect failure, deadline)
+            // A deadline's message names the backend already (one text for
+            // every 504, see `upstream::deadline::exceeded_message`).
+            if status.code() == Code::Unavailable && status.metadata().is_empty() {
+                // Errors made by the client side (connect failure, reset)
                 // carry no backend metadata; name the backend so the operator
                 // knows where to look.
                 let mut msg = format!(

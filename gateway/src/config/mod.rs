@@ -448,6 +448,10 @@ pub struct RetryConfig {
     pub budget: Option<Spanned<f64>>,
     /// Retries always allowed per second, whatever the budget (default 10).
     pub min_retries_per_second: Option<Spanned<u32>>,
+    /// How long one attempt may take before it is abandoned and, on a route
+    /// safe to retry, tried on another instance within the deadline
+    /// (default: none, an attempt may take the whole deadline).
+    pub per_try_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

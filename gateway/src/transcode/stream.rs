@@ -1108,10 +1108,7 @@ fn deadline_error(route: &Route) -> Response<Body> {
     error_response(RpcStatus::new(
         StatusCode::GATEWAY_TIMEOUT,
         Code::DeadlineExceeded,
-        format!(
-            "backend \"{}\" did not answer within the deadline of {:?}",
-            route.backend.name, route.timeout
-        ),
+        crate::upstream::deadline::exceeded_message(&route.backend.name, route.timeout),
     ))
 }
 

@@ -106,6 +106,14 @@ pub fn effective(route: Duration, headers: &HeaderMap) -> Duration {
         .map_or(route, |c| c.min(route))
 }
 
+/// The message of every 504 for a call that ran out of time: the
+/// gateway's own deadline passing, a streaming call's, and a backend
+/// answering DEADLINE_EXCEEDED (the deadline it was sent ran out there).
+/// One text for the one situation, so clients and log searches need one.
+pub fn exceeded_message(backend: &str, deadline: Duration) -> String {
+    format!("backend \"{backend}\" did not answer within the deadline of {deadline:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,7 +164,8 @@ impl BackendStats {
             }
             "no_endpoints" => "Calls refused because no endpoint was in rotation",
             "deadline_exceeded" => {
-                "Calls that ran out of deadline before or while waiting for the backend"
+                "Calls answered DEADLINE_EXCEEDED: the deadline or per-try timeout passed, \
+                 or the instance answered DEADLINE_EXCEEDED"
             }
             _ => "",
         }
@@ -463,7 +464,6 @@ impl Backend {
         }
         self.budget.request();
 
-        let body = req.body;
         let key = match (&self.options.policy, &self.options.hash_key) {
             (Policy::ConsistentHash, Some(k)) => k.hash(req.headers, &req.metadata, req.client_ip),
             _ => None,
@@ -474,13 +474,18 @@ impl Backend {
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(tonic::Status, String)> = None;
         let mut attempt = 0u32;
+        // Attempts that never reached an instance: they do not count against
+        // `attempts` (see `retry`), but are bounded by the number of endpoints.
+        let mut unsent = 0u32;
         loop {
             attempt += 1;
-            let picked = {
+            let (picked, known) = {
                 let set = self.endpoints.shared.set.load();
-                self.balancer
+                let picked = self
+                    .balancer
                     .pick(&set, key, &tried, now_ms())
-                    .ok_or_else(|| self.no_endpoint_message())
+                    .ok_or_else(|| self.no_endpoint_message());
+                (picked, set.len() as u32)
             };
             let ep = match picked {
                 Ok(picked) => {
@@ -490,11 +495,7 @@ impl Backend {
                 Err(message) => {
                     admitted.finish(last.is_some());
                     return Err(match last {
-                        Some((status, addr)) => CallError::Upstream {
-                            status,
-                            addr,
-                            attempts: attempt - 1,
-                        },
+                        Some((status, addr)) => self.upstream_error(status, addr, attempt - 1),
                         None => {
                             self.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
                             refused(Code::Unavailable, message)
@@ -502,30 +503,8 @@ impl Backend {
                     });
                 }
             };
-            ep.state.requests.fetch_add(1, Ordering::Relaxed);
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // A trace span per attempt (retries are siblings), the backend's parent.
-            let span = crate::telemetry::otel::Attempt::start(&req.path, &ep.addr, attempt);
-            let outcome = {
-                let _ep_in_flight = InFlight::enter(&ep.state.in_flight);
-                tokio::time::timeout_at(
-                    deadline,
-                    ep.unary_encoded(
-                        req.path.clone(),
-                        body.clone(),
-                        span.metadata(&req.metadata),
-                        remaining,
-                    ),
-                )
-                .await
-            };
-            span.end(match &outcome {
-                Ok(Ok(_)) => Code::Ok,
-                Ok(Err(e)) => e.status.code(),
-                Err(_) => Code::DeadlineExceeded,
-            });
-            let error = match outcome {
-                Ok(Ok(mut reply)) => {
+            let (failure, status) = match self.attempt(&ep, &req, deadline, attempt).await {
+                Ok(mut reply) => {
                     outlier::success(&ep, &self.options.outlier);
                     admitted.finish(false);
                     reply.extensions_mut().insert(Attempted {
@@ -534,25 +513,8 @@ impl Backend {
                     });
                     return Ok(reply);
                 }
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
-                    admitted.finish(true);
-                    let tries = if attempt > 1 {
-                        format!(" ({attempt} attempts)")
-                    } else {
-                        String::new()
-                    };
-                    return Err(CallError::Upstream {
-                        status: tonic::Status::deadline_exceeded(format!(
-                            "no answer within the deadline of {timeout:?}{tries}"
-                        )),
-                        addr: ep.addr.clone(),
-                        attempts: attempt,
-                    });
-                }
+                Err(failed) => failed,
             };
-            let failure = Failure::classify(&error.status, error.sent);
             if failure.is_endpoint_failure() {
                 outlier::failure(
                     &ep,
@@ -563,24 +525,50 @@ impl Backend {
             } else {
                 outlier::success(&ep, &self.options.outlier);
             }
-            let code = error.status.code();
+            let code = status.code();
             let status = match failure {
-                Failure::Answered(_) => error.status,
-                _ => retry::as_unavailable(error.status),
+                // One message for every call that ran out of time, whoever noticed.
+                Failure::Answered(Code::DeadlineExceeded) => {
+                    tracing::debug!(
+                        backend = %self.name,
+                        upstream.addr = %ep.addr,
+                        error = status.message(),
+                        "the backend answered DEADLINE_EXCEEDED"
+                    );
+                    tonic::Status::with_details_and_metadata(
+                        Code::DeadlineExceeded,
+                        deadline::exceeded_message(&self.name, timeout),
+                        status.details().to_vec().into(),
+                        status.metadata().clone(),
+                    )
+                }
+                Failure::Answered(_) | Failure::TimedOut => status,
+                _ => retry::as_unavailable(status),
             };
-            if attempt < spec.attempts && failure.retryable(&req.retry, spec) {
-                let wait = retry::backoff(spec, attempt);
+            // Never sent: safe on any route and adds no load, so neither
+            // `attempts` nor the budget limits it; once per endpoint at most.
+            let transparent = failure == Failure::Connect && unsent < known;
+            let allowed = transparent
+                || (attempt - unsent < spec.attempts && failure.retryable(&req.retry, spec));
+            if allowed {
+                let wait = if transparent {
+                    Duration::ZERO
+                } else {
+                    retry::backoff(spec, attempt - unsent)
+                };
                 let in_time = tokio::time::Instant::now() + wait < deadline;
-                if in_time && self.budget.try_retry() {
+                if in_time && (transparent || self.budget.try_retry()) {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         backend = %self.name,
                         upstream.addr = %ep.addr,
                         grpc.code = ?code,
                         attempt,
+                        transparent,
                         wait_ms = wait.as_millis() as u64,
                         "retrying on another endpoint"
                     );
+                    unsent += u32::from(failure == Failure::Connect);
                     last = Some((status, ep.addr.clone()));
                     tried.push(Arc::as_ptr(&ep) as usize);
                     tokio::time::sleep(wait).await;
@@ -593,11 +581,75 @@ impl Backend {
                 }
             }
             admitted.finish(failure.is_endpoint_failure());
-            return Err(CallError::Upstream {
-                status,
-                addr: ep.addr.clone(),
-                attempts: attempt,
-            });
+            return Err(self.upstream_error(status, ep.addr.clone(), attempt));
+        }
+    }
+
+    /// One try on `ep`, bounded by the per-try timeout and the deadline; a
+    /// failure comes back classified, with the status to show if it is the last.
+    async fn attempt(
+        &self,
+        ep: &Endpoint,
+        req: &CallRequest<'_>,
+        deadline: tokio::time::Instant,
+        attempt: u32,
+    ) -> Result<tonic::Response<Bytes>, (Failure, tonic::Status)> {
+        ep.state.requests.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let per_try = self.options.retry.per_try_timeout;
+        let end = per_try.map_or(deadline, |t| deadline.min(now + t));
+        // A trace span per attempt (retries are siblings), the backend's parent.
+        let span = crate::telemetry::otel::Attempt::start(&req.path, &ep.addr, attempt);
+        let outcome = {
+            let _ep_in_flight = InFlight::enter(&ep.state.in_flight);
+            // The instance is told this try's end, not the call's: it can
+            // give up when the gateway does.
+            tokio::time::timeout_at(
+                end,
+                ep.unary_encoded(
+                    req.path.clone(),
+                    req.body.clone(),
+                    span.metadata(&req.metadata),
+                    end.saturating_duration_since(now),
+                ),
+            )
+            .await
+        };
+        span.end(match &outcome {
+            Ok(Ok(_)) => Code::Ok,
+            Ok(Err(e)) => e.status.code(),
+            Err(_) => Code::DeadlineExceeded,
+        });
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err((Failure::classify(&e.status, e.sent), e.status)),
+            Err(_) => {
+                let message = match per_try {
+                    Some(t) if end < deadline => format!(
+                        "backend \"{}\" did not answer within the per-try timeout of {t:?}",
+                        self.name
+                    ),
+                    // Parsed again only here, on the way to a 504.
+                    _ => deadline::exceeded_message(
+                        &self.name,
+                        deadline::effective(req.timeout, req.headers),
+                    ),
+                };
+                Err((Failure::TimedOut, tonic::Status::deadline_exceeded(message)))
+            }
+        }
+    }
+
+    /// The error of a call that tried and failed; every DEADLINE_EXCEEDED
+    /// answer counts in `deadline_exceeded`, whoever noticed the deadline.
+    fn upstream_error(&self, status: tonic::Status, addr: String, attempts: u32) -> CallError {
+        if status.code() == Code::DeadlineExceeded {
+            self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+        }
+        CallError::Upstream {
+            status,
+            addr,
+            attempts,
         }
     }
 

@@ -1,6 +1,8 @@
 //! From a `[backends.<name>]` table to [`BackendOptions`], checking every
 //! value and reporting each problem with file, line and key path.
 
+use std::time::Duration;
+
 use http::HeaderName;
 use toml::Spanned;
 use tonic::Code;
@@ -204,6 +206,14 @@ pub fn backend_options(
                 .min_retries_per_second
                 .as_ref()
                 .map_or(d.min_retries_per_second, |v| *v.get_ref()),
+            per_try_timeout: c.per_try_timeout.as_ref().map(|_| {
+                file.duration(
+                    &c.per_try_timeout,
+                    &at("retry.per_try_timeout"),
+                    Duration::MAX,
+                    errors,
+                )
+            }),
         };
     }
 

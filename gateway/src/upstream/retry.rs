@@ -2,10 +2,12 @@
 //! budget that keeps retries from multiplying the load on a backend that
 //! is already failing.
 //!
-//! A call that failed to connect never reached the backend and is retried
-//! on any route (as gRPC's transparent retries do). Anything else is
-//! retried only on routes that are safe to repeat: GET routes, and routes
-//! with an explicit `retry_on`.
+//! A request that provably never reached an instance (the connection
+//! failed, the stream was refused, a GOAWAY said it was not processed) is
+//! retried on another instance on any route, whatever `attempts` and the
+//! budget say, as gRPC's transparent retries are. Anything else is retried
+//! only on routes that are safe to repeat: GET routes, and routes with an
+//! explicit `retry_on`.
 
 use std::time::Duration;
 
@@ -42,6 +44,11 @@ pub struct RetrySpec {
     pub max_backoff: Duration,
     pub budget: f64,
     pub min_retries_per_second: u32,
+    /// How long one attempt may take; `None`: the whole deadline. An
+    /// attempt cut by it counts against the instance (outlier detection)
+    /// and is retried on routes safe to repeat, as Envoy's `per_try_timeout`.
+    /// Off by default: only the operator knows how long a call should take.
+    pub per_try_timeout: Option<Duration>,
 }
 
 impl Default for RetrySpec {
@@ -53,6 +60,7 @@ impl Default for RetrySpec {
             max_backoff: DEFAULT_MAX_BACKOFF,
             budget: DEFAULT_BUDGET,
             min_retries_per_second: DEFAULT_MIN_RETRIES_PER_SECOND,
+            per_try_timeout: None,
         }
     }
 }
@@ -75,6 +83,16 @@ impl<'a> RouteRetry<'a> {
             Some(codes) => RouteRetry::Codes(codes),
             None if method == "GET" => RouteRetry::BackendCodes,
             None => RouteRetry::ConnectFailuresOnly,
+        }
+    }
+
+    /// Whether the route may repeat a request that may have been processed
+    /// at all: a GET, or a route whose `retry_on` lists any code.
+    pub(crate) fn repeatable(&self) -> bool {
+        match self {
+            RouteRetry::BackendCodes => true,
+            RouteRetry::Codes(codes) => !codes.is_empty(),
+            RouteRetry::ConnectFailuresOnly => false,
         }
     }
 
@@ -114,8 +132,11 @@ pub fn parse_code(name: &str) -> Option<Code> {
 /// How an attempt failed, as far as balancing and retrying care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// Never connected: the request was not sent.
+    /// The request provably never reached the instance's application: no
+    /// connection, a refused stream, a stream above a GOAWAY's last id.
     Connect,
+    /// No answer within the per-try timeout (or the deadline).
+    TimedOut,
     /// UNAVAILABLE from the backend, or the connection broke mid-call
     /// (tonic reports those with the transport error as the source).
     Unavailable,
@@ -139,14 +160,24 @@ impl Failure {
         }
     }
 
-    /// Counts against the endpoint (outlier detection) and the backend (breaker).
+    /// Counts against the endpoint (outlier detection) and the backend
+    /// (breaker). A slow answer counts too, the backend's own
+    /// DEADLINE_EXCEEDED included: an instance that cannot answer within the
+    /// deadline fails its callers as surely as one that is down.
     pub(crate) fn is_endpoint_failure(self) -> bool {
-        matches!(self, Failure::Connect | Failure::Unavailable)
+        matches!(
+            self,
+            Failure::Connect
+                | Failure::Unavailable
+                | Failure::TimedOut
+                | Failure::Answered(Code::DeadlineExceeded)
+        )
     }
 
     pub(crate) fn retryable(self, route: &RouteRetry<'_>, spec: &RetrySpec) -> bool {
         match self {
             Failure::Connect => true,
+            Failure::TimedOut => route.repeatable(),
             Failure::Unavailable => route.allows(Code::Unavailable, spec),
             Failure::Answered(code) => route.allows(code, spec),
         }

@@ -25,8 +25,10 @@
 //! as the status's source, with no metadata.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -123,6 +125,13 @@ struct Conn {
 struct ConnShared {
     /// Set by the connection task when the connection has ended.
     closed: AtomicBool,
+    /// Set on the first byte read from the backend. Every HTTP/2 server
+    /// sends its SETTINGS first, before it reads a request (RFC 9113
+    /// section 3.4; h2, grpc-go, grpc-core and Envoy all do so on accept),
+    /// so a connection that failed before a byte came back carried no
+    /// request the backend processed: an instance that accepts and closes
+    /// at once, a socket that was dead when the request was written.
+    heard: AtomicBool,
     /// Calls open on the connection; keep-alive pings only while non-zero,
     /// as hyper does by default (gRPC servers penalise pings on idle
     /// connections).
@@ -226,19 +235,28 @@ impl UnaryClient {
         frame.put_u32(message.len() as u32);
         frame.extend_from_slice(&message);
         if let Err(e) = body.send_data(frame.freeze(), true) {
-            return Err(self.after_send(e));
+            return Err(self.after_send(e, &conn.shared));
         }
-        let response = response.await.map_err(|e| self.after_send(e))?;
+        let response = response
+            .await
+            .map_err(|e| self.after_send(e, &conn.shared))?;
         drop(body);
         read_reply(response, self.max_reply)
             .await
             .map_err(|status| AttemptError { status, sent: true })
     }
 
-    fn after_send(&self, e: h2::Error) -> AttemptError {
-        // REFUSED_STREAM promises the stream was not processed (RFC 9113
-        // section 8.7), so retrying it is always safe.
-        let sent = e.reason() != Some(h2::Reason::REFUSED_STREAM);
+    /// A stream that failed before its answer began: unsent when HTTP/2
+    /// says the backend did not process it (RFC 9113 section 8.7):
+    /// REFUSED_STREAM, or a GOAWAY whose last stream id is below this
+    /// stream's (h2 fails exactly those streams with the peer's GOAWAY; the
+    /// others run on, and fail as a broken connection if it then closes);
+    /// or when the backend never sent a byte on the connection (see
+    /// [`ConnShared::heard`]).
+    fn after_send(&self, e: h2::Error, conn: &ConnShared) -> AttemptError {
+        let refused = e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        let above_goaway = e.is_go_away() && e.is_remote();
+        let sent = !(refused || above_goaway || !conn.heard.load(Ordering::Relaxed));
         AttemptError {
             status: transport_status(&self.addr, e),
             sent,
@@ -303,9 +321,14 @@ impl UnaryClient {
     }
 
     async fn connect(&self) -> Result<Conn, tonic::Status> {
+        let shared = Arc::new(ConnShared::default());
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect(self.addr.as_str()).await?;
             tcp.set_nodelay(true)?;
+            let tcp = Heard {
+                io: tcp,
+                shared: shared.clone(),
+            };
             h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
@@ -330,7 +353,6 @@ impl UnaryClient {
                     )))
                 }
             };
-        let shared = Arc::new(ConnShared::default());
         let pings = connection.ping_pong();
         let task_shared = shared.clone();
         let addr = self.addr.clone();
@@ -341,6 +363,58 @@ impl UnaryClient {
             tracing::debug!(upstream.addr = %addr, "backend connection ended: {why}");
         });
         Ok(Conn { send, shared })
+    }
+}
+
+/// The backend's socket, noting in [`ConnShared::heard`] the first byte
+/// read from it; a relaxed load per read after that.
+struct Heard<T> {
+    io: T,
+    shared: Arc<ConnShared>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.shared.heard.load(Ordering::Relaxed) {
+            self.shared.heard.store(true, Ordering::Relaxed);
+        }
+        read
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -932,7 +1006,8 @@ mod tests {
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(err.status.code(), Code::Unavailable, "{:?}", err.status);
-        assert!(err.sent);
+        // Not even its HTTP/2 SETTINGS came: it never read the request.
+        assert!(!err.sent);
         assert!(std::error::Error::source(&err.status).is_some());
     }
 
