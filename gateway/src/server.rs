@@ -23,6 +23,9 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     /// False while starting and while draining; /readyz reports it.
     ready: AtomicBool,
+    /// Set when `server.drain_timeout` has passed: requests still running
+    /// are answered 503 and logged (see [`handle`]).
+    cut: tokio::sync::watch::Sender<bool>,
     pub reload: ReloadState,
 }
 
@@ -35,6 +38,7 @@ impl Gateway {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
+            cut: tokio::sync::watch::Sender::new(false),
             reload: ReloadState::default(),
         })
     }
@@ -56,7 +60,19 @@ impl Gateway {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+
+    /// Ends every request still waiting for its answer with a 503, each
+    /// logged and counted as cut at drain; the end of a graceful shutdown.
+    pub fn cut_in_flight(&self) {
+        self.cut.send_replace(true);
+    }
 }
+
+/// After the drain timeout, how long the 503s of the requests cut get to be
+/// written before the process exits: they are ready at once, so this only
+/// bounds a client that stopped reading (and streamed answers, whose head
+/// is already sent and which are cut without an answer).
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The REST listener's service: the edge layers around [`handle`], whose
 /// routing is ours because axum's matcher cannot express google.api.http
@@ -192,13 +208,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     gateway.set_ready(true);
     let limits = listener_limits(&gateway);
-    crate::edge::conn::serve(listener, app(gateway), limits, shutdown).await
+    let drain = crate::edge::conn::Drain::new();
+    crate::edge::conn::serve(listener, app(gateway), limits, drain, shutdown).await
 }
 
 /// The whole lifecycle: serve REST (and admin, if given) until `signal`,
 /// then drain in the order load balancers need: readiness goes false, the
-/// listener keeps accepting for `shutdown_delay`, then closes, and in-flight
-/// requests get `drain_timeout` to finish.
+/// listener keeps accepting for `shutdown_delay` while telling keep-alive
+/// clients to reconnect elsewhere (`Connection: close`, GOAWAY), then
+/// closes, and in-flight requests get `drain_timeout` to finish; those still
+/// running are answered 503, logged and counted.
 pub async fn run(
     listener: tokio::net::TcpListener,
     admin: Option<tokio::net::TcpListener>,
@@ -214,10 +233,12 @@ pub async fn run(
         });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::edge::conn::serve(
+    let drain = crate::edge::conn::Drain::new();
+    let mut server = tokio::spawn(crate::edge::conn::serve(
         listener,
         app(gateway.clone()),
         listener_limits(&gateway),
+        drain.clone(),
         async {
             let _ = stop_rx.await;
         },
@@ -226,6 +247,7 @@ pub async fn run(
     signal.await;
     let snap = gateway.snapshot();
     gateway.set_ready(false);
+    drain.start();
     tracing::info!(
         delay_ms = snap.shutdown_delay.as_millis() as u64,
         drain_ms = snap.drain_timeout.as_millis() as u64,
@@ -233,14 +255,19 @@ pub async fn run(
     );
     tokio::time::sleep(snap.shutdown_delay).await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout(snap.drain_timeout, server).await {
+    match tokio::time::timeout(snap.drain_timeout, &mut server).await {
         Ok(Ok(result)) => {
             tracing::info!("drained; exiting");
             result
         }
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => {
-            tracing::warn!("drain timeout passed; closing the remaining connections");
+            tracing::warn!(
+                requests = crate::telemetry::access::in_flight(),
+                "drain timeout passed; answering the requests still running with 503 and closing"
+            );
+            gateway.cut_in_flight();
+            let _ = tokio::time::timeout(CUT_GRACE, &mut server).await;
             Ok(())
         }
     }
@@ -260,7 +287,22 @@ async fn handle(gw: Arc<Gateway>, req: http::Request<Body>) -> Response<Body> {
     let mut edge_headers = HeaderMap::new();
     // What the access log and metrics need to know, filled in as we go.
     let mut info = RequestInfo::default();
-    let resp = handle_route(gw, req, &mut edge_headers, &mut info).await;
+    // Every request watches for the end of the drain, so that one cut there
+    // still gets an answer, an access-log line and a count.
+    let mut cut = gw.cut.subscribe();
+    let resp = tokio::select! {
+        biased;
+        resp = handle_route(gw, req, &mut edge_headers, &mut info) => Some(resp),
+        Ok(_) = cut.wait_for(|cut| *cut) => None,
+    };
+    let resp = resp.unwrap_or_else(|| {
+        info.drain_aborted = true;
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the gateway is shutting down and the request was still running when server.drain_timeout passed",
+        )
+    });
     let mut resp = crate::transcode::status::negotiate(problem, resp);
     resp.headers_mut().extend(edge_headers);
     resp.extensions_mut().insert(info);

@@ -49,15 +49,60 @@ impl<S> HttpService for S where
 {
 }
 
+/// The first phase of a shutdown, while the listener still accepts: from
+/// [`Drain::start`] on, HTTP/1.1 answers carry `Connection: close` and
+/// HTTP/2 connections get a GOAWAY, so keep-alive clients reconnect (through
+/// the load balancer, to another replica) while this one still answers.
+/// Without it, a client's next request on a kept-alive connection raced the
+/// close of the listener's connections and was lost.
+#[derive(Debug, Clone, Default)]
+pub struct Drain(Arc<DrainState>);
+
+#[derive(Debug, Default)]
+struct DrainState {
+    /// Read on every answer: an atomic, not the channel's lock.
+    started: AtomicBool,
+    /// Wakes the connections that are idle when the drain starts.
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drain {
+    pub fn new() -> Drain {
+        Drain::default()
+    }
+
+    /// Tells every connection, open or yet to be accepted, to wind down.
+    pub fn start(&self) {
+        self.0.started.store(true, Ordering::Relaxed);
+        self.0.tx.send_replace(true);
+    }
+
+    fn is_started(&self) -> bool {
+        self.0.started.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's part in a drain.
+#[derive(Default)]
+struct ConnDrain {
+    /// The connection speaks HTTP/2 (hyper-util's auto builder decides from
+    /// the preface and does not say): set by its first request.
+    h2: AtomicBool,
+    /// An HTTP/2 request arrived while draining: send GOAWAY now.
+    goaway: tokio::sync::Notify,
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops
 /// accepting, closes the listener, asks every connection to finish (HTTP/1.1:
 /// after the response in flight; HTTP/2: GOAWAY) and returns once all are
-/// closed. `limits` is read at each accept, except `max_connections`, read
-/// once here.
+/// closed. Before that, `drain` may tell the connections to wind down while
+/// the listener still accepts (see [`Drain`]). `limits` is read at each
+/// accept, except `max_connections`, read once here.
 pub async fn serve<S: HttpService>(
     listener: TcpListener,
     app: S,
     limits: impl Fn() -> Limits + Send + Sync + 'static,
+    drain: Drain,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits().max_connections));
@@ -91,6 +136,7 @@ pub async fn serve<S: HttpService>(
             app.clone(),
             limits(),
             stop_rx.clone(),
+            drain.clone(),
             alive_tx.clone(),
         );
         tokio::spawn(async move {
@@ -165,9 +211,12 @@ async fn serve_one<S: HttpService>(
     app: S,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    drain: Drain,
     _alive: tokio::sync::mpsc::Sender<()>,
 ) {
     let accepted = Instant::now();
+    let mut draining = drain.0.tx.subscribe();
+    let conn_drain = Arc::new(ConnDrain::default());
     let activity = Arc::new(Activity {
         io: AtomicU64::new(0),
         handling: AtomicUsize::new(0),
@@ -185,10 +234,16 @@ async fn serve_one<S: HttpService>(
     });
     let service = {
         let activity = activity.clone();
+        let conn_drain = conn_drain.clone();
         hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             activity.handling.fetch_add(1, Ordering::Relaxed);
             activity.served.store(true, Ordering::Relaxed);
             let guard = Handling(activity.clone());
+            let h2 = req.version() == http::Version::HTTP_2;
+            if h2 {
+                note_h2(&conn_drain, &drain);
+            }
+            let drain = drain.clone();
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(PeerAddr(peer));
             // What axum's connect-info service would record; later stages
@@ -197,8 +252,16 @@ async fn serve_one<S: HttpService>(
                 .insert(axum::extract::ConnectInfo(peer));
             let app = app.clone();
             async move {
-                let resp = app.oneshot(req).await;
+                let mut resp = app.oneshot(req).await;
                 drop(guard);
+                // Checked at the answer, not the arrival: a request that was
+                // running when the drain started closes its connection too.
+                if !h2 && drain.is_started() {
+                    if let Ok(r) = &mut resp {
+                        r.headers_mut()
+                            .insert(http::header::CONNECTION, CLOSE.clone());
+                    }
+                }
                 resp
             }
         })
@@ -252,6 +315,19 @@ async fn serve_one<S: HttpService>(
                 conn.as_mut().graceful_shutdown();
                 closing_since = Some(Instant::now());
             }
+            // HTTP/2 when the drain starts: GOAWAY at once. An HTTP/1.1
+            // connection waits for its next answer (`Connection: close`):
+            // closing it while idle would race a request already on its way.
+            _ = draining.changed(), if closing_since.is_none() => {
+                if conn_drain.h2.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
+            }
+            () = conn_drain.goaway.notified(), if closing_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
             () = tokio::time::sleep(tick) => {
                 let handling = activity.handling.load(Ordering::Relaxed);
                 match closing_since {
@@ -288,6 +364,22 @@ async fn serve_one<S: HttpService>(
         }
     }
 }
+
+static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
+
+/// An HTTP/2 request arrived on the connection: remember the protocol, and
+/// during a drain have the connection's loop send GOAWAY (hyper's graceful
+/// shutdown: GOAWAY with the highest stream id and a PING, then the real
+/// last stream id, so streams already sent are served, not refused).
+fn note_h2(conn: &ConnDrain, drain: &Drain) {
+    if !conn.h2.load(Ordering::Relaxed) {
+        conn.h2.store(true, Ordering::Relaxed);
+    }
+    if drain.is_started() {
+        conn.goaway.notify_one();
+    }
+}
+
 
 /// The limits named in the body of an answer hyper makes by itself.
 #[derive(Clone, Copy)]

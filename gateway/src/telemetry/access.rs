@@ -31,6 +31,11 @@ pub struct RequestContext {
 /// Requests being served right now, for the in-flight gauge.
 static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
 
+/// Requests being served right now (the shutdown log says how many it cuts).
+pub fn in_flight() -> i64 {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AccessLayer {
     pub log: bool,
@@ -237,6 +242,9 @@ where
                 Some(m) => m.record_http(method.as_str(), status, elapsed),
                 None => super::metrics::record_http(&route, method.as_str(), status, elapsed),
             }
+            if info.drain_aborted {
+                super::metrics::record_drain_aborted(&route);
+            }
             if let Some(cx) = &otel {
                 super::otel::end_request(cx, &method, &route, &info, status);
             }
@@ -259,7 +267,8 @@ where
                     duration_us = elapsed.as_micros() as u64,
                     retries = info.retries,
                     jwt.sub = %v(info.subject.as_deref().unwrap_or("")),
-                    "request"
+                    // One call site for both, so the fields stay the same.
+                    message = if info.drain_aborted { "request cut at drain timeout" } else { "request" }
                 );
             }
             Ok(resp)

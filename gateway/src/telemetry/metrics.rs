@@ -28,6 +28,7 @@ pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
 pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
 pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
+pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
 
 /// From a quarter millisecond (a cached, local answer) to 30 s (past every
 /// default deadline), roughly ×2.5 apart.
@@ -125,6 +126,10 @@ fn describe() {
     describe_counter!(
         DISCOVERY_ERRORS,
         "Failed discovery queries (Consul, DNS), by backend and source; the last known endpoints keep serving"
+    );
+    describe_counter!(
+        DRAIN_ABORTED,
+        "HTTP requests still running when server.drain_timeout passed at shutdown, answered 503 by the gateway, by route template"
     );
     describe_gauge!(
         BUILD_INFO,
@@ -309,6 +314,13 @@ fn code_label(code: tonic::Code) -> &'static str {
         DataLoss => "DataLoss",
         Unauthenticated => "Unauthenticated",
     }
+}
+
+/// A request cut at the end of a shutdown's drain; `route` is the
+/// configured template or `(none)`, as for [`HTTP_REQUESTS`].
+pub fn record_drain_aborted(route: &Arc<str>) {
+    metrics::counter!(DRAIN_ABORTED, "route" => metrics::SharedString::from_shared(route.clone()))
+        .increment(1);
 }
 
 pub fn record_reload(ok: bool, version: u64) {

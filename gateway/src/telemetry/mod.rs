@@ -30,6 +30,9 @@ pub struct RequestInfo {
     pub subject: Option<String>,
     /// The client address after trusted proxies, when the edge settled it.
     pub client: Option<std::net::IpAddr>,
+    /// Still running when `server.drain_timeout` passed, and answered 503
+    /// by the gateway instead of the backend.
+    pub drain_aborted: bool,
 }
 
 /// Whether the installed log format is JSON: the access log quotes values
