@@ -380,7 +380,6 @@ fn note_h2(conn: &ConnDrain, drain: &Drain) {
     }
 }
 
-
 /// The limits named in the body of an answer hyper makes by itself.
 #[derive(Clone, Copy)]
 struct HeadBounds {
