@@ -787,6 +787,10 @@ async fn schemathesis(gw: &TestGateway, max_examples: u32) -> Option<(bool, Stri
             .args(["--seed", "1", "--workers", "1"])
             .args(["--generation-database", "none", "--no-color"])
             .args(["--request-timeout", "10"])
+            // schemathesis cannot generate NDJSON request bodies (the demo's
+            // client-streaming ImportBooks); tests/tests/streaming.rs and
+            // the README test cover that route.
+            .args(["--exclude-path-regex", ":import$"])
             .output()
             .expect("run schemathesis")
     })
@@ -809,13 +813,14 @@ async fn property_based_client_finds_no_server_error_or_schema_mismatch() {
         return;
     };
     assert!(ok, "schemathesis failed:\n{text}");
-    // Every documented operation was tested.
+    // Every documented operation was tested, but the excluded NDJSON upload.
     let doc = gw.get("/openapi.json").await.ok().clone();
     let n: usize = doc["paths"]
         .as_object()
         .unwrap()
-        .values()
-        .map(|i| i.as_object().unwrap().len())
+        .iter()
+        .filter(|(path, _)| !path.ends_with(":import"))
+        .map(|(_, i)| i.as_object().unwrap().len())
         .sum();
     assert!(n >= 9, "{n} operations");
     assert!(text.contains(&format!("Tested: {n}\n")), "{text}");

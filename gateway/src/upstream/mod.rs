@@ -162,7 +162,12 @@ impl BackendStats {
             "rejected_overload" => {
                 "Calls refused because the backend's max_requests were already in flight"
             }
-            "no_endpoints" => "Calls refused because no endpoint was in rotation",
+            "no_endpoints" => {
+                "Calls refused because the backend had no endpoint at all (or none yet)"
+            }
+            "panic_routed" => {
+                "Attempts sent while no endpoint was in rotation (panic mode: all endpoints used)"
+            }
             "deadline_exceeded" => {
                 "Calls answered DEADLINE_EXCEEDED: the deadline or per-try timeout passed, \
                  or the instance answered DEADLINE_EXCEEDED"
