@@ -106,7 +106,10 @@ async fn setup() -> server::App {
 
 async fn run(app: &server::App, n: usize) {
     for _ in 0..n {
+        // HTTP/1.1 requires exactly one Host (RFC 9112); hyper's clients
+        // always send it.
         let req = http::Request::get("/v1/items/12345")
+            .header(http::header::HOST, "bench.local")
             .body(axum::body::Body::empty())
             .unwrap();
         let resp = app.clone().oneshot(req).await.unwrap();
