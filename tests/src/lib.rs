@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod consul;
+pub mod fleet;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -6,144 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::example::{BoxFuture, DynamicServer};
 use gateway::server::Gateway;
 use gateway::snapshot::Snapshot;
-use gateway_tests::consul::{CheckStatus, ConsulTestServer, Instance};
-use gateway_tests::running::KillableBackend;
-use gateway_tests::{
-    http_client, testing_descriptors, testing_pool, toml_path, write_config, ECHO_SERVICE,
-};
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
-use tonic::{Request, Response, Status};
-
-const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-
-const HEALTH_PROTO: &str = r#"syntax = "proto3";
-package grpc.health.v1;
-message HealthCheckRequest { string service = 1; }
-message HealthCheckResponse {
-  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
-  ServingStatus status = 1;
-}
-service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
-"#;
-
-/// The testing descriptors plus grpc.health.v1, for backends that answer
-/// health checks.
-fn pool_with_health() -> DescriptorPool {
-    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let dir = gateway_tests::temp_dir("health-proto");
-        std::fs::write(dir.join("health.proto"), HEALTH_PROTO).unwrap();
-        let health = gateway::descriptors::load_dir(&dir)
-            .expect("health.proto")
-            .pool;
-        let mut pool = testing_pool();
-        let file = health
-            .files()
-            .find(|f| f.name() == "health.proto")
-            .expect("health.proto in the pool");
-        pool.decode_file_descriptor_proto(file.encode_to_vec().as_slice())
-            .expect("add health.proto");
-        pool
-    })
-    .clone()
-}
-
-/// What one test backend instance saw.
-#[derive(Default)]
-struct Seen {
-    served: AtomicUsize,
-    last: Mutex<Option<Instant>>,
-    /// Answers NOT_SERVING to health checks when false.
-    serving: AtomicBool,
-}
-
-/// An Echo backend in its own runtime: `kill` drops every connection at
-/// once, as a crashed process would.
-struct TestInstance {
-    name: String,
-    addr: String,
-    seen: Arc<Seen>,
-    /// Kept for its lifetime: dropping it kills the instance.
-    _backend: KillableBackend,
-}
-
-impl TestInstance {
-    fn start(name: &str) -> TestInstance {
-        let seen = Arc::new(Seen {
-            serving: AtomicBool::new(true),
-            ..Default::default()
-        });
-        let backend = KillableBackend::start({
-            let (name, seen) = (name.to_owned(), seen.clone());
-            move || instance_server(&name, seen.clone())
-        });
-        TestInstance {
-            name: name.to_owned(),
-            addr: backend.addr.clone(),
-            seen,
-            _backend: backend,
-        }
-    }
-
-    fn served(&self) -> usize {
-        self.seen.served.load(Ordering::Relaxed)
-    }
-
-    fn last_served(&self) -> Option<Instant> {
-        *self.seen.last.lock().unwrap()
-    }
-
-    fn instance(&self) -> Instance {
-        Instance::new(&self.name, &self.addr)
-    }
-}
-
-/// Echo replies with the request and `name` set to the instance's name;
-/// Sleep sleeps `millis`; Health/Check follows `Seen::serving`.
-fn instance_server(name: &str, seen: Arc<Seen>) -> DynamicServer {
-    let name = name.to_owned();
-    DynamicServer::new(
-        &pool_with_health(),
-        &[ECHO_SERVICE, HEALTH_SERVICE],
-        move |method: &MethodDescriptor, req: Request<DynamicMessage>| {
-            let name = name.clone();
-            let seen = seen.clone();
-            let method = method.clone();
-            Box::pin(async move {
-                if method.name() == "Check" {
-                    let mut reply = DynamicMessage::new(method.output());
-                    let status = if seen.serving.load(Ordering::Relaxed) {
-                        1
-                    } else {
-                        2
-                    };
-                    reply.set_field_by_name("status", Value::EnumNumber(status));
-                    return Ok(Response::new(reply));
-                }
-                seen.served.fetch_add(1, Ordering::Relaxed);
-                *seen.last.lock().unwrap() = Some(Instant::now());
-                let mut msg = req.into_inner();
-                if method.name() == "Sleep" {
-                    let ms = msg
-                        .get_field_by_name("millis")
-                        .and_then(|v| v.as_i64())
-                        .unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(ms as u64)).await;
-                    return Ok(Response::new(DynamicMessage::new(method.output())));
-                }
-                msg.set_field_by_name("name", Value::String(name));
-                Ok(Response::new(msg))
-            }) as BoxFuture<Result<Response<DynamicMessage>, Status>>
-        },
-    )
-}
+use gateway_tests::consul::{CheckStatus, ConsulTestServer};
+use gateway_tests::fleet::{eventually, TestInstance};
+use gateway_tests::{http_client, testing_descriptors, toml_path, write_config};
 
 /// A gateway (REST and admin listeners) for `config`.
 struct TestGw {
@@ -254,15 +125,6 @@ grpc = "testing.v1.Echo/Sleep"
     )
 }
 
-/// Waits until `f` holds, or panics after `within`.
-async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Steady load on GET /v1/echo from `workers` clients until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -359,7 +221,7 @@ async fn critical_instance_leaves_rotation_within_a_second_without_client_errors
     consul.register("echo", b.instance());
     let gw = TestGw::start(&consul_config(&consul, "", "")).await;
     eventually("both instances serve", Duration::from_secs(3), async || {
-        gw.echo().await.is_ok() && a.served() > 0 && b.served() > 0
+        gw.echo().await.is_ok() && a.calls() > 0 && b.calls() > 0
     })
     .await;
 
@@ -368,11 +230,11 @@ async fn critical_instance_leaves_rotation_within_a_second_without_client_errors
     let marked = Instant::now();
     consul.set_status("echo", "b", CheckStatus::Critical);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let served_after = b.served();
+    let served_after = b.calls();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (total, errors, _) = load.finish().await;
 
-    let removed_after = b.last_served().unwrap().saturating_duration_since(marked);
+    let removed_after = b.last_call().unwrap().saturating_duration_since(marked);
     println!("critical instance: last request {removed_after:?} after Consul marked it; {total} requests, {} failed", errors.len());
     assert!(
         errors.is_empty(),
@@ -384,7 +246,7 @@ async fn critical_instance_leaves_rotation_within_a_second_without_client_errors
         removed_after < Duration::from_secs(1),
         "still served {removed_after:?} later"
     );
-    assert_eq!(b.served(), served_after, "b still gets traffic");
+    assert_eq!(b.calls(), served_after, "b still gets traffic");
 }
 
 #[tokio::test]
@@ -628,11 +490,11 @@ async fn active_health_checks_take_a_not_serving_instance_out_and_back() {
     let extra = "[backends.echo.health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
     let gw = TestGw::start(&consul_config(&consul, "", extra)).await;
     eventually("both serve", Duration::from_secs(2), async || {
-        gw.echo().await.is_ok() && a.served() > 0 && b.served() > 0
+        gw.echo().await.is_ok() && a.calls() > 0 && b.calls() > 0
     })
     .await;
     // Consul says passing; the instance itself says NOT_SERVING: it must pass both.
-    b.seen.serving.store(false, Ordering::Relaxed);
+    b.serve_health(false);
     eventually("b fails its checks", Duration::from_secs(2), async || {
         gw.backend()
             .status()
@@ -641,11 +503,11 @@ async fn active_health_checks_take_a_not_serving_instance_out_and_back() {
             .any(|e| e.health_check == "not_serving")
     })
     .await;
-    let before = b.served();
+    let before = b.calls();
     for _ in 0..10 {
         assert_eq!(gw.echo().await.unwrap(), "a");
     }
-    assert_eq!(b.served(), before);
+    assert_eq!(b.calls(), before);
     let admin = gw.admin_backends().await;
     let eps = admin["backends"][0]["endpoints"]
         .as_array()
@@ -656,7 +518,7 @@ async fn active_health_checks_take_a_not_serving_instance_out_and_back() {
         "{eps:?}"
     );
 
-    b.seen.serving.store(true, Ordering::Relaxed);
+    b.serve_health(true);
     eventually("b is back", Duration::from_secs(2), async || {
         gw.echo().await.ok().as_deref() == Some("b")
     })

@@ -8,126 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::example::{BoxFuture, DynamicServer};
 use gateway::server::Gateway;
 use gateway::snapshot::Snapshot;
-use gateway_tests::consul::{CheckStatus, ConsulTestServer, Instance};
-use gateway_tests::running::KillableBackend;
-use gateway_tests::{
-    http_client, testing_descriptors, testing_pool, toml_path, write_config, ECHO_SERVICE,
-};
-use prost_reflect::{DynamicMessage, MethodDescriptor, Value};
-use tonic::{Code, Request, Response, Status};
-
-/// What one test backend instance saw, and how it behaves.
-#[derive(Default)]
-struct Seen {
-    /// Calls received, any method.
-    calls: AtomicUsize,
-    last: Mutex<Option<Instant>>,
-    /// Answer every call with UNAVAILABLE.
-    failing: AtomicBool,
-}
-
-/// An Echo backend in its own runtime: `kill` drops every connection at once.
-struct TestInstance {
-    name: String,
-    addr: String,
-    seen: Arc<Seen>,
-    backend: KillableBackend,
-}
-
-impl TestInstance {
-    fn start(name: &str) -> TestInstance {
-        let seen = Arc::new(Seen::default());
-        let backend = KillableBackend::start({
-            let (name, seen) = (name.to_owned(), seen.clone());
-            move || instance_server(&name, seen.clone())
-        });
-        TestInstance {
-            name: name.to_owned(),
-            addr: backend.addr.clone(),
-            seen,
-            backend,
-        }
-    }
-
-    fn kill(&mut self) {
-        self.backend.kill();
-    }
-
-    fn restart(&mut self) {
-        self.backend.restart();
-    }
-
-    fn calls(&self) -> usize {
-        self.seen.calls.load(Ordering::Relaxed)
-    }
-
-    fn last_call(&self) -> Option<Instant> {
-        *self.seen.last.lock().unwrap()
-    }
-
-    fn fail(&self, failing: bool) {
-        self.seen.failing.store(failing, Ordering::Relaxed);
-    }
-
-    fn instance(&self) -> Instance {
-        Instance::new(&self.name, &self.addr)
-    }
-}
-
-/// Echo sets `name` to the instance's name; Sleep sleeps `millis`; Fail
-/// answers with `code`; every call fails with UNAVAILABLE while `failing`.
-fn instance_server(name: &str, seen: Arc<Seen>) -> DynamicServer {
-    let name = name.to_owned();
-    DynamicServer::new(
-        &testing_pool(),
-        &[ECHO_SERVICE],
-        move |method: &MethodDescriptor, req: Request<DynamicMessage>| {
-            let name = name.clone();
-            let seen = seen.clone();
-            let method = method.clone();
-            Box::pin(async move {
-                seen.calls.fetch_add(1, Ordering::Relaxed);
-                *seen.last.lock().unwrap() = Some(Instant::now());
-                if seen.failing.load(Ordering::Relaxed) {
-                    return Err(Status::unavailable(format!("{name} is down for the test")));
-                }
-                let msg = req.into_inner();
-                match method.name() {
-                    "Sleep" => {
-                        let ms = msg
-                            .get_field_by_name("millis")
-                            .and_then(|v| v.as_i64())
-                            .unwrap_or(0);
-                        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
-                        Ok(Response::new(DynamicMessage::new(method.output())))
-                    }
-                    "Fail" => {
-                        let code = msg
-                            .get_field_by_name("code")
-                            .and_then(|v| v.as_i32())
-                            .unwrap_or(2);
-                        Err(Status::new(
-                            Code::from_i32(code),
-                            format!("{name} failed as asked"),
-                        ))
-                    }
-                    _ => {
-                        let mut msg = msg;
-                        msg.set_field_by_name("name", Value::String(name));
-                        Ok(Response::new(msg))
-                    }
-                }
-            }) as BoxFuture<Result<Response<DynamicMessage>, Status>>
-        },
-    )
-}
+use gateway_tests::consul::{CheckStatus, ConsulTestServer};
+use gateway_tests::fleet::{eventually, TestInstance};
+use gateway_tests::{http_client, testing_descriptors, toml_path, write_config};
 
 struct TestGw {
     rest: SocketAddr,
@@ -279,14 +168,6 @@ fn endpoints(instances: &[&TestInstance]) -> String {
         .map(|i| format!("\"{}\"", i.addr))
         .collect();
     format!("endpoints = [{}]", list.join(", "))
-}
-
-async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// One client request of a load run.

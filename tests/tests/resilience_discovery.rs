@@ -12,139 +12,14 @@
 //! prints its request and failure counts.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::example::{BoxFuture, DynamicServer};
-use gateway_tests::consul::{ConsulTestServer, Instance};
-use gateway_tests::running::{KillableBackend, RunningGateway};
-use gateway_tests::{http_client, testing_descriptors, toml_path, write_config, ECHO_SERVICE};
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
-use tonic::{Request, Response, Status};
-
-const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-
-const HEALTH_PROTO: &str = r#"syntax = "proto3";
-package grpc.health.v1;
-message HealthCheckRequest { string service = 1; }
-message HealthCheckResponse {
-  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
-  ServingStatus status = 1;
-}
-service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
-"#;
-
-/// The testing descriptors plus grpc.health.v1.
-fn pool_with_health() -> DescriptorPool {
-    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let dir = gateway_tests::temp_dir("health-proto");
-        std::fs::write(dir.join("health.proto"), HEALTH_PROTO).unwrap();
-        let health = gateway::descriptors::load_dir(&dir)
-            .expect("health.proto")
-            .pool;
-        let mut pool = gateway_tests::testing_pool();
-        let file = health
-            .files()
-            .find(|f| f.name() == "health.proto")
-            .expect("health.proto in the pool");
-        pool.decode_file_descriptor_proto(file.encode_to_vec().as_slice())
-            .expect("add health.proto");
-        pool
-    })
-    .clone()
-}
-
-/// What one instance saw, and how it behaves.
-struct Seen {
-    calls: AtomicUsize,
-    last: Mutex<Option<Instant>>,
-    /// Answer Echo with UNAVAILABLE.
-    failing: AtomicBool,
-    /// Answer health checks with SERVING (else NOT_SERVING).
-    serving: AtomicBool,
-}
-
-/// An Echo instance (replies carry its name) that also answers health checks.
-struct TestInstance {
-    name: String,
-    addr: String,
-    seen: Arc<Seen>,
-    _backend: KillableBackend,
-}
-
-impl TestInstance {
-    fn start(name: &str) -> TestInstance {
-        let seen = Arc::new(Seen {
-            calls: AtomicUsize::new(0),
-            last: Mutex::new(None),
-            failing: AtomicBool::new(false),
-            serving: AtomicBool::new(true),
-        });
-        let backend = KillableBackend::start({
-            let (name, seen) = (name.to_owned(), seen.clone());
-            move || instance_server(&name, seen.clone())
-        });
-        TestInstance {
-            name: name.to_owned(),
-            addr: backend.addr.clone(),
-            seen,
-            _backend: backend,
-        }
-    }
-
-    fn instance(&self) -> Instance {
-        Instance::new(&self.name, &self.addr)
-    }
-
-    fn calls(&self) -> usize {
-        self.seen.calls.load(Ordering::Relaxed)
-    }
-
-    fn last_call(&self) -> Option<Instant> {
-        *self.seen.last.lock().unwrap()
-    }
-
-    fn fail(&self, failing: bool) {
-        self.seen.failing.store(failing, Ordering::Relaxed);
-    }
-
-    fn serve_health(&self, serving: bool) {
-        self.seen.serving.store(serving, Ordering::Relaxed);
-    }
-}
-
-fn instance_server(name: &str, seen: Arc<Seen>) -> DynamicServer {
-    let name = name.to_owned();
-    DynamicServer::new(
-        &pool_with_health(),
-        &[ECHO_SERVICE, HEALTH_SERVICE],
-        move |method: &MethodDescriptor, req: Request<DynamicMessage>| {
-            let (name, seen, method) = (name.clone(), seen.clone(), method.clone());
-            Box::pin(async move {
-                if method.name() == "Check" {
-                    let mut reply = DynamicMessage::new(method.output());
-                    let status = if seen.serving.load(Ordering::Relaxed) {
-                        1
-                    } else {
-                        2
-                    };
-                    reply.set_field_by_name("status", Value::EnumNumber(status));
-                    return Ok(Response::new(reply));
-                }
-                seen.calls.fetch_add(1, Ordering::Relaxed);
-                *seen.last.lock().unwrap() = Some(Instant::now());
-                if seen.failing.load(Ordering::Relaxed) {
-                    return Err(Status::unavailable(format!("{name} is down for the test")));
-                }
-                let mut msg = req.into_inner();
-                msg.set_field_by_name("name", Value::String(name));
-                Ok(Response::new(msg))
-            }) as BoxFuture<Result<Response<DynamicMessage>, Status>>
-        },
-    )
-}
+use gateway_tests::consul::ConsulTestServer;
+use gateway_tests::fleet::{descriptors_with_health, eventually, TestInstance};
+use gateway_tests::running::RunningGateway;
+use gateway_tests::{http_client, testing_descriptors, toml_path, write_config};
 
 /// `[server]`, the `echo` backend (`backend` is the rest of its table) and
 /// the route GET /v1/echo to it; `more` is appended.
@@ -173,20 +48,6 @@ backend = "echo"
 {more}"#,
         descriptors = toml_path(descriptors),
     )
-}
-
-/// The testing descriptors and grpc.health.v1, in a folder of their own:
-/// a second backend needs a service of its own.
-fn descriptors_with_health() -> std::path::PathBuf {
-    let dir = gateway_tests::temp_dir("descriptors-health");
-    for entry in std::fs::read_dir(testing_descriptors()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    std::fs::write(dir.join("health.proto"), HEALTH_PROTO).unwrap();
-    dir
 }
 
 fn consul_line(consul: &ConsulTestServer, extra: &str) -> String {
@@ -268,14 +129,6 @@ fn endpoint<'a>(backend: &'a serde_json::Value, who: &TestInstance) -> &'a serde
         .iter()
         .find(|e| e["address"] == who.addr.as_str())
         .unwrap_or_else(|| panic!("{} not in {backend}", who.name))
-}
-
-async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One request of a load run: when it started, and the instance that

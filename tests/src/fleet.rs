@@ -1,0 +1,205 @@
+//! Backend instances for the discovery and resilience tests: each an Echo
+//! server in its own runtime (so `kill` drops every connection at once, as a
+//! crashed process would) that also answers grpc.health.v1 checks, and can
+//! be told to fail or to report NOT_SERVING.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gateway::example::{BoxFuture, DynamicServer};
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+use tonic::{Code, Request, Response, Status};
+
+use crate::consul::Instance;
+use crate::running::KillableBackend;
+use crate::{testing_descriptors, testing_pool, ECHO_SERVICE};
+
+/// The health service the instances answer.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// grpc.health.v1, as much of it as the gateway's checks use.
+pub const HEALTH_PROTO: &str = r#"syntax = "proto3";
+package grpc.health.v1;
+message HealthCheckRequest { string service = 1; }
+message HealthCheckResponse {
+  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
+  ServingStatus status = 1;
+}
+service Health { rpc Check(HealthCheckRequest) returns (HealthCheckResponse); }
+"#;
+
+/// The testing descriptors plus grpc.health.v1.
+pub fn pool_with_health() -> DescriptorPool {
+    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let dir = crate::temp_dir("health-proto");
+        std::fs::write(dir.join("health.proto"), HEALTH_PROTO).unwrap();
+        let health = gateway::descriptors::load_dir(&dir)
+            .expect("health.proto")
+            .pool;
+        let mut pool = testing_pool();
+        let file = health
+            .files()
+            .find(|f| f.name() == "health.proto")
+            .expect("health.proto in the pool");
+        pool.decode_file_descriptor_proto(file.encode_to_vec().as_slice())
+            .expect("add health.proto");
+        pool
+    })
+    .clone()
+}
+
+/// The testing descriptors and grpc.health.v1, in a folder of their own,
+/// for a gateway whose backend lists the health service.
+pub fn descriptors_with_health() -> std::path::PathBuf {
+    let dir = crate::temp_dir("descriptors-health");
+    for entry in std::fs::read_dir(testing_descriptors()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.join("health.proto"), HEALTH_PROTO).unwrap();
+    dir
+}
+
+/// What one instance saw, and how it is told to behave.
+struct Seen {
+    /// Calls received, health checks left out.
+    calls: AtomicUsize,
+    last: Mutex<Option<Instant>>,
+    /// Answer every call but health checks with UNAVAILABLE.
+    failing: AtomicBool,
+    /// Answer health checks with SERVING (else NOT_SERVING).
+    serving: AtomicBool,
+}
+
+/// One backend instance (see the module comment).
+pub struct TestInstance {
+    pub name: String,
+    pub addr: String,
+    seen: Arc<Seen>,
+    backend: KillableBackend,
+}
+
+impl TestInstance {
+    pub fn start(name: &str) -> TestInstance {
+        let seen = Arc::new(Seen {
+            calls: AtomicUsize::new(0),
+            last: Mutex::new(None),
+            failing: AtomicBool::new(false),
+            serving: AtomicBool::new(true),
+        });
+        let backend = KillableBackend::start({
+            let (name, seen) = (name.to_owned(), seen.clone());
+            move || instance_server(&name, seen.clone())
+        });
+        TestInstance {
+            name: name.to_owned(),
+            addr: backend.addr.clone(),
+            seen,
+            backend,
+        }
+    }
+
+    /// Drops the instance's listener and every connection at once.
+    pub fn kill(&mut self) {
+        self.backend.kill();
+    }
+
+    /// Serves again on the same address.
+    pub fn restart(&mut self) {
+        self.backend.restart();
+    }
+
+    /// The instance as the Consul test server registers it.
+    pub fn instance(&self) -> Instance {
+        Instance::new(&self.name, &self.addr)
+    }
+
+    /// Calls received so far, health checks left out.
+    pub fn calls(&self) -> usize {
+        self.seen.calls.load(Ordering::Relaxed)
+    }
+
+    /// When the last call (not a health check) arrived.
+    pub fn last_call(&self) -> Option<Instant> {
+        *self.seen.last.lock().unwrap()
+    }
+
+    /// Answer every call with UNAVAILABLE while `failing`.
+    pub fn fail(&self, failing: bool) {
+        self.seen.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Report SERVING (or NOT_SERVING) to health checks.
+    pub fn serve_health(&self, serving: bool) {
+        self.seen.serving.store(serving, Ordering::Relaxed);
+    }
+}
+
+/// Health/Check follows `serving`; every other call fails with UNAVAILABLE
+/// while `failing`; Echo replies with the request and `name` set to the
+/// instance's name; Sleep sleeps `millis`; Fail answers with `code`.
+fn instance_server(name: &str, seen: Arc<Seen>) -> DynamicServer {
+    let name = name.to_owned();
+    DynamicServer::new(
+        &pool_with_health(),
+        &[ECHO_SERVICE, HEALTH_SERVICE],
+        move |method: &MethodDescriptor, req: Request<DynamicMessage>| {
+            let (name, seen, method) = (name.clone(), seen.clone(), method.clone());
+            Box::pin(async move {
+                if method.name() == "Check" {
+                    let mut reply = DynamicMessage::new(method.output());
+                    let status = if seen.serving.load(Ordering::Relaxed) {
+                        1
+                    } else {
+                        2
+                    };
+                    reply.set_field_by_name("status", Value::EnumNumber(status));
+                    return Ok(Response::new(reply));
+                }
+                seen.calls.fetch_add(1, Ordering::Relaxed);
+                *seen.last.lock().unwrap() = Some(Instant::now());
+                if seen.failing.load(Ordering::Relaxed) {
+                    return Err(Status::unavailable(format!("{name} is down for the test")));
+                }
+                let mut msg = req.into_inner();
+                match method.name() {
+                    "Sleep" => {
+                        let ms = msg
+                            .get_field_by_name("millis")
+                            .and_then(|v| v.as_i64())
+                            .unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+                        Ok(Response::new(DynamicMessage::new(method.output())))
+                    }
+                    "Fail" => {
+                        let code = msg
+                            .get_field_by_name("code")
+                            .and_then(|v| v.as_i32())
+                            .unwrap_or(2);
+                        Err(Status::new(
+                            Code::from_i32(code),
+                            format!("{name} failed as asked"),
+                        ))
+                    }
+                    _ => {
+                        msg.set_field_by_name("name", Value::String(name));
+                        Ok(Response::new(msg))
+                    }
+                }
+            }) as BoxFuture<Result<Response<DynamicMessage>, Status>>
+        },
+    )
+}
+
+/// Waits until `f` holds, or panics after `within`.
+pub async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
