@@ -387,13 +387,16 @@ async fn handle_route(
 
     // STAGE headers: the client's deadline and metadata, read before any
     // body byte; a value the gateway cannot read is a 400 naming the header.
-    if let Err(e) = crate::upstream::deadline::client_timeout(&parts.headers) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            Code::InvalidArgument,
-            e.to_string(),
-        );
-    }
+    let client_deadline = match crate::upstream::deadline::client_timeout(&parts.headers) {
+        Ok(d) => d,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                e.to_string(),
+            )
+        }
+    };
     let metadata = match request_metadata(&parts.headers, route) {
         Ok(md) => md,
         Err(e) => {
@@ -459,7 +462,7 @@ async fn handle_route(
             path: route.grpc_path.clone(),
             body: request,
             metadata,
-            timeout: route.timeout,
+            timeout: client_deadline.map_or(route.timeout, |c| c.min(route.timeout)),
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
             // The edge's view (trusted proxies applied) when it ran.

@@ -148,7 +148,7 @@ async fn single_request(
             path: route.grpc_path.clone(),
             body: Bytes::from(prost::Message::encode_to_vec(&message)),
             metadata,
-            timeout: route.timeout,
+            timeout: crate::upstream::deadline::effective(route.timeout, &parts.headers),
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
             client_ip: crate::upstream::client_ip(&parts.headers, &parts.extensions),

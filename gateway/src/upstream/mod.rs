@@ -203,8 +203,9 @@ pub struct CallRequest<'a> {
     /// The request message, encoded.
     pub body: Bytes,
     pub metadata: MetadataMap,
-    /// The route's deadline; a smaller `grpc-timeout` or `X-Request-Timeout`
-    /// in `headers` wins.
+    /// The call's deadline: the route's timeout, or the client's
+    /// `grpc-timeout` / `X-Request-Timeout` when smaller. The caller reads
+    /// the headers once, where an unreadable one is refused.
     pub timeout: Duration,
     pub retry: RouteRetry<'a>,
     /// The client's request headers (deadline, hash key).
@@ -409,7 +410,7 @@ impl Backend {
     /// retries on another endpoint with backoff, within the budget.
     pub async fn call(&self, req: CallRequest<'_>) -> Result<tonic::Response<Bytes>, CallError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = deadline::effective(req.timeout, req.headers);
+        let timeout = req.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
 
         // The limit first: it is the cheapest refusal, and a refused call
@@ -634,11 +635,7 @@ impl Backend {
                         "backend \"{}\" did not answer within the per-try timeout of {t:?}",
                         self.name
                     ),
-                    // Parsed again only here, on the way to a 504.
-                    _ => deadline::exceeded_message(
-                        &self.name,
-                        deadline::effective(req.timeout, req.headers),
-                    ),
+                    _ => deadline::exceeded_message(&self.name, req.timeout),
                 };
                 Err((Failure::TimedOut, tonic::Status::deadline_exceeded(message)))
             }
