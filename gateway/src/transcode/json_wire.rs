@@ -1129,23 +1129,28 @@ impl<'t> State<'_, '_, 't> {
         })
     }
 
+    /// The magnitude of a plain integer (no fraction or exponent) of at
+    /// most 18 digits: no overflow, and the same value serde_json
+    /// accumulates. `None` for every other number.
+    fn short_integer(&self, n: &NumSpan) -> Option<u64> {
+        let (from, to) = n.int_digits?;
+        (to - from <= 18).then(|| {
+            self.b[from..to]
+                .iter()
+                .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'))
+        })
+    }
+
     /// A number as serde_json would report it: u64 for a non-negative
     /// integer, i64 for a negative one, f64 for the rest (`-0` included).
     fn number(&mut self) -> Option<Tok<'static>> {
         let n = self.number_span()?;
-        if let Some((from, to)) = n.int_digits {
-            // At most 18 digits: no overflow, and the same value serde_json
-            // accumulates.
-            if to - from <= 18 {
-                let v = self.b[from..to]
-                    .iter()
-                    .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'));
-                return Some(match (n.negative, v) {
-                    (false, v) => Tok::U64(v),
-                    (true, 0) => Tok::F64(-0.0),
-                    (true, v) => Tok::I64(-(v as i64)),
-                });
-            }
+        if let Some(v) = self.short_integer(&n) {
+            return Some(match (n.negative, v) {
+                (false, v) => Tok::U64(v),
+                (true, 0) => Tok::F64(-0.0),
+                (true, v) => Tok::I64(-(v as i64)),
+            });
         }
         let Num(t) = serde_json::from_str(&self.text[n.start..n.end]).ok()?;
         Some(t)
@@ -1154,19 +1159,15 @@ impl<'t> State<'_, '_, 't> {
     /// A number for an integer field, exactly: u64 when not negative, i64
     /// when negative; `None` (the reference refuses it) when it is not a
     /// whole number or needs more than 64 bits. A plain integer of up to 18
-    /// digits takes the same quick sum as in [`Scanner::number`].
+    /// digits takes the same quick sum as in [`Scanner::number`]
+    /// ([`Scanner::short_integer`]).
     fn integer(&mut self) -> Option<Tok<'static>> {
         let n = self.number_span()?;
-        if let Some((from, to)) = n.int_digits {
-            if to - from <= 18 {
-                let v = self.b[from..to]
-                    .iter()
-                    .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'));
-                return Some(match n.negative {
-                    true if v != 0 => Tok::I64(-(v as i64)),
-                    _ => Tok::U64(v),
-                });
-            }
+        if let Some(v) = self.short_integer(&n) {
+            return Some(match n.negative {
+                true if v != 0 => Tok::I64(-(v as i64)),
+                _ => Tok::U64(v),
+            });
         }
         let v = json_int::exact(&self.b[n.start..n.end])?;
         Some(match v.negative_value() {
