@@ -162,7 +162,10 @@ async fn fetch_reflection(
         };
         let mut result = Err(tonic::Status::unavailable("the backend has no endpoints"));
         for ep in &backend.endpoints {
-            result = reflection::fetch(ep.channel(), REFLECTION_TIMEOUT).await;
+            result = match ep.channel() {
+                Ok(channel) => reflection::fetch(channel, REFLECTION_TIMEOUT).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
             if result.is_ok() {
                 break;
             }

@@ -304,6 +304,11 @@ async fn handle(gw: Arc<Gateway>, req: http::Request<Body>) -> Response<Body> {
         )
     });
     let mut resp = crate::transcode::status::negotiate(problem, resp);
+    // A streamed answer names the endpoint that serves it.
+    if let Some(u) = resp.extensions().get::<crate::upstream::Attempted>() {
+        info.endpoint = Some(u.addr.clone());
+        info.retries = u.attempts.saturating_sub(1);
+    }
     resp.headers_mut().extend(edge_headers);
     resp.extensions_mut().insert(info);
     resp
@@ -435,11 +440,7 @@ async fn handle_route(
         transcoding.end();
         // Boxed: inline, its state would make every request's future larger.
         return Box::pin(crate::transcode::stream::server_stream(
-            &snap,
-            route,
-            message,
-            metadata,
-            &parts.headers,
+            &snap, route, message, metadata, &parts,
         ))
         .await;
     }
@@ -453,7 +454,6 @@ async fn handle_route(
     drop(body);
     transcoding.end();
 
-    let started = std::time::Instant::now();
     // Balancing, retries, ejection, circuit breaker and deadline all happen
     // in the backend; the client's deadline headers and address go along.
     let result = route
@@ -471,6 +471,7 @@ async fn handle_route(
                 .get::<crate::edge::client_ip::ClientIp>()
                 .map(|c| c.0)
                 .or_else(|| crate::upstream::client_ip(&parts.headers, &parts.extensions)),
+            metrics: &route.metrics,
         })
         .await;
     let code = match &result {
@@ -492,7 +493,6 @@ async fn handle_route(
         }
         Err(crate::upstream::CallError::Refused { .. }) => {}
     }
-    route.metrics.record_upstream(code, started.elapsed());
     match result {
         Ok(reply) => {
             let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");

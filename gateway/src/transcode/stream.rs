@@ -18,7 +18,6 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,13 +30,14 @@ use http_body::Frame;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, SerializeOptions};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
-use tonic::{CancellationHandle, Code};
+use tonic::Code;
 
 use super::framing::Framing;
 use super::{httpbody, multipart, request, shape, BodyRule, RpcStatus, TranscodeError};
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::{BytesDecoder, RawCodec, MAX_REPLY_BYTES};
+use crate::upstream::{
+    Attempted, CallError, Outgoing, ReplyStream, RequestBody, StreamReply, StreamRequest,
+};
 
 /// Raw request bodies are sent on in messages of at most this size: large
 /// enough that per-message overhead is noise, small enough that one message
@@ -139,7 +139,7 @@ async fn single_request(
     parts: &Parts,
 ) -> Response<Body> {
     if route.grpc_method.is_server_streaming() {
-        return server_stream(snap, route, message, metadata, &parts.headers).await;
+        return server_stream(snap, route, message, metadata, parts).await;
     }
     // The unary path's call: balancing, retries, breaker and deadline.
     let result = route
@@ -152,6 +152,7 @@ async fn single_request(
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
             client_ip: crate::upstream::client_ip(&parts.headers, &parts.extensions),
+            metrics: &route.metrics,
         })
         .await;
     match result {
@@ -183,30 +184,23 @@ pub async fn server_stream(
     route: &Arc<Route>,
     message: DynamicMessage,
     metadata: MetadataMap,
-    headers: &HeaderMap,
+    parts: &Parts,
 ) -> Response<Body> {
-    let (mut client, addr) = match connect(route).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    let mut request = tonic::Request::new(Bytes::from(prost::Message::encode_to_vec(&message)));
-    *request.metadata_mut() = metadata;
-    if let Some(t) = route.shaping.stream_timeout {
-        request.set_timeout(t);
-    }
-    // Replies stay bytes until rendered (see `ReplyBody::write`).
-    let call = client.server_streaming(request, route.grpc_path.clone(), RawCodec);
-    let response = match tokio::time::timeout(first_answer_timeout(route), call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(status)) => return backend_error(snap, route, &addr, &status),
-        Err(_) => return deadline_error(route),
+    let body = RequestBody::One(Bytes::from(prost::Message::encode_to_vec(&message)));
+    let reply = match open(route, body, metadata, parts, route.timeout).await {
+        Ok(r) => r,
+        Err(e) => return call_error(snap, route, e),
     };
     // One deadline for the whole stream, first message included.
     let deadline = route
         .shaping
         .stream_timeout
         .map(|t| tokio::time::Instant::now() + t);
-    let (md, mut stream, _) = response.into_parts();
+    let StreamReply {
+        metadata: md,
+        messages: mut stream,
+        attempted,
+    } = reply;
     let first = match deadline {
         Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
             Ok(r) => r,
@@ -218,13 +212,13 @@ pub async fn server_stream(
         Ok(m) => m,
         Err(status) => {
             let status = with_header_metadata(status, md);
-            return backend_error(snap, route, &addr, &status);
+            return backend_error(snap, route, &attempted.addr, &status);
         }
     };
     let output = if route.shaping.raw_response {
         Output::Raw
     } else {
-        Output::Framed(Framing::negotiate(route.shaping.framing, headers))
+        Output::Framed(Framing::negotiate(route.shaping.framing, &parts.headers))
     };
     let content_type = match (&output, &first) {
         (Output::Framed(f), _) => HeaderValue::from_static(f.content_type()),
@@ -245,10 +239,9 @@ pub async fn server_stream(
         render: Render::new(snap, route),
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         request_error: None,
-        cancel: None,
         done: false,
     };
-    stream_response(route, &md, content_type, body)
+    stream_response(route, &md, content_type, body, attempted)
 }
 
 fn stream_response(
@@ -256,8 +249,11 @@ fn stream_response(
     md: &MetadataMap,
     content_type: HeaderValue,
     body: ReplyBody,
+    attempted: Attempted,
 ) -> Response<Body> {
     let mut resp = Response::new(Body::new(body));
+    // Which endpoint answered, for the access log.
+    resp.extensions_mut().insert(attempted);
     *resp.status_mut() = route.shaping.success_status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
@@ -317,24 +313,11 @@ fn not_valid(output: &prost_reflect::MessageDescriptor, e: prost::DecodeError) -
 /// body that could not be read), reported instead of the cancellation it causes.
 type RequestError = Arc<Mutex<Option<RpcStatus>>>;
 
-/// Cancels the request stream of a call when dropped (the client went
-/// away, or the call failed on our side): tonic then resets the HTTP/2
-/// stream, and the backend sees CANCELLED. Harmless after a normal end.
-struct CancelOnDrop(Option<CancellationHandle>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.cancel();
-        }
-    }
-}
-
-/// The streamed reply body; see the module doc for why it polls tonic directly.
+/// The streamed reply body; see the module doc for why it polls the reply stream directly.
 struct ReplyBody {
     /// Replies as wire bytes: rendered straight to JSON by the route's
     /// reply plan, decoded only when the plan declines or for HttpBody.
-    stream: Option<tonic::Streaming<Bytes>>,
+    stream: Option<ReplyStream>,
     /// A reply already received (server streaming waits for it before the headers).
     first: Option<Bytes>,
     started: bool,
@@ -343,7 +326,6 @@ struct ReplyBody {
     render: Render,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     request_error: Option<RequestError>,
-    cancel: Option<CancelOnDrop>,
     done: bool,
 }
 
@@ -463,10 +445,6 @@ impl http_body::Body for ReplyBody {
             Poll::Ready(None) => {
                 this.done = true;
                 this.stream = None;
-                // A normal end: nothing to cancel.
-                if let Some(mut c) = this.cancel.take() {
-                    c.0 = None;
-                }
                 if let Output::Framed(f) = &this.output {
                     f.end(&mut out);
                 }
@@ -557,63 +535,13 @@ impl Abort {
     }
 }
 
-/// One item of a request stream: a message, or the end of a request that
-/// failed on our side (a malformed line, a body that could not be read).
-enum Outgoing {
-    Message(DynamicMessage),
-    Abort,
-}
-
-/// Encodes [`Outgoing`] messages; an `Abort` fails the encoder, which makes
-/// tonic reset the HTTP/2 stream with INTERNAL_ERROR. A plain cancel
-/// (CANCEL) would not do: hyper-based servers read a request body reset
-/// with CANCEL as a normal end, and would act on a truncated request.
-#[derive(Clone)]
-struct StreamCodec;
-
-struct OutgoingEncoder;
-
-impl tonic::codec::Encoder for OutgoingEncoder {
-    type Item = Outgoing;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Outgoing,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        match item {
-            Outgoing::Message(m) => prost::Message::encode(&m, dst)
-                .map_err(|e| tonic::Status::internal(format!("encoding the request message: {e}"))),
-            Outgoing::Abort => Err(tonic::Status::internal(
-                "the request stream failed at the gateway",
-            )),
-        }
-    }
-}
-
-impl tonic::codec::Codec for StreamCodec {
-    type Encode = Outgoing;
-    type Decode = Bytes;
-    type Encoder = OutgoingEncoder;
-    type Decoder = BytesDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        OutgoingEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        BytesDecoder
-    }
-}
-
 /// The request stream of a call: messages from `next` as they come; on its
 /// first failure, the failure is recorded and the call reset (see [`Outgoing`]).
 fn request_stream<St, F, Fut>(
     init: St,
     abort: Abort,
     next: F,
-) -> impl Stream<Item = Outgoing> + Send + 'static
+) -> futures_util::stream::BoxStream<'static, Outgoing>
 where
     St: Send + 'static,
     F: FnMut(St) -> Fut + Send + 'static,
@@ -621,17 +549,23 @@ where
         + Send
         + 'static,
 {
-    futures_util::stream::unfold(Some((init, next, abort)), |state| async move {
+    let messages = futures_util::stream::unfold(Some((init, next, abort)), |state| async move {
         let (st, mut next, abort) = state?;
         match next(st).await {
-            Ok(Some((m, st))) => Some((Outgoing::Message(m), Some((st, next, abort)))),
+            Ok(Some((m, st))) => Some((encoded(&m), Some((st, next, abort)))),
             Ok(None) => None,
             Err(status) => {
                 abort.record(status);
                 Some((Outgoing::Abort, None))
             }
         }
-    })
+    });
+    Box::pin(messages)
+}
+
+/// A request message, encoded for the backend.
+fn encoded(message: &DynamicMessage) -> Outgoing {
+    Outgoing::Message(Bytes::from(prost::Message::encode_to_vec(message)))
 }
 
 /// Splits a body into lines without holding more than one line (at most
@@ -798,16 +732,8 @@ async fn lines_stream(
                 Err(s) => return error_response(s),
             }
         }
-        let messages = tokio_stream::iter(messages.into_iter().map(Outgoing::Message));
-        return call_streaming_with(
-            snap,
-            route,
-            tonic::Request::new(messages),
-            None,
-            metadata,
-            &parts.headers,
-        )
-        .await;
+        let messages = tokio_stream::iter(messages.iter().map(encoded).collect::<Vec<_>>());
+        return call_streaming_with(snap, route, Box::pin(messages), None, metadata, parts).await;
     }
 
     let abort = Abort::default();
@@ -824,77 +750,101 @@ async fn lines_stream(
             }
         },
     );
-    let request = tonic::Request::new(messages);
-    call_streaming_with(snap, route, request, Some(abort), metadata, &parts.headers).await
+    call_streaming_with(snap, route, messages, Some(abort), metadata, parts).await
 }
 
 /// Sends `messages` on a client or bidirectional call and answers with its reply.
-async fn call_streaming_with<S>(
+async fn call_streaming_with(
     snap: &Arc<Snapshot>,
     route: &Arc<Route>,
-    mut request: tonic::Request<S>,
+    messages: futures_util::stream::BoxStream<'static, Outgoing>,
     abort: Option<Abort>,
     metadata: MetadataMap,
-    headers: &HeaderMap,
-) -> Response<Body>
-where
-    S: Stream<Item = Outgoing> + Send + 'static,
-{
-    let (mut client, addr) = match connect(route).await {
-        Ok(c) => c,
-        Err(resp) => return resp,
-    };
-    *request.metadata_mut() = metadata;
-    if let Some(t) = route.shaping.stream_timeout {
-        request.set_timeout(t);
-    }
-    // Cancels the call if this handler is dropped (the client left) before
-    // the reply body takes over.
-    let cancel = CancelOnDrop(Some(request.cancellation_handle()));
+    parts: &Parts,
+) -> Response<Body> {
     let request_failed = |abort: &Option<Abort>| abort.as_ref().and_then(Abort::take);
-    let codec = StreamCodec;
-    let path = route.grpc_path.clone();
+    let bidi = route.grpc_method.is_server_streaming();
+    // A client-streaming backend answers (headers included) only once the
+    // request has ended, so the wait for its answer is the stream's own
+    // bound; a bidirectional one answers as it starts, within `timeout`.
+    let wait = match (bidi, route.shaping.stream_timeout) {
+        (true, _) => route.timeout,
+        (false, Some(t)) => t,
+        (false, None) => UNBOUNDED,
+    };
+    let reply = match open(
+        route,
+        RequestBody::Many(Some(messages)),
+        metadata,
+        parts,
+        wait,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return match request_failed(&abort) {
+                Some(s) => error_response(s),
+                None => call_error(snap, route, e),
+            }
+        }
+    };
+    let StreamReply {
+        metadata: md,
+        messages: mut stream,
+        attempted,
+    } = reply;
 
-    if !route.grpc_method.is_server_streaming() {
+    if !bidi {
         // Client streaming: one reply, after the request ends.
-        let call = client.client_streaming(request, path, codec);
+        let read = async {
+            let message = stream.message().await?;
+            match stream.message().await? {
+                None => Ok(message),
+                Some(_) => Err(tonic::Status::internal(
+                    "the backend sent more than one message in reply to a client-streaming call",
+                )),
+            }
+        };
         let result = match route.shaping.stream_timeout {
-            Some(t) => match tokio::time::timeout(t, call).await {
+            Some(t) => match tokio::time::timeout(t, read).await {
                 Ok(r) => r,
                 Err(_) => return deadline_error(route),
             },
-            None => call.await,
+            None => read.await,
         };
         return match result {
-            Ok(reply) => {
-                let (md, raw, _) = reply.into_parts();
-                super::response::answer(snap, route, &md, &raw)
+            Ok(Some(raw)) => {
+                let mut md = md.into_headers();
+                md.extend(stream.trailers().unwrap_or_default());
+                let md = MetadataMap::from_headers(md);
+                let mut resp = super::response::answer(snap, route, &md, &raw);
+                resp.extensions_mut().insert(attempted);
+                resp
             }
+            Ok(None) => error_response(RpcStatus::new(
+                StatusCode::BAD_GATEWAY,
+                Code::Internal,
+                "the backend answered OK without a reply message",
+            )),
             Err(status) => match request_failed(&abort) {
                 Some(s) => error_response(s),
-                None => backend_error(snap, route, &addr, &status),
+                None => backend_error(
+                    snap,
+                    route,
+                    &attempted.addr,
+                    &with_header_metadata(status, md),
+                ),
             },
         };
     }
 
     // Bidirectional: the answer starts as soon as the backend answers, and
     // replies stream back while the request is still being sent.
-    let call = client.streaming(request, path, codec);
-    let response = match tokio::time::timeout(first_answer_timeout(route), call).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(status)) => {
-            return match request_failed(&abort) {
-                Some(s) => error_response(s),
-                None => backend_error(snap, route, &addr, &status),
-            }
-        }
-        Err(_) => return deadline_error(route),
-    };
-    let (md, stream, _) = response.into_parts();
     let output = if route.shaping.raw_response {
         Output::Raw
     } else {
-        Output::Framed(Framing::negotiate(route.shaping.framing, headers))
+        Output::Framed(Framing::negotiate(route.shaping.framing, &parts.headers))
     };
     let content_type = match &output {
         Output::Framed(f) => HeaderValue::from_static(f.content_type()),
@@ -914,10 +864,9 @@ where
             .stream_timeout
             .map(|t| Box::pin(tokio::time::sleep(t))),
         request_error: abort.map(|a| a.error),
-        cancel: Some(cancel),
         done: false,
     };
-    stream_response(route, &md, content_type, body)
+    stream_response(route, &md, content_type, body, attempted)
 }
 
 // ---------------------------------------------------------------------------
@@ -990,8 +939,7 @@ async fn raw_stream(
             Ok(Some((msg, (data, pending))))
         }
     });
-    let request = tonic::Request::new(messages);
-    call_streaming_with(snap, route, request, Some(abort), metadata, &parts.headers).await
+    call_streaming_with(snap, route, messages, Some(abort), metadata, parts).await
 }
 
 fn with_raw_chunk(
@@ -1039,70 +987,54 @@ async fn multipart_stream(
     let messages = request_stream(parts_stream, abort.clone(), |mut parts| async move {
         Ok(parts.next_message().await?.map(|m| (m, parts)))
     });
-    let request = tonic::Request::new(messages);
-    call_streaming_with(snap, route, request, Some(abort), metadata, &parts.headers).await
+    call_streaming_with(snap, route, messages, Some(abort), metadata, parts).await
 }
 
 // ---------------------------------------------------------------------------
 // Upstream and errors
 // ---------------------------------------------------------------------------
 
-/// A client on one endpoint of the route's backend: round robin over the
-/// endpoints in rotation (not ejected, not failing health checks).
-///
-/// Streaming calls are not retried (their messages are not kept to resend)
-/// and do not go through the backend's breaker; this is the one place that
-/// picks an endpoint for them.
-async fn connect(route: &Route) -> Result<(tonic::client::Grpc<Channel>, String), Response<Body>> {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let set = route.backend.endpoints.current();
-    let live: Vec<_> = set
-        .endpoints
-        .iter()
-        .filter(|e| !e.is_ejected() && !e.failing_checks())
-        .collect();
-    let pool = if live.is_empty() {
-        set.endpoints.iter().collect()
-    } else {
-        live
-    };
-    if pool.is_empty() {
-        return Err(no_endpoints(route));
-    }
-    let endpoint = pool[NEXT.fetch_add(1, Ordering::Relaxed) % pool.len()];
-    let addr = endpoint.addr.clone();
-    // Messages are bounded per line or chunk on the way in; replies as on
-    // the unary path.
-    let mut client = tonic::client::Grpc::new(endpoint.channel())
-        .max_decoding_message_size(MAX_REPLY_BYTES)
-        .max_encoding_message_size(usize::MAX);
-    match client.ready().await {
-        Ok(()) => Ok((client, addr)),
-        Err(e) => Err(error_response(RpcStatus::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            format!(
-                "backend \"{}\" ({addr}): connecting: {e}",
-                route.backend.name
-            ),
-        ))),
+/// Opens a streaming call through the route's backend: the same balancer,
+/// breaker, concurrency limit, outlier detection, health and metrics as a
+/// unary call (see `upstream::Backend::stream`). `wait` bounds the wait for
+/// the backend's answer to begin.
+async fn open(
+    route: &Route,
+    body: RequestBody,
+    metadata: MetadataMap,
+    parts: &Parts,
+    wait: Duration,
+) -> Result<StreamReply, CallError> {
+    route
+        .backend
+        .stream(StreamRequest {
+            path: route.grpc_path.clone(),
+            body,
+            metadata,
+            timeout: wait,
+            stream_timeout: route.shaping.stream_timeout,
+            retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
+            headers: &parts.headers,
+            client_ip: crate::upstream::client_ip(&parts.headers, &parts.extensions),
+            metrics: route.metrics.clone(),
+        })
+        .await
+}
+
+/// A call that failed before its answer began, rendered as the unary path
+/// renders it.
+fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Response<Body> {
+    match e {
+        CallError::Refused { code, message } => {
+            error_response(RpcStatus::new(super::http_status(code), code, message))
+        }
+        CallError::Upstream { status, addr, .. } => backend_error(snap, route, &addr, &status),
     }
 }
 
-/// How long to wait for the backend's response headers: the route's
-/// `timeout`, which for a stream bounds how long it may take to start (the
-/// stream itself runs until `stream_timeout`, if any).
-fn first_answer_timeout(route: &Route) -> Duration {
-    route.timeout
-}
-
-fn no_endpoints(route: &Route) -> Response<Body> {
-    error_response(RpcStatus::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        Code::Unavailable,
-        format!("backend \"{}\" has no endpoints", route.backend.name),
-    ))
-}
+/// No bound: how long a client-streaming call without a `stream_timeout`
+/// may run (an upload takes as long as the client takes to send it).
+const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn deadline_error(route: &Route) -> Response<Body> {
     error_response(RpcStatus::new(

@@ -1,4 +1,4 @@
-//! One backend instance: its lazily connected clients and the counters the
+//! One backend instance: its lazily connected client and the counters the
 //! balancer, outlier detection and health checks read and write (atomics
 //! only: many requests touch one endpoint at once).
 
@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-use super::codec::DynamicCodec;
-use super::unary::UnaryClient;
+use super::client::{Client, RequestBody, Streamed};
 use super::window::now_ms;
 
 /// Never checked (or checks are off): in rotation.
@@ -27,15 +25,14 @@ pub struct Endpoint {
     pub addr: String,
     /// What the registry calls it, e.g. Consul's `node/service-id`.
     pub label: Option<String>,
-    /// Lazily connected: an instance that is down does not stop the
-    /// gateway, and an instance that joins costs nothing until it is picked.
-    /// The connection closes when the last clone is dropped, i.e. after the
-    /// calls still running on a removed instance finish. Streaming calls,
-    /// health checks and reflection use it.
-    channel: Channel,
-    /// Unary calls, the bulk of the traffic, on their own lean HTTP/2
-    /// connections, one per worker thread (see [`UnaryClient`] for why).
-    unary: UnaryClient,
+    /// Every call to the instance (unary, streaming, health checks) on
+    /// lazily made HTTP/2 connections, one per worker thread (see
+    /// [`Client`] for why). Lazily: an instance that is down does not stop
+    /// the gateway, and one that joins costs nothing until it is picked.
+    /// The connections close when the endpoint is dropped, i.e. after the
+    /// calls still running on a removed instance finish.
+    client: Client,
+    connect_timeout: Duration,
     pub(crate) state: EndpointState,
 }
 
@@ -88,28 +85,29 @@ impl Endpoint {
         if addr.contains("://") || !addr.contains(':') {
             return Err(bad("write host:port without a scheme".into()));
         }
-        let channel = TonicEndpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            // Keep-alives find dead peers that never sent a FIN (a pulled
-            // cable, a crashed VM) before a request does.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
-        let unary = UnaryClient::new(addr, connect_timeout, super::MAX_REPLY_BYTES).map_err(bad)?;
+        let client = Client::new(addr, connect_timeout, super::MAX_REPLY_BYTES).map_err(bad)?;
         Ok(Endpoint {
             addr: addr.to_owned(),
             label,
-            channel,
-            unary,
+            client,
+            connect_timeout,
             state: EndpointState::default(),
         })
     }
 
-    /// The endpoint's multiplexed connection, for side calls such as reflection.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// A connection of its own to the instance, for side calls that are not
+    /// traffic (server reflection, at reload): made on demand, closed when
+    /// dropped.
+    pub fn channel(&self) -> Result<Channel, EndpointError> {
+        let channel = TonicEndpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| EndpointError {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(channel)
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -125,34 +123,6 @@ impl Endpoint {
         self.state.in_flight.load(Ordering::Relaxed)
     }
 
-    /// One unary call. `timeout` goes out as `grpc-timeout` and also bounds
-    /// the wait here, so a backend that ignores deadlines cannot hold the client.
-    pub async fn unary(
-        &self,
-        path: PathAndQuery,
-        message: DynamicMessage,
-        metadata: MetadataMap,
-        reply: MessageDescriptor,
-        timeout: Duration,
-    ) -> Result<tonic::Response<DynamicMessage>, tonic::Status> {
-        let mut request = tonic::Request::new(message);
-        *request.metadata_mut() = metadata;
-        request.set_timeout(timeout);
-        let mut client = tonic::client::Grpc::new(self.channel.clone());
-        let call = async {
-            client.ready().await.map_err(|e| {
-                tonic::Status::unavailable(format!("connecting to {}: {e}", self.addr))
-            })?;
-            client.unary(request, path, DynamicCodec::new(reply)).await
-        };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "no answer within the deadline of {timeout:?}"
-            ))),
-        }
-    }
-
     /// One attempt with an already encoded request (retries resend the same
     /// bytes). `deadline` goes out as `grpc-timeout`; the caller bounds the wait.
     pub(crate) async fn unary_encoded(
@@ -162,7 +132,28 @@ impl Endpoint {
         metadata: MetadataMap,
         deadline: Duration,
     ) -> Result<tonic::Response<Bytes>, AttemptError> {
-        self.unary.call(path, body, metadata, deadline).await
+        self.client.call(path, body, metadata, deadline).await
+    }
+
+    /// Opens a streaming call and waits for its response headers.
+    pub(crate) async fn stream(
+        &self,
+        path: PathAndQuery,
+        metadata: MetadataMap,
+        deadline: Option<Duration>,
+        body: &mut RequestBody,
+    ) -> Result<Streamed, AttemptError> {
+        self.client.stream(path, metadata, deadline, body).await
+    }
+
+    /// A unary call over each connection that carries traffic (health checks).
+    pub(crate) async fn call_each(
+        &self,
+        path: PathAndQuery,
+        message: Bytes,
+        timeout: Duration,
+    ) -> Result<tonic::Response<Bytes>, tonic::Status> {
+        self.client.call_each(path, message, timeout).await
     }
 }
 

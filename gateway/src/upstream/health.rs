@@ -10,17 +10,16 @@
 //! out. Registry and checks combine: an endpoint must pass both, since the
 //! registry's view decides whether it is in the set at all.
 
-use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use tokio::task::JoinSet;
 
 use super::endpoint::{Endpoint, HEALTH_NOT_SERVING, HEALTH_SERVING, HEALTH_UNKNOWN};
 use super::pool::PoolShared;
-use super::reflection::ProstCodec;
 
 /// Frequent enough to notice a failure within seconds, rare enough to cost
 /// nothing (Envoy and Consul's own gRPC checks use intervals of this order).
@@ -69,36 +68,29 @@ pub struct HealthCheckResponse {
 
 const SERVING: i32 = 1;
 
-/// One check: Ok(()) when SERVING, else why not.
+/// One check: Ok(()) when SERVING, else why not. It goes over the
+/// connections that carry the endpoint's traffic (each of them, see
+/// `Client::call_each`), so an instance whose traffic connection is broken
+/// fails its checks even if it still accepts new connections.
 pub async fn check(ep: &Endpoint, service: &str, timeout: Duration) -> Result<(), String> {
-    let mut client = tonic::client::Grpc::new(ep.channel());
-    let call = async {
-        client
-            .ready()
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        let mut req = tonic::Request::new(HealthCheckRequest {
-            service: service.to_owned(),
-        });
-        req.set_timeout(timeout);
-        let resp = client
-            .unary(
-                req,
-                PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
-                ProstCodec::<HealthCheckRequest, HealthCheckResponse>(PhantomData),
-            )
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-        match resp.into_inner().status {
-            SERVING => Ok(()),
-            2 => Err("NOT_SERVING".to_owned()),
-            3 => Err(format!("SERVICE_UNKNOWN (no service \"{service}\")")),
-            other => Err(format!("status {other}")),
-        }
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
     };
-    match tokio::time::timeout(timeout, call).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+    let reply = ep
+        .call_each(
+            PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
+            Bytes::from(prost::Message::encode_to_vec(&request)),
+            timeout,
+        )
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    let reply = <HealthCheckResponse as prost::Message>::decode(reply.into_inner())
+        .map_err(|e| format!("the answer is not a HealthCheckResponse: {e}"))?;
+    match reply.status {
+        SERVING => Ok(()),
+        2 => Err("NOT_SERVING".to_owned()),
+        3 => Err(format!("SERVICE_UNKNOWN (no service \"{service}\")")),
+        other => Err(format!("status {other}")),
     }
 }
 

@@ -9,6 +9,8 @@
 
 mod balancer;
 mod breaker;
+mod call;
+mod client;
 mod codec;
 pub mod deadline;
 mod endpoint;
@@ -19,25 +21,21 @@ mod pool;
 pub mod reflection;
 mod retry;
 mod rng;
-mod unary;
 mod window;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::HeaderMap;
-use tonic::metadata::MetadataMap;
-use tonic::Code;
 
 use crate::discovery::consul::{ConsulClient, ConsulSpec};
 use crate::discovery::{self, Sink};
 
 pub use balancer::{HashKey, Policy};
 pub use breaker::{BreakerSpec, BreakerStatus};
+pub use call::{
+    client_ip, Attempted, CallError, CallRequest, ReplyStream, StreamReply, StreamRequest,
+};
+pub use client::{Outgoing, RequestBody};
 pub use codec::{BytesDecoder, DynamicCodec, RawCodec};
 pub use endpoint::{Endpoint, EndpointError};
 pub use health::HealthCheckSpec;
@@ -46,9 +44,9 @@ pub use pool::{DiscoveryStatus, EndpointSet, Pool, SourceKind};
 pub use retry::{parse_code, RetrySpec, RouteRetry};
 
 use balancer::Balancer;
-use breaker::{Admission, Breaker};
-use endpoint::{InFlight, HEALTH_NOT_SERVING, HEALTH_SERVING, HEALTH_UNKNOWN};
-use retry::{Failure, RetryBudget};
+use breaker::Breaker;
+use endpoint::{HEALTH_NOT_SERVING, HEALTH_SERVING, HEALTH_UNKNOWN};
+use retry::RetryBudget;
 use window::now_ms;
 
 /// Largest gRPC message accepted from (and sent to) a backend. tonic's
@@ -196,90 +194,6 @@ pub struct Backend {
     in_panic: AtomicBool,
 }
 
-/// One request to a backend.
-#[derive(Debug)]
-pub struct CallRequest<'a> {
-    pub path: PathAndQuery,
-    /// The request message, encoded.
-    pub body: Bytes,
-    pub metadata: MetadataMap,
-    /// The call's deadline: the route's timeout, or the client's
-    /// `grpc-timeout` / `X-Request-Timeout` when smaller. The caller reads
-    /// the headers once, where an unreadable one is refused.
-    pub timeout: Duration,
-    pub retry: RouteRetry<'a>,
-    /// The client's request headers (deadline, hash key).
-    pub headers: &'a HeaderMap,
-    pub client_ip: Option<IpAddr>,
-}
-
-/// On a successful reply's extensions: which endpoint answered, after how
-/// many attempts (for the access log and metrics).
-#[derive(Debug, Clone)]
-pub struct Attempted {
-    pub addr: String,
-    pub attempts: u32,
-}
-
-/// Why a call produced no reply.
-#[derive(Debug)]
-pub enum CallError {
-    /// The backend answered with an error, the transport to it failed, or
-    /// the deadline passed while waiting: `addr` is the last endpoint tried.
-    Upstream {
-        status: tonic::Status,
-        addr: String,
-        attempts: u32,
-    },
-    /// The gateway did not call: circuit open, too many calls in flight, no
-    /// endpoint in rotation, or the client's deadline had already passed.
-    /// `message` names the backend and the reason.
-    Refused { code: Code, message: String },
-}
-
-fn refused(code: Code, message: String) -> CallError {
-    CallError::Refused { code, message }
-}
-
-/// A fallback client address for hashing, when the edge has not settled one:
-/// the peer address if the server recorded it (`ConnectInfo`), else the
-/// first `X-Forwarded-For` entry, else `X-Real-IP`. Used for balancing only,
-/// where a forged header can only choose which instance serves its own request.
-pub fn client_ip(headers: &HeaderMap, extensions: &http::Extensions) -> Option<IpAddr> {
-    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0.ip());
-    }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    header("x-forwarded-for")
-        .and_then(|v| v.split(',').next())
-        .or_else(|| header("x-real-ip"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// The breaker's admission, returned unused if the call is dropped midway
-/// (the client went away) so a half-open probe slot is not lost.
-struct Admitted<'a> {
-    backend: &'a Backend,
-    admission: Admission,
-    done: bool,
-}
-
-impl Admitted<'_> {
-    fn finish(&mut self, failed: bool) {
-        self.done = true;
-        let b = self.backend;
-        b.breaker.record(self.admission, failed, &b.stats, &b.name);
-    }
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.backend.breaker.abandon(self.admission);
-        }
-    }
-}
-
 impl Backend {
     /// A backend with default options; must run inside a tokio runtime
     /// (channels and discovery tasks are spawned there).
@@ -406,255 +320,6 @@ impl Backend {
         self.definition == *definition && self.options == *options
     }
 
-    /// One request: deadline, concurrency limit, breaker, balancing, and
-    /// retries on another endpoint with backoff, within the budget.
-    pub async fn call(&self, req: CallRequest<'_>) -> Result<tonic::Response<Bytes>, CallError> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let timeout = req.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-
-        // The limit first: it is the cheapest refusal, and a refused call
-        // must not count as a failure in the breaker's window.
-        let _in_flight = InFlight::enter(&self.in_flight);
-        let limit = self.breaker.max_requests();
-        if self.in_flight.load(Ordering::Relaxed) > limit {
-            self.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
-            return Err(refused(
-                Code::Unavailable,
-                format!(
-                    "backend \"{}\" is at its limit of {limit} calls in flight; try again shortly",
-                    self.name
-                ),
-            ));
-        }
-        let admission = match self.breaker.admit(&self.stats, &self.name) {
-            Ok(a) => a,
-            Err(why) => {
-                self.stats.rejected_open.fetch_add(1, Ordering::Relaxed);
-                return Err(refused(
-                    Code::Unavailable,
-                    format!("backend \"{}\" is unavailable: {why}", self.name),
-                ));
-            }
-        };
-        let mut admitted = Admitted {
-            backend: self,
-            admission,
-            done: false,
-        };
-        if timeout.is_zero() {
-            self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
-            return Err(refused(
-                Code::DeadlineExceeded,
-                format!(
-                    "the client's deadline had passed before the call to backend \"{}\" started",
-                    self.name
-                ),
-            ));
-        }
-        // Boxed: only calls before the first discovery answer wait here, and
-        // the wait's state inline would enlarge every call's future.
-        if !self.endpoints.shared.status.load().resolved
-            && !Box::pin(self.endpoints.wait_resolved(deadline)).await
-        {
-            self.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
-            let st = self.endpoints.status();
-            let why = match &st.error {
-                Some(e) => e.clone(),
-                None => format!("still waiting for {}", st.source),
-            };
-            return Err(refused(
-                Code::Unavailable,
-                format!("backend \"{}\" has no endpoints yet: {why}", self.name),
-            ));
-        }
-        self.budget.request();
-
-        let key = match (&self.options.policy, &self.options.hash_key) {
-            (Policy::ConsistentHash, Some(k)) => k.hash(req.headers, &req.metadata, req.client_ip),
-            _ => None,
-        };
-        let spec = &self.options.retry;
-        // Endpoints already tried, for a retry to avoid; filled only when a
-        // retry happens, so a call that succeeds first time allocates nothing.
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last: Option<(tonic::Status, String)> = None;
-        let mut attempt = 0u32;
-        // Attempts that never reached an instance: they do not count against
-        // `attempts` (see `retry`), but are bounded by the number of endpoints.
-        let mut unsent = 0u32;
-        loop {
-            attempt += 1;
-            let (picked, known) = {
-                let set = self.endpoints.shared.set.load();
-                let picked = self
-                    .balancer
-                    .pick(&set, key, &tried, now_ms())
-                    .ok_or_else(|| self.no_endpoint_message());
-                (picked, set.len() as u32)
-            };
-            let ep = match picked {
-                Ok(picked) => {
-                    self.note_panic(picked.panic);
-                    picked.endpoint
-                }
-                Err(message) => {
-                    admitted.finish(last.is_some());
-                    return Err(match last {
-                        Some((status, addr)) => self.upstream_error(status, addr, attempt - 1),
-                        None => {
-                            self.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
-                            refused(Code::Unavailable, message)
-                        }
-                    });
-                }
-            };
-            let (failure, status) = match self.attempt(&ep, &req, deadline, attempt).await {
-                Ok(mut reply) => {
-                    outlier::success(&ep, &self.options.outlier);
-                    admitted.finish(false);
-                    reply.extensions_mut().insert(Attempted {
-                        addr: ep.addr.clone(),
-                        attempts: attempt,
-                    });
-                    return Ok(reply);
-                }
-                Err(failed) => failed,
-            };
-            if failure.is_endpoint_failure() {
-                outlier::failure(
-                    &ep,
-                    &self.options.outlier,
-                    &self.endpoints.shared,
-                    &self.stats,
-                );
-            } else {
-                outlier::success(&ep, &self.options.outlier);
-            }
-            let code = status.code();
-            let status = match failure {
-                // One message for every call that ran out of time, whoever noticed.
-                Failure::Answered(Code::DeadlineExceeded) => {
-                    tracing::debug!(
-                        backend = %self.name,
-                        upstream.addr = %ep.addr,
-                        error = status.message(),
-                        "the backend answered DEADLINE_EXCEEDED"
-                    );
-                    tonic::Status::with_details_and_metadata(
-                        Code::DeadlineExceeded,
-                        deadline::exceeded_message(&self.name, timeout),
-                        status.details().to_vec().into(),
-                        status.metadata().clone(),
-                    )
-                }
-                Failure::Answered(_) | Failure::TimedOut => status,
-                _ => retry::as_unavailable(status),
-            };
-            // Never sent: safe on any route and adds no load, so neither
-            // `attempts` nor the budget limits it; once per endpoint at most.
-            let transparent = failure == Failure::Connect && unsent < known;
-            let allowed = transparent
-                || (attempt - unsent < spec.attempts && failure.retryable(&req.retry, spec));
-            if allowed {
-                let wait = if transparent {
-                    Duration::ZERO
-                } else {
-                    retry::backoff(spec, attempt - unsent)
-                };
-                let in_time = tokio::time::Instant::now() + wait < deadline;
-                if in_time && (transparent || self.budget.try_retry()) {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        backend = %self.name,
-                        upstream.addr = %ep.addr,
-                        grpc.code = ?code,
-                        attempt,
-                        transparent,
-                        wait_ms = wait.as_millis() as u64,
-                        "retrying on another endpoint"
-                    );
-                    unsent += u32::from(failure == Failure::Connect);
-                    last = Some((status, ep.addr.clone()));
-                    tried.push(Arc::as_ptr(&ep) as usize);
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                if in_time {
-                    self.stats
-                        .retries_over_budget
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            admitted.finish(failure.is_endpoint_failure());
-            return Err(self.upstream_error(status, ep.addr.clone(), attempt));
-        }
-    }
-
-    /// One try on `ep`, bounded by the per-try timeout and the deadline; a
-    /// failure comes back classified, with the status to show if it is the last.
-    async fn attempt(
-        &self,
-        ep: &Endpoint,
-        req: &CallRequest<'_>,
-        deadline: tokio::time::Instant,
-        attempt: u32,
-    ) -> Result<tonic::Response<Bytes>, (Failure, tonic::Status)> {
-        ep.state.requests.fetch_add(1, Ordering::Relaxed);
-        let now = tokio::time::Instant::now();
-        let per_try = self.options.retry.per_try_timeout;
-        let end = per_try.map_or(deadline, |t| deadline.min(now + t));
-        // A trace span per attempt (retries are siblings), the backend's parent.
-        let span = crate::telemetry::otel::Attempt::start(&req.path, &ep.addr, attempt);
-        let outcome = {
-            let _ep_in_flight = InFlight::enter(&ep.state.in_flight);
-            // The instance is told this try's end, not the call's: it can
-            // give up when the gateway does.
-            tokio::time::timeout_at(
-                end,
-                ep.unary_encoded(
-                    req.path.clone(),
-                    req.body.clone(),
-                    span.metadata(&req.metadata),
-                    end.saturating_duration_since(now),
-                ),
-            )
-            .await
-        };
-        span.end(match &outcome {
-            Ok(Ok(_)) => Code::Ok,
-            Ok(Err(e)) => e.status.code(),
-            Err(_) => Code::DeadlineExceeded,
-        });
-        match outcome {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err((Failure::classify(&e.status, e.sent), e.status)),
-            Err(_) => {
-                let message = match per_try {
-                    Some(t) if end < deadline => format!(
-                        "backend \"{}\" did not answer within the per-try timeout of {t:?}",
-                        self.name
-                    ),
-                    _ => deadline::exceeded_message(&self.name, req.timeout),
-                };
-                Err((Failure::TimedOut, tonic::Status::deadline_exceeded(message)))
-            }
-        }
-    }
-
-    /// The error of a call that tried and failed; every DEADLINE_EXCEEDED
-    /// answer counts in `deadline_exceeded`, whoever noticed the deadline.
-    fn upstream_error(&self, status: tonic::Status, addr: String, attempts: u32) -> CallError {
-        if status.code() == Code::DeadlineExceeded {
-            self.stats.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
-        }
-        CallError::Upstream {
-            status,
-            addr,
-            attempts,
-        }
-    }
-
     /// Why a pick found nothing: the set is empty (a non-empty set always
     /// gives an endpoint, in panic mode if need be).
     fn no_endpoint_message(&self) -> String {
@@ -671,23 +336,6 @@ impl Backend {
             msg.push_str(&format!(" (and is failing now: {e})"));
         }
         msg
-    }
-
-    /// Counts a panic-mode attempt, and logs entering and leaving panic
-    /// mode once each (a relaxed load per call otherwise).
-    fn note_panic(&self, panic: bool) {
-        if panic {
-            self.stats.panic_routed.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.in_panic.load(Ordering::Relaxed) != panic
-            && self.in_panic.swap(panic, Ordering::Relaxed) != panic
-        {
-            if panic {
-                tracing::warn!(backend = %self.name, "no endpoint in rotation (all ejected or failing health checks); sending to all of them (panic mode)");
-            } else {
-                tracing::info!(backend = %self.name, "endpoints in rotation again; panic mode over");
-            }
-        }
     }
 
     /// Everything /admin/backends shows about this backend.

@@ -1,13 +1,16 @@
-//! The unary gRPC client of one endpoint: an HTTP/2 connection per runtime
-//! worker thread, driven straight through the `h2` crate.
+//! The HTTP/2 client of one endpoint: a connection per runtime worker
+//! thread, driven straight through the `h2` crate. Every call to the
+//! endpoint goes over it: unary calls, streaming calls (client, server and
+//! bidirectional) and the active health checks, so a check probes the very
+//! connections that carry the traffic.
 //!
-//! Why not tonic's `Channel` (still used for streaming calls, health checks
-//! and reflection): a call on it passes a tower `Buffer` worker task and
-//! hyper's client task before it reaches h2, and hyper spawns one more task
-//! per request for the body. Here the calling task opens the stream and
-//! reads the reply itself; the only hand-off is to the connection task that
-//! owns the socket. On the load bench that removed about a fifth of the
-//! gateway's CPU per small GET (see the commit that added this module).
+//! Why not tonic's `Channel`: a call on it passes a tower `Buffer` worker
+//! task and hyper's client task before it reaches h2, and hyper spawns one
+//! more task per request for the body. Here the calling task opens the
+//! stream and reads the reply itself; the only hand-off is to the
+//! connection task that owns the socket (and, for a streamed request, to
+//! the task that sends its messages). On the load bench that removed about
+//! a fifth of the gateway's CPU per small GET.
 //!
 //! Why a connection per worker: h2 keeps a connection's streams behind one
 //! mutex, which every call on the connection and its I/O task take several
@@ -16,7 +19,7 @@
 //! a lock is shared only by the calls one thread runs. Connections open
 //! lazily, so a worker that never calls an endpoint never connects to it.
 //!
-//! What it keeps from the tonic path: lazy connection on first use and
+//! What it keeps from a tonic channel: lazy connection on first use and
 //! reconnection after the connection ends, the connect timeout, TCP_NODELAY,
 //! HTTP/2 keep-alive pings while calls are open (30 s, 10 s to answer), the
 //! reply size limit, `grpc-timeout`, and failures classified the way
@@ -59,7 +62,7 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 
 /// The unary client of one endpoint.
 #[derive(Debug)]
-pub(crate) struct UnaryClient {
+pub(crate) struct Client {
     addr: String,
     authority: Authority,
     connect_timeout: Duration,
@@ -147,15 +150,15 @@ impl Drop for OpenCall {
     }
 }
 
-impl UnaryClient {
+impl Client {
     /// `addr` is `host:port`, already checked by the endpoint.
     pub(crate) fn new(
         addr: &str,
         connect_timeout: Duration,
         max_reply: usize,
-    ) -> Result<UnaryClient, String> {
+    ) -> Result<Client, String> {
         let authority = Authority::try_from(addr).map_err(|e| e.to_string())?;
-        Ok(UnaryClient {
+        Ok(Client {
             addr: addr.to_owned(),
             authority,
             connect_timeout,
@@ -165,14 +168,19 @@ impl UnaryClient {
         })
     }
 
-    /// The calling thread's lane.
-    fn lane(&self) -> &Lane {
-        let lanes = self.lanes.get_or_init(|| {
+    /// Every lane, made on first use.
+    fn lanes(&self) -> &[Lane] {
+        self.lanes.get_or_init(|| {
             let workers = tokio::runtime::Handle::try_current()
                 .map(|h| h.metrics().num_workers())
                 .unwrap_or(1);
             Lane::many(workers)
-        });
+        })
+    }
+
+    /// The calling thread's lane.
+    fn lane(&self) -> &Lane {
+        let lanes = self.lanes();
         &lanes[thread_slot() % lanes.len()]
     }
 
@@ -186,8 +194,156 @@ impl UnaryClient {
         metadata: MetadataMap,
         deadline: Duration,
     ) -> Result<tonic::Response<Bytes>, AttemptError> {
+        self.call_on(self.lane(), path, message, metadata, Some(deadline))
+            .await
+    }
+
+    /// [`Client::call`] on one lane's connection.
+    async fn call_on(
+        &self,
+        lane: &Lane,
+        path: PathAndQuery,
+        message: Bytes,
+        metadata: MetadataMap,
+        deadline: Option<Duration>,
+    ) -> Result<tonic::Response<Bytes>, AttemptError> {
+        let Opened {
+            response,
+            mut body,
+            conn,
+            open: _open,
+        } = self.open_on(lane, path, metadata, deadline).await?;
+        // One buffer for the 5-byte gRPC frame header and the message: the
+        // copy costs less than h2 writing a separate DATA frame for 5 bytes.
+        if let Err(e) = body.send_data(frame(&message), true) {
+            return Err(self.after_send(e, &conn));
+        }
+        let response = response.await.map_err(|e| self.after_send(e, &conn))?;
+        drop(body);
+        read_reply(response, self.max_reply)
+            .await
+            .map_err(|status| AttemptError { status, sent: true })
+    }
+
+    /// Opens a streaming call on the calling thread's connection and waits
+    /// for the backend's response headers; a streamed request's messages
+    /// go out meanwhile (see [`pump`]). `deadline`, if any, goes out as
+    /// `grpc-timeout`; the caller bounds the wait for the headers. A
+    /// streamed request is taken from `body` only once the call is open, so
+    /// a call that could not open may be tried again elsewhere.
+    pub(crate) async fn stream(
+        &self,
+        path: PathAndQuery,
+        metadata: MetadataMap,
+        deadline: Option<Duration>,
+        body: &mut RequestBody,
+    ) -> Result<Streamed, AttemptError> {
+        let Opened {
+            response,
+            body: mut send,
+            conn,
+            open,
+        } = self.open_on(self.lane(), path, metadata, deadline).await?;
+        let sender = match body {
+            RequestBody::One(message) => {
+                if let Err(e) = send.send_data(frame(message), true) {
+                    return Err(self.after_send(e, &conn));
+                }
+                None
+            }
+            RequestBody::Many(messages) => {
+                let messages = messages.take().expect("a streamed request is sent once");
+                Some(AbortOnDrop(tokio::spawn(pump(send, messages))))
+            }
+        };
+        let response = response.await.map_err(|e| self.after_send(e, &conn))?;
+        let (parts, reply) = response.into_parts();
+        let headers = parts.headers;
+        // Trailers-only: the status is in the headers and there is no body.
+        if headers.contains_key(&GRPC_STATUS) {
+            return match status_from(&headers) {
+                Some(s) if s.code() != Code::Ok => Err(AttemptError {
+                    status: s,
+                    sent: true,
+                }),
+                // OK without a message: an empty stream.
+                _ => Ok(Streamed {
+                    headers: MetadataMap::new(),
+                    messages: Messages::ended(self.max_reply),
+                }),
+            };
+        }
+        check_grpc_answer(parts.status, &headers)
+            .map_err(|status| AttemptError { status, sent: true })?;
+        Ok(Streamed {
+            headers: MetadataMap::from_headers(headers_metadata(headers)),
+            messages: Messages {
+                body: Some(reply),
+                buf: BytesMut::new(),
+                max_reply: self.max_reply,
+                trailers: None,
+                _open: Some(open),
+                _sender: sender,
+            },
+        })
+    }
+
+    /// One unary call over every live connection of this client (a health
+    /// check: each connection that carries traffic must answer), or over
+    /// the calling thread's when none is open. A connection that fails is
+    /// retired, so traffic moves to a new one.
+    pub(crate) async fn call_each(
+        &self,
+        path: PathAndQuery,
+        message: Bytes,
+        timeout: Duration,
+    ) -> Result<tonic::Response<Bytes>, tonic::Status> {
+        let lanes = self.lanes();
+        let live: Vec<&Lane> = lanes.iter().filter(|l| l.live().is_some()).collect();
+        let lanes = if live.is_empty() {
+            vec![self.lane()]
+        } else {
+            live
+        };
+        let mut last = None;
+        for lane in lanes {
+            let call = self.call_on(
+                lane,
+                path.clone(),
+                message.clone(),
+                MetadataMap::new(),
+                Some(timeout),
+            );
+            let result = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) => Err(e.status),
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {timeout:?}"
+                ))),
+            };
+            match result {
+                Ok(reply) => last = Some(reply),
+                Err(status) => {
+                    if let Some(conn) = lane.live() {
+                        conn.shared.closed.store(true, Ordering::Relaxed);
+                    }
+                    return Err(status);
+                }
+            }
+        }
+        Ok(last.expect("at least one lane"))
+    }
+
+    /// Opens a stream on the lane's connection (connecting first if need
+    /// be) and sends the request headers.
+    async fn open_on(
+        &self,
+        lane: &Lane,
+        path: PathAndQuery,
+        metadata: MetadataMap,
+        deadline: Option<Duration>,
+    ) -> Result<Opened, AttemptError> {
         let request = self.request(path, metadata, deadline);
-        let lane = self.lane();
         let mut fresh = false;
         let (conn, mut send) = loop {
             let conn = self.connection(lane).await?;
@@ -210,8 +366,8 @@ impl UnaryClient {
             }
         };
         conn.shared.open_calls.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenCall(conn.shared.clone());
-        let (response, mut body) = match send.send_request(request, false) {
+        let open = OpenCall(conn.shared.clone());
+        let (response, body) = match send.send_request(request, false) {
             Ok(pair) => pair,
             // Refused before a frame was written: the connection closed
             // between the check above and now, or (reason-less, not I/O)
@@ -227,23 +383,12 @@ impl UnaryClient {
                 });
             }
         };
-        drop(send);
-        // One buffer for the 5-byte gRPC frame header and the message: the
-        // copy costs less than h2 writing a separate DATA frame for 5 bytes.
-        let mut frame = BytesMut::with_capacity(5 + message.len());
-        frame.put_u8(0);
-        frame.put_u32(message.len() as u32);
-        frame.extend_from_slice(&message);
-        if let Err(e) = body.send_data(frame.freeze(), true) {
-            return Err(self.after_send(e, &conn.shared));
-        }
-        let response = response
-            .await
-            .map_err(|e| self.after_send(e, &conn.shared))?;
-        drop(body);
-        read_reply(response, self.max_reply)
-            .await
-            .map_err(|status| AttemptError { status, sent: true })
+        Ok(Opened {
+            response,
+            body,
+            conn: conn.shared.clone(),
+            open,
+        })
     }
 
     /// A stream that failed before its answer began: unsent when HTTP/2
@@ -267,7 +412,7 @@ impl UnaryClient {
         &self,
         path: PathAndQuery,
         metadata: MetadataMap,
-        deadline: Duration,
+        deadline: Option<Duration>,
     ) -> http::Request<()> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -291,7 +436,9 @@ impl UnaryClient {
             http::header::USER_AGENT,
             HeaderValue::from_static(USER_AGENT),
         );
-        headers.insert(GRPC_TIMEOUT.clone(), grpc_timeout_value(deadline));
+        if let Some(deadline) = deadline {
+            headers.insert(GRPC_TIMEOUT.clone(), grpc_timeout_value(deadline));
+        }
         request
     }
 
@@ -502,18 +649,7 @@ async fn read_reply(
             _ => tonic::Status::internal("the backend answered OK without a reply message"),
         });
     }
-    if parts.status != http::StatusCode::OK {
-        return Err(from_http_status(parts.status));
-    }
-    let grpc = headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
-        return Err(tonic::Status::internal(format!(
-            "the backend answered with content-type {:?}, not application/grpc; is it a gRPC server?",
-            headers.get(http::header::CONTENT_TYPE)
-        )));
-    }
+    check_grpc_answer(parts.status, &headers)?;
     let message = read_message(&mut body, max_reply).await?;
     let trailers = match body.trailers().await {
         Ok(Some(t)) => t,
@@ -569,6 +705,236 @@ async fn read_reply(
 fn headers_metadata(mut headers: HeaderMap) -> HeaderMap {
     headers.remove(http::header::CONTENT_TYPE);
     headers
+}
+
+/// A gRPC answer's head: HTTP 200 with a gRPC content type (a proxy or a
+/// web server may answer otherwise).
+fn check_grpc_answer(status: http::StatusCode, headers: &HeaderMap) -> Result<(), tonic::Status> {
+    if status != http::StatusCode::OK {
+        return Err(from_http_status(status));
+    }
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return Err(tonic::Status::internal(format!(
+            "the backend answered with content-type {:?}, not application/grpc; is it a gRPC server?",
+            headers.get(http::header::CONTENT_TYPE)
+        )));
+    }
+    Ok(())
+}
+
+/// A message in gRPC framing: uncompressed flag, length, bytes.
+fn frame(message: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.extend_from_slice(message);
+    frame.freeze()
+}
+
+/// A call whose request headers went out: the answer to come, the request
+/// body's send half, and the call's place among its connection's open calls.
+struct Opened {
+    response: h2::client::ResponseFuture,
+    body: h2::SendStream<Bytes>,
+    conn: Arc<ConnShared>,
+    open: OpenCall,
+}
+
+/// A streaming call the backend answered: its response headers (as
+/// metadata) and its messages.
+pub(crate) struct Streamed {
+    pub(crate) headers: MetadataMap,
+    pub(crate) messages: Messages,
+}
+
+/// Aborts a task when dropped: the task sending a streamed request's
+/// messages ends with the call, however the call ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The reply messages of a streaming call, read as the consumer asks for
+/// them: HTTP/2 flow control then slows the backend to the consumer's pace.
+/// Dropping it before the end resets the stream (the backend sees
+/// CANCELLED) and stops the request's sender.
+pub(crate) struct Messages {
+    body: Option<h2::RecvStream>,
+    buf: BytesMut,
+    max_reply: usize,
+    /// The trailers of a stream that ended OK, without `grpc-status`.
+    trailers: Option<HeaderMap>,
+    _open: Option<OpenCall>,
+    _sender: Option<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages")
+            .field("ended", &self.body.is_none())
+            .finish()
+    }
+}
+
+impl Messages {
+    /// A stream the backend ended without a message (trailers-only OK).
+    fn ended(max_reply: usize) -> Messages {
+        Messages {
+            body: None,
+            buf: BytesMut::new(),
+            max_reply,
+            trailers: None,
+            _open: None,
+            _sender: None,
+        }
+    }
+
+    /// The next message; `None` after an OK end; an error status (from the
+    /// trailers, or a transport failure) ends the stream too.
+    pub(crate) fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, tonic::Status>>> {
+        loop {
+            if self.body.is_none() {
+                return Poll::Ready(None);
+            }
+            match self.take_frame() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(status) => return self.end(Some(status)),
+            }
+            let body = self.body.as_mut().expect("checked above");
+            match std::task::ready!(body.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return self.end(Some(reply_failed(e))),
+                None => {
+                    if !self.buf.is_empty() {
+                        let status = tonic::Status::internal(
+                            "the backend's stream ended inside a gRPC message",
+                        );
+                        return self.end(Some(status));
+                    }
+                    let status = match std::task::ready!(body.poll_trailers(cx)) {
+                        Ok(Some(trailers)) => match status_from(&trailers) {
+                            Some(s) if s.code() == Code::Ok => {
+                                self.trailers = Some(s.metadata().clone().into_headers());
+                                None
+                            }
+                            Some(s) => Some(s),
+                            None => Some(tonic::Status::internal(
+                                "the backend's trailers carry no grpc-status",
+                            )),
+                        },
+                        Ok(None) => Some(tonic::Status::internal(
+                            "the backend ended the stream without trailers (no grpc-status)",
+                        )),
+                        Err(e) => Some(reply_failed(e)),
+                    };
+                    return self.end(status);
+                }
+            }
+        }
+    }
+
+    /// The trailers of a stream that ended OK (its trailing metadata).
+    pub(crate) fn trailers(&mut self) -> Option<HeaderMap> {
+        self.trailers.take()
+    }
+
+    /// Ends the stream: later polls give `None`.
+    fn end(&mut self, status: Option<tonic::Status>) -> Poll<Option<Result<Bytes, tonic::Status>>> {
+        self.body = None;
+        self._open = None;
+        self._sender = None;
+        Poll::Ready(status.map(Err))
+    }
+
+    /// A whole message from the buffer, if one is there.
+    fn take_frame(&mut self) -> Result<Option<Bytes>, tonic::Status> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > self.max_reply {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "a message of the backend's stream is {len} bytes, over the gateway's limit of {}",
+                self.max_reply
+            )));
+        }
+        if self.buf[0] != 0 {
+            return Err(tonic::Status::internal(
+                "the backend compressed its reply, though the gateway asks for no compression",
+            ));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+}
+
+/// A streaming call's request: one message (kept, so the call can be
+/// retried), or messages as they come (sent once).
+pub enum RequestBody {
+    One(Bytes),
+    Many(Option<futures_util::stream::BoxStream<'static, Outgoing>>),
+}
+
+/// One item of a streamed request: an encoded message, or the end of a
+/// request that failed on the gateway's side (a malformed line, a body that
+/// could not be read).
+#[derive(Debug)]
+pub enum Outgoing {
+    Message(Bytes),
+    Abort,
+}
+
+/// Sends a streamed request's messages as they come, each when HTTP/2 flow
+/// control lets it go (h2 would otherwise buffer without bound), then ends
+/// the request. An `Abort` resets the stream with INTERNAL_ERROR: a plain
+/// cancel (CANCEL) would not do, as hyper-based servers read a request body
+/// reset with CANCEL as a normal end and would act on a truncated request.
+async fn pump(
+    mut send: h2::SendStream<Bytes>,
+    mut messages: futures_util::stream::BoxStream<'static, Outgoing>,
+) {
+    use futures_util::StreamExt as _;
+    while let Some(item) = messages.next().await {
+        let mut data = match item {
+            Outgoing::Message(m) => frame(&m),
+            Outgoing::Abort => {
+                send.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    let chunk = data.split_to(n.min(data.len()));
+                    if send.send_data(chunk, false).is_err() {
+                        return;
+                    }
+                }
+                // The stream was reset or the connection ended: the
+                // reply side reports it.
+                Some(Err(_)) | None => return,
+            }
+        }
+    }
+    let _ = send.send_data(Bytes::new(), true);
 }
 
 /// The reply's one message (`None` if the body has none), without copying
@@ -914,7 +1280,7 @@ mod tests {
         }
     }
 
-    async fn call(client: &UnaryClient) -> Result<tonic::Response<Bytes>, AttemptError> {
+    async fn call(client: &Client) -> Result<tonic::Response<Bytes>, AttemptError> {
         let mut md = MetadataMap::new();
         md.insert("x-request-id", "abc".parse().unwrap());
         client
@@ -927,8 +1293,8 @@ mod tests {
             .await
     }
 
-    fn client(addr: &str, max_reply: usize) -> UnaryClient {
-        UnaryClient::new(addr, Duration::from_secs(2), max_reply).unwrap()
+    fn client(addr: &str, max_reply: usize) -> Client {
+        Client::new(addr, Duration::from_secs(2), max_reply).unwrap()
     }
 
     #[tokio::test]
