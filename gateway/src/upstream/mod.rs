@@ -769,3 +769,6 @@ pub struct EndpointStatus {
     pub requests: u64,
     pub failures: u64,
 }
+
+#[cfg(test)]
+mod discovery_tests;
