@@ -750,6 +750,9 @@ async fn the_readme_consul_example_is_valid_config() {
     let path = write_config(&text);
     let snapshot = Snapshot::load(&path).unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
     let b = &snapshot.backends["bookstore"];
-    assert!(b.options.consul.is_some());
+    assert!(matches!(
+        b.options.discovery,
+        gateway::discovery::DiscoverySpec::Consul(_)
+    ));
     assert!(b.options.health_check.is_some());
 }

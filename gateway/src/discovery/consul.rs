@@ -36,7 +36,11 @@ use std::time::{Duration, Instant};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
-use super::{backoff, Sink, StateLog, Target};
+use tokio::task::AbortHandle;
+
+use super::{backoff, Sink, Source, SourceError, SourceKind, StateLog, Target};
+
+pub const KIND: SourceKind = SourceKind::new("consul");
 
 /// The local agent, where every Consul deployment runs one.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
@@ -460,6 +464,54 @@ pub async fn watch(client: ConsulClient, sink: Arc<dyn Sink>, backend: String) {
                 tokio::time::sleep(backoff(failures, BASE_BACKOFF, MAX_BACKOFF)).await;
             }
         }
+    }
+}
+
+/// A Consul service as a discovery source: the client, built once.
+#[derive(Debug)]
+pub struct ConsulSource {
+    client: ConsulClient,
+}
+
+impl ConsulSource {
+    pub fn new(spec: ConsulSpec) -> Result<ConsulSource, SourceError> {
+        let address = spec.address.clone();
+        let client = ConsulClient::new(spec).map_err(|e| SourceError {
+            address,
+            reason: e.to_string(),
+        })?;
+        Ok(ConsulSource { client })
+    }
+}
+
+impl Source for ConsulSource {
+    fn kind(&self) -> SourceKind {
+        KIND
+    }
+
+    fn describe(&self) -> String {
+        self.client.spec().describe()
+    }
+
+    fn start(&self, backend: &str, sink: Arc<dyn Sink>) -> Vec<AbortHandle> {
+        let task = tokio::spawn(watch(self.client.clone(), sink, backend.to_owned()));
+        vec![task.abort_handle()]
+    }
+
+    fn listed(&self) -> &'static str {
+        if self.client.spec().passing_only {
+            "passing instances"
+        } else {
+            "instances"
+        }
+    }
+
+    /// Only an identical spec carries the endpoints over: another agent,
+    /// service, filter or token may list other instances.
+    fn same_source(&self, other: &dyn Source) -> bool {
+        other
+            .downcast_ref::<ConsulSource>()
+            .is_some_and(|o| o.client.spec() == self.client.spec())
     }
 }
 

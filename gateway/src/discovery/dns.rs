@@ -11,11 +11,57 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Sink, StateLog, Target};
+use tokio::task::AbortHandle;
+
+use super::{Sink, Source, SourceKind, StateLog, Target};
 
 /// CoreDNS serves Kubernetes records with a 5 s TTL; asking more often
 /// would only return cached answers.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5);
+
+pub const KIND: SourceKind = SourceKind::new("dns");
+
+/// `endpoints` with at least one name among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSpec {
+    /// `ip:port` and `name:port` entries, in configured order.
+    pub entries: Vec<String>,
+    /// How often the names are resolved again (`dns_refresh`).
+    pub refresh: Duration,
+}
+
+impl Source for DnsSpec {
+    fn kind(&self) -> SourceKind {
+        KIND
+    }
+
+    fn describe(&self) -> String {
+        format!("DNS ({})", self.entries.join(", "))
+    }
+
+    /// Names start as one endpoint each (resolved when connecting), so
+    /// calls need not wait for the first DNS answer.
+    fn initial(&self) -> Option<Vec<String>> {
+        Some(self.entries.clone())
+    }
+
+    fn start(&self, backend: &str, sink: Arc<dyn Sink>) -> Vec<AbortHandle> {
+        let task = tokio::spawn(watch(
+            self.entries.clone(),
+            self.refresh,
+            sink,
+            backend.to_owned(),
+        ));
+        vec![task.abort_handle()]
+    }
+
+    /// The same names list the same instances, however often they are asked.
+    fn same_source(&self, other: &dyn Source) -> bool {
+        other
+            .downcast_ref::<DnsSpec>()
+            .is_some_and(|o| o.entries == self.entries)
+    }
+}
 
 /// Whether `entry` (`host:port`) names a host rather than an IP address.
 pub fn is_name(entry: &str) -> bool {

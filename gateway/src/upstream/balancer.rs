@@ -367,7 +367,7 @@ mod tests {
     fn pool(addrs: &[(&str, u32)], ring: bool) -> Pool {
         let pool = Pool::new(
             "b",
-            SourceKind::Consul,
+            SourceKind::new("test"),
             "t".into(),
             None,
             Duration::from_secs(1),

@@ -27,8 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::discovery::consul::{ConsulClient, ConsulSpec};
-use crate::discovery::{self, Sink};
+use crate::discovery::{self, DiscoverySpec, Source};
 
 pub use balancer::{HashKey, Policy};
 pub use breaker::{BreakerSpec, BreakerStatus};
@@ -55,9 +54,10 @@ use window::now_ms;
 /// in memory.
 pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
-/// What a backend's endpoints are made from; a reload keeps the live
-/// backend (and its connections) when this and its [`BackendOptions`]
-/// have not changed. With `consul`, `endpoints` is empty.
+/// A backend's connection settings and its `endpoints` as configured
+/// (empty with a registry; the pool is filled from
+/// [`BackendOptions::discovery`]); a reload keeps the live backend (and its
+/// connections) when this and its [`BackendOptions`] have not changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendDefinition {
     pub endpoints: Vec<String>,
@@ -68,10 +68,9 @@ pub struct BackendDefinition {
 /// Discovery, balancing and resilience settings, all with defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendOptions {
-    /// Take the endpoints from Consul instead of `endpoints`.
-    pub consul: Option<ConsulSpec>,
-    /// How often DNS names among `endpoints` are resolved again.
-    pub dns_refresh: Duration,
+    /// Where the instances come from: the `endpoints` list (static, or DNS
+    /// names resolved again every `dns_refresh`) or a registry.
+    pub discovery: DiscoverySpec,
     pub policy: Policy,
     /// Required by [`Policy::ConsistentHash`].
     pub hash_key: Option<HashKey>,
@@ -84,8 +83,7 @@ pub struct BackendOptions {
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
-            consul: None,
-            dns_refresh: discovery::dns::DEFAULT_REFRESH,
+            discovery: DiscoverySpec::default(),
             policy: Policy::RoundRobin,
             hash_key: None,
             health_check: None,
@@ -192,18 +190,29 @@ pub struct Backend {
     in_flight: AtomicU32,
     /// Whether the last pick was in panic mode, to log entering and leaving it once.
     in_panic: AtomicBool,
+    /// What fills `endpoints`, built from `options.discovery`.
+    discovery: Box<dyn Source>,
 }
 
 impl Backend {
-    /// A backend with default options; must run inside a tokio runtime
-    /// (channels and discovery tasks are spawned there).
+    /// A backend of `definition.endpoints` (static, or DNS names resolved
+    /// again every 5 s) with default options; must run inside a tokio
+    /// runtime (channels and discovery tasks are spawned there).
     pub fn new(name: &str, definition: BackendDefinition) -> Result<Backend, EndpointError> {
-        Self::with_options(name, definition, BackendOptions::default())
+        let discovery = DiscoverySpec::endpoints(
+            definition.endpoints.clone(),
+            discovery::dns::DEFAULT_REFRESH,
+        );
+        let options = BackendOptions {
+            discovery,
+            ..BackendOptions::default()
+        };
+        Self::with_options(name, definition, options)
     }
 
-    /// Builds the pool and starts what keeps it current: a Consul watch, a
-    /// DNS refresher for names among the endpoints, active health checks.
-    /// They stop when the backend is dropped.
+    /// Builds the pool and starts what keeps it current: the discovery
+    /// source `options.discovery` names, active health checks. They stop
+    /// when the backend is dropped.
     pub fn with_options(
         name: &str,
         definition: BackendDefinition,
@@ -222,71 +231,50 @@ impl Backend {
         options: BackendOptions,
         previous: Option<&Backend>,
     ) -> Result<Backend, EndpointError> {
+        let source = options.discovery.source().map_err(|e| EndpointError {
+            addr: e.address,
+            reason: e.reason,
+        })?;
+        Self::from_source(name, definition, options, source, previous)
+    }
+
+    /// [`replacing`](Self::replacing) with the source already built from
+    /// `options.discovery` (tests give a fake one).
+    fn from_source(
+        name: &str,
+        definition: BackendDefinition,
+        options: BackendOptions,
+        source: Box<dyn Source>,
+        previous: Option<&Backend>,
+    ) -> Result<Backend, EndpointError> {
         let connect_timeout = definition.connect_timeout;
-        // Same Consul service, or the same endpoint list (static or DNS).
-        let inherit = previous.filter(|old| match (&options.consul, &old.options.consul) {
-            (Some(new), Some(old)) => new == old,
-            (None, None) => old.definition.endpoints == definition.endpoints,
-            _ => false,
-        });
-        let seed = |pool: &Pool| {
-            if let Some(old) = inherit {
-                pool.inherit(&old.endpoints);
-            }
-        };
+        let inherit = previous.filter(|old| source.same_source(&*old.discovery));
+        let initial = source
+            .initial()
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .map(|addr| Endpoint::new(addr, None, connect_timeout).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         let ring = options.policy == Policy::ConsistentHash;
-        let mut pool = if let Some(spec) = &options.consul {
-            let client = ConsulClient::new(spec.clone()).map_err(|e| EndpointError {
-                addr: spec.address.clone(),
-                reason: e.to_string(),
-            })?;
-            let mut pool = Pool::new(
-                name,
-                SourceKind::Consul,
-                spec.describe(),
-                None,
-                connect_timeout,
-                ring,
-            );
-            seed(&pool);
-            let sink: Arc<dyn Sink> = pool.shared.clone();
-            let task = tokio::spawn(discovery::consul::watch(client, sink, name.to_owned()));
-            pool.own(task.abort_handle());
-            pool
-        } else {
-            // Names start as one endpoint each (resolved when connecting),
-            // so calls need not wait for the first DNS answer.
-            let initial = definition
-                .endpoints
-                .iter()
-                .map(|addr| Endpoint::new(addr, None, connect_timeout).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()?;
-            let names = definition
-                .endpoints
-                .iter()
-                .any(|e| discovery::dns::is_name(e));
-            let (kind, source) = if names {
-                (
-                    SourceKind::Dns,
-                    format!("DNS ({})", definition.endpoints.join(", ")),
-                )
-            } else {
-                (SourceKind::Static, "static endpoints".to_owned())
-            };
-            let mut pool = Pool::new(name, kind, source, Some(initial), connect_timeout, ring);
-            seed(&pool);
-            if names {
-                let sink: Arc<dyn Sink> = pool.shared.clone();
-                let task = tokio::spawn(discovery::dns::watch(
-                    definition.endpoints.clone(),
-                    options.dns_refresh,
-                    sink,
-                    name.to_owned(),
-                ));
-                pool.own(task.abort_handle());
-            }
-            pool
-        };
+        let mut pool = Pool::new(
+            name,
+            source.kind(),
+            source.describe(),
+            initial,
+            connect_timeout,
+            ring,
+        );
+        if let Some(old) = inherit {
+            // Before the source starts: its first answer must not be
+            // overwritten by this older list.
+            pool.inherit(&old.endpoints);
+        }
+        for task in source.start(name, pool.shared.clone()) {
+            pool.own(task);
+        }
         if inherit.is_some() && options.health_check.is_none() {
             // Checks are off now: what they last said must not keep an
             // endpoint out of rotation forever.
@@ -311,6 +299,7 @@ impl Backend {
             in_panic: AtomicBool::new(false),
             endpoints: pool,
             options,
+            discovery: source,
         })
     }
 
@@ -324,13 +313,11 @@ impl Backend {
     /// gives an endpoint, in panic mode if need be).
     fn no_endpoint_message(&self) -> String {
         let st = self.endpoints.status();
-        let what = match &self.options.consul {
-            Some(c) if c.passing_only => "passing instances",
-            _ => "instances",
-        };
         let mut msg = format!(
-            "backend \"{}\" has no endpoints: {} lists no {what}",
-            self.name, st.source
+            "backend \"{}\" has no endpoints: {} lists no {}",
+            self.name,
+            st.source,
+            self.discovery.listed()
         );
         if let Some(e) = &st.error {
             msg.push_str(&format!(" (and is failing now: {e})"));
@@ -430,3 +417,6 @@ pub struct EndpointStatus {
     pub requests: u64,
     pub failures: u64,
 }
+
+#[cfg(test)]
+mod discovery_tests;

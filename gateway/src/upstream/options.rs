@@ -13,6 +13,7 @@ use super::{
 };
 use crate::config::{BackendConfig, ConfigError, LoadedFile};
 use crate::discovery::consul::{self, ConsulSpec, TokenSource};
+use crate::discovery::{dns, DiscoverySpec};
 
 /// Checks a backend's discovery, balancing and resilience settings.
 /// Problems go to `errors`; the result then holds defaults in their place.
@@ -24,25 +25,10 @@ pub fn backend_options(
 ) -> BackendOptions {
     let b = spanned.get_ref();
     let at = |f: &str| format!("backends.{name}.{f}");
-    let mut o = BackendOptions::default();
-
-    match (&b.consul, b.endpoints.is_empty()) {
-        (None, true) => errors.push(file.error(
-            spanned,
-            at("endpoints"),
-            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" }",
-        )),
-        (Some(c), false) => errors.push(file.error(
-            c,
-            at("consul"),
-            "set either endpoints or consul, not both",
-        )),
-        _ => {}
-    }
-    if let Some(c) = &b.consul {
-        o.consul = consul_spec(file, name, c, errors);
-    }
-    o.dns_refresh = file.duration(&b.dns_refresh, &at("dns_refresh"), o.dns_refresh, errors);
+    let mut o = BackendOptions {
+        discovery: discovery_spec(file, name, spanned, errors),
+        ..BackendOptions::default()
+    };
 
     if let Some(lb) = &b.load_balancer {
         match Policy::parse(lb.get_ref().trim()) {
@@ -257,6 +243,49 @@ pub fn backend_options(
         };
     }
     o
+}
+
+/// Where the instances come from: `endpoints` (static, or DNS names
+/// resolved again every `dns_refresh`), or a registry's table instead. A
+/// new kind of source is one more table checked here.
+fn discovery_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<BackendConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> DiscoverySpec {
+    let b = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.{f}");
+    match (&b.consul, b.endpoints.is_empty()) {
+        (None, true) => errors.push(file.error(
+            spanned,
+            at("endpoints"),
+            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" }",
+        )),
+        (Some(c), false) => errors.push(file.error(
+            c,
+            at("consul"),
+            "set either endpoints or consul, not both",
+        )),
+        _ => {}
+    }
+    let consul = b
+        .consul
+        .as_ref()
+        .and_then(|c| consul_spec(file, name, c, errors));
+    let refresh = file.duration(
+        &b.dns_refresh,
+        &at("dns_refresh"),
+        dns::DEFAULT_REFRESH,
+        errors,
+    );
+    match consul {
+        Some(spec) => DiscoverySpec::Consul(spec),
+        None => DiscoverySpec::endpoints(
+            b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
+            refresh,
+        ),
+    }
 }
 
 fn consul_spec(

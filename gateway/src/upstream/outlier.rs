@@ -125,7 +125,7 @@ mod tests {
     fn pool(n: u16) -> Pool {
         let pool = Pool::new(
             "b",
-            SourceKind::Consul,
+            SourceKind::new("test"),
             "t".into(),
             None,
             Duration::from_secs(1),

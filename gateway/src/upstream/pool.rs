@@ -17,6 +17,7 @@ use tokio::task::AbortHandle;
 
 use super::endpoint::Endpoint;
 use super::rng::stable_hash;
+pub use crate::discovery::SourceKind;
 use crate::discovery::{Sink, Target};
 
 /// Points per unit of weight on the consistent-hash ring. Ketama's 160
@@ -71,24 +72,6 @@ impl EndpointSet {
 
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
-    }
-}
-
-/// What kind of source fills the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
-    Static,
-    Dns,
-    Consul,
-}
-
-impl SourceKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Static => "static",
-            SourceKind::Dns => "dns",
-            SourceKind::Consul => "consul",
-        }
     }
 }
 
@@ -378,7 +361,7 @@ mod tests {
     async fn update_keeps_endpoint_objects_that_stay() {
         let pool = Pool::new(
             "b",
-            SourceKind::Consul,
+            SourceKind::new("test"),
             "test".into(),
             None,
             Duration::from_secs(1),
@@ -402,7 +385,7 @@ mod tests {
     async fn failure_keeps_the_endpoints_and_records_the_error() {
         let pool = Pool::new(
             "b",
-            SourceKind::Consul,
+            SourceKind::new("test"),
             "test".into(),
             None,
             Duration::from_secs(1),
@@ -421,7 +404,7 @@ mod tests {
     async fn wait_resolved_returns_at_once_on_a_source_error() {
         let pool = Pool::new(
             "b",
-            SourceKind::Consul,
+            SourceKind::new("test"),
             "test".into(),
             None,
             Duration::from_secs(1),
