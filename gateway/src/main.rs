@@ -48,10 +48,17 @@ enum Command {
     /// Print the OpenAPI 3.1 document of the routes (what `[openapi] path`
     /// serves), generated from the descriptors and the route table.
     Openapi,
+    /// Print the routes.toml reference (markdown): every key with its type,
+    /// default and meaning, from the config structs. Reads no config file.
+    ConfigReference,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::ConfigReference) = cli.command {
+        print!("{}", gateway::config::reference::markdown());
+        return ExitCode::SUCCESS;
+    }
     // Log settings come from the config file when it parses; a broken file
     // still gets its errors reported, with the default (text) format.
     let (telemetry, workers) = gateway::config::LoadedFile::read(&cli.config)
@@ -137,6 +144,8 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(ExitCode::SUCCESS)
         }
+        // Handled in main, before any config is read.
+        Command::ConfigReference => Ok(ExitCode::SUCCESS),
         Command::Serve => serve(snapshot, None, &telemetry, cli.allow_empty).await,
         Command::Demo => {
             let example = start_example_backend(&snapshot).await?;

@@ -57,7 +57,7 @@ pub fn without_admin(config: &str) -> String {
 
 /// `gateway demo` on the repository's own routes.toml and descriptors, on
 /// ephemeral ports (the file's fixed 8080 and 50051 would collide between
-/// tests): the setup the README's examples are written against.
+/// tests): the setup the examples of README.md and docs/ are written against.
 pub async fn spawn_demo() -> (tokio::process::Child, String) {
     let (child, rest, _admin) = spawn_demo_with_admin().await;
     (child, rest)

@@ -29,7 +29,14 @@ fn help_lists_the_subcommands() {
     let out = run(&["--help"]);
     assert!(out.status.success(), "{out:?}");
     let help = text(&out.stdout);
-    for sub in ["serve", "demo", "check", "routes", "--config"] {
+    for sub in [
+        "serve",
+        "demo",
+        "check",
+        "routes",
+        "config-reference",
+        "--config",
+    ] {
         assert!(help.contains(sub), "--help does not mention {sub}:\n{help}");
     }
 }

@@ -736,11 +736,12 @@ grpc = "testing.v1.Echo/Echo"
 }
 
 #[tokio::test]
-async fn the_readme_consul_example_is_valid_config() {
-    let readme = std::fs::read_to_string(gateway_tests::repo_root().join("README.md")).unwrap();
-    let section = &readme[readme
+async fn the_documented_consul_example_is_valid_config() {
+    let page =
+        std::fs::read_to_string(gateway_tests::repo_root().join("docs/operations.md")).unwrap();
+    let section = &page[page
         .find("## Backends from Consul")
-        .expect("README section")..];
+        .expect("docs/operations.md: section \"Backends from Consul\"")..];
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let block = &section[start..start + section[start..].find("```").unwrap()];
     let text = format!(

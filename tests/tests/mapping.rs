@@ -735,7 +735,7 @@ async fn unknown_fields_ignore_drops_unknown_json_fields_and_query_parameters() 
     assert_eq!(r.ok(), &json!({"int32Field": 2}));
 }
 
-/// README, "Two choices": with `unknown_fields = "ignore"` an enum name the
+/// docs/routes.md, "Two choices": with `unknown_fields = "ignore"` an enum name the
 /// descriptors do not know is dropped from a JSON body like an unknown field
 /// (the field keeps its default; a list keeps its other elements), as
 /// protojson's DiscardUnknown does. A query or path value is not JSON: there
@@ -766,7 +766,7 @@ async fn unknown_fields_ignore_drops_unknown_enum_names() {
     assert_eq!(r.ok(), &json!({"color": "GREEN"}));
 }
 
-/// README, "Two choices": a query parameter naming a field the path already
+/// docs/routes.md, "Two choices": a query parameter naming a field the path already
 /// binds is refused, in both `unknown_fields` modes (grpc-gateway lets the
 /// path value win silently); the field is known, so "ignore" does not apply.
 #[tokio::test]

@@ -789,7 +789,7 @@ async fn schemathesis(gw: &TestGateway, max_examples: u32) -> Option<(bool, Stri
             .args(["--request-timeout", "10"])
             // schemathesis cannot generate NDJSON request bodies (the demo's
             // client-streaming ImportBooks); tests/tests/streaming.rs and
-            // the README test cover that route.
+            // the docs examples (tests/tests/readme.rs) cover that route.
             .args(["--exclude-path-regex", ":import$"])
             .output()
             .expect("run schemathesis")

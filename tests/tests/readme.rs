@@ -1,18 +1,73 @@
-//! The README's examples, run as a newcomer runs them: every `$ curl ...`
-//! line of a `sh` block is sent to `gateway demo` (the repository's own
-//! routes.toml, descriptors and example backend), in the order the README
-//! shows them, and its answer is compared with the one the README prints.
+//! The examples of README.md and of every page under docs/, run as a
+//! newcomer runs them: every `$ curl ...` line of a `sh` block is sent to
+//! `gateway demo` (the repository's own routes.toml, descriptors and example
+//! backend), in reading order (README.md, then the docs pages in the order
+//! the README links them), and its answer is compared with the one the page
+//! prints; every `toml` block is loaded into the demo's config.
 //!
 //! Ids and timestamps differ from run to run, so an answer is compared by
-//! its shape: the status line when the README shows one, otherwise what
+//! its shape: the status line when the page shows one, otherwise what
 //! comes before the first `:` (`{"shelves"`, `{"result"`, `data`, `{"code"`),
 //! which tells a stream from a list from an error.
 
 use gateway_tests::binary::spawn_demo_with_admin;
 use gateway_tests::repo_root;
 
+/// A page of documentation: its path from the repository root and its text.
+struct Page {
+    path: String,
+    text: String,
+}
+
+/// README.md, then the docs pages in the order README.md links them; a page
+/// under docs/ that the README does not link is a failure (nobody would
+/// find it), and so is a link to a page that does not exist.
+fn pages() -> Vec<Page> {
+    let root = repo_root();
+    let read = |path: &str| Page {
+        path: path.to_owned(),
+        text: std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}")),
+    };
+    let readme = read("README.md");
+    let mut linked: Vec<String> = Vec::new();
+    for (i, _) in readme.text.match_indices("](docs/") {
+        let rest = &readme.text[i + 2..];
+        let target = &rest[..rest.find(')').expect("a closed link")];
+        let target = target.split('#').next().unwrap_or(target).to_owned();
+        if !linked.contains(&target) {
+            linked.push(target);
+        }
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| {
+            format!(
+                "docs/{}",
+                e.expect("docs/ entry").file_name().to_string_lossy()
+            )
+        })
+        .filter(|p| p.ends_with(".md"))
+        .collect();
+    on_disk.sort();
+    let unlinked: Vec<&String> = on_disk.iter().filter(|p| !linked.contains(p)).collect();
+    assert!(
+        unlinked.is_empty(),
+        "README.md does not link {unlinked:?}; add them to its Documentation list"
+    );
+    let mut out = vec![readme];
+    out.extend(linked.iter().map(|p| read(p)));
+    out
+}
+
+#[test]
+fn every_docs_page_is_linked_from_the_readme() {
+    let pages = pages();
+    assert!(pages.len() >= 9, "{} pages", pages.len());
+    assert_eq!(pages[0].path, "README.md");
+}
+
 /// One `$ curl` example: the command (continuation lines joined) and the
-/// lines the README shows after it.
+/// lines the page shows after it.
 #[derive(Debug)]
 struct Example {
     line: usize,
@@ -101,17 +156,35 @@ fn demo_config_path(child: &tokio::process::Child) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_curl_examples_work_against_the_demo() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
-    let examples = curl_examples(&readme);
+async fn curl_examples_of_readme_and_docs_work_against_the_demo() {
+    let examples: Vec<(String, Example)> = pages()
+        .into_iter()
+        .flat_map(|p| {
+            let path = p.path;
+            curl_examples(&p.text)
+                .into_iter()
+                .map(move |e| (path.clone(), e))
+        })
+        .collect();
     assert!(
-        examples.len() >= 8,
-        "expected the README's curl examples, found {examples:?}"
+        examples.len() >= 12,
+        "expected the curl examples of README.md and docs/, found {examples:?}"
     );
+    for page in [
+        "README.md",
+        "docs/wire.md",
+        "docs/streaming.md",
+        "docs/operations.md",
+    ] {
+        assert!(
+            examples.iter().any(|(p, _)| p == page),
+            "no curl example found in {page}"
+        );
+    }
     let (mut demo, addr, admin) = spawn_demo_with_admin().await;
     let config = demo_config_path(&demo);
     let mut failures = Vec::new();
-    for ex in &examples {
+    for (page, ex) in &examples {
         let command = ex
             .command
             .replace("localhost:8080", &addr)
@@ -142,7 +215,7 @@ async fn readme_curl_examples_work_against_the_demo() {
         let pipe_cut = command.contains("| head");
         if (!out.status.success() && !pipe_cut) || got.trim().is_empty() {
             failures.push(format!(
-                "README.md:{}: `{}` failed ({}): {}{}",
+                "{page}:{}: `{}` failed ({}): {}{}",
                 ex.line,
                 ex.command,
                 out.status,
@@ -151,7 +224,7 @@ async fn readme_curl_examples_work_against_the_demo() {
             ));
         } else if !ex.expected.is_empty() && shape(&got) != want {
             failures.push(format!(
-                "README.md:{}: `{}` answered\n{got}\nbut the README shows\n{}",
+                "{page}:{}: `{}` answered\n{got}\nbut {page} shows\n{}",
                 ex.line,
                 ex.command,
                 ex.expected.join("\n")
@@ -209,9 +282,16 @@ fn merge(base: &mut toml::Table, block: toml::Table) {
 }
 
 #[tokio::test]
-async fn every_readme_toml_block_loads_into_the_demo_config() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
-    let blocks = toml_blocks(&readme);
+async fn every_toml_block_of_readme_and_docs_loads_into_the_demo_config() {
+    let blocks: Vec<(String, usize, String)> = pages()
+        .into_iter()
+        .flat_map(|p| {
+            let path = p.path;
+            toml_blocks(&p.text)
+                .into_iter()
+                .map(move |(line, block)| (path.clone(), line, block))
+        })
+        .collect();
     assert!(
         blocks.len() >= 10,
         "found only {} toml blocks",
@@ -222,11 +302,11 @@ async fn every_readme_toml_block_loads_into_the_demo_config() {
         .parse()
         .expect("routes.toml is TOML");
     let mut failures = Vec::new();
-    for (line, block) in blocks {
+    for (page, line, block) in blocks {
         let parsed: toml::Table = match block.parse() {
             Ok(t) => t,
             Err(e) => {
-                failures.push(format!("README.md:{line}: not TOML: {e}"));
+                failures.push(format!("{page}:{line}: not TOML: {e}"));
                 continue;
             }
         };
@@ -240,7 +320,7 @@ async fn every_readme_toml_block_loads_into_the_demo_config() {
         std::fs::write(&path, toml::to_string(&config).expect("serialise")).unwrap();
         if let Err(e) = gateway::snapshot::Snapshot::load(&path) {
             failures.push(format!(
-                "README.md:{line}: the block does not load:\n{e}\n---\n{block}"
+                "{page}:{line}: the block does not load:\n{e}\n---\n{block}"
             ));
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -248,7 +328,7 @@ async fn every_readme_toml_block_loads_into_the_demo_config() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// Files and variables the README's examples point at: an Ed25519 public key
+/// Files and variables the examples point at: an Ed25519 public key
 /// for `pem_files` and an HMAC secret for `hmac_secret_env`.
 fn support_files(dir: &std::path::Path) {
     std::fs::create_dir_all(dir.join("keys")).unwrap();

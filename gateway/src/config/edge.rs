@@ -5,30 +5,45 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::reference::DurationText;
+
 /// `[auth]`: who may call, proven by a JWT.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Token issuers by name; a token is checked against the one whose
     /// `issuer` equals its `iss` claim.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, IssuerConfig>")]
     pub issuers: BTreeMap<String, Spanned<IssuerConfig>>,
-    /// `none`, `optional` or `required`: the policy of routes that do not set `auth`.
+    /// `none`, `optional` or `required`: the policy of routes that do not set
+    /// `auth` (default `none`).
+    #[schemars(with = "Option<String>")]
     pub default: Option<Spanned<String>>,
-    /// Also read the token from this cookie (after the Authorization header).
+    /// Also read the token from this cookie (after the Authorization header);
+    /// no cookie is read when absent.
+    #[schemars(with = "Option<String>")]
     pub cookie: Option<Spanned<String>>,
     /// Also read the token from this query parameter (last resort; it is
-    /// removed from the query before transcoding).
+    /// removed from the query before transcoding); none when absent.
+    #[schemars(with = "Option<String>")]
     pub query_param: Option<Spanned<String>>,
-    /// Longer tokens are refused before any parsing (default 8192 bytes).
+    /// Longer tokens, in bytes, are refused before any parsing (default 8192:
+    /// real tokens are well under 2 KB; this leaves room for fat claims while
+    /// keeping a hostile header from costing real work).
+    #[schemars(with = "Option<usize>")]
     pub max_token_bytes: Option<Spanned<usize>>,
-    /// Clock skew allowed on `exp` and `nbf` (default 60s).
+    /// Clock skew allowed on `exp` and `nbf` (default 60s, the usual choice
+    /// of Envoy and Kong).
+    #[schemars(with = "Option<DurationText>")]
     pub leeway: Option<Spanned<String>>,
     /// Claims passed to backends as metadata `x-jwt-<claim>` on every route
     /// that does not set `forward_claims` (default `["sub"]`).
+    #[schemars(with = "Option<Vec<String>>")]
     pub forward_claims: Option<Vec<Spanned<String>>>,
     /// Pass the raw token on (the Authorization header, the token cookie).
     /// Off by default: a backend that logs headers would leak credentials.
@@ -37,142 +52,218 @@ pub struct AuthConfig {
 }
 
 /// `[auth.issuers.NAME]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// The exact `iss` claim of this issuer's tokens.
+    #[schemars(with = "String")]
     pub issuer: Spanned<String>,
     /// Accepted `aud` values; a token must name one of them. Empty: `aud`
     /// is not checked (and a token that has one is still accepted).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub audiences: Vec<Spanned<String>>,
     /// Algorithms accepted from this issuer, e.g. `["RS256", "ES256"]`.
+    #[schemars(with = "Vec<String>")]
     pub algorithms: Vec<Spanned<String>>,
     /// A JWKS document (`https://issuer/.well-known/jwks.json`), fetched at
     /// start and refreshed in the background.
+    #[schemars(with = "Option<String>")]
     pub jwks_url: Option<Spanned<String>>,
     /// PEM public keys (SPKI `PUBLIC KEY`, or `RSA PUBLIC KEY`), relative to routes.toml.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub pem_files: Vec<Spanned<String>>,
-    /// Environment variable holding the HMAC secret (HS256/384/512).
+    /// Environment variable holding the HMAC secret (HS256/384/512), at
+    /// least 32 bytes. An issuer has HMAC or public keys, never both.
+    #[schemars(with = "Option<String>")]
     pub hmac_secret_env: Option<Spanned<String>>,
-    /// Overrides `auth.leeway` for this issuer.
+    /// Clock skew allowed for this issuer (default: `auth.leeway`).
+    #[schemars(with = "Option<DurationText>")]
     pub leeway: Option<Spanned<String>>,
     /// Shortest time between background JWKS refreshes, whatever
-    /// Cache-Control says (default 1m).
+    /// Cache-Control says (default 1m: an issuer answering `max-age=0` must
+    /// not be fetched on every tick).
+    #[schemars(with = "Option<DurationText>")]
     pub jwks_min_refresh: Option<Spanned<String>>,
-    /// Longest time between background JWKS refreshes (default 1h); also the
-    /// refresh time when the answer has no max-age.
+    /// Longest time between background JWKS refreshes, and the refresh time
+    /// when the answer has no max-age (default 1h: a key the issuer revoked
+    /// stops working within the hour).
+    #[schemars(with = "Option<DurationText>")]
     pub jwks_max_refresh: Option<Spanned<String>>,
     /// Tokens with an unknown `kid` refetch the JWKS from a bucket of 3
-    /// fetches, refilled one per this interval (default 3s).
+    /// fetches, refilled one per this interval (default 3s: a rotation is
+    /// picked up within seconds, and a flood of made-up kids costs the issuer
+    /// about 20 requests a minute).
+    #[schemars(with = "Option<DurationText>")]
     pub jwks_refetch_interval: Option<Spanned<String>>,
-    /// Time limit of one JWKS fetch (default 5s).
+    /// Time limit of one JWKS fetch (default 5s: an issuer that has not
+    /// answered by then is down, and the cached keys go on).
+    #[schemars(with = "Option<DurationText>")]
     pub jwks_timeout: Option<Spanned<String>>,
 }
 
 /// `[cors]`, and a route's `cors = { ... }` (its fields replace these).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorsConfig {
-    /// Set false to turn CORS off (on a route: for that route only).
+    /// Set false to turn CORS off (on a route: for that route only)
+    /// (default `true` wherever a `[cors]` table or route `cors` is given).
     pub enabled: Option<bool>,
     /// Exact origins (`https://app.example.com`), patterns with `*` standing
     /// for one or more host labels or a port (`https://*.example.com`,
-    /// `http://localhost:*`), or `"*"` for any origin.
+    /// `http://localhost:*`), or `"*"` for any origin (default: none, no
+    /// origin is allowed).
+    #[schemars(with = "Option<Vec<String>>")]
     pub allowed_origins: Option<Vec<Spanned<String>>>,
     /// Methods browsers may use cross-origin (default: every method the
     /// route table binds for the path); the preflight answer lists the
     /// methods both allowed here and bound for the path.
+    #[schemars(with = "Option<Vec<String>>")]
     pub allowed_methods: Option<Vec<Spanned<String>>>,
-    /// Request headers browsers may send (default: `authorization`,
-    /// `content-type`, `traceparent`, `tracestate`, `x-request-id`).
+    /// Request headers browsers may send besides the CORS-safelisted ones
+    /// (default: `authorization`, `content-type`, `traceparent`,
+    /// `tracestate`, `x-request-id`: credentials, the body type and the
+    /// correlation headers the gateway reads).
+    #[schemars(with = "Option<Vec<String>>")]
     pub allowed_headers: Option<Vec<Spanned<String>>>,
-    /// Response headers scripts may read (default: the rate-limit fields,
-    /// `www-authenticate`, `traceresponse`, `x-request-id`).
+    /// Response headers scripts may read besides the CORS-safelisted ones
+    /// (default: `ratelimit`, `ratelimit-policy`, `retry-after`,
+    /// `traceresponse`, `www-authenticate`, `x-request-id`: the rate-limit
+    /// and authentication answers and the correlation headers).
+    #[schemars(with = "Option<Vec<String>>")]
     pub exposed_headers: Option<Vec<Spanned<String>>>,
-    /// Let browsers send cookies and read answers to credentialed requests.
+    /// Let browsers send cookies and read answers to credentialed requests
+    /// (default `false`). Not with `"*"` among the origins.
     pub allow_credentials: Option<bool>,
-    /// How long browsers may cache a preflight answer (default 10m).
+    /// How long browsers may cache a preflight answer (default 10m: spares
+    /// most preflights, while a policy change still shows soon).
+    #[schemars(with = "Option<DurationText>")]
     pub max_age: Option<Spanned<String>>,
 }
 
 /// `[rate_limits]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsConfig {
-    /// Named quotas; routes refer to them by name.
+    /// Named quotas; routes and `rate_limits.default` refer to them by name.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RateLimitPolicyConfig>")]
     pub policies: BTreeMap<String, Spanned<RateLimitPolicyConfig>>,
-    /// Policies applied to routes that do not set `rate_limit`.
+    /// Policies applied to routes that do not set `rate_limit`; none when empty.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub default: Vec<Spanned<String>>,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` / `Forwarded` header is
-    /// believed when finding the client's address.
+    /// believed when finding the client's address; without any, the client
+    /// is the TCP peer.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<Spanned<String>>,
-    /// `x-forwarded-for` (default) or `forwarded` (RFC 7239).
+    /// The header trusted proxies name the client in: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239) (default `x-forwarded-for`).
+    #[schemars(with = "Option<String>")]
     pub client_ip_header: Option<Spanned<String>>,
-    /// IPv6 clients are counted by this many leading bits of their address
-    /// (default 64, 1..=128); IPv4 clients by their whole address.
+    /// IPv6 clients are counted by this many leading bits of their address,
+    /// 1 to 128; IPv4 clients by their whole address (default 64: the network
+    /// one subscriber is given, RFC 6177, inside which a host picks new
+    /// privacy addresses at will).
+    #[schemars(with = "Option<u8>")]
     pub ipv6_prefix: Option<Spanned<u8>>,
-    /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`, besides the
+    /// IETF `RateLimit` and `RateLimit-Policy` fields.
     #[serde(default)]
     pub legacy_headers: bool,
-    /// Keys kept per policy at most (default 1000000); past it, idle keys
-    /// are dropped at once and, if that is not enough, all of them.
+    /// Keys kept per policy at most; past it, idle keys are dropped at once
+    /// and, if that is not enough, all of them (default 1000000: about 100 MB
+    /// of buckets at worst, more distinct clients than one replica serves at once).
+    #[schemars(with = "Option<usize>")]
     pub max_keys: Option<Spanned<usize>>,
-    /// How often idle keys are dropped (default 10s).
+    /// How often idle keys are dropped (default 10s: keeps the map near the
+    /// clients active in the last few seconds without sweeping constantly).
+    #[schemars(with = "Option<DurationText>")]
     pub sweep_interval: Option<Spanned<String>>,
 }
 
 /// `[rate_limits.policies.NAME]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicyConfig {
     /// What is counted: `ip`, `subject` (the JWT `sub`; the IP when there is
     /// none), `header:<name>` (e.g. an API key), or `route`.
+    #[schemars(with = "String")]
     pub key: Spanned<String>,
-    /// Requests allowed per `per`, sustained.
+    /// Requests allowed per `per`, sustained. At least 1.
+    #[schemars(with = "u32")]
     pub rate: Spanned<u32>,
     /// The period `rate` is counted over (default 1s).
+    #[schemars(with = "Option<DurationText>")]
     pub per: Option<Spanned<String>>,
     /// Requests allowed at once after a quiet period (default `rate`).
+    #[schemars(with = "Option<u32>")]
     pub burst: Option<Spanned<u32>>,
-    /// `global` (default): one bucket per key across every route using the
-    /// policy; `route`: a bucket per key and route.
+    /// `global`: one bucket per key across every route using the policy;
+    /// `route`: a bucket per key and route (default `global`).
+    #[schemars(with = "Option<String>")]
     pub scope: Option<Spanned<String>>,
 }
 
 /// `[limits]`: bounds on what one client may send and hold.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Longest request target (path and query), in bytes (414 beyond).
+    /// Longest request target (path and query), in bytes (414 beyond)
+    /// (default 8192: browsers and proxies commonly cap URLs near 8 KB).
+    #[schemars(with = "Option<usize>")]
     pub max_url_bytes: Option<Spanned<usize>>,
-    /// Most request headers (431 beyond).
+    /// Most request headers, as sent (431 beyond) (default 64: browsers send
+    /// 10-20, and below 100 hyper keeps its header tables on the stack).
+    #[schemars(with = "Option<usize>")]
     pub max_headers: Option<Spanned<usize>>,
-    /// Largest total of header names and values, in bytes (431 beyond).
+    /// Largest total of header names and values, in bytes (431 beyond)
+    /// (default 32768, nginx's: room for big cookies and tokens).
+    #[schemars(with = "Option<usize>")]
     pub max_header_bytes: Option<Spanned<usize>>,
-    /// Deepest JSON nesting of a request body (400 beyond).
+    /// Deepest JSON nesting of a request body (400 beyond), at most 120
+    /// (default 64: real APIs nest a handful of levels).
+    #[schemars(with = "Option<usize>")]
     pub max_json_depth: Option<Spanned<usize>>,
-    /// From the request's arrival to the answer's headers (504 beyond).
+    /// From the request's arrival to the answer's headers (504 beyond)
+    /// (default 60s: above the default backend deadline, with room for
+    /// retries and a slow upload).
+    #[schemars(with = "Option<DurationText>")]
     pub request_timeout: Option<Spanned<String>>,
-    /// HTTP/1.1: time to receive a request's headers (the connection is closed beyond).
+    /// Time to receive a request's headers, from accept or, on a kept-alive
+    /// HTTP/1.1 connection, from the previous answer; the connection is
+    /// closed beyond (default 10s: slowloris).
+    #[schemars(with = "Option<DurationText>")]
     pub header_read_timeout: Option<Spanned<String>>,
     /// A connection with no request in flight and no bytes moving for this
-    /// long is closed (HTTP/1.1 and HTTP/2).
+    /// long is closed (HTTP/1.1 and HTTP/2) (default 60s: about what browsers
+    /// keep idle connections for, and what cloud load balancers expect).
+    #[schemars(with = "Option<DurationText>")]
     pub idle_timeout: Option<Spanned<String>>,
     /// Open client connections at most; more wait in the listen backlog.
-    /// Read at start only.
+    /// Read at start only (default 10000: enough for a busy replica).
+    #[schemars(with = "Option<usize>")]
     pub max_connections: Option<Spanned<usize>>,
-    /// HTTP/2 streams in flight per connection.
+    /// HTTP/2 streams in flight per connection (default 100, hyper's and
+    /// most servers').
+    #[schemars(with = "Option<u32>")]
     pub max_concurrent_streams: Option<Spanned<u32>>,
-    /// Bytes a multipart body may hold before its first boundary (400 beyond).
+    /// Bytes a multipart body may hold before its first boundary (400
+    /// beyond) (default 4096: browsers send none, and anything longer would
+    /// be buffered).
+    #[schemars(with = "Option<usize>")]
     pub max_multipart_preamble_bytes: Option<Spanned<usize>>,
-    /// Bytes of one multipart part's headers (413 beyond).
+    /// Bytes of one multipart part's headers (413 beyond) (default 8192: a
+    /// Content-Disposition with a long file name fits).
+    #[schemars(with = "Option<usize>")]
     pub max_multipart_part_header_bytes: Option<Spanned<usize>>,
     /// Bytes/s a request body read whole must keep up, after a 5 s grace
     /// (408 and the connection closed below it); 0 turns it off.
+    /// Client-streaming bodies are exempt (default 1024: a byte-a-second body
+    /// would hold its connection for the whole `request_timeout`).
+    #[schemars(with = "Option<u64>")]
     pub min_body_rate: Option<Spanned<u64>>,
 }

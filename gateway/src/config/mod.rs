@@ -9,14 +9,18 @@ mod duration;
 mod edge;
 mod error;
 mod parse;
+pub mod reference;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use reference::{ClaimValue, DurationText};
 
 pub use duration::parse_duration;
 pub use edge::{
@@ -41,18 +45,19 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_WORKER_THREADS: usize = 1024;
 
 /// The whole of `routes.toml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// JWT issuers and the default route policy (README: Edge security).
+    /// JWT issuers and the default route policy (docs/edge-security.md).
     #[serde(default)]
     pub auth: AuthConfig,
-    /// Cross-origin access for browsers; off when absent.
+    /// Cross-origin access for browsers; off when absent (docs/edge-security.md).
+    #[schemars(with = "Option<CorsConfig>")]
     pub cors: Option<Spanned<CorsConfig>>,
-    /// Named quotas and the default ones.
+    /// Named quotas, and the ones routes get by default (docs/edge-security.md).
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
-    /// Request size, time and connection bounds.
+    /// Request size, time and connection bounds (docs/edge-security.md).
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The listener and gateway-wide transcoding behaviour.
@@ -61,48 +66,60 @@ pub struct FileConfig {
     /// The operator's listener: health, readiness, route/backend/config views, reload.
     #[serde(default)]
     pub admin: AdminConfig,
-    /// Logs and the access log.
+    /// Logs, the access log and trace export (docs/observability.md).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
-    /// Backends by name; routes refer to them by that name.
+    /// Backends by name; routes refer to them by that name. Each lists
+    /// `endpoints` or names a `consul` service (docs/operations.md).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, BackendConfig>")]
     pub backends: BTreeMap<String, Spanned<BackendConfig>>,
-    /// Explicit REST routes. They win over `google.api.http` annotations for
-    /// the same method and path.
+    /// Explicit REST routes, one `[[routes]]` table each. They win over
+    /// `google.api.http` annotations for the same method and path (docs/routes.md).
     #[serde(default)]
+    #[schemars(with = "Vec<RouteConfig>")]
     pub routes: Vec<Spanned<RouteConfig>>,
-    /// The generated OpenAPI 3.1 document of the routes.
+    /// The generated OpenAPI 3.1 document of the routes (docs/streaming.md).
     #[serde(default)]
     pub openapi: OpenApiConfig,
 }
 
 /// `[openapi]`: where the generated document is served, and its title.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenApiConfig {
     /// Serve the document on the REST listener at this path, e.g.
     /// `/openapi.json`; not served when absent. `gateway openapi` prints it either way.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
-    /// Serve a documentation page for the document at this path, e.g. `/docs`.
+    /// Serve a documentation page for the document at this path, e.g.
+    /// `/docs`; not served when absent.
+    #[schemars(with = "Option<String>")]
     pub docs_path: Option<Spanned<String>>,
-    /// `info.title` (default "API").
+    /// `info.title` of the document (default `API`).
     pub title: Option<String>,
-    /// `info.version` (default "1.0.0").
+    /// `info.version` of the document (default `1.0.0`).
     pub version: Option<String>,
-    /// `info.description`.
+    /// `info.description` of the document; none when absent.
     pub description: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Where the gateway listens for REST traffic.
+    /// Where the gateway listens for REST traffic, `ip:port`. Loopback by
+    /// default, so a gateway started by hand is not exposed by accident.
     #[serde(default = "default_listen")]
+    #[schemars(with = "String")]
     pub listen: Spanned<String>,
     /// Folder of descriptor sets and .proto files, relative to routes.toml.
     #[serde(default = "default_descriptors")]
+    #[schemars(with = "String")]
     pub descriptors: Spanned<String>,
-    /// Largest request body accepted, in bytes (413 beyond).
+    /// Largest request body accepted, in bytes (413 beyond): 4 MiB, the gRPC
+    /// default message size (grpc-gateway and Envoy use it too), since a
+    /// larger body could not be sent on as one message anyway. Client-streaming
+    /// routes are not bound by it.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     /// Also route every method that carries a `google.api.http` annotation in
@@ -114,7 +131,8 @@ pub struct ServerConfig {
     /// `DiscardUnknown` does.
     #[serde(default)]
     pub unknown_fields: UnknownFields,
-    /// Write fields that hold their default value (0, "", false, []) in replies.
+    /// Write fields that hold their default value (0, "", false, []) in
+    /// replies; proto3 JSON leaves them out by default.
     #[serde(default)]
     pub emit_defaults: bool,
     /// Write replies with the .proto field names (`page_count`) instead of
@@ -124,35 +142,48 @@ pub struct ServerConfig {
     /// Request headers copied into gRPC metadata on every route (lowercased).
     /// `Grpc-Metadata-*` headers are always passed on, without the prefix.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub forward_headers: Vec<Spanned<String>>,
-    /// Reload when routes.toml or the descriptors folder changes on disk.
+    /// Reload when routes.toml or the descriptors folder changes on disk
+    /// (docs/operations.md). SIGHUP and `POST /admin/reload` work either way.
     #[serde(default = "yes")]
     pub watch: bool,
     /// On SIGTERM, how long to keep accepting after readiness turns false, so
-    /// load balancers stop sending before the listener closes.
+    /// load balancers stop sending before the listener closes (default 2s:
+    /// Kubernetes endpoints controllers and cloud load balancers take a few
+    /// seconds to stop routing to a pod that turned unready).
+    #[schemars(with = "Option<DurationText>")]
     pub shutdown_delay: Option<Spanned<String>>,
-    /// After the listener closes, how long in-flight requests may run on.
+    /// After the listener closes, how long in-flight requests may run on;
+    /// those still running then are answered 503 (default 20s: long enough
+    /// for ordinary unary calls, whose default deadline is 15s).
+    #[schemars(with = "Option<DurationText>")]
     pub drain_timeout: Option<Spanned<String>>,
-    /// Threads that serve traffic; default one per core. `1` runs the whole
+    /// Threads that serve traffic (default: one per core). `1` runs the whole
     /// gateway on one thread (tokio's current-thread scheduler): the least
     /// CPU per request, and more throughput, when the gateway shares a
-    /// small machine with busy neighbours (see the README's Performance
-    /// section). Read at start; a reload that changes it warns.
+    /// small machine with busy neighbours (docs/performance.md). At most
+    /// 1024. Read at start; a reload that changes it warns.
+    #[schemars(with = "Option<usize>")]
     pub worker_threads: Option<Spanned<usize>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Loopback by default: the admin API can reload config and shows internals.
+    /// Where the admin listener (health, readiness, metrics, `/admin/*`)
+    /// listens, `ip:port`. Loopback by default: the admin API can reload
+    /// config and shows internals.
     #[serde(default = "default_admin_listen")]
+    #[schemars(with = "String")]
     pub listen: Spanned<String>,
-    /// Set to false to run without the admin listener.
+    /// Set to false to run without the admin listener (and so without
+    /// `/metrics`, `/readyz` and `/admin/reload`).
     #[serde(default = "yes")]
     pub enabled: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `text` (human-readable, the default), `json` (one JSON object per
@@ -163,22 +194,28 @@ pub struct TelemetryConfig {
     /// `RUST_LOG`-style filter; the RUST_LOG environment variable wins.
     #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// One line per request (target `access`).
+    /// One log line per request (target `access`, level INFO); metrics count
+    /// either way.
     #[serde(default = "yes")]
     pub access_log: bool,
     /// Export OpenTelemetry traces over OTLP to this collector, e.g.
     /// `http://127.0.0.1:4317` (gRPC) or `http://127.0.0.1:4318` (HTTP; the
     /// `/v1/traces` path is added when the URL has none). No spans are made
-    /// when absent (the default). Read at start: changing it needs a restart.
+    /// when absent (default: none, no traces). Read at start: changing it
+    /// needs a restart.
+    #[schemars(with = "Option<String>")]
     pub otlp_endpoint: Option<Spanned<String>>,
-    /// `grpc` (default; OTLP's port 4317) or `http` (protobuf over HTTP, port 4318).
+    /// `grpc` (OTLP's port 4317; plaintext only) or `http` (protobuf over
+    /// HTTP, port 4318; also for `https://` endpoints).
     #[serde(default)]
     pub otlp_protocol: OtlpProtocol,
     /// Share of new traces recorded, 0.0 to 1.0 (default 1.0). Parent-based:
     /// a client's `traceparent` decides for its own trace (sampled flag set:
     /// recorded; unset: not), whatever this ratio.
+    #[schemars(with = "Option<f64>")]
     pub sampling_ratio: Option<Spanned<f64>>,
-    /// `service.name` of the exported spans (default `gateway`).
+    /// `service.name` of the exported spans (default `gateway`). Read at start.
+    #[schemars(with = "Option<String>")]
     pub service_name: Option<Spanned<String>>,
 }
 
@@ -197,11 +234,13 @@ impl Default for TelemetryConfig {
 }
 
 /// How traces travel to the collector.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317).
     #[default]
     Grpc,
+    /// OTLP protobuf over HTTP (port 4318).
     Http,
 }
 
@@ -267,12 +306,15 @@ impl TelemetryConfig {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
     Auto,
+    /// Human-readable lines.
     #[default]
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -308,231 +350,342 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownFields {
+    /// A 400 naming the unknown field or parameter.
     #[default]
     Reject,
+    /// Dropped silently.
     Ignore,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Static endpoints, `host:port`. An IP address is used as is; a name is
     /// resolved again every `dns_refresh` and each address it returns is an
     /// instance (a Kubernetes headless service). Leave out with `consul`.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub endpoints: Vec<Spanned<String>>,
     /// Take the instances from Consul's health API instead of `endpoints`.
+    #[schemars(with = "Option<ConsulConfig>")]
     pub consul: Option<Spanned<ConsulConfig>>,
-    /// How often names in `endpoints` are resolved again (default 5s).
+    /// How often names in `endpoints` are resolved again (default 5s:
+    /// CoreDNS serves Kubernetes records with a 5 s TTL, so asking more often
+    /// would only return cached answers).
+    #[schemars(with = "Option<DurationText>")]
     pub dns_refresh: Option<Spanned<String>>,
     /// gRPC services served here, by full name. Annotated methods of these
     /// services are routed to this backend, and routes to them may omit `backend`.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub services: Vec<Spanned<String>>,
-    /// Default deadline of calls to this backend, e.g. "15s", "500ms".
+    /// Default deadline of calls to this backend, sent as `grpc-timeout`;
+    /// a route's `timeout` overrides it (default 15s: a call that has not
+    /// answered by then is almost always stuck; routes that need longer say so).
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Spanned<String>>,
-    /// How long to wait for a TCP connection before answering 503.
+    /// How long to wait for a TCP connection before answering 503 (default
+    /// 2s: connecting on a LAN takes milliseconds; seconds mean the address
+    /// is wrong or the instance is gone).
+    #[schemars(with = "Option<DurationText>")]
     pub connect_timeout: Option<Spanned<String>>,
     /// Also take descriptors from the backend's gRPC server reflection
     /// (grpc.reflection.v1, falling back to v1alpha). Files in the descriptors
     /// folder win on conflict. With no `services`, every service it reports is served.
     #[serde(default)]
     pub reflection: bool,
-    /// `round_robin` (default), `random`, `least_request` (power of two
-    /// choices), `weighted` (Consul's `Weights`), or `consistent_hash` (with `hash_key`).
+    /// How calls are spread over the instances (default `round_robin`):
+    /// `round_robin`, `random`, `least_request` (power of two choices),
+    /// `weighted` (Consul's `Weights`), or `consistent_hash` (with `hash_key`).
+    #[schemars(with = "Option<String>")]
     pub load_balancer: Option<Spanned<String>>,
-    /// What `consistent_hash` hashes: one of `header`, `claim`, `client_ip`.
+    /// What `consistent_hash` hashes: exactly one of `header`, `claim`,
+    /// `client_ip`. Only with `load_balancer = "consistent_hash"`.
+    #[schemars(with = "Option<HashKeyConfig>")]
     pub hash_key: Option<Spanned<HashKeyConfig>>,
     /// Active gRPC health checks (grpc.health.v1.Health/Check); off when absent.
+    #[schemars(with = "Option<HealthCheckConfig>")]
     pub health_check: Option<Spanned<HealthCheckConfig>>,
-    /// Passive health: eject an instance after consecutive failures.
+    /// Passive health: eject an instance after consecutive failures. On by
+    /// default, with the defaults below.
+    #[schemars(with = "Option<OutlierConfig>")]
     pub outlier_detection: Option<Spanned<OutlierConfig>>,
-    /// Retries of failed calls on another instance.
+    /// Retries of failed calls on another instance. On by default, with the
+    /// defaults below.
+    #[schemars(with = "Option<RetryConfig>")]
     pub retry: Option<Spanned<RetryConfig>>,
-    /// Fail fast while the backend as a whole is failing, and bound concurrency.
+    /// Fail fast while the backend as a whole is failing, and bound
+    /// concurrency. On by default, with the defaults below.
+    #[schemars(with = "Option<CircuitBreakerConfig>")]
     pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
 }
 
 /// `consul = { service = "users", tags = ["grpc"], datacenter = "dc1" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulConfig {
     /// The Consul service name (`/v1/health/service/<service>`).
+    #[schemars(with = "String")]
     pub service: Spanned<String>,
     /// Only instances carrying every one of these tags.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub tags: Vec<Spanned<String>>,
-    /// The datacenter to ask about; the agent's own when absent.
+    /// The datacenter to ask about (default: the agent's own).
+    #[schemars(with = "Option<String>")]
     pub datacenter: Option<Spanned<String>>,
     /// Only instances whose checks all pass (default). With false, instances
     /// in `warning` are used too (at their `Weights.Warning`); `critical` never are.
     #[serde(default = "yes")]
     pub passing_only: bool,
-    /// The agent's HTTP API, default `http://127.0.0.1:8500` (the local agent).
+    /// The agent's HTTP API, `http://` or `https://` (default
+    /// `http://127.0.0.1:8500`: the local agent, which every Consul
+    /// deployment runs).
+    #[schemars(with = "Option<String>")]
     pub address: Option<Spanned<String>>,
-    /// Environment variable holding the ACL token (default `CONSUL_HTTP_TOKEN`).
+    /// Environment variable holding the ACL token (default
+    /// `CONSUL_HTTP_TOKEN`, the variable Consul's own CLI reads). Unset or
+    /// empty: no token is sent.
+    #[schemars(with = "Option<String>")]
     pub token_env: Option<Spanned<String>>,
     /// File holding the ACL token; read again before every query, so a
     /// rotated token is picked up. Wins over `token_env`.
+    #[schemars(with = "Option<String>")]
     pub token_file: Option<Spanned<String>>,
     /// Allow any Consul server to answer (`?stale`), not just the leader:
     /// spreads load and keeps answering while the cluster has no leader.
     #[serde(default)]
     pub stale: bool,
-    /// How long one blocking query may wait for a change (default 5m, at most 10m).
+    /// How long one blocking query may wait for a change, at most 10m, which
+    /// Consul caps it at (default 5m, Consul's own: a change still arrives at
+    /// once; the wait only bounds how long a quiet service holds the connection).
+    #[schemars(with = "Option<DurationText>")]
     pub wait: Option<Spanned<String>>,
     /// With an `https://` address: a PEM file of CA certificates to trust for
     /// the agent, relative to routes.toml (the system roots are trusted too).
+    #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
 }
 
 /// Exactly one of the three.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HashKeyConfig {
     /// A request header, e.g. `x-user-id`.
+    #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
     /// A JWT claim, e.g. `sub`.
+    #[schemars(with = "Option<String>")]
     pub claim: Option<Spanned<String>>,
     /// The client's IP address.
     #[serde(default)]
     pub client_ip: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// Time between checks of each instance (default 5s).
+    /// Time between checks of each instance (default 5s: a failure is
+    /// noticed within seconds, at next to no cost).
+    #[schemars(with = "Option<DurationText>")]
     pub interval: Option<Spanned<String>>,
-    /// How long one check may take (default 1s).
+    /// How long one check may take, at most `interval` (default 1s: a health
+    /// check answers from memory; a second means trouble).
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Spanned<String>>,
-    /// The service name sent in HealthCheckRequest; "" asks about the whole server.
+    /// The service name sent in HealthCheckRequest; "" (the default) asks
+    /// about the whole server.
     #[serde(default)]
     pub service: String,
     /// Successful checks in a row that bring an instance back (default 2).
+    /// At least 1.
+    #[schemars(with = "Option<u32>")]
     pub healthy_threshold: Option<Spanned<u32>>,
-    /// Failed checks in a row that take an instance out (default 3).
+    /// Failed checks in a row that take an instance out (default 3: one lost
+    /// packet is not an outage). At least 1.
+    #[schemars(with = "Option<u32>")]
     pub unhealthy_threshold: Option<Spanned<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
-    /// Consecutive connect failures or UNAVAILABLE answers that eject an
-    /// instance (default 5; 0 turns ejection off).
+    /// Consecutive failures that eject an instance: connect failures, broken
+    /// connections, UNAVAILABLE, and calls that ran out of time (default 5,
+    /// Envoy's: five in a row is past bad luck). 0 turns ejection off.
+    #[schemars(with = "Option<u32>")]
     pub consecutive_failures: Option<Spanned<u32>>,
-    /// First ejection time; the n-th ejection in a row lasts n times this (default 30s).
+    /// First ejection time; the n-th ejection in a row lasts n times this
+    /// (default 30s, Envoy's).
+    #[schemars(with = "Option<DurationText>")]
     pub base_ejection_time: Option<Spanned<String>>,
-    /// Upper bound of one ejection (default 300s).
+    /// Upper bound of one ejection (default 300s, Envoy's).
+    #[schemars(with = "Option<DurationText>")]
     pub max_ejection_time: Option<Spanned<String>>,
-    /// Never eject more than this percentage of the instances (default 50).
+    /// Never eject more than this percentage of the instances (default 50:
+    /// with two instances one may go, and the rest must carry the load).
+    #[schemars(with = "Option<u32>")]
     pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Tries per request, the first included (default 3; 1 turns retries off).
+    /// Tries per request, the first included (default 3: past one bad
+    /// instance and one that is just being removed). 1 turns retries off.
+    #[schemars(with = "Option<u32>")]
     pub attempts: Option<Spanned<u32>>,
     /// gRPC codes retried on routes that are safe to retry, besides connect
     /// failures (default `["unavailable"]`).
+    #[schemars(with = "Option<Vec<String>>")]
     pub retry_on: Option<Vec<Spanned<String>>>,
-    /// Backoff before the first retry, doubled each time, with jitter (default 25ms).
+    /// Backoff before the first retry, doubled each time, with jitter
+    /// (default 25ms: soon enough not to add visible latency).
+    #[schemars(with = "Option<DurationText>")]
     pub backoff: Option<Spanned<String>>,
-    /// Upper bound of one backoff (default 250ms).
+    /// Upper bound of one backoff (default 250ms: well below typical deadlines).
+    #[schemars(with = "Option<DurationText>")]
     pub max_backoff: Option<Spanned<String>>,
-    /// Retries may be at most this share of requests over 10 s (default 0.2).
+    /// Retries may be at most this share of requests over 10 s (default 0.2,
+    /// as Envoy's and Finagle's budgets: a failing backend sees at most 1.2x
+    /// its load).
+    #[schemars(with = "Option<f64>")]
     pub budget: Option<Spanned<f64>>,
-    /// Retries always allowed per second, whatever the budget (default 10).
+    /// Retries always allowed per second, whatever the budget (default 10: at
+    /// low traffic a few retries overload nothing, and they carry requests
+    /// past a dying instance).
+    #[schemars(with = "Option<u32>")]
     pub min_retries_per_second: Option<Spanned<u32>>,
     /// How long one attempt may take before it is abandoned and, on a route
     /// safe to retry, tried on another instance within the deadline
-    /// (default: none, an attempt may take the whole deadline).
+    /// (default: none, an attempt may take the whole deadline; only the
+    /// operator knows how long a call should take).
+    #[schemars(with = "Option<DurationText>")]
     pub per_try_timeout: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
-    /// The window failures are counted over (default 10s).
+    /// The window failures are counted over (default 10s: smooths bursts
+    /// without remembering old incidents for long).
+    #[schemars(with = "Option<DurationText>")]
     pub window: Option<Spanned<String>>,
-    /// Open when this share of calls in the window failed (default 0.5)...
+    /// Open when this share of calls in the window failed (default 0.5),
+    /// and the window holds at least `min_requests` calls.
+    #[schemars(with = "Option<f64>")]
     pub failure_rate: Option<Spanned<f64>>,
-    /// ...and the window holds at least this many calls (default 20).
+    /// Calls the window must hold before `failure_rate` is judged (default
+    /// 20: a rate over fewer calls is noise).
+    #[schemars(with = "Option<u32>")]
     pub min_requests: Option<Spanned<u32>>,
     /// Also open after this many failed calls in the window, whatever the
-    /// rate (default 0: off).
+    /// rate (default 0). 0 turns this check off.
+    #[schemars(with = "Option<u32>")]
     pub failures: Option<Spanned<u32>>,
-    /// How long to stay open before letting probes through (default 5s).
+    /// How long to stay open before letting probes through (default 5s: long
+    /// enough for a restarting backend to come back).
+    #[schemars(with = "Option<DurationText>")]
     pub open_for: Option<Spanned<String>>,
     /// Probes let through while half-open; all must succeed to close (default 3).
+    #[schemars(with = "Option<u32>")]
     pub half_open_probes: Option<Spanned<u32>>,
-    /// Calls in flight to this backend at most; beyond, 503 at once (default 1024).
+    /// Calls in flight to this backend at most; beyond, 503 at once (default
+    /// 1024, Envoy's `max_requests`: beyond it a backend is queueing).
+    #[schemars(with = "Option<u32>")]
     pub max_requests: Option<Spanned<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// `none`, `optional` (a token is checked if sent) or `required`;
-    /// default `auth.default`.
+    /// `none`, `optional` (a token is checked if sent) or `required`
+    /// (default: `auth.default`).
+    #[schemars(with = "Option<String>")]
     pub auth: Option<Spanned<String>>,
-    /// Issuers (names under `[auth.issuers]`) accepted here; default all.
+    /// Issuers (names under `[auth.issuers]`) accepted here (default: all).
+    #[schemars(with = "Option<Vec<String>>")]
     pub issuers: Option<Vec<Spanned<String>>>,
     /// Scopes the token must all carry (`scope` string or `scp` list); 403 otherwise.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub scopes: Vec<Spanned<String>>,
     /// Claims the token must carry with these values (a string, number or
     /// bool, or a list meaning any of them); 403 otherwise.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ClaimValue>")]
     pub claims: BTreeMap<String, Spanned<toml::Value>>,
-    /// Claims passed to the backend as `x-jwt-<claim>` metadata; default `auth.forward_claims`.
+    /// Claims passed to the backend as `x-jwt-<claim>` metadata (default:
+    /// `auth.forward_claims`).
+    #[schemars(with = "Option<Vec<String>>")]
     pub forward_claims: Option<Vec<Spanned<String>>>,
-    /// CORS for this route: fields here replace those of `[cors]`.
+    /// CORS for this route: keys given here replace those of `[cors]`;
+    /// `{ enabled = false }` turns CORS off for the route.
+    #[schemars(with = "Option<CorsConfig>")]
     pub cors: Option<Spanned<CorsConfig>>,
-    /// Rate-limit policies (names under `[rate_limits.policies]`); default
-    /// `rate_limits.default`; `[]` for none.
+    /// Rate-limit policies (names under `[rate_limits.policies]`) applied
+    /// here, replacing the default ones (default: `rate_limits.default`);
+    /// `[]` for none.
+    #[schemars(with = "Option<Vec<String>>")]
     pub rate_limit: Option<Vec<Spanned<String>>>,
     /// HTTP method: GET, POST, PUT, PATCH, DELETE, or a custom one.
+    #[schemars(with = "String")]
     pub method: Spanned<String>,
     /// A google.api.http path template: `/v1/{name=shelves/*}/books/{book}:verb`.
+    #[schemars(with = "String")]
     pub path: Spanned<String>,
     /// `package.Service/Method`.
+    #[schemars(with = "String")]
     pub grpc: Spanned<String>,
-    /// A name under `[backends]`; may be omitted when one backend lists the service.
+    /// A name under `[backends]` (default: the backend whose `services` lists
+    /// the route's service).
+    #[schemars(with = "Option<String>")]
     pub backend: Option<Spanned<String>>,
     /// `"*"` (the whole request message is the body), a top-level field name,
     /// or absent (no body; fields come from the path and query).
+    #[schemars(with = "Option<String>")]
     pub body: Option<Spanned<String>>,
-    /// A top-level field of the reply to send instead of the whole reply.
+    /// A top-level field of the reply to send instead of the whole reply;
+    /// the whole reply when absent.
+    #[schemars(with = "Option<String>")]
     pub response_body: Option<Spanned<String>>,
-    /// Deadline for this route, overriding the backend's.
+    /// Deadline for this route, sent as `grpc-timeout` (default: the
+    /// backend's `timeout`). A client's smaller `grpc-timeout` or
+    /// `X-Request-Timeout` wins.
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<Spanned<String>>,
     /// Extra request headers copied into gRPC metadata for this route.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub forward_headers: Vec<Spanned<String>>,
     /// Marks the route safe to retry (GET routes are by default) and lists
     /// the gRPC codes retried, e.g. `["unavailable", "resource_exhausted"]`.
     /// `[]` turns retries off. Connect failures are retried on every route:
     /// such a call never reached the backend.
+    #[schemars(with = "Option<Vec<String>>")]
     pub retry_on: Option<Vec<Spanned<String>>>,
     /// HTTP status of a successful answer, e.g. 201 for a create (default 200).
+    #[schemars(with = "Option<u16>")]
     pub success_status: Option<Spanned<u16>>,
     /// Response headers built from the reply: each value is a template where
     /// `{field.path}` is a reply field and `{metadata:key}` a response
     /// metadata entry, e.g. `{ Location = "/v1/{name}" }`. A header whose
     /// source is empty or absent is left out.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub response_headers: BTreeMap<String, Spanned<String>>,
     /// Server-streaming framing when the client's `Accept` does not choose
-    /// one: `ndjson` (default), `sse`, or `json_array` (Envoy's default).
+    /// one: `ndjson` (grpc-gateway's), `sse`, or `json_array` (Envoy's)
+    /// (default `ndjson`).
+    #[schemars(with = "Option<String>")]
     pub stream_framing: Option<Spanned<String>>,
-    /// Deadline of a whole streaming call (sent as `grpc-timeout`); none by
-    /// default, so a stream lasts until the backend ends it or the client
-    /// leaves. `timeout` still bounds the wait for the backend's first answer.
+    /// Deadline of a whole streaming call, sent as `grpc-timeout` (default:
+    /// none, a stream lasts until the backend ends it or the client leaves).
+    /// `timeout` still bounds the wait for the backend's first answer.
+    #[schemars(with = "Option<DurationText>")]
     pub stream_timeout: Option<Spanned<String>>,
     /// Accept `multipart/form-data`: each part fills the request field of its
     /// name (bytes and google.api.HttpBody fields take the raw part). On a
