@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod edge;
 pub mod example;
 pub mod openapi;
+pub mod pipeline;
 pub mod reload;
 pub mod routing;
 pub mod server;

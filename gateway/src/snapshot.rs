@@ -118,7 +118,8 @@ pub struct Snapshot {
     pub decode: DecodeOptions,
     pub encode: SerializeOptions,
     /// JWT issuers, CORS, rate limits and request limits.
-    pub edge: crate::edge::Edge,
+    /// Shared with each request's edge context.
+    pub edge: Arc<crate::edge::Edge>,
     /// `[openapi]`, and the generated document once rendered.
     pub openapi: crate::openapi::Settings,
     /// Problems that do not refuse the config (annotations binding a method
@@ -370,7 +371,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     }
 
     // Before the routes, which refer to its issuers and policies.
-    let edge = crate::edge::build(file, ctx.previous.map(|p| &p.edge), &mut errors);
+    let edge = crate::edge::build(file, ctx.previous.map(|p| &*p.edge), &mut errors);
 
     let decode = DecodeOptions {
         reject_unknown: server.unknown_fields == UnknownFields::Reject,
@@ -558,7 +559,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
             .skip_default_fields(!server.emit_defaults)
             .use_proto_field_name(server.proto_field_names),
         openapi,
-        edge,
+        edge: Arc::new(edge),
         warnings,
     })
 }

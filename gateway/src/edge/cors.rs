@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +20,7 @@ use tonic::Code;
 use tower::{Layer, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, ExposeHeaders};
 
-use crate::routing::Lookup;
-use crate::server::Gateway;
+use super::{EdgeContext, Preflight};
 use crate::transcode::RpcStatus;
 
 /// Browsers cache a preflight answer this long by default: long enough to
@@ -275,31 +273,21 @@ impl CorsPolicy {
     }
 }
 
-/// The layer; assembled in `server::app`.
-#[derive(Clone)]
-pub struct CorsLayer {
-    gw: Arc<Gateway>,
-}
-
-impl CorsLayer {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        CorsLayer { gw }
-    }
-}
+/// The layer; assembled in the pipeline. It reads the request's
+/// [`EdgeContext`]: the CORS policy that applies and, for a preflight, what
+/// the route it asks about allows.
+#[derive(Clone, Copy, Default)]
+pub struct CorsLayer;
 
 impl<S> Layer<S> for CorsLayer {
     type Service = Cors<S>;
     fn layer(&self, inner: S) -> Cors<S> {
-        Cors {
-            gw: self.gw.clone(),
-            inner,
-        }
+        Cors { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct Cors<S> {
-    gw: Arc<Gateway>,
     inner: S,
 }
 
@@ -341,24 +329,23 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
-        let snap = self.gw.snapshot();
-        if !snap.edge.cors_configured {
+        let Some(ctx) = req
+            .extensions()
+            .get::<EdgeContext>()
+            .filter(|ctx| ctx.edge.cors_configured)
+            .cloned()
+        else {
             return Box::pin(self.inner.call(req));
-        }
+        };
         let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
             // Not a CORS request; the answer still depends on Origin.
             let fut = self.inner.call(req);
             return Box::pin(async move { fut.await.map(vary_origin) });
         };
-        let path = req.uri().path().to_owned();
-        let preflight = req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         // Take the ready service; a clone stays for the next call.
         let inner = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, inner);
-        if preflight {
+        if let Some(preflight) = &ctx.preflight {
             let preflights = |result: &'static str| {
                 metrics::counter!(crate::telemetry::metrics::CORS_PREFLIGHTS, "result" => result)
                     .increment(1);
@@ -367,11 +354,11 @@ where
                 .headers()
                 .get(header::ACCESS_CONTROL_REQUEST_METHOD)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let policy = match snap.matcher.lookup(&wanted, &path) {
-                Lookup::Found { value, .. } => value.edge.cors.clone(),
-                _ => {
+                .unwrap_or("");
+            let path = req.uri().path();
+            let (policy, bound) = match preflight {
+                Preflight::Route { cors, bound } => (cors.clone(), bound),
+                Preflight::NoRoute => {
                     preflights("no_route");
                     return Box::pin(std::future::ready(Ok(refuse(
                         StatusCode::FORBIDDEN,
@@ -391,17 +378,15 @@ where
                     ),
                 ))));
             };
-            let bound: Vec<Method> = snap
-                .matcher
-                .allowed_methods(&path)
-                .into_iter()
-                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+            let bound: Vec<Method> = bound
+                .iter()
                 .filter(|m| {
                     policy
                         .methods
                         .as_ref()
                         .is_none_or(|allow| allow.contains(m))
                 })
+                .cloned()
                 .collect();
             preflights("granted");
             let layer = policy
@@ -410,13 +395,7 @@ where
                 .allow_methods(AllowMethods::list(bound));
             return Box::pin(layer.layer(inner).oneshot(req));
         }
-        let policy = match snap.matcher.lookup(req.method().as_str(), &path) {
-            Lookup::Found { value, .. } => value.edge.cors.clone(),
-            // 404, 405 and 400 answers: the default policy lets a browser
-            // read why its call failed.
-            _ => snap.edge.cors.clone(),
-        };
-        match policy {
+        match ctx.cors {
             Some(p) if p.origin_allowed(&origin) => {
                 Box::pin(p.layer.clone().layer(inner).oneshot(req))
             }

@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use crate::server::Gateway;
+use super::EdgeContext;
 use crate::telemetry::RequestContext;
 use crate::transcode::RpcStatus;
 
@@ -227,31 +226,19 @@ fn framing_problem<B>(req: &Request<B>) -> Option<String> {
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-/// Refuses requests whose head breaks a limit; assembled in `server::app`.
-#[derive(Clone)]
-pub struct LimitsLayer {
-    gw: Arc<Gateway>,
-}
-
-impl LimitsLayer {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        LimitsLayer { gw }
-    }
-}
+/// Refuses requests whose head breaks a limit; assembled in the pipeline.
+#[derive(Clone, Copy, Default)]
+pub struct LimitsLayer;
 
 impl<S> Layer<S> for LimitsLayer {
     type Service = LimitsService<S>;
     fn layer(&self, inner: S) -> LimitsService<S> {
-        LimitsService {
-            gw: self.gw.clone(),
-            inner,
-        }
+        LimitsService { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct LimitsService<S> {
-    gw: Arc<Gateway>,
     inner: S,
 }
 
@@ -269,18 +256,13 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
-        let snap = self.gw.snapshot();
-        let refused = snap.edge.limits.check_head(&req).filter(|status| {
-            // A client-streaming route reads its body message by message,
-            // bounded per message, not as one buffer: a large declared
-            // upload (curl -F) is what it is for. Only this rare case pays
-            // for a route lookup here.
-            status.http != StatusCode::PAYLOAD_TOO_LARGE
-                || !matches!(
-                    snap.matcher.lookup(req.method().as_str(), req.uri().path()),
-                    crate::routing::Lookup::Found { value, .. }
-                        if value.grpc_method.is_client_streaming()
-                )
+        let refused = req.extensions().get::<EdgeContext>().and_then(|ctx| {
+            ctx.edge.limits.check_head(&req).filter(|status| {
+                // A client-streaming route reads its body message by
+                // message, bounded per message, not as one buffer: a large
+                // declared upload (curl -F) is what it is for.
+                status.http != StatusCode::PAYLOAD_TOO_LARGE || !ctx.streams_request
+            })
         });
         match refused {
             Some(status) => {
@@ -297,30 +279,18 @@ where
 }
 
 /// Bounds the time from a request's arrival to its answer's head (504).
-#[derive(Clone)]
-pub struct TimeoutLayer {
-    gw: Arc<Gateway>,
-}
-
-impl TimeoutLayer {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        TimeoutLayer { gw }
-    }
-}
+#[derive(Clone, Copy, Default)]
+pub struct TimeoutLayer;
 
 impl<S> Layer<S> for TimeoutLayer {
     type Service = TimeoutService<S>;
     fn layer(&self, inner: S) -> TimeoutService<S> {
-        TimeoutService {
-            gw: self.gw.clone(),
-            inner,
-        }
+        TimeoutService { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct TimeoutService<S> {
-    gw: Arc<Gateway>,
     inner: S,
 }
 
@@ -338,7 +308,12 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
-        let limit = self.gw.snapshot().edge.limits.request_timeout;
+        let limit = req
+            .extensions()
+            .get::<EdgeContext>()
+            .map_or(DEFAULT_REQUEST_TIMEOUT, |ctx| {
+                ctx.edge.limits.request_timeout
+            });
         let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {

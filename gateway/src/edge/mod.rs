@@ -30,7 +30,6 @@ use tonic::Code;
 
 pub use compile::build;
 
-use crate::snapshot::Route;
 use crate::transcode::RpcStatus;
 use client_ip::{ClientIp, ClientIpPolicy, PeerAddr};
 use cors::CorsPolicy;
@@ -71,6 +70,38 @@ impl Default for Edge {
             limits: Limits::default(),
         }
     }
+}
+
+/// The edge's view of one request, put on it by the pipeline's route stage
+/// (which loads the snapshot and matches the route once): the edge settings
+/// of the snapshot the request keeps, and what the layers need of the route
+/// it matched. The edge layers read this and nothing else.
+#[derive(Debug, Clone)]
+pub struct EdgeContext {
+    pub edge: Arc<Edge>,
+    /// Whether a route matched (else a 404, 405 or 400 answer is coming).
+    pub routed: bool,
+    /// The CORS policy that applies: the route's, or `[cors]` for answers
+    /// no route gives.
+    pub cors: Option<Arc<CorsPolicy>>,
+    /// The route streams its request (client or bidirectional streaming):
+    /// a large declared body is what it is for.
+    pub streams_request: bool,
+    /// For a CORS preflight, what the route it asks about allows.
+    pub preflight: Option<Preflight>,
+}
+
+/// What a CORS preflight asks about: the route serving the method it names
+/// on its path.
+#[derive(Debug, Clone)]
+pub enum Preflight {
+    /// No route serves that method on that path.
+    NoRoute,
+    /// The route's CORS policy, and every method bound to the path.
+    Route {
+        cors: Option<Arc<CorsPolicy>>,
+        bound: Vec<http::Method>,
+    },
 }
 
 /// A route's edge policy.
@@ -178,7 +209,7 @@ const CLAIM_METADATA_PREFIX: &str = "grpc-metadata-x-jwt-";
 /// [`ClientIp`] and [`Verified`] token are in `extensions`.
 pub async fn admit(
     edge: &Edge,
-    route: &Route,
+    policy: &RouteEdge,
     headers: &mut HeaderMap,
     extensions: &mut Extensions,
     out: &mut HeaderMap,
@@ -202,7 +233,6 @@ pub async fn admit(
         headers.remove(k);
     }
 
-    let policy = &route.edge;
     let mut fields = Fields::default();
     let result = admit_inner(edge, policy, headers, extensions, client, &mut fields).await;
     fields.write(edge.rate_limits.legacy_headers, out);

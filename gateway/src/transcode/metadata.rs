@@ -6,10 +6,8 @@ use base64::engine::general_purpose::{
 };
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
-
-use crate::snapshot::Route;
 
 /// Headers that describe the HTTP hop itself or belong to gRPC's framing;
 /// forwarding them would confuse the backend.
@@ -38,8 +36,11 @@ static CORRELATION: [http::HeaderName; 3] = [
 ];
 
 /// Request headers to gRPC metadata for `route`.
-pub fn request_metadata(headers: &HeaderMap, route: &Route) -> Result<MetadataMap, BadMetadata> {
-    metadata_from_headers(headers, &route.forward_headers)
+pub fn request_metadata(
+    headers: &HeaderMap,
+    forward_headers: &[HeaderName],
+) -> Result<MetadataMap, BadMetadata> {
+    metadata_from_headers(headers, forward_headers)
 }
 
 /// A binary (`-bin`) header whose value is not base64: refused with a 400
