@@ -26,7 +26,7 @@ use tonic::Code;
 use crate::routing::Lookup;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestInfo;
-use crate::transcode::metadata::{request_metadata, response_metadata};
+use crate::transcode::metadata::request_metadata;
 use crate::transcode::{request, RpcStatus};
 
 /// The pipeline, outermost stage first; the order of the edge checks is
@@ -557,52 +557,7 @@ async fn handle_route(
             let (md, raw, _) = reply.into_parts();
             crate::transcode::response::answer(snap, route, &md, &raw)
         }
-        Err(crate::upstream::CallError::Refused { code, message }) => {
-            tracing::debug!(
-                route = %route.template,
-                grpc.method = route.grpc_method.full_name(),
-                grpc.code = ?code,
-                error = %message,
-                "backend call refused"
-            );
-            error(crate::transcode::http_status(code), code, message)
-        }
-        Err(crate::upstream::CallError::Upstream { status, addr, .. }) => {
-            tracing::debug!(
-                route = %route.template,
-                grpc.method = route.grpc_method.full_name(),
-                upstream.addr = %addr,
-                grpc.code = ?status.code(),
-                "backend call failed"
-            );
-            let mut s = RpcStatus::from_grpc(&status, &snap.pool);
-            // A deadline's message names the backend already (one text for
-            // every 504, see `upstream::deadline::exceeded_message`).
-            if status.code() == Code::Unavailable && status.metadata().is_empty() {
-                // Errors made by the client side (connect failure, reset)
-                // carry no backend metadata; name the backend so the operator
-                // knows where to look.
-                let mut msg = format!(
-                    "backend \"{}\" ({}): {}",
-                    route.backend.name, addr, s.message
-                );
-                // Transport errors keep the useful part ("Connection refused")
-                // in their source chain, not in the status message.
-                let mut source = std::error::Error::source(&status);
-                while let Some(e) = source {
-                    let text = e.to_string();
-                    if !msg.contains(&text) {
-                        msg.push_str(": ");
-                        msg.push_str(&text);
-                    }
-                    source = e.source();
-                }
-                s.message = msg;
-            }
-            let mut resp = s.into_response().map(Body::from);
-            response_metadata(status.metadata(), resp.headers_mut());
-            resp
-        }
+        Err(e) => crate::transcode::stream::call_error(snap, route, e),
     }
 }
 

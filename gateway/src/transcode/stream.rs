@@ -1021,11 +1021,19 @@ async fn open(
         .await
 }
 
-/// A call that failed before its answer began, rendered as the unary path
-/// renders it.
-fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Response<Body> {
+/// A call that failed before its answer began (unary or streaming): its
+/// status, details and `Grpc-Metadata-*`; transport failures name the
+/// backend and the instance.
+pub(crate) fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Response<Body> {
     match e {
         CallError::Refused { code, message } => {
+            tracing::debug!(
+                route = %route.template,
+                grpc.method = route.grpc_method.full_name(),
+                grpc.code = ?code,
+                error = %message,
+                "backend call refused"
+            );
             error_response(RpcStatus::new(super::http_status(code), code, message))
         }
         CallError::Upstream { status, addr, .. } => backend_error(snap, route, &addr, &status),
@@ -1074,12 +1082,16 @@ fn backend_error(
         grpc.method = route.grpc_method.full_name(),
         upstream.addr = %addr,
         grpc.code = ?status.code(),
-        "backend streaming call failed"
+        "backend call failed"
     );
     let mut s = RpcStatus::from_grpc(status, &snap.pool);
-    if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
-        && status.metadata().is_empty()
-    {
+    // A deadline's message names the backend already (one text for every
+    // 504, see `upstream::deadline::exceeded_message`). Errors made on the
+    // gateway's side (connect failure, reset) carry no backend metadata;
+    // they name the backend and instance so the operator knows where to
+    // look, with the useful part of a transport error ("Connection
+    // refused"), which is in its source chain.
+    if status.code() == Code::Unavailable && status.metadata().is_empty() {
         let mut msg = format!("backend \"{}\" ({addr}): {}", route.backend.name, s.message);
         let mut source = std::error::Error::source(status);
         while let Some(e) = source {
