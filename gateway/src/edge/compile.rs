@@ -1169,3 +1169,297 @@ impl std::hash::Hasher for Fnv {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const FILE: &str = "/etc/gateway/routes.toml";
+
+    /// `text` as the routes.toml at [`FILE`].
+    fn parse(text: &str) -> LoadedFile {
+        LoadedFile::parse(Path::new(FILE), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Each error as printed: `file:line: key: message`.
+    fn printed(errors: &[ConfigError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn cors_policy_takes_unset_keys_of_a_route_from_the_global_one() {
+        let file = parse(
+            r#"[cors]
+allowed_origins = ["https://app.example"]
+allowed_methods = ["get", "Post"]
+max_age = "1m"
+
+[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "a.B/C"
+cors = { allowed_origins = ["https://admin.example"], allow_credentials = true }
+"#,
+        );
+        let global = file.config.cors.as_ref().unwrap();
+        let mut errors = Vec::new();
+        let policy = cors_policy(&file, global, None, "cors", &mut errors).unwrap();
+        assert_eq!(
+            policy.origins,
+            vec![OriginRule::Exact("https://app.example".into())]
+        );
+        assert_eq!(policy.methods, Some(vec![Method::GET, Method::POST]));
+        assert_eq!(policy.allowed_headers, cors::DEFAULT_ALLOWED_HEADERS);
+        assert_eq!(policy.exposed_headers, cors::DEFAULT_EXPOSED_HEADERS);
+        assert_eq!(policy.max_age, Duration::from_secs(60));
+        assert!(!policy.credentials);
+
+        let own = file.config.routes[0].get_ref().cors.as_ref().unwrap();
+        let route = cors_policy(
+            &file,
+            own,
+            Some(global.get_ref()),
+            "routes[0].cors",
+            &mut errors,
+        )
+        .unwrap();
+        assert_eq!(
+            route.origins,
+            vec![OriginRule::Exact("https://admin.example".into())]
+        );
+        assert_eq!(route.methods, policy.methods);
+        assert_eq!(route.max_age, Duration::from_secs(60));
+        assert!(route.credentials);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+    }
+
+    #[test]
+    fn cors_is_configured_by_a_route_alone() {
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "a.B/C"
+cors = { allowed_origins = ["https://app.example"] }
+"#,
+        );
+        let mut errors = Vec::new();
+        let (global, configured) = build_cors(&file, &mut errors);
+        assert!(global.is_none());
+        assert!(configured);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+    }
+
+    #[test]
+    fn cors_reports_each_bad_value_at_its_line() {
+        let file = parse(
+            r#"[cors]
+allowed_origins = ["*"]
+allowed_methods = ["GET", "NOT A METHOD"]
+allowed_headers = ["x ok"]
+"#,
+        );
+        let mut errors = Vec::new();
+        let (global, _) = build_cors(&file, &mut errors);
+        assert!(global.is_some());
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:3: cors.allowed_methods: \"NOT A METHOD\" is not an HTTP method"),
+                format!("{FILE}:4: cors.allowed_headers: \"x ok\" is not a header name"),
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limit_policy_compiles_with_its_defaults() {
+        let file = parse(
+            r#"[rate_limits]
+max_keys = 500
+default = ["api"]
+
+[rate_limits.policies.api]
+key = "header:X-Api-Key"
+rate = 10
+per = "1m"
+scope = "route"
+"#,
+        );
+        let mut errors = Vec::new();
+        let rl = build_rate_limits(&file, None, &mut errors);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+        assert_eq!(
+            rl.get("api").unwrap().def,
+            PolicyDef {
+                name: "api".into(),
+                key: KeyKind::Header(HeaderName::from_static("x-api-key")),
+                rate: 10,
+                per: Duration::from_secs(60),
+                burst: 10,
+                per_route: true,
+                max_keys: 500,
+            }
+        );
+        assert_eq!(rl.ipv6_prefix, super::super::client_ip::DEFAULT_IPV6_PREFIX);
+    }
+
+    #[test]
+    fn rate_limit_problems_are_reported_in_order_with_usable_fallbacks() {
+        let file = parse(
+            r#"[rate_limits]
+max_keys = 0
+ipv6_prefix = 0
+default = ["missing"]
+
+[rate_limits.policies.api]
+key = "ip"
+rate = 0
+burst = 0
+scope = "everywhere"
+"#,
+        );
+        let mut errors = Vec::new();
+        let rl = build_rate_limits(&file, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:2: rate_limits.max_keys: must be at least 1"),
+                format!("{FILE}:8: rate_limits.policies.api.rate: must be at least 1"),
+                format!("{FILE}:9: rate_limits.policies.api.burst: must be at least 1"),
+                format!("{FILE}:10: rate_limits.policies.api.scope: \"everywhere\" is not a scope; use \"global\" or \"route\""),
+                format!("{FILE}:3: rate_limits.ipv6_prefix: must be 1..=128 (64: one subscriber's network; 128: every address apart)"),
+                format!("{FILE}:4: rate_limits.default: rate-limit policy \"missing\" is not defined (defined: api); add [rate_limits.policies.missing]"),
+            ]
+        );
+        let def = &rl.get("api").unwrap().def;
+        assert_eq!((def.rate, def.burst, def.per_route), (1, 1, false));
+        assert_eq!(def.max_keys, ratelimit::DEFAULT_MAX_KEYS);
+    }
+
+    #[test]
+    fn client_ip_policy_keeps_good_proxies_and_names_bad_ones() {
+        let file = parse(
+            r#"[rate_limits]
+trusted_proxies = ["10.0.0.0/8", "not-an-ip"]
+client_ip_header = "Forwarded"
+"#,
+        );
+        let mut errors = Vec::new();
+        let policy = build_client_ip(&file, &mut errors);
+        assert_eq!(policy.trusted, vec![Cidr::parse("10.0.0.0/8").unwrap()]);
+        assert_eq!(policy.header, ForwardedHeader::Forwarded);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with(&format!("{FILE}:2: rate_limits.trusted_proxies: ")),
+            "{:?}",
+            printed(&errors)
+        );
+    }
+
+    #[test]
+    fn limits_report_zero_counts_and_too_deep_json_in_order() {
+        let file = parse(
+            r#"[limits]
+max_headers = 0
+max_json_depth = 200
+max_concurrent_streams = 0
+idle_timeout = "0s"
+"#,
+        );
+        let mut errors = Vec::new();
+        let limits = build_limits(&file, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:3: limits.max_json_depth: at most 120 (the JSON parser stops at 128 levels anyway)"),
+                format!("{FILE}:4: limits.max_concurrent_streams: must be at least 1"),
+                format!("{FILE}:2: limits.max_headers: must be at least 1"),
+                format!("{FILE}:5: limits.idle_timeout: must be greater than zero"),
+            ]
+        );
+        let d = Limits::default();
+        assert_eq!(limits.max_headers, d.max_headers);
+        assert_eq!(limits.max_concurrent_streams, d.max_concurrent_streams);
+        assert_eq!(limits.idle_timeout, d.idle_timeout);
+    }
+
+    #[test]
+    fn issuers_compile_and_two_with_one_iss_are_refused() {
+        let file = parse(
+            r#"[auth]
+default = "required"
+
+[auth.issuers.first]
+issuer = "https://idp.example"
+algorithms = ["RS256", "RS256"]
+audiences = ["api"]
+jwks_url = "https://idp.example/jwks"
+
+[auth.issuers.second]
+issuer = "https://idp.example"
+algorithms = ["ES256"]
+jwks_url = "https://idp.example/other"
+"#,
+        );
+        let mut errors = Vec::new();
+        let auth = build_auth(&file, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [format!("{FILE}:11: auth.issuers.second.issuer: issuer \"https://idp.example\" is also declared as auth.issuers.first; a token's iss must pick one")]
+        );
+        assert_eq!(auth.default_mode, AuthMode::Required);
+        let names: Vec<&str> = auth.issuers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        let first = &auth.issuers[0];
+        assert_eq!(first.iss, "https://idp.example");
+        assert_eq!(first.algorithms, [Algorithm::RS256]);
+        assert_eq!(first.audiences, ["api"]);
+        assert!(first.static_keys.is_empty());
+        assert_eq!(
+            first.jwks.as_ref().map(|j| j.source.url.as_str()),
+            Some("https://idp.example/jwks")
+        );
+        assert_eq!(auth.forward_claims, ["sub"]);
+    }
+
+    #[test]
+    fn an_issuer_with_several_problems_reports_each_and_is_left_out() {
+        let file = parse(
+            r#"[auth.issuers.mixed]
+issuer = ""
+algorithms = ["HS256", "RS256", "none"]
+jwks_timeout = "5s"
+"#,
+        );
+        let mut errors = Vec::new();
+        let auth = build_auth(&file, None, &mut errors);
+        assert!(auth.issuers.is_empty());
+        let keys: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.issuers.mixed.issuer",
+                "auth.issuers.mixed.algorithms",
+                "auth.issuers.mixed.algorithms",
+                "auth.issuers.mixed.hmac_secret_env",
+                "auth.issuers.mixed.jwks_timeout",
+                "auth.issuers.mixed",
+            ],
+            "{:?}",
+            printed(&errors)
+        );
+        let text = printed(&errors);
+        assert!(text[1].contains("\"none\" is not an algorithm"), "{text:?}");
+        assert!(text[2].contains("algorithm confusion"), "{text:?}");
+        assert!(text[4].starts_with(&format!("{FILE}:4: ")), "{text:?}");
+        assert!(text[4].ends_with("only applies with jwks_url"), "{text:?}");
+        assert!(
+            text[5].ends_with("no keys: set jwks_url or pem_files"),
+            "{text:?}"
+        );
+    }
+}
