@@ -1151,3 +1151,245 @@ fn assemble(
         edge: spec.edge,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/gateway/routes.toml";
+
+    /// A backend serving the end-to-end tests' `testing.v1.Echo`, no routes
+    /// from annotations: nine lines.
+    const HEAD: &str = include_str!("../../tests/fixtures/echo_backend.toml");
+
+    /// [`HEAD`], a blank line and `rest` (from line 11), as the routes.toml
+    /// at [`FILE`].
+    fn parse(rest: &str) -> LoadedFile {
+        let descriptors =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/descriptors");
+        let text = format!("{HEAD}\n{rest}").replace(
+            "{descriptors}",
+            &descriptors.display().to_string().replace('\\', "\\\\"),
+        );
+        LoadedFile::parse(Path::new(FILE), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn build_ok(file: &LoadedFile, previous: Option<&Snapshot>) -> Snapshot {
+        let ctx = BuildContext {
+            previous,
+            ..Default::default()
+        };
+        Snapshot::build(file, ctx).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Each error as printed: `file:line: key: message`.
+    fn build_err(file: &LoadedFile) -> Vec<String> {
+        match Snapshot::build(file, BuildContext::default()) {
+            Ok(s) => panic!("built, but should not have: {s:?}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The one error building `file` gives.
+    fn only_error(file: &LoadedFile) -> String {
+        let mut errors = build_err(file);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.remove(0)
+    }
+
+    #[tokio::test]
+    async fn routes_compile_with_their_names_resolved() {
+        let file = parse(
+            r#"[[routes]]
+method = "get"
+path = "/v1/echo/{inner.name}"
+grpc = "testing.v1.Echo/Echo"
+
+[[routes]]
+method = "POST"
+path = "/v1/again"
+grpc = "testing.v1.Echo.EchoAgain"
+body = "inner"
+timeout = "2s"
+forward_headers = ["X-Trace"]
+"#,
+        );
+        let s = build_ok(&file, None);
+        assert_eq!(s.routes.len(), 2);
+        assert_eq!(s.backends.keys().collect::<Vec<_>>(), ["echo"]);
+
+        let get = &s.routes[0];
+        assert_eq!(get.method, "GET");
+        assert_eq!(&*get.label, "/v1/echo/{inner.name}");
+        assert_eq!(get.grpc_path.as_str(), "/testing.v1.Echo/Echo");
+        assert_eq!(&*get.grpc_label, "testing.v1.Echo/Echo");
+        assert_eq!(&*get.backend_label, "echo");
+        assert!(Arc::ptr_eq(&get.backend, &s.backends["echo"]));
+        // The backend's timeout, where the route sets none.
+        assert_eq!(get.timeout, Duration::from_secs(5));
+        let names: Vec<&str> = get.path_fields[0].iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["inner", "name"]);
+        assert_eq!(get.bound, [vec![13, 1]]);
+        assert!(matches!(get.body, BodyRule::None));
+        assert_eq!(get.source.to_string(), format!("{FILE}:11"));
+
+        let post = &s.routes[1];
+        assert_eq!(post.grpc_method.name(), "EchoAgain");
+        assert!(matches!(&post.body, BodyRule::Field(f) if f.name() == "inner"));
+        assert_eq!(post.bound, [vec![13]]);
+        assert_eq!(post.timeout, Duration::from_secs(2));
+        assert_eq!(post.forward_headers, [HeaderName::from_static("x-trace")]);
+        assert_eq!(post.source.to_string(), format!("{FILE}:16"));
+        assert!(s.warnings.is_empty());
+    }
+
+    #[tokio::test]
+    async fn route_naming_an_unknown_backend_points_at_its_backend_key() {
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "testing.v1.Echo/Echo"
+backend = "nope"
+"#,
+        );
+        assert_eq!(
+            only_error(&file),
+            format!("{FILE}:15: routes[0].backend: backend \"nope\" is not defined (defined: echo); add [backends.nope]")
+        );
+    }
+
+    #[tokio::test]
+    async fn route_naming_an_unknown_method_lists_the_service_methods() {
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "testing.v1.Echo/Nope"
+"#,
+        );
+        assert_eq!(
+            only_error(&file),
+            format!("{FILE}:14: routes[0].grpc: service testing.v1.Echo has no method \"Nope\" (methods: Echo, EchoAgain, Archive, Annotated, Fail, Sleep, Meta, EchoIntegers)")
+        );
+    }
+
+    #[tokio::test]
+    async fn route_binding_an_unknown_field_lists_the_message_fields() {
+        let file = parse(
+            r#"[[routes]]
+method = "POST"
+path = "/v1/{nope}"
+grpc = "testing.v1.Echo/Echo"
+body = "book"
+"#,
+        );
+        let errors = build_err(&file);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let path = format!("{FILE}:13: routes[0].path: path variable {{nope}}: field \"nope\" does not exist on testing.v1.Everything (fields: int32_field, ");
+        assert!(errors[0].starts_with(&path), "{errors:?}");
+        let body = format!("{FILE}:15: routes[0].body: field \"book\" does not exist on testing.v1.Everything (fields: int32_field, ");
+        assert!(errors[1].starts_with(&body), "{errors:?}");
+    }
+
+    #[tokio::test]
+    async fn problems_come_out_stage_by_stage() {
+        // The route comes first in the file, but routes are compiled after
+        // the edge, whose policies they refer to.
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "testing.v1.Echo/Nope"
+
+[limits]
+max_headers = 0
+
+[server.nope]
+"#,
+        );
+        let errors = build_err(&file);
+        let keys: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(": ").nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            keys,
+            ["server.nope", "limits.max_headers", "routes[0].grpc"],
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_descriptors_stop_the_build_before_later_stages() {
+        let file = parse("[limits]\nmax_headers = 0\n");
+        let mut file = file;
+        file.config.server.descriptors = Spanned::new(
+            file.config.server.descriptors.span(),
+            "/nonexistent/descriptors".to_owned(),
+        );
+        let errors = build_err(&file);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("{FILE}:3: server.descriptors: ")),
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_an_unchanged_backend_and_replaces_a_changed_one() {
+        let file = parse("[backends.other]\nendpoints = [\"127.0.0.1:2\"]\n");
+        let first = build_ok(&file, None);
+        let changed = parse("[backends.other]\nendpoints = [\"127.0.0.1:3\"]\n");
+        let second = build_ok(&changed, Some(&first));
+        assert!(Arc::ptr_eq(
+            &first.backends["echo"],
+            &second.backends["echo"]
+        ));
+        assert!(!Arc::ptr_eq(
+            &first.backends["other"],
+            &second.backends["other"]
+        ));
+    }
+
+    #[tokio::test]
+    async fn annotation_routes_yield_to_file_routes() {
+        let mut file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/annotated/{string_field}"
+grpc = "testing.v1.Echo/EchoAgain"
+"#,
+        );
+        file.config.server.routes_from_annotations = true;
+        let s = build_ok(&file, None);
+        let bound: Vec<(String, String, String)> = s
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.method.clone(),
+                    r.label.to_string(),
+                    r.grpc_method.name().to_owned(),
+                )
+            })
+            .collect();
+        let expect = |m: &str, p: &str, g: &str| (m.to_owned(), p.to_owned(), g.to_owned());
+        assert_eq!(
+            bound,
+            [
+                expect("GET", "/v1/annotated/{string_field}", "EchoAgain"),
+                expect("POST", "/v1/things/{name=things/*}:archive", "Archive"),
+                expect("GET", "/v1/archived/{name=things/*}", "Archive"),
+                expect("PUT", "/v1/things/{name=things/*}/archive", "Archive"),
+            ]
+        );
+        assert_eq!(
+            s.routes[1].source,
+            RouteSource::Annotation {
+                method: "testing.v1.Echo.Archive".into()
+            }
+        );
+        assert!(s.warnings.is_empty());
+    }
+}
