@@ -18,15 +18,16 @@ use prost_reflect::{
 use toml::Spanned;
 
 use crate::config::{
-    ConfigError, ConfigErrors, LoadedFile, RouteConfig, UnknownFields, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_SHUTDOWN_DELAY, DEFAULT_TIMEOUT, MAX_WORKER_THREADS,
+    BackendConfig, ConfigError, ConfigErrors, LoadedFile, RouteConfig, UnknownFields,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SHUTDOWN_DELAY, DEFAULT_TIMEOUT,
+    MAX_WORKER_THREADS,
 };
 use crate::descriptors;
 use crate::routing::{Matcher, Template};
 use crate::transcode::request::is_scalar_like;
 use crate::transcode::{BodyRule, DecodeOptions, FieldPath};
 use crate::upstream::reflection::Reflected;
-use crate::upstream::{Backend, BackendDefinition};
+use crate::upstream::{Backend, BackendDefinition, BackendOptions};
 
 /// Where a route was declared, for `gateway routes` and error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,32 +221,154 @@ fn merge_reflected(pool: &mut DescriptorPool, backend: &str, reflected: &Reflect
     }
 }
 
+/// The descriptors a snapshot is built on.
+struct Descriptors {
+    /// The descriptors folder, where annotation routes' errors point.
+    dir: PathBuf,
+    files: Vec<descriptors::SourceFile>,
+    /// The folder's files with the backends' reflected files merged in.
+    pool: DescriptorPool,
+}
+
+/// `[server]`, besides the listener address and the descriptors folder.
+struct ServerSettings {
+    admin_listen: Option<SocketAddr>,
+    shutdown_delay: Duration,
+    drain_timeout: Duration,
+    worker_threads: Option<usize>,
+    /// `server.forward_headers`: forwarded on every route.
+    forward_headers: Vec<HeaderName>,
+}
+
+/// The backends, and which of them serves each service.
+#[derive(Default)]
+struct Backends {
+    by_name: BTreeMap<String, Arc<Backend>>,
+    /// Service full name -> the name of the backend serving it.
+    service_owner: BTreeMap<String, String>,
+}
+
+/// The routes compiled so far.
+struct RouteTable {
+    planner: crate::transcode::fast::Planner,
+    routes: Vec<Arc<Route>>,
+    matcher: Matcher<Arc<Route>>,
+    /// Annotation bindings not served; see [`Snapshot::warnings`].
+    warnings: Vec<ConfigError>,
+}
+
+/// The stages, in the order their problems are reported: the listener, the
+/// descriptors (nothing else can be checked without them), `[server]`, the
+/// backends, the edge, the routes, `[openapi]` and `[telemetry]`.
 fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErrors> {
     // Unknown keys first, so they come out in the order of the file's own
     // problems and no typo hides behind another error.
     let mut errors = file.unknown_keys.clone();
     let server = &file.config.server;
     let listen = file.listen().map_err(|e| errors.push(e)).ok();
+    let Some(descriptors) = load_descriptors(file, &ctx.reflected, &mut errors) else {
+        return Err(ConfigErrors(errors));
+    };
+    let settings = server_settings(file, &mut errors);
+    let backends = build_backends(file, &descriptors.pool, &ctx, &mut errors);
+    // Before the routes, which refer to its issuers and policies.
+    let edge = crate::edge::build(file, ctx.previous.map(|p| &*p.edge), &mut errors);
+    let decode = DecodeOptions {
+        reject_unknown: server.unknown_fields == UnknownFields::Reject,
+        max_depth: edge.limits.max_json_depth,
+    };
+    let table = RouteInputs {
+        file,
+        pool: &descriptors.pool,
+        descriptors_dir: &descriptors.dir,
+        backends: &backends,
+        forward_headers: &settings.forward_headers,
+        edge: &edge,
+    }
+    .compile(decode, &mut errors);
+    let openapi = crate::openapi::Settings::from_config(file, &table.matcher, &mut errors);
+    file.config.telemetry.validate(file, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Snapshot {
+        config_path: file.path.clone(),
+        version: ctx.version,
+        loaded_at: std::time::SystemTime::now(),
+        config_hash: file.hash,
+        descriptors_dir: descriptors.dir,
+        listen: listen.expect("no errors means the address parsed"),
+        admin_listen: settings.admin_listen,
+        watch: server.watch,
+        shutdown_delay: settings.shutdown_delay,
+        drain_timeout: settings.drain_timeout,
+        worker_threads: settings.worker_threads,
+        access_log: file.config.telemetry.access_log,
+        reflection_backends: reflection_backends(file),
+        pool: descriptors.pool,
+        descriptor_files: descriptors.files,
+        routes: table.routes,
+        matcher: table.matcher,
+        backends: backends.by_name,
+        max_body_bytes: server.max_body_bytes,
+        decode,
+        encode: SerializeOptions::new()
+            .skip_default_fields(!server.emit_defaults)
+            .use_proto_field_name(server.proto_field_names),
+        openapi,
+        edge: Arc::new(edge),
+        warnings: table.warnings,
+    })
+}
 
-    let descriptors_dir = file.relative(server.descriptors.get_ref());
-    let loaded = match descriptors::load_dir(&descriptors_dir) {
+/// The backends whose descriptors come from server reflection.
+fn reflection_backends(file: &LoadedFile) -> Vec<String> {
+    file.config
+        .backends
+        .iter()
+        .filter(|(_, b)| b.get_ref().reflection)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// `server.descriptors`, compiled, with the backends' reflected files merged
+/// in. `None` when the folder does not load, with one error per broken file
+/// so `check` counts and lists each.
+fn load_descriptors(
+    file: &LoadedFile,
+    reflected: &BTreeMap<String, Reflected>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Descriptors> {
+    let at = &file.config.server.descriptors;
+    let dir = file.relative(at.get_ref());
+    let loaded = match descriptors::load_dir(&dir) {
         Ok(l) => l,
         Err(e) => {
-            // One error per broken file, so `check` counts and lists each.
             let all = match e {
                 descriptors::DescriptorError::Many(v) => v,
                 one => vec![one],
             };
             for e in all {
-                errors.push(file.error(&server.descriptors, "server.descriptors", e.to_string()));
+                errors.push(file.error(at, "server.descriptors", e.to_string()));
             }
-            return Err(ConfigErrors(errors));
+            return None;
         }
     };
-    let mut pool = loaded.pool.clone();
-    for (backend, reflected) in &ctx.reflected {
+    let mut pool = loaded.pool;
+    for (backend, reflected) in reflected {
         merge_reflected(&mut pool, backend, reflected);
     }
+    Some(Descriptors {
+        dir,
+        files: loaded.files,
+        pool,
+    })
+}
+
+/// The admin listener, shutdown timing, worker threads and the headers
+/// every route forwards.
+fn server_settings(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> ServerSettings {
+    let server = &file.config.server;
     let admin_listen = if file.config.admin.enabled {
         file.admin_listen().map_err(|e| errors.push(e)).ok()
     } else {
@@ -256,13 +379,13 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         "server.shutdown_delay",
         DEFAULT_SHUTDOWN_DELAY,
         true,
-        &mut errors,
+        errors,
     );
     let drain_timeout = file.duration(
         &server.drain_timeout,
         "server.drain_timeout",
         DEFAULT_DRAIN_TIMEOUT,
-        &mut errors,
+        errors,
     );
     let worker_threads = server.worker_threads.as_ref().and_then(|v| {
         let n = *v.get_ref();
@@ -279,38 +402,75 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
             None
         }
     });
-
-    let server_headers = header_list(
+    let forward_headers = header_list(
         file,
         &server.forward_headers,
         "server.forward_headers",
-        &mut errors,
+        errors,
     );
+    ServerSettings {
+        admin_listen,
+        shutdown_delay,
+        drain_timeout,
+        worker_threads,
+        forward_headers,
+    }
+}
 
-    // Backends, and which backend serves each service.
-    let mut backends = BTreeMap::new();
-    let mut service_owner: BTreeMap<String, String> = BTreeMap::new();
+/// `[backends.NAME]`: each backend and the services it serves.
+fn build_backends(
+    file: &LoadedFile,
+    pool: &DescriptorPool,
+    ctx: &BuildContext<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Backends {
+    let mut out = Backends::default();
     for (name, spanned) in &file.config.backends {
-        let b = spanned.get_ref();
-        let field = |f: &str| format!("backends.{name}.{f}");
         // Discovery, balancing and resilience; also reports a backend with
         // neither endpoints nor consul.
-        let options = crate::upstream::options::backend_options(file, name, spanned, &mut errors);
+        let options = crate::upstream::options::backend_options(file, name, spanned, errors);
+        let reflected = ctx.reflected.get(name);
+        out.claim_services(file, name, spanned.get_ref(), pool, reflected, errors);
+        let previous = ctx.previous.and_then(|p| p.backends.get(name));
+        if let Some(backend) = backend(file, name, spanned, options, previous, errors) {
+            out.by_name.insert(name.clone(), backend);
+        }
+    }
+    out
+}
+
+impl Backends {
+    /// Records backend `name` as the server of its `services`, each of
+    /// which must be in the descriptors and served by no other backend. A
+    /// reflection backend without a list serves what it says it serves.
+    fn claim_services(
+        &mut self,
+        file: &LoadedFile,
+        name: &str,
+        b: &BackendConfig,
+        pool: &DescriptorPool,
+        reflected: Option<&Reflected>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let field = format!("backends.{name}.services");
         for svc in &b.services {
             if pool.get_service_by_name(svc.get_ref()).is_none() {
                 errors.push(file.error(
                     svc,
-                    field("services"),
+                    &field,
                     format!(
                         "service \"{}\" is not in the descriptors (known: {})",
                         svc.get_ref(),
-                        known_services(&pool)
+                        known_services(pool)
                     ),
                 ));
-            } else if let Some(other) = service_owner.insert(svc.get_ref().clone(), name.clone()) {
+            } else if let Some(other) = self
+                .service_owner
+                .insert(svc.get_ref().clone(), name.to_owned())
+            {
                 errors.push(file.error(
                     svc,
-                    field("services"),
+                    &field,
                     format!(
                         "service \"{}\" is already served by backend \"{other}\"",
                         svc.get_ref()
@@ -319,137 +479,155 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
             }
         }
         if b.reflection && b.services.is_empty() {
-            // Serve what the backend says it serves.
-            for svc in ctx
-                .reflected
-                .get(name)
-                .map(|r| r.services.as_slice())
-                .unwrap_or(&[])
-            {
+            for svc in reflected.map(|r| r.services.as_slice()).unwrap_or(&[]) {
                 if pool.get_service_by_name(svc).is_some() {
-                    service_owner
+                    self.service_owner
                         .entry(svc.clone())
-                        .or_insert_with(|| name.clone());
+                        .or_insert_with(|| name.to_owned());
                 }
             }
         }
-        let timeout = file.duration(&b.timeout, &field("timeout"), DEFAULT_TIMEOUT, &mut errors);
-        let connect_timeout = file.duration(
-            &b.connect_timeout,
-            &field("connect_timeout"),
-            DEFAULT_CONNECT_TIMEOUT,
-            &mut errors,
-        );
-        let definition = BackendDefinition {
-            endpoints: b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
-            timeout,
-            connect_timeout,
-        };
-        // An unchanged backend keeps its live connections, its discovery
-        // watch and its health state across a reload.
-        let previous = ctx.previous.and_then(|p| p.backends.get(name));
-        if let Some(old) = previous.filter(|old| old.same_as(&definition, &options)) {
-            backends.insert(name.clone(), old.clone());
-            continue;
-        }
-        // A changed backend whose discovery source is the same starts with
-        // the endpoints (and their state) its predecessor knows.
-        match Backend::replacing(name, definition, options, previous.map(|b| &**b)) {
-            Ok(backend) => {
-                backends.insert(name.clone(), Arc::new(backend));
-            }
-            Err(e) => {
-                let at = b
-                    .endpoints
-                    .iter()
-                    .find(|s| *s.get_ref() == e.addr)
-                    .map(|s| file.error(s, field("endpoints"), e.to_string()))
-                    .unwrap_or_else(|| file.error(spanned, field("endpoints"), e.to_string()));
-                errors.push(at);
-            }
-        }
     }
+}
 
-    // Before the routes, which refer to its issuers and policies.
-    let edge = crate::edge::build(file, ctx.previous.map(|p| &*p.edge), &mut errors);
-
-    let decode = DecodeOptions {
-        reject_unknown: server.unknown_fields == UnknownFields::Reject,
-        max_depth: edge.limits.max_json_depth,
-    };
-    let mut planner = crate::transcode::fast::Planner::new(
-        decode,
-        crate::transcode::wire_json::JsonStyle {
-            emit_defaults: server.emit_defaults,
-            proto_names: server.proto_field_names,
-        },
+/// One backend: its timeouts, endpoints and `options`. `None` when it
+/// cannot be created (reported at the endpoint at fault).
+fn backend(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<BackendConfig>,
+    options: BackendOptions,
+    previous: Option<&Arc<Backend>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<Backend>> {
+    let b = spanned.get_ref();
+    let field = |f: &str| format!("backends.{name}.{f}");
+    let timeout = file.duration(&b.timeout, &field("timeout"), DEFAULT_TIMEOUT, errors);
+    let connect_timeout = file.duration(
+        &b.connect_timeout,
+        &field("connect_timeout"),
+        DEFAULT_CONNECT_TIMEOUT,
+        errors,
     );
-    let mut routes: Vec<Arc<Route>> = Vec::new();
-    let mut matcher: Matcher<Arc<Route>> = Matcher::new();
-
-    for (i, spanned) in file.config.routes.iter().enumerate() {
-        let r = spanned.get_ref();
-        let at = |f: &str| format!("routes[{i}].{f}");
-        let Some(mut spec) = file_route_spec(
-            file,
-            i,
-            spanned,
-            &pool,
-            &backends,
-            &service_owner,
-            &server_headers,
-            &mut errors,
-        ) else {
-            continue;
-        };
-        spec.edge = edge.route(file, i, spanned, &spec.method, &spec.path, &mut errors);
-        let mut route_errors = Vec::new();
-        let compiled = compile(spec, &mut planner, &mut |field: &str, msg: String| {
-            let e = match field {
-                "path" => file.error(&r.path, at("path"), msg),
-                "body" => match &r.body {
-                    Some(b) => file.error(b, at("body"), msg),
-                    None => file.error(spanned, at("body"), msg),
-                },
-                "response_body" => match &r.response_body {
-                    Some(b) => file.error(b, at("response_body"), msg),
-                    None => file.error(spanned, at("response_body"), msg),
-                },
-                other => file.error(spanned, at(other), msg),
-            };
-            route_errors.push(e);
-        });
-        errors.extend(route_errors);
-        if let Some(route) = compiled {
-            let route = Arc::new(route);
-            if let Err(conflict) = matcher.insert(&route.method, &route.template, route.clone()) {
-                errors.push(file.error(
-                    &r.path,
-                    at("path"),
-                    format!(
-                        "{} {} collides with the route declared at {} ({} {})",
-                        route.method,
-                        route.template,
-                        conflict.existing.source,
-                        conflict.existing.method,
-                        conflict.existing.template
-                    ),
-                ));
-                continue;
-            }
-            routes.push(route);
+    let definition = BackendDefinition {
+        endpoints: b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
+        timeout,
+        connect_timeout,
+    };
+    // An unchanged backend keeps its live connections, its discovery
+    // watch and its health state across a reload.
+    if let Some(old) = previous.filter(|old| old.same_as(&definition, &options)) {
+        return Some(old.clone());
+    }
+    // A changed backend whose discovery source is the same starts with
+    // the endpoints (and their state) its predecessor knows.
+    match Backend::replacing(name, definition, options, previous.map(|b| &**b)) {
+        Ok(backend) => Some(Arc::new(backend)),
+        Err(e) => {
+            let at = b
+                .endpoints
+                .iter()
+                .find(|s| *s.get_ref() == e.addr)
+                .map(|s| file.error(s, field("endpoints"), e.to_string()))
+                .unwrap_or_else(|| file.error(spanned, field("endpoints"), e.to_string()));
+            errors.push(at);
+            None
         }
     }
+}
 
-    let mut warnings = Vec::new();
-    if server.routes_from_annotations {
-        // Services in full-name order (a BTreeMap), methods in declaration
-        // order, a method's main binding before its additional ones: the
-        // order that decides which of two conflicting annotations is served.
-        for (svc_name, backend_name) in &service_owner {
+/// What routes are compiled against: the descriptors, the backends, the
+/// edge policies and the headers every route forwards.
+struct RouteInputs<'a> {
+    file: &'a LoadedFile,
+    pool: &'a DescriptorPool,
+    /// Where annotation routes' errors point.
+    descriptors_dir: &'a Path,
+    backends: &'a Backends,
+    /// `server.forward_headers`.
+    forward_headers: &'a [HeaderName],
+    edge: &'a crate::edge::Edge,
+}
+
+impl RouteInputs<'_> {
+    /// Every route: routes.toml's `[[routes]]` first, then (with
+    /// `server.routes_from_annotations`) the google.api.http annotations of
+    /// the services the backends serve.
+    fn compile(&self, decode: DecodeOptions, errors: &mut Vec<ConfigError>) -> RouteTable {
+        let server = &self.file.config.server;
+        let mut table = RouteTable {
+            planner: crate::transcode::fast::Planner::new(
+                decode,
+                crate::transcode::wire_json::JsonStyle {
+                    emit_defaults: server.emit_defaults,
+                    proto_names: server.proto_field_names,
+                },
+            ),
+            routes: Vec::new(),
+            matcher: Matcher::new(),
+            warnings: Vec::new(),
+        };
+        for (i, spanned) in self.file.config.routes.iter().enumerate() {
+            self.file_route(&mut table, i, spanned, errors);
+        }
+        if server.routes_from_annotations {
+            self.annotation_routes(&mut table, errors);
+        }
+        table
+    }
+
+    /// One `[[routes]]` entry: resolved, given its edge policy, compiled and
+    /// added, unless it binds a method and path an earlier route binds.
+    fn file_route(
+        &self,
+        table: &mut RouteTable,
+        i: usize,
+        spanned: &Spanned<RouteConfig>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let file = self.file;
+        let Some(mut spec) = self.file_route_spec(i, spanned, errors) else {
+            return;
+        };
+        spec.edge = self
+            .edge
+            .route(file, i, spanned, &spec.method, &spec.path, errors);
+        let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
+            errors.push(route_error(file, i, spanned, field, msg));
+        });
+        let Some(route) = compiled else { return };
+        let route = Arc::new(route);
+        if let Err(conflict) = table
+            .matcher
+            .insert(&route.method, &route.template, route.clone())
+        {
+            errors.push(file.error(
+                &spanned.get_ref().path,
+                format!("routes[{i}].path"),
+                format!(
+                    "{} {} collides with the route declared at {} ({} {})",
+                    route.method,
+                    route.template,
+                    conflict.existing.source,
+                    conflict.existing.method,
+                    conflict.existing.template
+                ),
+            ));
+            return;
+        }
+        table.routes.push(route);
+    }
+
+    /// The google.api.http bindings of every service a backend serves.
+    ///
+    /// Services in full-name order (a BTreeMap), methods in declaration
+    /// order, a method's main binding before its additional ones: the
+    /// order that decides which of two conflicting annotations is served.
+    fn annotation_routes(&self, table: &mut RouteTable, errors: &mut Vec<ConfigError>) {
+        for (svc_name, backend_name) in &self.backends.service_owner {
             let (Some(service), Some(backend)) = (
-                pool.get_service_by_name(svc_name),
-                backends.get(backend_name),
+                self.pool.get_service_by_name(svc_name),
+                self.backends.by_name.get(backend_name),
             ) else {
                 continue;
             };
@@ -460,184 +638,222 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
                 let mut rules = vec![rule.clone()];
                 rules.extend(rule.additional_bindings.iter().cloned());
                 for rule in &rules {
-                    let spec = RouteSpec {
-                        method: rule.method.to_ascii_uppercase(),
-                        path: rule.path.clone(),
-                        grpc: method.clone(),
-                        backend: Some(backend.clone()),
-                        body: Some(rule.body.as_str()).filter(|b| !b.is_empty()),
-                        response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
-                        timeout: backend.timeout,
-                        forward_headers: server_headers.clone(),
-                        retry_on: None,
-                        shape: Default::default(),
-                        edge: edge.annotation_route(
-                            file,
-                            &rule.method.to_ascii_uppercase(),
-                            &rule.path,
-                        ),
-                        source: RouteSource::Annotation {
-                            method: method.full_name().to_owned(),
-                        },
-                    };
-                    let name = format!("{} (google.api.http)", method.full_name());
-                    let mut ann_errors = Vec::new();
-                    let compiled = compile(spec, &mut planner, &mut |field: &str, msg: String| {
-                        ann_errors.push(ConfigError::new(
-                            &descriptors_dir,
-                            None,
-                            format!("{name} {field}"),
-                            msg,
-                        ));
-                    });
-                    errors.extend(ann_errors);
-                    let Some(route) = compiled else { continue };
-                    let route = Arc::new(route);
-                    match matcher.insert(&route.method, &route.template, route.clone()) {
-                        Ok(()) => routes.push(route),
-                        // An explicit route in routes.toml wins over the annotation.
-                        Err(c) if matches!(c.existing.source, RouteSource::File { .. }) => {
-                            tracing::debug!(route = %route.template, "annotation overridden by routes.toml");
-                        }
-                        // Two annotations: third-party protos have these
-                        // (etcd binds Hash and HashKV to one path), and
-                        // refusing the whole config for them would take
-                        // nothing live. The first binding wins, as in
-                        // grpc-gateway, in the order this loop runs.
-                        Err(c) => warnings.push(ConfigError::new(
-                            Path::new(method.parent_file().name()),
-                            None,
-                            name.clone(),
-                            format!(
-                                "{} {} is also bound by {} ({} {}), which wins (annotations are taken by service full name, then method declaration order); this binding is not served. A [[routes]] entry for this method and path chooses instead",
-                                route.method,
-                                route.template,
-                                c.existing.source,
-                                c.existing.method,
-                                c.existing.template
-                            ),
-                        )),
-                    }
+                    self.annotation_route(table, &method, rule, backend, errors);
                 }
             }
         }
     }
 
-    let openapi = crate::openapi::Settings::from_config(file, &matcher, &mut errors);
-    file.config.telemetry.validate(file, &mut errors);
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    /// One binding of an annotation, compiled and added. A route in
+    /// routes.toml for the same method and path wins; an earlier annotation
+    /// does too, with a warning.
+    fn annotation_route(
+        &self,
+        table: &mut RouteTable,
+        method: &MethodDescriptor,
+        rule: &descriptors::HttpRule,
+        backend: &Arc<Backend>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        let http_method = rule.method.to_ascii_uppercase();
+        let spec = RouteSpec {
+            edge: self
+                .edge
+                .annotation_route(self.file, &http_method, &rule.path),
+            method: http_method,
+            path: rule.path.clone(),
+            grpc: method.clone(),
+            backend: Some(backend.clone()),
+            body: Some(rule.body.as_str()).filter(|b| !b.is_empty()),
+            response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
+            timeout: backend.timeout,
+            forward_headers: self.forward_headers.to_vec(),
+            retry_on: None,
+            shape: Default::default(),
+            source: RouteSource::Annotation {
+                method: method.full_name().to_owned(),
+            },
+        };
+        let name = format!("{} (google.api.http)", method.full_name());
+        let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
+            errors.push(ConfigError::new(
+                self.descriptors_dir,
+                None,
+                format!("{name} {field}"),
+                msg,
+            ));
+        });
+        let Some(route) = compiled else { return };
+        let route = Arc::new(route);
+        match table
+            .matcher
+            .insert(&route.method, &route.template, route.clone())
+        {
+            Ok(()) => table.routes.push(route),
+            // An explicit route in routes.toml wins over the annotation.
+            Err(c) if matches!(c.existing.source, RouteSource::File { .. }) => {
+                tracing::debug!(route = %route.template, "annotation overridden by routes.toml");
+            }
+            // Two annotations: third-party protos have these
+            // (etcd binds Hash and HashKV to one path), and
+            // refusing the whole config for them would take
+            // nothing live. The first binding wins, as in
+            // grpc-gateway, in the order this loop runs.
+            Err(c) => table.warnings.push(ConfigError::new(
+                Path::new(method.parent_file().name()),
+                None,
+                name,
+                format!(
+                    "{} {} is also bound by {} ({} {}), which wins (annotations are taken by service full name, then method declaration order); this binding is not served. A [[routes]] entry for this method and path chooses instead",
+                    route.method,
+                    route.template,
+                    c.existing.source,
+                    c.existing.method,
+                    c.existing.template
+                ),
+            )),
+        }
     }
-    Ok(Snapshot {
-        config_path: file.path.clone(),
-        version: ctx.version,
-        loaded_at: std::time::SystemTime::now(),
-        config_hash: file.hash,
-        descriptors_dir,
-        listen: listen.expect("no errors means the address parsed"),
-        admin_listen,
-        watch: server.watch,
-        shutdown_delay,
-        drain_timeout,
-        worker_threads,
-        access_log: file.config.telemetry.access_log,
-        reflection_backends: file
-            .config
-            .backends
-            .iter()
-            .filter(|(_, b)| b.get_ref().reflection)
-            .map(|(n, _)| n.clone())
-            .collect(),
-        pool,
-        descriptor_files: loaded.files,
-        routes,
-        matcher,
-        backends,
-        max_body_bytes: server.max_body_bytes,
-        decode,
-        encode: SerializeOptions::new()
-            .skip_default_fields(!server.emit_defaults)
-            .use_proto_field_name(server.proto_field_names),
-        openapi,
-        edge: Arc::new(edge),
-        warnings,
-    })
+
+    /// A `[[routes]]` entry with its names resolved: the HTTP method, the
+    /// gRPC method and the backend. `None` without a gRPC method, since
+    /// nothing else can be checked then; a missing backend still lets the
+    /// template and fields be checked.
+    fn file_route_spec<'a>(
+        &self,
+        i: usize,
+        spanned: &'a Spanned<RouteConfig>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<RouteSpec<'a>> {
+        let file = self.file;
+        let r = spanned.get_ref();
+        let at = |f: &str| format!("routes[{i}].{f}");
+        let method = r.method.get_ref().trim().to_ascii_uppercase();
+        if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+            errors.push(file.error(
+                &r.method,
+                at("method"),
+                format!("\"{}\" is not an HTTP method", r.method.get_ref()),
+            ));
+        }
+        let grpc = resolve_method(self.pool, r.grpc.get_ref())
+            .map_err(|m| errors.push(file.error(&r.grpc, at("grpc"), m)))
+            .ok();
+        let backend = self.route_backend(i, spanned, grpc.as_ref(), errors);
+        let backend_timeout = backend
+            .as_ref()
+            .map(|b| b.timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let timeout = file.duration(&r.timeout, &at("timeout"), backend_timeout, errors);
+        let mut forward_headers = self.forward_headers.to_vec();
+        for h in header_list(file, &r.forward_headers, &at("forward_headers"), errors) {
+            if !forward_headers.contains(&h) {
+                forward_headers.push(h);
+            }
+        }
+        let retry_on =
+            crate::upstream::options::route_retry_on(file, &r.retry_on, &at("retry_on"), errors);
+        let shape = route_shape(file, i, r, errors);
+        Some(RouteSpec {
+            method,
+            path: r.path.get_ref().clone(),
+            grpc: grpc?,
+            backend,
+            body: r.body.as_ref().map(|b| b.get_ref().as_str()),
+            response_body: r.response_body.as_ref().map(|b| b.get_ref().as_str()),
+            timeout,
+            forward_headers,
+            retry_on,
+            shape,
+            edge: Default::default(),
+            source: RouteSource::File {
+                path: file.path.clone(),
+                line: file.line_of(spanned),
+            },
+        })
+    }
+
+    /// The route's `backend`, or the backend serving the gRPC method's
+    /// service. `None` when there is none (reported) or the method is
+    /// unknown (reported already).
+    fn route_backend(
+        &self,
+        i: usize,
+        spanned: &Spanned<RouteConfig>,
+        grpc: Option<&MethodDescriptor>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Arc<Backend>> {
+        let file = self.file;
+        let at = format!("routes[{i}].backend");
+        let backends = &self.backends.by_name;
+        let (name, named_at) = match (&spanned.get_ref().backend, grpc) {
+            (Some(b), _) => (b.get_ref().clone(), Some(b)),
+            (None, Some(m)) => match self
+                .backends
+                .service_owner
+                .get(m.parent_service().full_name())
+            {
+                Some(owner) => (owner.clone(), None),
+                None => {
+                    errors.push(file.error(
+                        spanned,
+                        at,
+                        "no backend: name one, or list the service under a backend's services",
+                    ));
+                    return None;
+                }
+            },
+            (None, None) => return None,
+        };
+        if let Some(b) = backends.get(&name) {
+            return Some(b.clone());
+        }
+        let msg = format!(
+            "backend \"{name}\" is not defined (defined: {}); add [backends.{name}]",
+            backends.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        errors.push(match named_at {
+            Some(s) => file.error(s, at, msg),
+            None => file.error(spanned, at, msg),
+        });
+        None
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn file_route_spec<'a>(
+/// Where a file route's compile error points: at the value of the key it is
+/// about when the route sets it, else at the route's `[[routes]]` header.
+fn route_error(
     file: &LoadedFile,
     i: usize,
-    spanned: &'a Spanned<RouteConfig>,
-    pool: &DescriptorPool,
-    backends: &BTreeMap<String, Arc<Backend>>,
-    service_owner: &BTreeMap<String, String>,
-    server_headers: &[HeaderName],
-    errors: &mut Vec<ConfigError>,
-) -> Option<RouteSpec<'a>> {
+    spanned: &Spanned<RouteConfig>,
+    field: &str,
+    msg: String,
+) -> ConfigError {
     let r = spanned.get_ref();
     let at = |f: &str| format!("routes[{i}].{f}");
-
-    let method = r.method.get_ref().trim().to_ascii_uppercase();
-    if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
-        errors.push(file.error(
-            &r.method,
-            at("method"),
-            format!("\"{}\" is not an HTTP method", r.method.get_ref()),
-        ));
-    }
-
-    let grpc = resolve_method(pool, r.grpc.get_ref())
-        .map_err(|m| errors.push(file.error(&r.grpc, at("grpc"), m)))
-        .ok();
-
-    let backend_name = match (&r.backend, &grpc) {
-        (Some(b), _) => Some((b.get_ref().clone(), Some(b))),
-        (None, Some(m)) => service_owner
-            .get(m.parent_service().full_name())
-            .map(|n| (n.clone(), None)),
-        (None, None) => None,
-    };
-    let backend = match backend_name {
-        Some((name, spanned_name)) => match backends.get(&name) {
-            Some(b) => Some(b.clone()),
-            None => {
-                let msg = format!(
-                    "backend \"{name}\" is not defined (defined: {}); add [backends.{name}]",
-                    backends.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-                errors.push(match spanned_name {
-                    Some(s) => file.error(s, at("backend"), msg),
-                    None => file.error(spanned, at("backend"), msg),
-                });
-                None
-            }
+    match field {
+        "path" => file.error(&r.path, at("path"), msg),
+        "body" => match &r.body {
+            Some(b) => file.error(b, at("body"), msg),
+            None => file.error(spanned, at("body"), msg),
         },
-        None if grpc.is_some() => {
-            errors.push(file.error(
-                spanned,
-                at("backend"),
-                "no backend: name one, or list the service under a backend's services",
-            ));
-            None
-        }
-        None => None,
-    };
-
-    let backend_timeout = backend
-        .as_ref()
-        .map(|b| b.timeout)
-        .unwrap_or(DEFAULT_TIMEOUT);
-    let timeout = file.duration(&r.timeout, &at("timeout"), backend_timeout, errors);
-    let mut forward_headers = server_headers.to_vec();
-    for h in header_list(file, &r.forward_headers, &at("forward_headers"), errors) {
-        if !forward_headers.contains(&h) {
-            forward_headers.push(h);
-        }
+        "response_body" => match &r.response_body {
+            Some(b) => file.error(b, at("response_body"), msg),
+            None => file.error(spanned, at("response_body"), msg),
+        },
+        other => file.error(spanned, at(other), msg),
     }
-    let retry_on =
-        crate::upstream::options::route_retry_on(file, &r.retry_on, &at("retry_on"), errors);
-    let shape = crate::transcode::shape::ShapeConfig {
+}
+
+/// The route's response shaping and streaming keys, as written; checked
+/// against the method when the route is compiled.
+fn route_shape(
+    file: &LoadedFile,
+    i: usize,
+    r: &RouteConfig,
+    errors: &mut Vec<ConfigError>,
+) -> crate::transcode::shape::ShapeConfig {
+    crate::transcode::shape::ShapeConfig {
         success_status: r.success_status.as_ref().map(|s| *s.get_ref()),
         response_headers: r
             .response_headers
@@ -646,31 +862,11 @@ fn file_route_spec<'a>(
             .collect(),
         stream_framing: r.stream_framing.as_ref().map(|s| s.get_ref().clone()),
         stream_timeout: r.stream_timeout.as_ref().map(|_| {
-            let key = at("stream_timeout");
+            let key = format!("routes[{i}].stream_timeout");
             file.duration(&r.stream_timeout, &key, DEFAULT_TIMEOUT, errors)
         }),
         multipart: r.multipart,
-    };
-    // Without the method nothing else can be checked; a missing backend
-    // still lets the template and fields be checked.
-    let grpc = grpc?;
-    Some(RouteSpec {
-        method,
-        path: r.path.get_ref().clone(),
-        grpc,
-        backend,
-        body: r.body.as_ref().map(|b| b.get_ref().as_str()),
-        response_body: r.response_body.as_ref().map(|b| b.get_ref().as_str()),
-        timeout,
-        forward_headers,
-        retry_on,
-        shape,
-        edge: Default::default(),
-        source: RouteSource::File {
-            path: file.path.clone(),
-            line: file.line_of(spanned),
-        },
-    })
+    }
 }
 
 fn header_list(
@@ -790,37 +986,39 @@ fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, 
     Ok(out)
 }
 
+/// How a request binds to a method's messages, checked.
+struct Bindings {
+    template: Template,
+    /// One field chain per template variable, in template order.
+    path_fields: Vec<FieldPath>,
+    body: BodyRule,
+    response_body: Option<FieldDescriptor>,
+    shaping: crate::transcode::shape::Shaping,
+}
+
+/// Compiles a route. Every problem goes to `err` with the route key it is
+/// about; `None` when there was one, or when the backend is missing
+/// (already reported).
 fn compile(
     spec: RouteSpec<'_>,
     planner: &mut crate::transcode::fast::Planner,
     err: &mut dyn FnMut(&str, String),
 ) -> Option<Route> {
+    let bindings = bind(&spec, err)?;
+    assemble(spec, bindings, planner)
+}
+
+/// Resolves the route's template, body and response body against the
+/// method's messages, and its shaping options against the method.
+fn bind(spec: &RouteSpec<'_>, err: &mut dyn FnMut(&str, String)) -> Option<Bindings> {
     let all_ok = std::cell::Cell::new(true);
     let mut fail = |field: &str, msg: String| {
         all_ok.set(false);
         err(field, msg);
     };
-    let template = match Template::parse(&spec.path) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            fail("path", format!("bad path template \"{}\": {e}", spec.path));
-            None
-        }
-    };
     let input = spec.grpc.input();
     let output = spec.grpc.output();
-    let mut path_fields = Vec::new();
-    if let Some(t) = &template {
-        for var in &t.variables {
-            match path_field(&input, &var.field_path) {
-                Ok(p) => path_fields.push(p),
-                Err(m) => fail(
-                    "path",
-                    format!("path variable {{{}}}: {m}", var.field_path.join(".")),
-                ),
-            }
-        }
-    }
+    let (template, path_fields) = path_bindings(&spec.path, &input, &mut fail);
     let body = match spec.body {
         None | Some("") => BodyRule::None,
         Some("*") => BodyRule::All,
@@ -853,11 +1051,54 @@ fn compile(
     if !all_ok.get() {
         return None;
     }
-    let mut bound: Vec<Vec<u32>> = path_fields
+    Some(Bindings {
+        template: template?,
+        path_fields,
+        body,
+        response_body,
+        shaping,
+    })
+}
+
+/// The path template and the field chain of each of its variables.
+fn path_bindings(
+    path: &str,
+    input: &MessageDescriptor,
+    fail: &mut dyn FnMut(&str, String),
+) -> (Option<Template>, Vec<FieldPath>) {
+    let template = match Template::parse(path) {
+        Ok(t) => t,
+        Err(e) => {
+            fail("path", format!("bad path template \"{path}\": {e}"));
+            return (None, Vec::new());
+        }
+    };
+    let mut path_fields = Vec::new();
+    for var in &template.variables {
+        match path_field(input, &var.field_path) {
+            Ok(p) => path_fields.push(p),
+            Err(m) => fail(
+                "path",
+                format!("path variable {{{}}}: {m}", var.field_path.join(".")),
+            ),
+        }
+    }
+    (Some(template), path_fields)
+}
+
+/// The route the request path runs: its bindings plus what is derived once
+/// here instead of per request (labels, metric handles, the fast path).
+fn assemble(
+    spec: RouteSpec<'_>,
+    b: Bindings,
+    planner: &mut crate::transcode::fast::Planner,
+) -> Option<Route> {
+    let mut bound: Vec<Vec<u32>> = b
+        .path_fields
         .iter()
         .map(|p| p.iter().map(FieldDescriptor::number).collect())
         .collect();
-    if let BodyRule::Field(f) = &body {
+    if let BodyRule::Field(f) = &b.body {
         bound.push(vec![f.number()]);
     }
     let grpc_path = format!(
@@ -865,9 +1106,8 @@ fn compile(
         spec.grpc.parent_service().full_name(),
         spec.grpc.name()
     );
-    let template = template?;
     let backend = spec.backend?;
-    let label: Arc<str> = Arc::from(template.to_string());
+    let label: Arc<str> = Arc::from(b.template.to_string());
     let grpc_label: Arc<str> = Arc::from(grpc_path.trim_start_matches('/'));
     let backend_label: Arc<str> = Arc::from(backend.name.as_str());
     let metrics = Arc::new(crate::telemetry::metrics::RouteMetrics::new(
@@ -876,14 +1116,16 @@ fn compile(
         &backend_label,
         &grpc_label,
     ));
+    let input = spec.grpc.input();
+    let output = spec.grpc.output();
     let unary = !spec.grpc.is_client_streaming() && !spec.grpc.is_server_streaming();
     let fast = planner.route(
         &input,
-        &body,
-        unary && !shaping.raw_request && !shaping.multipart,
+        &b.body,
+        unary && !b.shaping.raw_request && !b.shaping.multipart,
         &output,
         // Unary answers, and each message of a streamed answer.
-        response_body.is_none() && !shaping.needs_reply_message(),
+        b.response_body.is_none() && !b.shaping.needs_reply_message(),
     );
     Some(Route {
         method: spec.method,
@@ -892,21 +1134,263 @@ fn compile(
         grpc_label,
         backend_label,
         metrics,
-        template,
+        template: b.template,
         source: spec.source,
         grpc_path: PathAndQuery::try_from(grpc_path.as_str()).ok()?,
         grpc_method: spec.grpc,
         input,
         output,
-        path_fields,
+        path_fields: b.path_fields,
         bound,
-        body,
-        response_body,
+        body: b.body,
+        response_body: b.response_body,
         backend,
         timeout: spec.timeout,
         forward_headers: spec.forward_headers,
         retry_on: spec.retry_on,
-        shaping,
+        shaping: b.shaping,
         edge: spec.edge,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/gateway/routes.toml";
+
+    /// A backend serving the end-to-end tests' `testing.v1.Echo`, no routes
+    /// from annotations: nine lines.
+    const HEAD: &str = include_str!("../../tests/fixtures/echo_backend.toml");
+
+    /// [`HEAD`], a blank line and `rest` (from line 11), as the routes.toml
+    /// at [`FILE`].
+    fn parse(rest: &str) -> LoadedFile {
+        let descriptors =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/descriptors");
+        let text = format!("{HEAD}\n{rest}").replace(
+            "{descriptors}",
+            &descriptors.display().to_string().replace('\\', "\\\\"),
+        );
+        LoadedFile::parse(Path::new(FILE), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn build_ok(file: &LoadedFile, previous: Option<&Snapshot>) -> Snapshot {
+        let ctx = BuildContext {
+            previous,
+            ..Default::default()
+        };
+        Snapshot::build(file, ctx).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Each error as printed: `file:line: key: message`.
+    fn build_err(file: &LoadedFile) -> Vec<String> {
+        match Snapshot::build(file, BuildContext::default()) {
+            Ok(s) => panic!("built, but should not have: {s:?}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The one error building `file` gives.
+    fn only_error(file: &LoadedFile) -> String {
+        let mut errors = build_err(file);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors.remove(0)
+    }
+
+    #[tokio::test]
+    async fn routes_compile_with_their_names_resolved() {
+        let file = parse(
+            r#"[[routes]]
+method = "get"
+path = "/v1/echo/{inner.name}"
+grpc = "testing.v1.Echo/Echo"
+
+[[routes]]
+method = "POST"
+path = "/v1/again"
+grpc = "testing.v1.Echo.EchoAgain"
+body = "inner"
+timeout = "2s"
+forward_headers = ["X-Trace"]
+"#,
+        );
+        let s = build_ok(&file, None);
+        assert_eq!(s.routes.len(), 2);
+        assert_eq!(s.backends.keys().collect::<Vec<_>>(), ["echo"]);
+
+        let get = &s.routes[0];
+        assert_eq!(get.method, "GET");
+        assert_eq!(&*get.label, "/v1/echo/{inner.name}");
+        assert_eq!(get.grpc_path.as_str(), "/testing.v1.Echo/Echo");
+        assert_eq!(&*get.grpc_label, "testing.v1.Echo/Echo");
+        assert_eq!(&*get.backend_label, "echo");
+        assert!(Arc::ptr_eq(&get.backend, &s.backends["echo"]));
+        // The backend's timeout, where the route sets none.
+        assert_eq!(get.timeout, Duration::from_secs(5));
+        let names: Vec<&str> = get.path_fields[0].iter().map(|f| f.name()).collect();
+        assert_eq!(names, ["inner", "name"]);
+        assert_eq!(get.bound, [vec![13, 1]]);
+        assert!(matches!(get.body, BodyRule::None));
+        assert_eq!(get.source.to_string(), format!("{FILE}:11"));
+
+        let post = &s.routes[1];
+        assert_eq!(post.grpc_method.name(), "EchoAgain");
+        assert!(matches!(&post.body, BodyRule::Field(f) if f.name() == "inner"));
+        assert_eq!(post.bound, [vec![13]]);
+        assert_eq!(post.timeout, Duration::from_secs(2));
+        assert_eq!(post.forward_headers, [HeaderName::from_static("x-trace")]);
+        assert_eq!(post.source.to_string(), format!("{FILE}:16"));
+        assert!(s.warnings.is_empty());
+    }
+
+    #[tokio::test]
+    async fn route_naming_an_unknown_backend_points_at_its_backend_key() {
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "testing.v1.Echo/Echo"
+backend = "nope"
+"#,
+        );
+        assert_eq!(
+            only_error(&file),
+            format!("{FILE}:15: routes[0].backend: backend \"nope\" is not defined (defined: echo); add [backends.nope]")
+        );
+    }
+
+    #[tokio::test]
+    async fn route_naming_an_unknown_method_lists_the_service_methods() {
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "testing.v1.Echo/Nope"
+"#,
+        );
+        assert_eq!(
+            only_error(&file),
+            format!("{FILE}:14: routes[0].grpc: service testing.v1.Echo has no method \"Nope\" (methods: Echo, EchoAgain, Archive, Annotated, Fail, Sleep, Meta, EchoIntegers)")
+        );
+    }
+
+    #[tokio::test]
+    async fn route_binding_an_unknown_field_lists_the_message_fields() {
+        let file = parse(
+            r#"[[routes]]
+method = "POST"
+path = "/v1/{nope}"
+grpc = "testing.v1.Echo/Echo"
+body = "book"
+"#,
+        );
+        let errors = build_err(&file);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let path = format!("{FILE}:13: routes[0].path: path variable {{nope}}: field \"nope\" does not exist on testing.v1.Everything (fields: int32_field, ");
+        assert!(errors[0].starts_with(&path), "{errors:?}");
+        let body = format!("{FILE}:15: routes[0].body: field \"book\" does not exist on testing.v1.Everything (fields: int32_field, ");
+        assert!(errors[1].starts_with(&body), "{errors:?}");
+    }
+
+    #[tokio::test]
+    async fn problems_come_out_stage_by_stage() {
+        // The route comes first in the file, but routes are compiled after
+        // the edge, whose policies they refer to.
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "testing.v1.Echo/Nope"
+
+[limits]
+max_headers = 0
+
+[server.nope]
+"#,
+        );
+        let errors = build_err(&file);
+        let keys: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(": ").nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            keys,
+            ["server.nope", "limits.max_headers", "routes[0].grpc"],
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_descriptors_stop_the_build_before_later_stages() {
+        let file = parse("[limits]\nmax_headers = 0\n");
+        let mut file = file;
+        file.config.server.descriptors = Spanned::new(
+            file.config.server.descriptors.span(),
+            "/nonexistent/descriptors".to_owned(),
+        );
+        let errors = build_err(&file);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("{FILE}:3: server.descriptors: ")),
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_an_unchanged_backend_and_replaces_a_changed_one() {
+        let file = parse("[backends.other]\nendpoints = [\"127.0.0.1:2\"]\n");
+        let first = build_ok(&file, None);
+        let changed = parse("[backends.other]\nendpoints = [\"127.0.0.1:3\"]\n");
+        let second = build_ok(&changed, Some(&first));
+        assert!(Arc::ptr_eq(
+            &first.backends["echo"],
+            &second.backends["echo"]
+        ));
+        assert!(!Arc::ptr_eq(
+            &first.backends["other"],
+            &second.backends["other"]
+        ));
+    }
+
+    #[tokio::test]
+    async fn annotation_routes_yield_to_file_routes() {
+        let mut file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/annotated/{string_field}"
+grpc = "testing.v1.Echo/EchoAgain"
+"#,
+        );
+        file.config.server.routes_from_annotations = true;
+        let s = build_ok(&file, None);
+        let bound: Vec<(String, String, String)> = s
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.method.clone(),
+                    r.label.to_string(),
+                    r.grpc_method.name().to_owned(),
+                )
+            })
+            .collect();
+        let expect = |m: &str, p: &str, g: &str| (m.to_owned(), p.to_owned(), g.to_owned());
+        assert_eq!(
+            bound,
+            [
+                expect("GET", "/v1/annotated/{string_field}", "EchoAgain"),
+                expect("POST", "/v1/things/{name=things/*}:archive", "Archive"),
+                expect("GET", "/v1/archived/{name=things/*}", "Archive"),
+                expect("PUT", "/v1/things/{name=things/*}/archive", "Archive"),
+            ]
+        );
+        assert_eq!(
+            s.routes[1].source,
+            RouteSource::Annotation {
+                method: "testing.v1.Echo.Archive".into()
+            }
+        );
+        assert!(s.warnings.is_empty());
+    }
 }

@@ -6,16 +6,9 @@ use std::path::{Path, PathBuf};
 use gateway::snapshot::Snapshot;
 use gateway_tests::{line_of, nth_line_of, temp_dir, testing_descriptors, toml_path, write_config};
 
-const HEAD: &str = r#"[server]
-listen = "127.0.0.1:0"
-descriptors = "{descriptors}"
-routes_from_annotations = false
-
-[backends.echo]
-endpoints = ["127.0.0.1:1"]
-services = ["testing.v1.Echo"]
-timeout = "5s"
-"#;
+/// A backend serving `testing.v1.Echo`, no routes from annotations (shared
+/// with the snapshot's unit tests).
+const HEAD: &str = include_str!("../fixtures/echo_backend.toml");
 
 /// The config text with the fixture descriptors filled in.
 fn config(rest: &str) -> String {

@@ -18,11 +18,37 @@ use super::jwt::{self, Auth, AuthMode, Issuer, RouteAuth};
 use super::limits::{self, Limits};
 use super::ratelimit::{self, KeyKind, PolicyDef, RateLimits};
 use super::{Edge, RouteEdge};
-use crate::config::{ConfigError, CorsConfig, LoadedFile, RouteConfig};
+use crate::config::{
+    ConfigError, CorsConfig, IssuerConfig, LoadedFile, RateLimitPolicyConfig, RouteConfig,
+};
 
 /// Builds the edge part of a snapshot. `previous` lends its JWKS caches and
 /// rate-limit buckets to unchanged definitions.
+///
+/// One step per table, in the order their problems are reported: the JWT
+/// self-check, `[auth]`, `[cors]`, `[rate_limits]` (policies, then the
+/// client IP policy its keys are counted by) and `[limits]`.
 pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<ConfigError>) -> Edge {
+    jwt_self_check(file, errors);
+    let auth = build_auth(file, previous.map(|p| &p.auth), errors);
+    let (cors, cors_configured) = build_cors(file, errors);
+    let rate_limits = build_rate_limits(file, previous.map(|p| &p.rate_limits), errors);
+    let client_ip = build_client_ip(file, errors);
+    let limits = build_limits(file, errors);
+    Edge {
+        auth,
+        cors,
+        cors_configured,
+        rate_limits,
+        client_ip,
+        limits,
+    }
+}
+
+/// The JWT library's own check (it verifies a token it signed), reported
+/// under `auth` so a broken crypto backend refuses the config instead of
+/// refusing every token at run time.
+fn jwt_self_check(file: &LoadedFile, errors: &mut Vec<ConfigError>) {
     if let Err(e) = jwt::self_check() {
         errors.push(ConfigError::new(
             &file.path,
@@ -31,8 +57,13 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
             format!("JWT self-check failed: {e}"),
         ));
     }
+}
+
+/// `[cors]`, the policy of routes without their own, and whether any CORS
+/// is configured at all (a route's own `cors` counts): without any, the
+/// listener does not answer preflights.
+fn build_cors(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> (Option<Arc<CorsPolicy>>, bool) {
     let cfg = &file.config;
-    let auth = build_auth(file, previous.map(|p| &p.auth), errors);
     let cors = cfg
         .cors
         .as_ref()
@@ -44,81 +75,38 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
                 .as_ref()
                 .is_some_and(|c| c.get_ref().enabled != Some(false))
         });
+    (cors, cors_configured)
+}
 
-    let rl = &cfg.rate_limits;
-    let max_keys = match &rl.max_keys {
-        Some(m) if *m.get_ref() == 0 => {
-            errors.push(file.error(m, "rate_limits.max_keys", "must be at least 1"));
-            ratelimit::DEFAULT_MAX_KEYS
-        }
-        Some(m) => *m.get_ref(),
-        None => ratelimit::DEFAULT_MAX_KEYS,
-    };
+/// `[rate_limits]`: the named policies with their shared bounds, the IPv6
+/// prefix clients are counted by, and the default policies, which must name
+/// defined ones. Unchanged policies keep their buckets from `previous`, so a
+/// reload does not hand every client a fresh quota.
+fn build_rate_limits(
+    file: &LoadedFile,
+    previous: Option<&RateLimits>,
+    errors: &mut Vec<ConfigError>,
+) -> RateLimits {
+    let rl = &file.config.rate_limits;
+    let max_keys = positive(
+        file,
+        &rl.max_keys,
+        "rate_limits.max_keys",
+        ratelimit::DEFAULT_MAX_KEYS,
+        errors,
+    );
     let sweep = file.duration(
         &rl.sweep_interval,
         "rate_limits.sweep_interval",
         ratelimit::DEFAULT_SWEEP_INTERVAL,
         errors,
     );
-    let mut defs = Vec::new();
-    for (name, spanned) in &rl.policies {
-        let p = spanned.get_ref();
-        let at = |f: &str| format!("rate_limits.policies.{name}.{f}");
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            errors.push(file.error(
-                spanned,
-                format!("rate_limits.policies.{name}"),
-                "policy names may use letters, digits, '-' and '_' (they appear in the RateLimit-Policy header)",
-            ));
-        }
-        let key = KeyKind::parse(p.key.get_ref())
-            .map_err(|e| errors.push(file.error(&p.key, at("key"), e)))
-            .unwrap_or(KeyKind::Ip);
-        let rate = *p.rate.get_ref();
-        if rate == 0 {
-            errors.push(file.error(&p.rate, at("rate"), "must be at least 1"));
-        }
-        let per = file.duration(&p.per, &at("per"), Duration::from_secs(1), errors);
-        let burst = match &p.burst {
-            Some(b) if *b.get_ref() == 0 => {
-                errors.push(file.error(b, at("burst"), "must be at least 1"));
-                1
-            }
-            Some(b) => *b.get_ref(),
-            None => rate.max(1),
-        };
-        let per_route = match p.scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
-            None | Some((_, "global")) => false,
-            Some((_, "route")) => true,
-            Some((s, other)) => {
-                errors.push(file.error(
-                    s,
-                    at("scope"),
-                    format!("\"{other}\" is not a scope; use \"global\" or \"route\""),
-                ));
-                false
-            }
-        };
-        defs.push(PolicyDef {
-            name: name.clone(),
-            key,
-            rate: rate.max(1),
-            per,
-            burst,
-            per_route,
-            max_keys,
-        });
-    }
-    let mut rate_limits = RateLimits::new(
-        defs,
-        rl.legacy_headers,
-        sweep,
-        previous.map(|p| &p.rate_limits),
-    );
+    let defs = rl
+        .policies
+        .iter()
+        .map(|(name, spanned)| policy_def(file, name, spanned, max_keys, errors))
+        .collect();
+    let mut rate_limits = RateLimits::new(defs, rl.legacy_headers, sweep, previous);
     if let Some(p) = &rl.ipv6_prefix {
         match *p.get_ref() {
             1..=128 => rate_limits.ipv6_prefix = *p.get_ref(),
@@ -134,6 +122,75 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
             errors.push(unknown_policy(file, d, "rate_limits.default", &rate_limits));
         }
     }
+    rate_limits
+}
+
+/// One `[rate_limits.policies.NAME]`. A bad value is reported and replaced
+/// by a usable one, so the rest of the config is still checked against a
+/// policy of that name.
+fn policy_def(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<RateLimitPolicyConfig>,
+    max_keys: usize,
+    errors: &mut Vec<ConfigError>,
+) -> PolicyDef {
+    let p = spanned.get_ref();
+    let at = |f: &str| format!("rate_limits.policies.{name}.{f}");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        errors.push(file.error(
+            spanned,
+            format!("rate_limits.policies.{name}"),
+            "policy names may use letters, digits, '-' and '_' (they appear in the RateLimit-Policy header)",
+        ));
+    }
+    let key = KeyKind::parse(p.key.get_ref())
+        .map_err(|e| errors.push(file.error(&p.key, at("key"), e)))
+        .unwrap_or(KeyKind::Ip);
+    let rate = *p.rate.get_ref();
+    if rate == 0 {
+        errors.push(file.error(&p.rate, at("rate"), "must be at least 1"));
+    }
+    let per = file.duration(&p.per, &at("per"), Duration::from_secs(1), errors);
+    let burst = match &p.burst {
+        Some(b) if *b.get_ref() == 0 => {
+            errors.push(file.error(b, at("burst"), "must be at least 1"));
+            1
+        }
+        Some(b) => *b.get_ref(),
+        None => rate.max(1),
+    };
+    let per_route = match p.scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "global")) => false,
+        Some((_, "route")) => true,
+        Some((s, other)) => {
+            errors.push(file.error(
+                s,
+                at("scope"),
+                format!("\"{other}\" is not a scope; use \"global\" or \"route\""),
+            ));
+            false
+        }
+    };
+    PolicyDef {
+        name: name.to_owned(),
+        key,
+        rate: rate.max(1),
+        per,
+        burst,
+        per_route,
+        max_keys,
+    }
+}
+
+/// `rate_limits.trusted_proxies` and `client_ip_header`: whose forwarding
+/// header is believed when finding the client address rate limits count by.
+fn build_client_ip(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> ClientIpPolicy {
+    let rl = &file.config.rate_limits;
     let mut trusted = Vec::new();
     for t in &rl.trusted_proxies {
         match Cidr::parse(t.get_ref()) {
@@ -143,31 +200,22 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
     }
     let header = match rl.client_ip_header.as_ref() {
         None => ForwardedHeader::XForwardedFor,
-        Some(h) => {
-            match h.get_ref().to_ascii_lowercase().as_str() {
-                "x-forwarded-for" => ForwardedHeader::XForwardedFor,
-                "forwarded" => ForwardedHeader::Forwarded,
-                other => {
-                    errors.push(file.error(
+        Some(h) => match h.get_ref().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+            "forwarded" => ForwardedHeader::Forwarded,
+            other => {
+                errors.push(file.error(
                     h,
                     "rate_limits.client_ip_header",
-                    format!("\"{other}\" is not supported; use \"x-forwarded-for\" or \"forwarded\""),
+                    format!(
+                        "\"{other}\" is not supported; use \"x-forwarded-for\" or \"forwarded\""
+                    ),
                 ));
-                    ForwardedHeader::XForwardedFor
-                }
+                ForwardedHeader::XForwardedFor
             }
-        }
+        },
     };
-
-    let limits = build_limits(file, errors);
-    Edge {
-        auth,
-        cors,
-        cors_configured,
-        rate_limits,
-        client_ip: ClientIpPolicy { trusted, header },
-        limits,
-    }
+    ClientIpPolicy { trusted, header }
 }
 
 fn unknown_policy(
@@ -193,15 +241,16 @@ fn unknown_policy(
     )
 }
 
-fn positive(
+/// A count that must be at least 1; the default when it is left out or 0.
+fn positive<T: Copy + Default + PartialEq>(
     file: &LoadedFile,
-    v: &Option<Spanned<usize>>,
+    v: &Option<Spanned<T>>,
     field: &str,
-    default: usize,
+    default: T,
     errors: &mut Vec<ConfigError>,
-) -> usize {
+) -> T {
     match v {
-        Some(s) if *s.get_ref() == 0 => {
+        Some(s) if *s.get_ref() == T::default() => {
             errors.push(file.error(s, field, "must be at least 1"));
             default
         }
@@ -210,17 +259,16 @@ fn positive(
     }
 }
 
-fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
-    let l = &file.config.limits;
-    let d = Limits::default();
-    let max_json_depth = positive(
-        file,
-        &l.max_json_depth,
-        "limits.max_json_depth",
-        d.max_json_depth,
-        errors,
-    );
-    if let Some(s) = &l.max_json_depth {
+/// `limits.max_json_depth`: 1 to 120, since the JSON parser gives up at
+/// 128 levels on its own and a deeper limit would never be reached.
+fn json_depth(
+    file: &LoadedFile,
+    v: &Option<Spanned<usize>>,
+    default: usize,
+    errors: &mut Vec<ConfigError>,
+) -> usize {
+    let depth = positive(file, v, "limits.max_json_depth", default, errors);
+    if let Some(s) = v {
         if *s.get_ref() > 120 {
             errors.push(file.error(
                 s,
@@ -229,75 +277,74 @@ fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
             ));
         }
     }
-    let max_concurrent_streams = match &l.max_concurrent_streams {
-        Some(s) if *s.get_ref() == 0 => {
-            errors.push(file.error(s, "limits.max_concurrent_streams", "must be at least 1"));
-            d.max_concurrent_streams
-        }
-        Some(s) => *s.get_ref(),
-        None => d.max_concurrent_streams,
+    depth
+}
+
+/// `[limits]`: the bounds on what one connection and one request may hold
+/// (sizes, counts, timeouts), each defaulting to [`Limits::default`].
+fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
+    let l = &file.config.limits;
+    let d = Limits::default();
+    // Every key here lives under `limits.`.
+    let count = |v: &Option<Spanned<usize>>, key: &str, default, errors: &mut Vec<ConfigError>| {
+        positive(file, v, &format!("limits.{key}"), default, errors)
     };
+    let wait = |v: &Option<Spanned<String>>, key: &str, default, errors: &mut Vec<ConfigError>| {
+        file.duration(v, &format!("limits.{key}"), default, errors)
+    };
+    let max_json_depth = json_depth(file, &l.max_json_depth, d.max_json_depth, errors);
+    let max_concurrent_streams = positive(
+        file,
+        &l.max_concurrent_streams,
+        "limits.max_concurrent_streams",
+        d.max_concurrent_streams,
+        errors,
+    );
     Limits {
-        max_url_bytes: positive(
-            file,
-            &l.max_url_bytes,
-            "limits.max_url_bytes",
-            d.max_url_bytes,
-            errors,
-        ),
-        max_headers: positive(
-            file,
-            &l.max_headers,
-            "limits.max_headers",
-            d.max_headers,
-            errors,
-        ),
-        max_header_bytes: positive(
-            file,
+        max_url_bytes: count(&l.max_url_bytes, "max_url_bytes", d.max_url_bytes, errors),
+        max_headers: count(&l.max_headers, "max_headers", d.max_headers, errors),
+        max_header_bytes: count(
             &l.max_header_bytes,
-            "limits.max_header_bytes",
+            "max_header_bytes",
             d.max_header_bytes,
             errors,
         ),
         max_json_depth,
         max_body_bytes: file.config.server.max_body_bytes,
-        request_timeout: file.duration(
+        request_timeout: wait(
             &l.request_timeout,
-            "limits.request_timeout",
+            "request_timeout",
             limits::DEFAULT_REQUEST_TIMEOUT,
             errors,
         ),
-        header_read_timeout: file.duration(
+        header_read_timeout: wait(
             &l.header_read_timeout,
-            "limits.header_read_timeout",
+            "header_read_timeout",
             limits::DEFAULT_HEADER_READ_TIMEOUT,
             errors,
         ),
-        idle_timeout: file.duration(
+        idle_timeout: wait(
             &l.idle_timeout,
-            "limits.idle_timeout",
+            "idle_timeout",
             limits::DEFAULT_IDLE_TIMEOUT,
             errors,
         ),
-        max_connections: positive(
-            file,
+        max_connections: count(
             &l.max_connections,
-            "limits.max_connections",
+            "max_connections",
             d.max_connections,
             errors,
         ),
         max_concurrent_streams,
-        max_multipart_preamble_bytes: positive(
-            file,
+        max_multipart_preamble_bytes: count(
             &l.max_multipart_preamble_bytes,
-            "limits.max_multipart_preamble_bytes",
+            "max_multipart_preamble_bytes",
             d.max_multipart_preamble_bytes,
             errors,
         ),
-        max_multipart_part_header_bytes: positive(
-            file,
+        max_multipart_part_header_bytes: count(
             &l.max_multipart_part_header_bytes,
-            "limits.max_multipart_part_header_bytes",
+            "max_multipart_part_header_bytes",
             d.max_multipart_part_header_bytes,
             errors,
         ),
@@ -308,6 +355,10 @@ fn build_limits(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> Limits {
     }
 }
 
+/// `[auth]`: the default mode, where a token may come from besides the
+/// `Authorization` header, the token bounds and forwarded claims, and the
+/// issuers. `previous` lends its JWKS caches to unchanged issuers, so a
+/// reload does not refetch every key set.
 fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<ConfigError>) -> Auth {
     let a = &file.config.auth;
     let default_mode = match &a.default {
@@ -325,27 +376,8 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
             ));
         }
     }
-    let token_name = |v: &Option<Spanned<String>>, field: &str, errors: &mut Vec<ConfigError>| {
-        v.as_ref().and_then(|s| {
-            let name = s.get_ref().trim();
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            {
-                errors.push(file.error(
-                    s,
-                    field,
-                    format!("\"{name}\" is not a usable name (letters, digits, '-', '_', '.')"),
-                ));
-                None
-            } else {
-                Some(name.to_owned())
-            }
-        })
-    };
-    let cookie = token_name(&a.cookie, "auth.cookie", errors);
-    let query_param = token_name(&a.query_param, "auth.query_param", errors);
+    let cookie = token_name(file, &a.cookie, "auth.cookie", errors);
+    let query_param = token_name(file, &a.query_param, "auth.query_param", errors);
     let max_token_bytes = match &a.max_token_bytes {
         Some(m) if *m.get_ref() < 64 => {
             errors.push(file.error(m, "auth.max_token_bytes", "must be at least 64"));
@@ -359,10 +391,60 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
         Some(list) => claim_names(file, list, "auth.forward_claims", errors),
         None => vec!["sub".to_owned()],
     };
+    Auth {
+        issuers: build_issuers(file, leeway, previous, errors),
+        default_mode,
+        cookie,
+        query_param,
+        max_token_bytes,
+        forward_claims,
+        forward_token: a.forward_token,
+    }
+}
 
+/// The name of the cookie or query parameter a token may come in: it must
+/// be a plain token, since it is matched byte for byte.
+fn token_name(
+    file: &LoadedFile,
+    v: &Option<Spanned<String>>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    v.as_ref().and_then(|s| {
+        let name = s.get_ref().trim();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            errors.push(file.error(
+                s,
+                field,
+                format!("\"{name}\" is not a usable name (letters, digits, '-', '_', '.')"),
+            ));
+            None
+        } else {
+            Some(name.to_owned())
+        }
+    })
+}
+
+/// Every `[auth.issuers.NAME]` that compiles; two issuers may not share an
+/// `iss`, since a token's `iss` picks the one that checks it.
+fn build_issuers(
+    file: &LoadedFile,
+    leeway: Duration,
+    previous: Option<&Auth>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Arc<Issuer>> {
     let mut issuers: Vec<Arc<Issuer>> = Vec::new();
-    for (name, spanned) in &a.issuers {
-        if let Some(i) = build_issuer(file, name, spanned, leeway, previous, errors) {
+    for (name, spanned) in &file.config.auth.issuers {
+        let table = Table {
+            file,
+            key: format!("auth.issuers.{name}"),
+            spanned,
+        };
+        if let Some(i) = table.build(name, leeway, previous, errors) {
             if let Some(other) = issuers.iter().find(|o| o.iss == i.iss) {
                 errors.push(file.error(
                     &spanned.get_ref().issuer,
@@ -373,15 +455,7 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
             issuers.push(Arc::new(i));
         }
     }
-    Auth {
-        issuers,
-        default_mode,
-        cookie,
-        query_param,
-        max_token_bytes,
-        forward_claims,
-        forward_token: a.forward_token,
-    }
+    issuers
 }
 
 fn claim_names(
@@ -402,221 +476,312 @@ fn claim_names(
     out
 }
 
-fn build_issuer(
-    file: &LoadedFile,
-    name: &str,
-    spanned: &Spanned<crate::config::IssuerConfig>,
-    default_leeway: Duration,
-    previous: Option<&Auth>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Issuer> {
-    let c = spanned.get_ref();
-    let at = |f: &str| format!("auth.issuers.{name}.{f}");
-    let before = errors.len();
-    if c.issuer.get_ref().is_empty() {
-        errors.push(file.error(&c.issuer, at("issuer"), "the iss value cannot be empty"));
+/// A table of routes.toml being compiled (an issuer, a route): its values
+/// and the key path its problems are reported under.
+struct Table<'a, T> {
+    file: &'a LoadedFile,
+    /// `auth.issuers.NAME`, `routes[3]`.
+    key: String,
+    spanned: &'a Spanned<T>,
+}
+
+impl<T> Table<'_, T> {
+    fn get(&self) -> &T {
+        self.spanned.get_ref()
     }
-    let mut algorithms = Vec::new();
-    for a in &c.algorithms {
-        match a.get_ref().trim().parse::<Algorithm>() {
-            Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
-            Ok(_) => {}
-            Err(_) => errors.push(file.error(
-                a,
-                at("algorithms"),
-                format!("\"{}\" is not an algorithm; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384 or HS512 (\"none\" is never accepted)", a.get_ref()),
-            )),
+
+    /// The key path of one of the table's fields.
+    fn at(&self, field: &str) -> String {
+        format!("{}.{field}", self.key)
+    }
+
+    /// An error at a value of this table.
+    fn error<V>(&self, at: &Spanned<V>, field: &str, msg: impl Into<String>) -> ConfigError {
+        self.file.error(at, self.at(field), msg)
+    }
+}
+
+/// One `[auth.issuers.NAME]`.
+impl Table<'_, IssuerConfig> {
+    /// The issuer, or `None` when any of its fields is wrong (each reported):
+    /// its algorithms, its keys (a shared secret, PEM files or a JWKS, never
+    /// both kinds) and its leeway.
+    fn build(
+        &self,
+        name: &str,
+        default_leeway: Duration,
+        previous: Option<&Auth>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Issuer> {
+        let c = self.get();
+        let before = errors.len();
+        if c.issuer.get_ref().is_empty() {
+            errors.push(self.error(&c.issuer, "issuer", "the iss value cannot be empty"));
         }
+        let algorithms = self.algorithms(errors);
+        let hmac = algorithms
+            .iter()
+            .any(|a| a.family() == AlgorithmFamily::Hmac);
+        let public = algorithms
+            .iter()
+            .any(|a| a.family() != AlgorithmFamily::Hmac);
+        if hmac && public {
+            errors.push(self.error(
+                self.spanned,
+                "algorithms",
+                "an issuer signs either with a shared secret (HS*) or with public keys, not both: a token's alg would choose how it is checked (algorithm confusion)",
+            ));
+        }
+        let mut static_keys: Vec<VerifyKey> = self.hmac_key(hmac, errors).into_iter().collect();
+        static_keys.extend(self.pem_keys(public, errors));
+        self.check_pem_families(&static_keys, &algorithms, errors);
+        let leeway =
+            self.file
+                .duration_min(&c.leeway, &self.at("leeway"), default_leeway, true, errors);
+        let jwks = self.jwks(public, before, previous, errors);
+        if public && jwks.is_none() && c.pem_files.is_empty() && c.jwks_url.is_none() {
+            errors.push(self.file.error(
+                self.spanned,
+                self.key.clone(),
+                "no keys: set jwks_url or pem_files",
+            ));
+        }
+        if errors.len() != before {
+            return None;
+        }
+        Some(Issuer::new(
+            name.to_owned(),
+            c.issuer.get_ref().clone(),
+            algorithms,
+            c.audiences.iter().map(|a| a.get_ref().clone()).collect(),
+            leeway.as_secs(),
+            static_keys,
+            jwks,
+        ))
     }
-    if c.algorithms.is_empty() {
-        errors.push(file.error(
-            spanned,
-            at("algorithms"),
-            "list the algorithms this issuer signs with, e.g. [\"RS256\"]",
-        ));
+
+    /// `algorithms`, without repeats; `none` is not an algorithm here, so a
+    /// token can never opt out of its signature.
+    fn algorithms(&self, errors: &mut Vec<ConfigError>) -> Vec<Algorithm> {
+        let c = self.get();
+        let mut algorithms = Vec::new();
+        for a in &c.algorithms {
+            match a.get_ref().trim().parse::<Algorithm>() {
+                Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Ok(_) => {}
+                Err(_) => errors.push(self.error(
+                    a,
+                    "algorithms",
+                    format!("\"{}\" is not an algorithm; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384 or HS512 (\"none\" is never accepted)", a.get_ref()),
+                )),
+            }
+        }
+        if c.algorithms.is_empty() {
+            errors.push(self.error(
+                self.spanned,
+                "algorithms",
+                "list the algorithms this issuer signs with, e.g. [\"RS256\"]",
+            ));
+        }
+        algorithms
     }
-    let hmac = algorithms
-        .iter()
-        .any(|a| a.family() == AlgorithmFamily::Hmac);
-    let public = algorithms
-        .iter()
-        .any(|a| a.family() != AlgorithmFamily::Hmac);
-    if hmac && public {
-        errors.push(file.error(
-            spanned,
-            at("algorithms"),
-            "an issuer signs either with a shared secret (HS*) or with public keys, not both: a token's alg would choose how it is checked (algorithm confusion)",
-        ));
-    }
-    let mut static_keys = Vec::new();
-    if let Some(env) = &c.hmac_secret_env {
+
+    /// The shared secret of an HS* issuer, read from `hmac_secret_env` (never
+    /// from the file, which is often committed) and at least 32 bytes long.
+    fn hmac_key(&self, hmac: bool, errors: &mut Vec<ConfigError>) -> Option<VerifyKey> {
+        let Some(env) = &self.get().hmac_secret_env else {
+            if hmac {
+                errors.push(self.error(
+                    self.spanned,
+                    "hmac_secret_env",
+                    "HS* algorithms need hmac_secret_env",
+                ));
+            }
+            return None;
+        };
         if !hmac {
-            errors.push(file.error(
+            errors.push(self.error(
                 env,
-                at("hmac_secret_env"),
+                "hmac_secret_env",
                 "an HMAC secret needs an HS256, HS384 or HS512 algorithm",
             ));
         }
         match std::env::var(env.get_ref()) {
-            Ok(secret) if secret.len() >= 32 => static_keys.push(VerifyKey {
+            Ok(secret) if secret.len() >= 32 => Some(VerifyKey {
                 kid: None,
                 family: AlgorithmFamily::Hmac,
                 algorithms: None,
                 key: DecodingKey::from_secret(secret.as_bytes()),
                 origin: format!("env {}", env.get_ref()),
             }),
-            Ok(secret) => errors.push(file.error(
-                env,
-                at("hmac_secret_env"),
-                format!("the secret in {} is {} bytes; HMAC secrets must be at least 32 bytes (RFC 7518 3.2)", env.get_ref(), secret.len()),
-            )),
-            Err(_) => errors.push(file.error(
-                env,
-                at("hmac_secret_env"),
-                format!("environment variable {} is not set", env.get_ref()),
-            )),
+            Ok(secret) => {
+                errors.push(self.error(
+                    env,
+                    "hmac_secret_env",
+                    format!("the secret in {} is {} bytes; HMAC secrets must be at least 32 bytes (RFC 7518 3.2)", env.get_ref(), secret.len()),
+                ));
+                None
+            }
+            Err(_) => {
+                errors.push(self.error(
+                    env,
+                    "hmac_secret_env",
+                    format!("environment variable {} is not set", env.get_ref()),
+                ));
+                None
+            }
         }
-    } else if hmac {
-        errors.push(file.error(
-            spanned,
-            at("hmac_secret_env"),
-            "HS* algorithms need hmac_secret_env",
-        ));
     }
-    for p in &c.pem_files {
-        if !public {
-            errors.push(file.error(
-                p,
-                at("pem_files"),
-                "public keys need an RS*, PS*, ES* or EdDSA algorithm",
+
+    /// The public keys in `pem_files`, each read now (relative to the config
+    /// file) so a missing or wrong file refuses the config.
+    fn pem_keys(&self, public: bool, errors: &mut Vec<ConfigError>) -> Vec<VerifyKey> {
+        let mut keys = Vec::new();
+        for p in &self.get().pem_files {
+            if !public {
+                errors.push(self.error(
+                    p,
+                    "pem_files",
+                    "public keys need an RS*, PS*, ES* or EdDSA algorithm",
+                ));
+            }
+            let path = self.file.relative(p.get_ref());
+            match std::fs::read(&path) {
+                Ok(bytes) => match pem_key(&bytes) {
+                    Some((family, key)) => keys.push(VerifyKey {
+                        kid: None,
+                        family,
+                        algorithms: None,
+                        key,
+                        origin: path.display().to_string(),
+                    }),
+                    None => errors.push(self.error(
+                        p,
+                        "pem_files",
+                        format!("{} holds no RSA, EC or Ed25519 public key in PEM (\"-----BEGIN PUBLIC KEY-----\")", path.display()),
+                    )),
+                },
+                Err(e) => errors.push(self.error(p, "pem_files", format!("cannot read {}: {e}", path.display()))),
+            }
+        }
+        keys
+    }
+
+    /// Every public key must fit one of the listed algorithms, or it could
+    /// never verify a token.
+    fn check_pem_families(
+        &self,
+        keys: &[VerifyKey],
+        algorithms: &[Algorithm],
+        errors: &mut Vec<ConfigError>,
+    ) {
+        if keys.iter().any(|k| k.family != AlgorithmFamily::Hmac)
+            && !keys
+                .iter()
+                .all(|k| algorithms.iter().any(|a| a.family() == k.family))
+        {
+            errors.push(self.error(
+                self.spanned,
+                "pem_files",
+                "a key in pem_files fits none of the listed algorithms",
             ));
         }
-        let path = file.relative(p.get_ref());
-        match std::fs::read(&path) {
-            Ok(bytes) => match pem_key(&bytes) {
-                Some((family, key)) => static_keys.push(VerifyKey {
-                    kid: None,
-                    family,
-                    algorithms: None,
-                    key,
-                    origin: path.display().to_string(),
-                }),
-                None => errors.push(file.error(
-                    p,
-                    at("pem_files"),
-                    format!("{} holds no RSA, EC or Ed25519 public key in PEM (\"-----BEGIN PUBLIC KEY-----\")", path.display()),
-                )),
-            },
-            Err(e) => errors.push(file.error(p, at("pem_files"), format!("cannot read {}: {e}", path.display()))),
-        }
     }
-    if static_keys
-        .iter()
-        .any(|k| k.family != AlgorithmFamily::Hmac)
-        && !static_keys
-            .iter()
-            .all(|k| algorithms.iter().any(|a| a.family() == k.family))
-    {
-        errors.push(file.error(
-            spanned,
-            at("pem_files"),
-            "a key in pem_files fits none of the listed algorithms",
-        ));
-    }
-    let leeway = file.duration_min(&c.leeway, &at("leeway"), default_leeway, true, errors);
-    let mut jwks = None;
-    if let Some(url) = &c.jwks_url {
+
+    /// The JWKS behind `jwks_url`, or `None` without one (its refresh
+    /// settings are then reported as misplaced). It is only created when the
+    /// issuer has no other problem (`before`: the error count when this
+    /// issuer started), and reuses the previous snapshot's cache of the same
+    /// source.
+    fn jwks(
+        &self,
+        public: bool,
+        before: usize,
+        previous: Option<&Auth>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Arc<Jwks>> {
+        let c = self.get();
+        let Some(url) = &c.jwks_url else {
+            for (v, f) in [
+                (&c.jwks_min_refresh, "jwks_min_refresh"),
+                (&c.jwks_max_refresh, "jwks_max_refresh"),
+                (&c.jwks_refetch_interval, "jwks_refetch_interval"),
+                (&c.jwks_timeout, "jwks_timeout"),
+            ] {
+                if let Some(v) = v {
+                    errors.push(self.error(v, f, "only applies with jwks_url"));
+                }
+            }
+            return None;
+        };
         if !public {
-            errors.push(file.error(
+            errors.push(self.error(
                 url,
-                at("jwks_url"),
+                "jwks_url",
                 "a JWKS holds public keys; list an RS*, PS*, ES* or EdDSA algorithm",
             ));
         }
         let u = url.get_ref();
         if !(u.starts_with("https://") || u.starts_with("http://")) {
-            errors.push(file.error(
-                url,
-                at("jwks_url"),
-                format!("\"{u}\" is not an http(s) URL"),
-            ));
+            errors.push(self.error(url, "jwks_url", format!("\"{u}\" is not an http(s) URL")));
         }
+        let source = self.jwks_source(u, errors);
+        if errors.len() != before {
+            return None;
+        }
+        let old = previous
+            .into_iter()
+            .flat_map(|p| p.issuers.iter())
+            .filter_map(|i| i.jwks.as_ref())
+            .find(|j| j.source == source);
+        Jwks::new(source, old)
+            .map_err(|e| errors.push(self.error(url, "jwks_url", e)))
+            .ok()
+    }
+
+    /// Where and how often the JWKS is fetched.
+    fn jwks_source(&self, url: &str, errors: &mut Vec<ConfigError>) -> JwksSource {
+        let c = self.get();
+        let wait =
+            |v: &Option<Spanned<String>>, f: &str, default, errors: &mut Vec<ConfigError>| {
+                self.file.duration(v, &self.at(f), default, errors)
+            };
         let source = JwksSource {
-            url: u.clone(),
-            min_refresh: file.duration(
+            url: url.to_owned(),
+            min_refresh: wait(
                 &c.jwks_min_refresh,
-                &at("jwks_min_refresh"),
+                "jwks_min_refresh",
                 jwks::DEFAULT_MIN_REFRESH,
                 errors,
             ),
-            max_refresh: file.duration(
+            max_refresh: wait(
                 &c.jwks_max_refresh,
-                &at("jwks_max_refresh"),
+                "jwks_max_refresh",
                 jwks::DEFAULT_MAX_REFRESH,
                 errors,
             ),
-            refetch_interval: file.duration(
+            refetch_interval: wait(
                 &c.jwks_refetch_interval,
-                &at("jwks_refetch_interval"),
+                "jwks_refetch_interval",
                 jwks::DEFAULT_REFETCH_INTERVAL,
                 errors,
             ),
-            timeout: file.duration(
+            timeout: wait(
                 &c.jwks_timeout,
-                &at("jwks_timeout"),
+                "jwks_timeout",
                 jwks::DEFAULT_TIMEOUT,
                 errors,
             ),
         };
         if source.min_refresh > source.max_refresh {
-            errors.push(file.error(
-                spanned,
-                at("jwks_min_refresh"),
+            errors.push(self.error(
+                self.spanned,
+                "jwks_min_refresh",
                 "is longer than jwks_max_refresh",
             ));
         }
-        if errors.len() == before {
-            let old = previous
-                .into_iter()
-                .flat_map(|p| p.issuers.iter())
-                .filter_map(|i| i.jwks.as_ref())
-                .find(|j| j.source == source);
-            match Jwks::new(source, old) {
-                Ok(j) => jwks = Some(j),
-                Err(e) => errors.push(file.error(url, at("jwks_url"), e)),
-            }
-        }
-    } else {
-        for (v, f) in [
-            (&c.jwks_min_refresh, "jwks_min_refresh"),
-            (&c.jwks_max_refresh, "jwks_max_refresh"),
-            (&c.jwks_refetch_interval, "jwks_refetch_interval"),
-            (&c.jwks_timeout, "jwks_timeout"),
-        ] {
-            if let Some(v) = v {
-                errors.push(file.error(v, at(f), "only applies with jwks_url"));
-            }
-        }
+        source
     }
-    if public && jwks.is_none() && c.pem_files.is_empty() && c.jwks_url.is_none() {
-        errors.push(file.error(
-            spanned,
-            format!("auth.issuers.{name}"),
-            "no keys: set jwks_url or pem_files",
-        ));
-    }
-    if errors.len() != before {
-        return None;
-    }
-    Some(Issuer::new(
-        name.to_owned(),
-        c.issuer.get_ref().clone(),
-        algorithms,
-        c.audiences.iter().map(|a| a.get_ref().clone()).collect(),
-        leeway.as_secs(),
-        static_keys,
-        jwks,
-    ))
 }
 
 /// The key in a PEM file, whichever family it is.
@@ -658,57 +823,19 @@ fn cors_policy(
             Err(e) => errors.push(file.error(o, format!("{field}.allowed_origins"), e)),
         }
     }
-    let methods = pick(|c| &c.allowed_methods).map(|list| {
-        list.iter()
-            .filter_map(|m| {
-                let upper = m.get_ref().trim().to_ascii_uppercase();
-                Method::from_bytes(upper.as_bytes())
-                    .map_err(|_| {
-                        errors.push(file.error(
-                            m,
-                            format!("{field}.allowed_methods"),
-                            format!("\"{}\" is not an HTTP method", m.get_ref()),
-                        ))
-                    })
-                    .ok()
-            })
-            .collect::<Vec<_>>()
-    });
-    let names = |list: Option<&Vec<Spanned<String>>>,
-                 default: &[&str],
-                 what: &str,
-                 errors: &mut Vec<ConfigError>|
-     -> Vec<String> {
-        match list {
-            None => default.iter().map(|s| (*s).to_owned()).collect(),
-            Some(list) => list
-                .iter()
-                .filter_map(|h| {
-                    let name = h.get_ref().trim().to_ascii_lowercase();
-                    if name == "*" || HeaderName::from_bytes(name.as_bytes()).is_ok() {
-                        Some(name)
-                    } else {
-                        errors.push(file.error(
-                            h,
-                            format!("{field}.{what}"),
-                            format!("\"{}\" is not a header name", h.get_ref()),
-                        ));
-                        None
-                    }
-                })
-                .collect(),
-        }
-    };
-    let allowed_headers = names(
+    let methods = pick(|c| &c.allowed_methods).map(|list| cors_methods(file, list, field, errors));
+    let allowed_headers = cors_header_names(
+        file,
         pick(|c| &c.allowed_headers),
         cors::DEFAULT_ALLOWED_HEADERS,
-        "allowed_headers",
+        &format!("{field}.allowed_headers"),
         errors,
     );
-    let exposed_headers = names(
+    let exposed_headers = cors_header_names(
+        file,
         pick(|c| &c.exposed_headers),
         cors::DEFAULT_EXPOSED_HEADERS,
-        "exposed_headers",
+        &format!("{field}.exposed_headers"),
         errors,
     );
     let credentials = c
@@ -726,20 +853,70 @@ fn cors_policy(
         true,
         errors,
     );
-    match CorsPolicy::new(
+    // tower-http panics on some combinations; CorsPolicy::new refuses them.
+    CorsPolicy::new(
         origins,
         methods,
         allowed_headers,
         exposed_headers,
         credentials,
         max_age,
-    ) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            errors.push(file.error(own, field, e));
-            None
-        }
-    }
+    )
+    .map_err(|e| errors.push(file.error(own, field, e)))
+    .ok()
+}
+
+/// `allowed_methods`, upper-cased: browsers send the method as written, and
+/// methods are case-sensitive.
+fn cors_methods(
+    file: &LoadedFile,
+    list: &[Spanned<String>],
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Method> {
+    list.iter()
+        .filter_map(|m| {
+            let upper = m.get_ref().trim().to_ascii_uppercase();
+            Method::from_bytes(upper.as_bytes())
+                .map_err(|_| {
+                    errors.push(file.error(
+                        m,
+                        format!("{field}.allowed_methods"),
+                        format!("\"{}\" is not an HTTP method", m.get_ref()),
+                    ))
+                })
+                .ok()
+        })
+        .collect()
+}
+
+/// `allowed_headers` or `exposed_headers`, lower-cased (`*` passes as is);
+/// `default` when the key is left out.
+fn cors_header_names(
+    file: &LoadedFile,
+    list: Option<&Vec<Spanned<String>>>,
+    default: &[&str],
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let Some(list) = list else {
+        return default.iter().map(|s| (*s).to_owned()).collect();
+    };
+    list.iter()
+        .filter_map(|h| {
+            let name = h.get_ref().trim().to_ascii_lowercase();
+            if name == "*" || HeaderName::from_bytes(name.as_bytes()).is_ok() {
+                Some(name)
+            } else {
+                errors.push(file.error(
+                    h,
+                    field,
+                    format!("\"{}\" is not a header name", h.get_ref()),
+                ));
+                None
+            }
+        })
+        .collect()
 }
 
 impl Edge {
@@ -753,133 +930,27 @@ impl Edge {
         path: &str,
         errors: &mut Vec<ConfigError>,
     ) -> RouteEdge {
-        let r = spanned.get_ref();
-        let at = |f: &str| format!("routes[{i}].{f}");
-        let mode = match &r.auth {
-            Some(m) => AuthMode::parse(m.get_ref())
-                .map_err(|e| errors.push(file.error(m, at("auth"), e)))
-                .unwrap_or(self.auth.default_mode),
-            None => self.auth.default_mode,
+        let route = Table {
+            file,
+            key: format!("routes[{i}]"),
+            spanned,
         };
-        if mode != AuthMode::None && self.auth.issuers.is_empty() {
-            if let Some(m) = &r.auth {
-                errors.push(file.error(
-                    m,
-                    at("auth"),
-                    "no [auth.issuers.NAME] is defined, so no token could pass",
-                ));
-            }
-        }
-        let issuers = r.issuers.as_ref().map(|list| {
-            list.iter()
-                .filter_map(|n| {
-                    match self
-                        .auth
-                        .issuers
-                        .iter()
-                        .position(|i| i.name == *n.get_ref())
-                    {
-                        Some(p) => Some(p),
-                        None => {
-                            errors.push(file.error(
-                                n,
-                                at("issuers"),
-                                format!(
-                                        "issuer \"{}\" is not defined (defined: {})",
-                                        n.get_ref(),
-                                        self.auth
-                                            .issuers
-                                            .iter()
-                                            .map(|i| i.name.as_str())
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
-                                    ),
-                            ));
-                            None
-                        }
-                    }
-                })
-                .collect()
-        });
-        let needs_token = !r.scopes.is_empty() || !r.claims.is_empty();
-        if needs_token && mode == AuthMode::None {
-            errors.push(file.error(
-                spanned,
-                at("auth"),
-                "scopes and claims need auth = \"required\" (or \"optional\")",
-            ));
-        }
-        let mut claims = Vec::new();
-        for (name, v) in &r.claims {
-            let values: Vec<serde_json::Value> = match v.get_ref() {
-                toml::Value::Array(items) => items.iter().filter_map(toml_scalar).collect(),
-                other => toml_scalar(other).into_iter().collect(),
-            };
-            if values.is_empty() {
-                errors.push(file.error(
-                    v,
-                    at(&format!("claims.{name}")),
-                    "give a string, number or bool, or a list of them",
-                ));
-            }
-            claims.push((name.clone(), values));
-        }
-        let forward = match &r.forward_claims {
-            Some(list) => claim_names(file, list, &at("forward_claims"), errors),
-            None => self.auth.forward_claims.clone(),
-        };
-        let forward_claims = forward
-            .into_iter()
-            .filter_map(|c| {
-                let key = format!("grpc-metadata-{}", jwt::claim_metadata_key(&c));
-                HeaderName::from_bytes(key.as_bytes()).ok().map(|h| (c, h))
-            })
-            .collect();
-        let cors = match &r.cors {
+        let auth = self.route_auth(&route, errors);
+        let cors = match &route.get().cors {
             Some(own) => cors_policy(
                 file,
                 own,
                 file.config.cors.as_ref().map(|c| c.get_ref()),
-                &at("cors"),
+                &route.at("cors"),
                 errors,
             )
             .map(Arc::new),
             None => self.cors.clone(),
         };
-        let names: Vec<&Spanned<String>> = match &r.rate_limit {
-            Some(list) => list.iter().collect(),
-            None => file.config.rate_limits.default.iter().collect(),
-        };
-        let mut rate_limits = Vec::new();
-        for n in names {
-            match self.rate_limits.get(n.get_ref()) {
-                Some(p)
-                    if !rate_limits
-                        .iter()
-                        .any(|q: &Arc<ratelimit::Policy>| Arc::ptr_eq(q, p)) =>
-                {
-                    rate_limits.push(p.clone())
-                }
-                Some(_) => {}
-                None if r.rate_limit.is_some() => errors.push(unknown_policy(
-                    file,
-                    n,
-                    &at("rate_limit"),
-                    &self.rate_limits,
-                )),
-                None => {} // reported once under rate_limits.default
-            }
-        }
         RouteEdge {
-            auth: RouteAuth {
-                mode,
-                issuers,
-                scopes: r.scopes.iter().map(|s| s.get_ref().clone()).collect(),
-                claims,
-                forward_claims,
-            },
+            auth,
             cors,
-            rate_limits,
+            rate_limits: self.route_rate_limits(&route, errors),
             route_key: route_key(method, path),
         }
     }
@@ -892,17 +963,7 @@ impl Edge {
                 issuers: None,
                 scopes: Vec::new(),
                 claims: Vec::new(),
-                forward_claims: self
-                    .auth
-                    .forward_claims
-                    .iter()
-                    .filter_map(|c| {
-                        let key = format!("grpc-metadata-{}", jwt::claim_metadata_key(c));
-                        HeaderName::from_bytes(key.as_bytes())
-                            .ok()
-                            .map(|h| (c.clone(), h))
-                    })
-                    .collect(),
+                forward_claims: claim_headers(&self.auth.forward_claims),
             },
             cors: self.cors.clone(),
             rate_limits: file
@@ -915,6 +976,166 @@ impl Edge {
             route_key: route_key(method, path),
         }
     }
+
+    /// A route's `auth`, `issuers`, `scopes`, `claims` and `forward_claims`
+    /// over `[auth]`: who may call it and which claims travel on.
+    fn route_auth(
+        &self,
+        route: &Table<'_, RouteConfig>,
+        errors: &mut Vec<ConfigError>,
+    ) -> RouteAuth {
+        let r = route.get();
+        let mode = self.route_auth_mode(route, errors);
+        let issuers = r
+            .issuers
+            .as_ref()
+            .map(|list| self.route_issuers(route, list, errors));
+        let needs_token = !r.scopes.is_empty() || !r.claims.is_empty();
+        if needs_token && mode == AuthMode::None {
+            errors.push(route.file.error(
+                route.spanned,
+                route.at("auth"),
+                "scopes and claims need auth = \"required\" (or \"optional\")",
+            ));
+        }
+        let claims = route_claims(route, errors);
+        let forward = match &r.forward_claims {
+            Some(list) => claim_names(route.file, list, &route.at("forward_claims"), errors),
+            None => self.auth.forward_claims.clone(),
+        };
+        RouteAuth {
+            mode,
+            issuers,
+            scopes: r.scopes.iter().map(|s| s.get_ref().clone()).collect(),
+            claims,
+            forward_claims: claim_headers(&forward),
+        }
+    }
+
+    /// The route's `auth`, or `auth.default`; a token cannot be asked for
+    /// when no issuer could accept one.
+    fn route_auth_mode(
+        &self,
+        route: &Table<'_, RouteConfig>,
+        errors: &mut Vec<ConfigError>,
+    ) -> AuthMode {
+        let Some(m) = &route.get().auth else {
+            return self.auth.default_mode;
+        };
+        let mode = AuthMode::parse(m.get_ref())
+            .map_err(|e| errors.push(route.error(m, "auth", e)))
+            .unwrap_or(self.auth.default_mode);
+        if mode != AuthMode::None && self.auth.issuers.is_empty() {
+            errors.push(route.error(
+                m,
+                "auth",
+                "no [auth.issuers.NAME] is defined, so no token could pass",
+            ));
+        }
+        mode
+    }
+
+    /// The route's `issuers`, as indexes into [`Auth::issuers`]; each must
+    /// name a defined issuer.
+    fn route_issuers(
+        &self,
+        route: &Table<'_, RouteConfig>,
+        list: &[Spanned<String>],
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<usize> {
+        let issuers = &self.auth.issuers;
+        list.iter()
+            .filter_map(|n| {
+                let found = issuers.iter().position(|i| i.name == *n.get_ref());
+                if found.is_none() {
+                    errors.push(route.error(
+                        n,
+                        "issuers",
+                        format!(
+                            "issuer \"{}\" is not defined (defined: {})",
+                            n.get_ref(),
+                            issuers
+                                .iter()
+                                .map(|i| i.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                found
+            })
+            .collect()
+    }
+
+    /// The route's `rate_limit` policies, or `rate_limits.default`, each
+    /// once. An unknown default is reported once under `rate_limits.default`,
+    /// not again for every route.
+    fn route_rate_limits(
+        &self,
+        route: &Table<'_, RouteConfig>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<Arc<ratelimit::Policy>> {
+        let r = route.get();
+        let names: Vec<&Spanned<String>> = match &r.rate_limit {
+            Some(list) => list.iter().collect(),
+            None => route.file.config.rate_limits.default.iter().collect(),
+        };
+        let mut rate_limits: Vec<Arc<ratelimit::Policy>> = Vec::new();
+        for n in names {
+            match self.rate_limits.get(n.get_ref()) {
+                Some(p) if !rate_limits.iter().any(|q| Arc::ptr_eq(q, p)) => {
+                    rate_limits.push(p.clone())
+                }
+                Some(_) => {}
+                None if r.rate_limit.is_some() => errors.push(unknown_policy(
+                    route.file,
+                    n,
+                    &route.at("rate_limit"),
+                    &self.rate_limits,
+                )),
+                None => {} // reported once under rate_limits.default
+            }
+        }
+        rate_limits
+    }
+}
+
+/// The route's `claims`: each a value or a list of values, any one of which
+/// the token's claim must equal.
+fn route_claims(
+    route: &Table<'_, RouteConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(String, Vec<serde_json::Value>)> {
+    let mut claims = Vec::new();
+    for (name, v) in &route.get().claims {
+        let values: Vec<serde_json::Value> = match v.get_ref() {
+            toml::Value::Array(items) => items.iter().filter_map(toml_scalar).collect(),
+            other => toml_scalar(other).into_iter().collect(),
+        };
+        if values.is_empty() {
+            errors.push(route.error(
+                v,
+                &format!("claims.{name}"),
+                "give a string, number or bool, or a list of them",
+            ));
+        }
+        claims.push((name.clone(), values));
+    }
+    claims
+}
+
+/// Each forwarded claim with the `grpc-metadata-x-jwt-<claim>` header it
+/// travels in, named once here instead of per request.
+fn claim_headers(claims: &[String]) -> Vec<(String, HeaderName)> {
+    claims
+        .iter()
+        .filter_map(|c| {
+            let key = format!("grpc-metadata-{}", jwt::claim_metadata_key(c));
+            HeaderName::from_bytes(key.as_bytes())
+                .ok()
+                .map(|h| (c.clone(), h))
+        })
+        .collect()
 }
 
 fn toml_scalar(v: &toml::Value) -> Option<serde_json::Value> {
@@ -946,5 +1167,299 @@ impl std::hash::Hasher for Fnv {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const FILE: &str = "/etc/gateway/routes.toml";
+
+    /// `text` as the routes.toml at [`FILE`].
+    fn parse(text: &str) -> LoadedFile {
+        LoadedFile::parse(Path::new(FILE), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Each error as printed: `file:line: key: message`.
+    fn printed(errors: &[ConfigError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn cors_policy_takes_unset_keys_of_a_route_from_the_global_one() {
+        let file = parse(
+            r#"[cors]
+allowed_origins = ["https://app.example"]
+allowed_methods = ["get", "Post"]
+max_age = "1m"
+
+[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "a.B/C"
+cors = { allowed_origins = ["https://admin.example"], allow_credentials = true }
+"#,
+        );
+        let global = file.config.cors.as_ref().unwrap();
+        let mut errors = Vec::new();
+        let policy = cors_policy(&file, global, None, "cors", &mut errors).unwrap();
+        assert_eq!(
+            policy.origins,
+            vec![OriginRule::Exact("https://app.example".into())]
+        );
+        assert_eq!(policy.methods, Some(vec![Method::GET, Method::POST]));
+        assert_eq!(policy.allowed_headers, cors::DEFAULT_ALLOWED_HEADERS);
+        assert_eq!(policy.exposed_headers, cors::DEFAULT_EXPOSED_HEADERS);
+        assert_eq!(policy.max_age, Duration::from_secs(60));
+        assert!(!policy.credentials);
+
+        let own = file.config.routes[0].get_ref().cors.as_ref().unwrap();
+        let route = cors_policy(
+            &file,
+            own,
+            Some(global.get_ref()),
+            "routes[0].cors",
+            &mut errors,
+        )
+        .unwrap();
+        assert_eq!(
+            route.origins,
+            vec![OriginRule::Exact("https://admin.example".into())]
+        );
+        assert_eq!(route.methods, policy.methods);
+        assert_eq!(route.max_age, Duration::from_secs(60));
+        assert!(route.credentials);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+    }
+
+    #[test]
+    fn cors_is_configured_by_a_route_alone() {
+        let file = parse(
+            r#"[[routes]]
+method = "GET"
+path = "/v1/x"
+grpc = "a.B/C"
+cors = { allowed_origins = ["https://app.example"] }
+"#,
+        );
+        let mut errors = Vec::new();
+        let (global, configured) = build_cors(&file, &mut errors);
+        assert!(global.is_none());
+        assert!(configured);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+    }
+
+    #[test]
+    fn cors_reports_each_bad_value_at_its_line() {
+        let file = parse(
+            r#"[cors]
+allowed_origins = ["*"]
+allowed_methods = ["GET", "NOT A METHOD"]
+allowed_headers = ["x ok"]
+"#,
+        );
+        let mut errors = Vec::new();
+        let (global, _) = build_cors(&file, &mut errors);
+        assert!(global.is_some());
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:3: cors.allowed_methods: \"NOT A METHOD\" is not an HTTP method"),
+                format!("{FILE}:4: cors.allowed_headers: \"x ok\" is not a header name"),
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limit_policy_compiles_with_its_defaults() {
+        let file = parse(
+            r#"[rate_limits]
+max_keys = 500
+default = ["api"]
+
+[rate_limits.policies.api]
+key = "header:X-Api-Key"
+rate = 10
+per = "1m"
+scope = "route"
+"#,
+        );
+        let mut errors = Vec::new();
+        let rl = build_rate_limits(&file, None, &mut errors);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+        assert_eq!(
+            rl.get("api").unwrap().def,
+            PolicyDef {
+                name: "api".into(),
+                key: KeyKind::Header(HeaderName::from_static("x-api-key")),
+                rate: 10,
+                per: Duration::from_secs(60),
+                burst: 10,
+                per_route: true,
+                max_keys: 500,
+            }
+        );
+        assert_eq!(rl.ipv6_prefix, super::super::client_ip::DEFAULT_IPV6_PREFIX);
+    }
+
+    #[test]
+    fn rate_limit_problems_are_reported_in_order_with_usable_fallbacks() {
+        let file = parse(
+            r#"[rate_limits]
+max_keys = 0
+ipv6_prefix = 0
+default = ["missing"]
+
+[rate_limits.policies.api]
+key = "ip"
+rate = 0
+burst = 0
+scope = "everywhere"
+"#,
+        );
+        let mut errors = Vec::new();
+        let rl = build_rate_limits(&file, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:2: rate_limits.max_keys: must be at least 1"),
+                format!("{FILE}:8: rate_limits.policies.api.rate: must be at least 1"),
+                format!("{FILE}:9: rate_limits.policies.api.burst: must be at least 1"),
+                format!("{FILE}:10: rate_limits.policies.api.scope: \"everywhere\" is not a scope; use \"global\" or \"route\""),
+                format!("{FILE}:3: rate_limits.ipv6_prefix: must be 1..=128 (64: one subscriber's network; 128: every address apart)"),
+                format!("{FILE}:4: rate_limits.default: rate-limit policy \"missing\" is not defined (defined: api); add [rate_limits.policies.missing]"),
+            ]
+        );
+        let def = &rl.get("api").unwrap().def;
+        assert_eq!((def.rate, def.burst, def.per_route), (1, 1, false));
+        assert_eq!(def.max_keys, ratelimit::DEFAULT_MAX_KEYS);
+    }
+
+    #[test]
+    fn client_ip_policy_keeps_good_proxies_and_names_bad_ones() {
+        let file = parse(
+            r#"[rate_limits]
+trusted_proxies = ["10.0.0.0/8", "not-an-ip"]
+client_ip_header = "Forwarded"
+"#,
+        );
+        let mut errors = Vec::new();
+        let policy = build_client_ip(&file, &mut errors);
+        assert_eq!(policy.trusted, vec![Cidr::parse("10.0.0.0/8").unwrap()]);
+        assert_eq!(policy.header, ForwardedHeader::Forwarded);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with(&format!("{FILE}:2: rate_limits.trusted_proxies: ")),
+            "{:?}",
+            printed(&errors)
+        );
+    }
+
+    #[test]
+    fn limits_report_zero_counts_and_too_deep_json_in_order() {
+        let file = parse(
+            r#"[limits]
+max_headers = 0
+max_json_depth = 200
+max_concurrent_streams = 0
+idle_timeout = "0s"
+"#,
+        );
+        let mut errors = Vec::new();
+        let limits = build_limits(&file, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:3: limits.max_json_depth: at most 120 (the JSON parser stops at 128 levels anyway)"),
+                format!("{FILE}:4: limits.max_concurrent_streams: must be at least 1"),
+                format!("{FILE}:2: limits.max_headers: must be at least 1"),
+                format!("{FILE}:5: limits.idle_timeout: must be greater than zero"),
+            ]
+        );
+        let d = Limits::default();
+        assert_eq!(limits.max_headers, d.max_headers);
+        assert_eq!(limits.max_concurrent_streams, d.max_concurrent_streams);
+        assert_eq!(limits.idle_timeout, d.idle_timeout);
+    }
+
+    #[test]
+    fn issuers_compile_and_two_with_one_iss_are_refused() {
+        let file = parse(
+            r#"[auth]
+default = "required"
+
+[auth.issuers.first]
+issuer = "https://idp.example"
+algorithms = ["RS256", "RS256"]
+audiences = ["api"]
+jwks_url = "https://idp.example/jwks"
+
+[auth.issuers.second]
+issuer = "https://idp.example"
+algorithms = ["ES256"]
+jwks_url = "https://idp.example/other"
+"#,
+        );
+        let mut errors = Vec::new();
+        let auth = build_auth(&file, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [format!("{FILE}:11: auth.issuers.second.issuer: issuer \"https://idp.example\" is also declared as auth.issuers.first; a token's iss must pick one")]
+        );
+        assert_eq!(auth.default_mode, AuthMode::Required);
+        let names: Vec<&str> = auth.issuers.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        let first = &auth.issuers[0];
+        assert_eq!(first.iss, "https://idp.example");
+        assert_eq!(first.algorithms, [Algorithm::RS256]);
+        assert_eq!(first.audiences, ["api"]);
+        assert!(first.static_keys.is_empty());
+        assert_eq!(
+            first.jwks.as_ref().map(|j| j.source.url.as_str()),
+            Some("https://idp.example/jwks")
+        );
+        assert_eq!(auth.forward_claims, ["sub"]);
+    }
+
+    #[test]
+    fn an_issuer_with_several_problems_reports_each_and_is_left_out() {
+        let file = parse(
+            r#"[auth.issuers.mixed]
+issuer = ""
+algorithms = ["HS256", "RS256", "none"]
+jwks_timeout = "5s"
+"#,
+        );
+        let mut errors = Vec::new();
+        let auth = build_auth(&file, None, &mut errors);
+        assert!(auth.issuers.is_empty());
+        let keys: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.issuers.mixed.issuer",
+                "auth.issuers.mixed.algorithms",
+                "auth.issuers.mixed.algorithms",
+                "auth.issuers.mixed.hmac_secret_env",
+                "auth.issuers.mixed.jwks_timeout",
+                "auth.issuers.mixed",
+            ],
+            "{:?}",
+            printed(&errors)
+        );
+        let text = printed(&errors);
+        assert!(text[1].contains("\"none\" is not an algorithm"), "{text:?}");
+        assert!(text[2].contains("algorithm confusion"), "{text:?}");
+        assert!(text[4].starts_with(&format!("{FILE}:4: ")), "{text:?}");
+        assert!(text[4].ends_with("only applies with jwks_url"), "{text:?}");
+        assert!(
+            text[5].ends_with("no keys: set jwks_url or pem_files"),
+            "{text:?}"
+        );
     }
 }
