@@ -91,14 +91,14 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
             json!({
                 "method": r.method,
                 "path": r.template.to_string(),
-                "grpc": format!("{}/{}", r.grpc_method.parent_service().full_name(), r.grpc_method.name()),
+                "grpc": format!("{}/{}", r.plan.grpc_method.parent_service().full_name(), r.plan.grpc_method.name()),
                 "backend": r.backend.name,
-                "body": match &r.body {
+                "body": match &r.plan.body {
                     crate::transcode::BodyRule::None => Value::Null,
                     crate::transcode::BodyRule::All => "*".into(),
                     crate::transcode::BodyRule::Field(f) => f.name().into(),
                 },
-                "response_body": r.response_body.as_ref().map(|f| f.name()),
+                "response_body": r.plan.response_body.as_ref().map(|f| f.name()),
                 "timeout_ms": r.timeout.as_millis() as u64,
                 // The edge policy: auth mode, issuers, scopes, claims; rate
                 // limits (with live key counts), CORS and request limits.

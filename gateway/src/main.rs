@@ -163,7 +163,7 @@ async fn start_example_backend(s: &Snapshot) -> anyhow::Result<Vec<String>> {
         .find(|b| {
             s.routes.iter().any(|r| {
                 Arc::ptr_eq(&r.backend, b)
-                    && r.grpc_method.parent_service().full_name() == bookstore::SERVICE
+                    && r.plan.grpc_method.parent_service().full_name() == bookstore::SERVICE
             })
         })
         .with_context(|| {
@@ -283,8 +283,8 @@ fn route_table(s: &Snapshot) -> String {
             r.template.to_string(),
             format!(
                 "{}/{}",
-                r.grpc_method.parent_service().full_name(),
-                r.grpc_method.name()
+                r.plan.grpc_method.parent_service().full_name(),
+                r.plan.grpc_method.name()
             ),
             r.backend.name.clone(),
             r.source.to_string(),

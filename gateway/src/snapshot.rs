@@ -61,29 +61,19 @@ pub struct Route {
     pub grpc_label: Arc<str>,
     /// The backend's name, likewise.
     pub backend_label: Arc<str>,
-    /// The direct JSON <-> wire path, where the route allows it.
-    pub fast: crate::transcode::fast::FastRoute,
     /// Metric handles for the labels above, registered on first use.
     pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
     pub source: RouteSource,
-    pub grpc_method: MethodDescriptor,
     pub grpc_path: PathAndQuery,
-    pub input: MessageDescriptor,
-    pub output: MessageDescriptor,
-    /// One field chain per template variable, in template order.
-    pub path_fields: Vec<FieldPath>,
-    /// Field-number chains set by the path or body; the query may not set them.
-    pub bound: Vec<Vec<u32>>,
-    pub body: BodyRule,
-    pub response_body: Option<FieldDescriptor>,
+    /// How the route's calls are transcoded (method, messages, bindings,
+    /// shaping): all transcoding reads of the route.
+    pub plan: Arc<crate::transcode::Plan>,
     pub backend: Arc<Backend>,
     pub timeout: Duration,
     pub forward_headers: Vec<HeaderName>,
     /// The route's own `retry_on` codes; `None`: GET routes retry on the
     /// backend's, other routes only after connect failures.
     pub retry_on: Option<Vec<tonic::Code>>,
-    /// Streaming, raw-body, multipart and response shaping options.
-    pub shaping: crate::transcode::shape::Shaping,
     /// Authentication, CORS and rate limits of this route.
     pub edge: crate::edge::RouteEdge,
 }
@@ -115,9 +105,8 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     pub matcher: Matcher<Arc<Route>>,
     pub backends: BTreeMap<String, Arc<Backend>>,
-    pub max_body_bytes: usize,
-    pub decode: DecodeOptions,
-    pub encode: SerializeOptions,
+    /// What every route's transcoding shares.
+    pub transcode: crate::transcode::Settings,
     /// JWT issuers, CORS, rate limits and request limits.
     /// Shared with each request's edge context.
     pub edge: Arc<crate::edge::Edge>,
@@ -305,16 +294,21 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         worker_threads: settings.worker_threads,
         access_log: file.config.telemetry.access_log,
         reflection_backends: reflection_backends(file),
+        transcode: crate::transcode::Settings {
+            pool: descriptors.pool.clone(),
+            decode,
+            encode: SerializeOptions::new()
+                .skip_default_fields(!server.emit_defaults)
+                .use_proto_field_name(server.proto_field_names),
+            max_body_bytes: server.max_body_bytes,
+            min_body_rate: edge.limits.min_body_rate,
+            multipart: edge.limits.multipart(),
+        },
         pool: descriptors.pool,
         descriptor_files: descriptors.files,
         routes: table.routes,
         matcher: table.matcher,
         backends: backends.by_name,
-        max_body_bytes: server.max_body_bytes,
-        decode,
-        encode: SerializeOptions::new()
-            .skip_default_fields(!server.emit_defaults)
-            .use_proto_field_name(server.proto_field_names),
         openapi,
         edge: Arc::new(edge),
         warnings: table.warnings,
@@ -1129,7 +1123,6 @@ fn assemble(
     );
     Some(Route {
         method: spec.method,
-        fast,
         label,
         grpc_label,
         backend_label,
@@ -1137,18 +1130,21 @@ fn assemble(
         template: b.template,
         source: spec.source,
         grpc_path: PathAndQuery::try_from(grpc_path.as_str()).ok()?,
-        grpc_method: spec.grpc,
-        input,
-        output,
-        path_fields: b.path_fields,
-        bound,
-        body: b.body,
-        response_body: b.response_body,
+        plan: Arc::new(crate::transcode::Plan {
+            grpc_method: spec.grpc,
+            input,
+            output,
+            path_fields: b.path_fields,
+            bound,
+            body: b.body,
+            response_body: b.response_body,
+            fast,
+            shaping: b.shaping,
+        }),
         backend,
         timeout: spec.timeout,
         forward_headers: spec.forward_headers,
         retry_on: spec.retry_on,
-        shaping: b.shaping,
         edge: spec.edge,
     })
 }
@@ -1228,16 +1224,16 @@ forward_headers = ["X-Trace"]
         assert!(Arc::ptr_eq(&get.backend, &s.backends["echo"]));
         // The backend's timeout, where the route sets none.
         assert_eq!(get.timeout, Duration::from_secs(5));
-        let names: Vec<&str> = get.path_fields[0].iter().map(|f| f.name()).collect();
+        let names: Vec<&str> = get.plan.path_fields[0].iter().map(|f| f.name()).collect();
         assert_eq!(names, ["inner", "name"]);
-        assert_eq!(get.bound, [vec![13, 1]]);
-        assert!(matches!(get.body, BodyRule::None));
+        assert_eq!(get.plan.bound, [vec![13, 1]]);
+        assert!(matches!(get.plan.body, BodyRule::None));
         assert_eq!(get.source.to_string(), format!("{FILE}:11"));
 
         let post = &s.routes[1];
-        assert_eq!(post.grpc_method.name(), "EchoAgain");
-        assert!(matches!(&post.body, BodyRule::Field(f) if f.name() == "inner"));
-        assert_eq!(post.bound, [vec![13]]);
+        assert_eq!(post.plan.grpc_method.name(), "EchoAgain");
+        assert!(matches!(&post.plan.body, BodyRule::Field(f) if f.name() == "inner"));
+        assert_eq!(post.plan.bound, [vec![13]]);
         assert_eq!(post.timeout, Duration::from_secs(2));
         assert_eq!(post.forward_headers, [HeaderName::from_static("x-trace")]);
         assert_eq!(post.source.to_string(), format!("{FILE}:16"));
@@ -1371,7 +1367,7 @@ grpc = "testing.v1.Echo/EchoAgain"
                 (
                     r.method.clone(),
                     r.label.to_string(),
-                    r.grpc_method.name().to_owned(),
+                    r.plan.grpc_method.name().to_owned(),
                 )
             })
             .collect();

@@ -191,8 +191,8 @@ async fn every_route_appears_with_its_path_and_query_parameters() {
             item[&method]["x-grpc-method"]
                 == format!(
                     "{}/{}",
-                    route.grpc_method.parent_service().full_name(),
-                    route.grpc_method.name()
+                    route.plan.grpc_method.parent_service().full_name(),
+                    route.plan.grpc_method.name()
                 )
                 && param_names(&item[&method], "path")
                     == route

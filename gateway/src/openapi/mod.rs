@@ -160,7 +160,10 @@ const BEARER: &str = "bearerAuth";
 /// The whole document.
 pub fn document(snap: &Snapshot) -> Value {
     let settings = &snap.openapi;
-    let mut schemas = Schemas::new(settings.proto_field_names, snap.decode.reject_unknown);
+    let mut schemas = Schemas::new(
+        settings.proto_field_names,
+        snap.transcode.decode.reject_unknown,
+    );
     let mut paths_out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut op_ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -169,14 +172,14 @@ pub fn document(snap: &Snapshot) -> Value {
         let path = group.layout.path();
         let item = paths_out.entry(path).or_default();
         for route in &group.routes {
-            let service = route.grpc_method.parent_service();
+            let service = route.plan.grpc_method.parent_service();
             let service_doc = schemas
                 .comments()
                 .of(&service.parent_file(), service.path());
             tags.entry(service.full_name().to_owned())
                 .or_insert(service_doc);
             let path_params = path_params(&group.layout, route, &mut schemas);
-            let base_id = format!("{}_{}", service.name(), route.grpc_method.name());
+            let base_id = format!("{}_{}", service.name(), route.plan.grpc_method.name());
             let n = op_ids.entry(base_id.clone()).or_insert(0);
             *n += 1;
             let op_id = if *n == 1 {
@@ -295,7 +298,7 @@ fn path_params(layout: &paths::Layout, route: &Route, schemas: &mut Schemas) -> 
             let segs = &t.segments[slot.start..slot.end];
             let (schema, description) = match paths::binding(route, slot) {
                 paths::Binding::Field(vi) => {
-                    let field = route.path_fields.get(vi).and_then(|p| p.last());
+                    let field = route.plan.path_fields.get(vi).and_then(|p| p.last());
                     let mut description = field
                         .and_then(|f| schemas.comments().of_field(f))
                         .unwrap_or_default();
@@ -385,7 +388,7 @@ fn regex_escape(s: &str) -> String {
 }
 
 fn operation(route: &Route, op_id: String, mut params: Vec<Value>, schemas: &mut Schemas) -> Value {
-    let m = &route.grpc_method;
+    let m = &route.plan.grpc_method;
     let mut op = Map::new();
     op.insert("operationId".into(), Value::String(op_id));
     op.insert("tags".into(), json!([m.parent_service().full_name()]));
@@ -398,11 +401,11 @@ fn operation(route: &Route, op_id: String, mut params: Vec<Value>, schemas: &mut
     let server_streaming = m.is_server_streaming();
 
     // Query parameters: fields the path and body do not bind.
-    if !matches!(route.body, BodyRule::All) && !client_streaming {
+    if !matches!(route.plan.body, BodyRule::All) && !client_streaming {
         let mut prefix = Vec::new();
         query_params(
-            &route.input,
-            &route.bound,
+            &route.plan.input,
+            &route.plan.bound,
             &mut prefix,
             "",
             0,
@@ -419,14 +422,14 @@ fn operation(route: &Route, op_id: String, mut params: Vec<Value>, schemas: &mut
     }
 
     let mut responses = Map::new();
-    let status = route.shaping.success_status;
+    let status = route.plan.shaping.success_status;
     let mut ok = json!({ "description": status.canonical_reason().unwrap_or("Success") });
     if status != StatusCode::NO_CONTENT {
         ok["content"] = reply_content(route, server_streaming, schemas);
     }
-    if !route.shaping.response_headers.is_empty() {
+    if !route.plan.shaping.response_headers.is_empty() {
         let mut headers = Map::new();
-        for rule in &route.shaping.response_headers {
+        for rule in &route.plan.shaping.response_headers {
             let from: Vec<String> = rule
                 .parts
                 .iter()
@@ -550,29 +553,30 @@ fn query_params(
 }
 
 fn request_body(route: &Route, schemas: &mut Schemas) -> Option<Value> {
-    let m = &route.grpc_method;
+    let m = &route.plan.grpc_method;
     let mut content = Map::new();
     let mut description: Option<&str> = None;
-    if route.shaping.raw_request {
+    if route.plan.shaping.raw_request {
         content.insert("*/*".into(), json!({"schema": {"description": "The raw request body; its content type is passed on"}}));
         if m.is_client_streaming() {
             description = Some("Streamed to the backend in chunks as it arrives.");
         }
     } else {
-        let schema = match &route.body {
+        let schema = match &route.plan.body {
             BodyRule::None => None,
             BodyRule::All => {
                 // Fields bound by the path are not read from the body.
                 let skip: Vec<u32> = route
+                    .plan
                     .path_fields
                     .iter()
                     .filter(|p| p.len() == 1)
                     .map(|p| p[0].number())
                     .collect();
                 if skip.is_empty() {
-                    Some(schemas.message(&route.input))
+                    Some(schemas.message(&route.plan.input))
                 } else {
-                    Some(schemas.message_schema(&route.input, &skip))
+                    Some(schemas.message_schema(&route.plan.input, &skip))
                 }
             }
             BodyRule::Field(f) => Some(schemas.field(f)),
@@ -586,9 +590,9 @@ fn request_body(route: &Route, schemas: &mut Schemas) -> Option<Value> {
             }
         }
     }
-    if route.shaping.multipart {
+    if route.plan.shaping.multipart {
         let mut props = Map::new();
-        for f in route.input.fields() {
+        for f in route.plan.input.fields() {
             let s = if shape::is_upload_field(&f) || (f.is_list() && f.kind() == Kind::Bytes) {
                 json!({"type": "string", "contentMediaType": "application/octet-stream"})
             } else {
@@ -612,11 +616,11 @@ fn request_body(route: &Route, schemas: &mut Schemas) -> Option<Value> {
 }
 
 fn reply_content(route: &Route, server_streaming: bool, schemas: &mut Schemas) -> Value {
-    if route.shaping.raw_response {
+    if route.plan.shaping.raw_response {
         return json!({"*/*": {"schema": {"description": "Raw bytes, with the content type the backend names"}}});
     }
-    let item = match &route.response_body {
-        None => schemas.message(&route.output),
+    let item = match &route.plan.response_body {
+        None => schemas.message(&route.plan.output),
         Some(f) => schemas.field(f),
     };
     if !server_streaming {
@@ -640,7 +644,7 @@ fn reply_content(route: &Route, server_streaming: bool, schemas: &mut Schemas) -
             }
         }
     });
-    if route.shaping.framing == Framing::JsonArray {
+    if route.plan.shaping.framing == Framing::JsonArray {
         content["application/json"] = json!({"schema": {"type": "array", "items": item, "description": "All messages in one array, streamed as they arrive."}});
     }
     content

@@ -261,7 +261,7 @@ fn keep_tail(carry: &mut Vec<u8>, rest: &[u8], keep: usize) {
 
 /// The request field a part fills; None for a part to skip.
 fn part_field(builder: &Builder, name: Option<&str>) -> Result<Option<FieldDescriptor>, RpcStatus> {
-    let input = &builder.route.input;
+    let input = &builder.plan.input;
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Err(bad(
             "a multipart part has no name; name each part after a request field",
@@ -364,7 +364,7 @@ pub async fn message(
     bounds: Bounds,
 ) -> Result<DynamicMessage, RpcStatus> {
     let mut mp = open(headers, body, Some(limit as u64), bounds)?;
-    let mut msg = DynamicMessage::new(builder.route.input.clone());
+    let mut msg = DynamicMessage::new(builder.plan.input.clone());
     while let Some(field) = mp.next_field().await.map_err(multer_error)? {
         let Some(fd) = part_field(builder, field.name())? else {
             continue;
@@ -405,7 +405,7 @@ impl PartStream {
         body: axum::body::Body,
         bounds: Bounds,
     ) -> Result<PartStream, RpcStatus> {
-        let mut base = DynamicMessage::new(builder.route.input.clone());
+        let mut base = DynamicMessage::new(builder.plan.input.clone());
         builder
             .path_and_query(&mut base)
             .map_err(|e| bad(e.message))?;

@@ -7,33 +7,32 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, SerializeOptions};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
-use super::{metadata, shape, RpcStatus, TranscodeError};
-use crate::snapshot::{Route, Snapshot};
+use super::{metadata, shape, Plan, RpcStatus, Settings, TranscodeError};
 
 /// A unary call's successful reply, from its wire bytes to the HTTP answer:
 /// the JSON body (or an HttpBody's raw bytes), the reply metadata as
 /// headers, and the route's shaping (status, headers from reply fields).
-pub fn answer(snap: &Snapshot, route: &Route, md: &MetadataMap, raw: &[u8]) -> Response<Body> {
-    if let Some(plan) = &route.fast.reply {
+pub fn answer(settings: &Settings, plan: &Plan, md: &MetadataMap, raw: &[u8]) -> Response<Body> {
+    if let Some(direct) = &plan.fast.reply {
         // JSON is a little under twice the wire size for typical replies.
         let mut json = Vec::with_capacity(raw.len() * 2 + 64);
-        if plan.write(raw, &mut json).is_ok() {
+        if direct.write(raw, &mut json).is_ok() {
             let mut resp = json_response(json, md);
-            shape::finish(&route.shaping, None, None, md, &mut resp);
+            shape::finish(&plan.shaping, None, None, md, &mut resp);
             return resp;
         }
     }
     // The reference path: decode, then render (and word any error).
-    let msg = match DynamicMessage::decode(route.output.clone(), raw) {
+    let msg = match DynamicMessage::decode(plan.output.clone(), raw) {
         Ok(m) => m,
         Err(e) => {
             return internal_error(format!(
                 "the backend's reply is not a valid {}: {e}",
-                route.output.full_name()
+                plan.output.full_name()
             ))
         }
     };
-    answer_message(snap, route, md, &msg)
+    answer_message(settings, plan, md, &msg)
 }
 
 fn json_response(body: impl Into<Body>, md: &MetadataMap) -> Response<Body> {
@@ -54,17 +53,17 @@ fn internal_error(message: String) -> Response<Body> {
 
 /// [`answer`]'s reference path, once the reply is decoded.
 fn answer_message(
-    snap: &Snapshot,
-    route: &Route,
+    settings: &Settings,
+    plan: &Plan,
     md: &MetadataMap,
     msg: &DynamicMessage,
 ) -> Response<Body> {
-    match shape::render_reply(msg, route.response_body.as_ref(), &snap.encode) {
+    match shape::render_reply(msg, plan.response_body.as_ref(), &settings.encode) {
         Ok(bytes) => {
             let mut resp = json_response(bytes, md);
             shape::finish(
-                &route.shaping,
-                route.response_body.as_ref(),
+                &plan.shaping,
+                plan.response_body.as_ref(),
                 Some(msg),
                 md,
                 &mut resp,

@@ -266,8 +266,13 @@ impl Client {
                     status: s,
                     sent: true,
                 }),
-                // OK without a message: an empty stream.
-                _ => Ok(Streamed {
+                // OK without a message: an empty stream, with the
+                // metadata the backend sent beside its status.
+                Some(s) => Ok(Streamed {
+                    headers: s.metadata().clone(),
+                    messages: Messages::ended(self.max_reply),
+                }),
+                None => Ok(Streamed {
                     headers: MetadataMap::new(),
                     messages: Messages::ended(self.max_reply),
                 }),

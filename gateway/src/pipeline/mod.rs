@@ -23,11 +23,13 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use tonic::Code;
 
+mod stream;
+
 use crate::routing::Lookup;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestInfo;
 use crate::transcode::metadata::request_metadata;
-use crate::transcode::{request, RpcStatus};
+use crate::transcode::RpcStatus;
 
 /// The pipeline, outermost stage first; the order of the edge checks is
 /// fixed (docs/edge-security.md) and rate limits and auth follow in the
@@ -73,13 +75,16 @@ pub type App = crate::telemetry::Access<
 
 /// The route stage's result, on the request's extensions: the snapshot the
 /// request keeps to its end, whatever reloads happen meanwhile, and what
-/// the path matched.
+/// the path matched. (`Clone` only because request extensions must be;
+/// the handler takes it out, nothing copies it.)
+#[derive(Clone)]
 pub struct Routed {
     pub snap: Arc<Snapshot>,
     pub outcome: Outcome,
 }
 
 /// What the request's method and path matched.
+#[derive(Clone)]
 pub enum Outcome {
     Found {
         route: Arc<Route>,
@@ -93,6 +98,7 @@ pub enum Outcome {
 
 /// One path variable: a slice of the request's path, or its decoded text
 /// when decoding changed it.
+#[derive(Clone)]
 pub enum Var {
     At(u32, u32),
     Decoded(String),
@@ -120,11 +126,9 @@ impl Routed {
     fn edge_context(&self, req: &http::Request<Body>) -> crate::edge::EdgeContext {
         let edge = self.snap.edge.clone();
         let (routed, cors, streams_request) = match &self.outcome {
-            Outcome::Found { route, .. } => (
-                true,
-                route.edge.cors.clone(),
-                route.grpc_method.is_client_streaming(),
-            ),
+            Outcome::Found { route, .. } => {
+                (true, route.edge.cors.clone(), route.plan.streams_request())
+            }
             // 404, 405 and 400 answers: the default policy lets a browser
             // read why its call failed.
             _ => (false, edge.cors.clone(), false),
@@ -235,7 +239,7 @@ where
         let routed = Routed::resolve(self.snapshots.load_full(), &req);
         let edge = routed.edge_context(&req);
         req.extensions_mut().insert(edge);
-        req.extensions_mut().insert(Arc::new(routed));
+        req.extensions_mut().insert(routed);
         self.inner.call(req)
     }
 }
@@ -368,7 +372,7 @@ async fn handle_route(
     info: &mut RequestInfo,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
-    let Some(routed) = parts.extensions.remove::<Arc<Routed>>() else {
+    let Some(routed) = parts.extensions.remove::<Routed>() else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             Code::Internal,
@@ -471,23 +475,33 @@ async fn handle_route(
         }
     };
 
-    // STAGE streaming: streaming methods branch off here to their own handler.
-    let (body, metadata) =
-        match crate::transcode::stream::intercept(snap, route, &vars, &parts, body, metadata) {
-            crate::transcode::stream::Intercepted::Answered(answer) => return answer.await,
-            crate::transcode::stream::Intercepted::Pass(body, metadata) => (body, metadata),
-        };
+    // STAGE streaming: requests the transcoder takes as streams (client and
+    // bidirectional streaming, raw and multipart bodies) go their own way.
+    // Boxed: inline, that state machine (every streaming variant) would make
+    // every request's future larger, and each move of it a longer copy.
+    let settings = &snap.transcode;
+    let plan = &route.plan;
+    if crate::transcode::stream::takes_body(plan, &parts.headers) {
+        return Box::pin(stream::answer(snap, route, &vars, &parts, body, metadata)).await;
+    }
 
     // A trace span (when exporting) from the first body byte to the message.
     let mut transcoding = crate::telemetry::otel::ChildSpan::internal("transcode request");
-    let limit = (snap.max_body_bytes, snap.edge.limits.min_body_rate);
-    let body = match read_body(&parts.headers, body, limit, route).await {
+    let route_name = (route.method.as_str(), &*route.label);
+    let read = crate::transcode::json::read_body(settings, plan, route_name, &parts.headers, body);
+    let body = match read.await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(s) => return s.into_response().map(Body::from),
     };
 
-    if route.grpc_method.is_server_streaming() {
-        let message = match build_message(snap, route, &vars, parts.uri.query(), &body) {
+    if plan.streams_reply() {
+        let message = match crate::transcode::json::message(
+            settings,
+            plan,
+            &vars,
+            parts.uri.query(),
+            &body,
+        ) {
             Ok(m) => m,
             Err(e) => {
                 transcoding.fail(&e.message);
@@ -496,19 +510,21 @@ async fn handle_route(
         };
         drop(body);
         transcoding.end();
+        let message = Bytes::from(prost::Message::encode_to_vec(&message));
         // Boxed: inline, its state would make every request's future larger.
-        return Box::pin(crate::transcode::stream::server_stream(
+        return Box::pin(stream::server_stream(
             snap, route, message, metadata, &parts,
         ))
         .await;
     }
-    let request = match encode_request(snap, route, &vars, parts.uri.query(), &body) {
-        Ok(m) => m,
-        Err(e) => {
-            transcoding.fail(&e.message);
-            return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
-        }
-    };
+    let request =
+        match crate::transcode::json::encode(settings, plan, &vars, parts.uri.query(), &body) {
+            Ok(m) => m,
+            Err(e) => {
+                transcoding.fail(&e.message);
+                return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
+            }
+        };
     drop(body);
     transcoding.end();
 
@@ -555,114 +571,8 @@ async fn handle_route(
         Ok(reply) => {
             let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");
             let (md, raw, _) = reply.into_parts();
-            crate::transcode::response::answer(snap, route, &md, &raw)
+            crate::transcode::response::answer(settings, plan, &md, &raw)
         }
-        Err(e) => crate::transcode::stream::call_error(snap, route, e),
+        Err(e) => stream::call_error(snap, route, e),
     }
-}
-
-/// Reads the body up to the limit, at the minimum rate (`limit`: bytes,
-/// bytes/s); a declared length over the limit is refused before any byte
-/// is read.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    (limit, min_rate): (usize, u64),
-    route: &Route,
-) -> Result<Bytes, Response<Body>> {
-    let bytes = crate::transcode::read_limited(headers, body, limit, min_rate)
-        .await
-        .map_err(|s| s.into_response().map(Body::from))?;
-    if matches!(route.body, request::BodyRule::None) {
-        // grpc-gateway ignores a body the route does not bind; a stricter
-        // answer helps clients that put fields in the wrong place.
-        if !bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!(
-                    "{} {} takes no request body; send fields in the path or query",
-                    route.method, route.template
-                ),
-            ));
-        }
-        return Ok(bytes);
-    }
-    if !bytes.is_empty() {
-        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            let ok = ct
-                .to_str()
-                .ok()
-                .and_then(|s| s.split(';').next())
-                .map(|m| {
-                    let m = m.trim().to_ascii_lowercase();
-                    // Only JSON. text/plain and form types are what a
-                    // browser may send cross-site without a CORS preflight;
-                    // reading them as JSON would let any page call the API
-                    // with a user's cookies (CSRF).
-                    m == "application/json"
-                        || (m.starts_with("application/") && m.ends_with("+json"))
-                })
-                .unwrap_or(false);
-            if !ok {
-                return Err(error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    Code::InvalidArgument,
-                    format!(
-                        "content type {:?} is not supported; send application/json",
-                        ct.to_str().unwrap_or("(not text)")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(bytes)
-}
-
-/// The request message for a unary call, encoded.
-fn encode_request(
-    snap: &Snapshot,
-    route: &Route,
-    vars: &[std::borrow::Cow<'_, str>],
-    query: Option<&str>,
-    body: &[u8],
-) -> Result<Bytes, crate::transcode::TranscodeError> {
-    if let Some(wire) = crate::transcode::fast::encode_request(
-        &route.fast,
-        &route.input,
-        &route.body,
-        &route.path_fields,
-        &route.bound,
-        route.shaping.update_mask.as_ref(),
-        vars,
-        query,
-        body,
-        snap.decode,
-    ) {
-        return Ok(Bytes::from(wire));
-    }
-    let msg = build_message(snap, route, vars, query, body)?;
-    Ok(Bytes::from(prost::Message::encode_to_vec(&msg)))
-}
-
-fn build_message(
-    snap: &Snapshot,
-    route: &Route,
-    vars: &[std::borrow::Cow<'_, str>],
-    query: Option<&str>,
-    body: &[u8],
-) -> Result<prost_reflect::DynamicMessage, crate::transcode::TranscodeError> {
-    let mut msg = request::decode_body(&route.input, &route.body, body, snap.decode)?;
-    // Path variables win over the body, as in grpc-gateway.
-    for (fields, value) in route.path_fields.iter().zip(vars) {
-        request::set_path_field(&mut msg, fields, value)?;
-    }
-    if let Some(q) = query {
-        request::apply_query(&mut msg, q, &route.body, &route.bound, snap.decode)?;
-    }
-    let mask = (&route.shaping.update_mask, &route.body);
-    if let (Some(mask), request::BodyRule::Field(field)) = mask {
-        crate::transcode::fieldmask::fill(&mut msg, mask, field, body);
-    }
-    Ok(msg)
 }
