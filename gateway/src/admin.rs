@@ -15,7 +15,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use tonic::Code;
 
-use crate::server::Gateway;
+use crate::state::Gateway;
 use crate::transcode::RpcStatus;
 
 pub fn app(gw: Arc<Gateway>) -> axum::Router {

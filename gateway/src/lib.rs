@@ -15,6 +15,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod transcode;
 pub mod upstream;

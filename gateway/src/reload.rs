@@ -4,16 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::config::{ConfigError, ConfigErrors, LoadedFile, DEFAULT_CONNECT_TIMEOUT};
-use crate::server::Gateway;
 use crate::snapshot::{BuildContext, Snapshot};
+use crate::state::Gateway;
 use crate::upstream::reflection::{self, Reflected};
 use crate::upstream::{Backend, BackendDefinition};
 
@@ -41,45 +40,7 @@ const MAX_OPEN_WRITE_WAIT: Duration = Duration::from_secs(10);
 /// (if any) is used.
 const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The outcome of the last reload attempt, for /admin/config.
-#[derive(Debug, Clone)]
-pub struct ReloadStatus {
-    pub at: SystemTime,
-    pub trigger: String,
-    /// `None` when it succeeded.
-    pub error: Option<String>,
-}
-
-/// Reload bookkeeping shared by every trigger.
-#[derive(Debug)]
-pub struct ReloadState {
-    /// One reload at a time; a trigger that arrives meanwhile waits and then
-    /// reads the files as they are by then.
-    lock: tokio::sync::Mutex<()>,
-    pub last: ArcSwap<Option<ReloadStatus>>,
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-    /// Last good reflection answer per backend, served when the backend is
-    /// briefly unreachable during a reload.
-    reflection_cache: Mutex<BTreeMap<String, Reflected>>,
-    /// `--allow-empty`: a configuration with no route is accepted. Without
-    /// it an empty or route-less file is refused (at start, in `check` and
-    /// on reload), since it is far more often a truncated write than intent.
-    pub allow_empty: AtomicBool,
-}
-
-impl Default for ReloadState {
-    fn default() -> Self {
-        ReloadState {
-            lock: tokio::sync::Mutex::new(()),
-            last: ArcSwap::from_pointee(None),
-            succeeded: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            reflection_cache: Mutex::new(BTreeMap::new()),
-            allow_empty: AtomicBool::new(false),
-        }
-    }
-}
+pub use crate::state::{ReloadState, ReloadStatus};
 
 /// Reads the config, fetches reflection descriptors, and builds a snapshot
 /// off the async workers (descriptor compilation is CPU work).

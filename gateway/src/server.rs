@@ -2,65 +2,9 @@
 //! graceful shutdown; each request goes through [`crate::pipeline`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use crate::reload::ReloadState;
-use crate::snapshot::Snapshot;
-
-/// Shared by every connection: the current snapshot, swapped whole on reload.
-#[derive(Debug)]
-pub struct Gateway {
-    /// Shared with the pipeline's route stage, which loads it once per request.
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    /// False while starting and while draining; /readyz reports it.
-    ready: AtomicBool,
-    /// Set when `server.drain_timeout` has passed: requests still running
-    /// are answered 503 and logged (see the pipeline's handler).
-    cut: tokio::sync::watch::Sender<bool>,
-    pub reload: ReloadState,
-}
-
-impl Gateway {
-    pub fn new(snapshot: Snapshot) -> Arc<Gateway> {
-        // The metrics recorder exists before the first request is counted.
-        crate::telemetry::metrics::handle();
-        crate::telemetry::metrics::start_upkeep();
-        metrics::gauge!(crate::telemetry::metrics::CONFIG_VERSION).set(snapshot.version as f64);
-        Arc::new(Gateway {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-            ready: AtomicBool::new(false),
-            cut: tokio::sync::watch::Sender::new(false),
-            reload: ReloadState::default(),
-        })
-    }
-
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Replaces the snapshot in one step; requests already running keep the
-    /// one they started with.
-    pub fn swap(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    /// Ends every request still waiting for its answer with a 503, each
-    /// logged and counted as cut at drain; the end of a graceful shutdown.
-    pub fn cut_in_flight(&self) {
-        self.cut.send_replace(true);
-    }
-}
+pub use crate::state::Gateway;
 
 /// After the drain timeout, how long the 503s of the requests cut get to be
 /// written before the process exits: they are ready at once, so this only
@@ -72,8 +16,8 @@ const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// [`crate::pipeline`]) over this gateway's snapshots.
 pub fn app(gateway: Arc<Gateway>) -> App {
     crate::pipeline::app(
-        gateway.snapshot.clone(),
-        gateway.cut.subscribe(),
+        gateway.snapshots(),
+        gateway.drain_cut(),
         gateway.snapshot().access_log,
     )
 }

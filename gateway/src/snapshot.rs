@@ -111,7 +111,7 @@ pub struct Snapshot {
     /// Shared with each request's edge context.
     pub edge: Arc<crate::edge::Edge>,
     /// `[openapi]`, and the generated document once rendered.
-    pub openapi: crate::openapi::Settings,
+    pub openapi: crate::openapi::settings::Settings,
     /// Problems that do not refuse the config (annotations binding a method
     /// and path another annotation already binds): printed by `check`,
     /// logged at start and reload, listed by /admin/routes.
@@ -275,7 +275,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         edge: &edge,
     }
     .compile(decode, &mut errors);
-    let openapi = crate::openapi::Settings::from_config(file, &table.matcher, &mut errors);
+    let openapi = crate::openapi::settings::Settings::from_config(file, &table.matcher, &mut errors);
     file.config.telemetry.validate(file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));

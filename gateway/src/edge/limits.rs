@@ -29,9 +29,8 @@ pub const DEFAULT_MAX_HEADERS: usize = 64;
 /// 32 KiB of header names and values, as nginx's default
 /// (4 buffers of 8k): room for big cookies and tokens, not for abuse.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
-/// Real APIs nest a handful of levels; 64 stops stack-eating documents
-/// well before serde_json's own 128.
-pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+/// `limits.max_json_depth`'s default, the transcoder's (see there why).
+pub use crate::transcode::request::DEFAULT_MAX_JSON_DEPTH;
 /// Above the default backend deadline (15 s) with room for retries and a
 /// slow upload, so only stuck requests hit it.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,9 +48,6 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// POST, the body's slowloris) would hold its connection for the whole
 /// request timeout. Apache's mod_reqtimeout asks 500 bytes/s.
 pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
-/// How far behind `min_body_rate` a body may fall: a few seconds of stall
-/// (a retransmission, a radio waking up) are no attack.
-pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 /// Browsers send no multipart preamble; RFC 2046 allows one for a line
 /// such as "This is a multi-part message in MIME format." 4 KiB is plenty
 /// for that, and a body that shows no boundary by then uses another one.

@@ -9,9 +9,11 @@
 
 mod paths;
 mod schema;
+pub mod settings;
+
+pub use settings::Settings;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -20,9 +22,8 @@ use http::{header, HeaderValue, Method, Response, StatusCode};
 use prost_reflect::{Kind, MessageDescriptor};
 use serde_json::{json, Map, Value};
 
-use crate::config::{ConfigError, LoadedFile};
 use crate::edge::jwt::AuthMode;
-use crate::routing::{Lookup, Matcher, Segment};
+use crate::routing::Segment;
 use crate::snapshot::{Route, Snapshot};
 use crate::transcode::framing::Framing;
 use crate::transcode::request::is_scalar_like;
@@ -33,69 +34,6 @@ use schema::{with_description, Schemas};
 /// (grpc-gateway flattens the same way); deeper fields still work, they are
 /// just not listed, which keeps recursive messages finite.
 const MAX_QUERY_DEPTH: usize = 4;
-
-/// `[openapi]`, checked, plus the document once rendered.
-#[derive(Debug, Default)]
-pub struct Settings {
-    pub path: Option<String>,
-    pub docs_path: Option<String>,
-    pub title: String,
-    pub version: String,
-    pub description: Option<String>,
-    /// Replies use proto field names (`server.proto_field_names`).
-    pub proto_field_names: bool,
-    rendered: OnceLock<Bytes>,
-}
-
-impl Settings {
-    /// Reads `[openapi]`; a path that a route would also match is an error.
-    pub fn from_config<T>(
-        file: &LoadedFile,
-        matcher: &Matcher<T>,
-        errors: &mut Vec<ConfigError>,
-    ) -> Settings {
-        let c = &file.config.openapi;
-        let mut check = |value: &Option<toml::Spanned<String>>, key: &str| -> Option<String> {
-            let v = value.as_ref()?;
-            let p = v.get_ref().trim();
-            if !p.starts_with('/') || p.contains(['?', '#', '{', '}']) {
-                errors.push(file.error(
-                    v,
-                    key,
-                    format!("\"{p}\" is not a plain path; write e.g. \"/openapi.json\""),
-                ));
-                return None;
-            }
-            if let Lookup::Found { .. } = matcher.lookup("GET", p) {
-                errors.push(file.error(
-                    v,
-                    key,
-                    format!("\"{p}\" is also matched by a GET route; choose another path"),
-                ));
-                return None;
-            }
-            Some(p.to_owned())
-        };
-        let path = check(&c.path, "openapi.path");
-        let docs_path = check(&c.docs_path, "openapi.docs_path");
-        if let (Some(d), None) = (&c.docs_path, &c.path) {
-            errors.push(file.error(
-                d,
-                "openapi.docs_path",
-                "the documentation page loads the document from openapi.path; set that too",
-            ));
-        }
-        Settings {
-            path,
-            docs_path,
-            title: c.title.clone().unwrap_or_else(|| "API".to_owned()),
-            version: c.version.clone().unwrap_or_else(|| "1.0.0".to_owned()),
-            description: c.description.clone(),
-            proto_field_names: file.config.server.proto_field_names,
-            rendered: OnceLock::new(),
-        }
-    }
-}
 
 /// The document as JSON bytes, rendered once per snapshot.
 pub fn rendered(snap: &Snapshot) -> Bytes {

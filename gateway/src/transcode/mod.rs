@@ -1,5 +1,6 @@
 //! HTTP <-> protobuf: request mapping, reply rendering, and status mapping.
 
+mod builder;
 pub mod fast;
 pub mod fieldmask;
 pub mod framing;
@@ -39,6 +40,10 @@ impl TranscodeError {
     }
 }
 
+/// How far behind `min_body_rate` a body may fall: a few seconds of stall
+/// (a retransmission, a radio waking up) are no attack.
+pub const BODY_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads a whole request body up to `limit` bytes: a declared length over
 /// the limit is refused before any byte is read, a longer body as soon as it
 /// passes the limit. Shared by unary and raw-body routes.
@@ -75,7 +80,7 @@ pub async fn read_limited(
             rate => {
                 // The body may lag `BODY_RATE_GRACE` behind `rate`, no more.
                 let due = started
-                    + crate::edge::limits::BODY_RATE_GRACE
+                    + BODY_RATE_GRACE
                     + std::time::Duration::from_secs_f64(received as f64 / rate as f64);
                 match tokio::time::timeout_at(due, body.frame()).await {
                     Ok(f) => f,

@@ -15,7 +15,7 @@ use memchr::memmem::Finder;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, Value};
 use tonic::Code;
 
-use super::stream::Builder;
+use super::builder::Builder;
 use super::{httpbody, request, shape, RpcStatus};
 
 pub fn is_multipart(headers: &HeaderMap) -> bool {
@@ -415,7 +415,7 @@ impl PartStream {
             current: None,
             base,
             pending: None,
-            text_limit: super::stream::RAW_CHUNK_BYTES,
+            text_limit: super::builder::RAW_CHUNK_BYTES,
         })
     }
 

@@ -33,11 +33,15 @@ pub struct DecodeOptions {
     pub max_depth: usize,
 }
 
+/// Real APIs nest a handful of levels; 64 stops stack-eating documents
+/// well before serde_json's own 128.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
             reject_unknown: true,
-            max_depth: crate::edge::limits::DEFAULT_MAX_JSON_DEPTH,
+            max_depth: DEFAULT_MAX_JSON_DEPTH,
         }
     }
 }

@@ -32,15 +32,9 @@ use tokio_stream::StreamExt as _;
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
+use super::builder::{content_type, Builder, RAW_CHUNK_BYTES};
 use super::framing::Framing;
-use super::{
-    httpbody, multipart, request, shape, BodyRule, Plan, RpcStatus, Settings, TranscodeError,
-};
-
-/// Raw request bodies are sent on in messages of at most this size: large
-/// enough that per-message overhead is noise, small enough that one message
-/// never holds much of an upload.
-pub const RAW_CHUNK_BYTES: usize = 64 * 1024;
+use super::{httpbody, multipart, shape, BodyRule, Plan, RpcStatus, Settings, TranscodeError};
 
 /// Whether the request is transcoded here rather than as one JSON message:
 /// client or bidirectional streaming, raw HttpBody requests, and multipart
@@ -378,52 +372,6 @@ fn internal(e: TranscodeError) -> RpcStatus {
     RpcStatus::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, e.message)
 }
 
-/// Builds request messages from pieces of the body plus the path and query.
-#[derive(Clone)]
-pub struct Builder {
-    pub(crate) plan: Arc<Plan>,
-    vars: Vec<String>,
-    query: Option<String>,
-    pub(crate) opts: super::DecodeOptions,
-}
-
-impl Builder {
-    /// Path variables win over the body, as in grpc-gateway.
-    pub(crate) fn path_and_query(&self, msg: &mut DynamicMessage) -> Result<(), TranscodeError> {
-        for (fields, value) in self.plan.path_fields.iter().zip(&self.vars) {
-            request::set_path_field(msg, fields, value)?;
-        }
-        if let Some(q) = &self.query {
-            request::apply_query(msg, q, &self.plan.body, &self.plan.bound, self.opts)?;
-        }
-        Ok(())
-    }
-
-    /// One NDJSON line.
-    fn line_message(&self, json: &[u8]) -> Result<DynamicMessage, TranscodeError> {
-        let mut msg = request::decode_body(&self.plan.input, &self.plan.body, json, self.opts)?;
-        self.path_and_query(&mut msg)?;
-        Ok(msg)
-    }
-
-    /// Raw bytes into the HttpBody request or body field.
-    fn raw_body_message(
-        &self,
-        content_type: &str,
-        data: Bytes,
-    ) -> Result<DynamicMessage, TranscodeError> {
-        let target = match &self.plan.body {
-            BodyRule::Field(f) => Some(f),
-            _ => None,
-        };
-        let mut msg = httpbody::fill_request(&self.plan.input, target, content_type, data);
-        if target.is_some() {
-            self.path_and_query(&mut msg)?;
-        }
-        Ok(msg)
-    }
-}
-
 /// Where a request stream records why it failed, for the answer to report
 /// instead of the reset the failure causes.
 #[derive(Clone, Default)]
@@ -638,14 +586,6 @@ async fn lines(
             }
         },
     )))
-}
-
-fn content_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// A raw body read whole (up to the limit) into one HttpBody request.

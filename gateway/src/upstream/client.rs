@@ -42,7 +42,13 @@ use http::{HeaderMap, HeaderValue};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
-use super::endpoint::AttemptError;
+/// A failed attempt, and whether the request may have reached the backend.
+#[derive(Debug)]
+pub(crate) struct AttemptError {
+    pub(crate) status: tonic::Status,
+    /// False when the call provably never left the gateway (connect failure).
+    pub(crate) sent: bool,
+}
 
 /// hyper's client defaults, which tonic's channel used: large replies
 /// should not wait on window updates every 64 KiB.

@@ -10,6 +10,7 @@ use http::uri::PathAndQuery;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
+pub(crate) use super::client::AttemptError;
 use super::client::{Client, RequestBody, Streamed};
 use super::window::now_ms;
 
@@ -60,14 +61,6 @@ pub(crate) struct EndpointState {
 pub struct EndpointError {
     pub addr: String,
     pub reason: String,
-}
-
-/// A failed attempt, and whether the request may have reached the backend.
-#[derive(Debug)]
-pub(crate) struct AttemptError {
-    pub(crate) status: tonic::Status,
-    /// False when the call provably never left the gateway (connect failure).
-    pub(crate) sent: bool,
 }
 
 impl Endpoint {
