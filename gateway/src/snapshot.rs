@@ -275,7 +275,8 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         edge: &edge,
     }
     .compile(decode, &mut errors);
-    let openapi = crate::openapi::settings::Settings::from_config(file, &table.matcher, &mut errors);
+    let openapi =
+        crate::openapi::settings::Settings::from_config(file, &table.matcher, &mut errors);
     file.config.telemetry.validate(file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));

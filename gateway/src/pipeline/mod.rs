@@ -576,3 +576,23 @@ async fn handle_route(
         Err(e) => stream::call_error(snap, route, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_variables_are_kept_as_places_in_the_path_or_as_decoded_text() {
+        let path = "/v1/shelves/12/books/a%2Fb";
+        let shelf = Var::of(path, Cow::Borrowed(&path[12..14]));
+        assert!(matches!(shelf, Var::At(12, 14)));
+        assert_eq!(shelf.text(path), "12");
+        let book = Var::of(path, Cow::Owned("a/b".to_owned()));
+        assert_eq!(book.text(path), "a/b");
+        // Text that is not a slice of the path is kept as it is.
+        let elsewhere = String::from("12");
+        let copied = Var::of(path, Cow::Borrowed(elsewhere.as_str()));
+        assert!(matches!(copied, Var::Decoded(_)));
+        assert_eq!(copied.text(path), "12");
+    }
+}
