@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -276,19 +277,44 @@ impl CorsPolicy {
 /// The layer; assembled in the pipeline. It reads the request's
 /// [`EdgeContext`]: the CORS policy that applies and, for a preflight, what
 /// the route it asks about allows.
-#[derive(Clone, Copy, Default)]
-pub struct CorsLayer;
+/// `R` is the request extension that gives the edge its [`EdgeContext`]
+/// (linkerd's `Param`: the layer asks for its own slice of the context).
+pub struct CorsLayer<R>(PhantomData<fn() -> R>);
 
-impl<S> Layer<S> for CorsLayer {
-    type Service = Cors<S>;
-    fn layer(&self, inner: S) -> Cors<S> {
-        Cors { inner }
+impl<R> CorsLayer<R> {
+    pub fn new() -> Self {
+        CorsLayer(PhantomData)
     }
 }
 
-#[derive(Clone)]
-pub struct Cors<S> {
+impl<R> Default for CorsLayer<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S, R> Layer<S> for CorsLayer<R> {
+    type Service = Cors<S, R>;
+    fn layer(&self, inner: S) -> Cors<S, R> {
+        Cors {
+            inner,
+            context: PhantomData,
+        }
+    }
+}
+
+pub struct Cors<S, R> {
     inner: S,
+    context: PhantomData<fn() -> R>,
+}
+
+impl<S: Clone, R> Clone for Cors<S, R> {
+    fn clone(&self) -> Self {
+        Cors {
+            inner: self.inner.clone(),
+            context: PhantomData,
+        }
+    }
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -312,8 +338,9 @@ fn refuse(status: StatusCode, code: Code, message: String) -> Response<Body> {
     r
 }
 
-impl<S> Service<Request<Body>> for Cors<S>
+impl<S, R> Service<Request<Body>> for Cors<S, R>
 where
+    R: AsRef<EdgeContext> + Send + Sync + 'static,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
@@ -331,7 +358,8 @@ where
     fn call(&mut self, req: Request<Body>) -> BoxFut {
         let Some(ctx) = req
             .extensions()
-            .get::<EdgeContext>()
+            .get::<R>()
+            .map(AsRef::as_ref)
             .filter(|ctx| ctx.edge.cors_configured)
             .cloned()
         else {

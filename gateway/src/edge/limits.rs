@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -223,23 +224,49 @@ fn framing_problem<B>(req: &Request<B>) -> Option<String> {
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// Refuses requests whose head breaks a limit; assembled in the pipeline.
-#[derive(Clone, Copy, Default)]
-pub struct LimitsLayer;
+/// `R` is the request extension that gives the edge its [`EdgeContext`]
+/// (linkerd's `Param`: the layer asks for its own slice of the context).
+pub struct LimitsLayer<R>(PhantomData<fn() -> R>);
 
-impl<S> Layer<S> for LimitsLayer {
-    type Service = LimitsService<S>;
-    fn layer(&self, inner: S) -> LimitsService<S> {
-        LimitsService { inner }
+impl<R> LimitsLayer<R> {
+    pub fn new() -> Self {
+        LimitsLayer(PhantomData)
     }
 }
 
-#[derive(Clone)]
-pub struct LimitsService<S> {
-    inner: S,
+impl<R> Default for LimitsLayer<R> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-impl<S> Service<Request<Body>> for LimitsService<S>
+impl<S, R> Layer<S> for LimitsLayer<R> {
+    type Service = LimitsService<S, R>;
+    fn layer(&self, inner: S) -> LimitsService<S, R> {
+        LimitsService {
+            inner,
+            context: PhantomData,
+        }
+    }
+}
+
+pub struct LimitsService<S, R> {
+    inner: S,
+    context: PhantomData<fn() -> R>,
+}
+
+impl<S: Clone, R> Clone for LimitsService<S, R> {
+    fn clone(&self) -> Self {
+        LimitsService {
+            inner: self.inner.clone(),
+            context: PhantomData,
+        }
+    }
+}
+
+impl<S, R> Service<Request<Body>> for LimitsService<S, R>
 where
+    R: AsRef<EdgeContext> + Send + Sync + 'static,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
@@ -252,7 +279,8 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
-        let refused = req.extensions().get::<EdgeContext>().and_then(|ctx| {
+        let refused = req.extensions().get::<R>().and_then(|ctx| {
+            let ctx = ctx.as_ref();
             ctx.edge.limits.check_head(&req).filter(|status| {
                 // A client-streaming route reads its body message by
                 // message, bounded per message, not as one buffer: a large
@@ -275,23 +303,49 @@ where
 }
 
 /// Bounds the time from a request's arrival to its answer's head (504).
-#[derive(Clone, Copy, Default)]
-pub struct TimeoutLayer;
+/// `R` is the request extension that gives the edge its [`EdgeContext`]
+/// (linkerd's `Param`: the layer asks for its own slice of the context).
+pub struct TimeoutLayer<R>(PhantomData<fn() -> R>);
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = TimeoutService<S>;
-    fn layer(&self, inner: S) -> TimeoutService<S> {
-        TimeoutService { inner }
+impl<R> TimeoutLayer<R> {
+    pub fn new() -> Self {
+        TimeoutLayer(PhantomData)
     }
 }
 
-#[derive(Clone)]
-pub struct TimeoutService<S> {
-    inner: S,
+impl<R> Default for TimeoutLayer<R> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-impl<S> Service<Request<Body>> for TimeoutService<S>
+impl<S, R> Layer<S> for TimeoutLayer<R> {
+    type Service = TimeoutService<S, R>;
+    fn layer(&self, inner: S) -> TimeoutService<S, R> {
+        TimeoutService {
+            inner,
+            context: PhantomData,
+        }
+    }
+}
+
+pub struct TimeoutService<S, R> {
+    inner: S,
+    context: PhantomData<fn() -> R>,
+}
+
+impl<S: Clone, R> Clone for TimeoutService<S, R> {
+    fn clone(&self) -> Self {
+        TimeoutService {
+            inner: self.inner.clone(),
+            context: PhantomData,
+        }
+    }
+}
+
+impl<S, R> Service<Request<Body>> for TimeoutService<S, R>
 where
+    R: AsRef<EdgeContext> + Send + Sync + 'static,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
@@ -306,9 +360,9 @@ where
     fn call(&mut self, req: Request<Body>) -> BoxFut {
         let limit = req
             .extensions()
-            .get::<EdgeContext>()
+            .get::<R>()
             .map_or(DEFAULT_REQUEST_TIMEOUT, |ctx| {
-                ctx.edge.limits.request_timeout
+                ctx.as_ref().edge.limits.request_timeout
             });
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -53,12 +53,12 @@ pub fn app(
         // result goes on the request for every stage below.
         .layer(RouteLayer { snapshots })
         // The whole request, from arrival to the answer's head: 504 beyond.
-        .layer(crate::edge::limits::TimeoutLayer)
+        .layer(crate::edge::limits::TimeoutLayer::<Routed>::new())
         // CORS: preflights answered here (no auth, no rate limit); CORS
         // headers on every answer below, errors included.
-        .layer(crate::edge::cors::CorsLayer)
+        .layer(crate::edge::cors::CorsLayer::<Routed>::new())
         // Target length, header count and size, declared body size.
-        .layer(crate::edge::limits::LimitsLayer)
+        .layer(crate::edge::limits::LimitsLayer::<Routed>::new())
         .service(Handler(cut))
 }
 
@@ -67,7 +67,11 @@ pub type App = crate::telemetry::Access<
     Head<
         RouteStage<
             crate::edge::limits::TimeoutService<
-                crate::edge::cors::Cors<crate::edge::limits::LimitsService<Handler>>,
+                crate::edge::cors::Cors<
+                    crate::edge::limits::LimitsService<Handler, Routed>,
+                    Routed,
+                >,
+                Routed,
             >,
         >,
     >,
@@ -81,6 +85,15 @@ pub type App = crate::telemetry::Access<
 pub struct Routed {
     pub snap: Arc<Snapshot>,
     pub outcome: Outcome,
+    /// The edge layers' view of it.
+    pub edge: crate::edge::EdgeContext,
+}
+
+/// The edge layers read their context from the route stage's result.
+impl AsRef<crate::edge::EdgeContext> for Routed {
+    fn as_ref(&self) -> &crate::edge::EdgeContext {
+        &self.edge
+    }
 }
 
 /// What the request's method and path matched.
@@ -119,55 +132,63 @@ impl Routed {
             Lookup::NotFound => Outcome::NotFound,
             Lookup::BadPath(e) => Outcome::BadPath(e),
         };
-        Routed { snap, outcome }
-    }
-
-    /// The edge layers' view of the request.
-    fn edge_context(&self, req: &http::Request<Body>) -> crate::edge::EdgeContext {
-        let edge = self.snap.edge.clone();
-        let (routed, cors, streams_request) = match &self.outcome {
-            Outcome::Found { route, .. } => {
-                (true, route.edge.cors.clone(), route.plan.streams_request())
-            }
-            // 404, 405 and 400 answers: the default policy lets a browser
-            // read why its call failed.
-            _ => (false, edge.cors.clone(), false),
-        };
-        let preflight = if edge.cors_configured
-            && req.method() == http::Method::OPTIONS
-            && req.headers().contains_key(header::ORIGIN)
-        {
-            req.headers()
-                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
-                .map(|wanted| self.preflight(wanted.to_str().unwrap_or(""), req.uri().path()))
-        } else {
-            None
-        };
-        crate::edge::EdgeContext {
+        let edge = edge_context(&snap, &outcome, req);
+        Routed {
+            snap,
+            outcome,
             edge,
-            routed,
-            cors,
-            streams_request,
-            preflight,
         }
     }
+}
 
-    /// What a CORS preflight for `wanted` on `path` is asking about: the
-    /// route of another method than the request's own, matched here.
-    fn preflight(&self, wanted: &str, path: &str) -> crate::edge::Preflight {
-        match self.snap.matcher.lookup(wanted, path) {
-            Lookup::Found { value, .. } => crate::edge::Preflight::Route {
-                cors: value.edge.cors.clone(),
-                bound: self
-                    .snap
-                    .matcher
-                    .allowed_methods(path)
-                    .into_iter()
-                    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                    .collect(),
-            },
-            _ => crate::edge::Preflight::NoRoute,
+/// The edge layers' view of the request.
+fn edge_context(
+    snap: &Snapshot,
+    outcome: &Outcome,
+    req: &http::Request<Body>,
+) -> crate::edge::EdgeContext {
+    let edge = snap.edge.clone();
+    let (routed, cors, streams_request) = match outcome {
+        Outcome::Found { route, .. } => {
+            (true, route.edge.cors.clone(), route.plan.streams_request())
         }
+        // 404, 405 and 400 answers: the default policy lets a browser
+        // read why its call failed.
+        _ => (false, edge.cors.clone(), false),
+    };
+    let preflight = if edge.cors_configured
+        && req.method() == http::Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+    {
+        req.headers()
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .map(|wanted| preflight(snap, wanted.to_str().unwrap_or(""), req.uri().path()))
+    } else {
+        None
+    };
+    crate::edge::EdgeContext {
+        edge,
+        routed,
+        cors,
+        streams_request,
+        preflight,
+    }
+}
+
+/// What a CORS preflight for `wanted` on `path` is asking about: the
+/// route of another method than the request's own, matched here.
+fn preflight(snap: &Snapshot, wanted: &str, path: &str) -> crate::edge::Preflight {
+    match snap.matcher.lookup(wanted, path) {
+        Lookup::Found { value, .. } => crate::edge::Preflight::Route {
+            cors: value.edge.cors.clone(),
+            bound: snap
+                .matcher
+                .allowed_methods(path)
+                .into_iter()
+                .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                .collect(),
+        },
+        _ => crate::edge::Preflight::NoRoute,
     }
 }
 
@@ -188,10 +209,11 @@ impl Var {
         }
     }
 
-    fn text<'a>(&'a self, path: &'a str) -> &'a str {
+    /// The variable's text, borrowed from `path` where it is a slice of it.
+    fn into_text(self, path: &str) -> Cow<'_, str> {
         match self {
-            Var::At(a, b) => path.get(*a as usize..*b as usize).unwrap_or(""),
-            Var::Decoded(s) => s,
+            Var::At(a, b) => Cow::Borrowed(path.get(a as usize..b as usize).unwrap_or("")),
+            Var::Decoded(s) => Cow::Owned(s),
         }
     }
 }
@@ -237,8 +259,6 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let routed = Routed::resolve(self.snapshots.load_full(), &req);
-        let edge = routed.edge_context(&req);
-        req.extensions_mut().insert(edge);
         req.extensions_mut().insert(routed);
         self.inner.call(req)
     }
@@ -379,7 +399,8 @@ async fn handle_route(
             "the request reached the handler without passing the route stage",
         );
     };
-    let snap = &routed.snap;
+    let Routed { snap, outcome, .. } = routed;
+    let snap = &snap;
     // A token in the query is a credential, not a message field.
     crate::edge::take_query_token(&snap.edge, &mut parts);
     let path = parts.uri.path();
@@ -387,11 +408,13 @@ async fn handle_route(
     if let Some(resp) = crate::openapi::serve(snap, &parts) {
         return resp;
     }
-    let (route, vars) = match &routed.outcome {
+    let (route, vars) = match outcome {
+        // In place: `Var` and `Cow<str>` have one size, so this reuses the
+        // route stage's vector instead of allocating another.
         Outcome::Found { route, vars } => (
             route,
-            vars.iter()
-                .map(|v| Cow::Borrowed(v.text(path)))
+            vars.into_iter()
+                .map(|v| v.into_text(path))
                 .collect::<Vec<_>>(),
         ),
         Outcome::MethodNotAllowed(allowed) => {
@@ -425,6 +448,7 @@ async fn handle_route(
         }
     };
 
+    let route = &route;
     info.route = Some(route.label.clone());
     info.grpc_method = Some(route.grpc_label.clone());
     info.backend = Some(route.backend_label.clone());
@@ -586,13 +610,13 @@ mod tests {
         let path = "/v1/shelves/12/books/a%2Fb";
         let shelf = Var::of(path, Cow::Borrowed(&path[12..14]));
         assert!(matches!(shelf, Var::At(12, 14)));
-        assert_eq!(shelf.text(path), "12");
+        assert!(matches!(shelf.into_text(path), Cow::Borrowed("12")));
         let book = Var::of(path, Cow::Owned("a/b".to_owned()));
-        assert_eq!(book.text(path), "a/b");
+        assert_eq!(book.into_text(path), "a/b");
         // Text that is not a slice of the path is kept as it is.
         let elsewhere = String::from("12");
         let copied = Var::of(path, Cow::Borrowed(elsewhere.as_str()));
         assert!(matches!(copied, Var::Decoded(_)));
-        assert_eq!(copied.text(path), "12");
+        assert_eq!(copied.into_text(path), "12");
     }
 }
