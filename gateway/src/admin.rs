@@ -13,10 +13,9 @@ use axum::routing::{get, post};
 use axum::Json;
 use http::StatusCode;
 use serde_json::{json, Value};
-use tonic::Code;
 
+use crate::error::{Error, FieldViolation};
 use crate::state::Gateway;
-use crate::transcode::RpcStatus;
 
 pub fn app(gw: Arc<Gateway>) -> axum::Router {
     axum::Router::new()
@@ -28,9 +27,8 @@ pub fn app(gw: Arc<Gateway>) -> axum::Router {
         .route("/admin/reload", post(reload))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            RpcStatus::new(StatusCode::NOT_FOUND, Code::NotFound, "no such admin endpoint; try /admin/config, /admin/routes, /admin/backends, /healthz, /readyz, POST /admin/reload")
+            Error::NotFound("no such admin endpoint; try /admin/config, /admin/routes, /admin/backends, /healthz, /readyz, POST /admin/reload".to_owned())
                 .into_response()
-                .map(axum::body::Body::from)
         })
         .with_state(gw)
 }
@@ -222,27 +220,19 @@ async fn config(State(gw): State<Arc<Gateway>>) -> Json<Value> {
 async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
     match crate::reload::reload(&gw, "admin").await {
         Ok(version) => Json(json!({"version": version})).into_response(),
-        Err(errors) => {
-            let mut status = RpcStatus::new(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                "the new configuration was rejected; the previous one keeps serving",
-            );
-            status.details = errors
+        Err(errors) => Error::InvalidFields {
+            message: "the new configuration was rejected; the previous one keeps serving"
+                .to_owned(),
+            violations: errors
                 .0
                 .iter()
-                .map(|e| {
-                    json!({
-                        "@type": "type.googleapis.com/google.rpc.BadRequest",
-                        "fieldViolations": [{
-                            "field": e.field,
-                            "description": e.to_string(),
-                        }],
-                    })
+                .map(|e| FieldViolation {
+                    field: e.field.clone(),
+                    description: e.to_string(),
                 })
-                .collect();
-            status.into_response().map(axum::body::Body::from)
+                .collect(),
         }
+        .into_response(),
     }
 }
 

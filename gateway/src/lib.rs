@@ -3,11 +3,13 @@
 //! The request path runs edge -> transcode -> upstream; every piece of
 //! configuration it reads lives in one immutable [`snapshot::Snapshot`].
 
+pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod descriptors;
 pub mod discovery;
 pub mod edge;
+pub mod error;
 pub mod example;
 pub mod openapi;
 pub mod pipeline;

@@ -22,7 +22,7 @@ use tower::ServiceExt as _;
 
 use super::client_ip::PeerAddr;
 use super::limits::Limits;
-use crate::transcode::RpcStatus;
+use crate::error::Error;
 
 /// What a listener serves: the gateway's layered handler.
 pub trait HttpService:
@@ -425,18 +425,20 @@ impl HeadBounds {
                 _ => return None,
             }
         }
-        let message = match status {
-            StatusCode::URI_TOO_LONG => format!(
+        let error = match status {
+            StatusCode::URI_TOO_LONG => Error::TargetTooLong(format!(
                 "the request target is over the limit of {} bytes (limits.max_url_bytes)",
                 self.max_url_bytes
-            ),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+            )),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Error::HeadTooLarge(format!(
                 "the request head is far over the limits of {} headers and {} bytes (limits.max_headers, limits.max_header_bytes)",
                 self.max_headers, self.max_header_bytes
-            ),
-            _ => "the request head is not valid HTTP/1.1".to_owned(),
+            )),
+            _ => Error::BadRequest("the request head is not valid HTTP/1.1".to_owned()),
         };
-        let body = RpcStatus::new(status, tonic::Code::InvalidArgument, message).to_json();
+        // Written by hand (hyper has already answered), but the body is the
+        // one every error has.
+        let body = error.to_json();
         let mut out = Vec::with_capacity(160 + body.len());
         out.extend_from_slice(&written[..12]);
         out.push(b' ');

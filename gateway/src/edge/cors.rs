@@ -16,13 +16,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use tonic::Code;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use tower::{Layer, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, ExposeHeaders};
 
 use super::{EdgeContext, Preflight};
-use crate::transcode::RpcStatus;
+use crate::error::Error;
 
 /// Browsers cache a preflight answer this long by default: long enough to
 /// spare most preflights, short enough that a policy change shows soon
@@ -325,10 +324,8 @@ fn vary_origin(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-fn refuse(status: StatusCode, code: Code, message: String) -> Response<Body> {
-    let mut r = RpcStatus::new(status, code, message)
-        .into_response()
-        .map(Body::from);
+fn refuse(message: String) -> Response<Body> {
+    let mut r = Error::CorsRefused(message).into_response();
     r.headers_mut().insert(
         header::VARY,
         HeaderValue::from_static(
@@ -388,23 +385,17 @@ where
                 Preflight::Route { cors, bound } => (cors.clone(), bound),
                 Preflight::NoRoute => {
                     preflights("no_route");
-                    return Box::pin(std::future::ready(Ok(refuse(
-                        StatusCode::FORBIDDEN,
-                        Code::PermissionDenied,
-                        format!("CORS preflight refused: no route serves {wanted} {path}"),
-                    ))));
+                    return Box::pin(std::future::ready(Ok(refuse(format!(
+                        "CORS preflight refused: no route serves {wanted} {path}"
+                    )))));
                 }
             };
             let Some(policy) = policy.filter(|p| p.origin_allowed(&origin)) else {
                 preflights("origin_refused");
-                return Box::pin(std::future::ready(Ok(refuse(
-                    StatusCode::FORBIDDEN,
-                    Code::PermissionDenied,
-                    format!(
-                        "CORS preflight refused: origin {} may not call {wanted} {path}",
-                        origin.to_str().unwrap_or("(not text)")
-                    ),
-                ))));
+                return Box::pin(std::future::ready(Ok(refuse(format!(
+                    "CORS preflight refused: origin {} may not call {wanted} {path}",
+                    origin.to_str().unwrap_or("(not text)")
+                )))));
             };
             let bound: Vec<Method> = bound
                 .iter()

@@ -11,13 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{header, HeaderMap, Request, Response, StatusCode};
-use tonic::Code;
+use http::{header, HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
 use super::EdgeContext;
+use crate::error::Error;
 use crate::telemetry::RequestContext;
-use crate::transcode::RpcStatus;
 
 /// Browsers and proxies commonly cap URLs near 8 KB; anything longer is a
 /// mistake or an attack on parsers.
@@ -128,17 +127,13 @@ impl Limits {
     }
 
     /// The first limit the request's head breaks, as the answer to send.
-    pub fn check_head<B>(&self, req: &Request<B>) -> Option<RpcStatus> {
+    pub fn check_head<B>(&self, req: &Request<B>) -> Option<Error> {
         let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if target > self.max_url_bytes {
-            return Some(RpcStatus::new(
-                StatusCode::URI_TOO_LONG,
-                Code::InvalidArgument,
-                format!(
-                    "the request target is {target} bytes, over the limit of {} (limits.max_url_bytes)",
-                    self.max_url_bytes
-                ),
-            ));
+            return Some(Error::TargetTooLong(format!(
+                "the request target is {target} bytes, over the limit of {} (limits.max_url_bytes)",
+                self.max_url_bytes
+            )));
         }
         let headers = req.headers();
         let client = req
@@ -146,46 +141,27 @@ impl Limits {
             .get::<RequestContext>()
             .map_or_else(|| ClientHead::measure(headers), |c| c.client_head);
         if client.headers > self.max_headers {
-            return Some(RpcStatus::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                Code::InvalidArgument,
-                format!(
-                    "the request has {} headers, over the limit of {} (limits.max_headers)",
-                    client.headers, self.max_headers
-                ),
-            ));
+            return Some(Error::HeadTooLarge(format!(
+                "the request has {} headers, over the limit of {} (limits.max_headers)",
+                client.headers, self.max_headers
+            )));
         }
         let bytes = client.bytes;
         if bytes > self.max_header_bytes {
-            return Some(RpcStatus::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                Code::InvalidArgument,
-                format!(
-                    "the request headers are {bytes} bytes, over the limit of {} (limits.max_header_bytes)",
-                    self.max_header_bytes
-                ),
-            ));
+            return Some(Error::HeadTooLarge(format!(
+                "the request headers are {bytes} bytes, over the limit of {} (limits.max_header_bytes)",
+                self.max_header_bytes
+            )));
         }
         if let Some(problem) = framing_problem(req) {
-            return Some(RpcStatus::new(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                problem,
-            ));
+            return Some(Error::BadRequest(problem));
         }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
-            return Some(RpcStatus::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::InvalidArgument,
-                format!(
-                    "request body is larger than the limit of {} bytes",
-                    self.max_body_bytes
-                ),
-            ));
+            return Some(Error::body_too_large(self.max_body_bytes));
         }
         None
     }
@@ -285,12 +261,12 @@ where
                 // A client-streaming route reads its body message by
                 // message, bounded per message, not as one buffer: a large
                 // declared upload (curl -F) is what it is for.
-                status.http != StatusCode::PAYLOAD_TOO_LARGE || !ctx.streams_request
+                !matches!(status, Error::TooLarge(_)) || !ctx.streams_request
             })
         });
         match refused {
             Some(status) => {
-                let mut resp = status.into_response().map(Body::from);
+                let mut resp = status.into_response();
                 // The request's body was not read; keeping the connection
                 // would mean reading (or misreading) it as the next request.
                 resp.headers_mut()
@@ -369,16 +345,7 @@ where
             match tokio::time::timeout(limit, fut).await {
                 Ok(r) => r,
                 // Dropping the future cancels the backend call with it.
-                Err(_) => Ok(RpcStatus::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Code::DeadlineExceeded,
-                    format!(
-                        "the request took longer than {} ms (limits.request_timeout)",
-                        limit.as_millis()
-                    ),
-                )
-                .into_response()
-                .map(Body::from)),
+                Err(_) => Ok(Error::RequestTimeout(limit.as_millis() as u64).into_response()),
             }
         })
     }

@@ -24,13 +24,11 @@ pub mod ratelimit;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use axum::body::Body;
-use http::{header, Extensions, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use tonic::Code;
+use http::{header, Extensions, HeaderMap, HeaderName, HeaderValue};
 
 pub use compile::build;
 
-use crate::transcode::RpcStatus;
+use crate::error::Error;
 use client_ip::{ClientIp, ClientIpPolicy, PeerAddr};
 use cors::CorsPolicy;
 use jwt::{Auth, AuthError, AuthMode, QueryToken, RouteAuth, TokenSource, Verified};
@@ -151,12 +149,6 @@ impl RouteEdge {
     }
 }
 
-fn error(http: StatusCode, code: Code, message: impl Into<String>) -> Response<Body> {
-    RpcStatus::new(http, code, message)
-        .into_response()
-        .map(Body::from)
-}
-
 /// Takes the token query parameter (if `[auth] query_param` is set) out of
 /// the request target, into the extensions: it is a credential, not a field
 /// of the request message, and must not reach logs or the backend.
@@ -213,7 +205,7 @@ pub async fn admit(
     headers: &mut HeaderMap,
     extensions: &mut Extensions,
     out: &mut HeaderMap,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Error> {
     let peer = extensions
         .get::<PeerAddr>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
@@ -246,7 +238,7 @@ async fn admit_inner(
     extensions: &mut Extensions,
     client: IpAddr,
     fields: &mut Fields,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Error> {
     let ip_text = match client_ip::rate_limit_key(client, edge.rate_limits.ipv6_prefix) {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -313,10 +305,7 @@ fn key_of(edge: &Edge, p: &Policy, route: &RouteEdge, parts: &[&[u8]]) -> u64 {
     edge.rate_limits.hash_key(scope, parts)
 }
 
-// The refusal is the answer itself, returned once per request; boxing it
-// would only add an allocation.
-#[allow(clippy::result_large_err)]
-fn check(p: &Policy, key: u64, fields: &mut Fields) -> Result<(), Response<Body>> {
+fn check(p: &Policy, key: u64, fields: &mut Fields) -> Result<(), Error> {
     let outcome = p.check(key);
     fields.add(p, &outcome);
     if outcome.allowed {
@@ -324,10 +313,8 @@ fn check(p: &Policy, key: u64, fields: &mut Fields) -> Result<(), Response<Body>
     }
     metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "policy" => p.def.name.clone())
         .increment(1);
-    let mut resp = error(
-        StatusCode::TOO_MANY_REQUESTS,
-        Code::ResourceExhausted,
-        format!(
+    Err(Error::RateLimited {
+        message: format!(
             "rate limit \"{}\" exceeded ({} requests per {} ms, burst {}); retry in {} s",
             p.def.name,
             p.def.rate,
@@ -335,10 +322,8 @@ fn check(p: &Policy, key: u64, fields: &mut Fields) -> Result<(), Response<Body>
             p.def.burst,
             outcome.reset_secs
         ),
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(outcome.reset_secs));
-    Err(resp)
+        retry_after: outcome.reset_secs,
+    })
 }
 
 async fn authenticate(
@@ -346,7 +331,7 @@ async fn authenticate(
     route: &RouteAuth,
     headers: &mut HeaderMap,
     extensions: &Extensions,
-) -> Result<Option<Verified>, Response<Body>> {
+) -> Result<Option<Verified>, Error> {
     if route.mode == AuthMode::None {
         return Ok(None);
     }
@@ -359,14 +344,11 @@ async fn authenticate(
         };
         metrics::counter!(crate::telemetry::metrics::AUTH_FAILURES, "reason" => reason)
             .increment(1);
-        let (status, code) = match e {
-            AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, Code::PermissionDenied),
-            _ => (StatusCode::UNAUTHORIZED, Code::Unauthenticated),
-        };
-        let mut resp = error(status, code, e.message());
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, e.challenge());
-        resp
+        let (message, challenge) = (e.message(), e.challenge());
+        match e {
+            AuthError::Forbidden { .. } => Error::Forbidden { message, challenge },
+            _ => Error::Unauthenticated { message, challenge },
+        }
     };
     let found = jwt::find_token(auth, headers, extensions.get::<QueryToken>())
         .map_err(refuse)?

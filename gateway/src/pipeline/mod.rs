@@ -25,11 +25,11 @@ use tonic::Code;
 
 mod stream;
 
+use crate::error::Error;
 use crate::routing::Lookup;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestInfo;
 use crate::transcode::metadata::request_metadata;
-use crate::transcode::RpcStatus;
 
 /// The pipeline, outermost stage first; the order of the edge checks is
 /// fixed (docs/edge-security.md) and rate limits and auth follow in the
@@ -343,19 +343,13 @@ impl tower::Service<http::Request<Body>> for Handler {
     }
 }
 
-fn error(http: StatusCode, code: Code, message: impl Into<String>) -> Response<Body> {
-    RpcStatus::new(http, code, message)
-        .into_response()
-        .map(Body::from)
-}
-
 /// Every REST request: [`handle_route`], then errors in the format the
 /// client asked for (`Accept: application/problem+json`, RFC 9457).
 async fn handle(
     mut cut: tokio::sync::watch::Receiver<bool>,
     req: http::Request<Body>,
 ) -> Response<Body> {
-    let problem = crate::transcode::status::wants_problem(req.headers());
+    let problem = crate::error::wants_problem(req.headers());
     // Rate-limit fields, set by the edge stage, go on whatever the answer.
     let mut edge_headers = HeaderMap::new();
     // What the access log and metrics need to know, filled in as we go.
@@ -369,13 +363,9 @@ async fn handle(
     };
     let resp = resp.unwrap_or_else(|| {
         info.drain_aborted = true;
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            "the gateway is shutting down and the request was still running when server.drain_timeout passed",
-        )
+        Error::ShuttingDown.into_response()
     });
-    let mut resp = crate::transcode::status::negotiate(problem, resp);
+    let mut resp = crate::error::negotiate(problem, resp);
     // A streamed answer names the endpoint that serves it.
     if let Some(u) = resp.extensions().get::<crate::upstream::Attempted>() {
         info.endpoint = Some(u.addr.clone());
@@ -393,11 +383,10 @@ async fn handle_route(
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let Some(routed) = parts.extensions.remove::<Routed>() else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Internal,
-            "the request reached the handler without passing the route stage",
-        );
+        return Error::Internal(
+            "the request reached the handler without passing the route stage".to_owned(),
+        )
+        .into_response();
     };
     let Routed { snap, outcome, .. } = routed;
     let snap = &snap;
@@ -418,34 +407,21 @@ async fn handle_route(
                 .collect::<Vec<_>>(),
         ),
         Outcome::MethodNotAllowed(allowed) => {
-            let mut resp = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unimplemented,
-                format!(
-                    "method {} is not allowed on {path}; allowed: {}",
-                    parts.method,
-                    allowed.join(", ")
-                ),
-            );
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                resp.headers_mut().insert(header::ALLOW, v);
+            return Error::MethodNotAllowed {
+                method: parts.method.to_string(),
+                path: path.to_owned(),
+                allowed: allowed.join(", "),
             }
-            return resp;
+            .into_response()
         }
         Outcome::NotFound => {
-            return error(
-                StatusCode::NOT_FOUND,
-                Code::NotFound,
-                format!("no route for {} {path}", parts.method),
-            )
+            return Error::NoRoute {
+                method: parts.method.to_string(),
+                path: path.to_owned(),
+            }
+            .into_response()
         }
-        Outcome::BadPath(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!("bad request path: {e}"),
-            )
-        }
+        Outcome::BadPath(e) => return Error::BadPath(e.to_string()).into_response(),
     };
 
     let route = &route;
@@ -472,31 +448,19 @@ async fn handle_route(
         .extensions
         .get::<crate::edge::jwt::Verified>()
         .and_then(|v| v.subject().map(str::to_owned));
-    if let Err(resp) = admitted {
-        return resp;
+    if let Err(e) = admitted {
+        return e.into_response();
     }
 
     // STAGE headers: the client's deadline and metadata, read before any
     // body byte; a value the gateway cannot read is a 400 naming the header.
     let client_deadline = match crate::upstream::deadline::client_timeout(&parts.headers) {
         Ok(d) => d,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                e.to_string(),
-            )
-        }
+        Err(e) => return Error::BadRequest(e.to_string()).into_response(),
     };
     let metadata = match request_metadata(&parts.headers, &route.forward_headers) {
         Ok(md) => md,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                e.to_string(),
-            )
-        }
+        Err(e) => return Error::BadRequest(e.to_string()).into_response(),
     };
 
     // STAGE streaming: requests the transcoder takes as streams (client and
@@ -515,7 +479,7 @@ async fn handle_route(
     let read = crate::transcode::json::read_body(settings, plan, route_name, &parts.headers, body);
     let body = match read.await {
         Ok(b) => b,
-        Err(s) => return s.into_response().map(Body::from),
+        Err(e) => return e.into_response(),
     };
 
     if plan.streams_reply() {
@@ -529,7 +493,7 @@ async fn handle_route(
             Ok(m) => m,
             Err(e) => {
                 transcoding.fail(&e.message);
-                return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
+                return Error::BadRequest(e.message).into_response();
             }
         };
         drop(body);
@@ -546,7 +510,7 @@ async fn handle_route(
             Ok(m) => m,
             Err(e) => {
                 transcoding.fail(&e.message);
-                return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message);
+                return Error::BadRequest(e.message).into_response();
             }
         };
     drop(body);

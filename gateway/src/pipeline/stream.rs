@@ -13,13 +13,13 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt as _;
 use http::request::Parts;
-use http::{header, Response, StatusCode};
+use http::{header, Response};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
+use crate::error::{BackendStatus, Error};
 use crate::snapshot::{Route, Snapshot};
 use crate::transcode::stream::{Abort, Streamed, StreamedReply};
-use crate::transcode::RpcStatus;
 use crate::upstream::{CallError, Outgoing, RequestBody, StreamReply, StreamRequest};
 
 /// A request the transcoder takes as a stream (see
@@ -160,7 +160,7 @@ fn answered(
 /// failure is recorded in `abort` (to be reported instead of the reset it
 /// causes) and resets the call.
 fn outgoing(
-    messages: BoxStream<'static, Result<Bytes, RpcStatus>>,
+    messages: BoxStream<'static, Result<Bytes, Error>>,
     abort: Abort,
 ) -> BoxStream<'static, Outgoing> {
     Box::pin(messages.map(move |item| match item {
@@ -176,7 +176,7 @@ fn outgoing(
 async fn call_streaming_with(
     snap: &Snapshot,
     route: &Route,
-    messages: BoxStream<'static, Result<Bytes, RpcStatus>>,
+    messages: BoxStream<'static, Result<Bytes, Error>>,
     metadata: MetadataMap,
     parts: &Parts,
 ) -> Response<Body> {
@@ -242,11 +242,10 @@ async fn call_streaming_with(
                 resp.extensions_mut().insert(attempted);
                 resp
             }
-            Ok(None) => error_response(RpcStatus::new(
-                StatusCode::BAD_GATEWAY,
-                Code::Internal,
-                "the backend answered OK without a reply message",
-            )),
+            Ok(None) => {
+                Error::BadGateway("the backend answered OK without a reply message".to_owned())
+                    .into_response()
+            }
             Err(status) => match abort.take() {
                 Some(s) => error_response(s),
                 None => backend_error(
@@ -315,11 +314,7 @@ pub(crate) fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Respon
                 error = %message,
                 "backend call refused"
             );
-            error_response(RpcStatus::new(
-                crate::transcode::http_status(code),
-                code,
-                message,
-            ))
+            Error::Refused { code, message }.into_response()
         }
         CallError::Upstream { status, addr, .. } => backend_error(snap, route, &addr, &status),
     }
@@ -330,15 +325,15 @@ pub(crate) fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Respon
 const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn deadline_error(route: &Route) -> Response<Body> {
-    error_response(RpcStatus::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        Code::DeadlineExceeded,
-        crate::upstream::deadline::exceeded_message(&route.backend.name, route.timeout),
+    Error::DeadlineExceeded(crate::upstream::deadline::exceeded_message(
+        &route.backend.name,
+        route.timeout,
     ))
+    .into_response()
 }
 
-pub(crate) fn error_response(s: RpcStatus) -> Response<Body> {
-    s.into_response().map(Body::from)
+fn error_response(e: Error) -> Response<Body> {
+    e.into_response()
 }
 
 /// A stream that failed before its first message, with the header metadata
@@ -369,7 +364,7 @@ fn backend_error(
         grpc.code = ?status.code(),
         "backend call failed"
     );
-    let mut s = RpcStatus::from_grpc(status, &snap.transcode.pool);
+    let mut s = BackendStatus::from_grpc(status, &snap.transcode.pool);
     // A deadline's message names the backend already (one text for every
     // 504, see `upstream::deadline::exceeded_message`). Errors made on the
     // gateway's side (connect failure, reset) carry no backend metadata;
@@ -389,7 +384,6 @@ fn backend_error(
         }
         s.message = msg;
     }
-    let mut resp = error_response(s);
-    crate::transcode::metadata::response_metadata(status.metadata(), resp.headers_mut());
-    resp
+    crate::transcode::metadata::response_metadata(status.metadata(), &mut s.headers);
+    Error::Backend(Box::new(s)).into_response()
 }

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Method};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
     TraceState, Tracer as _, TracerProvider as _,
@@ -305,21 +305,22 @@ impl ChildSpan {
 /// Runs `auth` (the edge's token check, for a route that checks tokens)
 /// inside an `auth` span; a refusal marks the span failed with its HTTP
 /// status.
-pub async fn auth<T, B>(
-    auth: impl Future<Output = Result<T, Response<B>>>,
-) -> Result<T, Response<B>> {
+pub async fn auth<T>(
+    auth: impl Future<Output = Result<T, crate::error::Error>>,
+) -> Result<T, crate::error::Error> {
     if !enabled() {
         return auth.await;
     }
     let mut span = ChildSpan::internal("auth");
     let result = auth.await;
-    if let (Err(resp), Some(s)) = (&result, &mut span.0) {
+    if let (Err(e), Some(s)) = (&result, &mut span.0) {
+        let status = e.http_status();
         s.set_attribute(KeyValue::new(
             "http.response.status_code",
-            i64::from(resp.status().as_u16()),
+            i64::from(status.as_u16()),
         ));
         s.set_status(Status::error(
-            resp.status().canonical_reason().unwrap_or("refused"),
+            status.canonical_reason().unwrap_or("refused"),
         ));
     }
     result

@@ -7,11 +7,11 @@ use std::borrow::Cow;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use prost_reflect::DynamicMessage;
-use tonic::Code;
 
-use super::{request, BodyRule, Plan, RpcStatus, Settings, TranscodeError};
+use super::{request, BodyRule, Plan, Settings, TranscodeError};
+use crate::error::Error;
 
 /// Reads a JSON request body up to `server.max_body_bytes`, at
 /// `limits.min_body_rate`; a declared length over the limit is refused
@@ -23,7 +23,7 @@ pub async fn read_body(
     route: (&str, &str),
     headers: &HeaderMap,
     body: Body,
-) -> Result<Bytes, RpcStatus> {
+) -> Result<Bytes, Error> {
     let bytes = super::read_limited(
         headers,
         body,
@@ -35,14 +35,10 @@ pub async fn read_body(
         // grpc-gateway ignores a body the route does not bind; a stricter
         // answer helps clients that put fields in the wrong place.
         if !bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(RpcStatus::new(
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-                format!(
-                    "{} {} takes no request body; send fields in the path or query",
-                    route.0, route.1
-                ),
-            ));
+            return Err(Error::BadRequest(format!(
+                "{} {} takes no request body; send fields in the path or query",
+                route.0, route.1
+            )));
         }
         return Ok(bytes);
     }
@@ -63,14 +59,10 @@ pub async fn read_body(
                 })
                 .unwrap_or(false);
             if !ok {
-                return Err(RpcStatus::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    Code::InvalidArgument,
-                    format!(
-                        "content type {:?} is not supported; send application/json",
-                        ct.to_str().unwrap_or("(not text)")
-                    ),
-                ));
+                return Err(Error::UnsupportedMediaType(format!(
+                    "content type {:?} is not supported; send application/json",
+                    ct.to_str().unwrap_or("(not text)")
+                )));
             }
         }
     }

@@ -1,4 +1,4 @@
-//! HTTP <-> protobuf: request mapping, reply rendering, and status mapping.
+//! HTTP <-> protobuf: request mapping and reply rendering.
 
 mod builder;
 pub mod fast;
@@ -14,7 +14,6 @@ mod plan;
 pub mod request;
 pub mod response;
 pub mod shape;
-pub mod status;
 pub mod stream;
 pub mod strict;
 mod wire;
@@ -23,7 +22,6 @@ pub mod wire_json;
 pub use plan::{Plan, Settings};
 pub use request::{BodyRule, DecodeOptions, FieldPath};
 pub use response::encode_reply;
-pub use status::{http_status, RpcStatus};
 
 /// A request the gateway cannot turn into a message: always a 400 naming what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,15 +50,10 @@ pub async fn read_limited(
     body: axum::body::Body,
     limit: usize,
     min_rate: u64,
-) -> Result<bytes::Bytes, RpcStatus> {
+) -> Result<bytes::Bytes, crate::error::Error> {
+    use crate::error::Error;
     use http_body_util::BodyExt as _;
-    let too_large = || {
-        RpcStatus::new(
-            http::StatusCode::PAYLOAD_TOO_LARGE,
-            tonic::Code::InvalidArgument,
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-    };
+    let too_large = || Error::body_too_large(limit);
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -84,7 +77,7 @@ pub async fn read_limited(
                     + std::time::Duration::from_secs_f64(received as f64 / rate as f64);
                 match tokio::time::timeout_at(due, body.frame()).await {
                     Ok(f) => f,
-                    Err(_) => return Err(too_slow(rate)),
+                    Err(_) => return Err(Error::BodyTooSlow(rate)),
                 }
             }
         };
@@ -95,11 +88,9 @@ pub async fn read_limited(
                 Err(_) => continue, // trailers
             },
             Some(Err(e)) => {
-                return Err(RpcStatus::new(
-                    http::StatusCode::BAD_REQUEST,
-                    tonic::Code::InvalidArgument,
-                    format!("reading the request body failed: {e}"),
-                ))
+                return Err(Error::BadRequest(format!(
+                    "reading the request body failed: {e}"
+                )))
             }
         };
         received += data.len() as u64;
@@ -117,14 +108,6 @@ pub async fn read_limited(
         }
     }
     Ok(first.unwrap_or_else(|| more.freeze()))
-}
-
-fn too_slow(rate: u64) -> RpcStatus {
-    RpcStatus::new(
-        http::StatusCode::REQUEST_TIMEOUT,
-        tonic::Code::DeadlineExceeded,
-        format!("the request body is arriving slower than {rate} bytes/s (limits.min_body_rate)"),
-    )
 }
 
 /// The end-to-end tests' descriptors (`testing.v1.Everything` has every

@@ -10,13 +10,13 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use memchr::memmem::Finder;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, Value};
-use tonic::Code;
 
 use super::builder::Builder;
-use super::{httpbody, request, shape, RpcStatus};
+use super::{httpbody, request, shape};
+use crate::error::Error;
 
 pub fn is_multipart(headers: &HeaderMap) -> bool {
     headers
@@ -26,21 +26,19 @@ pub fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"))
 }
 
-fn bad(message: impl Into<String>) -> RpcStatus {
-    RpcStatus::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, message)
+fn bad(message: impl Into<String>) -> Error {
+    Error::BadRequest(message.into())
 }
 
-fn multer_error(e: multer::Error) -> RpcStatus {
+fn multer_error(e: multer::Error) -> Error {
     match e {
         multer::Error::StreamReadFailed(e) if e.is::<Unframed>() => e
             .downcast::<Unframed>()
             .map_or_else(|e| bad(format!("malformed multipart body: {e}")), |u| u.0),
         multer::Error::StreamSizeExceeded { limit }
-        | multer::Error::FieldSizeExceeded { limit, .. } => RpcStatus::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::InvalidArgument,
-            format!("request body is larger than the limit of {limit} bytes"),
-        ),
+        | multer::Error::FieldSizeExceeded { limit, .. } => {
+            Error::body_too_large(usize::try_from(limit).unwrap_or(usize::MAX))
+        }
         other => bad(format!("malformed multipart body: {other}")),
     }
 }
@@ -50,7 +48,7 @@ fn open(
     body: axum::body::Body,
     limit: Option<u64>,
     bounds: Bounds,
-) -> Result<multer::Multipart<'static>, RpcStatus> {
+) -> Result<multer::Multipart<'static>, Error> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -90,11 +88,11 @@ pub struct Bounds {
 /// A refusal made while the body streams in, carried through multer as a
 /// read error and turned back into its answer by `multer_error`.
 #[derive(Debug)]
-struct Unframed(RpcStatus);
+struct Unframed(Error);
 
 impl std::fmt::Display for Unframed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.message)
+        std::fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -219,14 +217,10 @@ impl Framing {
                  Content-Type names?"
             ))
         } else {
-            RpcStatus::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::InvalidArgument,
-                format!(
-                    "a multipart part's headers are larger than {bound} bytes \
-                     (limits.max_multipart_part_header_bytes)"
-                ),
-            )
+            Error::TooLarge(format!(
+                "a multipart part's headers are larger than {bound} bytes \
+                 (limits.max_multipart_part_header_bytes)"
+            ))
         })
     }
 }
@@ -260,7 +254,7 @@ fn keep_tail(carry: &mut Vec<u8>, rest: &[u8], keep: usize) {
 }
 
 /// The request field a part fills; None for a part to skip.
-fn part_field(builder: &Builder, name: Option<&str>) -> Result<Option<FieldDescriptor>, RpcStatus> {
+fn part_field(builder: &Builder, name: Option<&str>) -> Result<Option<FieldDescriptor>, Error> {
     let input = &builder.plan.input;
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Err(bad(
@@ -309,7 +303,7 @@ fn set_text(
     field: &FieldDescriptor,
     data: &[u8],
     opts: super::DecodeOptions,
-) -> Result<(), RpcStatus> {
+) -> Result<(), Error> {
     let name = field.name();
     let value = match field.kind() {
         Kind::Bytes => Value::Bytes(Bytes::copy_from_slice(data)),
@@ -362,7 +356,7 @@ pub async fn message(
     body: axum::body::Body,
     limit: usize,
     bounds: Bounds,
-) -> Result<DynamicMessage, RpcStatus> {
+) -> Result<DynamicMessage, Error> {
     let mut mp = open(headers, body, Some(limit as u64), bounds)?;
     let mut msg = DynamicMessage::new(builder.plan.input.clone());
     while let Some(field) = mp.next_field().await.map_err(multer_error)? {
@@ -404,7 +398,7 @@ impl PartStream {
         headers: &HeaderMap,
         body: axum::body::Body,
         bounds: Bounds,
-    ) -> Result<PartStream, RpcStatus> {
+    ) -> Result<PartStream, Error> {
         let mut base = DynamicMessage::new(builder.plan.input.clone());
         builder
             .path_and_query(&mut base)
@@ -419,7 +413,7 @@ impl PartStream {
         })
     }
 
-    pub async fn next_message(&mut self) -> Result<Option<DynamicMessage>, RpcStatus> {
+    pub async fn next_message(&mut self) -> Result<Option<DynamicMessage>, Error> {
         loop {
             if let Some((field, fd, ct)) = &mut self.current {
                 match field.chunk().await.map_err(multer_error)? {
@@ -450,15 +444,11 @@ impl PartStream {
             while let Some(chunk) = field.chunk().await.map_err(multer_error)? {
                 text.extend_from_slice(&chunk);
                 if text.len() > self.text_limit {
-                    return Err(RpcStatus::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        Code::InvalidArgument,
-                        format!(
-                            "multipart part \"{}\" is larger than {} bytes; only file parts (bytes or HttpBody fields) are streamed",
-                            fd.name(),
-                            self.text_limit
-                        ),
-                    ));
+                    return Err(Error::TooLarge(format!(
+                        "multipart part \"{}\" is larger than {} bytes; only file parts (bytes or HttpBody fields) are streamed",
+                        fd.name(),
+                        self.text_limit
+                    )));
                 }
             }
             let msg = self.pending.get_or_insert_with(|| self.base.clone());
@@ -516,9 +506,9 @@ mod tests {
         for size in [1, 10, 1000] {
             let (r, stage) = feed_in(size, &body);
             let e = r.expect_err("a 1000-byte preamble passed").0;
-            assert_eq!(e.http, StatusCode::BAD_REQUEST);
+            assert!(matches!(e, Error::BadRequest(_)), "{e:?}");
             assert!(e
-                .message
+                .to_string()
                 .contains("more than 64 bytes before its first boundary"));
             assert_eq!(stage, Stage::Preamble);
         }
@@ -534,8 +524,8 @@ mod tests {
         body.extend(std::iter::repeat_n(b'a', 1000));
         for size in [1, 13, 1000] {
             let e = feed_in(size, &body).0.expect_err("passed").0;
-            assert_eq!(e.http, StatusCode::PAYLOAD_TOO_LARGE);
-            assert!(e.message.contains("larger than 128 bytes"), "{}", e.message);
+            assert_eq!(e.http_status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+            assert!(e.to_string().contains("larger than 128 bytes"), "{e}");
         }
     }
 }

@@ -1,13 +1,12 @@
 //! Reply message -> JSON bytes, and a unary reply -> the HTTP answer.
 
 use axum::body::Body;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response};
 use prost_reflect::ReflectMessage;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, SerializeOptions};
 use tonic::metadata::MetadataMap;
-use tonic::Code;
 
-use super::{metadata, shape, Plan, RpcStatus, Settings, TranscodeError};
+use super::{metadata, shape, Plan, Settings, TranscodeError};
 
 /// A unary call's successful reply, from its wire bytes to the HTTP answer:
 /// the JSON body (or an HttpBody's raw bytes), the reply metadata as
@@ -46,9 +45,7 @@ fn json_response(body: impl Into<Body>, md: &MetadataMap) -> Response<Body> {
 }
 
 fn internal_error(message: String) -> Response<Body> {
-    RpcStatus::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, message)
-        .into_response()
-        .map(Body::from)
+    crate::error::Error::Internal(message).into_response()
 }
 
 /// [`answer`]'s reference path, once the reply is decoded.

@@ -25,16 +25,16 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use http::request::Parts;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, Response, Version};
 use http_body::Frame;
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, SerializeOptions};
 use tokio_stream::StreamExt as _;
 use tonic::metadata::MetadataMap;
-use tonic::Code;
 
 use super::builder::{content_type, Builder, RAW_CHUNK_BYTES};
 use super::framing::Framing;
-use super::{httpbody, multipart, shape, BodyRule, Plan, RpcStatus, Settings, TranscodeError};
+use super::{httpbody, multipart, shape, BodyRule, Plan, Settings, TranscodeError};
+use crate::error::Error;
 
 /// Whether the request is transcoded here rather than as one JSON message:
 /// client or bidirectional streaming, raw HttpBody requests, and multipart
@@ -52,7 +52,7 @@ pub enum Streamed {
     /// Messages, encoded, as the body arrives; an `Err` is the first failure
     /// on the gateway's side (a malformed line, a body that could not be
     /// read), after which the stream ends: the call must be reset, not ended.
-    Many(BoxStream<'static, Result<Bytes, RpcStatus>>),
+    Many(BoxStream<'static, Result<Bytes, Error>>),
 }
 
 /// The request side of a route [`takes_body`] says is taken here.
@@ -62,7 +62,7 @@ pub async fn request(
     vars: &[Cow<'_, str>],
     parts: &Parts,
     body: Body,
-) -> Result<Streamed, RpcStatus> {
+) -> Result<Streamed, Error> {
     let builder = Builder {
         plan: plan.clone(),
         vars: vars.iter().map(|v| v.to_string()).collect(),
@@ -120,7 +120,7 @@ pub fn reply(
     plan: &Plan,
     request_headers: &HeaderMap,
     reply: StreamedReply,
-) -> Result<Response<Body>, RpcStatus> {
+) -> Result<Response<Body>, Error> {
     let output = if plan.shaping.raw_response {
         Output::Raw
     } else {
@@ -217,7 +217,7 @@ fn not_valid(output: &prost_reflect::MessageDescriptor, e: prost::DecodeError) -
 
 /// The first request-side failure of a streaming call (a malformed line, a
 /// body that could not be read), reported instead of the cancellation it causes.
-pub type RequestError = Arc<Mutex<Option<RpcStatus>>>;
+pub type RequestError = Arc<Mutex<Option<Error>>>;
 
 /// The streamed reply body; see the module doc for why it polls the reply stream directly.
 struct ReplyBody {
@@ -273,7 +273,7 @@ impl ReplyBody {
     /// one, else an aborted body (the client sees a truncated answer).
     fn fail(
         &mut self,
-        status: RpcStatus,
+        status: Error,
         mut out: BytesMut,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
@@ -283,7 +283,7 @@ impl ReplyBody {
             .as_ref()
             .and_then(|e| e.lock().ok().and_then(|mut e| e.take()))
             .unwrap_or(status);
-        tracing::debug!(grpc.code = ?status.code, message = %status.message, "stream failed after its first reply");
+        tracing::debug!(grpc.code = ?status.code(), message = %status, "stream failed after its first reply");
         let framed = match &self.output {
             Output::Framed(f) => f.error(&status.to_json(), &mut out),
             Output::Raw => false,
@@ -291,9 +291,7 @@ impl ReplyBody {
         if framed {
             Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
         } else {
-            Poll::Ready(Some(Err(
-                format!("stream failed: {}", status.message).into()
-            )))
+            Poll::Ready(Some(Err(format!("stream failed: {status}").into())))
         }
     }
 }
@@ -325,10 +323,8 @@ impl http_body::Body for ReplyBody {
         }
         if let Some(d) = this.deadline.as_mut() {
             if std::future::Future::poll(d.as_mut(), cx).is_ready() {
-                let s = RpcStatus::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Code::DeadlineExceeded,
-                    "the stream did not end within its stream_timeout",
+                let s = Error::DeadlineExceeded(
+                    "the stream did not end within its stream_timeout".to_owned(),
                 );
                 return this.fail(s, out);
             }
@@ -345,7 +341,7 @@ impl http_body::Body for ReplyBody {
                 Err(e) => this.fail(internal(e), out),
             },
             Poll::Ready(Some(Err(status))) => {
-                let s = RpcStatus::from_grpc(&status, &this.render.pool);
+                let s = Error::from_grpc(&status, &this.render.pool);
                 this.fail(s, out)
             }
             Poll::Ready(None) => {
@@ -368,8 +364,8 @@ impl http_body::Body for ReplyBody {
     }
 }
 
-fn internal(e: TranscodeError) -> RpcStatus {
-    RpcStatus::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, e.message)
+fn internal(e: TranscodeError) -> Error {
+    Error::Internal(e.message)
 }
 
 /// Where a request stream records why it failed, for the answer to report
@@ -380,7 +376,7 @@ pub struct Abort {
 }
 
 impl Abort {
-    pub fn record(&self, status: RpcStatus) {
+    pub fn record(&self, status: Error) {
         if let Ok(mut e) = self.error.lock() {
             e.get_or_insert(status);
         }
@@ -391,20 +387,18 @@ impl Abort {
         self.error.clone()
     }
 
-    pub fn take(&self) -> Option<RpcStatus> {
+    pub fn take(&self) -> Option<Error> {
         self.error.lock().ok().and_then(|mut e| e.take())
     }
 }
 
 /// A request stream: messages from `next`, encoded, as they come; its
 /// first failure is its last item.
-fn request_stream<St, F, Fut>(init: St, next: F) -> BoxStream<'static, Result<Bytes, RpcStatus>>
+fn request_stream<St, F, Fut>(init: St, next: F) -> BoxStream<'static, Result<Bytes, Error>>
 where
     St: Send + 'static,
     F: FnMut(St) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Option<(DynamicMessage, St)>, RpcStatus>>
-        + Send
-        + 'static,
+    Fut: std::future::Future<Output = Result<Option<(DynamicMessage, St)>, Error>> + Send + 'static,
 {
     let messages = futures_util::stream::unfold(Some((init, next)), |state| async move {
         let (st, mut next) = state?;
@@ -444,7 +438,7 @@ impl LineReader {
     }
 
     /// The next non-blank line and its 1-based number.
-    async fn next_line(&mut self) -> Result<Option<(usize, Bytes)>, RpcStatus> {
+    async fn next_line(&mut self) -> Result<Option<(usize, Bytes)>, Error> {
         let mut scanned = 0;
         loop {
             if let Some(pos) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
@@ -470,15 +464,11 @@ impl LineReader {
                 return Ok(Some((self.line, line)));
             }
             if self.buf.len() > self.limit {
-                return Err(RpcStatus::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Code::InvalidArgument,
-                    format!(
-                        "line {} of the request body is larger than the limit of {} bytes",
-                        self.line + 1,
-                        self.limit
-                    ),
-                ));
+                return Err(Error::TooLarge(format!(
+                    "line {} of the request body is larger than the limit of {} bytes",
+                    self.line + 1,
+                    self.limit
+                )));
             }
             match self.body.next().await {
                 Some(Ok(data)) => self.buf.extend_from_slice(&data),
@@ -489,26 +479,18 @@ impl LineReader {
     }
 }
 
-fn read_failed(e: impl std::fmt::Display) -> RpcStatus {
-    RpcStatus::new(
-        StatusCode::BAD_REQUEST,
-        Code::InvalidArgument,
-        format!("reading the request body failed: {e}"),
-    )
+fn read_failed(e: impl std::fmt::Display) -> Error {
+    Error::BadRequest(format!("reading the request body failed: {e}"))
 }
 
-fn bad_line(line: usize, e: TranscodeError) -> RpcStatus {
-    RpcStatus::new(
-        StatusCode::BAD_REQUEST,
-        Code::InvalidArgument,
-        format!("line {line} of the request body: {}", e.message),
-    )
+fn bad_line(line: usize, e: TranscodeError) -> Error {
+    Error::BadRequest(format!("line {line} of the request body: {}", e.message))
 }
 
 /// Request bodies of streaming calls are NDJSON (one message per line);
 /// plain JSON holds one message. Like the unary path, other types are
 /// refused: a browser may send them cross-site without a CORS preflight.
-fn check_ndjson(headers: &HeaderMap) -> Result<(), RpcStatus> {
+fn check_ndjson(headers: &HeaderMap) -> Result<(), Error> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -529,14 +511,10 @@ fn check_ndjson(headers: &HeaderMap) -> Result<(), RpcStatus> {
     if ok {
         Ok(())
     } else {
-        Err(RpcStatus::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::InvalidArgument,
-            format!(
-                "content type {:?} is not supported; send application/x-ndjson (one JSON message per line)",
-                ct.to_str().unwrap_or("(not text)")
-            ),
-        ))
+        Err(Error::UnsupportedMediaType(format!(
+            "content type {:?} is not supported; send application/x-ndjson (one JSON message per line)",
+            ct.to_str().unwrap_or("(not text)")
+        )))
     }
 }
 
@@ -546,7 +524,7 @@ async fn lines(
     builder: Builder,
     parts: &Parts,
     body: Body,
-) -> Result<Streamed, RpcStatus> {
+) -> Result<Streamed, Error> {
     check_ndjson(&parts.headers)?;
     let limit = settings.max_body_bytes;
     let mut reader = LineReader::new(body, limit);
@@ -561,13 +539,9 @@ async fn lines(
         while let Some((n, line)) = reader.next_line().await? {
             total += line.len();
             if total > limit {
-                return Err(RpcStatus::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Code::InvalidArgument,
-                    format!(
-                        "request body is larger than the limit of {limit} bytes; over HTTP/1.1 a bidirectional stream's request is read whole, so send it over HTTP/2 to stream it"
-                    ),
-                ));
+                return Err(Error::TooLarge(format!(
+                    "request body is larger than the limit of {limit} bytes; over HTTP/1.1 a bidirectional stream's request is read whole, so send it over HTTP/2 to stream it"
+                )));
             }
             let message = builder.line_message(&line).map_err(|e| bad_line(n, e))?;
             messages.push(Ok(encoded(&message)));
@@ -594,21 +568,21 @@ async fn raw_message(
     headers: &HeaderMap,
     body: Body,
     (limit, min_rate): (usize, u64),
-) -> Result<DynamicMessage, RpcStatus> {
+) -> Result<DynamicMessage, Error> {
     let data = super::read_limited(headers, body, limit, min_rate).await?;
     builder
         .raw_body_message(&content_type(headers), data)
-        .map_err(|e| RpcStatus::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message))
+        .map_err(|e| Error::BadRequest(e.message))
 }
 
 /// A raw body streamed to a client-streaming method, one HttpBody message
 /// per chunk of at most [`RAW_CHUNK_BYTES`].
-fn raw_stream(builder: &Builder, headers: &HeaderMap, body: Body) -> Result<Streamed, RpcStatus> {
+fn raw_stream(builder: &Builder, headers: &HeaderMap, body: Body) -> Result<Streamed, Error> {
     let ct = content_type(headers);
     // Path and query errors show before any byte is sent.
     let base = builder
         .raw_body_message(&ct, Bytes::new())
-        .map_err(|e| RpcStatus::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, e.message))?;
+        .map_err(|e| Error::BadRequest(e.message))?;
     let target = match &builder.plan.body {
         BodyRule::Field(f) => Some(f.clone()),
         _ => None,

@@ -1,0 +1,591 @@
+//! Everything a request can fail with, and the one place it is rendered.
+//!
+//! Each variant knows its HTTP status and gRPC code; [`Error::into_response`]
+//! writes the one `google.rpc.Status` body (`{"code", "message",
+//! "details"}`) and the headers the failure calls for (`Allow`,
+//! `Retry-After`, `WWW-Authenticate`, a backend's `Grpc-Metadata-*`), and
+//! [`negotiate`] re-renders it as RFC 9457 problem+json when the client asked
+//! for that. Streams that fail after their answer began embed
+//! [`Error::to_json`] in their framing. No other code builds error answers.
+//!
+//! The HTTP status of a gRPC code is grpc-gateway's table
+//! (`runtime.HTTPStatusFromCode`), because that is what REST clients of gRPC
+//! services already expect on the wire.
+
+use std::borrow::Cow;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage};
+use tonic::Code;
+
+/// A request's failure, from the route stage to the backend's answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    // Where the request goes.
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("method {method} is not allowed on {path}; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        /// The methods the path serves, comma-separated (the `Allow` value).
+        allowed: String,
+    },
+    #[error("bad request path: {0}")]
+    BadPath(String),
+
+    // The request's size, shape and pace.
+    /// 414: the request target is over `limits.max_url_bytes`.
+    #[error("{0}")]
+    TargetTooLong(String),
+    /// 431: too many headers, or too many bytes of them.
+    #[error("{0}")]
+    HeadTooLarge(String),
+    /// 413: a body, a line or a part over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the request body is arriving slower than {0} bytes/s (limits.min_body_rate)")]
+    BodyTooSlow(u64),
+    #[error("the request took longer than {0} ms (limits.request_timeout)")]
+    RequestTimeout(u64),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A header, path, query or body the gateway cannot read or map.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Like [`Error::BadRequest`], with the fields at fault as a
+    /// `google.rpc.BadRequest` detail.
+    #[error("{message}")]
+    InvalidFields {
+        message: String,
+        violations: Vec<FieldViolation>,
+    },
+
+    // Edge policies.
+    #[error("{0}")]
+    CorsRefused(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// Seconds until the client may try again (`Retry-After`).
+        retry_after: u64,
+    },
+    /// 401, with the `WWW-Authenticate` challenge to send.
+    #[error("{message}")]
+    Unauthenticated {
+        message: String,
+        challenge: HeaderValue,
+    },
+    /// 403: a valid token without the scope or claims the route needs.
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        challenge: HeaderValue,
+    },
+
+    // The backend.
+    /// The gateway did not call: circuit open, too many calls in flight, no
+    /// endpoint in rotation, or the deadline had already passed.
+    #[error("{message}")]
+    Refused { code: Code, message: String },
+    /// The backend's own error status (or a transport failure to it).
+    #[error("{}", .0.message)]
+    Backend(Box<BackendStatus>),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The backend answered in a way the gateway cannot pass on.
+    #[error("{0}")]
+    BadGateway(String),
+
+    // The gateway itself.
+    #[error("{0}")]
+    Internal(String),
+    #[error("the gateway is shutting down and the request was still running when server.drain_timeout passed")]
+    ShuttingDown,
+    /// A resource the gateway serves itself (admin endpoints) is not there.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A backend's error: its code and message, its details decoded to JSON,
+/// and the response headers its metadata maps to.
+#[derive(Debug, Clone)]
+pub struct BackendStatus {
+    pub code: Code,
+    pub message: String,
+    /// Each an `Any` rendered as proto3 JSON, with `@type`.
+    pub details: Vec<serde_json::Value>,
+    /// `Grpc-Metadata-*` and the like, sent with the answer.
+    pub headers: HeaderMap,
+}
+
+impl BackendStatus {
+    /// A backend's status, with its `grpc-status-details-bin` details decoded
+    /// through `pool` (types the pool does not know are kept as base64
+    /// `value`) and no headers: the caller adds those it sends.
+    pub fn from_grpc(status: &tonic::Status, pool: &DescriptorPool) -> BackendStatus {
+        BackendStatus {
+            code: status.code(),
+            message: status.message().to_owned(),
+            details: if status.details().is_empty() {
+                Vec::new()
+            } else {
+                decode_details(status.details(), pool)
+            },
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// One entry of a `google.rpc.BadRequest` detail.
+#[derive(Debug, Clone)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl Error {
+    /// 413 for a body over `limit` bytes: one text wherever it is read.
+    pub fn body_too_large(limit: usize) -> Error {
+        Error::TooLarge(format!(
+            "request body is larger than the limit of {limit} bytes"
+        ))
+    }
+
+    /// A backend's status (see [`BackendStatus::from_grpc`]).
+    pub fn from_grpc(status: &tonic::Status, pool: &DescriptorPool) -> Error {
+        Error::Backend(Box::new(BackendStatus::from_grpc(status, pool)))
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::NoRoute { .. } | Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::BadPath(_) | Error::BadRequest(_) | Error::InvalidFields { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::TargetTooLong(_) => StatusCode::URI_TOO_LONG,
+            Error::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::RequestTimeout(_) | Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::CorsRefused(_) | Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Error::Refused { code, .. } => http_status(*code),
+            Error::Backend(b) => http_status(b.code),
+            Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NoRoute { .. } | Error::NotFound(_) => Code::NotFound,
+            Error::MethodNotAllowed { .. } => Code::Unimplemented,
+            Error::BadPath(_)
+            | Error::BadRequest(_)
+            | Error::InvalidFields { .. }
+            | Error::TargetTooLong(_)
+            | Error::HeadTooLarge(_)
+            | Error::TooLarge(_)
+            | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
+            Error::BodyTooSlow(_) | Error::RequestTimeout(_) | Error::DeadlineExceeded(_) => {
+                Code::DeadlineExceeded
+            }
+            Error::CorsRefused(_) | Error::Forbidden { .. } => Code::PermissionDenied,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
+            Error::Unauthenticated { .. } => Code::Unauthenticated,
+            Error::Refused { code, .. } => *code,
+            Error::Backend(b) => b.code,
+            Error::BadGateway(_) | Error::Internal(_) => Code::Internal,
+            Error::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    /// The `details` of the body.
+    fn details(&self) -> Cow<'_, [serde_json::Value]> {
+        match self {
+            Error::Backend(b) => Cow::Borrowed(&b.details),
+            Error::InvalidFields { violations, .. } => Cow::Owned(vec![serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": violations.iter().map(|v| serde_json::json!({
+                    "field": v.field,
+                    "description": v.description,
+                })).collect::<Vec<_>>(),
+            })]),
+            _ => Cow::Borrowed(&[]),
+        }
+    }
+
+    /// The `google.rpc.Status` body.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct, not json!{}, so the fields keep google.rpc.Status order.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            code: i32,
+            message: &'a str,
+            details: &'a [serde_json::Value],
+        }
+        serde_json::to_vec(&Body {
+            code: self.code() as i32,
+            message: &self.to_string(),
+            details: &self.details(),
+        })
+        .expect("strings and JSON values always serialise")
+    }
+
+    /// The same error as an RFC 9457 problem document. `code` and `details`
+    /// are extension members carrying what google.rpc.Status carries.
+    pub fn to_problem_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Problem<'a> {
+            r#type: &'static str,
+            title: &'a str,
+            status: u16,
+            detail: &'a str,
+            code: i32,
+            details: &'a [serde_json::Value],
+        }
+        let http = self.http_status();
+        serde_json::to_vec(&Problem {
+            // No problem-type registry of our own: about:blank says the HTTP
+            // status is the problem type, and `title` is its phrase.
+            r#type: "about:blank",
+            title: http.canonical_reason().unwrap_or("Error"),
+            status: http.as_u16(),
+            detail: &self.to_string(),
+            code: self.code() as i32,
+            details: &self.details(),
+        })
+        .expect("strings and JSON values always serialise")
+    }
+
+    /// The answer: status, the headers this failure calls for, and the
+    /// JSON body.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(Body::from(self.to_json()));
+        *resp.status_mut() = self.http_status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self {
+            Error::MethodNotAllowed { allowed, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allowed) {
+                    headers.insert(header::ALLOW, v);
+                }
+            }
+            Error::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Error::Unauthenticated { challenge, .. } | Error::Forbidden { challenge, .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
+            Error::Backend(b) => {
+                for (name, value) in &b.headers {
+                    headers.append(name, value.clone());
+                }
+            }
+            _ => {}
+        }
+        // Kept beside the body so the answer can be re-rendered as
+        // problem+json when the client asked for it (see [`negotiate`]).
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+/// The HTTP status grpc-gateway answers for a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        // 499 is nginx's "client closed request"; grpc-gateway uses it too.
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::Aborted => StatusCode::CONFLICT,
+        Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The media type of RFC 9457 error documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Whether the client prefers `application/problem+json` to plain JSON
+/// errors: it must be named, and come before `application/json` and `*/*`.
+pub fn wants_problem(headers: &HeaderMap) -> bool {
+    for range in crate::accept::ranges(headers) {
+        match range.as_str() {
+            PROBLEM_JSON => return true,
+            "application/json" | "*/*" | "application/*" => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Re-renders an error answer made by [`Error::into_response`] as
+/// problem+json when `problem` is set; any other answer passes unchanged.
+pub fn negotiate(problem: bool, resp: Response<Body>) -> Response<Body> {
+    if !problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Some(error) = parts.extensions.get::<Error>() else {
+        return Response::from_parts(parts, body);
+    };
+    let doc = Bytes::from(error.to_problem_json());
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(doc))
+}
+
+/// Renders the `details` of an encoded `google.rpc.Status` as proto3 JSON `Any`s.
+fn decode_details(bytes: &[u8], pool: &DescriptorPool) -> Vec<serde_json::Value> {
+    use base64::Engine as _;
+    let Some(status_desc) = pool.get_message_by_name("google.rpc.Status") else {
+        return Vec::new();
+    };
+    let Ok(status) = DynamicMessage::decode(status_desc, bytes) else {
+        return Vec::new();
+    };
+    let Some(details) = status.get_field_by_name("details") else {
+        return Vec::new();
+    };
+    let Some(list) = details.as_list() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|v| v.as_message())
+        .map(|any| {
+            let type_url = any
+                .get_field_by_name("type_url")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let value = any
+                .get_field_by_name("value")
+                .and_then(|v| v.as_bytes().cloned())
+                .unwrap_or_default();
+            let known = type_url
+                .rsplit('/')
+                .next()
+                .and_then(|name| any.descriptor().parent_pool().get_message_by_name(name))
+                .and_then(|desc| DynamicMessage::decode(desc, value.as_ref()).ok());
+            match known.and_then(|m| serde_json::to_value(&m).ok()) {
+                Some(serde_json::Value::Object(mut fields)) => {
+                    fields.insert("@type".into(), type_url.into());
+                    serde_json::Value::Object(fields)
+                }
+                // Well-known types render as a bare value inside `Any`.
+                Some(other) => serde_json::json!({"@type": type_url, "value": other}),
+                None => serde_json::json!({
+                    "@type": type_url,
+                    "value": base64::engine::general_purpose::STANDARD.encode(&value),
+                }),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    async fn body_json(resp: Response<Body>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn status_table_matches_grpc_gateway() {
+        let table = [
+            (Code::Ok, 200),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::Unauthenticated, 401),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+        ];
+        for (code, http) in table {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn error_body_has_code_message_details() {
+        let e = Error::NoRoute {
+            method: "GET".into(),
+            path: "/v1/x".into(),
+        };
+        let resp = e.into_response();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            body_json(resp).await,
+            serde_json::json!({"code": 5, "message": "no route for GET /v1/x", "details": []})
+        );
+    }
+
+    #[test]
+    fn every_variant_pairs_a_status_with_the_code_grpc_gateway_would() {
+        // Where the gateway refuses with a gRPC code a backend could also
+        // send, the HTTP status is the one grpc-gateway gives that code.
+        let challenge = HeaderValue::from_static("Bearer");
+        let mapped = [
+            Error::NotFound("x".into()),
+            Error::BadRequest("x".into()),
+            Error::RequestTimeout(1),
+            Error::DeadlineExceeded("x".into()),
+            Error::Forbidden {
+                message: "x".into(),
+                challenge: challenge.clone(),
+            },
+            Error::Unauthenticated {
+                message: "x".into(),
+                challenge,
+            },
+            Error::RateLimited {
+                message: "x".into(),
+                retry_after: 1,
+            },
+            Error::Refused {
+                code: Code::Unavailable,
+                message: "x".into(),
+            },
+            Error::Internal("x".into()),
+            Error::ShuttingDown,
+        ];
+        for e in mapped {
+            assert_eq!(e.http_status(), http_status(e.code()), "{e:?}");
+        }
+        // The HTTP-specific refusals keep a more precise status.
+        assert_eq!(Error::TargetTooLong("x".into()).http_status(), 414);
+        assert_eq!(Error::HeadTooLarge("x".into()).http_status(), 431);
+        assert_eq!(Error::body_too_large(10).http_status(), 413);
+        assert_eq!(Error::BodyTooSlow(10).http_status(), 408);
+        assert_eq!(Error::UnsupportedMediaType("x".into()).http_status(), 415);
+        assert_eq!(Error::BadGateway("x".into()).http_status(), 502);
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_the_headers_they_call_for() {
+        let resp = Error::MethodNotAllowed {
+            method: "PUT".into(),
+            path: "/v1/x".into(),
+            allowed: "GET, POST".into(),
+        }
+        .into_response();
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, POST");
+        let resp = Error::RateLimited {
+            message: "slow down".into(),
+            retry_after: 7,
+        }
+        .into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
+        let resp = Error::Unauthenticated {
+            message: "no token".into(),
+            challenge: HeaderValue::from_static("Bearer realm=\"api\""),
+        }
+        .into_response();
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"api\""
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-metadata-x-a", HeaderValue::from_static("1"));
+        let resp = Error::Backend(Box::new(BackendStatus {
+            code: Code::NotFound,
+            message: "no book 7".into(),
+            details: vec![serde_json::json!({"@type": "t"})],
+            headers,
+        }))
+        .into_response();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()["grpc-metadata-x-a"], "1");
+        assert_eq!(
+            body_json(resp).await,
+            serde_json::json!({"code": 5, "message": "no book 7", "details": [{"@type": "t"}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn field_violations_render_as_a_bad_request_detail() {
+        let resp = Error::InvalidFields {
+            message: "rejected".into(),
+            violations: vec![FieldViolation {
+                field: "routes[0].path".into(),
+                description: "bad template".into(),
+            }],
+        }
+        .into_response();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(
+            body_json(resp).await["details"][0],
+            serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": "routes[0].path", "description": "bad template"}],
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn problem_json_is_chosen_by_accept_and_keeps_code_and_details() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_problem(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/problem+json, application/json;q=0.5"),
+        );
+        assert!(wants_problem(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, application/problem+json"),
+        );
+        assert!(!wants_problem(&h));
+
+        let resp = Error::NotFound("no book 7".into()).into_response();
+        let resp = negotiate(true, resp);
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(
+            body_json(resp).await,
+            serde_json::json!({"type": "about:blank", "title": "Not Found", "status": 404,
+                "detail": "no book 7", "code": 5, "details": []})
+        );
+        // Answers that are not errors pass unchanged.
+        let ok = negotiate(true, Response::new(Body::from("{}")));
+        assert!(ok.headers().get(header::CONTENT_TYPE).is_none());
+    }
+}
