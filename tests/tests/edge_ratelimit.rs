@@ -73,6 +73,13 @@ rate_limit = ["per_sub"]
 
 [[routes]]
 method = "GET"
+path = "/v1/both/{string_field}"
+grpc = "testing.v1.Echo/Echo"
+auth = "optional"
+rate_limit = ["per_ip", "per_sub"]
+
+[[routes]]
+method = "GET"
 path = "/v1/route-a"
 grpc = "testing.v1.Echo/Echo"
 rate_limit = ["per_route"]
@@ -176,18 +183,44 @@ async fn header_keys_count_per_api_key() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+fn token(sub: &str) -> String {
+    format!(
+        "Bearer {}",
+        sign_hs256(
+            SECRET.as_bytes(),
+            &json!({"iss": "https://hs.test", "sub": sub, "exp": now() + 60})
+        )
+    )
+}
+
+#[tokio::test]
+async fn limits_before_and_after_authentication_report_together_in_that_order() {
+    let (gw, _) = start("").await;
+    let r = get(&gw, "/v1/both/x", &[("authorization", &token("alice"))]).await;
+    r.ok();
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        "\"per_ip\";q=3;w=180, \"per_sub\";q=1;w=60"
+    );
+    let state = r.header("ratelimit");
+    assert!(
+        state.starts_with("\"per_ip\";r=2;t=") && state.contains(", \"per_sub\";r=0;t="),
+        "{state}"
+    );
+    // The legacy fields speak for the tighter of the two.
+    assert_eq!(r.header("x-ratelimit-limit"), "1");
+    assert_eq!(r.header("x-ratelimit-remaining"), "0");
+    // A token refused by authentication: the address-keyed limit it
+    // passed is still reported, the subject's is not reached.
+    let r = get(&gw, "/v1/both/x", &[("authorization", "Bearer nope")]).await;
+    r.assert_error(401, 16, "");
+    assert_eq!(r.header("ratelimit-policy"), "\"per_ip\";q=3;w=180");
+    assert!(r.header("ratelimit").starts_with("\"per_ip\";r=1;"));
+}
+
 #[tokio::test]
 async fn subject_keys_count_per_verified_subject_after_authentication() {
     let (gw, _) = start("").await;
-    let token = |sub: &str| {
-        format!(
-            "Bearer {}",
-            sign_hs256(
-                SECRET.as_bytes(),
-                &json!({"iss": "https://hs.test", "sub": sub, "exp": now() + 60})
-            )
-        )
-    };
     let alice = token("alice");
     get(&gw, "/v1/sub/x", &[("authorization", &alice)])
         .await

@@ -177,6 +177,51 @@ fn parse_addr(s: &str) -> Option<IpAddr> {
     inner[..end].parse().ok()
 }
 
+/// The policy of the client-address layer: settles [`ClientIp`] (trusted
+/// proxies applied) for every request, for the layers and stages below
+/// (rate limits by address, consistent hashing) and the access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResolveClient;
+
+impl<S, R> tower::Service<http::Request<axum::body::Body>>
+    for super::layer::Policed<S, ResolveClient, R>
+where
+    R: super::layer::RouteView,
+    S: super::layer::Inner,
+{
+    type Response = http::Response<axum::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = super::layer::OnResponse<S::Future, Option<ClientIp>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<axum::body::Body>) -> Self::Future {
+        let client = req.extensions().get::<R>().map(|view| {
+            let peer = req
+                .extensions()
+                .get::<PeerAddr>()
+                .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+            ClientIp(view.context().edge.client_ip.resolve(peer, req.headers()))
+        });
+        if let Some(c) = client {
+            req.extensions_mut().insert(c);
+        }
+        super::layer::OnResponse::inner(self.inner.call(req), client)
+    }
+}
+
+/// The access log names the client by the settled address.
+impl super::layer::Annotate for ClientIp {
+    fn annotate(self, resp: &mut http::Response<axum::body::Body>) {
+        super::layer::info(resp).client = Some(self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

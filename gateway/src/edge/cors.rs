@@ -20,7 +20,7 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use tower::{Layer, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, ExposeHeaders};
 
-use super::{EdgeContext, Preflight};
+use super::Preflight;
 use crate::error::Error;
 
 /// Browsers cache a preflight answer this long by default: long enough to
@@ -337,7 +337,7 @@ fn refuse(message: String) -> Response<Body> {
 
 impl<S, R> Service<Request<Body>> for Cors<S, R>
 where
-    R: AsRef<EdgeContext> + Send + Sync + 'static,
+    R: super::layer::RouteView,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
@@ -356,7 +356,7 @@ where
         let Some(ctx) = req
             .extensions()
             .get::<R>()
-            .map(AsRef::as_ref)
+            .map(super::layer::RouteView::context)
             .filter(|ctx| ctx.edge.cors_configured)
             .cloned()
         else {

@@ -14,7 +14,6 @@ use axum::body::Body;
 use http::{header, HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
-use super::EdgeContext;
 use crate::error::Error;
 use crate::telemetry::RequestContext;
 
@@ -242,7 +241,7 @@ impl<S: Clone, R> Clone for LimitsService<S, R> {
 
 impl<S, R> Service<Request<Body>> for LimitsService<S, R>
 where
-    R: AsRef<EdgeContext> + Send + Sync + 'static,
+    R: super::layer::RouteView,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
@@ -256,7 +255,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> BoxFut {
         let refused = req.extensions().get::<R>().and_then(|ctx| {
-            let ctx = ctx.as_ref();
+            let ctx = ctx.context();
             ctx.edge.limits.check_head(&req).filter(|status| {
                 // A client-streaming route reads its body message by
                 // message, bounded per message, not as one buffer: a large
@@ -321,7 +320,7 @@ impl<S: Clone, R> Clone for TimeoutService<S, R> {
 
 impl<S, R> Service<Request<Body>> for TimeoutService<S, R>
 where
-    R: AsRef<EdgeContext> + Send + Sync + 'static,
+    R: super::layer::RouteView,
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
 {
@@ -338,7 +337,7 @@ where
             .extensions()
             .get::<R>()
             .map_or(DEFAULT_REQUEST_TIMEOUT, |ctx| {
-                ctx.as_ref().edge.limits.request_timeout
+                ctx.context().edge.limits.request_timeout
             });
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -386,26 +386,194 @@ impl Fields {
         self.policy.is_empty()
     }
 
-    /// Writes `RateLimit-Policy`, `RateLimit` and, if asked, the legacy fields.
-    pub fn write(&self, legacy: bool, out: &mut HeaderMap) {
+    /// Writes `RateLimit-Policy`, `RateLimit` and, if asked, the legacy
+    /// fields onto an answer. Where a layer below wrote its own (limits
+    /// keyed by subject, checked after authentication), these go first in
+    /// the lists, and the legacy fields keep the tighter of the two.
+    pub fn write(&self, legacy: bool, resp: &mut http::Response<axum::body::Body>) {
         if self.is_empty() {
             return;
         }
-        if let Ok(v) = HeaderValue::from_str(&self.policy) {
-            out.insert(HeaderName::from_static("ratelimit-policy"), v);
+        let below = resp.extensions_mut().insert(Written).is_some();
+        let out = resp.headers_mut();
+        for (name, mine) in [
+            ("ratelimit-policy", &self.policy),
+            ("ratelimit", &self.state),
+        ] {
+            let name = HeaderName::from_static(name);
+            let value = match out.get(&name).filter(|_| below) {
+                Some(theirs) => {
+                    HeaderValue::from_bytes(&[mine.as_bytes(), b", ", theirs.as_bytes()].concat())
+                }
+                None => HeaderValue::from_str(mine),
+            };
+            if let Ok(v) = value {
+                out.insert(name, v);
+            }
         }
-        if let Ok(v) = HeaderValue::from_str(&self.state) {
-            out.insert(HeaderName::from_static("ratelimit"), v);
+        let Some((limit, remaining, reset)) = self.tightest.filter(|_| legacy) else {
+            return;
+        };
+        let read = |out: &HeaderMap, name: &str| {
+            out.get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if below {
+            if let (Some(r), Some(t)) = (
+                read(out, "x-ratelimit-remaining"),
+                read(out, "x-ratelimit-reset"),
+            ) {
+                if r < u64::from(remaining) || (r == u64::from(remaining) && t >= reset) {
+                    return;
+                }
+            }
         }
-        if let (true, Some((limit, remaining, reset))) = (legacy, self.tightest) {
-            out.insert(HeaderName::from_static("x-ratelimit-limit"), limit.into());
-            out.insert(
-                HeaderName::from_static("x-ratelimit-remaining"),
-                remaining.into(),
-            );
-            out.insert(HeaderName::from_static("x-ratelimit-reset"), reset.into());
+        out.insert(HeaderName::from_static("x-ratelimit-limit"), limit.into());
+        out.insert(
+            HeaderName::from_static("x-ratelimit-remaining"),
+            remaining.into(),
+        );
+        out.insert(HeaderName::from_static("x-ratelimit-reset"), reset.into());
+    }
+}
+
+/// Marks an answer whose rate-limit fields a layer has written.
+#[derive(Debug, Clone, Copy)]
+struct Written;
+
+/// Which of a route's rate limits a layer checks: those that need no token
+/// run before authentication (a flood of bad tokens is limited before it
+/// costs a signature check), those keyed by the JWT subject after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    BeforeAuth,
+    AfterAuth,
+}
+
+/// The fields to write on the answer, whatever it is.
+pub struct Report {
+    fields: Fields,
+    legacy: bool,
+}
+
+impl super::layer::Annotate for Report {
+    fn annotate(self, resp: &mut http::Response<axum::body::Body>) {
+        self.fields.write(self.legacy, resp);
+    }
+}
+
+impl<S, R> tower::Service<http::Request<axum::body::Body>> for super::layer::Policed<S, Phase, R>
+where
+    R: super::layer::RouteView,
+    S: super::layer::Inner,
+{
+    type Response = http::Response<axum::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = super::layer::OnResponse<S::Future, Option<Report>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let checked = req.extensions().get::<R>().and_then(|view| {
+            let edge = &view.context().edge;
+            let report = check_route(edge, view.policy()?, self.policy, &req)?;
+            Some((report, edge.rate_limits.legacy_headers))
+        });
+        match checked {
+            None => super::layer::OnResponse::inner(self.inner.call(req), None),
+            Some(((fields, Ok(())), legacy)) => super::layer::OnResponse::inner(
+                self.inner.call(req),
+                Some(Report { fields, legacy }),
+            ),
+            Some(((fields, Err(e)), legacy)) => {
+                let mut resp = e.into_response();
+                fields.write(legacy, &mut resp);
+                super::layer::OnResponse::answer(resp)
+            }
         }
     }
+}
+
+/// The route's limits of `phase`, checked in order until one refuses;
+/// `None` when the route has none of that phase.
+fn check_route<B>(
+    edge: &super::Edge,
+    route: &super::RouteEdge,
+    phase: Phase,
+    req: &http::Request<B>,
+) -> Option<(Fields, Result<(), crate::error::Error>)> {
+    use std::net::IpAddr;
+    let after = phase == Phase::AfterAuth;
+    let mut limits = route
+        .rate_limits
+        .iter()
+        .filter(|p| p.def.key.after_auth() == after)
+        .peekable();
+    limits.peek()?;
+    let client = req
+        .extensions()
+        .get::<super::client_ip::ClientIp>()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0);
+    let (v4, v6);
+    let ip: &[u8] = match super::client_ip::rate_limit_key(client, edge.rate_limits.ipv6_prefix) {
+        IpAddr::V4(a) => {
+            v4 = a.octets();
+            &v4
+        }
+        IpAddr::V6(a) => {
+            v6 = a.octets();
+            &v6
+        }
+    };
+    let verified = req.extensions().get::<super::jwt::Verified>();
+    let subject = verified.and_then(|v| Some((v.issuer.iss.as_str(), v.subject()?)));
+    let key_of = |p: &Policy, parts: &[&[u8]]| {
+        let scope = p.def.per_route.then_some(route.route_key);
+        edge.rate_limits.hash_key(scope, parts)
+    };
+    let mut fields = Fields::default();
+    for p in limits {
+        let key = match &p.def.key {
+            KeyKind::Ip => key_of(p, &[b"ip", ip]),
+            KeyKind::Header(h) => match req.headers().get(h) {
+                Some(v) => key_of(p, &[b"h", v.as_bytes()]),
+                None => key_of(p, &[b"ip", ip]),
+            },
+            KeyKind::Route => edge
+                .rate_limits
+                .hash_key(Some(route.route_key), &[b"route"]),
+            // Anonymous requests are counted by address.
+            KeyKind::Subject => match subject {
+                Some((iss, sub)) => key_of(p, &[b"sub", iss.as_bytes(), sub.as_bytes()]),
+                None => key_of(p, &[b"ip", ip]),
+            },
+        };
+        let outcome = p.check(key);
+        fields.add(p, &outcome);
+        if !outcome.allowed {
+            metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "policy" => p.def.name.clone())
+                .increment(1);
+            let refused = crate::error::Error::RateLimited {
+                message: format!(
+                    "rate limit \"{}\" exceeded ({} requests per {} ms, burst {}); retry in {} s",
+                    p.def.name,
+                    p.def.rate,
+                    p.def.per.as_millis(),
+                    p.def.burst,
+                    outcome.reset_secs
+                ),
+                retry_after: outcome.reset_secs,
+            };
+            return Some((fields, Err(refused)));
+        }
+    }
+    Some((fields, Ok(())))
 }
 
 #[cfg(test)]
@@ -449,13 +617,47 @@ mod tests {
         let mut f = Fields::default();
         let o = p.check(1);
         f.add(&p, &o);
-        let mut h = HeaderMap::new();
-        f.write(true, &mut h);
+        let mut resp = http::Response::new(axum::body::Body::empty());
+        f.write(true, &mut resp);
+        let h = resp.headers();
         // 20 requests per the 12 s it takes to earn 20 back at 100/min.
         assert_eq!(h["ratelimit-policy"], "\"per-ip\";q=20;w=12");
         assert_eq!(h["ratelimit"], "\"per-ip\";r=19;t=1");
         assert_eq!(h["x-ratelimit-limit"], "20");
         assert_eq!(h["x-ratelimit-remaining"], "19");
+    }
+
+    #[test]
+    fn fields_of_two_layers_list_the_outer_first_and_keep_the_tighter_legacy_values() {
+        let ip = Policy::new(PolicyDef {
+            name: "per-ip".into(),
+            ..def(100, Duration::from_secs(60), 20, 100)
+        });
+        let sub = Policy::new(PolicyDef {
+            name: "per-sub".into(),
+            ..def(10, Duration::from_secs(60), 2, 100)
+        });
+        let mut resp = http::Response::new(axum::body::Body::empty());
+        // A backend's own `ratelimit` header is replaced, not merged.
+        resp.headers_mut()
+            .insert("ratelimit", HeaderValue::from_static("\"theirs\";r=1;t=1"));
+        // The layer after authentication writes first (it is nearer the
+        // handler), then the one before it.
+        let mut inner = Fields::default();
+        inner.add(&sub, &sub.check(1));
+        inner.write(true, &mut resp);
+        assert_eq!(resp.headers()["ratelimit"], "\"per-sub\";r=1;t=6");
+        let mut outer = Fields::default();
+        outer.add(&ip, &ip.check(1));
+        outer.write(true, &mut resp);
+        let h = resp.headers();
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"per-ip\";q=20;w=12, \"per-sub\";q=2;w=12"
+        );
+        assert_eq!(h["ratelimit"], "\"per-ip\";r=19;t=1, \"per-sub\";r=1;t=6");
+        assert_eq!(h["x-ratelimit-limit"], "2");
+        assert_eq!(h["x-ratelimit-remaining"], "1");
     }
 
     #[test]

@@ -6,12 +6,18 @@
 //! 3. Route once ([`RouteStage`]): the snapshot is loaded once and the
 //!    route matched once; [`Routed`] and the edge's view of it
 //!    ([`crate::edge::EdgeContext`]) go on the request.
-//! 4. Edge layers, each reading its own slice of the context: the request
-//!    timeout, CORS, request limits.
+//! 4. Edge layers, each reading its own slice of the route stage's result
+//!    (`edge::layer::RouteView`): the request timeout, CORS, request
+//!    limits, the client's address, rate limits, authentication, rate
+//!    limits by subject.
 //! 5. The handler: 404/405/400 for requests no route takes, then the
-//!    route's rate limits and authentication, the client's deadline and
-//!    metadata, transcoding, the backend call (unary or streaming, through
-//!    one `upstream::Backend`), and the reply transcoded back.
+//!    client's deadline and metadata, transcoding, the backend call (unary
+//!    or streaming, through one `upstream::Backend`), and the reply
+//!    transcoded back.
+//!
+//! Every refusal on the way is a `crate::error::Error`, rendered by
+//! `Error::into_response`; [`handle`] re-renders it as problem+json when
+//! the client asked for that.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -20,20 +26,24 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use tonic::Code;
 
 mod stream;
 
+use crate::edge::auth::Authenticate;
+use crate::edge::client_ip::ResolveClient;
+use crate::edge::layer::{Annotate, OnResponse, Policed, PolicyLayer, RouteView};
+use crate::edge::ratelimit::Phase;
 use crate::error::Error;
 use crate::routing::Lookup;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::RequestInfo;
 use crate::transcode::metadata::request_metadata;
 
-/// The pipeline, outermost stage first; the order of the edge checks is
-/// fixed (docs/edge-security.md) and rate limits and auth follow in the
-/// handler, whose route the route stage already resolved. There is no axum
+/// The pipeline, outermost stage first; the order of the edge layers is
+/// fixed (docs/edge-security.md). A new edge policy is one file in `edge/`
+/// and one line here. There is no axum
 /// `Router` in between: with every request going to one fallback it only
 /// added work (a path lookup, boxing, cloning a boxed service, URL-parameter
 /// and content-length bookkeeping), 2 to 3% of the CPU of a small GET.
@@ -59,6 +69,15 @@ pub fn app(
         .layer(crate::edge::cors::CorsLayer::<Routed>::new())
         // Target length, header count and size, declared body size.
         .layer(crate::edge::limits::LimitsLayer::<Routed>::new())
+        // The client's address, trusted proxies applied.
+        .layer(PolicyLayer::<_, Routed>::new(ResolveClient))
+        // Rate limits keyed by address, header or route: before any token
+        // is checked, so a flood of bad tokens costs no signature checks.
+        .layer(PolicyLayer::<_, Routed>::new(Phase::BeforeAuth))
+        // The route's token check, scopes and claims.
+        .layer(PolicyLayer::<_, Routed>::new(Authenticate))
+        // Rate limits keyed by the verified subject.
+        .layer(PolicyLayer::<_, Routed>::new(Phase::AfterAuth))
         .service(Handler(cut))
 }
 
@@ -68,7 +87,18 @@ pub type App = crate::telemetry::Access<
         RouteStage<
             crate::edge::limits::TimeoutService<
                 crate::edge::cors::Cors<
-                    crate::edge::limits::LimitsService<Handler, Routed>,
+                    crate::edge::limits::LimitsService<
+                        Policed<
+                            Policed<
+                                Policed<Policed<Handler, Phase, Routed>, Authenticate, Routed>,
+                                Phase,
+                                Routed,
+                            >,
+                            ResolveClient,
+                            Routed,
+                        >,
+                        Routed,
+                    >,
                     Routed,
                 >,
                 Routed,
@@ -89,10 +119,17 @@ pub struct Routed {
     pub edge: crate::edge::EdgeContext,
 }
 
-/// The edge layers read their context from the route stage's result.
-impl AsRef<crate::edge::EdgeContext> for Routed {
-    fn as_ref(&self) -> &crate::edge::EdgeContext {
+/// The edge layers read their slices of the route stage's result.
+impl RouteView for Routed {
+    fn context(&self) -> &crate::edge::EdgeContext {
         &self.edge
+    }
+
+    fn policy(&self) -> Option<&crate::edge::RouteEdge> {
+        match &self.outcome {
+            Outcome::Found { route, .. } => Some(&route.edge),
+            _ => None,
+        }
     }
 }
 
@@ -244,11 +281,15 @@ pub struct RouteStage<S> {
 
 impl<S> tower::Service<http::Request<Body>> for RouteStage<S>
 where
-    S: tower::Service<http::Request<Body>, Response = Response<Body>>,
+    S: tower::Service<
+        http::Request<Body>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+    >,
 {
     type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = S::Future;
+    type Error = std::convert::Infallible;
+    type Future = OnResponse<S::Future, Option<Labels>>;
 
     fn poll_ready(
         &mut self,
@@ -259,8 +300,27 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let routed = Routed::resolve(self.snapshots.load_full(), &req);
+        let labels = match &routed.outcome {
+            Outcome::Found { route, .. } => Some(Labels(route.clone())),
+            _ => None,
+        };
         req.extensions_mut().insert(routed);
-        self.inner.call(req)
+        OnResponse::inner(self.inner.call(req), labels)
+    }
+}
+
+/// The matched route's names and metric handles, for the access log and
+/// metrics of whatever answer the request gets, refusals included.
+pub struct Labels(Arc<Route>);
+
+impl Annotate for Labels {
+    fn annotate(self, resp: &mut Response<Body>) {
+        let route = &self.0;
+        let info = crate::edge::layer::info(resp);
+        info.route = Some(route.label.clone());
+        info.grpc_method = Some(route.grpc_label.clone());
+        info.backend = Some(route.backend_label.clone());
+        info.metrics = Some(route.metrics.clone());
     }
 }
 
@@ -350,15 +410,13 @@ async fn handle(
     req: http::Request<Body>,
 ) -> Response<Body> {
     let problem = crate::error::wants_problem(req.headers());
-    // Rate-limit fields, set by the edge stage, go on whatever the answer.
-    let mut edge_headers = HeaderMap::new();
     // What the access log and metrics need to know, filled in as we go.
     let mut info = RequestInfo::default();
     // Every request watches for the end of the drain, so that one cut there
     // still gets an answer, an access-log line and a count.
     let resp = tokio::select! {
         biased;
-        resp = handle_route(req, &mut edge_headers, &mut info) => Some(resp),
+        resp = handle_route(req, &mut info) => Some(resp),
         Ok(_) = cut.wait_for(|cut| *cut) => None,
     };
     let resp = resp.unwrap_or_else(|| {
@@ -371,16 +429,11 @@ async fn handle(
         info.endpoint = Some(u.addr.clone());
         info.retries = u.attempts.saturating_sub(1);
     }
-    resp.headers_mut().extend(edge_headers);
     resp.extensions_mut().insert(info);
     resp
 }
 
-async fn handle_route(
-    req: http::Request<Body>,
-    edge_headers: &mut HeaderMap,
-    info: &mut RequestInfo,
-) -> Response<Body> {
+async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let Some(routed) = parts.extensions.remove::<Routed>() else {
         return Error::Internal(
@@ -390,8 +443,6 @@ async fn handle_route(
     };
     let Routed { snap, outcome, .. } = routed;
     let snap = &snap;
-    // A token in the query is a credential, not a message field.
-    crate::edge::take_query_token(&snap.edge, &mut parts);
     let path = parts.uri.path();
     // The OpenAPI document and its page, when configured, before any route.
     if let Some(resp) = crate::openapi::serve(snap, &parts) {
@@ -425,32 +476,10 @@ async fn handle_route(
     };
 
     let route = &route;
-    info.route = Some(route.label.clone());
-    info.grpc_method = Some(route.grpc_label.clone());
-    info.backend = Some(route.backend_label.clone());
-    info.metrics = Some(route.metrics.clone());
-
-    // STAGE edge: per-route authentication, policy and subject rate limits go
-    // here, once the route is known and before any body byte is read.
-    let admitted = crate::edge::admit(
-        &snap.edge,
-        &route.edge,
-        &mut parts.headers,
-        &mut parts.extensions,
-        edge_headers,
-    )
-    .await;
-    info.client = parts
-        .extensions
-        .get::<crate::edge::client_ip::ClientIp>()
-        .map(|c| c.0);
     info.subject = parts
         .extensions
         .get::<crate::edge::jwt::Verified>()
         .and_then(|v| v.subject().map(str::to_owned));
-    if let Err(e) = admitted {
-        return e.into_response();
-    }
 
     // STAGE headers: the client's deadline and metadata, read before any
     // body byte; a value the gateway cannot read is a 400 naming the header.
@@ -527,12 +556,7 @@ async fn handle_route(
             timeout: client_deadline.map_or(route.timeout, |c| c.min(route.timeout)),
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
-            // The edge's view (trusted proxies applied) when it ran.
-            client_ip: parts
-                .extensions
-                .get::<crate::edge::client_ip::ClientIp>()
-                .map(|c| c.0)
-                .or_else(|| crate::upstream::client_ip(&parts.headers, &parts.extensions)),
+            client_ip: client_ip(&parts),
             metrics: &route.metrics,
         })
         .await;
@@ -563,6 +587,16 @@ async fn handle_route(
         }
         Err(e) => stream::call_error(snap, route, e),
     }
+}
+
+/// The client's address for consistent hashing: the edge's view (trusted
+/// proxies applied) when it ran.
+fn client_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<crate::edge::client_ip::ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| crate::upstream::client_ip(&parts.headers, &parts.extensions))
 }
 
 #[cfg(test)]

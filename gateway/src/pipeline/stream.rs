@@ -66,7 +66,7 @@ async fn unary(
             timeout: crate::upstream::deadline::effective(route.timeout, &parts.headers),
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
-            client_ip: crate::upstream::client_ip(&parts.headers, &parts.extensions),
+            client_ip: super::client_ip(parts),
             metrics: &route.metrics,
         })
         .await;
@@ -295,7 +295,7 @@ async fn open(
             stream_timeout: route.plan.shaping.stream_timeout,
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
-            client_ip: crate::upstream::client_ip(&parts.headers, &parts.extensions),
+            client_ip: super::client_ip(parts),
             metrics: route.metrics.clone(),
         })
         .await

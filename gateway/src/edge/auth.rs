@@ -1,0 +1,246 @@
+//! The authentication layer: a route's token check and its scope and claim
+//! policy ([`super::jwt`] verifies), before any body byte is read.
+//!
+//! For every request it takes a token out of the query (`[auth]
+//! query_param`): a credential, not a message field, that must not reach
+//! the backend. For every routed request it drops `x-jwt-*` metadata the
+//! client made up (claims are the gateway's to state). For a route that
+//! checks tokens it verifies the token, forwards what the route asks for,
+//! and puts the [`Verified`] token on the request for the layers below
+//! (subject rate limits, the access log).
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use futures_util::future::Either;
+use http::{header, Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response};
+
+use super::jwt::{self, AuthError, AuthMode, QueryToken, RouteAuth, TokenSource, Verified};
+use super::layer::{BoxFut, Policed, RouteView};
+use super::Edge;
+use crate::error::Error;
+
+/// The policy of the authentication layer (it reads the route's `auth`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Authenticate;
+
+impl<S, R> tower::Service<Request<Body>> for Policed<S, Authenticate, R>
+where
+    R: RouteView,
+    S: super::layer::Inner + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFut>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let (token, checks) = match parts.extensions.get::<R>() {
+            Some(view) => (
+                query_token(&view.context().edge, &parts.uri),
+                view.policy().map(|p| p.auth.mode != AuthMode::None),
+            ),
+            None => (None, None),
+        };
+        if let Some((uri, token)) = token {
+            parts.uri = uri;
+            parts.extensions.insert(token);
+        }
+        match checks {
+            // No route: a 404, 405 or 400 answer is coming.
+            None => return Either::Left(self.inner.call(Request::from_parts(parts, body))),
+            Some(checks) => {
+                drop_forged_claims(&mut parts.headers);
+                if !checks {
+                    return Either::Left(self.inner.call(Request::from_parts(parts, body)));
+                }
+            }
+        }
+        // Boxed, and only for routes that check tokens: verification may
+        // fetch a key set, and that state inline would make every request's
+        // future (routes without auth included) larger.
+        let mut inner = self.take_inner();
+        Either::Right(Box::pin(async move {
+            let verified = {
+                let view = parts
+                    .extensions
+                    .get::<R>()
+                    .expect("checked before the call");
+                let policy = view.policy().expect("checked before the call");
+                let checking = authenticate(
+                    &view.context().edge,
+                    &policy.auth,
+                    &mut parts.headers,
+                    &parts.extensions,
+                );
+                crate::telemetry::otel::auth(checking).await
+            };
+            match verified {
+                Ok(verified) => {
+                    if let Some(v) = verified {
+                        parts.extensions.insert(v);
+                    }
+                    inner.call(Request::from_parts(parts, body)).await
+                }
+                Err(e) => Ok(e.into_response()),
+            }
+        }))
+    }
+}
+
+/// The metadata prefix reserved for verified claims: a client cannot send
+/// `x-jwt-sub` (or `Grpc-Metadata-X-Jwt-Sub`) and have the backend believe it.
+const CLAIM_PREFIX: &str = "x-jwt-";
+const CLAIM_METADATA_PREFIX: &str = "grpc-metadata-x-jwt-";
+
+fn drop_forged_claims(headers: &mut HeaderMap) {
+    let forged = |k: &HeaderName| {
+        let k = k.as_str();
+        k.starts_with(CLAIM_PREFIX) || k.starts_with(CLAIM_METADATA_PREFIX)
+    };
+    if !headers.keys().any(forged) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| forged(k)).cloned().collect();
+    for k in names {
+        headers.remove(k);
+    }
+}
+
+/// The target without the token query parameter (if `[auth] query_param`
+/// is set and the query has it), and the token.
+fn query_token(edge: &Edge, uri: &http::Uri) -> Option<(http::Uri, QueryToken)> {
+    let name = edge.auth.query_param.as_ref()?;
+    let query = uri.query()?;
+    let mut token = None;
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in query.split('&') {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if key == name {
+            let raw = pair.split_once('=').map_or("", |(_, v)| v);
+            token = crate::transcode::request::query_decode(raw)
+                .ok()
+                .map(|t| t.into_owned());
+        } else {
+            kept.push(pair);
+        }
+    }
+    let token = token?;
+    let path = uri.path();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = http::uri::Parts::from(uri.clone());
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target).ok()?);
+    let uri = http::Uri::from_parts(parts).ok()?;
+    Some((uri, QueryToken(token)))
+}
+
+/// The route's token check: `Ok(None)` for an anonymous request the route
+/// lets through. On success the claims the route forwards are in `headers`
+/// as `Grpc-Metadata-X-Jwt-*`, and the token itself is gone from them
+/// unless `[auth] forward_token` says otherwise.
+async fn authenticate(
+    edge: &Edge,
+    route: &RouteAuth,
+    headers: &mut HeaderMap,
+    extensions: &Extensions,
+) -> Result<Option<Verified>, Error> {
+    if route.mode == AuthMode::None {
+        return Ok(None);
+    }
+    let auth = &edge.auth;
+    let refuse = |e: AuthError| {
+        let reason = match &e {
+            AuthError::Missing => "missing_token",
+            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Forbidden { .. } => "forbidden",
+        };
+        metrics::counter!(crate::telemetry::metrics::AUTH_FAILURES, "reason" => reason)
+            .increment(1);
+        let (message, challenge) = (e.message(), e.challenge());
+        match e {
+            AuthError::Forbidden { .. } => Error::Forbidden { message, challenge },
+            _ => Error::Unauthenticated { message, challenge },
+        }
+    };
+    let found = jwt::find_token(auth, headers, extensions.get::<QueryToken>())
+        .map_err(refuse)?
+        .map(|(t, s)| (t.to_owned(), s));
+    // Only the gateway states what token a request carried.
+    headers.remove("grpc-metadata-authorization");
+    let Some((token, source)) = found else {
+        return match route.mode {
+            AuthMode::Required => Err(refuse(AuthError::Missing)),
+            _ => Ok(None),
+        };
+    };
+    let verified = jwt::verify(auth, route, &token).await.map_err(refuse)?;
+    jwt::authorize(route, &verified).map_err(refuse)?;
+    // The raw token goes on only when asked, and then in one known place.
+    match source {
+        TokenSource::Header => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        TokenSource::Cookie => {
+            if let Some(name) = &auth.cookie {
+                jwt::strip_cookie(headers, name);
+            }
+        }
+        TokenSource::Query => {}
+    }
+    if auth.forward_token {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            headers.insert(HeaderName::from_static("grpc-metadata-authorization"), v);
+        }
+    }
+    for (claim, name) in &route.forward_claims {
+        if let Some(v) = verified.claims.get(claim) {
+            let value = jwt::claim_metadata(claim, v).map_err(refuse)?;
+            headers.insert(name.clone(), value);
+        }
+    }
+    Ok(Some(verified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_claim_metadata_is_dropped_and_the_rest_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("x-jwt-sub", HeaderValue::from_static("admin"));
+        h.insert("grpc-metadata-x-jwt-role", HeaderValue::from_static("root"));
+        h.insert("x-request-id", HeaderValue::from_static("r1"));
+        drop_forged_claims(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-request-id"], "r1");
+    }
+
+    #[test]
+    fn the_query_token_leaves_the_target_and_the_other_parameters_stay() {
+        let mut edge = Edge::default();
+        edge.auth.query_param = Some("access_token".into());
+        let uri: http::Uri = "/v1/books?a=1&access_token=t%2B1&b=2".parse().unwrap();
+        let (uri, token) = query_token(&edge, &uri).unwrap();
+        assert_eq!(uri, "/v1/books?a=1&b=2");
+        assert_eq!(token.0, "t+1");
+        let only: http::Uri = "/v1/books?access_token=x".parse().unwrap();
+        assert_eq!(query_token(&edge, &only).unwrap().0, "/v1/books");
+        let none: http::Uri = "/v1/books?a=1".parse().unwrap();
+        assert!(query_token(&edge, &none).is_none());
+        edge.auth.query_param = None;
+        assert!(query_token(&edge, &uri).is_none());
+    }
+}
