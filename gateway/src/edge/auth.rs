@@ -41,26 +41,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (mut parts, body) = req.into_parts();
-        let (token, checks) = match parts.extensions.get::<R>() {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let (token, checks) = match req.extensions().get::<R>() {
             Some(view) => (
-                query_token(&view.context().edge, &parts.uri),
+                query_token(&view.context().edge, req.uri()),
                 view.policy().map(|p| p.auth.mode != AuthMode::None),
             ),
             None => (None, None),
         };
         if let Some((uri, token)) = token {
-            parts.uri = uri;
-            parts.extensions.insert(token);
+            *req.uri_mut() = uri;
+            req.extensions_mut().insert(token);
         }
         match checks {
             // No route: a 404, 405 or 400 answer is coming.
-            None => return Either::Left(self.inner.call(Request::from_parts(parts, body))),
+            None => return Either::Left(self.inner.call(req)),
             Some(checks) => {
-                drop_forged_claims(&mut parts.headers);
+                drop_forged_claims(req.headers_mut());
                 if !checks {
-                    return Either::Left(self.inner.call(Request::from_parts(parts, body)));
+                    return Either::Left(self.inner.call(req));
                 }
             }
         }
@@ -68,6 +67,7 @@ where
         // fetch a key set, and that state inline would make every request's
         // future (routes without auth included) larger.
         let mut inner = self.take_inner();
+        let (mut parts, body) = req.into_parts();
         Either::Right(Box::pin(async move {
             let verified = {
                 let view = parts

@@ -9,17 +9,16 @@
 //! Requests from origins the policy does not allow get no CORS headers.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::future::Either;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use tower::{Layer, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, ExposeHeaders};
 
+use super::layer::{Annotate, BoxFut, Inner, OnResponse, Policed, RouteView};
 use super::Preflight;
 use crate::error::Error;
 
@@ -273,55 +272,27 @@ impl CorsPolicy {
     }
 }
 
-/// The layer; assembled in the pipeline. It reads the request's
-/// [`EdgeContext`]: the CORS policy that applies and, for a preflight, what
-/// the route it asks about allows.
-/// `R` is the request extension that gives the edge its [`EdgeContext`]
-/// (linkerd's `Param`: the layer asks for its own slice of the context).
-pub struct CorsLayer<R>(PhantomData<fn() -> R>);
-
-impl<R> CorsLayer<R> {
-    pub fn new() -> Self {
-        CorsLayer(PhantomData)
-    }
-}
-
-impl<R> Default for CorsLayer<R> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<S, R> Layer<S> for CorsLayer<R> {
-    type Service = Cors<S, R>;
-    fn layer(&self, inner: S) -> Cors<S, R> {
-        Cors {
-            inner,
-            context: PhantomData,
-        }
-    }
-}
-
-pub struct Cors<S, R> {
-    inner: S,
-    context: PhantomData<fn() -> R>,
-}
-
-impl<S: Clone, R> Clone for Cors<S, R> {
-    fn clone(&self) -> Self {
-        Cors {
-            inner: self.inner.clone(),
-            context: PhantomData,
-        }
-    }
-}
-
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// The policy of the CORS layer. It reads the request's [`EdgeContext`]:
+/// the CORS policy that applies and, for a preflight, what the route it
+/// asks about allows.
+///
+/// [`EdgeContext`]: super::EdgeContext
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cors;
 
 fn vary_origin(mut r: Response<Body>) -> Response<Body> {
-    r.headers_mut()
-        .append(header::VARY, HeaderValue::from_static("origin"));
+    VaryOrigin.annotate(&mut r);
     r
+}
+
+/// The answer depends on the request's `Origin`, whatever it is.
+pub struct VaryOrigin;
+
+impl Annotate for VaryOrigin {
+    fn annotate(self, r: &mut Response<Body>) {
+        r.headers_mut()
+            .append(header::VARY, HeaderValue::from_static("origin"));
+    }
 }
 
 fn refuse(message: String) -> Response<Body> {
@@ -335,41 +306,47 @@ fn refuse(message: String) -> Response<Body> {
     r
 }
 
-impl<S, R> Service<Request<Body>> for Cors<S, R>
+impl<S, R> Service<Request<Body>> for Policed<S, Cors, R>
 where
-    R: super::layer::RouteView,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    R: RouteView,
+    S: Inner + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFut;
+    type Future = Either<OnResponse<S::Future, Option<VaryOrigin>>, BoxFut>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFut {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(ctx) = req
             .extensions()
             .get::<R>()
-            .map(super::layer::RouteView::context)
+            .map(RouteView::context)
             .filter(|ctx| ctx.edge.cors_configured)
-            .cloned()
         else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(OnResponse::inner(self.inner.call(req), None));
         };
-        let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        if !req.headers().contains_key(header::ORIGIN) {
             // Not a CORS request; the answer still depends on Origin.
-            let fut = self.inner.call(req);
-            return Box::pin(async move { fut.await.map(vary_origin) });
-        };
-        // Take the ready service; a clone stays for the next call.
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
+            return Either::Left(OnResponse::inner(self.inner.call(req), Some(VaryOrigin)));
+        }
+        Either::Right(self.cross_origin(ctx.clone(), req))
+    }
+}
+
+impl<S, R> Policed<S, Cors, R>
+where
+    S: Inner + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// A request with `Origin`: a preflight answered here, or a call whose
+    /// answer gets the policy's headers.
+    fn cross_origin(&mut self, ctx: super::EdgeContext, req: Request<Body>) -> BoxFut {
+        let origin = req.headers()[header::ORIGIN].clone();
+        let inner = self.take_inner();
         if let Some(preflight) = &ctx.preflight {
             let preflights = |result: &'static str| {
                 metrics::counter!(crate::telemetry::metrics::CORS_PREFLIGHTS, "result" => result)

@@ -50,6 +50,11 @@ pub trait Annotate {
     fn annotate(self, resp: &mut Response<Body>);
 }
 
+/// Nothing to add.
+impl Annotate for () {
+    fn annotate(self, _: &mut Response<Body>) {}
+}
+
 /// Something, or nothing, to add.
 impl<A: Annotate> Annotate for Option<A> {
     fn annotate(self, resp: &mut Response<Body>) {

@@ -5,15 +5,15 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use http::{header, HeaderMap, Request, Response};
-use tower::{Layer, Service};
+use tower::Service;
 
+use super::layer::{Inner, OnResponse, Policed, RouteView};
 use crate::error::Error;
 use crate::telemetry::RequestContext;
 
@@ -196,156 +196,102 @@ fn framing_problem<B>(req: &Request<B>) -> Option<String> {
     None
 }
 
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// The policy of the layer that refuses requests whose head breaks a limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeadLimits;
 
-/// Refuses requests whose head breaks a limit; assembled in the pipeline.
-/// `R` is the request extension that gives the edge its [`EdgeContext`]
-/// (linkerd's `Param`: the layer asks for its own slice of the context).
-pub struct LimitsLayer<R>(PhantomData<fn() -> R>);
-
-impl<R> LimitsLayer<R> {
-    pub fn new() -> Self {
-        LimitsLayer(PhantomData)
-    }
-}
-
-impl<R> Default for LimitsLayer<R> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<S, R> Layer<S> for LimitsLayer<R> {
-    type Service = LimitsService<S, R>;
-    fn layer(&self, inner: S) -> LimitsService<S, R> {
-        LimitsService {
-            inner,
-            context: PhantomData,
-        }
-    }
-}
-
-pub struct LimitsService<S, R> {
-    inner: S,
-    context: PhantomData<fn() -> R>,
-}
-
-impl<S: Clone, R> Clone for LimitsService<S, R> {
-    fn clone(&self) -> Self {
-        LimitsService {
-            inner: self.inner.clone(),
-            context: PhantomData,
-        }
-    }
-}
-
-impl<S, R> Service<Request<Body>> for LimitsService<S, R>
+impl<S, R> Service<Request<Body>> for Policed<S, HeadLimits, R>
 where
-    R: super::layer::RouteView,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    R: RouteView,
+    S: Inner,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFut;
+    type Future = OnResponse<S::Future, ()>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFut {
-        let refused = req.extensions().get::<R>().and_then(|ctx| {
-            let ctx = ctx.context();
-            ctx.edge.limits.check_head(&req).filter(|status| {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let refused = req.extensions().get::<R>().and_then(|view| {
+            let ctx = view.context();
+            ctx.edge.limits.check_head(&req).filter(|e| {
                 // A client-streaming route reads its body message by
                 // message, bounded per message, not as one buffer: a large
                 // declared upload (curl -F) is what it is for.
-                !matches!(status, Error::TooLarge(_)) || !ctx.streams_request
+                !matches!(e, Error::TooLarge(_)) || !ctx.streams_request
             })
         });
         match refused {
-            Some(status) => {
-                let mut resp = status.into_response();
+            Some(e) => {
+                let mut resp = e.into_response();
                 // The request's body was not read; keeping the connection
                 // would mean reading (or misreading) it as the next request.
                 resp.headers_mut()
                     .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                Box::pin(std::future::ready(Ok(resp)))
+                OnResponse::answer(resp)
             }
-            None => Box::pin(self.inner.call(req)),
+            None => OnResponse::inner(self.inner.call(req), ()),
         }
     }
 }
 
-/// Bounds the time from a request's arrival to its answer's head (504).
-/// `R` is the request extension that gives the edge its [`EdgeContext`]
-/// (linkerd's `Param`: the layer asks for its own slice of the context).
-pub struct TimeoutLayer<R>(PhantomData<fn() -> R>);
+/// The policy of the layer that bounds the time from a request's arrival
+/// to its answer's head (504, `limits.request_timeout`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestTimeout;
 
-impl<R> TimeoutLayer<R> {
-    pub fn new() -> Self {
-        TimeoutLayer(PhantomData)
-    }
-}
-
-impl<R> Default for TimeoutLayer<R> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<S, R> Layer<S> for TimeoutLayer<R> {
-    type Service = TimeoutService<S, R>;
-    fn layer(&self, inner: S) -> TimeoutService<S, R> {
-        TimeoutService {
-            inner,
-            context: PhantomData,
-        }
-    }
-}
-
-pub struct TimeoutService<S, R> {
-    inner: S,
-    context: PhantomData<fn() -> R>,
-}
-
-impl<S: Clone, R> Clone for TimeoutService<S, R> {
-    fn clone(&self) -> Self {
-        TimeoutService {
-            inner: self.inner.clone(),
-            context: PhantomData,
-        }
-    }
-}
-
-impl<S, R> Service<Request<Body>> for TimeoutService<S, R>
+impl<S, R> Service<Request<Body>> for Policed<S, RequestTimeout, R>
 where
-    R: super::layer::RouteView,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    R: RouteView,
+    S: Inner,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFut;
+    type Future = Timed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> BoxFut {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let limit = req
             .extensions()
             .get::<R>()
-            .map_or(DEFAULT_REQUEST_TIMEOUT, |ctx| {
-                ctx.context().edge.limits.request_timeout
+            .map_or(DEFAULT_REQUEST_TIMEOUT, |view| {
+                view.context().edge.limits.request_timeout
             });
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(r) => r,
-                // Dropping the future cancels the backend call with it.
-                Err(_) => Ok(Error::RequestTimeout(limit.as_millis() as u64).into_response()),
-            }
-        })
+        Timed {
+            inner: tokio::time::timeout(limit, self.inner.call(req)),
+            limit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner answer, or a 504 once `limit` passes. Dropping the inner
+    /// future cancels the backend call with it.
+    pub struct Timed<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F> Future for Timed<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match std::task::ready!(this.inner.poll(cx)) {
+            Ok(r) => Poll::Ready(r),
+            Err(_) => Poll::Ready(Ok(
+                Error::RequestTimeout(this.limit.as_millis() as u64).into_response()
+            )),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! its own slice of the route stage's result; `pipeline::app` assembles
 //! them in this fixed order (docs/edge-security.md):
 //!
-//! 1. The request timeout ([`limits::TimeoutLayer`]), around all the rest.
+//! 1. The request timeout ([`limits::RequestTimeout`]), around all the rest.
 //! 2. CORS ([`cors`]): preflights answered, never authenticated nor limited.
 //! 3. Limits ([`limits`]): target length, header count and size, declared
 //!    body size.

@@ -33,7 +33,9 @@ mod stream;
 
 use crate::edge::auth::Authenticate;
 use crate::edge::client_ip::ResolveClient;
+use crate::edge::cors::Cors;
 use crate::edge::layer::{Annotate, OnResponse, Policed, PolicyLayer, RouteView};
+use crate::edge::limits::{HeadLimits, RequestTimeout};
 use crate::edge::ratelimit::Phase;
 use crate::error::Error;
 use crate::routing::Lookup;
@@ -63,12 +65,12 @@ pub fn app(
         // result goes on the request for every stage below.
         .layer(RouteLayer { snapshots })
         // The whole request, from arrival to the answer's head: 504 beyond.
-        .layer(crate::edge::limits::TimeoutLayer::<Routed>::new())
+        .layer(PolicyLayer::<_, Routed>::new(RequestTimeout))
         // CORS: preflights answered here (no auth, no rate limit); CORS
         // headers on every answer below, errors included.
-        .layer(crate::edge::cors::CorsLayer::<Routed>::new())
+        .layer(PolicyLayer::<_, Routed>::new(Cors))
         // Target length, header count and size, declared body size.
-        .layer(crate::edge::limits::LimitsLayer::<Routed>::new())
+        .layer(PolicyLayer::<_, Routed>::new(HeadLimits))
         // The client's address, trusted proxies applied.
         .layer(PolicyLayer::<_, Routed>::new(ResolveClient))
         // Rate limits keyed by address, header or route: before any token
@@ -82,29 +84,25 @@ pub fn app(
 }
 
 /// The service [`app`] returns.
-pub type App = crate::telemetry::Access<
-    Head<
-        RouteStage<
-            crate::edge::limits::TimeoutService<
-                crate::edge::cors::Cors<
-                    crate::edge::limits::LimitsService<
-                        Policed<
-                            Policed<
-                                Policed<Policed<Handler, Phase, Routed>, Authenticate, Routed>,
-                                Phase,
-                                Routed,
-                            >,
-                            ResolveClient,
-                            Routed,
-                        >,
-                        Routed,
-                    >,
-                    Routed,
-                >,
+pub type App = crate::telemetry::Access<Head<RouteStage<Edge<Handler>>>>;
+
+/// The edge layers over `S`, outermost first.
+type Edge<S> = Policed<
+    Policed<
+        Policed<
+            Policed<
+                Policed<Policed<Policed<S, Phase, Routed>, Authenticate, Routed>, Phase, Routed>,
+                ResolveClient,
                 Routed,
             >,
+            HeadLimits,
+            Routed,
         >,
+        Cors,
+        Routed,
     >,
+    RequestTimeout,
+    Routed,
 >;
 
 /// The route stage's result, on the request's extensions: the snapshot the
