@@ -102,6 +102,7 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 // limits (with live key counts), CORS and request limits.
                 "auth": r.edge.describe_auth(&s.edge),
                 "limits": r.edge.describe_limits(&s.edge),
+                "protocols": r.protocol_names(),
                 "source": r.source.to_string(),
             })
         })

@@ -4,8 +4,9 @@
 //! writes the one `google.rpc.Status` body (`{"code", "message",
 //! "details"}`) and the headers the failure calls for (`Allow`,
 //! `Retry-After`, `WWW-Authenticate`, a backend's `Grpc-Metadata-*`), and
-//! [`negotiate`] re-renders it as RFC 9457 problem+json when the client asked
-//! for that. Streams that fail after their answer began embed
+//! [`render`] re-writes it in the request's [`Format`] (RFC 9457
+//! problem+json when the client asked for that, gRPC-Web trailers, the
+//! Connect protocol's error JSON). Streams that fail after their answer began embed
 //! [`Error::to_json`] in their framing. No other code builds error answers.
 //!
 //! The HTTP status of a gRPC code is grpc-gateway's table
@@ -119,6 +120,10 @@ pub struct BackendStatus {
     pub details: Vec<serde_json::Value>,
     /// `Grpc-Metadata-*` and the like, sent with the answer.
     pub headers: HeaderMap,
+    /// The backend's `grpc-status-details-bin` (an encoded
+    /// `google.rpc.Status`), passed on as it is to gRPC-Web and Connect
+    /// clients.
+    pub details_bin: Bytes,
 }
 
 impl BackendStatus {
@@ -135,6 +140,7 @@ impl BackendStatus {
                 decode_details(status.details(), pool)
             },
             headers: HeaderMap::new(),
+            details_bin: Bytes::copy_from_slice(status.details()),
         }
     }
 }
@@ -295,13 +301,166 @@ impl Error {
             _ => {}
         }
         // Kept beside the body so the answer can be re-rendered as
-        // problem+json when the client asked for it (see [`negotiate`]).
+        // another format when the request asks for one (see [`render`]).
         resp.extensions_mut().insert(self);
         resp
     }
 }
 
-/// The HTTP status grpc-gateway answers for a gRPC code.
+/// How a request's errors are written: chosen once per request from its
+/// protocol and `Accept` (see the pipeline's render stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `google.rpc.Status` as JSON, with the HTTP status of the code.
+    #[default]
+    Json,
+    /// RFC 9457 problem+json.
+    Problem,
+    /// gRPC-Web: HTTP 200 and the status as trailers in the headers (a
+    /// trailers-only answer), with the request's content type.
+    GrpcWeb { content_type: &'static str },
+    /// The Connect protocol's error JSON, with the HTTP status of the code.
+    Connect,
+    /// A Connect streaming call: HTTP 200 and the error in the
+    /// end-of-stream message.
+    ConnectStream { json: bool },
+}
+
+/// `google.rpc.Status` as protobuf, for `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StatusProto {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+impl Error {
+    /// The encoded `google.rpc.Status` of this error, when it has details
+    /// to carry (a backend's own, or the gateway's field violations).
+    fn details_bin(&self) -> Option<Bytes> {
+        match self {
+            Error::Backend(b) if !b.details_bin.is_empty() => Some(b.details_bin.clone()),
+            Error::InvalidFields { violations, .. } => {
+                #[derive(Clone, PartialEq, prost::Message)]
+                struct Violation {
+                    #[prost(string, tag = "1")]
+                    field: String,
+                    #[prost(string, tag = "2")]
+                    description: String,
+                }
+                #[derive(Clone, PartialEq, prost::Message)]
+                struct BadRequest {
+                    #[prost(message, repeated, tag = "1")]
+                    field_violations: Vec<Violation>,
+                }
+                let detail = BadRequest {
+                    field_violations: violations
+                        .iter()
+                        .map(|v| Violation {
+                            field: v.field.clone(),
+                            description: v.description.clone(),
+                        })
+                        .collect(),
+                };
+                let status = StatusProto {
+                    code: self.code() as i32,
+                    message: self.to_string(),
+                    details: vec![prost_types::Any {
+                        type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+                        value: prost::Message::encode_to_vec(&detail),
+                    }],
+                };
+                Some(Bytes::from(prost::Message::encode_to_vec(&status)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The status as gRPC trailers: `grpc-status`, `grpc-message`
+    /// (percent-encoded, as the gRPC spec says) and, with details,
+    /// `grpc-status-details-bin`.
+    pub fn grpc_trailers(&self) -> HeaderMap {
+        use base64::Engine as _;
+        let mut out = HeaderMap::new();
+        out.insert("grpc-status", HeaderValue::from(self.code() as i32));
+        let message =
+            percent_encoding::utf8_percent_encode(&self.to_string(), GRPC_MESSAGE_ESCAPES)
+                .to_string();
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            out.insert("grpc-message", v);
+        }
+        if let Some(bin) = self.details_bin() {
+            let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bin);
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                out.insert("grpc-status-details-bin", v);
+            }
+        }
+        out
+    }
+
+    /// The Connect protocol's error JSON: `{"code": "not_found",
+    /// "message": ..., "details": [{"type", "value"}]}`, details as
+    /// base64 protobuf `Any` values.
+    pub fn to_connect_json(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let details: Vec<serde_json::Value> = self
+            .details_bin()
+            .and_then(|bin| <StatusProto as prost::Message>::decode(bin).ok())
+            .map(|s| {
+                s.details
+                    .iter()
+                    .map(|any| {
+                        serde_json::json!({
+                            "type": any.type_url.rsplit('/').next().unwrap_or(&any.type_url),
+                            "value": base64::engine::general_purpose::STANDARD_NO_PAD.encode(&any.value),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut body = serde_json::json!({
+            "code": connect_code(self.code()),
+            "message": self.to_string(),
+        });
+        if !details.is_empty() {
+            body["details"] = serde_json::Value::Array(details);
+        }
+        serde_json::to_vec(&body).expect("JSON values always serialise")
+    }
+}
+
+/// The characters gRPC's `grpc-message` percent-encodes: everything outside
+/// printable ASCII, and `%` itself.
+const GRPC_MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// The Connect protocol's name of a gRPC code.
+pub fn connect_code(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "canceled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// The HTTP status grpc-gateway answers for a gRPC code (the Connect
+/// protocol's table is the same since its 2024 revision).
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
@@ -341,22 +500,70 @@ pub fn wants_problem(headers: &HeaderMap) -> bool {
     false
 }
 
-/// Re-renders an error answer made by [`Error::into_response`] as
-/// problem+json when `problem` is set; any other answer passes unchanged.
-pub fn negotiate(problem: bool, resp: Response<Body>) -> Response<Body> {
-    if !problem {
+/// Re-renders an error answer made by [`Error::into_response`] in
+/// `format`; any other answer, and any answer in [`Format::Json`], passes
+/// unchanged. Headers the failure or a layer added (rate-limit fields,
+/// CORS, `Retry-After`) stay.
+pub fn render(format: Format, resp: Response<Body>) -> Response<Body> {
+    if format == Format::Json {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
     let Some(error) = parts.extensions.get::<Error>() else {
         return Response::from_parts(parts, body);
     };
-    let doc = Bytes::from(error.to_problem_json());
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(doc))
+    let headers = &mut parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    let set_type = |headers: &mut HeaderMap, t: &'static str| {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(t));
+    };
+    let body = match format {
+        Format::Json => unreachable!("returned above"),
+        Format::Problem => {
+            set_type(headers, PROBLEM_JSON);
+            Body::from(error.to_problem_json())
+        }
+        Format::Connect => {
+            set_type(headers, "application/json");
+            Body::from(error.to_connect_json())
+        }
+        Format::GrpcWeb { content_type } => {
+            parts.status = StatusCode::OK;
+            set_type(headers, content_type);
+            headers.extend(error.grpc_trailers());
+            Body::empty()
+        }
+        Format::ConnectStream { json } => {
+            parts.status = StatusCode::OK;
+            set_type(
+                headers,
+                if json {
+                    "application/connect+json"
+                } else {
+                    "application/connect+proto"
+                },
+            );
+            let end = format!(
+                "{{\"error\":{}}}",
+                String::from_utf8_lossy(&error.to_connect_json())
+            );
+            Body::from(envelope(END_STREAM, end.as_bytes()))
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// The flag of the Connect streaming envelope that ends a stream.
+pub const END_STREAM: u8 = 0x02;
+
+/// One enveloped message (gRPC, gRPC-Web and Connect streaming framing):
+/// a flags byte, a big-endian u32 length, the bytes.
+pub fn envelope(flags: u8, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + data.len());
+    out.push(flags);
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    Bytes::from(out)
 }
 
 /// Renders the `details` of an encoded `google.rpc.Status` as proto3 JSON `Any`s.
@@ -530,6 +737,7 @@ mod tests {
             message: "no book 7".into(),
             details: vec![serde_json::json!({"@type": "t"})],
             headers,
+            details_bin: Bytes::new(),
         }))
         .into_response();
         assert_eq!(resp.status(), 404);
@@ -576,7 +784,7 @@ mod tests {
         assert!(!wants_problem(&h));
 
         let resp = Error::NotFound("no book 7".into()).into_response();
-        let resp = negotiate(true, resp);
+        let resp = render(Format::Problem, resp);
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         assert_eq!(
@@ -585,7 +793,7 @@ mod tests {
                 "detail": "no book 7", "code": 5, "details": []})
         );
         // Answers that are not errors pass unchanged.
-        let ok = negotiate(true, Response::new(Body::from("{}")));
+        let ok = render(Format::Problem, Response::new(Body::from("{}")));
         assert!(ok.headers().get(header::CONTENT_TYPE).is_none());
     }
 }

@@ -275,6 +275,7 @@ fn route_table(s: &Snapshot) -> String {
         "PATH".to_owned(),
         "GRPC".to_owned(),
         "BACKEND".to_owned(),
+        "PROTOCOLS".to_owned(),
         "SOURCE".to_owned(),
     ]];
     for r in &s.routes {
@@ -287,10 +288,11 @@ fn route_table(s: &Snapshot) -> String {
                 r.plan.grpc_method.name()
             ),
             r.backend.name.clone(),
+            r.protocol_names().join(","),
             r.source.to_string(),
         ]);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 6];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());

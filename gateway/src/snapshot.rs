@@ -32,8 +32,43 @@ use crate::upstream::{Backend, BackendDefinition, BackendOptions};
 /// Where a route was declared, for `gateway routes` and error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteSource {
-    File { path: PathBuf, line: Option<usize> },
-    Annotation { method: String },
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+    },
+    Annotation {
+        method: String,
+    },
+    /// A method a backend exposes at `/<package.Service>/<Method>` to
+    /// gRPC-Web and Connect clients (`backends.<name>.expose`).
+    Rpc {
+        backend: String,
+    },
+}
+
+/// Which protocols for typed clients a route speaks besides REST/JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Protocols {
+    pub grpc_web: bool,
+    pub connect: bool,
+}
+
+impl Protocols {
+    pub fn any(self) -> bool {
+        self.grpc_web || self.connect
+    }
+
+    /// The names routes.toml uses, for `gateway routes` and the admin API.
+    pub fn names(self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.grpc_web {
+            out.push("grpc-web");
+        }
+        if self.connect {
+            out.push("connect");
+        }
+        out
+    }
 }
 
 impl fmt::Display for RouteSource {
@@ -45,6 +80,19 @@ impl fmt::Display for RouteSource {
             } => write!(f, "{}:{l}", path.display()),
             RouteSource::File { path, line: None } => write!(f, "{}", path.display()),
             RouteSource::Annotation { method } => write!(f, "google.api.http on {method}"),
+            RouteSource::Rpc { backend } => write!(f, "backends.{backend}.expose"),
+        }
+    }
+}
+
+impl Route {
+    /// The protocols the route speaks, for `gateway routes` and the admin
+    /// API: `rest`, or those its backend exposes it over.
+    pub fn protocol_names(&self) -> Vec<&'static str> {
+        if self.rpc.any() {
+            self.rpc.names()
+        } else {
+            vec!["rest"]
         }
     }
 }
@@ -76,6 +124,9 @@ pub struct Route {
     pub retry_on: Option<Vec<tonic::Code>>,
     /// Authentication, CORS and rate limits of this route.
     pub edge: crate::edge::RouteEdge,
+    /// gRPC-Web and Connect, for the routes at `/<package.Service>/<Method>`
+    /// (none for REST routes).
+    pub rpc: Protocols,
 }
 
 /// The gateway's whole configuration, validated and compiled.
@@ -235,6 +286,8 @@ struct Backends {
     by_name: BTreeMap<String, Arc<Backend>>,
     /// Service full name -> the name of the backend serving it.
     service_owner: BTreeMap<String, String>,
+    /// Backend name -> the protocols its services are exposed over.
+    exposed: BTreeMap<String, Protocols>,
 }
 
 /// The routes compiled so far.
@@ -426,10 +479,43 @@ fn build_backends(
         let options = crate::upstream::options::backend_options(file, name, spanned, errors);
         let reflected = ctx.reflected.get(name);
         out.claim_services(file, name, spanned.get_ref(), pool, reflected, errors);
+        let protocols = exposed_protocols(file, name, spanned.get_ref(), errors);
+        if protocols.any() {
+            out.exposed.insert(name.clone(), protocols);
+        }
         let previous = ctx.previous.and_then(|p| p.backends.get(name));
         if let Some(backend) = backend(file, name, spanned, options, previous, errors) {
             out.by_name.insert(name.clone(), backend);
         }
+    }
+    out
+}
+
+/// A backend's `expose`, checked.
+fn exposed_protocols(
+    file: &LoadedFile,
+    name: &str,
+    b: &BackendConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Protocols {
+    let mut out = Protocols::default();
+    for p in &b.expose {
+        match p.get_ref().as_str() {
+            "grpc-web" => out.grpc_web = true,
+            "connect" => out.connect = true,
+            other => errors.push(file.error(
+                p,
+                format!("backends.{name}.expose"),
+                format!("\"{other}\" is not a protocol the gateway serves; use \"grpc-web\" or \"connect\""),
+            )),
+        }
+    }
+    if out.any() && b.services.is_empty() && !b.reflection {
+        errors.push(file.error(
+            &b.expose[0],
+            format!("backends.{name}.expose"),
+            "expose serves the methods of the backend's services: list them in `services`",
+        ));
     }
     out
 }
@@ -568,7 +654,90 @@ impl RouteInputs<'_> {
         if server.routes_from_annotations {
             self.annotation_routes(&mut table, errors);
         }
+        self.rpc_routes(&mut table, errors);
         table
+    }
+
+    /// The routes at `/<package.Service>/<Method>` of the services whose
+    /// backend exposes them to gRPC-Web or Connect clients: POST for every
+    /// unary and server-streaming method, and GET (Connect's cacheable
+    /// form) for those marked `idempotency_level = NO_SIDE_EFFECTS`.
+    /// Client and bidirectional streams need HTTP/2 end to end, which
+    /// browsers do not offer; they are not exposed.
+    fn rpc_routes(&self, table: &mut RouteTable, errors: &mut Vec<ConfigError>) {
+        for (svc_name, backend_name) in &self.backends.service_owner {
+            let (Some(service), Some(backend), Some(protocols)) = (
+                self.pool.get_service_by_name(svc_name),
+                self.backends.by_name.get(backend_name),
+                self.backends.exposed.get(backend_name),
+            ) else {
+                continue;
+            };
+            for method in service.methods().filter(|m| !m.is_client_streaming()) {
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                let mut verbs = vec!["POST"];
+                if protocols.connect && no_side_effects(&method) && !method.is_server_streaming() {
+                    verbs.push("GET");
+                }
+                for verb in verbs {
+                    let spec = RouteSpec {
+                        edge: self.edge.rpc_route(self.file, verb, &path),
+                        method: verb.to_owned(),
+                        path: path.clone(),
+                        grpc: method.clone(),
+                        backend: Some(backend.clone()),
+                        body: Some("*"),
+                        response_body: None,
+                        timeout: backend.timeout,
+                        forward_headers: self.forward_headers.to_vec(),
+                        retry_on: None,
+                        shape: Default::default(),
+                        source: RouteSource::Rpc {
+                            backend: backend_name.clone(),
+                        },
+                    };
+                    let name = format!("{} (backends.{backend_name}.expose)", method.full_name());
+                    let compiled =
+                        compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
+                            errors.push(ConfigError::new(
+                                self.descriptors_dir,
+                                None,
+                                format!("{name} {field}"),
+                                msg,
+                            ));
+                        });
+                    let Some(mut route) = compiled else { continue };
+                    // GET is Connect's form only.
+                    route.rpc = match verb {
+                        "GET" => Protocols {
+                            grpc_web: false,
+                            connect: true,
+                        },
+                        _ => *protocols,
+                    };
+                    let route = Arc::new(route);
+                    match table
+                        .matcher
+                        .insert(&route.method, &route.template, route.clone())
+                    {
+                        Ok(()) => table.routes.push(route),
+                        Err(c) => errors.push(ConfigError::new(
+                            &self.file.path,
+                            None,
+                            format!("backends.{backend_name}.expose"),
+                            format!(
+                                "{} {} is already bound by {} ({} {})",
+                                route.method,
+                                route.template,
+                                c.existing.source,
+                                c.existing.method,
+                                c.existing.template
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
     }
 
     /// One `[[routes]]` entry: resolved, given its edge policy, compiled and
@@ -1147,7 +1316,19 @@ fn assemble(
         forward_headers: spec.forward_headers,
         retry_on: spec.retry_on,
         edge: spec.edge,
+        rpc: Protocols::default(),
     })
+}
+
+/// Whether a method is marked `option idempotency_level = NO_SIDE_EFFECTS`
+/// (field 34 of MethodOptions), which Connect requires of methods it calls
+/// with GET.
+fn no_side_effects(method: &MethodDescriptor) -> bool {
+    let options = method.options();
+    options
+        .get_field_by_name("idempotency_level")
+        .and_then(|v| v.as_enum_number())
+        == Some(1)
 }
 
 #[cfg(test)]

@@ -104,7 +104,10 @@ rate = 1000
 burst = 1000
 "#
     );
-    let routes = r#"
+    // The first line belongs to [backends.echo]: its methods are served to
+    // gRPC-Web and Connect clients too, under the same [cors].
+    let routes = r#"expose = ["grpc-web", "connect"]
+
 [[routes]]
 method = "GET"
 path = "/v1/echo"
@@ -131,11 +134,14 @@ cors = { enabled = false }
       ["simple_get", gw + "/v1/echo?stringField=simple", {}],
       ["header_not_allowed", gw + "/v1/echo", {method: "POST", headers: {"content-type": "application/json", "x-not-allowed": "1"}, body: "{}"}],
       ["method_not_bound", gw + "/v1/echo", {method: "PUT", headers: {"content-type": "application/json"}, body: "{}"}],
-      ["route_without_cors", gw + "/v1/private", {}]
+      ["route_without_cors", gw + "/v1/private", {}],
+      ["connect_unary", gw + "/testing.v1.Echo/Echo", {method: "POST", headers: {"content-type": "application/json", "connect-protocol-version": "1", "connect-timeout-ms": "5000"}, body: JSON.stringify({stringField: "over-connect"})}],
+      ["grpc_web_unary", gw + "/testing.v1.Echo/Echo", {method: "POST", headers: {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", "x-user-agent": "grpc-web-javascript/0.1"}, body: new Uint8Array([0, 0, 0, 0, 4, 0x52, 2, 104, 105])}]
     ]"#;
     let evil_calls = r#"[
       ["post_with_custom_header", gw + "/v1/echo", {method: "POST", headers: {"content-type": "application/json", "x-custom": "1"}, body: "{}"}],
-      ["simple_get", gw + "/v1/echo?stringField=evil", {}]
+      ["simple_get", gw + "/v1/echo?stringField=evil", {}],
+      ["connect_unary", gw + "/testing.v1.Echo/Echo", {method: "POST", headers: {"content-type": "application/json", "connect-protocol-version": "1"}, body: "{}"}]
     ]"#;
     app.set(
         "/index.html",
@@ -208,6 +214,20 @@ cors = { enabled = false }
         "{post}"
     );
     assert_eq!(get(&app_report, "simple_get")["status"], 200);
+    // gRPC-Web and Connect from the page: their protocol headers are
+    // allowed though [cors] lists only content-type and x-custom.
+    let connect = get(&app_report, "connect_unary");
+    assert_eq!(connect["status"], 200, "{connect}");
+    assert!(
+        connect["body"].as_str().unwrap().contains("over-connect"),
+        "{connect}"
+    );
+    let grpc_web = get(&app_report, "grpc_web_unary");
+    assert_eq!(grpc_web["status"], 200, "{grpc_web}");
+    assert!(
+        grpc_web["body"].as_str().unwrap().contains("grpc-status:0"),
+        "{grpc_web}"
+    );
     // Refused by the browser: a header the preflight did not allow, a
     // method no route binds (no grant), a route with CORS off.
     for name in [
@@ -219,7 +239,7 @@ cors = { enabled = false }
         assert_eq!(r["ok"], false, "the browser allowed {name}: {r}");
     }
     // The other origin gets nothing it can read.
-    for name in ["post_with_custom_header", "simple_get"] {
+    for name in ["post_with_custom_header", "simple_get", "connect_unary"] {
         let r = get(&evil_report, name);
         assert_eq!(
             r["ok"], false,
@@ -229,5 +249,5 @@ cors = { enabled = false }
     // What reached the backend: the two allowed calls, plus the simple GETs
     // (a browser sends those without asking, and hides the answer); never a
     // call whose preflight was refused.
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
 }

@@ -52,7 +52,9 @@ fn check_accepts_the_repository_config() {
         text(&out.stderr)
     );
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("ok (11 routes, 1 backends"), "{stdout}");
+    // 10 routes in the file, 1 from an annotation, 11 exposed to gRPC-Web
+    // and Connect clients (10 methods over POST, GetShelf also over GET).
+    assert!(stdout.contains("ok (22 routes, 1 backends"), "{stdout}");
 }
 
 #[test]
@@ -237,7 +239,25 @@ fn routes_prints_each_route_with_its_source() {
         ann.contains("google.api.http on example.bookstore.v1.Bookstore.ListShelves"),
         "{ann}"
     );
-    assert_eq!(lines.len(), 1 + 10 + 1, "{stdout}");
+    // The methods the backend exposes, with their protocols: every unary
+    // and server-streaming one over POST, GetShelf (no side effects) also
+    // over Connect's GET; ImportBooks (client streaming) not at all.
+    let exposed: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("backends.bookstore.expose"))
+        .collect();
+    assert_eq!(exposed.len(), 11, "{stdout}");
+    assert!(exposed
+        .iter()
+        .all(|l| l.contains("/example.bookstore.v1.Bookstore/")));
+    assert!(exposed
+        .iter()
+        .any(|l| l.starts_with("GET") && l.contains("GetShelf") && l.contains(" connect ")));
+    assert!(exposed.iter().any(|l| l.starts_with("POST")
+        && l.contains("StreamBooks")
+        && l.contains("grpc-web,connect")));
+    assert!(!exposed.iter().any(|l| l.contains("ImportBooks")));
+    assert_eq!(lines.len(), 1 + 10 + 1 + 11, "{stdout}");
 }
 
 fn sigterm(child: &tokio::process::Child) {

@@ -412,10 +412,12 @@ async fn broken_config_keeps_old_snapshot_and_admin_shows_the_error() {
     let failed_before = gw.gw.reload.failed.load(Ordering::Relaxed);
     std::fs::write(&config, &good).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    write_atomically(
-        &proto,
-        &original.replace("rpc GetShelf(GetShelfRequest) returns (Shelf);", ""),
+    let get_shelf = "rpc GetShelf(GetShelfRequest) returns (Shelf) {\n    option idempotency_level = NO_SIDE_EFFECTS;\n  }";
+    assert!(
+        original.contains(get_shelf),
+        "bookstore.proto changed its GetShelf"
     );
+    write_atomically(&proto, &original.replace(get_shelf, ""));
     let start_wait = Instant::now();
     while gw.gw.reload.failed.load(Ordering::Relaxed) == failed_before {
         assert!(

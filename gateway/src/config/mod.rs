@@ -421,6 +421,15 @@ pub struct BackendConfig {
     /// concurrency. On by default, with the defaults below.
     #[schemars(with = "Option<CircuitBreakerConfig>")]
     pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
+    /// Also serve the unary and server-streaming methods of `services` at
+    /// `/<package.Service>/<Method>` to clients generated from the same
+    /// .proto files: `"grpc-web"` (gRPC-Web, binary and base64 text) and
+    /// `"connect"` (the Connect protocol, version 1). The edge policies
+    /// apply to these calls as to REST routes: `[auth] default`,
+    /// `[rate_limits] default` and `[cors]`. None by default.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub expose: Vec<Spanned<String>>,
 }
 
 /// `consul = { service = "users", tags = ["grpc"], datacenter = "dc1" }`.

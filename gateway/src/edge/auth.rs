@@ -90,7 +90,10 @@ where
                     }
                     inner.call(Request::from_parts(parts, body)).await
                 }
-                Err(e) => Ok(e.into_response()),
+                Err(e) => {
+                    let req = Request::from_parts(parts, body);
+                    super::layer::refuse_after_body(req, e.into_response()).await
+                }
             }
         }))
     }

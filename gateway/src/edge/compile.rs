@@ -956,6 +956,17 @@ impl Edge {
     }
 
     /// The edge policy of a route from a google.api.http annotation: the defaults.
+    /// The edge policy of a route a backend exposes to gRPC-Web and Connect
+    /// clients: an annotation route's, with `[cors]` widened to the headers
+    /// those protocols send and read.
+    pub fn rpc_route(&self, file: &LoadedFile, method: &str, path: &str) -> RouteEdge {
+        let mut edge = self.annotation_route(file, method, path);
+        edge.cors = edge
+            .cors
+            .and_then(|c| c.for_rpc().ok().map(std::sync::Arc::new));
+        edge
+    }
+
     pub fn annotation_route(&self, file: &LoadedFile, method: &str, path: &str) -> RouteEdge {
         RouteEdge {
             auth: RouteAuth {

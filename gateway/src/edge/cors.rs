@@ -168,7 +168,59 @@ impl std::fmt::Debug for CorsPolicy {
     }
 }
 
+/// Request headers gRPC-Web and Connect clients send, allowed on the routes
+/// at `/<package.Service>/<Method>` whatever `[cors]` lists.
+pub const RPC_ALLOWED_HEADERS: &[&str] = &[
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
+    "grpc-accept-encoding",
+    "grpc-encoding",
+];
+
+/// Response headers those clients read, exposed on the same routes.
+pub const RPC_EXPOSED_HEADERS: &[&str] = &[
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "grpc-encoding",
+    "connect-content-encoding",
+    "ratelimit",
+    "ratelimit-policy",
+    "retry-after",
+];
+
 impl CorsPolicy {
+    /// This policy with the headers gRPC-Web and Connect clients need
+    /// added, so operators need not list them (where a list says `*`, it
+    /// stays `*`).
+    pub fn for_rpc(&self) -> Result<CorsPolicy, String> {
+        let with = |list: &[String], extra: &[&str]| -> Vec<String> {
+            let mut out = list.to_vec();
+            if !out.iter().any(|h| h == "*") {
+                for h in extra {
+                    if !out.iter().any(|o| o.eq_ignore_ascii_case(h)) {
+                        out.push((*h).to_owned());
+                    }
+                }
+            }
+            out
+        };
+        CorsPolicy::new(
+            self.origins.clone(),
+            self.methods.clone(),
+            with(&self.allowed_headers, RPC_ALLOWED_HEADERS),
+            with(&self.exposed_headers, RPC_EXPOSED_HEADERS),
+            self.credentials,
+            self.max_age,
+        )
+    }
+
     /// Checks the combination before tower-http sees it: its layer panics
     /// on combinations such as credentials with a wildcard origin.
     pub fn new(

@@ -171,3 +171,40 @@ impl<S: Clone, P, R> Policed<S, P, R> {
         std::mem::replace(&mut self.inner, fresh)
     }
 }
+
+/// How much of a refused request's body is read before the refusal is
+/// sent, and for how long at most.
+const LINGER_BYTES: u64 = 64 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `refusal`, sent once the refused request's body has arrived (when it is
+/// small): a client still writing its body when the answer comes and the
+/// connection closes would see a broken pipe instead of the answer (typed
+/// clients send the body after the head). Bodies over 64 KiB are not
+/// waited for.
+pub fn refuse_after_body(req: http::Request<Body>, refusal: Response<Body>) -> BoxFut {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
+    if declared.is_none_or(|n| n == 0 || n > LINGER_BYTES) && !chunked {
+        return Box::pin(std::future::ready(Ok(refusal)));
+    }
+    Box::pin(async move {
+        use http_body_util::BodyExt as _;
+        let mut body = req.into_body();
+        let mut read = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        Ok(refusal)
+    })
+}

@@ -470,7 +470,10 @@ where
 {
     type Response = http::Response<axum::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = super::layer::OnResponse<S::Future, Option<Report>>;
+    type Future = futures_util::future::Either<
+        super::layer::OnResponse<S::Future, Option<Report>>,
+        super::layer::BoxFut,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -485,16 +488,17 @@ where
             let report = check_route(edge, view.policy()?, self.policy, &req)?;
             Some((report, edge.rate_limits.legacy_headers))
         });
+        use futures_util::future::Either;
         match checked {
-            None => super::layer::OnResponse::inner(self.inner.call(req), None),
-            Some(((fields, Ok(())), legacy)) => super::layer::OnResponse::inner(
+            None => Either::Left(super::layer::OnResponse::inner(self.inner.call(req), None)),
+            Some(((fields, Ok(())), legacy)) => Either::Left(super::layer::OnResponse::inner(
                 self.inner.call(req),
                 Some(Report { fields, legacy }),
-            ),
+            )),
             Some(((fields, Err(e)), legacy)) => {
                 let mut resp = e.into_response();
                 fields.write(legacy, &mut resp);
-                super::layer::OnResponse::answer(resp)
+                Either::Right(super::layer::refuse_after_body(req, resp))
             }
         }
     }

@@ -106,7 +106,16 @@ pub fn document(snap: &Snapshot) -> Value {
     let mut op_ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
 
-    for group in paths::group(&snap.routes) {
+    // Methods exposed to gRPC-Web and Connect clients are not REST
+    // operations (their requests and errors are those protocols' own); the
+    // document lists them under `x-grpc-protocols` instead.
+    let rest: Vec<std::sync::Arc<crate::snapshot::Route>> = snap
+        .routes
+        .iter()
+        .filter(|r| !r.rpc.any())
+        .cloned()
+        .collect();
+    for group in paths::group(&rest) {
         let path = group.layout.path();
         let item = paths_out.entry(path).or_default();
         for route in &group.routes {
@@ -199,13 +208,31 @@ pub fn document(snap: &Snapshot) -> Value {
             }
         }
     });
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": info,
         "tags": tags,
         "paths": paths_out,
         "components": components,
-    })
+    });
+    let rpc: Vec<Value> = snap
+        .routes
+        .iter()
+        .filter(|r| r.rpc.any() && r.method == "POST")
+        .map(|r| {
+            let get = snap.matcher.allowed_methods(&r.label).contains(&"GET");
+            json!({
+                "method": &*r.grpc_label,
+                "path": &*r.label,
+                "protocols": r.rpc.names(),
+                "connect_get": get,
+            })
+        })
+        .collect();
+    if !rpc.is_empty() {
+        doc["x-grpc-protocols"] = Value::Array(rpc);
+    }
+    doc
 }
 
 /// The key of an operation in its path item. Custom HTTP methods have no

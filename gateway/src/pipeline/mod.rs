@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tonic::Code;
 
+pub mod rpc;
 mod stream;
 
 use crate::edge::auth::Authenticate;
@@ -287,7 +288,7 @@ where
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
-    type Future = OnResponse<S::Future, Option<Labels>>;
+    type Future = OnResponse<S::Future, Finish>;
 
     fn poll_ready(
         &mut self,
@@ -298,22 +299,47 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let routed = Routed::resolve(self.snapshots.load_full(), &req);
-        let labels = match &routed.outcome {
-            Outcome::Found { route, .. } => Some(Labels(route.clone())),
-            _ => None,
+        let (route, protocol) = match &routed.outcome {
+            Outcome::Found { route, .. } => (
+                Some(route.clone()),
+                route
+                    .rpc
+                    .any()
+                    .then(|| rpc::Protocol::of(&req, route.rpc))
+                    .flatten(),
+            ),
+            _ => (None, None),
+        };
+        // How this request's errors are written, whichever stage fails it.
+        let format = match protocol {
+            Some(p) => {
+                req.extensions_mut().insert(p);
+                p.format()
+            }
+            None if crate::error::wants_problem(req.headers()) => crate::error::Format::Problem,
+            None => crate::error::Format::Json,
         };
         req.extensions_mut().insert(routed);
-        OnResponse::inner(self.inner.call(req), labels)
+        OnResponse::inner(self.inner.call(req), Finish { route, format })
     }
 }
 
-/// The matched route's names and metric handles, for the access log and
-/// metrics of whatever answer the request gets, refusals included.
-pub struct Labels(Arc<Route>);
+/// What the route stage adds to whatever answer the request gets,
+/// refusals included: the matched route's names and metric handles for the
+/// access log and metrics, and errors written in the request's format
+/// (problem+json, gRPC-Web, Connect), the one place that decides it.
+pub struct Finish {
+    route: Option<Arc<Route>>,
+    format: crate::error::Format,
+}
 
-impl Annotate for Labels {
+impl Annotate for Finish {
     fn annotate(self, resp: &mut Response<Body>) {
-        let route = &self.0;
+        if self.format != crate::error::Format::Json && resp.extensions().get::<Error>().is_some() {
+            let taken = std::mem::take(resp);
+            *resp = crate::error::render(self.format, taken);
+        }
+        let Some(route) = &self.route else { return };
         let info = crate::edge::layer::info(resp);
         info.route = Some(route.label.clone());
         info.grpc_method = Some(route.grpc_label.clone());
@@ -407,7 +433,6 @@ async fn handle(
     mut cut: tokio::sync::watch::Receiver<bool>,
     req: http::Request<Body>,
 ) -> Response<Body> {
-    let problem = crate::error::wants_problem(req.headers());
     // What the access log and metrics need to know, filled in as we go.
     let mut info = RequestInfo::default();
     // Every request watches for the end of the drain, so that one cut there
@@ -421,7 +446,7 @@ async fn handle(
         info.drain_aborted = true;
         Error::ShuttingDown.into_response()
     });
-    let mut resp = crate::error::negotiate(problem, resp);
+    let mut resp = resp;
     // A streamed answer names the endpoint that serves it.
     if let Some(u) = resp.extensions().get::<crate::upstream::Attempted>() {
         info.endpoint = Some(u.addr.clone());
@@ -474,6 +499,28 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
     };
 
     let route = &route;
+    if route.rpc.any() {
+        let Some(protocol) = parts.extensions.get::<rpc::Protocol>().copied() else {
+            return Error::UnsupportedMediaType(format!(
+                "{} {} is served over {}; send its content type (e.g. application/grpc-web+proto or application/json)",
+                parts.method,
+                route.label,
+                route.rpc.names().join(" and ")
+            ))
+            .into_response();
+        };
+        info.subject = parts
+            .extensions
+            .get::<crate::edge::jwt::Verified>()
+            .and_then(|v| v.subject().map(str::to_owned));
+        let resp = Box::pin(rpc::answer(snap, route, protocol, &parts, body)).await;
+        info.grpc_code = Some(
+            resp.extensions()
+                .get::<Error>()
+                .map_or(0, |e| e.code() as i32),
+        );
+        return resp;
+    }
     info.subject = parts
         .extensions
         .get::<crate::edge::jwt::Verified>()

@@ -309,6 +309,7 @@ fn write_config(
     backend: &str,
     filler: usize,
     workers: Option<usize>,
+    expose: bool,
 ) -> Result<(PathBuf, u16, u16)> {
     std::fs::create_dir_all(dir.join("descriptors"))?;
     std::fs::write(dir.join("descriptors/bench.proto"), BENCH_PROTO)?;
@@ -316,13 +317,18 @@ fn write_config(
     let mut cfg = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ndescriptors = \"descriptors\"\nwatch = false\nshutdown_delay = \"0s\"\n{}\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
-         [backends.bench]\nendpoints = [\"{backend}\"]\nservices = [\"bench.v1.Bench\"]\n\n\
+         [backends.bench]\nendpoints = [\"{backend}\"]\nservices = [\"bench.v1.Bench\"]\n{}\n\
          [[routes]]\nmethod = \"GET\"\npath = \"/v1/items/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\n\n\
          [[routes]]\nmethod = \"POST\"\npath = \"/v1/items\"\ngrpc = \"bench.v1.Bench/CreateItem\"\nbody = \"*\"\n\n\
          [[routes]]\nmethod = \"GET\"\npath = \"/v1/stream/items\"\ngrpc = \"bench.v1.Bench/ListItems\"\n\n",
         workers
             .map(|n| format!("worker_threads = {n}\n"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if expose {
+            "expose = [\"grpc-web\", \"connect\"]\n"
+        } else {
+            ""
+        }
     );
     for i in 0..filler {
         // Distinct shapes, so the trie really holds `filler` more routes.
@@ -374,6 +380,7 @@ struct HttpCall {
     method: http::Method,
     path: String,
     body: Bytes,
+    content_type: &'static str,
 }
 
 #[derive(Clone)]
@@ -488,7 +495,7 @@ async fn http_load(
                     .method(call.method.clone())
                     .uri(&call.path)
                     .header(http::header::HOST, "bench")
-                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::CONTENT_TYPE, call.content_type)
                     .body(Full::new(call.body.clone()))?;
                 let t = Instant::now();
                 let resp = send.send_request(req).await?;
@@ -571,6 +578,10 @@ struct Scenario {
     name: &'static str,
     http: HttpCall,
     grpc: GrpcCall,
+    /// Over gRPC-Web or Connect (`expose`): not run on a `--baseline`
+    /// binary, which may predate them; compared with this build's small
+    /// GET instead.
+    rpc: bool,
 }
 
 fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
@@ -602,6 +613,14 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
     );
     list_msg.set_field_by_name("count", Value::I32(STREAMED));
     let (body_1k, msg_1k) = body_of(1024)?;
+    // One enveloped GetItemRequest: flags, length, message.
+    let grpc_web_body = {
+        let msg = prost::Message::encode_to_vec(&get_msg);
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(&msg);
+        Bytes::from(out)
+    };
     let (body_64k, msg_64k) = body_of(64 * 1024)?;
     let get_path = http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem");
     let create_path = http::uri::PathAndQuery::from_static("/bench.v1.Bench/CreateItem");
@@ -612,6 +631,39 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 method: http::Method::GET,
                 path: "/v1/items/12345".into(),
                 body: Bytes::new(),
+                content_type: "application/json",
+            },
+            grpc: GrpcCall {
+                path: get_path.clone(),
+                message: get_msg.clone(),
+                reply: item.clone(),
+                streaming: false,
+            },
+            rpc: false,
+        },
+        Scenario {
+            name: "gRPC-Web unary",
+            http: HttpCall {
+                method: http::Method::POST,
+                path: "/bench.v1.Bench/GetItem".into(),
+                body: grpc_web_body,
+                content_type: "application/grpc-web+proto",
+            },
+            grpc: GrpcCall {
+                path: get_path.clone(),
+                message: get_msg.clone(),
+                reply: item.clone(),
+                streaming: false,
+            },
+            rpc: true,
+        },
+        Scenario {
+            name: "Connect unary",
+            http: HttpCall {
+                method: http::Method::POST,
+                path: "/bench.v1.Bench/GetItem".into(),
+                body: Bytes::from_static(br#"{"id":"12345"}"#),
+                content_type: "application/json",
             },
             grpc: GrpcCall {
                 path: get_path,
@@ -619,6 +671,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 reply: item.clone(),
                 streaming: false,
             },
+            rpc: true,
         },
         Scenario {
             name: format_leak(&format!("POST {} B", body_1k.len())),
@@ -626,6 +679,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 method: http::Method::POST,
                 path: "/v1/items".into(),
                 body: body_1k,
+                content_type: "application/json",
             },
             grpc: GrpcCall {
                 path: create_path.clone(),
@@ -633,6 +687,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 reply: item.clone(),
                 streaming: false,
             },
+            rpc: false,
         },
         Scenario {
             name: format_leak(&format!("POST {} B", body_64k.len())),
@@ -640,6 +695,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 method: http::Method::POST,
                 path: "/v1/items".into(),
                 body: body_64k,
+                content_type: "application/json",
             },
             grpc: GrpcCall {
                 path: create_path,
@@ -647,6 +703,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 reply: item.clone(),
                 streaming: false,
             },
+            rpc: false,
         },
         Scenario {
             name: format_leak(&format!("stream {STREAMED} items")),
@@ -654,6 +711,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 method: http::Method::GET,
                 path: format!("/v1/stream/items?count={STREAMED}"),
                 body: Bytes::new(),
+                content_type: "application/json",
             },
             grpc: GrpcCall {
                 path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/ListItems"),
@@ -661,6 +719,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 reply: item,
                 streaming: true,
             },
+            rpc: false,
         },
     ])
 }
@@ -715,7 +774,8 @@ async fn run_bench(opts: Options) -> Result<()> {
         .connect()
         .await?;
     let work = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
-    let (config, port, admin) = write_config(&work.join("small"), &backend_addr, 8, opts.workers)?;
+    let (config, port, admin) =
+        write_config(&work.join("small"), &backend_addr, 8, opts.workers, true)?;
     let gw = start_gateway(&bin, &config, admin).await?;
     let rss_idle = vm(gw.0.id(), "VmRSS:")?;
     eprintln!(
@@ -726,8 +786,13 @@ async fn run_bench(opts: Options) -> Result<()> {
     );
     let base = match &opts.baseline {
         Some(path) => {
-            let (config, port, admin) =
-                write_config(&work.join("baseline"), &backend_addr, 8, opts.workers)?;
+            let (config, port, admin) = write_config(
+                &work.join("baseline"),
+                &backend_addr,
+                8,
+                opts.workers,
+                false,
+            )?;
             let proc = start_gateway(path, &config, admin).await?;
             let rss = vm(proc.0.id(), "VmRSS:")?;
             eprintln!(
@@ -756,7 +821,8 @@ async fn run_bench(opts: Options) -> Result<()> {
         let mut direct_runs = Vec::new();
         // Warm both paths (connections, allocator, caches).
         gateway_run(&gw, port, &s.http, Duration::from_millis(500), None, ticks).await?;
-        if let Some((b, bport, _)) = &base {
+        let base = base.as_ref().filter(|_| !s.rpc);
+        if let Some((b, bport, _)) = base {
             gateway_run(b, *bport, &s.http, Duration::from_millis(500), None, ticks).await?;
         }
         grpc_load(
@@ -772,7 +838,7 @@ async fn run_bench(opts: Options) -> Result<()> {
                 "gateway",
                 gateway_run(&gw, port, &s.http, dur, None, ticks).await?,
             ));
-            if let Some((b, bport, _)) = &base {
+            if let Some((b, bport, _)) = base {
                 base_runs.push(progress(
                     "baseline",
                     gateway_run(b, *bport, &s.http, dur, None, ticks).await?,
@@ -817,8 +883,13 @@ async fn run_bench(opts: Options) -> Result<()> {
     // 10,000 routes against 10 (the gateway above), alternating runs so the
     // same noise hits both; then memory with 1,000 idle keep-alive
     // connections on the large one.
-    let (config, port_10k, admin) =
-        write_config(&work.join("large"), &backend_addr, 10_000 - 3, opts.workers)?;
+    let (config, port_10k, admin) = write_config(
+        &work.join("large"),
+        &backend_addr,
+        10_000 - 3,
+        opts.workers,
+        false,
+    )?;
     let gw_10k = start_gateway(&bin, &config, admin).await?;
     let rss_10k = vm(gw_10k.0.id(), "VmRSS:")?;
     let warm = Duration::from_millis(500);
@@ -881,6 +952,22 @@ async fn run_bench(opts: Options) -> Result<()> {
         "small GET at {half:.0} req/s (half the gateway max): gateway p99 {:.0} us, direct p99 {:.0} us, added {:.0} us",
         paced_gw.p99_us, paced_direct.p99_us, added_p99
     );
+    let cpu_of = |name: &str| {
+        table
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .and_then(|(_, g, _)| g.gateway_cpu_us_per_req)
+    };
+    if let Some(get) = cpu_of("small GET") {
+        for name in ["gRPC-Web unary", "Connect unary"] {
+            if let Some(cpu) = cpu_of(name) {
+                println!(
+                    "{name}: {cpu:.1} us CPU/req, {:+.1}% against the REST small GET's {get:.1} us (same run)",
+                    (cpu / get - 1.0) * 100.0
+                );
+            }
+        }
+    }
     println!(
         "small GET with 10,000 routes: {:.0} req/s vs {:.0} with 10 routes (medians); median of {pairs} paired runs {:+.1}%",
         ten_k.rps,
