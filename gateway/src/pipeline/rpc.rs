@@ -27,7 +27,6 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response};
 use http_body::Frame;
-use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 
 use crate::error::{envelope, Error, Format, END_STREAM};
@@ -68,16 +67,17 @@ impl Protocol {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default();
+            .map_or("", |v| v.split(';').next().unwrap_or("").trim());
+        // Media types are case-insensitive; clients send them in lower case.
+        let lower;
+        let media = if media.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = media.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            media
+        };
         if rpc.grpc_web {
-            match media.as_str() {
+            match media {
                 "application/grpc-web" | "application/grpc-web+proto" => {
                     return Some(Protocol::GrpcWeb {
                         text: false,
@@ -115,7 +115,7 @@ impl Protocol {
                 }),
             };
         }
-        match media.as_str() {
+        match media {
             "application/json" => Some(Protocol::Connect {
                 codec: Codec::Json,
                 get: false,
@@ -323,14 +323,15 @@ fn not_metadata(name: &str) -> bool {
 /// `Grpc-Metadata-*`), plus the headers a typed client sends as metadata,
 /// under their own names, as gRPC-Web and Connect define.
 fn metadata(headers: &HeaderMap, forward: &[http::HeaderName]) -> Result<MetadataMap, Error> {
-    let mut all: Vec<http::HeaderName> = forward.to_vec();
-    for name in headers.keys() {
-        if !not_metadata(name.as_str()) && !all.contains(name) {
-            all.push(name.clone());
-        }
-    }
-    crate::transcode::metadata::request_metadata(headers, &all)
-        .map_err(|e| Error::BadRequest(e.to_string()))
+    let extra = |name: &http::HeaderName| !not_metadata(name.as_str()) && !forward.contains(name);
+    let md = if headers.keys().any(extra) {
+        let mut all: Vec<http::HeaderName> = forward.to_vec();
+        all.extend(headers.keys().filter(|n| extra(n)).cloned());
+        crate::transcode::metadata::request_metadata(headers, &all)
+    } else {
+        crate::transcode::metadata::request_metadata(headers, forward)
+    };
+    md.map_err(|e| Error::BadRequest(e.to_string()))
 }
 
 /// The encoded request message, read in the protocol's form.
@@ -431,14 +432,8 @@ fn one_message(bytes: &[u8], what: &str) -> Result<Bytes, Error> {
 
 /// A reply message as JSON, as REST routes render it.
 fn render_json(snap: &Snapshot, route: &Route, raw: &[u8]) -> Result<Vec<u8>, Error> {
-    let msg = DynamicMessage::decode(route.plan.output.clone(), raw).map_err(|e| {
-        Error::BadGateway(format!(
-            "the backend's reply is not a valid {}: {e}",
-            route.plan.output.full_name()
-        ))
-    })?;
-    crate::transcode::encode_reply(&msg, None, &snap.transcode.encode)
-        .map_err(|e| Error::Internal(e.message))
+    crate::transcode::response::message_json(&snap.transcode, &route.plan, raw)
+        .map_err(|e| Error::BadGateway(e.message))
 }
 
 /// A query parameter, percent-decoded.
@@ -601,7 +596,7 @@ async fn stream(
         messages: reply.messages,
         grpc_web: matches!(protocol, Protocol::GrpcWeb { .. }),
         text,
-        json: json.then(|| (route.plan.output.clone(), snap.transcode.encode.clone())),
+        json: json.then(|| (route.plan.clone(), snap.transcode.clone())),
         pool: snap.transcode.pool.clone(),
         done: false,
     };
@@ -620,10 +615,10 @@ struct Framed {
     messages: crate::upstream::ReplyStream,
     grpc_web: bool,
     text: bool,
-    /// For `application/connect+json`: the reply type and how to render it.
+    /// For JSON messages: the route's plan and the transcoding settings.
     json: Option<(
-        prost_reflect::MessageDescriptor,
-        prost_reflect::SerializeOptions,
+        std::sync::Arc<crate::transcode::Plan>,
+        crate::transcode::Settings,
     )>,
     pool: prost_reflect::DescriptorPool,
     done: bool,
@@ -633,18 +628,10 @@ impl Framed {
     fn message(&self, raw: Bytes) -> Result<Bytes, Error> {
         let data = match &self.json {
             None => raw,
-            Some((desc, opts)) => {
-                let msg = DynamicMessage::decode(desc.clone(), raw).map_err(|e| {
-                    Error::BadGateway(format!(
-                        "the backend's reply is not a valid {}: {e}",
-                        desc.full_name()
-                    ))
-                })?;
-                Bytes::from(
-                    crate::transcode::encode_reply(&msg, None, opts)
-                        .map_err(|e| Error::Internal(e.message))?,
-                )
-            }
+            Some((plan, settings)) => Bytes::from(
+                crate::transcode::response::message_json(settings, plan, &raw)
+                    .map_err(|e| Error::BadGateway(e.message))?,
+            ),
         };
         Ok(envelope(0, &data))
     }

@@ -34,6 +34,30 @@ pub fn answer(settings: &Settings, plan: &Plan, md: &MetadataMap, raw: &[u8]) ->
     answer_message(settings, plan, md, &msg)
 }
 
+/// A reply message's JSON, without the route's shaping: straight from the
+/// wire bytes where the route's fast path takes the type, else through a
+/// `DynamicMessage` (for gRPC-Web and Connect clients, whose messages are
+/// the method's own).
+pub fn message_json(
+    settings: &Settings,
+    plan: &Plan,
+    raw: &[u8],
+) -> Result<Vec<u8>, TranscodeError> {
+    if let Some(direct) = &plan.fast.reply {
+        let mut json = Vec::with_capacity(raw.len() * 2 + 64);
+        if direct.write(raw, &mut json).is_ok() {
+            return Ok(json);
+        }
+    }
+    let msg = DynamicMessage::decode(plan.output.clone(), raw).map_err(|e| {
+        TranscodeError::new(format!(
+            "the backend's reply is not a valid {}: {e}",
+            plan.output.full_name()
+        ))
+    })?;
+    encode_reply(&msg, None, &settings.encode)
+}
+
 fn json_response(body: impl Into<Body>, md: &MetadataMap) -> Response<Body> {
     let mut resp = Response::new(body.into());
     resp.headers_mut().insert(

@@ -98,7 +98,7 @@ fn main() -> Result<()> {
             "--workers" => opts.workers = Some(val()?.parse()?).filter(|n| *n > 0),
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME] [--workers N]"
+                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME[,NAME...]] [--workers N]"
                 );
                 return Ok(());
             }
@@ -756,6 +756,27 @@ fn progress(what: &str, r: RunResult) -> RunResult {
     r
 }
 
+/// The CPU per request of the gRPC-Web and Connect scenarios against the
+/// REST small GET's, measured in the same run.
+fn print_protocol_costs(table: &[(&str, RunResult, RunResult)]) {
+    let cpu_of = |name: &str| {
+        table
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .and_then(|(_, g, _)| g.gateway_cpu_us_per_req)
+    };
+    if let Some(get) = cpu_of("small GET") {
+        for name in ["gRPC-Web unary", "Connect unary"] {
+            if let Some(cpu) = cpu_of(name) {
+                println!(
+                    "{name}: {cpu:.1} us CPU/req, {:+.1}% against the REST small GET's {get:.1} us (same run)",
+                    (cpu / get - 1.0) * 100.0
+                );
+            }
+        }
+    }
+}
+
 /// Median of the runs by rps (robust to one noisy run).
 fn median(mut runs: Vec<RunResult>) -> RunResult {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -812,7 +833,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         if opts
             .only
             .as_ref()
-            .is_some_and(|o| !s.name.contains(o.as_str()))
+            .is_some_and(|o| !o.split(',').any(|part| s.name.contains(part)))
         {
             continue;
         }
@@ -869,6 +890,7 @@ async fn run_bench(opts: Options) -> Result<()> {
     if opts.only.is_some() {
         println!("\nthis build ({rss_idle:.1} MiB resident after start):");
         let rows = print_table(&table);
+        print_protocol_costs(&table);
         return write_report(&opts, rows, base_rows, json!({}));
     }
 
@@ -952,22 +974,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         "small GET at {half:.0} req/s (half the gateway max): gateway p99 {:.0} us, direct p99 {:.0} us, added {:.0} us",
         paced_gw.p99_us, paced_direct.p99_us, added_p99
     );
-    let cpu_of = |name: &str| {
-        table
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .and_then(|(_, g, _)| g.gateway_cpu_us_per_req)
-    };
-    if let Some(get) = cpu_of("small GET") {
-        for name in ["gRPC-Web unary", "Connect unary"] {
-            if let Some(cpu) = cpu_of(name) {
-                println!(
-                    "{name}: {cpu:.1} us CPU/req, {:+.1}% against the REST small GET's {get:.1} us (same run)",
-                    (cpu / get - 1.0) * 100.0
-                );
-            }
-        }
-    }
+    print_protocol_costs(&table);
     println!(
         "small GET with 10,000 routes: {:.0} req/s vs {:.0} with 10 routes (medians); median of {pairs} paired runs {:+.1}%",
         ten_k.rps,
