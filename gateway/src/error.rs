@@ -769,6 +769,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grpc_web_and_connect_errors_carry_code_message_and_details() {
+        let e = Error::InvalidFields {
+            message: "bad request: 100% wrong".into(),
+            violations: vec![FieldViolation {
+                field: "name".into(),
+                description: "required".into(),
+            }],
+        };
+        // gRPC-Web: a trailers-only answer, HTTP 200, the message
+        // percent-encoded, the details as base64 google.rpc.Status.
+        let resp = render(
+            Format::GrpcWeb {
+                content_type: "application/grpc-web+proto",
+            },
+            e.clone().into_response(),
+        );
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "3");
+        assert_eq!(resp.headers()["grpc-message"], "bad request: 100%25 wrong");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/grpc-web+proto"
+        );
+        use base64::Engine as _;
+        let bin = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(resp.headers()["grpc-status-details-bin"].as_bytes())
+            .unwrap();
+        let status = <StatusProto as prost::Message>::decode(&bin[..]).unwrap();
+        assert_eq!(status.code, 3);
+        assert_eq!(
+            status.details[0].type_url,
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
+        // Connect: its error JSON, with the HTTP status of the code.
+        let resp = render(Format::Connect, e.clone().into_response());
+        assert_eq!(resp.status(), 400);
+        let v = body_json(resp).await;
+        assert_eq!(v["code"], "invalid_argument");
+        assert_eq!(v["message"], "bad request: 100% wrong");
+        assert_eq!(v["details"][0]["type"], "google.rpc.BadRequest");
+        assert!(v["details"][0]["value"].is_string());
+        // A Connect stream: HTTP 200 and one end-of-stream envelope.
+        let resp = render(Format::ConnectStream { json: true }, e.into_response());
+        assert_eq!(resp.status(), 200);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes[0], END_STREAM);
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        let end: serde_json::Value = serde_json::from_slice(&bytes[5..5 + len]).unwrap();
+        assert_eq!(end["error"]["code"], "invalid_argument");
+    }
+
+    #[tokio::test]
     async fn problem_json_is_chosen_by_accept_and_keeps_code_and_details() {
         let mut h = HeaderMap::new();
         assert!(!wants_problem(&h));

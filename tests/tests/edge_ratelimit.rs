@@ -243,6 +243,32 @@ async fn subject_keys_count_per_verified_subject_after_authentication() {
 }
 
 #[tokio::test]
+async fn refusals_by_the_edge_layers_come_as_problem_json_when_asked() {
+    let (gw, _) = start("").await;
+    let problem = [("accept", "application/problem+json")];
+    get(&gw, "/v1/sub/x", &[]).await.ok();
+    for (path, headers, status) in [
+        // The rate-limit layer after authentication (anonymous: by address)...
+        ("/v1/sub/x", &problem[..], 429u16),
+        // ...and the authentication layer.
+        (
+            "/v1/sub/x",
+            &[
+                ("accept", "application/problem+json"),
+                ("authorization", "Bearer nope"),
+            ][..],
+            401,
+        ),
+    ] {
+        let r = get(&gw, path, headers).await;
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.header("content-type"), "application/problem+json");
+        assert_eq!(r.json["status"], status, "{}", r.text);
+        assert!(r.json["title"].is_string(), "{}", r.text);
+    }
+}
+
+#[tokio::test]
 async fn route_keys_share_one_bucket_per_route_across_clients() {
     let (gw, _) = start("\"127.0.0.1\"").await;
     get(&gw, "/v1/route-a", &[("x-forwarded-for", "192.0.2.1")])
