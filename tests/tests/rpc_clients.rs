@@ -307,7 +307,16 @@ expose = ["grpc-web", "connect"]
             json!({"count": 5, "failAfter": 2, "failCode": 10}),
         ));
     }
+    // The client's deadline bounds the whole stream.
+    for t in ["connect", "grpc-web"] {
+        let mut slow = count(t, json!({"count": 20, "intervalMs": 200}));
+        slow["timeoutMs"] = json!(500);
+        calls.push(slow);
+    }
     let results = run(&gw, &streaming::pool(), Value::Array(calls)).await;
+    for slow in &results[2 * TRANSPORTS.len()..] {
+        assert_eq!(slow["error"]["code"], 4, "{slow}");
+    }
     for (i, t) in TRANSPORTS.iter().enumerate() {
         let ok = &results[2 * i];
         let ticks = ok["ok"].as_array().unwrap_or_else(|| panic!("{t}: {ok}"));

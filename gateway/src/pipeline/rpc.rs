@@ -192,11 +192,40 @@ async fn call(
             )));
         }
     }
-    let timeout = deadline(route, &parts.headers)?;
+    // The method's kind decides which of Connect's forms applies, before
+    // any body byte is read.
+    match (protocol, route.plan.streams_reply()) {
+        (Protocol::Connect { .. }, true) => {
+            return Err(Error::BadRequest(format!(
+                "{} streams its replies: call it with application/connect+json or application/connect+proto",
+                route.grpc_label
+            )))
+        }
+        (Protocol::ConnectStream { .. }, false) => {
+            return Err(Error::BadRequest(format!(
+                "{} is a unary method: call it with application/json or application/proto",
+                route.grpc_label
+            )))
+        }
+        _ => {}
+    }
+    let client_deadline = client_deadline(&parts.headers)?;
+    let timeout = client_deadline.map_or(route.timeout, |c| c.min(route.timeout));
     let metadata = metadata(&parts.headers, &route.forward_headers)?;
     let message = request_message(snap, route, protocol, parts, body).await?;
     if route.plan.streams_reply() {
-        return stream(snap, route, protocol, parts, message, metadata, timeout).await;
+        // The client's deadline bounds the whole stream.
+        let bound = client_deadline.or(route.plan.shaping.stream_timeout);
+        return stream(
+            snap,
+            route,
+            protocol,
+            parts,
+            message,
+            metadata,
+            (timeout, bound),
+        )
+        .await;
     }
     let reply = route
         .backend
@@ -248,12 +277,7 @@ async fn call(
             copy_metadata(&md, resp.headers_mut(), "");
             resp
         }
-        Protocol::ConnectStream { .. } => {
-            return Err(Error::BadRequest(format!(
-                "{} is a unary method: call it with application/json or application/proto",
-                route.grpc_label
-            )))
-        }
+        Protocol::ConnectStream { .. } => unreachable!("refused before the call"),
     };
     if let Some(a) = attempted {
         resp.extensions_mut().insert(a);
@@ -261,9 +285,9 @@ async fn call(
     Ok(resp)
 }
 
-/// The call's deadline: the route's timeout, or the client's
-/// `connect-timeout-ms` / `grpc-timeout` when smaller.
-fn deadline(route: &Route, headers: &HeaderMap) -> Result<Duration, Error> {
+/// The client's deadline, from `connect-timeout-ms` or `grpc-timeout`
+/// (the call's is the route's timeout, or this when smaller).
+fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
     let client = match headers.get("connect-timeout-ms") {
         Some(v) => {
             let ms = v
@@ -282,7 +306,7 @@ fn deadline(route: &Route, headers: &HeaderMap) -> Result<Duration, Error> {
         None => crate::upstream::deadline::client_timeout(headers)
             .map_err(|e| Error::BadRequest(e.to_string()))?,
     };
-    Ok(client.map_or(route.timeout, |c| c.min(route.timeout)))
+    Ok(client)
 }
 
 /// Headers that are the HTTP hop's, the browser's or the protocols' own:
@@ -561,7 +585,7 @@ async fn stream(
     parts: &Parts,
     message: Bytes,
     metadata: MetadataMap,
-    timeout: Duration,
+    (timeout, stream_timeout): (Duration, Option<Duration>),
 ) -> Result<Response<Body>, Error> {
     let opened = route
         .backend
@@ -570,7 +594,7 @@ async fn stream(
             body: RequestBody::One(message),
             metadata,
             timeout,
-            stream_timeout: route.plan.shaping.stream_timeout,
+            stream_timeout,
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
             client_ip: super::client_ip(parts),
@@ -585,12 +609,7 @@ async fn stream(
     let (text, json) = match protocol {
         Protocol::GrpcWeb { text, codec } => (text, codec == Codec::Json),
         Protocol::ConnectStream { codec } => (false, codec == Codec::Json),
-        Protocol::Connect { .. } => {
-            return Err(Error::BadRequest(format!(
-                "{} streams its replies: call it with application/connect+json or application/connect+proto",
-                route.grpc_label
-            )))
-        }
+        Protocol::Connect { .. } => unreachable!("refused before the call"),
     };
     let body = Framed {
         messages: reply.messages,
