@@ -474,6 +474,11 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
     };
 
     let route = &route;
+    // A compressed body is decoded as it is read, whichever path reads it.
+    let body = match crate::encoding::decode::request_body(&mut parts.headers, body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     info.subject = parts
         .extensions
         .get::<crate::edge::jwt::Verified>()
