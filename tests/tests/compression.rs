@@ -1,14 +1,15 @@
 //! Content codings end to end: compressed request bodies on every body path,
-//! a zip bomb refused at the body limit with bounded memory.
+//! a zip bomb refused at the body limit with bounded memory, answers
+//! compressed per Accept-Encoding (streams flushed message by message).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_tests::streaming::{rss_bytes, start};
+use gateway_tests::streaming::{rss_bytes, start, RawStream};
 use gateway_tests::{Reply, TestGateway};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
@@ -31,6 +32,50 @@ fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
         "zstd" => zstd::stream::encode_all(data, 3).unwrap(),
         other => panic!("no coding {other}"),
     }
+}
+
+fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .map(drop),
+        "deflate" => flate2::read::ZlibDecoder::new(data)
+            .read_to_end(&mut out)
+            .map(drop),
+        "br" => brotli::Decompressor::new(data, 4096)
+            .read_to_end(&mut out)
+            .map(drop),
+        "zstd" => zstd::stream::read::Decoder::new(data)
+            .unwrap()
+            .read_to_end(&mut out)
+            .map(drop),
+        other => panic!("no coding {other}"),
+    }
+    .unwrap_or_else(|e| panic!("{coding} answer does not decode: {e}"));
+    out
+}
+
+/// Raw bytes of an answer (reqwest here has no decompression of its own).
+async fn fetch(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut rb = gw.client.request(method, gw.url(path));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if let Some(b) = body {
+        rb = rb.body(b);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.bytes().await.unwrap().to_vec())
 }
 
 #[tokio::test]
@@ -197,4 +242,142 @@ async fn a_compressed_ndjson_client_stream_is_read_line_by_line() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json, json!({"sum": "6", "count": 3}));
+}
+
+#[tokio::test]
+async fn a_large_answer_is_compressed_as_accept_encoding_asks() {
+    let gw = TestGateway::echo("").await;
+    let big = "compressible ".repeat(1000);
+    let req = serde_json::to_vec(&json!({"stringField": big})).unwrap();
+    let ct = ("content-type", "application/json");
+    let (status, headers, identity) =
+        fetch(&gw, "POST", "/v1/echo", &[ct], Some(req.clone())).await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none());
+    let identity: Value = serde_json::from_slice(&identity).unwrap();
+    assert_eq!(identity["stringField"], big);
+    for coding in ["gzip", "br", "zstd"] {
+        let ae = ("accept-encoding", coding);
+        let (status, headers, body) =
+            fetch(&gw, "POST", "/v1/echo", &[ct, ae], Some(req.clone())).await;
+        assert_eq!(status, 200, "{coding}");
+        assert_eq!(headers["content-encoding"], coding);
+        assert!(headers["vary"]
+            .to_str()
+            .unwrap()
+            .contains("accept-encoding"));
+        assert!(body.len() < big.len() / 4, "{coding}: {} bytes", body.len());
+        let decoded: Value = serde_json::from_slice(&decode(coding, &body)).unwrap();
+        assert_eq!(decoded, identity, "{coding}");
+    }
+    // Preference among codings the client rates equally: zstd, br, gzip.
+    let ae = ("accept-encoding", "gzip, deflate, br, zstd");
+    let (_, headers, _) = fetch(&gw, "POST", "/v1/echo", &[ct, ae], Some(req)).await;
+    assert_eq!(headers["content-encoding"], "zstd");
+}
+
+#[tokio::test]
+async fn small_answers_and_clients_without_accept_encoding_get_identity() {
+    let gw = TestGateway::echo("").await;
+    let (status, headers, body) = fetch(
+        &gw,
+        "GET",
+        "/v1/echo?stringField=small",
+        &[("accept-encoding", "gzip, br, zstd")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["stringField"],
+        "small"
+    );
+    // Errors too are small.
+    let (status, headers, _) = fetch(
+        &gw,
+        "GET",
+        "/v1/nowhere",
+        &[("accept-encoding", "gzip")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(headers.get("content-encoding").is_none());
+}
+
+#[tokio::test]
+async fn compression_can_be_turned_off_or_limited_to_some_codings() {
+    let gw = TestGateway::echo("compression = { enabled = false }").await;
+    let big = "x".repeat(5000);
+    let req = serde_json::to_vec(&json!({"stringField": big})).unwrap();
+    let hs = [
+        ("content-type", "application/json"),
+        ("accept-encoding", "gzip"),
+    ];
+    let (_, headers, _) = fetch(&gw, "POST", "/v1/echo", &hs, Some(req.clone())).await;
+    assert!(headers.get("content-encoding").is_none());
+    let gw = TestGateway::echo("compression = { algorithms = [\"gzip\"], min_bytes = 100 }").await;
+    let hs = [
+        ("content-type", "application/json"),
+        ("accept-encoding", "br, gzip;q=0.5"),
+    ];
+    let (_, headers, _) = fetch(&gw, "POST", "/v1/echo", &hs, Some(req)).await;
+    assert_eq!(headers["content-encoding"], "gzip");
+}
+
+#[tokio::test]
+async fn a_compressed_ndjson_stream_still_flushes_each_message() {
+    let (gw, _) = start("").await;
+    let started = Instant::now();
+    let mut s = RawStream::open(
+        &gw,
+        "GET /v1/count?count=3&intervalMs=400 HTTP/1.1\r\nAccept-Encoding: gzip",
+        b"",
+        None,
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("content-encoding").as_deref(), Some("gzip"));
+    // Read until the compressed bytes so far decode to a whole line.
+    let first_at = loop {
+        let mut d = flate2::write::GzDecoder::new(Vec::new());
+        let _ = d.write_all(&s.body);
+        let _ = d.flush();
+        if d.get_ref().contains(&b'\n') {
+            let line = String::from_utf8_lossy(d.get_ref()).into_owned();
+            assert!(line.starts_with("{\"result\":{\"index\":1"), "{line}");
+            break started.elapsed();
+        }
+        assert!(
+            s.read_some(64 * 1024).await,
+            "the stream ended before a line decoded"
+        );
+    };
+    s.read_to_end().await;
+    let all_at = started.elapsed();
+    assert!(s.complete());
+    let text = String::from_utf8(decode("gzip", &s.body)).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        first_at < Duration::from_millis(900) && all_at >= Duration::from_millis(1100),
+        "first line after {first_at:?}, whole stream after {all_at:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_are_compressed_and_flushed() {
+    let (gw, _) = start("").await;
+    let mut s = RawStream::open(
+        &gw,
+        "GET /v1/count?count=2&intervalMs=300 HTTP/1.1\r\nAccept: text/event-stream\r\nAccept-Encoding: br",
+        b"",
+        None,
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("content-encoding").as_deref(), Some("br"));
+    s.read_to_end().await;
+    let text = String::from_utf8(decode("br", &s.body)).unwrap();
+    assert_eq!(text.matches("data:").count(), 2, "{text}");
 }

@@ -5,6 +5,7 @@
 //! variable a field) live in `snapshot`, which reports through the same
 //! [`ConfigError`] so every problem names file, line and field.
 
+pub mod compression;
 mod duration;
 mod edge;
 mod error;
@@ -166,6 +167,10 @@ pub struct ServerConfig {
     /// 1024. Read at start; a reload that changes it warns.
     #[schemars(with = "Option<usize>")]
     pub worker_threads: Option<Spanned<usize>>,
+    /// Answers compressed per the client's `Accept-Encoding`
+    /// (docs/performance.md).
+    #[serde(default)]
+    pub compression: compression::CompressionConfig,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -346,6 +351,7 @@ impl Default for ServerConfig {
             shutdown_delay: None,
             drain_timeout: None,
             worker_threads: None,
+            compression: compression::CompressionConfig::default(),
         }
     }
 }

@@ -1,13 +1,19 @@
 //! Content codings: compressed request bodies read as they arrive
-//! ([`decode`]).
+//! ([`decode`]), answers compressed as the client's `Accept-Encoding` asks
+//! ([`compress`]).
 //!
 //! Nothing here runs for a request that names no coding: a request without
-//! `Content-Encoding` keeps its body as it is.
+//! `Content-Encoding` keeps its body as it is, and an answer is only looked
+//! at when the client sent `Accept-Encoding`.
 
+pub mod compress;
 pub mod decode;
 
+use serde::{Deserialize, Serialize};
+
 /// A content coding the gateway reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Coding {
     /// gzip (RFC 1952): every client has it.
     Gzip,

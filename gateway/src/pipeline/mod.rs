@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tonic::Code;
 
+mod compress;
 mod stream;
 
 use crate::edge::auth::Authenticate;
@@ -64,6 +65,9 @@ pub fn app(
         // Route once: the snapshot loaded once, the route matched once; the
         // result goes on the request for every stage below.
         .layer(RouteLayer { snapshots })
+        // Answers compressed per Accept-Encoding: inside the access log,
+        // which counts the bytes sent, and the HEAD stage, which cuts them.
+        .layer(compress::CompressLayer)
         // The whole request, from arrival to the answer's head: 504 beyond.
         .layer(PolicyLayer::<_, Routed>::new(RequestTimeout))
         // CORS: preflights answered here (no auth, no rate limit); CORS
@@ -84,7 +88,7 @@ pub fn app(
 }
 
 /// The service [`app`] returns.
-pub type App = crate::telemetry::Access<Head<RouteStage<Edge<Handler>>>>;
+pub type App = crate::telemetry::Access<Head<RouteStage<compress::Compress<Edge<Handler>>>>>;
 
 /// The edge layers over `S`, outermost first.
 type Edge<S> = Policed<
