@@ -512,6 +512,7 @@ fn backend(
         endpoints: b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
         timeout,
         connect_timeout,
+        compression: b.compression,
     };
     // An unchanged backend keeps its live connections, its discovery
     // watch and its health state across a reload.

@@ -381,3 +381,65 @@ async fn server_sent_events_are_compressed_and_flushed() {
     let text = String::from_utf8(decode("br", &s.body)).unwrap();
     assert_eq!(text.matches("data:").count(), 2, "{text}");
 }
+
+/// `config` with `compression = "gzip"` on its backend.
+fn gzip_backend(config: &str) -> String {
+    config.replacen(
+        "connect_timeout = \"1s\"",
+        "connect_timeout = \"1s\"\ncompression = \"gzip\"",
+        1,
+    )
+}
+
+#[tokio::test]
+async fn a_gzip_backend_gets_compressed_unary_calls_and_its_gzip_replies_decode() {
+    let pool = gateway_tests::testing_pool();
+    let backend = gateway_tests::spawn_backend(gateway_tests::echo_server(&pool).with_gzip()).await;
+    let config = gzip_backend(&gateway_tests::echo_config(""));
+    let gw =
+        TestGateway::start_with(&config, &backend, &gateway_tests::testing_descriptors()).await;
+    // The backend (tonic, gzip on) sees the gateway's announcement...
+    let r = gw.get("/v1/meta").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.ok()["metadata"]["grpc-encoding"], "gzip", "{}", r.text);
+    assert_eq!(
+        r.ok()["metadata"]["grpc-accept-encoding"],
+        "gzip",
+        "{}",
+        r.text
+    );
+    // ...reads the compressed request, and its compressed reply decodes.
+    let big = "compressible ".repeat(2000);
+    let r = gw
+        .post("/v1/echo", &json!({"stringField": big, "int32Field": 3}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.ok()["stringField"], big);
+    assert_eq!(r.ok()["int32Field"], 3);
+}
+
+#[tokio::test]
+async fn a_gzip_backend_streams_both_ways_compressed() {
+    let probe = std::sync::Arc::new(gateway_tests::streaming::Probe::default());
+    let backend =
+        gateway_tests::spawn_backend(gateway_tests::streaming::server(probe).with_gzip()).await;
+    let config = gzip_backend(&gateway_tests::streaming::CONFIG.replace("{extra}", ""));
+    let gw =
+        TestGateway::start_with(&config, &backend, &gateway_tests::streaming::descriptors()).await;
+    // Server streaming: each reply message gzipped by the backend.
+    let r = gw.get("/v1/count?count=3&label=z").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.text.lines().count(), 3, "{}", r.text);
+    assert!(r.text.contains("\"label\":\"z\""), "{}", r.text);
+    // Client streaming: each request message gzipped by the gateway.
+    let r = gw
+        .request(
+            "POST",
+            "/v1/sum",
+            &[("content-type", "application/x-ndjson")],
+            Some(b"{\"value\": 1}\n{\"value\": 2}\n{\"value\": 39}\n".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json, json!({"sum": "42", "count": 3}));
+}

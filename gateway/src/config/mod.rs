@@ -383,6 +383,12 @@ pub struct BackendConfig {
     /// would only return cached answers).
     #[schemars(with = "Option<DurationText>")]
     pub dns_refresh: Option<Spanned<String>>,
+    /// `gzip`: request messages to this backend are gzip-compressed
+    /// (`grpc-encoding: gzip`) and gzip is announced for replies
+    /// (`grpc-accept-encoding`); worth it for large messages over a
+    /// network that costs more than the CPU. Default: none. Compressed
+    /// replies are read from any backend whatever this says.
+    pub compression: Option<crate::encoding::grpc::MessageCompression>,
     /// gRPC services served here, by full name. Annotated methods of these
     /// services are routed to this backend, and routes to them may omit `backend`.
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Content codings: compressed request bodies read as they arrive
 //! ([`decode`]), answers compressed as the client's `Accept-Encoding` asks
-//! ([`compress`]).
+//! ([`compress`]), and gzip for gRPC messages to and from backends
+//! ([`grpc`]).
 //!
 //! Nothing here runs for a request that names no coding: a request without
 //! `Content-Encoding` keeps its body as it is, and an answer is only looked
@@ -8,6 +9,7 @@
 
 pub mod compress;
 pub mod decode;
+pub mod grpc;
 
 use serde::{Deserialize, Serialize};
 
