@@ -115,6 +115,7 @@ async fn an_unknown_coding_is_415_and_corrupt_data_is_400() {
         )
         .await;
     r.assert_error(415, 3, "content encoding \"compress\" is not supported");
+    assert_eq!(r.header("accept-encoding"), "gzip, br, zstd, deflate");
     assert!(r.message().contains("gzip, br, zstd"), "{}", r.message());
     let r = gw
         .request(

@@ -46,7 +46,7 @@ pub fn request_body(headers: &mut HeaderMap, body: Body) -> Result<Body, Error> 
         match Coding::parse(token) {
             Some(c) => codings.push(c),
             None => {
-                return Err(Error::UnsupportedMediaType(format!(
+                return Err(Error::UnsupportedEncoding(format!(
                     "content encoding {token:?} is not supported; send the body as {}",
                     super::READABLE
                 )))
@@ -229,6 +229,11 @@ mod tests {
         let mut h = headers("compress");
         let e = request_body(&mut h, Body::empty()).unwrap_err();
         assert_eq!(e.http_status(), 415);
+        let resp = e.clone().into_response();
+        assert_eq!(
+            resp.headers()[header::ACCEPT_ENCODING],
+            "gzip, br, zstd, deflate"
+        );
         let text = e.to_string();
         assert!(
             text.contains("\"compress\"") && text.contains("gzip, br, zstd"),

@@ -62,6 +62,9 @@ impl Coding {
 /// The codings request bodies may come in, as a 415 names them.
 pub const READABLE: &str = "gzip, br, zstd, deflate (or identity)";
 
+/// The same, as the `Accept-Encoding` of a 415.
+pub const ACCEPTED: &str = "gzip, br, zstd, deflate";
+
 /// Of `offered` (the server's preference order), the coding
 /// `accept_encoding` rates highest, ties going to the earlier one; `None`
 /// when it rates none above zero. Allocates nothing.
