@@ -84,3 +84,48 @@ impl CompressionConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn errors(text: &str) -> Vec<String> {
+        let f = LoadedFile::parse(Path::new("r.toml"), text).unwrap();
+        let mut errors = Vec::new();
+        f.config.server.compression.validate(&f, &mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_offer_zstd_br_gzip_above_one_kib() {
+        let p = CompressionConfig::default().policy();
+        assert_eq!(p.offered, vec![Coding::Zstd, Coding::Br, Coding::Gzip]);
+        assert_eq!(p.min_bytes, 1024);
+        assert!(errors("").is_empty());
+    }
+
+    #[test]
+    fn an_empty_list_is_refused_with_its_line_unless_compression_is_off() {
+        let e = errors("[server]\n\n[server.compression]\nalgorithms = []\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("r.toml:4") && e[0].contains("server.compression.algorithms"),
+            "{e:?}"
+        );
+        assert!(errors("[server.compression]\nenabled = false\nalgorithms = []\n").is_empty());
+    }
+
+    #[test]
+    fn an_unknown_coding_is_a_parse_error() {
+        let r = LoadedFile::parse(
+            Path::new("r.toml"),
+            "[server.compression]\nalgorithms = [\"lz4\"]\n",
+        );
+        let text = match r {
+            Ok(_) => panic!("lz4 was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(text.contains("lz4"), "{text}");
+    }
+}
