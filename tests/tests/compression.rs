@@ -444,3 +444,19 @@ async fn a_gzip_backend_streams_both_ways_compressed() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json, json!({"sum": "42", "count": 3}));
 }
+
+#[tokio::test]
+async fn head_answers_keep_the_coding_of_the_get_without_a_body() {
+    let gw = TestGateway::echo("").await;
+    let path = format!("/v1/echo?stringField={}", "y".repeat(3000));
+    let ae = [("accept-encoding", "gzip")];
+    let (status, get_headers, body) = fetch(&gw, "GET", &path, &ae, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(get_headers["content-encoding"], "gzip");
+    let json: Value = serde_json::from_slice(&decode("gzip", &body)).unwrap();
+    assert_eq!(json["stringField"], "y".repeat(3000));
+    let (status, headers, body) = fetch(&gw, "HEAD", &path, &ae, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert!(body.is_empty());
+}
