@@ -53,6 +53,10 @@ pub enum Error {
     RequestTimeout(u64),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 415: a `Content-Encoding` the gateway does not read; the answer's
+    /// `Accept-Encoding` lists those it does (RFC 9110 section 15.5.16).
+    #[error("{0}")]
+    UnsupportedEncoding(String),
     /// A header, path, query or body the gateway cannot read or map.
     #[error("{0}")]
     BadRequest(String),
@@ -177,7 +181,9 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             Error::RequestTimeout(_) | Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::UnsupportedMediaType(_) | Error::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Error::CorsRefused(_) | Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
@@ -199,7 +205,8 @@ impl Error {
             | Error::TargetTooLong(_)
             | Error::HeadTooLarge(_)
             | Error::TooLarge(_)
-            | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
+            | Error::UnsupportedMediaType(_)
+            | Error::UnsupportedEncoding(_) => Code::InvalidArgument,
             Error::BodyTooSlow(_) | Error::RequestTimeout(_) | Error::DeadlineExceeded(_) => {
                 Code::DeadlineExceeded
             }
@@ -289,6 +296,12 @@ impl Error {
             }
             Error::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Error::UnsupportedEncoding(_) => {
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static(crate::encoding::ACCEPTED),
+                );
             }
             Error::Unauthenticated { challenge, .. } | Error::Forbidden { challenge, .. } => {
                 headers.insert(header::WWW_AUTHENTICATE, challenge.clone());

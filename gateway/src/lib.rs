@@ -9,6 +9,7 @@ pub mod config;
 pub mod descriptors;
 pub mod discovery;
 pub mod edge;
+pub mod encoding;
 pub mod error;
 pub mod example;
 pub mod openapi;

@@ -114,6 +114,7 @@ async fn fetch_reflection(
                     endpoints,
                     timeout: REFLECTION_TIMEOUT,
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                    compression: None,
                 },
             ) {
                 Ok(b) => Arc::new(b),

@@ -158,6 +158,8 @@ pub struct Snapshot {
     pub backends: BTreeMap<String, Arc<Backend>>,
     /// What every route's transcoding shares.
     pub transcode: crate::transcode::Settings,
+    /// `[server.compression]`: how answers are compressed.
+    pub compression: crate::encoding::compress::Policy,
     /// JWT issuers, CORS, rate limits and request limits.
     /// Shared with each request's edge context.
     pub edge: Arc<crate::edge::Edge>,
@@ -331,6 +333,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     let openapi =
         crate::openapi::settings::Settings::from_config(file, &table.matcher, &mut errors);
     file.config.telemetry.validate(file, &mut errors);
+    file.config.server.compression.validate(file, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -348,6 +351,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         worker_threads: settings.worker_threads,
         access_log: file.config.telemetry.access_log,
         reflection_backends: reflection_backends(file),
+        compression: server.compression.policy(),
         transcode: crate::transcode::Settings {
             pool: descriptors.pool.clone(),
             decode,
@@ -594,6 +598,7 @@ fn backend(
         endpoints: b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
         timeout,
         connect_timeout,
+        compression: b.compression,
     };
     // An unchanged backend keeps its live connections, its discovery
     // watch and its health state across a reload.

@@ -5,6 +5,7 @@
 //! variable a field) live in `snapshot`, which reports through the same
 //! [`ConfigError`] so every problem names file, line and field.
 
+pub mod compression;
 mod duration;
 mod edge;
 mod error;
@@ -166,6 +167,10 @@ pub struct ServerConfig {
     /// 1024. Read at start; a reload that changes it warns.
     #[schemars(with = "Option<usize>")]
     pub worker_threads: Option<Spanned<usize>>,
+    /// Answers compressed per the client's `Accept-Encoding`
+    /// (docs/performance.md).
+    #[serde(default)]
+    pub compression: compression::CompressionConfig,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -346,6 +351,7 @@ impl Default for ServerConfig {
             shutdown_delay: None,
             drain_timeout: None,
             worker_threads: None,
+            compression: compression::CompressionConfig::default(),
         }
     }
 }
@@ -377,6 +383,12 @@ pub struct BackendConfig {
     /// would only return cached answers).
     #[schemars(with = "Option<DurationText>")]
     pub dns_refresh: Option<Spanned<String>>,
+    /// `gzip`: request messages to this backend are gzip-compressed
+    /// (`grpc-encoding: gzip`) and gzip is announced for replies
+    /// (`grpc-accept-encoding`); worth it for large messages over a
+    /// network that costs more than the CPU. Default: none. Compressed
+    /// replies are read from any backend whatever this says.
+    pub compression: Option<crate::encoding::grpc::MessageCompression>,
     /// gRPC services served here, by full name. Annotated methods of these
     /// services are routed to this backend, and routes to them may omit `backend`.
     #[serde(default)]

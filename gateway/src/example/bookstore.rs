@@ -49,6 +49,8 @@ pub fn server(pool: &DescriptorPool) -> DynamicServer {
             Box::pin(async move { stream(&store, &method, req.into_inner()).await }) as BoxFuture<_>
         },
     )
+    // A gateway whose backend says `compression = "gzip"` can call it.
+    .with_gzip()
 }
 
 /// The two streaming methods: StreamBooks sends ListBooks' answer one book at

@@ -97,6 +97,7 @@ pub struct DynamicServer {
     handler: Arc<dyn Handler>,
     streaming: Option<Arc<dyn StreamHandler>>,
     fallback: Option<Fallback>,
+    gzip: bool,
 }
 
 impl DynamicServer {
@@ -117,6 +118,7 @@ impl DynamicServer {
             handler: Arc::new(handler),
             streaming: None,
             fallback: None,
+            gzip: false,
         }
     }
 
@@ -124,6 +126,13 @@ impl DynamicServer {
     /// UNIMPLEMENTED).
     pub fn with_streaming(mut self, handler: impl StreamHandler) -> Self {
         self.streaming = Some(Arc::new(handler));
+        self
+    }
+
+    /// Reads gzip-compressed request messages, and compresses its replies
+    /// with gzip for clients that announce it (`grpc-accept-encoding`).
+    pub fn with_gzip(mut self) -> Self {
+        self.gzip = true;
         self
     }
 
@@ -170,6 +179,10 @@ impl DynamicServer {
         let mut grpc = tonic::server::Grpc::new(DynamicCodec::new(method.input()))
             .max_decoding_message_size(crate::upstream::MAX_REPLY_BYTES)
             .max_encoding_message_size(crate::upstream::MAX_REPLY_BYTES);
+        if self.gzip {
+            use tonic::codec::CompressionEncoding::Gzip;
+            grpc = grpc.accept_compressed(Gzip).send_compressed(Gzip);
+        }
         if method.is_client_streaming() || method.is_server_streaming() {
             let Some(handler) = self.streaming.clone() else {
                 return Status::unimplemented(format!(

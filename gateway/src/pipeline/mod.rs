@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tonic::Code;
 
+mod compress;
 pub mod rpc;
 mod stream;
 
@@ -65,6 +66,9 @@ pub fn app(
         // Route once: the snapshot loaded once, the route matched once; the
         // result goes on the request for every stage below.
         .layer(RouteLayer { snapshots })
+        // Answers compressed per Accept-Encoding: inside the access log,
+        // which counts the bytes sent, and the HEAD stage, which cuts them.
+        .layer(compress::CompressLayer)
         // The whole request, from arrival to the answer's head: 504 beyond.
         .layer(PolicyLayer::<_, Routed>::new(RequestTimeout))
         // CORS: preflights answered here (no auth, no rate limit); CORS
@@ -85,7 +89,7 @@ pub fn app(
 }
 
 /// The service [`app`] returns.
-pub type App = crate::telemetry::Access<Head<RouteStage<Edge<Handler>>>>;
+pub type App = crate::telemetry::Access<Head<RouteStage<compress::Compress<Edge<Handler>>>>>;
 
 /// The edge layers over `S`, outermost first.
 type Edge<S> = Policed<
@@ -499,6 +503,11 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
     };
 
     let route = &route;
+    // A compressed body is decoded as it is read, whichever path reads it.
+    let body = match crate::encoding::decode::request_body(&mut parts.headers, body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
     if route.rpc.any() {
         let Some(protocol) = parts.extensions.get::<rpc::Protocol>().copied() else {
             return Error::UnsupportedMediaType(format!(

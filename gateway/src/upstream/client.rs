@@ -73,6 +73,8 @@ pub(crate) struct Client {
     authority: Authority,
     connect_timeout: Duration,
     max_reply: usize,
+    /// The backend's `compression = "gzip"`: request messages gzipped.
+    gzip: bool,
     /// Ping interval while calls are open, and how long a ping may go
     /// unanswered before the connection counts as dead.
     keepalive: (Duration, Duration),
@@ -160,15 +162,16 @@ impl Client {
     /// `addr` is `host:port`, already checked by the endpoint.
     pub(crate) fn new(
         addr: &str,
-        connect_timeout: Duration,
+        dial: super::endpoint::Dial,
         max_reply: usize,
     ) -> Result<Client, String> {
         let authority = Authority::try_from(addr).map_err(|e| e.to_string())?;
         Ok(Client {
             addr: addr.to_owned(),
             authority,
-            connect_timeout,
+            connect_timeout: dial.connect_timeout,
             max_reply,
+            gzip: dial.compression.is_some(),
             keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
             lanes: OnceLock::new(),
         })
@@ -221,7 +224,7 @@ impl Client {
         } = self.open_on(lane, path, metadata, deadline).await?;
         // One buffer for the 5-byte gRPC frame header and the message: the
         // copy costs less than h2 writing a separate DATA frame for 5 bytes.
-        if let Err(e) = body.send_data(frame(&message), true) {
+        if let Err(e) = body.send_data(frame(&message, self.gzip), true) {
             return Err(self.after_send(e, &conn));
         }
         let response = response.await.map_err(|e| self.after_send(e, &conn))?;
@@ -252,14 +255,14 @@ impl Client {
         } = self.open_on(self.lane(), path, metadata, deadline).await?;
         let sender = match body {
             RequestBody::One(message) => {
-                if let Err(e) = send.send_data(frame(message), true) {
+                if let Err(e) = send.send_data(frame(message, self.gzip), true) {
                     return Err(self.after_send(e, &conn));
                 }
                 None
             }
             RequestBody::Many(messages) => {
                 let messages = messages.take().expect("a streamed request is sent once");
-                Some(AbortOnDrop(tokio::spawn(pump(send, messages))))
+                Some(AbortOnDrop(tokio::spawn(pump(send, messages, self.gzip))))
             }
         };
         let response = response.await.map_err(|e| self.after_send(e, &conn))?;
@@ -286,12 +289,14 @@ impl Client {
         }
         check_grpc_answer(parts.status, &headers)
             .map_err(|status| AttemptError { status, sent: true })?;
+        let encoding = ReplyEncoding::of(&headers);
         Ok(Streamed {
             headers: MetadataMap::from_headers(headers_metadata(headers)),
             messages: Messages {
                 body: Some(reply),
                 buf: BytesMut::new(),
                 max_reply: self.max_reply,
+                encoding,
                 trailers: None,
                 _open: Some(open),
                 _sender: sender,
@@ -449,6 +454,11 @@ impl Client {
         );
         if let Some(deadline) = deadline {
             headers.insert(GRPC_TIMEOUT.clone(), grpc_timeout_value(deadline));
+        }
+        if self.gzip {
+            let gzip = HeaderValue::from_static(crate::encoding::grpc::GZIP);
+            headers.insert(GRPC_ENCODING.clone(), gzip.clone());
+            headers.insert(GRPC_ACCEPT_ENCODING.clone(), gzip);
         }
         request
     }
@@ -661,7 +671,8 @@ async fn read_reply(
         });
     }
     check_grpc_answer(parts.status, &headers)?;
-    let message = read_message(&mut body, max_reply).await?;
+    let encoding = ReplyEncoding::of(&headers);
+    let message = read_message(&mut body, max_reply, encoding).await?;
     let trailers = match body.trailers().await {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -736,8 +747,19 @@ fn check_grpc_answer(status: http::StatusCode, headers: &HeaderMap) -> Result<()
     Ok(())
 }
 
-/// A message in gRPC framing: uncompressed flag, length, bytes.
-fn frame(message: &[u8]) -> Bytes {
+/// A message in gRPC framing: compressed flag, length, bytes; gzipped
+/// when `gzip` (sent as it is should gzip fail, which writing to memory
+/// does not).
+fn frame(message: &[u8], gzip: bool) -> Bytes {
+    if gzip {
+        if let Ok(packed) = crate::encoding::grpc::gzip(message) {
+            let mut frame = BytesMut::with_capacity(5 + packed.len());
+            frame.put_u8(1);
+            frame.put_u32(packed.len() as u32);
+            frame.extend_from_slice(&packed);
+            return frame.freeze();
+        }
+    }
     let mut frame = BytesMut::with_capacity(5 + message.len());
     frame.put_u8(0);
     frame.put_u32(message.len() as u32);
@@ -779,6 +801,8 @@ pub(crate) struct Messages {
     body: Option<h2::RecvStream>,
     buf: BytesMut,
     max_reply: usize,
+    /// The reply's `grpc-encoding`, for messages flagged compressed.
+    encoding: ReplyEncoding,
     /// The trailers of a stream that ended OK, without `grpc-status`.
     trailers: Option<HeaderMap>,
     _open: Option<OpenCall>,
@@ -800,6 +824,7 @@ impl Messages {
             body: None,
             buf: BytesMut::new(),
             max_reply,
+            encoding: ReplyEncoding::Identity,
             trailers: None,
             _open: None,
             _sender: None,
@@ -882,16 +907,16 @@ impl Messages {
                 self.max_reply
             )));
         }
-        if self.buf[0] != 0 {
-            return Err(tonic::Status::internal(
-                "the backend compressed its reply, though the gateway asks for no compression",
-            ));
-        }
+        let compressed = self.buf[0] != 0;
         if self.buf.len() < 5 + len {
             return Ok(None);
         }
         self.buf.advance(5);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        let message = self.buf.split_to(len).freeze();
+        if compressed {
+            return self.encoding.decode(&message, self.max_reply).map(Some);
+        }
+        Ok(Some(message))
     }
 }
 
@@ -919,11 +944,12 @@ pub enum Outgoing {
 async fn pump(
     mut send: h2::SendStream<Bytes>,
     mut messages: futures_util::stream::BoxStream<'static, Outgoing>,
+    gzip: bool,
 ) {
     use futures_util::StreamExt as _;
     while let Some(item) = messages.next().await {
         let mut data = match item {
-            Outgoing::Message(m) => frame(&m),
+            Outgoing::Message(m) => frame(&m, gzip),
             Outgoing::Abort => {
                 send.send_reset(h2::Reason::INTERNAL_ERROR);
                 return;
@@ -953,6 +979,7 @@ async fn pump(
 async fn read_message(
     body: &mut h2::RecvStream,
     max_reply: usize,
+    encoding: ReplyEncoding,
 ) -> Result<Option<Bytes>, tonic::Status> {
     let mut buf = BytesMut::new();
     let mut whole: Option<Bytes> = None;
@@ -995,11 +1022,6 @@ async fn read_message(
     }
     let compressed = frame[0];
     let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-    if compressed != 0 {
-        return Err(tonic::Status::internal(
-            "the backend compressed its reply, though the gateway asks for no compression",
-        ));
-    }
     if frame.len() != 5 + len {
         return Err(tonic::Status::internal(format!(
             "the backend's reply ended after {} of {len} message bytes",
@@ -1007,7 +1029,46 @@ async fn read_message(
         )));
     }
     frame.advance(5);
+    if compressed != 0 {
+        return encoding.decode(&frame, max_reply).map(Some);
+    }
     Ok(Some(frame))
+}
+
+/// A reply's `grpc-encoding`: what a message flagged compressed is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyEncoding {
+    /// None, or `identity`: a compressed message is a protocol error.
+    Identity,
+    Gzip,
+    /// One the gateway does not read (it never announces one).
+    Other,
+}
+
+impl ReplyEncoding {
+    fn of(headers: &HeaderMap) -> ReplyEncoding {
+        match headers.get(&GRPC_ENCODING).map(HeaderValue::as_bytes) {
+            None => ReplyEncoding::Identity,
+            Some(b) if b.eq_ignore_ascii_case(b"identity") => ReplyEncoding::Identity,
+            Some(b) if b.eq_ignore_ascii_case(b"gzip") => ReplyEncoding::Gzip,
+            Some(_) => ReplyEncoding::Other,
+        }
+    }
+
+    /// A message flagged compressed, decoded (up to `max_reply` bytes).
+    fn decode(self, message: &[u8], max_reply: usize) -> Result<Bytes, tonic::Status> {
+        match self {
+            ReplyEncoding::Gzip => crate::encoding::grpc::gunzip(message, max_reply)
+                .map(Bytes::from)
+                .map_err(tonic::Status::internal),
+            ReplyEncoding::Identity => Err(tonic::Status::internal(
+                "the backend compressed its reply without naming the compression (no grpc-encoding)",
+            )),
+            ReplyEncoding::Other => Err(tonic::Status::internal(
+                "the backend compressed its reply with a grpc-encoding the gateway does not read (it reads gzip)",
+            )),
+        }
+    }
 }
 
 fn reply_failed(e: h2::Error) -> tonic::Status {
@@ -1086,6 +1147,9 @@ fn grpc_timeout(d: Duration) -> String {
 // Names made once: a lookup by `&str` parses and hashes the name each time.
 static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static GRPC_ENCODING: http::HeaderName = http::HeaderName::from_static("grpc-encoding");
+static GRPC_ACCEPT_ENCODING: http::HeaderName =
+    http::HeaderName::from_static("grpc-accept-encoding");
 static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 static GRPC_STATUS_DETAILS: http::HeaderName =
     http::HeaderName::from_static("grpc-status-details-bin");
@@ -1142,6 +1206,8 @@ mod tests {
         NotFound,
         TwoMessages,
         Compressed,
+        /// OK, the message gzipped under `grpc-encoding: gzip`.
+        Gzipped,
         /// A frame header that declares 1 MiB.
         Huge,
         Http503,
@@ -1261,6 +1327,15 @@ mod tests {
                 s.send_data(frame(1, b"zz"), false).unwrap();
                 s.send_trailers(trailers("0")).unwrap();
             }
+            Reply::Gzipped => {
+                let mut r = head(200, "application/grpc");
+                r.headers_mut()
+                    .insert("grpc-encoding", HeaderValue::from_static("gzip"));
+                let mut s = respond.send_response(r, false).unwrap();
+                let packed = crate::encoding::grpc::gzip(b"reply-bytes").unwrap();
+                s.send_data(frame(1, &packed), false).unwrap();
+                s.send_trailers(trailers("0")).unwrap();
+            }
             Reply::Huge => {
                 let mut s = respond
                     .send_response(head(200, "application/grpc"), false)
@@ -1305,7 +1380,44 @@ mod tests {
     }
 
     fn client(addr: &str, max_reply: usize) -> Client {
-        Client::new(addr, Duration::from_secs(2), max_reply).unwrap()
+        Client::new(addr, Duration::from_secs(2).into(), max_reply).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_gzip_backend_gets_compressed_messages_and_its_gzip_replies_decode() {
+        let (addr, seen) = backend(Reply::Gzipped).await;
+        let dial = super::super::endpoint::Dial {
+            connect_timeout: Duration::from_secs(2),
+            compression: Some(crate::encoding::grpc::MessageCompression::Gzip),
+        };
+        let c = Client::new(&addr, dial, 1024).unwrap();
+        let reply = call(&c).await.unwrap();
+        assert_eq!(reply.get_ref().as_ref(), b"reply-bytes");
+        let (parts, body) = seen.lock().unwrap()[0].clone();
+        assert_eq!(parts.headers["grpc-encoding"], "gzip");
+        assert_eq!(parts.headers["grpc-accept-encoding"], "gzip");
+        assert_eq!(body[0], 1, "the compressed flag");
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        assert_eq!(len, body.len() - 5);
+        let message = crate::encoding::grpc::gunzip(&body[5..], 1024).unwrap();
+        assert_eq!(message, b"request-bytes");
+        // Without the option, messages go as they are, and a gzip reply
+        // still decodes.
+        let (addr, seen) = backend(Reply::Gzipped).await;
+        let reply = call(&client(&addr, 1024)).await.unwrap();
+        assert_eq!(reply.get_ref().as_ref(), b"reply-bytes");
+        let (parts, body) = seen.lock().unwrap()[0].clone();
+        assert!(parts.headers.get("grpc-encoding").is_none());
+        assert!(parts.headers.get("grpc-accept-encoding").is_none());
+        assert_eq!(&body[..], &frame(b"request-bytes", false)[..]);
+        // The reply limit holds for the compressed message (and for what it
+        // decodes to: `encoding::grpc::gunzip`).
+        let (addr, _) = backend(Reply::Gzipped).await;
+        let e = call(&client(&addr, 5)).await.unwrap_err();
+        assert!(
+            e.status.message().contains("over the gateway's limit"),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

@@ -82,6 +82,7 @@ fn definition(endpoints: &[&str]) -> BackendDefinition {
         endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
         timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
+        compression: None,
     }
 }
 

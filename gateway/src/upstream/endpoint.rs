@@ -63,14 +63,35 @@ pub struct EndpointError {
     pub reason: String,
 }
 
+/// How connections to a backend's instances are made and what their calls
+/// send: part of the connection, so a change makes new endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dial {
+    pub connect_timeout: Duration,
+    /// `compression` of the backend: request messages compressed, and the
+    /// same compression asked for in replies.
+    pub compression: Option<crate::encoding::grpc::MessageCompression>,
+}
+
+impl From<Duration> for Dial {
+    fn from(connect_timeout: Duration) -> Dial {
+        Dial {
+            connect_timeout,
+            compression: None,
+        }
+    }
+}
+
 impl Endpoint {
     /// Checks the address and creates the (not yet connected) channel; needs
     /// a tokio runtime, where tonic spawns the channel's worker.
     pub(crate) fn new(
         addr: &str,
         label: Option<String>,
-        connect_timeout: Duration,
+        dial: impl Into<Dial>,
     ) -> Result<Endpoint, EndpointError> {
+        let dial = dial.into();
+        let connect_timeout = dial.connect_timeout;
         let bad = |reason: String| EndpointError {
             addr: addr.to_owned(),
             reason,
@@ -78,7 +99,7 @@ impl Endpoint {
         if addr.contains("://") || !addr.contains(':') {
             return Err(bad("write host:port without a scheme".into()));
         }
-        let client = Client::new(addr, connect_timeout, super::MAX_REPLY_BYTES).map_err(bad)?;
+        let client = Client::new(addr, dial, super::MAX_REPLY_BYTES).map_err(bad)?;
         Ok(Endpoint {
             addr: addr.to_owned(),
             label,

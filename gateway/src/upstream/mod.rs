@@ -63,6 +63,8 @@ pub struct BackendDefinition {
     pub endpoints: Vec<String>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// `compression`: how request messages are compressed.
+    pub compression: Option<crate::encoding::grpc::MessageCompression>,
 }
 
 /// Discovery, balancing and resilience settings, all with defaults.
@@ -248,25 +250,22 @@ impl Backend {
         previous: Option<&Backend>,
     ) -> Result<Backend, EndpointError> {
         let connect_timeout = definition.connect_timeout;
+        let dial = endpoint::Dial {
+            connect_timeout,
+            compression: definition.compression,
+        };
         let inherit = previous.filter(|old| source.same_source(&*old.discovery));
         let initial = source
             .initial()
             .map(|addrs| {
                 addrs
                     .iter()
-                    .map(|addr| Endpoint::new(addr, None, connect_timeout).map(Arc::new))
+                    .map(|addr| Endpoint::new(addr, None, dial).map(Arc::new))
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
         let ring = options.policy == Policy::ConsistentHash;
-        let mut pool = Pool::new(
-            name,
-            source.kind(),
-            source.describe(),
-            initial,
-            connect_timeout,
-            ring,
-        );
+        let mut pool = Pool::new(name, source.kind(), source.describe(), initial, dial, ring);
         if let Some(old) = inherit {
             // Before the source starts: its first answer must not be
             // overwritten by this older list.

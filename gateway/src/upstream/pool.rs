@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::endpoint::Endpoint;
+use super::endpoint::{Dial, Endpoint};
 use super::rng::stable_hash;
 pub use crate::discovery::SourceKind;
 use crate::discovery::{Sink, Target};
@@ -106,7 +106,7 @@ impl DiscoveryStatus {
 #[derive(Debug)]
 pub(crate) struct PoolShared {
     pub(crate) backend: String,
-    connect_timeout: Duration,
+    dial: Dial,
     ring: bool,
     pub(crate) set: ArcSwap<EndpointSet>,
     pub(crate) status: ArcSwap<DiscoveryStatus>,
@@ -150,16 +150,17 @@ impl Pool {
         kind: SourceKind,
         source: String,
         initial: Option<Vec<Arc<Endpoint>>>,
-        connect_timeout: Duration,
+        dial: impl Into<Dial>,
         ring: bool,
     ) -> Pool {
+        let dial = dial.into();
         let resolved = initial.is_some();
         let endpoints = initial.unwrap_or_default();
         let weights = vec![1; endpoints.len()];
         let now = resolved.then(Instant::now);
         let shared = PoolShared {
             backend: backend.to_owned(),
-            connect_timeout,
+            dial,
             ring,
             set: ArcSwap::from_pointee(EndpointSet::new(endpoints, weights, ring)),
             status: ArcSwap::from_pointee(DiscoveryStatus {
@@ -185,7 +186,8 @@ impl Pool {
     /// Starts from what `previous` knows, the pool of the backend this one
     /// replaces on a reload, when both read the same discovery source: its
     /// endpoints (the same objects, so their connections, ejections and
-    /// health go on; new ones if `connect_timeout` changed, as it is part of
+    /// health go on; new ones if `connect_timeout` or `compression` changed, as
+    /// they are part of
     /// the connection) and its discovery status (a source failing now stays
     /// failing). Without this a backend edited during a registry outage
     /// would start empty and refuse every call until the registry answers.
@@ -197,10 +199,10 @@ impl Pool {
         let mut endpoints = Vec::with_capacity(set.len());
         let mut weights = Vec::with_capacity(set.len());
         for (ep, w) in set.endpoints.iter().zip(&set.weights) {
-            let ep = if new.connect_timeout == old.connect_timeout {
+            let ep = if new.dial == old.dial {
                 Arc::clone(ep)
             } else {
-                match Endpoint::new(&ep.addr, ep.label.clone(), new.connect_timeout) {
+                match Endpoint::new(&ep.addr, ep.label.clone(), new.dial) {
                     Ok(e) => Arc::new(e),
                     Err(_) => continue,
                 }
@@ -286,7 +288,7 @@ impl Sink for PoolShared {
             for t in &targets {
                 let ep = match known.get(t.addr.as_str()) {
                     Some(ep) => Arc::clone(ep),
-                    None => match Endpoint::new(&t.addr, t.label.clone(), self.connect_timeout) {
+                    None => match Endpoint::new(&t.addr, t.label.clone(), self.dial) {
                         Ok(ep) => {
                             added.push(t.addr.as_str());
                             Arc::new(ep)
