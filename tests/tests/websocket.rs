@@ -3,12 +3,14 @@
 //! each reply one `{"result": ...}` frame, an empty frame ends the request
 //! stream, and a `{"status": ...}` frame and a close end the call. Against
 //! the streaming backend (`Streams/Chat`, bidirectional: echoes, "fail",
-//! "flood N"; `Streams/Sum`, client streaming).
+//! "flood N"; `Streams/Sum`, client streaming), and the demo's ShelfFeed
+//! from headless Chromium, running the snippet docs/streaming.md shows.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use gateway_tests::edge::{serve_pages, Pages};
 use gateway_tests::streaming::{descriptors, server, Probe};
 use gateway_tests::{spawn_backend, TestGateway};
 use serde_json::{json, Value};
@@ -431,4 +433,90 @@ websocket = true
     gateway_tests::remove_temp_parent(&path);
     assert!(err.contains(&post), "{post:?} not in:\n{err}");
     assert!(err.contains(&count), "{count:?} not in:\n{err}");
+}
+
+/// The ```js block of docs/streaming.md's WebSocket section.
+fn documented_snippet() -> String {
+    let text = std::fs::read_to_string(gateway_tests::repo_root().join("docs/streaming.md"))
+        .expect("docs/streaming.md");
+    let start = text
+        .find("```js\n")
+        .expect("a ```js block in docs/streaming.md")
+        + 6;
+    let len = text[start..].find("```").expect("the block ends");
+    text[start..start + len].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_runs_the_documented_snippet_against_the_shelf_feed() {
+    let Some(chromium) = gateway_tests::browser::chromium() else {
+        eprintln!("SKIPPED: GATEWAY_TESTS_SKIP_BROWSER=1");
+        return;
+    };
+    let app = Pages::default();
+    let app_base = serve_pages(app.clone()).await;
+    let pool = gateway_tests::bookstore_pool();
+    let backend = spawn_backend(gateway::example::bookstore::server(&pool)).await;
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+descriptors = "{{descriptors}}"
+
+[admin]
+enabled = false
+
+[cors]
+allowed_origins = ["{app_base}"]
+
+[backends.bookstore_ws_browser]
+endpoints = ["{{backend}}"]
+services = ["example.bookstore.v1.Bookstore"]
+
+[[routes]]
+method = "GET"
+path = "/v1/shelves/{{shelf}}/feed"
+grpc = "example.bookstore.v1.Bookstore/ShelfFeed"
+body = "*"
+websocket = true
+"#
+    );
+    let gw = TestGateway::start_with(
+        &config,
+        &backend,
+        &gateway_tests::repo_root().join("descriptors"),
+    )
+    .await;
+    let snippet = documented_snippet().replace("localhost:8080", &gw.addr.to_string());
+    // The snippet logs what it sees; the page posts the log at the close.
+    let page = format!(
+        r#"<!doctype html><html><body><script>
+const seen = [];
+console.log = (...args) => {{
+  seen.push(args);
+  if (args[0] === "closed") fetch("/report", {{method: "POST", body: JSON.stringify(seen)}});
+}};
+{snippet}
+</script></body></html>"#
+    );
+    app.set("/index.html", "text/html", &[], page.as_bytes());
+    let (mut child, profile) =
+        gateway_tests::browser::open(&chromium, &format!("{app_base}/index.html"));
+    let report = app.wait_post("/report", Duration::from_secs(25)).await;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+    let report: Value =
+        serde_json::from_slice(&report.expect("the page reported")).expect("JSON report");
+    let seen = report.as_array().unwrap();
+    assert_eq!(seen.len(), 3, "{report}");
+    assert_eq!(seen[0][0], "event", "{report}");
+    let event = &seen[0][1];
+    assert_eq!(event["kind"], "BOOK_ADDED", "{report}");
+    assert_eq!(event["shelf"], "1");
+    assert_eq!(event["book"]["title"], "Kindred");
+    assert_eq!(event["book"]["shelfId"], "1");
+    assert_eq!(
+        seen[1],
+        json!(["status", {"code": 0, "message": "", "details": []}])
+    );
+    assert_eq!(seen[2], json!(["closed", 1000]));
 }

@@ -106,7 +106,14 @@ pub fn document(snap: &Snapshot) -> Value {
     let mut op_ids: BTreeMap<String, usize> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
 
-    for group in paths::group(&snap.routes) {
+    // OpenAPI has no words for a WebSocket (docs/streaming.md documents them).
+    let routes: Vec<_> = snap
+        .routes
+        .iter()
+        .filter(|r| !r.plan.shaping.websocket)
+        .cloned()
+        .collect();
+    for group in paths::group(&routes) {
         let path = group.layout.path();
         let item = paths_out.entry(path).or_default();
         for route in &group.routes {
