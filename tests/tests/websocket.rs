@@ -41,6 +41,12 @@ issuer = "https://ws.test"
 algorithms = ["HS256"]
 hmac_secret_env = "GATEWAY_WS_TEST_HMAC_SECRET"
 
+[rate_limits.policies.one_a_minute]
+key = "ip"
+rate = 1
+per = "1m"
+burst = 1
+
 [backends.{name}]
 endpoints = ["{backend}"]
 services = ["streaming.v1.Streams"]
@@ -69,6 +75,14 @@ grpc = "streaming.v1.Streams/Chat"
 body = "*"
 websocket = true
 auth = "required"
+
+[[routes]]
+method = "GET"
+path = "/v1/chat:limited"
+grpc = "streaming.v1.Streams/Chat"
+body = "*"
+websocket = true
+rate_limit = ["one_a_minute"]
 
 [[routes]]
 method = "GET"
@@ -379,6 +393,17 @@ async fn an_upgrade_without_the_required_token_is_refused_401() {
 }
 
 #[tokio::test]
+async fn upgrades_count_against_the_route_rate_limit() {
+    let (gw, _) = start("ws_rate_limit").await;
+    let mut ws = open(&gw, "/v1/chat:limited").await;
+    send(&mut ws, r#"{"text": "first"}"#).await;
+    assert_eq!(recv(&mut ws).await["result"]["text"], "echo: first");
+    let (status, body) = refused(&gw, "/v1/chat:limited", &[]).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["code"], 8);
+}
+
+#[tokio::test]
 async fn a_plain_get_on_a_websocket_route_is_a_400() {
     let (gw, _) = start("ws_plain_get").await;
     gw.get("/v1/chat").await.assert_error(
@@ -421,12 +446,12 @@ websocket = true
             .unwrap()
     };
     let post = format!(
-        "{}:{}: routes[4].websocket: a WebSocket is opened with a GET",
+        "{}:{}: routes[5].websocket: a WebSocket is opened with a GET",
         path.display(),
         line_of("/v1/chat:post")
     );
     let count = format!(
-        "{}:{}: routes[5].websocket: streaming.v1.Streams.Count does not stream its requests",
+        "{}:{}: routes[6].websocket: streaming.v1.Streams.Count does not stream its requests",
         path.display(),
         line_of("/v1/count:ws")
     );
