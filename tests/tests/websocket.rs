@@ -93,10 +93,15 @@ websocket = true
 "#;
 
 async fn start(name: &str) -> (TestGateway, std::sync::Arc<Probe>) {
+    start_with(name, "").await
+}
+
+/// With `extra` tables after the routes.
+async fn start_with(name: &str, extra: &str) -> (TestGateway, std::sync::Arc<Probe>) {
     std::env::set_var(HMAC_SECRET_ENV, HMAC_SECRET);
     let probe = std::sync::Arc::new(Probe::default());
     let backend = spawn_backend(server(probe.clone())).await;
-    let config = CONFIG.replace("{name}", name);
+    let config = CONFIG.replace("{name}", name) + extra;
     let gw = TestGateway::start_with(&config, &backend, &descriptors()).await;
     (gw, probe)
 }
@@ -401,6 +406,34 @@ async fn upgrades_count_against_the_route_rate_limit() {
     let (status, body) = refused(&gw, "/v1/chat:limited", &[]).await;
     assert_eq!(status, 429);
     assert_eq!(body["code"], 8);
+}
+
+#[tokio::test]
+async fn a_shutdown_ends_open_sockets_with_unavailable_and_1001() {
+    let (gw, _) = start("ws_shutdown").await;
+    let mut ws = open(&gw, "/v1/chat").await;
+    send(&mut ws, r#"{"text": "before"}"#).await;
+    assert_eq!(recv(&mut ws).await["result"]["text"], "echo: before");
+    drop(gw);
+    let status = &recv(&mut ws).await["status"];
+    assert_eq!(status["code"], 14, "{status}");
+    assert_eq!(closed(&mut ws).await, (1001, "UNAVAILABLE".to_owned()));
+}
+
+#[tokio::test]
+async fn an_open_socket_keeps_its_connection_slot() {
+    let (gw, _) = start_with("ws_slot", "\n[limits]\nmax_connections = 1\n").await;
+    let mut ws = open(&gw, "/v1/chat").await;
+    send(&mut ws, r#"{"text": "hold"}"#).await;
+    assert_eq!(recv(&mut ws).await["result"]["text"], "echo: hold");
+    // The one slot is the socket's: another connection waits in the backlog.
+    let waiting = tokio::time::timeout(Duration::from_millis(500), gw.get("/v1/chat")).await;
+    assert!(waiting.is_err(), "a second connection was served");
+    send(&mut ws, "").await;
+    assert_eq!(recv(&mut ws).await["status"]["code"], 0);
+    assert_eq!(closed(&mut ws).await.0, 1000);
+    drop(ws);
+    assert_eq!(gw.get("/v1/chat").await.status, 400);
 }
 
 #[tokio::test]

@@ -19,6 +19,10 @@
 //! - Frames: `transcode::websocket`. An empty text frame ends the request
 //!   stream (the half-close); the last frame is the status, then the close.
 //!
+//! The socket keeps its connection's `max_connections` slot while it lives
+//! (`edge::conn::Hold`), and a server shutdown waits for it: the call ends
+//! UNAVAILABLE with close code 1001.
+//!
 //! Back-pressure, both ways: a frame is read from the socket only when the
 //! request queue to the backend (at most [`REQUEST_QUEUE`] messages) has
 //! room, and the next reply is pulled from the backend only once the last
@@ -39,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
+use crate::edge::conn::Hold;
 use crate::error::Error;
 use crate::snapshot::{Route, Snapshot};
 use crate::transcode::websocket::{status_frame, Frames, OK_STATUS_FRAME};
@@ -100,6 +105,7 @@ pub(super) async fn answer(
         snap: snap.clone(),
         route: route.clone(),
         frames: Arc::new(frames),
+        hold: parts.extensions.get::<Hold>().cloned(),
         parts: owned(parts),
         metadata,
     };
@@ -175,6 +181,8 @@ struct Call {
     frames: Arc<Frames>,
     parts: Parts,
     metadata: MetadataMap,
+    /// The connection's slot and shutdown signal, held while the socket lives.
+    hold: Option<Hold>,
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -235,6 +243,14 @@ impl Call {
         let deadline =
             tokio::time::sleep(shaping.stream_timeout.unwrap_or(super::stream::UNBOUNDED));
         tokio::pin!(deadline);
+        // The server stops: the call ends UNAVAILABLE, the close is 1001.
+        let stopping = async {
+            match &self.hold {
+                Some(h) => h.stopping().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopping);
         let messages = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         let opened = super::stream::open(
             route,
@@ -247,6 +263,7 @@ impl Call {
             biased;
             r = &mut *end => return from_reader(r),
             () = &mut deadline => return Ended::Failed(self.deadline_exceeded()),
+            () = &mut stopping => return Ended::Failed(Error::ShuttingDown),
             r = opened => r,
         };
         let StreamReply {
@@ -267,6 +284,7 @@ impl Call {
                 biased;
                 r = &mut *end => return from_reader(r),
                 () = &mut deadline => return Ended::Failed(self.deadline_exceeded()),
+                () = &mut stopping => return Ended::Failed(Error::ShuttingDown),
                 m = stream.message() => m,
             };
             match next {
