@@ -437,6 +437,22 @@ async fn an_open_socket_keeps_its_connection_slot() {
 }
 
 #[tokio::test]
+async fn a_quiet_socket_is_pinged_at_half_the_idle_timeout() {
+    let (gw, _) = start_with("ws_ping", "\n[limits]\nidle_timeout = \"1s\"\n").await;
+    let mut ws = open(&gw, "/v1/chat").await;
+    let m = tokio::time::timeout(Duration::from_secs(3), ws.next())
+        .await
+        .expect("a frame within 3s")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(m, Message::Ping(_)), "{m:?}");
+    // The socket outlives the connection's idle timeout, and still works.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    send(&mut ws, r#"{"text": "still here"}"#).await;
+    assert_eq!(recv(&mut ws).await["result"]["text"], "echo: still here");
+}
+
+#[tokio::test]
 async fn a_plain_get_on_a_websocket_route_is_a_400() {
     let (gw, _) = start("ws_plain_get").await;
     gw.get("/v1/chat").await.assert_error(

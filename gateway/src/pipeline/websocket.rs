@@ -101,7 +101,11 @@ pub(super) async fn answer(
         }
     };
     let limit = snap.transcode.max_body_bytes;
+    // Half the idle timeout: proxies and load balancers in between close
+    // connections idle for about as long as the gateway's own.
+    let ping_every = (snap.edge.limits.idle_timeout / 2).max(Duration::from_millis(100));
     let call = Call {
+        ping_every,
         snap: snap.clone(),
         route: route.clone(),
         frames: Arc::new(frames),
@@ -183,6 +187,8 @@ struct Call {
     metadata: MetadataMap,
     /// The connection's slot and shutdown signal, held while the socket lives.
     hold: Option<Hold>,
+    /// A socket the gateway has sent nothing on for this long gets a ping.
+    ping_every: Duration,
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -251,6 +257,9 @@ impl Call {
             }
         };
         tokio::pin!(stopping);
+        let start = tokio::time::Instant::now() + self.ping_every;
+        let mut ping = tokio::time::interval_at(start, self.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let messages = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         let opened = super::stream::open(
             route,
@@ -259,12 +268,20 @@ impl Call {
             &self.parts,
             wait,
         );
-        let reply = tokio::select! {
-            biased;
-            r = &mut *end => return from_reader(r),
-            () = &mut deadline => return Ended::Failed(self.deadline_exceeded()),
-            () = &mut stopping => return Ended::Failed(Error::ShuttingDown),
-            r = opened => r,
+        tokio::pin!(opened);
+        let reply = loop {
+            tokio::select! {
+                biased;
+                r = &mut *end => return from_reader(r),
+                () = &mut deadline => return Ended::Failed(self.deadline_exceeded()),
+                () = &mut stopping => return Ended::Failed(Error::ShuttingDown),
+                r = &mut opened => break r,
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return Ended::Gone;
+                    }
+                }
+            }
         };
         let StreamReply {
             messages: mut stream,
@@ -286,6 +303,12 @@ impl Call {
                 () = &mut deadline => return Ended::Failed(self.deadline_exceeded()),
                 () = &mut stopping => return Ended::Failed(Error::ShuttingDown),
                 m = stream.message() => m,
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return Ended::Gone;
+                    }
+                    continue;
+                }
             };
             match next {
                 Ok(Some(raw)) => {
@@ -298,6 +321,7 @@ impl Call {
                     if sink.send(Message::Text(frame.into())).await.is_err() {
                         return Ended::Gone;
                     }
+                    ping.reset();
                 }
                 Ok(None) => return Ended::Ok,
                 Err(status) => {
