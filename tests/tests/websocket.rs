@@ -288,6 +288,20 @@ async fn a_frame_over_the_body_limit_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn a_client_that_goes_away_cancels_the_backend_call() {
+    let (gw, probe) = start("ws_gone").await;
+    let mut ws = open(&gw, "/v1/chat").await;
+    send(&mut ws, r#"{"text": "bye"}"#).await;
+    assert_eq!(recv(&mut ws).await["result"]["text"], "echo: bye");
+    // No close frame, no end-of-stream frame: the connection just ends.
+    drop(ws);
+    assert!(
+        probe.wait_cancelled(1, Duration::from_secs(5)).await,
+        "the backend call outlived the socket"
+    );
+}
+
+#[tokio::test]
 async fn a_slow_reader_holds_the_backend_back() {
     let (gw, probe) = start("ws_slow_reader").await;
     // A small receive buffer, so what the gateway holds shows.
