@@ -52,7 +52,7 @@ fn check_accepts_the_repository_config() {
         text(&out.stderr)
     );
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("ok (11 routes, 1 backends"), "{stdout}");
+    assert!(stdout.contains("ok (12 routes, 1 backends"), "{stdout}");
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn routes_prints_each_route_with_its_source() {
     assert!(lines[0].contains("SOURCE"), "{stdout}");
 
     let headers = route_headers(&cfg);
-    assert_eq!(headers.len(), 10);
+    assert_eq!(headers.len(), 11);
     let grpc_lines: Vec<usize> = cfg
         .lines()
         .enumerate()
@@ -237,7 +237,7 @@ fn routes_prints_each_route_with_its_source() {
         ann.contains("google.api.http on example.bookstore.v1.Bookstore.ListShelves"),
         "{ann}"
     );
-    assert_eq!(lines.len(), 1 + 10 + 1, "{stdout}");
+    assert_eq!(lines.len(), 1 + 11 + 1, "{stdout}");
 }
 
 fn sigterm(child: &tokio::process::Child) {

@@ -241,6 +241,23 @@ async fn a_backend_error_mid_stream_ends_with_its_status_and_close_1011() {
         json!({"status": {"code": 10, "message": "message 2 asked to fail", "details": []}})
     );
     assert_eq!(closed(&mut ws).await, (1011, "ABORTED".to_owned()));
+
+    // Frames the client sends on while the call fails do not hide its status.
+    for _ in 0..5 {
+        let mut ws = open(&gw, "/v1/chat").await;
+        send(&mut ws, r#"{"text": "fail"}"#).await;
+        for i in 0..50 {
+            if ws
+                .send(Message::text(format!(r#"{{"text": "{i}"}}"#)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        assert_eq!(recv(&mut ws).await["status"]["code"], 10);
+        assert_eq!(closed(&mut ws).await.0, 1011);
+    }
 }
 
 #[tokio::test]

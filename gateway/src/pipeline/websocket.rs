@@ -353,22 +353,35 @@ fn from_reader(r: Result<ReadEnd, oneshot::error::RecvError>) -> Ended {
     }
 }
 
+/// Where the request stream is.
+enum Request {
+    Open(mpsc::Sender<Outgoing>),
+    /// The client sent the end-of-stream frame.
+    HalfClosed,
+    /// The call ended (the backend answered, or failed) before the request
+    /// did: later frames are dropped, and the reply side says how it ended.
+    CallOver,
+}
+
 /// Reads the client's frames into request messages, one at a time, each
-/// when the queue to the backend has room.
+/// when the queue to the backend has room. It speaks up (`end`) only when
+/// the client goes away or sends a frame the gateway refuses; otherwise it
+/// reads on until the socket closes, so that the reply side's status is
+/// what ends the call.
 async fn read(
     mut source: SplitStream<WebSocket>,
     tx: mpsc::Sender<Outgoing>,
     frames: Arc<Frames>,
     end: oneshot::Sender<ReadEnd>,
 ) {
-    let mut tx = Some(tx);
+    let mut request = Request::Open(tx);
     let mut n: u64 = 0;
-    let fail = |end: oneshot::Sender<ReadEnd>, tx: Option<mpsc::Sender<Outgoing>>, e: Error| {
+    let fail = |end: oneshot::Sender<ReadEnd>, request: Request, e: Error| {
         // The reply side hears of it first, so that it reports this status
         // rather than the reset that follows; the reset keeps the backend
         // from taking a truncated request for a whole one.
         let _ = end.send(ReadEnd::Failed(e));
-        if let Some(tx) = tx {
+        if let Request::Open(tx) = request {
             let _ = tx.try_send(Outgoing::Abort);
         }
     };
@@ -386,50 +399,55 @@ async fn read(
                         "frame {} of the request is larger than the limit of {limit} bytes",
                         n + 1
                     ));
-                    return fail(end, tx, e);
+                    return fail(end, request, e);
                 }
                 tracing::debug!(error = %e, "WebSocket read failed");
                 let _ = end.send(ReadEnd::Gone);
                 return;
             }
         };
-        match message {
-            Message::Text(text) if text.as_str().trim().is_empty() => {
-                // The half-close: the request stream ends here.
-                if tx.take().is_none() {
-                    let e = Error::BadRequest(
-                        "a second end-of-stream frame: the request stream has ended".to_owned(),
-                    );
-                    return fail(end, None, e);
-                }
-            }
-            Message::Text(text) => {
-                n += 1;
-                let Some(sender) = &tx else {
-                    let e = Error::BadRequest(format!(
-                        "frame {n} came after the end-of-stream frame (an empty text frame)"
-                    ));
-                    return fail(end, None, e);
-                };
-                match frames.request(n, text.as_str()) {
-                    Ok(m) => {
-                        if sender.send(Outgoing::Message(m)).await.is_err() {
-                            // The call is over; the reply side says how.
-                            return;
-                        }
-                    }
-                    Err(e) => return fail(end, tx, e),
-                }
-            }
-            Message::Binary(_) => {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) if !matches!(request, Request::CallOver) => {
                 let e = Error::UnsupportedMediaType(format!(
                     "frame {} is binary; send each request message as a JSON text frame",
                     n + 1
                 ));
-                return fail(end, tx, e);
+                return fail(end, request, e);
             }
             // Pings are answered by the protocol layer.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+            _ => continue,
+        };
+        let is_end = text.as_str().trim().is_empty();
+        if !is_end {
+            n += 1;
+        }
+        match (&request, is_end) {
+            (Request::CallOver, _) => {}
+            (Request::Open(_), true) => {
+                // The half-close: the request stream ends here.
+                request = Request::HalfClosed;
+            }
+            (Request::HalfClosed, true) => {
+                let e = Error::BadRequest(
+                    "a second end-of-stream frame: the request stream has ended".to_owned(),
+                );
+                return fail(end, request, e);
+            }
+            (Request::HalfClosed, false) => {
+                let e = Error::BadRequest(format!(
+                    "frame {n} came after the end-of-stream frame (an empty text frame)"
+                ));
+                return fail(end, request, e);
+            }
+            (Request::Open(sender), false) => match frames.request(n, text.as_str()) {
+                Ok(m) => {
+                    if sender.send(Outgoing::Message(m)).await.is_err() {
+                        request = Request::CallOver;
+                    }
+                }
+                Err(e) => return fail(end, request, e),
+            },
         }
     }
 }
