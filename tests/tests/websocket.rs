@@ -540,6 +540,110 @@ websocket = true
     assert!(err.contains(&count), "{count:?} not in:\n{err}");
 }
 
+/// The demo bookstore behind a gateway with its feed and book routes;
+/// `extra` goes before the routes.
+async fn bookstore(name: &str, extra: &str) -> TestGateway {
+    let pool = gateway_tests::bookstore_pool();
+    let backend = spawn_backend(gateway::example::bookstore::server(&pool)).await;
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+descriptors = "{{descriptors}}"
+
+[admin]
+enabled = false
+
+{extra}
+
+[backends.{name}]
+endpoints = ["{{backend}}"]
+services = ["example.bookstore.v1.Bookstore"]
+
+[[routes]]
+method = "GET"
+path = "/v1/shelves/{{shelf}}/feed"
+grpc = "example.bookstore.v1.Bookstore/ShelfFeed"
+body = "*"
+websocket = true
+
+[[routes]]
+method = "POST"
+path = "/v1/shelves/{{shelf}}/books"
+grpc = "example.bookstore.v1.Bookstore/CreateBook"
+body = "book"
+
+[[routes]]
+method = "PATCH"
+path = "/v1/shelves/{{shelf}}/books/{{book.id}}"
+grpc = "example.bookstore.v1.Bookstore/UpdateBook"
+body = "book"
+
+[[routes]]
+method = "DELETE"
+path = "/v1/shelves/{{shelf}}/books/{{book}}"
+grpc = "example.bookstore.v1.Bookstore/DeleteBook"
+"#
+    );
+    TestGateway::start_with(
+        &config,
+        &backend,
+        &gateway_tests::repo_root().join("descriptors"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_demo_feed_shows_changes_made_through_rest() {
+    let gw = bookstore("bookstore_ws_feed", "").await;
+    let mut ws = open(&gw, "/v1/shelves/1/feed").await;
+    // The feed's own addition: once it is back, the feed is following.
+    send(&mut ws, "{}").await;
+    send(&mut ws, r#"{"add": {"title": "Kindred"}}"#).await;
+    let own = recv(&mut ws).await;
+    assert_eq!(own["result"]["kind"], "BOOK_ADDED", "{own}");
+    assert_eq!(own["result"]["book"]["title"], "Kindred");
+
+    let created = gw
+        .post(
+            "/v1/shelves/1/books",
+            &json!({"title": "Parable of the Sower"}),
+        )
+        .await;
+    let id = created.ok()["id"].as_str().unwrap().to_owned();
+    let event = recv(&mut ws).await;
+    assert_eq!(event["result"]["kind"], "BOOK_ADDED", "{event}");
+    assert_eq!(event["result"]["book"]["id"], id.as_str());
+    // Another shelf's changes are not this feed's.
+    gw.post("/v1/shelves/2/books", &json!({"title": "Elsewhere"}))
+        .await
+        .ok();
+    gw.patch(
+        &format!("/v1/shelves/1/books/{id}"),
+        &json!({"pageCount": 345}),
+    )
+    .await
+    .ok();
+    let event = recv(&mut ws).await;
+    assert_eq!(event["result"]["kind"], "BOOK_UPDATED", "{event}");
+    assert_eq!(event["result"]["book"]["pageCount"], 345);
+    gw.delete(&format!("/v1/shelves/1/books/{id}")).await.ok();
+    let event = recv(&mut ws).await;
+    assert_eq!(event["result"]["kind"], "BOOK_DELETED", "{event}");
+    assert_eq!(event["result"]["shelf"], "1");
+
+    send(&mut ws, "").await;
+    assert_eq!(recv(&mut ws).await["status"]["code"], 0);
+    assert_eq!(closed(&mut ws).await.0, 1000);
+
+    // A shelf that does not exist: the backend's NOT_FOUND, close 1011.
+    let mut ws = open(&gw, "/v1/shelves/99/feed").await;
+    send(&mut ws, "{}").await;
+    let status = &recv(&mut ws).await["status"];
+    assert_eq!(status["code"], 5, "{status}");
+    assert_eq!(status["message"], "shelf 99 does not exist");
+    assert_eq!(closed(&mut ws).await, (1011, "NOT_FOUND".to_owned()));
+}
+
 /// The ```js block of docs/streaming.md's WebSocket section.
 fn documented_snippet() -> String {
     let text = std::fs::read_to_string(gateway_tests::repo_root().join("docs/streaming.md"))
@@ -560,35 +664,9 @@ async fn a_browser_runs_the_documented_snippet_against_the_shelf_feed() {
     };
     let app = Pages::default();
     let app_base = serve_pages(app.clone()).await;
-    let pool = gateway_tests::bookstore_pool();
-    let backend = spawn_backend(gateway::example::bookstore::server(&pool)).await;
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-descriptors = "{{descriptors}}"
-
-[admin]
-enabled = false
-
-[cors]
-allowed_origins = ["{app_base}"]
-
-[backends.bookstore_ws_browser]
-endpoints = ["{{backend}}"]
-services = ["example.bookstore.v1.Bookstore"]
-
-[[routes]]
-method = "GET"
-path = "/v1/shelves/{{shelf}}/feed"
-grpc = "example.bookstore.v1.Bookstore/ShelfFeed"
-body = "*"
-websocket = true
-"#
-    );
-    let gw = TestGateway::start_with(
-        &config,
-        &backend,
-        &gateway_tests::repo_root().join("descriptors"),
+    let gw = bookstore(
+        "bookstore_ws_browser",
+        &format!("[cors]\nallowed_origins = [\"{app_base}\"]"),
     )
     .await;
     let snippet = documented_snippet().replace("localhost:8080", &gw.addr.to_string());
