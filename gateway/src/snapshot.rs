@@ -1035,6 +1035,7 @@ fn route_shape(
             file.duration(&r.stream_timeout, &key, DEFAULT_TIMEOUT, errors)
         }),
         multipart: r.multipart,
+        websocket: r.websocket,
     }
 }
 

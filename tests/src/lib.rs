@@ -850,6 +850,9 @@ pub fn nth_line_of(text: &str, needle: &str, n: usize) -> usize {
 // The streaming, raw-body, shaping and OpenAPI tests' backend and helpers.
 pub mod streaming;
 
+// Headless Chromium for the browser tests.
+pub mod browser;
+
 // The edge-security tests' keys, tokens, JWKS and page servers, counting backend.
 pub mod edge;
 

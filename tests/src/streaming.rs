@@ -330,23 +330,63 @@ async fn streaming(
             ))
         }
         "Chat" => {
-            let guard = Guard(probe, false);
-            let mut seq = 0;
-            let out = input.map(move |item| {
-                let m = item?;
-                seq += 1;
-                let t = text(&m, "text");
-                if t == "fail" {
-                    return Err(Status::aborted(format!("message {seq} asked to fail")));
-                }
-                Ok(message(
-                    &method,
-                    &[
-                        ("text", Value::String(format!("echo: {t}"))),
-                        ("seq", Value::I32(seq)),
-                    ],
-                ))
-            });
+            // "fail" ends the call with ABORTED; "flood N" answers with N
+            // replies of 1 KiB, each counted in `probe.sent` as it is
+            // produced (the WebSocket back-pressure test); anything else is
+            // echoed.
+            let guard = Guard(probe.clone(), false);
+            let out = futures_unfold(
+                (input, 0i32, 0i32, 0i32),
+                move |(mut input, mut seq, mut left, mut flooded)| {
+                    let method = method.clone();
+                    let probe = probe.clone();
+                    async move {
+                        let flood = |probe: &Probe, i: i32| {
+                            probe.sent.fetch_add(1, Ordering::SeqCst);
+                            message(
+                                &method,
+                                &[
+                                    ("text", Value::String("x".repeat(1024))),
+                                    ("seq", Value::I32(i)),
+                                ],
+                            )
+                        };
+                        if left > 0 {
+                            left -= 1;
+                            flooded += 1;
+                            let m = flood(&probe, flooded);
+                            return Some((Ok(m), (input, seq, left, flooded)));
+                        }
+                        let m = match input.next().await? {
+                            Ok(m) => m,
+                            Err(e) => return Some((Err(e), (input, seq, 0, flooded))),
+                        };
+                        seq += 1;
+                        let t = text(&m, "text");
+                        if t == "fail" {
+                            let e = Status::aborted(format!("message {seq} asked to fail"));
+                            return Some((Err(e), (input, seq, 0, flooded)));
+                        }
+                        if let Some(n) =
+                            t.strip_prefix("flood ").and_then(|n| n.parse::<i32>().ok())
+                        {
+                            if n > 0 {
+                                flooded = 1;
+                                let m = flood(&probe, 1);
+                                return Some((Ok(m), (input, seq, n - 1, flooded)));
+                            }
+                        }
+                        let reply = message(
+                            &method,
+                            &[
+                                ("text", Value::String(format!("echo: {t}"))),
+                                ("seq", Value::I32(seq)),
+                            ],
+                        );
+                        Some((Ok(reply), (input, seq, left, flooded)))
+                    }
+                },
+            );
             Ok(Response::new(with_guard(out, guard)))
         }
         "ReportStream" => {

@@ -4,50 +4,15 @@
 //! from a third origin, which the gateway does not allow, tries the same.
 //! The pages post what the browser allowed and refused back to their server.
 //!
-//! Chromium comes from Debian (`.ci/run` installs it). When it is missing,
-//! the test installs it itself with apt-get, as the Python-based tests
-//! install their parsers; where that is impossible (not root, no network)
-//! the test fails with what to do, unless `GATEWAY_TESTS_SKIP_BROWSER=1`
-//! says to skip it. A silent pass would hide that CORS went untested.
+//! Chromium comes from Debian (`.ci/run` installs it; see
+//! `gateway_tests::browser` for what happens when it is missing).
 
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use gateway_tests::browser::{self, chromium};
 use gateway_tests::edge::{counting_backend, edge_config, serve_pages, Pages};
-use gateway_tests::{temp_dir, testing_descriptors, TestGateway};
-
-fn find_chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .map(|name| format!("/usr/bin/{name}"))
-        .find(|p| std::path::Path::new(p).exists())
-}
-
-/// The browser, installed from Debian's packages if missing. `None` only
-/// when the operator asked to skip the test.
-fn chromium() -> Option<String> {
-    if let Some(found) = find_chromium() {
-        return Some(found);
-    }
-    if std::env::var("GATEWAY_TESTS_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    eprintln!("chromium is missing; installing it with apt-get (Debian's package)");
-    let _ = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium")
-        .stdout(Stdio::null())
-        .status();
-    match find_chromium() {
-        Some(found) => Some(found),
-        None => panic!(
-            "chromium is not installed and `apt-get install -y chromium` failed; install it \
-             (as root: apt-get install -y chromium), or set GATEWAY_TESTS_SKIP_BROWSER=1 to \
-             skip this browser test knowingly"
-        ),
-    }
-}
+use gateway_tests::{testing_descriptors, TestGateway};
 
 const SCRIPT: &str = r#"
 async function attempt(name, url, opts) {
@@ -156,28 +121,7 @@ cors = { enabled = false }
         page(&gw_base, evil_calls, None).as_bytes(),
     );
 
-    let profile = temp_dir("chromium");
-    let mut child = tokio::process::Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("{app_base}/index.html"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
+    let (mut child, profile) = browser::open(&browser, &format!("{app_base}/index.html"));
     let app_report = app.wait_post("/report", Duration::from_secs(25)).await;
     let evil_report = evil.wait_post("/report", Duration::from_secs(25)).await;
     let _ = child.kill().await;

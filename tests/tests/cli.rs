@@ -52,9 +52,9 @@ fn check_accepts_the_repository_config() {
         text(&out.stderr)
     );
     let stdout = text(&out.stdout);
-    // 10 routes in the file, 1 from an annotation, 11 exposed to gRPC-Web
+    // 11 routes in the file, 1 from an annotation, 11 exposed to gRPC-Web
     // and Connect clients (10 methods over POST, GetShelf also over GET).
-    assert!(stdout.contains("ok (22 routes, 1 backends"), "{stdout}");
+    assert!(stdout.contains("ok (23 routes, 1 backends"), "{stdout}");
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn routes_prints_each_route_with_its_source() {
     assert!(lines[0].contains("SOURCE"), "{stdout}");
 
     let headers = route_headers(&cfg);
-    assert_eq!(headers.len(), 10);
+    assert_eq!(headers.len(), 11);
     let grpc_lines: Vec<usize> = cfg
         .lines()
         .enumerate()
@@ -257,7 +257,7 @@ fn routes_prints_each_route_with_its_source() {
         && l.contains("StreamBooks")
         && l.contains("grpc-web,connect")));
     assert!(!exposed.iter().any(|l| l.contains("ImportBooks")));
-    assert_eq!(lines.len(), 1 + 10 + 1 + 11, "{stdout}");
+    assert_eq!(lines.len(), 1 + 11 + 1 + 11, "{stdout}");
 }
 
 fn sigterm(child: &tokio::process::Child) {

@@ -713,6 +713,12 @@ pub struct RouteConfig {
     /// client-streaming method each part is streamed as messages instead.
     #[serde(default)]
     pub multipart: bool,
+    /// Serve the route as a WebSocket (docs/streaming.md): a GET with
+    /// `Upgrade: websocket` on a client- or bidirectional-streaming method,
+    /// one JSON message per text frame each way and the final status as a
+    /// last frame. Needs `method = "GET"`.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 fn default_listen() -> Spanned<String> {

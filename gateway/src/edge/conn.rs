@@ -130,6 +130,11 @@ pub async fn serve<S: HttpService>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let hold = Hold(Arc::new(HoldInner {
+            _permit: permit,
+            _alive: alive_tx.clone(),
+            stop: stop_rx.clone(),
+        }));
         let conn = serve_one(
             stream,
             peer,
@@ -137,18 +142,37 @@ pub async fn serve<S: HttpService>(
             limits(),
             stop_rx.clone(),
             drain.clone(),
-            alive_tx.clone(),
+            hold,
         );
-        tokio::spawn(async move {
-            conn.await;
-            drop(permit);
-        });
+        tokio::spawn(conn);
     }
     drop(listener);
     let _ = stop_tx.send(true);
     drop(alive_tx);
     let _ = alive_rx.recv().await;
     Ok(())
+}
+
+/// What a connection holds while it lasts: its `max_connections` slot and
+/// its place among the connections a shutdown waits for. It is on every
+/// request, so that a connection hyper hands over on an upgrade (a
+/// WebSocket, `pipeline::websocket`) keeps both until the socket closes,
+/// and hears the shutdown ([`Hold::stopping`]) to close it.
+#[derive(Clone)]
+pub struct Hold(Arc<HoldInner>);
+
+struct HoldInner {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _alive: tokio::sync::mpsc::Sender<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Hold {
+    /// Resolves when the server stops: the upgraded socket should close.
+    pub async fn stopping(&self) {
+        let mut stop = self.0.stop.clone();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
 }
 
 /// Counts requests being handled (from arrival to the answer's head) on one
@@ -212,7 +236,7 @@ async fn serve_one<S: HttpService>(
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
     drain: Drain,
-    _alive: tokio::sync::mpsc::Sender<()>,
+    hold: Hold,
 ) {
     let accepted = Instant::now();
     let mut draining = drain.0.tx.subscribe();
@@ -246,6 +270,7 @@ async fn serve_one<S: HttpService>(
             let drain = drain.clone();
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(hold.clone());
             // What axum's connect-info service would record; later stages
             // (consistent hashing) read it.
             req.extensions_mut()

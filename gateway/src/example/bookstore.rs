@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost_reflect::{
     DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, ReflectMessage, Value,
 };
+use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
 use tokio_stream::StreamExt as _;
@@ -20,12 +21,49 @@ pub const SERVICE: &str = "example.bookstore.v1.Bookstore";
 /// Fields of Book a client may change through UpdateBook.
 const MUTABLE_BOOK_FIELDS: &[&str] = &["title", "author", "genre", "tags", "page_count"];
 
-#[derive(Default)]
 struct Store {
     shelves: BTreeMap<i64, DynamicMessage>,
     books: BTreeMap<(i64, i64), DynamicMessage>,
     next_shelf: i64,
     next_book: i64,
+    /// Changes to books, as ShelfEvent messages, for ShelfFeed.
+    events: broadcast::Sender<DynamicMessage>,
+}
+
+/// ShelfEvents a feed may fall behind by; a feed further behind skips
+/// what it missed (the demo's feed is best effort).
+const FEED_BACKLOG: usize = 64;
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            shelves: BTreeMap::new(),
+            books: BTreeMap::new(),
+            next_shelf: 0,
+            next_book: 0,
+            events: broadcast::channel(FEED_BACKLOG).0,
+        }
+    }
+}
+
+impl Store {
+    /// Tells the feeds of the book's shelf (no one listening is fine).
+    fn publish(&self, pool: &DescriptorPool, kind: &str, book: &DynamicMessage) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let mut event = msg(pool, "example.bookstore.v1.ShelfEvent");
+        let number = event
+            .descriptor()
+            .get_field_by_name("kind")
+            .and_then(|f| f.kind().as_enum().cloned())
+            .and_then(|e| e.get_value_by_name(kind))
+            .map_or(0, |v| v.number());
+        event.set_field_by_name("kind", Value::EnumNumber(number));
+        event.set_field_by_name("shelf", Value::I64(i64_field(book, "shelf_id")));
+        event.set_field_by_name("book", Value::Message(book.clone()));
+        let _ = self.events.send(event);
+    }
 }
 
 /// Builds the server over `pool`, which must contain the bookstore descriptors,
@@ -53,11 +91,11 @@ pub fn server(pool: &DescriptorPool) -> DynamicServer {
     .with_gzip()
 }
 
-/// The two streaming methods: StreamBooks sends ListBooks' answer one book at
+/// The streaming methods: StreamBooks sends ListBooks' answer one book at
 /// a time; ImportBooks runs CreateBook for each message, stopping at the
-/// first refusal.
+/// first refusal; ShelfFeed follows a shelf (see [`feed`]).
 async fn stream(
-    store: &Mutex<Store>,
+    store: &Arc<Mutex<Store>>,
     method: &MethodDescriptor,
     mut requests: MessageStream,
 ) -> Result<Response<MessageStream>, Status> {
@@ -93,9 +131,104 @@ async fn stream(
             reply.set_field_by_name("books", Value::List(created));
             vec![Ok(reply)]
         }
+        "ShelfFeed" => return Ok(Response::new(feed(store, method, requests))),
         other => return Err(Status::unimplemented(format!("{other} is not implemented"))),
     };
     Ok(Response::new(Box::pin(tokio_stream::iter(replies))))
+}
+
+/// ShelfFeed: the shelf's changes as they happen, and the client's books
+/// added on the way, until the client ends its stream.
+fn feed(
+    store: &Arc<Mutex<Store>>,
+    method: &MethodDescriptor,
+    requests: MessageStream,
+) -> MessageStream {
+    let (tx, rx) = mpsc::channel(16);
+    let store = store.clone();
+    let create = method
+        .parent_service()
+        .methods()
+        .find(|m| m.name() == "CreateBook");
+    tokio::spawn(async move {
+        let mut requests = requests;
+        let mut events = match store.lock() {
+            Ok(s) => s.events.subscribe(),
+            Err(_) => return,
+        };
+        let mut shelf: Option<i64> = None;
+        loop {
+            tokio::select! {
+                req = requests.next() => {
+                    let req = match req {
+                        None => break,
+                        Some(Err(status)) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        Some(Ok(r)) => r,
+                    };
+                    if let Err(status) = feed_request(&store, create.as_ref(), &mut shelf, req) {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                event = events.recv(), if shelf.is_some() => match event {
+                    Ok(e) if Some(i64_field(&e, "shelf")) == shelf => {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        // The events of the client's last messages are already queued.
+        while let Ok(e) = events.try_recv() {
+            if Some(i64_field(&e, "shelf")) == shelf && tx.send(Ok(e)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// One ShelfFeed message: the first names the shelf; `add` adds a book.
+fn feed_request(
+    store: &Mutex<Store>,
+    create: Option<&MethodDescriptor>,
+    shelf: &mut Option<i64>,
+    req: DynamicMessage,
+) -> Result<(), Status> {
+    let id = i64_field(&req, "shelf");
+    match *shelf {
+        None => {
+            let s = store
+                .lock()
+                .map_err(|_| Status::internal("store lock poisoned"))?;
+            if !s.shelves.contains_key(&id) {
+                return Err(Status::not_found(format!("shelf {id} does not exist")));
+            }
+            *shelf = Some(id);
+        }
+        Some(current) if current != id => {
+            return Err(Status::invalid_argument(format!(
+                "this feed follows shelf {current}, not {id}"
+            )))
+        }
+        Some(_) => {}
+    }
+    if req.has_field_by_name("add") {
+        let create = create.ok_or_else(|| Status::internal("CreateBook missing"))?;
+        let mut create_req = DynamicMessage::new(create.input());
+        create_req.set_field_by_name("shelf", Value::I64(id));
+        if let Some(book) = req.get_field_by_name("add") {
+            create_req.set_field_by_name("book", book.into_owned());
+        }
+        handle(store, create, create_req)?;
+    }
+    Ok(())
 }
 
 fn msg(pool: &DescriptorPool, name: &str) -> DynamicMessage {
@@ -258,6 +391,7 @@ fn handle(
             book.set_field_by_name("create_time", Value::Message(ts.clone()));
             book.set_field_by_name("update_time", Value::Message(ts));
             s.books.insert((shelf_id, id), book.clone());
+            s.publish(pool, "BOOK_ADDED", &book);
             reply = book;
         }
         "GetBook" | "DeleteBook" | "UpdateBook" => {
@@ -278,7 +412,9 @@ fn handle(
             match method.name() {
                 "GetBook" => reply = s.books[&key].clone(),
                 "DeleteBook" => {
-                    s.books.remove(&key);
+                    if let Some(book) = s.books.remove(&key) {
+                        s.publish(pool, "BOOK_DELETED", &book);
+                    }
                 }
                 _ => {
                     let patch = patch.unwrap_or_else(|| msg(pool, "example.bookstore.v1.Book"));
@@ -330,6 +466,7 @@ fn handle(
                     let ts = now(timestamp_desc(book, "update_time"));
                     book.set_field_by_name("update_time", Value::Message(ts));
                     reply = book.clone();
+                    s.publish(pool, "BOOK_UPDATED", &reply);
                 }
             }
         }

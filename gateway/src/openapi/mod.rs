@@ -108,11 +108,12 @@ pub fn document(snap: &Snapshot) -> Value {
 
     // Methods exposed to gRPC-Web and Connect clients are not REST
     // operations (their requests and errors are those protocols' own); the
-    // document lists them under `x-grpc-protocols` instead.
+    // document lists them under `x-grpc-protocols` instead. OpenAPI has no
+    // words for a WebSocket (docs/streaming.md documents them).
     let rest: Vec<std::sync::Arc<crate::snapshot::Route>> = snap
         .routes
         .iter()
-        .filter(|r| !r.rpc.any())
+        .filter(|r| !r.rpc.any() && !r.plan.shaping.websocket)
         .cloned()
         .collect();
     for group in paths::group(&rest) {

@@ -32,6 +32,7 @@ use tonic::Code;
 mod compress;
 pub mod rpc;
 mod stream;
+mod websocket;
 
 use crate::edge::auth::Authenticate;
 use crate::edge::client_ip::ResolveClient;
@@ -545,6 +546,17 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
         Ok(md) => md,
         Err(e) => return Error::BadRequest(e.to_string()).into_response(),
     };
+
+    // STAGE WebSocket: the route's stream is carried on an upgraded socket.
+    if route.plan.shaping.websocket {
+        let frames = crate::transcode::websocket::Frames::new(
+            &snap.transcode,
+            &route.plan,
+            &vars,
+            parts.uri.query(),
+        );
+        return Box::pin(websocket::answer(snap, route, frames, &mut parts, metadata)).await;
+    }
 
     // STAGE streaming: requests the transcoder takes as streams (client and
     // bidirectional streaming, raw and multipart bodies) go their own way.

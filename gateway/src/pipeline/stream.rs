@@ -278,7 +278,7 @@ async fn call_streaming_with(
 /// breaker, concurrency limit, outlier detection, health and metrics as a
 /// unary call (see `upstream::Backend::stream`). `wait` bounds the wait for
 /// the backend's answer to begin.
-async fn open(
+pub(super) async fn open(
     route: &Route,
     body: RequestBody,
     metadata: MetadataMap,
@@ -305,6 +305,12 @@ async fn open(
 /// status, details and `Grpc-Metadata-*`; transport failures name the
 /// backend and the instance.
 pub(crate) fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Response<Body> {
+    call_failure(snap, route, e).into_response()
+}
+
+/// [`call_error`]'s error, for answers that are not HTTP responses (the
+/// last frame of a WebSocket).
+pub(super) fn call_failure(snap: &Snapshot, route: &Route, e: CallError) -> Error {
     match e {
         CallError::Refused { code, message } => {
             tracing::debug!(
@@ -314,15 +320,15 @@ pub(crate) fn call_error(snap: &Snapshot, route: &Route, e: CallError) -> Respon
                 error = %message,
                 "backend call refused"
             );
-            Error::Refused { code, message }.into_response()
+            Error::Refused { code, message }
         }
-        CallError::Upstream { status, addr, .. } => backend_error(snap, route, &addr, &status),
+        CallError::Upstream { status, addr, .. } => backend_failure(snap, route, &addr, &status),
     }
 }
 
 /// No bound: how long a client-streaming call without a `stream_timeout`
 /// may run (an upload takes as long as the client takes to send it).
-const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(super) const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn deadline_error(route: &Route) -> Response<Body> {
     Error::DeadlineExceeded(crate::upstream::deadline::exceeded_message(
@@ -357,6 +363,16 @@ fn backend_error(
     addr: &str,
     status: &tonic::Status,
 ) -> Response<Body> {
+    backend_failure(snap, route, addr, status).into_response()
+}
+
+/// [`backend_error`]'s error.
+pub(super) fn backend_failure(
+    snap: &Snapshot,
+    route: &Route,
+    addr: &str,
+    status: &tonic::Status,
+) -> Error {
     tracing::debug!(
         route = %route.template,
         grpc.method = route.plan.grpc_method.full_name(),
@@ -385,5 +401,5 @@ fn backend_error(
         s.message = msg;
     }
     crate::transcode::metadata::response_metadata(status.metadata(), &mut s.headers);
-    Error::Backend(Box::new(s)).into_response()
+    Error::Backend(Box::new(s))
 }

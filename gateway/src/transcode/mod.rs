@@ -16,6 +16,7 @@ pub mod response;
 pub mod shape;
 pub mod stream;
 pub mod strict;
+pub mod websocket;
 mod wire;
 pub mod wire_json;
 

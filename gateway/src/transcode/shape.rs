@@ -25,6 +25,7 @@ pub struct ShapeConfig {
     pub stream_framing: Option<String>,
     pub stream_timeout: Option<Duration>,
     pub multipart: bool,
+    pub websocket: bool,
 }
 
 /// What a route does beyond plain JSON in, JSON out; compiled at load.
@@ -38,6 +39,8 @@ pub struct Shaping {
     pub stream_timeout: Option<Duration>,
     /// `multipart/form-data` bodies are accepted.
     pub multipart: bool,
+    /// The route is served as a WebSocket (`pipeline::websocket`).
+    pub websocket: bool,
     /// The request (or its body field) is a google.api.HttpBody: the raw
     /// body and its content type go in.
     pub raw_request: bool,
@@ -68,6 +71,7 @@ impl Default for Shaping {
             framing: Framing::default(),
             stream_timeout: None,
             multipart: false,
+            websocket: false,
             raw_request: false,
             raw_response: false,
             update_mask: None,
@@ -245,6 +249,30 @@ pub fn compile(
         }
         if client_streaming && server_streaming {
             fail("multipart", format!("{} is bidirectional; multipart uploads go to unary or client-streaming methods", grpc.full_name()));
+        }
+    }
+    if cfg.websocket {
+        s.websocket = true;
+        if method != "GET" {
+            fail(
+                "websocket",
+                format!("a WebSocket is opened with a GET (the upgrade request), not {method}; set method = \"GET\""),
+            );
+        }
+        if !client_streaming {
+            fail(
+                "websocket",
+                format!(
+                    "{} does not stream its requests; a WebSocket route serves client- or bidirectional-streaming methods",
+                    grpc.full_name()
+                ),
+            );
+        }
+        if s.raw_request || s.raw_response || cfg.multipart {
+            fail(
+                "websocket",
+                "each WebSocket frame is one JSON message; raw (google.api.HttpBody) and multipart bodies are not carried".into(),
+            );
         }
     }
     s
