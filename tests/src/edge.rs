@@ -147,6 +147,18 @@ pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
     .expect("sign")
 }
 
+/// `Bearer <token>` for `sub` from the issuer `https://hs.test`, signed
+/// HS256 with `secret`, valid for a minute.
+pub fn hs_bearer(secret: &str, sub: &str) -> String {
+    format!(
+        "Bearer {}",
+        sign_hs256(
+            secret.as_bytes(),
+            &json!({"iss": "https://hs.test", "sub": sub, "exp": now() + 60})
+        )
+    )
+}
+
 /// Seconds since the epoch.
 pub fn now() -> i64 {
     SystemTime::now()

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use gateway_tests::edge::{counting_backend, edge_config, now, sign_hs256};
+use gateway_tests::edge::{counting_backend, edge_config};
 use gateway_tests::{testing_descriptors, Reply, TestGateway};
 use serde_json::json;
 
@@ -184,13 +184,7 @@ async fn header_keys_count_per_api_key() {
 }
 
 fn token(sub: &str) -> String {
-    format!(
-        "Bearer {}",
-        sign_hs256(
-            SECRET.as_bytes(),
-            &json!({"iss": "https://hs.test", "sub": sub, "exp": now() + 60})
-        )
-    )
+    gateway_tests::edge::hs_bearer(SECRET, sub)
 }
 
 #[tokio::test]

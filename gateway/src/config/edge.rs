@@ -49,6 +49,51 @@ pub struct AuthConfig {
     /// Off by default: a backend that logs headers would leak credentials.
     #[serde(default)]
     pub forward_token: bool,
+    /// What proves a caller on routes that do not set `credentials`:
+    /// `"jwt"`, `"api_key"` (a key of a `[consumers.NAME]`), or both, meaning
+    /// either (default `["jwt"]`).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub credentials: Option<Vec<Spanned<String>>>,
+}
+
+/// `[api_keys]`: where clients present the API keys of `[consumers]`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// The request header carrying the key (default `x-api-key`). It is
+    /// removed before the call: keys never reach backends or logs.
+    #[schemars(with = "Option<String>")]
+    pub header: Option<Spanned<String>>,
+    /// Also read the key from this query parameter (after the header); it
+    /// is taken out of the request target. None when absent.
+    #[schemars(with = "Option<String>")]
+    pub query_param: Option<Spanned<String>>,
+}
+
+/// `[consumers.NAME]`: a caller known by its API keys. Its name is what
+/// rate limits keyed by `consumer` count, and reaches backends as metadata
+/// `x-consumer`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The SHA-256 digests of the consumer's keys, as `sha256:<64 hex
+    /// digits>` (`printf %s "$KEY" | sha256sum`): the keys themselves need
+    /// not be in the file.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub keys: Vec<Spanned<String>>,
+    /// An environment variable holding one more key, as it is.
+    #[schemars(with = "Option<String>")]
+    pub key_env: Option<Spanned<String>>,
+    /// A file (relative to routes.toml) whose first line is one more key.
+    #[schemars(with = "Option<String>")]
+    pub key_file: Option<Spanned<String>>,
+    /// Rate-limit policies (names under `[rate_limits.policies]`) counted
+    /// per this consumer on every route it calls, on top of the route's
+    /// own: its quotas.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub rate_limits: Vec<Spanned<String>>,
 }
 
 /// `[auth.issuers.NAME]`.

@@ -25,7 +25,8 @@ use reference::{ClaimValue, DurationText};
 
 pub use duration::parse_duration;
 pub use edge::{
-    AuthConfig, CorsConfig, IssuerConfig, LimitsConfig, RateLimitPolicyConfig, RateLimitsConfig,
+    ApiKeysConfig, AuthConfig, ConsumerConfig, CorsConfig, IssuerConfig, LimitsConfig,
+    RateLimitPolicyConfig, RateLimitsConfig,
 };
 pub use error::{ConfigError, ConfigErrors, LineIndex};
 
@@ -58,6 +59,13 @@ pub struct FileConfig {
     /// Named quotas, and the ones routes get by default (docs/edge-security.md).
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Where API keys are presented (docs/edge-security.md).
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+    /// Callers known by API keys, by name (docs/edge-security.md).
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ConsumerConfig>")]
+    pub consumers: BTreeMap<String, Spanned<ConsumerConfig>>,
     /// Request size, time and connection bounds (docs/edge-security.md).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -630,6 +638,10 @@ pub struct RouteConfig {
     /// Issuers (names under `[auth.issuers]`) accepted here (default: all).
     #[schemars(with = "Option<Vec<String>>")]
     pub issuers: Option<Vec<Spanned<String>>>,
+    /// `"jwt"`, `"api_key"`, or both (either proves the caller); default
+    /// `auth.credentials`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub credentials: Option<Vec<Spanned<String>>>,
     /// Scopes the token must all carry (`scope` string or `scp` list); 403 otherwise.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]

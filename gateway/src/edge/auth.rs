@@ -1,13 +1,16 @@
 //! The authentication layer: a route's token check and its scope and claim
 //! policy ([`super::jwt`] verifies), before any body byte is read.
 //!
-//! For every request it takes a token out of the query (`[auth]
-//! query_param`): a credential, not a message field, that must not reach
-//! the backend. For every routed request it drops `x-jwt-*` metadata the
-//! client made up (claims are the gateway's to state). For a route that
-//! checks tokens it verifies the token, forwards what the route asks for,
-//! and puts the [`Verified`] token on the request for the layers below
-//! (subject rate limits, the access log).
+//! For every request it takes a token and an API key out of the query
+//! (`[auth] query_param`, `[api_keys] query_param`): credentials, not
+//! message fields, that must not reach the backend. For every routed
+//! request it drops `x-jwt-*` and `x-consumer` metadata the client made up
+//! (those are the gateway's to state). For a route that checks callers it
+//! verifies what the route accepts (`credentials`: a JWT, an API key of a
+//! `[consumers.NAME]`, or either), forwards what the route asks for, and
+//! puts the [`Verified`] token and the [`Identified`] consumer on the
+//! request for the layers below (rate limits by subject or consumer, the
+//! access log).
 
 use std::convert::Infallible;
 
@@ -15,6 +18,7 @@ use axum::body::Body;
 use futures_util::future::Either;
 use http::{header, Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response};
 
+use super::consumers::{Identified, CONSUMER_METADATA};
 use super::jwt::{self, AuthError, AuthMode, QueryToken, RouteAuth, TokenSource, Verified};
 use super::layer::{BoxFut, Policed, RouteView};
 use super::Edge;
@@ -42,16 +46,32 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let (token, checks) = match req.extensions().get::<R>() {
-            Some(view) => (
-                query_token(&view.context().edge, req.uri()),
-                view.policy().map(|p| p.auth.mode != AuthMode::None),
-            ),
+        // Credentials in the query leave the target before anything reads
+        // it (the access log included).
+        let (names, checks) = match req.extensions().get::<R>() {
+            Some(view) => {
+                let edge = &view.context().edge;
+                let names = (edge.auth.query_param.is_some()
+                    || edge.consumers.query_param.is_some())
+                .then(|| {
+                    (
+                        edge.auth.query_param.clone(),
+                        edge.consumers.query_param.clone(),
+                    )
+                });
+                (names, view.policy().map(|p| p.auth.mode != AuthMode::None))
+            }
             None => (None, None),
         };
-        if let Some((uri, token)) = token {
-            *req.uri_mut() = uri;
-            req.extensions_mut().insert(token);
+        if let Some((token, key)) = names {
+            if let Some((uri, t)) = token.and_then(|n| take_query_param(req.uri(), &n)) {
+                *req.uri_mut() = uri;
+                req.extensions_mut().insert(QueryToken(t));
+            }
+            if let Some((uri, k)) = key.and_then(|n| take_query_param(req.uri(), &n)) {
+                *req.uri_mut() = uri;
+                req.extensions_mut().insert(QueryApiKey(k));
+            }
         }
         match checks {
             // No route: a 404, 405 or 400 answer is coming.
@@ -84,9 +104,12 @@ where
                 crate::telemetry::otel::auth(checking).await
             };
             match verified {
-                Ok(verified) => {
-                    if let Some(v) = verified {
+                Ok(caller) => {
+                    if let Some(v) = caller.verified {
                         parts.extensions.insert(v);
+                    }
+                    if let Some(c) = caller.consumer {
+                        parts.extensions.insert(c);
                     }
                     inner.call(Request::from_parts(parts, body)).await
                 }
@@ -104,10 +127,17 @@ where
 const CLAIM_PREFIX: &str = "x-jwt-";
 const CLAIM_METADATA_PREFIX: &str = "grpc-metadata-x-jwt-";
 
+/// An API key taken out of the query (`[api_keys] query_param`).
+#[derive(Debug, Clone)]
+pub struct QueryApiKey(pub String);
+
 fn drop_forged_claims(headers: &mut HeaderMap) {
     let forged = |k: &HeaderName| {
         let k = k.as_str();
-        k.starts_with(CLAIM_PREFIX) || k.starts_with(CLAIM_METADATA_PREFIX)
+        k.starts_with(CLAIM_PREFIX)
+            || k.starts_with(CLAIM_METADATA_PREFIX)
+            || k == "x-consumer"
+            || k == CONSUMER_METADATA.as_str()
     };
     if !headers.keys().any(forged) {
         return;
@@ -118,10 +148,9 @@ fn drop_forged_claims(headers: &mut HeaderMap) {
     }
 }
 
-/// The target without the token query parameter (if `[auth] query_param`
-/// is set and the query has it), and the token.
-fn query_token(edge: &Edge, uri: &http::Uri) -> Option<(http::Uri, QueryToken)> {
-    let name = edge.auth.query_param.as_ref()?;
+/// The target without the query parameter `name`, and its value, when the
+/// query has it.
+fn take_query_param(uri: &http::Uri, name: &str) -> Option<(http::Uri, String)> {
     let query = uri.query()?;
     let mut token = None;
     let mut kept: Vec<&str> = Vec::new();
@@ -146,7 +175,14 @@ fn query_token(edge: &Edge, uri: &http::Uri) -> Option<(http::Uri, QueryToken)> 
     let mut parts = http::uri::Parts::from(uri.clone());
     parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target).ok()?);
     let uri = http::Uri::from_parts(parts).ok()?;
-    Some((uri, QueryToken(token)))
+    Some((uri, token))
+}
+
+/// Who the route's check found: a verified token, a consumer, both or
+/// neither (an anonymous call on an optional route).
+struct Caller {
+    verified: Option<Verified>,
+    consumer: Option<Identified>,
 }
 
 /// The route's token check: `Ok(None)` for an anonymous request the route
@@ -158,10 +194,78 @@ async fn authenticate(
     route: &RouteAuth,
     headers: &mut HeaderMap,
     extensions: &Extensions,
-) -> Result<Option<Verified>, Error> {
+) -> Result<Caller, Error> {
+    let mut caller = Caller {
+        verified: None,
+        consumer: None,
+    };
     if route.mode == AuthMode::None {
-        return Ok(None);
+        return Ok(caller);
     }
+    if route.credentials.api_key {
+        caller.consumer = api_key(edge, headers, extensions)?;
+    }
+    // The key never goes on, whatever the route accepts.
+    headers.remove(&edge.consumers.header);
+    if !route.credentials.jwt {
+        return match (&caller.consumer, route.mode) {
+            (None, AuthMode::Required) => Err(refuse_key(
+                "this route needs an API key (header {header})",
+                edge,
+            )),
+            _ => Ok(caller),
+        };
+    }
+    caller.verified =
+        jwt_token(edge, route, headers, extensions, caller.consumer.is_some()).await?;
+    Ok(caller)
+}
+
+/// 401 for a missing or unknown API key; `{header}` in `message` names the
+/// header keys go in. Counted with the token failures.
+fn refuse_key(message: &str, edge: &Edge) -> Error {
+    metrics::counter!(crate::telemetry::metrics::AUTH_FAILURES, "reason" => "invalid_api_key")
+        .increment(1);
+    Error::Unauthenticated {
+        message: message.replace("{header}", edge.consumers.header.as_str()),
+        challenge: HeaderValue::from_static("ApiKey"),
+    }
+}
+
+/// The consumer whose key the request carries (header, else query), its
+/// name forwarded as `x-consumer`; an unknown key is a 401.
+fn api_key(
+    edge: &Edge,
+    headers: &mut HeaderMap,
+    extensions: &Extensions,
+) -> Result<Option<Identified>, Error> {
+    let presented = match headers.get(&edge.consumers.header) {
+        Some(v) => Some(v.as_bytes().to_vec()),
+        None => extensions
+            .get::<QueryApiKey>()
+            .map(|k| k.0.as_bytes().to_vec()),
+    };
+    let Some(presented) = presented else {
+        return Ok(None);
+    };
+    let Some(consumer) = edge.consumers.identify(&presented) else {
+        return Err(refuse_key("the API key is not valid", edge));
+    };
+    if let Ok(v) = HeaderValue::from_str(&consumer.name) {
+        headers.insert(CONSUMER_METADATA, v);
+    }
+    Ok(Some(Identified(consumer)))
+}
+
+/// The route's token check (the JWT half of [`authenticate`]); a missing
+/// token is fine when `identified` (the API key proved the caller).
+async fn jwt_token(
+    edge: &Edge,
+    route: &RouteAuth,
+    headers: &mut HeaderMap,
+    extensions: &Extensions,
+    identified: bool,
+) -> Result<Option<Verified>, Error> {
     let auth = &edge.auth;
     let refuse = |e: AuthError| {
         let reason = match &e {
@@ -184,7 +288,7 @@ async fn authenticate(
     headers.remove("grpc-metadata-authorization");
     let Some((token, source)) = found else {
         return match route.mode {
-            AuthMode::Required => Err(refuse(AuthError::Missing)),
+            AuthMode::Required if !identified => Err(refuse(AuthError::Missing)),
             _ => Ok(None),
         };
     };
@@ -233,17 +337,16 @@ mod tests {
 
     #[test]
     fn the_query_token_leaves_the_target_and_the_other_parameters_stay() {
-        let mut edge = Edge::default();
-        edge.auth.query_param = Some("access_token".into());
         let uri: http::Uri = "/v1/books?a=1&access_token=t%2B1&b=2".parse().unwrap();
-        let (uri, token) = query_token(&edge, &uri).unwrap();
+        let (uri, token) = take_query_param(&uri, "access_token").unwrap();
         assert_eq!(uri, "/v1/books?a=1&b=2");
-        assert_eq!(token.0, "t+1");
+        assert_eq!(token, "t+1");
         let only: http::Uri = "/v1/books?access_token=x".parse().unwrap();
-        assert_eq!(query_token(&edge, &only).unwrap().0, "/v1/books");
+        assert_eq!(
+            take_query_param(&only, "access_token").unwrap().0,
+            "/v1/books"
+        );
         let none: http::Uri = "/v1/books?a=1".parse().unwrap();
-        assert!(query_token(&edge, &none).is_none());
-        edge.auth.query_param = None;
-        assert!(query_token(&edge, &uri).is_none());
+        assert!(take_query_param(&none, "access_token").is_none());
     }
 }

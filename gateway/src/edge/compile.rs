@@ -33,10 +33,12 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
     let auth = build_auth(file, previous.map(|p| &p.auth), errors);
     let (cors, cors_configured) = build_cors(file, errors);
     let rate_limits = build_rate_limits(file, previous.map(|p| &p.rate_limits), errors);
+    let consumers = super::consumers::Consumers::build(file, &rate_limits, errors);
     let client_ip = build_client_ip(file, errors);
     let limits = build_limits(file, errors);
     Edge {
         auth,
+        consumers,
         cors,
         cors_configured,
         rate_limits,
@@ -367,7 +369,19 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
             .unwrap_or_default(),
         None => AuthMode::None,
     };
-    if default_mode != AuthMode::None && a.issuers.is_empty() {
+    let credentials = match &a.credentials {
+        Some(list) => jwt::Credentials::parse(list.iter().map(|c| c.get_ref().as_str()))
+            .map_err(|e| {
+                errors.push(file.error(
+                    list.first().expect("parse refuses an empty list"),
+                    "auth.credentials",
+                    e,
+                ))
+            })
+            .unwrap_or_default(),
+        None => jwt::Credentials::default(),
+    };
+    if default_mode != AuthMode::None && a.issuers.is_empty() && !credentials.api_key {
         if let Some(d) = &a.default {
             errors.push(file.error(
                 d,
@@ -394,6 +408,7 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
     Auth {
         issuers: build_issuers(file, leeway, previous, errors),
         default_mode,
+        credentials,
         cookie,
         query_param,
         max_token_bytes,
@@ -971,6 +986,7 @@ impl Edge {
         RouteEdge {
             auth: RouteAuth {
                 mode: self.auth.default_mode,
+                credentials: self.auth.credentials,
                 issuers: None,
                 scopes: Vec::new(),
                 claims: Vec::new(),
@@ -996,7 +1012,31 @@ impl Edge {
         errors: &mut Vec<ConfigError>,
     ) -> RouteAuth {
         let r = route.get();
-        let mode = self.route_auth_mode(route, errors);
+        let credentials = match &r.credentials {
+            Some(list) => {
+                let parsed = jwt::Credentials::parse(list.iter().map(|c| c.get_ref().as_str()));
+                match (parsed, list.first()) {
+                    (Ok(c), _) => c,
+                    (Err(e), Some(first)) => {
+                        errors.push(route.error(first, "credentials", e));
+                        self.auth.credentials
+                    }
+                    (Err(e), None) => {
+                        errors.push(route.file.error(route.spanned, route.at("credentials"), e));
+                        self.auth.credentials
+                    }
+                }
+            }
+            None => self.auth.credentials,
+        };
+        let mode = self.route_auth_mode(route, credentials, errors);
+        if mode != AuthMode::None && credentials.api_key && self.consumers.is_empty() {
+            errors.push(route.file.error(
+                route.spanned,
+                route.at("credentials"),
+                "api_key needs consumers: no [consumers.NAME] is defined, so no key could pass",
+            ));
+        }
         let issuers = r
             .issuers
             .as_ref()
@@ -1016,6 +1056,7 @@ impl Edge {
         };
         RouteAuth {
             mode,
+            credentials,
             issuers,
             scopes: r.scopes.iter().map(|s| s.get_ref().clone()).collect(),
             claims,
@@ -1028,6 +1069,7 @@ impl Edge {
     fn route_auth_mode(
         &self,
         route: &Table<'_, RouteConfig>,
+        credentials: jwt::Credentials,
         errors: &mut Vec<ConfigError>,
     ) -> AuthMode {
         let Some(m) = &route.get().auth else {
@@ -1036,7 +1078,7 @@ impl Edge {
         let mode = AuthMode::parse(m.get_ref())
             .map_err(|e| errors.push(route.error(m, "auth", e)))
             .unwrap_or(self.auth.default_mode);
-        if mode != AuthMode::None && self.auth.issuers.is_empty() {
+        if mode != AuthMode::None && self.auth.issuers.is_empty() && !credentials.api_key {
             errors.push(route.error(
                 m,
                 "auth",

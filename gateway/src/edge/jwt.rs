@@ -146,11 +146,65 @@ impl Issuer {
     }
 }
 
+/// What may prove the caller on a route: a JWT, an API key of a
+/// `[consumers.NAME]`, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    pub jwt: bool,
+    pub api_key: bool,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Credentials {
+            jwt: true,
+            api_key: false,
+        }
+    }
+}
+
+impl Credentials {
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Credentials, String> {
+        let mut out = Credentials {
+            jwt: false,
+            api_key: false,
+        };
+        for n in names {
+            match n.trim() {
+                "jwt" => out.jwt = true,
+                "api_key" => out.api_key = true,
+                other => {
+                    return Err(format!(
+                        "\"{other}\" is not a credential; use \"jwt\", \"api_key\" or both"
+                    ))
+                }
+            }
+        }
+        if !out.jwt && !out.api_key {
+            return Err("name at least one credential: \"jwt\", \"api_key\"".to_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.jwt {
+            out.push("jwt");
+        }
+        if self.api_key {
+            out.push("api_key");
+        }
+        out
+    }
+}
+
 /// `[auth]`, compiled.
 #[derive(Debug, Default)]
 pub struct Auth {
     pub issuers: Vec<Arc<Issuer>>,
     pub default_mode: AuthMode,
+    /// `auth.credentials`: what routes without their own accept.
+    pub credentials: Credentials,
     pub cookie: Option<String>,
     pub query_param: Option<String>,
     pub max_token_bytes: usize,
@@ -162,6 +216,7 @@ pub struct Auth {
 #[derive(Debug, Clone, Default)]
 pub struct RouteAuth {
     pub mode: AuthMode,
+    pub credentials: Credentials,
     /// Issuers accepted on this route (indexes into `Auth::issuers`); all when `None`.
     pub issuers: Option<Vec<usize>>,
     pub scopes: Vec<String>,

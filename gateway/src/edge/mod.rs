@@ -10,9 +10,10 @@
 //!    body size.
 //! 4. The client's address, trusted proxies applied ([`client_ip`]).
 //! 5. Rate limits keyed by IP, header or route ([`ratelimit`]).
-//! 6. Authentication and the route's scope and claim policy ([`auth`],
-//!    [`jwt`]).
-//! 7. Rate limits keyed by the JWT subject.
+//! 6. Authentication (a JWT, an API key of a consumer, or either) and the
+//!    route's scope and claim policy ([`auth`], [`jwt`], [`consumers`]).
+//! 7. Rate limits keyed by the JWT subject or the consumer, and the
+//!    consumer's quotas.
 //!
 //! Transcoding then bounds the body while reading it (size, JSON depth,
 //! duplicate keys). Route policies (5 to 7) pass requests no route took:
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod client_ip;
 mod compile;
 pub mod conn;
+pub mod consumers;
 pub mod cors;
 pub mod jwks;
 pub mod jwt;
@@ -44,6 +46,8 @@ use ratelimit::{KeyKind, Policy, RateLimits};
 #[derive(Debug)]
 pub struct Edge {
     pub auth: Auth,
+    /// `[consumers]` and `[api_keys]`: callers known by API keys.
+    pub consumers: consumers::Consumers,
     /// `[cors]`: routes without their own policy use it, and so do answers
     /// no route gives (404, 405).
     pub cors: Option<Arc<CorsPolicy>>,
@@ -61,6 +65,7 @@ impl Default for Edge {
                 max_token_bytes: jwt::DEFAULT_MAX_TOKEN_BYTES,
                 ..Default::default()
             },
+            consumers: consumers::Consumers::default(),
             cors: None,
             cors_configured: false,
             rate_limits: RateLimits::new(
@@ -124,6 +129,7 @@ impl RouteEdge {
         let a = &self.auth;
         serde_json::json!({
             "mode": a.mode.as_str(),
+            "credentials": a.credentials.names(),
             "issuers": match &a.issuers {
                 None => edge.auth.issuers.iter().map(|i| i.name.clone()).collect::<Vec<_>>(),
                 Some(list) => list.iter().filter_map(|i| edge.auth.issuers.get(*i)).map(|i| i.name.clone()).collect(),

@@ -47,6 +47,8 @@ pub enum KeyKind {
     Header(HeaderName),
     /// Every request on the route counts against one bucket.
     Route,
+    /// The consumer an API key named, else the JWT `sub`, else the client IP.
+    Consumer,
 }
 
 impl KeyKind {
@@ -56,20 +58,22 @@ impl KeyKind {
             "ip" => Ok(KeyKind::Ip),
             "subject" => Ok(KeyKind::Subject),
             "route" => Ok(KeyKind::Route),
+            "consumer" => Ok(KeyKind::Consumer),
             _ => match s.strip_prefix("header:") {
                 Some(h) => HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
                     .map(KeyKind::Header)
                     .map_err(|_| format!("\"{h}\" is not a header name")),
                 None => Err(format!(
-                    "\"{s}\" is not a key; use \"ip\", \"subject\", \"header:<name>\" or \"route\""
+                    "\"{s}\" is not a key; use \"ip\", \"subject\", \"consumer\", \"header:<name>\" or \"route\""
                 )),
             },
         }
     }
 
-    /// Subject keys need the token, so they are checked after authentication.
+    /// Subject and consumer keys need the caller proven, so they are
+    /// checked after authentication.
     pub fn after_auth(&self) -> bool {
-        matches!(self, KeyKind::Subject)
+        matches!(self, KeyKind::Subject | KeyKind::Consumer)
     }
 }
 
@@ -80,6 +84,7 @@ impl std::fmt::Display for KeyKind {
             KeyKind::Subject => f.write_str("subject"),
             KeyKind::Header(h) => write!(f, "header:{h}"),
             KeyKind::Route => f.write_str("route"),
+            KeyKind::Consumer => f.write_str("consumer"),
         }
     }
 }
@@ -514,10 +519,18 @@ fn check_route<B>(
 ) -> Option<(Fields, Result<(), crate::error::Error>)> {
     use std::net::IpAddr;
     let after = phase == Phase::AfterAuth;
+    // After authentication, the consumer's own quotas count too, per it.
+    let consumer = req
+        .extensions()
+        .get::<super::consumers::Identified>()
+        .filter(|_| after);
+    let quotas = consumer.map_or(&[][..], |c| &c.0.rate_limits[..]);
     let mut limits = route
         .rate_limits
         .iter()
         .filter(|p| p.def.key.after_auth() == after)
+        .map(|p| (p, false))
+        .chain(quotas.iter().map(|p| (p, true)))
         .peekable();
     limits.peek()?;
     let client = req
@@ -542,20 +555,25 @@ fn check_route<B>(
         edge.rate_limits.hash_key(scope, parts)
     };
     let mut fields = Fields::default();
-    for p in limits {
-        let key = match &p.def.key {
-            KeyKind::Ip => key_of(p, &[b"ip", ip]),
-            KeyKind::Header(h) => match req.headers().get(h) {
-                Some(v) => key_of(p, &[b"h", v.as_bytes()]),
-                None => key_of(p, &[b"ip", ip]),
-            },
-            KeyKind::Route => edge
-                .rate_limits
-                .hash_key(Some(route.route_key), &[b"route"]),
-            // Anonymous requests are counted by address.
-            KeyKind::Subject => match subject {
-                Some((iss, sub)) => key_of(p, &[b"sub", iss.as_bytes(), sub.as_bytes()]),
-                None => key_of(p, &[b"ip", ip]),
+    for (p, quota) in limits {
+        let key = match (&p.def.key, consumer) {
+            // A quota counts its consumer, whatever the policy's own key.
+            (_, Some(c)) if quota => key_of(p, &[b"consumer", c.0.name.as_bytes()]),
+            (KeyKind::Consumer, Some(c)) => key_of(p, &[b"consumer", c.0.name.as_bytes()]),
+            (key, _) => match key {
+                KeyKind::Ip => key_of(p, &[b"ip", ip]),
+                KeyKind::Header(h) => match req.headers().get(h) {
+                    Some(v) => key_of(p, &[b"h", v.as_bytes()]),
+                    None => key_of(p, &[b"ip", ip]),
+                },
+                KeyKind::Route => edge
+                    .rate_limits
+                    .hash_key(Some(route.route_key), &[b"route"]),
+                // Anonymous requests are counted by address.
+                KeyKind::Subject | KeyKind::Consumer => match subject {
+                    Some((iss, sub)) => key_of(p, &[b"sub", iss.as_bytes(), sub.as_bytes()]),
+                    None => key_of(p, &[b"ip", ip]),
+                },
             },
         };
         let outcome = p.check(key);

@@ -522,7 +522,8 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
         info.subject = parts
             .extensions
             .get::<crate::edge::jwt::Verified>()
-            .and_then(|v| v.subject().map(str::to_owned));
+            .and_then(|v| v.subject().map(str::to_owned))
+            .or_else(|| caller_name(&parts.extensions));
         let resp = Box::pin(rpc::answer(snap, route, protocol, &parts, body)).await;
         info.grpc_code = Some(
             resp.extensions()
@@ -534,7 +535,8 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
     info.subject = parts
         .extensions
         .get::<crate::edge::jwt::Verified>()
-        .and_then(|v| v.subject().map(str::to_owned));
+        .and_then(|v| v.subject().map(str::to_owned))
+        .or_else(|| caller_name(&parts.extensions));
 
     // STAGE headers: the client's deadline and metadata, read before any
     // body byte; a value the gateway cannot read is a 400 naming the header.
@@ -653,6 +655,13 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
         }
         Err(e) => stream::call_error(snap, route, e),
     }
+}
+
+/// The consumer an API key named, for the access log when no token did.
+fn caller_name(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<crate::edge::consumers::Identified>()
+        .map(|c| c.0.name.to_string())
 }
 
 /// The client's address for consistent hashing: the edge's view (trusted
