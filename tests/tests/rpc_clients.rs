@@ -359,6 +359,54 @@ async fn grpc_web_text_bodies_are_base64_both_ways() {
 }
 
 #[tokio::test]
+async fn browsers_get_grpc_web_and_connect_answers_compressed() {
+    use std::io::Read as _;
+    let gw = echo_gateway("[server.compression]\nmin_bytes = 16", "").await;
+    // A reply well over the threshold.
+    let long = "x".repeat(2000);
+    let message = {
+        let mut m = vec![0x52u8, 0xd0, 0x0f];
+        m.extend_from_slice(long.as_bytes());
+        m
+    };
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .build()
+        .unwrap();
+    let r = client
+        .post(gw.url("/testing.v1.Echo/Echo"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("accept-encoding", "gzip")
+        .body(framed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let gz = r.bytes().await.unwrap();
+    assert!(gz.len() < 1000, "{} bytes", gz.len());
+    let mut body = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut body)
+        .unwrap();
+    assert_eq!(&body[..framed.len()], &framed[..]);
+    // Without Accept-Encoding (Connect's and gRPC-Web's own clients ask for
+    // message compression in headers of their own): identity.
+    let r = client
+        .post(gw.url("/testing.v1.Echo/Echo"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("grpc-accept-encoding", "gzip")
+        .body(framed)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test]
 async fn connect_get_serves_methods_without_side_effects_and_is_refused_for_others() {
     // The demo's bookstore marks GetShelf NO_SIDE_EFFECTS.
     let (mut demo, addr) = gateway_tests::binary::spawn_demo().await;

@@ -109,10 +109,13 @@ impl crate::edge::layer::Annotate for Chosen {
 }
 
 /// Content types not worth compressing again: media, archives, and opaque
-/// bytes (a raw `HttpBody` answer without a type of its own); and the
-/// enveloped streams of gRPC, gRPC-Web and Connect, whose protocols
-/// compress message by message (`grpc-encoding`, `connect-content-encoding`)
-/// and whose clients do not read an HTTP-level coding.
+/// bytes (a raw `HttpBody` answer without a type of its own); and gRPC,
+/// whose messages carry their own compression. gRPC-Web and Connect
+/// answers are compressed like any other when the client's
+/// `Accept-Encoding` asks: browsers send it and decode it for the script,
+/// while those protocols' own clients outside a browser ask for message
+/// compression in headers of their own (`grpc-accept-encoding`,
+/// `connect-accept-encoding`) and so get identity.
 pub fn precompressed(content_type: &[u8]) -> bool {
     let media = content_type
         .split(|&b| b == b';')
@@ -125,8 +128,7 @@ pub fn precompressed(content_type: &[u8]) -> bool {
         || starts(b"video/")
         || starts(b"audio/")
         || starts(b"font/woff")
-        || starts(b"application/grpc")
-        || starts(b"application/connect+")
+        || (starts(b"application/grpc") && !starts(b"application/grpc-web"))
         || is(b"application/zip")
         || is(b"application/gzip")
         || is(b"application/x-gzip")
@@ -466,6 +468,9 @@ mod tests {
             "text/event-stream",
             "text/html; charset=utf-8",
             "image/svg+xml",
+            "application/grpc-web+proto",
+            "application/grpc-web-text+proto",
+            "application/connect+json",
         ] {
             assert!(!precompressed(ct.as_bytes()), "{ct}");
         }
