@@ -503,6 +503,15 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// Whether the client prefers `application/problem+json` to plain JSON
 /// errors: it must be named, and come before `application/json` and `*/*`.
 pub fn wants_problem(headers: &HeaderMap) -> bool {
+    // Most requests do not name it at all: no parse for them.
+    let named = headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.as_bytes()
+            .windows(PROBLEM_JSON.len())
+            .any(|w| w.eq_ignore_ascii_case(PROBLEM_JSON.as_bytes()))
+    });
+    if !named {
+        return false;
+    }
     for range in crate::accept::ranges(headers) {
         match range.as_str() {
             PROBLEM_JSON => return true,

@@ -5,11 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 
-/// The TCP peer of the connection a request came on; the listener puts it in
-/// every request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
-
 /// The client address the edge settled on (after trusted proxies), in the
 /// request's extensions for later stages (consistent hashing on `client_ip`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +199,7 @@ where
         let client = req.extensions().get::<R>().map(|view| {
             let peer = req
                 .extensions()
-                .get::<PeerAddr>()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
                 .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
             ClientIp(view.context().edge.client_ip.resolve(peer, req.headers()))
         });

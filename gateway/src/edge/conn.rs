@@ -20,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
-use super::client_ip::PeerAddr;
 use super::limits::Limits;
 use crate::error::Error;
 
@@ -155,8 +154,8 @@ pub async fn serve<S: HttpService>(
 
 /// What a connection holds while it lasts: its `max_connections` slot and
 /// its place among the connections a shutdown waits for. It is on every
-/// request, so that a connection hyper hands over on an upgrade (a
-/// WebSocket, `pipeline::websocket`) keeps both until the socket closes,
+/// request that asks for an upgrade, so that a connection hyper hands over
+/// (a WebSocket, `pipeline::websocket`) keeps both until the socket closes,
 /// and hears the shutdown ([`Hold::stopping`]) to close it.
 #[derive(Clone)]
 pub struct Hold(Arc<HoldInner>);
@@ -269,10 +268,14 @@ async fn serve_one<S: HttpService>(
             }
             let drain = drain.clone();
             let mut req = req.map(Body::new);
-            req.extensions_mut().insert(PeerAddr(peer));
-            req.extensions_mut().insert(hold.clone());
-            // What axum's connect-info service would record; later stages
-            // (consistent hashing) read it.
+            // Only a request that may take the connection over (a
+            // WebSocket upgrade) needs it: an allocation the rest skip.
+            if req.headers().contains_key(http::header::UPGRADE) {
+                req.extensions_mut().insert(hold.clone());
+            }
+            // The TCP peer, as axum's connect-info service records it: the
+            // access log, the client address (trusted proxies applied) and
+            // consistent hashing read it.
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             let app = app.clone();
