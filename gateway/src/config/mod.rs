@@ -166,6 +166,36 @@ pub struct ServerConfig {
     /// 1024. Read at start; a reload that changes it warns.
     #[schemars(with = "Option<usize>")]
     pub worker_threads: Option<Spanned<usize>>,
+    /// TLS on the REST listener (docs/operations.md); plaintext (HTTP/1.1
+    /// and h2c) when absent. Turning it on or off takes a restart.
+    #[schemars(with = "Option<TlsConfig>")]
+    pub tls: Option<Spanned<TlsConfig>>,
+}
+
+/// `[server.tls]`: the listener's certificates. TLS 1.2 and 1.3 only, with
+/// rustls's default cipher suites; ALPN offers `h2` and `http/1.1`. The
+/// files are watched and re-read on every reload.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate and key pairs, chosen by the name the client asks for
+    /// (SNI) among each certificate's DNS names, wildcards included; the
+    /// first pair serves clients that send no name or an unknown one.
+    #[schemars(with = "Vec<TlsCertificateConfig>")]
+    pub certificates: Vec<Spanned<TlsCertificateConfig>>,
+}
+
+/// One `[[server.tls.certificates]]` pair.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificateConfig {
+    /// PEM file with the certificate chain, leaf first, relative to routes.toml.
+    #[schemars(with = "String")]
+    pub cert: Spanned<String>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1),
+    /// relative to routes.toml.
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -346,6 +376,7 @@ impl Default for ServerConfig {
             shutdown_delay: None,
             drain_timeout: None,
             worker_threads: None,
+            tls: None,
         }
     }
 }
