@@ -225,7 +225,12 @@ async fn serve(
         reload::spawn_watcher(gw.clone());
     }
     reload::spawn_sighup(gw.clone());
-    eprintln!("gateway listening on http://{addr} with {routes} routes");
+    let scheme = if gw.snapshot().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("gateway listening on {scheme}://{addr} with {routes} routes");
     if let Some(admin) = &admin {
         eprintln!("admin on http://{}/admin/config", admin.local_addr()?);
     }
@@ -233,7 +238,7 @@ async fn serve(
         eprintln!("example bookstore backend on {}", backends.join(", "));
     }
     if let Some(path) = first_get {
-        eprintln!("try: curl http://{addr}{path}");
+        eprintln!("try: curl {scheme}://{addr}{path}");
     }
     // Trace export, when configured: set up once (here, inside the runtime
     // its gRPC channel needs), flushed after the drain.
