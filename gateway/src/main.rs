@@ -212,6 +212,21 @@ async fn serve(
         None => None,
     };
     let addr = listener.local_addr()?;
+    if let Some(redirect) = s.tls.as_ref().and_then(|t| t.redirect_http) {
+        let plain = tokio::net::TcpListener::bind(redirect)
+            .await
+            .with_context(|| format!("cannot listen on {redirect} (server.tls.redirect_http)"))?;
+        eprintln!(
+            "redirecting http://{redirect} to https on port {}",
+            addr.port()
+        );
+        let port = addr.port();
+        tokio::spawn(async move {
+            if let Err(e) = gateway::edge::tls::serve_redirect(plain, port).await {
+                tracing::error!(error = %e, "the http redirect listener failed");
+            }
+        });
+    }
     let routes = s.routes.len();
     let first_get = s
         .routes

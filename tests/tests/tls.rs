@@ -80,12 +80,17 @@ impl Leaf {
 /// The echo test config with `[server.tls]` naming `certs/<stem>.pem` and
 /// `.key` for each stem, in a fresh folder; returns routes.toml's path.
 fn tls_config(backend: &str, stems: &[&str]) -> PathBuf {
+    tls_config_with(backend, stems, "")
+}
+
+/// As [`tls_config`], with more lines in `[server.tls]`.
+fn tls_config_with(backend: &str, stems: &[&str], tls_extra: &str) -> PathBuf {
     let pairs: Vec<String> = stems
         .iter()
         .map(|s| format!("{{ cert = \"certs/{s}.pem\", key = \"certs/{s}.key\" }}"))
         .collect();
     let text = format!(
-        "[server]\n{}\n[server.tls]\ncertificates = [{}]\n",
+        "[server]\n{}\n[server.tls]\ncertificates = [{}]\n{tls_extra}\n",
         render_config(ECHO_CONFIG_BODY, backend, &testing_descriptors()),
         pairs.join(", ")
     );
@@ -602,4 +607,39 @@ async fn the_tls_example_loads() {
     let tls = snapshot.tls.as_ref().expect("TLS is on");
     assert_eq!(tls.certificates[0].dns_names, ["localhost"]);
     gateway_tests::remove_temp_parent(&config);
+}
+
+#[tokio::test]
+async fn redirect_http_answers_308_to_the_https_listener() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain = free.local_addr().unwrap();
+    drop(free);
+    let config = tls_config_with(&backend, &["a"], &format!("redirect_http = \"{plain}\""));
+    let ca = Ca::new();
+    let a = ca.leaf(&["a.test", "127.0.0.1"], 90);
+    a.write(&certs(&config), "a");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, gateway_tests::binary::without_admin(&text)).unwrap();
+    let (_child, https) =
+        gateway_tests::binary::spawn_listening(&["serve", "--config", config.to_str().unwrap()])
+            .await;
+    let https_port = https.rsplit(':').next().unwrap();
+    let reply = http_client()
+        .post(format!("http://{plain}/v1/echo?string_field=x"))
+        .header("host", "a.test")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 308);
+    assert_eq!(
+        reply.headers()["location"],
+        format!("https://a.test:{https_port}/v1/echo?string_field=x").as_str()
+    );
+    // And the https side answers.
+    let served = fetch(&client(&ca, BOTH, &[]), &https, "a.test")
+        .await
+        .unwrap();
+    assert!(served.status.starts_with("HTTP/1.1 200"), "{served:?}");
 }

@@ -183,6 +183,11 @@ pub struct TlsConfig {
     /// first pair serves clients that send no name or an unknown one.
     #[schemars(with = "Vec<TlsCertificateConfig>")]
     pub certificates: Vec<Spanned<TlsCertificateConfig>>,
+    /// A plaintext listener, `ip:port` (e.g. `"0.0.0.0:80"`), that answers
+    /// every request with a 308 to the same host and path over https on
+    /// `server.listen`'s port; none when absent. Read at start.
+    #[schemars(with = "Option<String>")]
+    pub redirect_http: Option<Spanned<String>>,
 }
 
 /// One `[[server.tls.certificates]]` pair.
@@ -838,7 +843,11 @@ impl LoadedFile {
         self.address(&self.config.admin.listen, "admin.listen")
     }
 
-    fn address(&self, l: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+    pub(crate) fn address(
+        &self,
+        l: &Spanned<String>,
+        field: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         l.get_ref().parse().map_err(|_| {
             self.error(
                 l,

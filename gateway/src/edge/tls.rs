@@ -12,6 +12,7 @@
 //! `http/1.1` so clients get HTTP/2 on the same port.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,8 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 pub struct Tls {
     acceptor: TlsAcceptor,
     pub certificates: Vec<LoadedCertificate>,
+    /// `redirect_http`: where the plaintext redirecting listener listens.
+    pub redirect_http: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -94,6 +97,16 @@ pub fn build(
     warnings: &mut Vec<ConfigError>,
 ) -> Option<Arc<Tls>> {
     let tls = file.config.server.tls.as_ref()?;
+    let redirect_http = match &tls.get_ref().redirect_http {
+        Some(a) => match file.address(a, "server.tls.redirect_http") {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        None => None,
+    };
     let pairs = &tls.get_ref().certificates;
     if pairs.is_empty() {
         errors.push(file.error(
@@ -118,7 +131,7 @@ pub fn build(
             }
         }
     }
-    if failed {
+    if failed || tls.get_ref().redirect_http.is_some() && redirect_http.is_none() {
         return None;
     }
     let mut resolver = ByName {
@@ -145,7 +158,52 @@ pub fn build(
     Some(Arc::new(Tls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         certificates: loaded.into_iter().map(|(c, _)| c).collect(),
+        redirect_http,
     }))
+}
+
+/// Serves `redirect_http`: every request gets a 308 to the same host, path
+/// and query over https on `https_port` (308, not 301: the method and body
+/// are kept). A request without a host gets a 400.
+pub async fn serve_redirect(
+    listener: tokio::net::TcpListener,
+    https_port: u16,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+        match https_location(&req, https_port) {
+            Some(location) => http::Response::builder()
+                .status(http::StatusCode::PERMANENT_REDIRECT)
+                .header(http::header::LOCATION, location)
+                .body(axum::body::Body::empty())
+                .expect("a valid redirect"),
+            None => crate::error::Error::BadRequest(
+                "the request names no host (Host header) to redirect to over https".to_owned(),
+            )
+            .into_response(),
+        }
+    });
+    axum::serve(listener, app).await
+}
+
+/// `https://host[:port]/path?query` for a plaintext request.
+fn https_location(req: &axum::extract::Request, https_port: u16) -> Option<http::HeaderValue> {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .or_else(|| req.uri().authority().cloned())?;
+    let host = authority.host();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    http::HeaderValue::try_from(location).ok()
 }
 
 /// Reads one pair; the error points at its `cert` (or `key`) line.
@@ -425,6 +483,31 @@ mod tests {
         assert_eq!(format_time(951_868_800), "2000-03-01 00:00:00 UTC");
         assert_eq!(format_time(2_524_607_999), "2049-12-31 23:59:59 UTC");
         assert_eq!(parse_time(0x17, b"701301000000Z"), None);
+    }
+
+    #[test]
+    fn redirects_keep_host_path_and_query() {
+        let at = |host: &str, uri: &str, port: u16| {
+            let req = http::Request::builder()
+                .uri(uri)
+                .header(http::header::HOST, host)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            https_location(&req, port).map(|l| l.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            at("api.test:8081", "/v1/a?b=c", 8443).as_deref(),
+            Some("https://api.test:8443/v1/a?b=c")
+        );
+        assert_eq!(
+            at("api.test", "/", 443).as_deref(),
+            Some("https://api.test/")
+        );
+        assert_eq!(
+            at("[::1]:80", "/x", 8443).as_deref(),
+            Some("https://[::1]:8443/x")
+        );
+        assert_eq!(at("not a host", "/x", 443), None);
     }
 
     #[test]
