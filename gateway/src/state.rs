@@ -32,9 +32,6 @@ impl Gateway {
         crate::telemetry::metrics::handle();
         crate::telemetry::metrics::start_upkeep();
         metrics::gauge!(crate::telemetry::metrics::CONFIG_VERSION).set(snapshot.version as f64);
-        if let Some(tls) = &snapshot.tls {
-            tls.record_metrics();
-        }
         Arc::new(Gateway {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             ready: AtomicBool::new(false),
@@ -60,9 +57,6 @@ impl Gateway {
     /// Replaces the snapshot in one step; requests already running keep the
     /// one they started with.
     pub fn swap(&self, snapshot: Snapshot) {
-        if let Some(tls) = &snapshot.tls {
-            tls.record_metrics();
-        }
         self.snapshot.store(Arc::new(snapshot));
     }
 

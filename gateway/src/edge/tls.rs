@@ -75,14 +75,22 @@ impl Tls {
             .flat_map(|c| [&c.cert_path, &c.key_path])
     }
 
-    /// Sets `gateway_tls_certificate_expiry_seconds` for each certificate.
-    pub fn record_metrics(&self) {
+    /// Appends `gateway_tls_certificate_expiry_seconds` for each
+    /// certificate to a `/metrics` answer.
+    pub fn render(&self, out: &mut String) {
+        use crate::telemetry::metrics::{sample, TLS_CERTIFICATE_EXPIRY};
+        out.push_str("# HELP ");
+        out.push_str(TLS_CERTIFICATE_EXPIRY);
+        out.push_str(" When each certificate of the listener expires (notAfter, Unix time), by its first DNS name\n# TYPE ");
+        out.push_str(TLS_CERTIFICATE_EXPIRY);
+        out.push_str(" gauge\n");
         for c in &self.certificates {
-            metrics::gauge!(
-                crate::telemetry::metrics::TLS_CERTIFICATE_EXPIRY,
-                "name" => c.name.clone()
-            )
-            .set(c.not_after as f64);
+            sample(
+                out,
+                TLS_CERTIFICATE_EXPIRY,
+                &[("name", &c.name)],
+                c.not_after as f64,
+            );
         }
     }
 }
@@ -133,6 +141,14 @@ pub fn build(
     }
     if failed || tls.get_ref().redirect_http.is_some() && redirect_http.is_none() {
         return None;
+    }
+    // One series per pair: a name another pair already uses as its label
+    // gets its file's name after it.
+    for i in 1..loaded.len() {
+        if loaded[..i].iter().any(|(c, _)| c.name == loaded[i].0.name) {
+            let c = &mut loaded[i].0;
+            c.name = format!("{} ({})", c.name, c.cert_path.display());
+        }
     }
     let mut resolver = ByName {
         exact: HashMap::new(),
