@@ -212,6 +212,21 @@ async fn serve(
         None => None,
     };
     let addr = listener.local_addr()?;
+    if let Some(redirect) = s.tls.as_ref().and_then(|t| t.redirect_http) {
+        let plain = tokio::net::TcpListener::bind(redirect)
+            .await
+            .with_context(|| format!("cannot listen on {redirect} (server.tls.redirect_http)"))?;
+        eprintln!(
+            "redirecting http://{redirect} to https on port {}",
+            addr.port()
+        );
+        let port = addr.port();
+        tokio::spawn(async move {
+            if let Err(e) = gateway::edge::tls::serve_redirect(plain, port).await {
+                tracing::error!(error = %e, "the http redirect listener failed");
+            }
+        });
+    }
     let routes = s.routes.len();
     let first_get = s
         .routes
@@ -225,7 +240,12 @@ async fn serve(
         reload::spawn_watcher(gw.clone());
     }
     reload::spawn_sighup(gw.clone());
-    eprintln!("gateway listening on http://{addr} with {routes} routes");
+    let scheme = if gw.snapshot().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("gateway listening on {scheme}://{addr} with {routes} routes");
     if let Some(admin) = &admin {
         eprintln!("admin on http://{}/admin/config", admin.local_addr()?);
     }
@@ -233,7 +253,7 @@ async fn serve(
         eprintln!("example bookstore backend on {}", backends.join(", "));
     }
     if let Some(path) = first_get {
-        eprintln!("try: curl http://{addr}{path}");
+        eprintln!("try: curl {scheme}://{addr}{path}");
     }
     // Trace export, when configured: set up once (here, inside the runtime
     // its gRPC channel needs), flushed after the drain.

@@ -174,6 +174,9 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
             if snapshot.listen != current.listen || snapshot.admin_listen != current.admin_listen {
                 tracing::warn!("listener addresses changed in the config; they take effect at the next restart");
             }
+            if snapshot.tls.is_some() != current.tls.is_some() {
+                tracing::warn!("[server.tls] was added or removed in the config; the listener's TLS mode changes at the next restart");
+            }
             if snapshot.worker_threads != current.worker_threads {
                 tracing::warn!("server.worker_threads changed in the config; it takes effect at the next restart");
             }
@@ -201,7 +204,8 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
 }
 
 /// The folders to watch for a snapshot: the config file's folder (not
-/// recursive) and the descriptors folder (recursive).
+/// recursive), the descriptors folder (recursive), and the folders of the
+/// TLS certificates and keys (not recursive).
 fn watch_targets(s: &Snapshot) -> Vec<(PathBuf, RecursiveMode)> {
     let config_dir = s
         .config_path
@@ -209,10 +213,29 @@ fn watch_targets(s: &Snapshot) -> Vec<(PathBuf, RecursiveMode)> {
         .filter(|d| !d.as_os_str().is_empty())
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("."));
-    vec![
+    let mut targets = vec![
         (config_dir, RecursiveMode::NonRecursive),
         (s.descriptors_dir.clone(), RecursiveMode::Recursive),
-    ]
+    ];
+    for dir in tls_files(s).map(|f| folder_of(f)) {
+        if !targets.iter().any(|(p, _)| *p == dir) {
+            targets.push((dir, RecursiveMode::NonRecursive));
+        }
+    }
+    targets
+}
+
+/// The folder a file is in, `.` for a bare file name.
+fn folder_of(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The certificate and key files of `[server.tls]`.
+fn tls_files(s: &Snapshot) -> impl Iterator<Item = &PathBuf> {
+    s.tls.iter().flat_map(|t| t.files())
 }
 
 /// Whether a change event concerns the gateway's inputs.
@@ -233,6 +256,10 @@ fn relevant(event: &notify::Event, s: &Snapshot) -> bool {
             || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
             || p.starts_with(&s.descriptors_dir)
             || p.starts_with(&descriptors)
+            // A renewed certificate or key, written in place or renamed
+            // onto (a Secret volume swaps `..data`, matched above). By name
+            // only, as routes.toml is: the watched folders hold few files.
+            || tls_files(s).any(|f| f.file_name() == name)
     })
 }
 

@@ -33,6 +33,29 @@ fn listener_limits(
     move || gw.snapshot().edge.limits.clone()
 }
 
+/// The TLS acceptor of each new connection: the current snapshot's. The
+/// listener's mode is set at start: a reload that removes `[server.tls]`
+/// keeps the last certificates serving, and one that adds it takes effect
+/// at the next restart (reload warns).
+fn listener_tls(
+    gw: &Arc<Gateway>,
+) -> impl Fn() -> Option<tokio_rustls::TlsAcceptor> + Send + Sync + 'static {
+    let gw = gw.clone();
+    let last = std::sync::Mutex::new(gw.snapshot().tls.clone());
+    move || {
+        let mut last = last.lock().expect("the lock is never poisoned");
+        let tls = last.as_ref()?;
+        let current = gw.snapshot().tls.clone();
+        match current {
+            Some(now) if !Arc::ptr_eq(&now, tls) => {
+                *last = Some(now.clone());
+                Some(now.acceptor())
+            }
+            _ => Some(tls.acceptor()),
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
 /// For tests and embedding; the binary uses [`run`].
 pub async fn serve(
@@ -43,7 +66,8 @@ pub async fn serve(
     gateway.set_ready(true);
     let limits = listener_limits(&gateway);
     let drain = crate::edge::conn::Drain::new();
-    crate::edge::conn::serve(listener, app(gateway), limits, drain, shutdown).await
+    let tls = listener_tls(&gateway);
+    crate::edge::conn::serve(listener, app(gateway), limits, tls, drain, shutdown).await
 }
 
 /// The whole lifecycle: serve REST (and admin, if given) until `signal`,
@@ -72,6 +96,7 @@ pub async fn run(
         listener,
         app(gateway.clone()),
         listener_limits(&gateway),
+        listener_tls(&gateway),
         drain.clone(),
         async {
             let _ = stop_rx.await;

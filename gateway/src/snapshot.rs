@@ -165,8 +165,11 @@ pub struct Snapshot {
     pub edge: Arc<crate::edge::Edge>,
     /// `[openapi]`, and the generated document once rendered.
     pub openapi: crate::openapi::settings::Settings,
+    /// `[server.tls]`: the listener's certificates; None serves plaintext.
+    pub tls: Option<Arc<crate::edge::tls::Tls>>,
     /// Problems that do not refuse the config (annotations binding a method
-    /// and path another annotation already binds): printed by `check`,
+    /// and path another annotation already binds, a certificate near its
+    /// end): printed by `check`,
     /// logged at start and reload, listed by /admin/routes.
     pub warnings: Vec<ConfigError>,
 }
@@ -314,6 +317,8 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         return Err(ConfigErrors(errors));
     };
     let settings = server_settings(file, &mut errors);
+    let mut warnings = Vec::new();
+    let tls = crate::edge::tls::build(file, &mut errors, &mut warnings);
     let backends = build_backends(file, &descriptors.pool, &ctx, &mut errors);
     // Before the routes, which refer to its issuers and policies.
     let edge = crate::edge::build(file, ctx.previous.map(|p| &*p.edge), &mut errors);
@@ -369,7 +374,8 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         backends: backends.by_name,
         openapi,
         edge: Arc::new(edge),
-        warnings: table.warnings,
+        tls,
+        warnings: table.warnings.into_iter().chain(warnings).collect(),
     })
 }
 

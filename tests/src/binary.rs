@@ -24,7 +24,11 @@ pub async fn spawn_listening(args: &[&str]) -> (tokio::process::Child, String) {
     let mut seen = Vec::new();
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            let rest = line
+                .split("listening on http://")
+                .nth(1)
+                .or_else(|| line.split("listening on https://").nth(1));
+            if let Some(rest) = rest {
                 return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
             }
             seen.push(line);

@@ -329,8 +329,20 @@ async fn every_toml_block_of_readme_and_docs_loads_into_the_demo_config() {
 }
 
 /// Files and variables the examples point at: an Ed25519 public key
-/// for `pem_files` and an HMAC secret for `hmac_secret_env`.
+/// for `pem_files`, an HMAC secret for `hmac_secret_env`, and certificates
+/// (made here, no key checked in) for `[server.tls]`.
 fn support_files(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    for name in ["api.example.com", "*.example.com"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let stem = name.replace('*', "wildcard");
+        std::fs::write(dir.join(format!("tls/{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("tls/{stem}.key")), key.serialize_pem()).unwrap();
+    }
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     std::fs::write(
         dir.join("keys/partner.pem"),

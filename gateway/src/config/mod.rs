@@ -179,6 +179,41 @@ pub struct ServerConfig {
     /// (docs/performance.md).
     #[serde(default)]
     pub compression: compression::CompressionConfig,
+    /// TLS on the REST listener (docs/operations.md); plaintext (HTTP/1.1
+    /// and h2c) when absent. Turning it on or off takes a restart.
+    #[schemars(with = "Option<TlsConfig>")]
+    pub tls: Option<Spanned<TlsConfig>>,
+}
+
+/// `[server.tls]`: the listener's certificates. TLS 1.2 and 1.3 only, with
+/// rustls's default cipher suites; ALPN offers `h2` and `http/1.1`. The
+/// files are watched and re-read on every reload.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate and key pairs, chosen by the name the client asks for
+    /// (SNI) among each certificate's DNS names, wildcards included; the
+    /// first pair serves clients that send no name or an unknown one.
+    #[schemars(with = "Vec<TlsCertificateConfig>")]
+    pub certificates: Vec<Spanned<TlsCertificateConfig>>,
+    /// A plaintext listener, `ip:port` (e.g. `"0.0.0.0:80"`), that answers
+    /// every request with a 308 to the same host and path over https on
+    /// `server.listen`'s port; none when absent. Read at start.
+    #[schemars(with = "Option<String>")]
+    pub redirect_http: Option<Spanned<String>>,
+}
+
+/// One `[[server.tls.certificates]]` pair.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificateConfig {
+    /// PEM file with the certificate chain, leaf first, relative to routes.toml.
+    #[schemars(with = "String")]
+    pub cert: Spanned<String>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1),
+    /// relative to routes.toml.
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -360,6 +395,7 @@ impl Default for ServerConfig {
             drain_timeout: None,
             worker_threads: None,
             compression: compression::CompressionConfig::default(),
+            tls: None,
         }
     }
 }
@@ -837,7 +873,11 @@ impl LoadedFile {
         self.address(&self.config.admin.listen, "admin.listen")
     }
 
-    fn address(&self, l: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+    pub(crate) fn address(
+        &self,
+        l: &Spanned<String>,
+        field: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         l.get_ref().parse().map_err(|_| {
             self.error(
                 l,

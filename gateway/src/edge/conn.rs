@@ -96,11 +96,13 @@ struct ConnDrain {
 /// after the response in flight; HTTP/2: GOAWAY) and returns once all are
 /// closed. Before that, `drain` may tell the connections to wind down while
 /// the listener still accepts (see [`Drain`]). `limits` is read at each
-/// accept, except `max_connections`, read once here.
+/// accept, except `max_connections`, read once here; so is `tls`, which
+/// gives the TLS acceptor of new connections (None: plaintext).
 pub async fn serve<S: HttpService>(
     listener: TcpListener,
     app: S,
     limits: impl Fn() -> Limits + Send + Sync + 'static,
+    tls: impl Fn() -> Option<tokio_rustls::TlsAcceptor> + Send + Sync + 'static,
     drain: Drain,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -135,8 +137,11 @@ pub async fn serve<S: HttpService>(
             stop: stop_rx.clone(),
         }));
         let conn = serve_one(
-            stream,
-            peer,
+            Accepted {
+                stream,
+                peer,
+                tls: tls(),
+            },
             app.clone(),
             limits(),
             stop_rx.clone(),
@@ -228,15 +233,51 @@ impl Drop for Handling {
     }
 }
 
-async fn serve_one<S: HttpService>(
+/// A connection just accepted, and the TLS it is to be served with.
+struct Accepted {
     stream: TcpStream,
+    peer: SocketAddr,
+    /// The current certificates' acceptor when the listener speaks TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The TLS handshake, if any, then HTTP on the connection.
+async fn serve_one<S: HttpService>(
+    Accepted { stream, peer, tls }: Accepted,
+    app: S,
+    limits: Limits,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain: Drain,
+    hold: Hold,
+) {
+    let Some(acceptor) = tls else {
+        return serve_http(stream, peer, app, limits, stop, drain, hold).await;
+    };
+    // The handshake counts against the time to the first request head: a
+    // client that opens a connection and stalls there holds a slot no
+    // longer than one that sends no head.
+    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_http(stream, peer, app, limits, stop, drain, hold).await,
+        Ok(Err(e)) => {
+            tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            tracing::debug!(client.addr = %peer, "no TLS handshake within limits.header_read_timeout; closing");
+        }
+    }
+}
+
+async fn serve_http<S: HttpService, I>(
+    stream: I,
     peer: SocketAddr,
     app: S,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
     drain: Drain,
     hold: Hold,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let accepted = Instant::now();
     let mut draining = drain.0.tx.subscribe();
     let conn_drain = Arc::new(ConnDrain::default());
@@ -484,17 +525,17 @@ impl HeadBounds {
     }
 }
 
-/// The socket, noting when bytes move; also gives hyper's own refusals the
-/// JSON error body (see [`HeadBounds::with_body`]).
-struct Tracked {
-    io: TcpStream,
+/// The socket (or the TLS stream over it), noting when bytes move; also
+/// gives hyper's own refusals the JSON error body (see [`HeadBounds::with_body`]).
+struct Tracked<I> {
+    io: I,
     activity: Arc<Activity>,
     bounds: HeadBounds,
     /// A refusal being written in place of hyper's, and how much of it is out.
     replacement: Option<(Vec<u8>, usize)>,
 }
 
-impl Tracked {
+impl<I: AsyncWrite + Unpin> Tracked<I> {
     /// Writes out the rest of a replacement answer, if any.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, done)) = &mut self.replacement {
@@ -524,7 +565,7 @@ impl Tracked {
     }
 }
 
-impl AsyncRead for Tracked {
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -539,7 +580,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -31,6 +31,7 @@ pub mod jwt;
 pub mod layer;
 pub mod limits;
 pub mod ratelimit;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -29,6 +29,10 @@ pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
 pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
+/// notAfter of each certificate the listener serves, by its first DNS name;
+/// rendered from the live snapshot at each scrape (`edge::tls::Tls::render`),
+/// so a certificate taken out of the config leaves no stale series.
+pub const TLS_CERTIFICATE_EXPIRY: &str = "gateway_tls_certificate_expiry_seconds";
 
 /// From a quarter millisecond (a cached, local answer) to 30 s (past every
 /// default deadline), roughly ×2.5 apart.
