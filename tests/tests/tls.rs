@@ -203,6 +203,13 @@ struct TwoNames {
     config: PathBuf,
 }
 
+impl Drop for TwoNames {
+    fn drop(&mut self) {
+        // The folder holds private keys, if only test ones.
+        gateway_tests::remove_temp_parent(&self.config);
+    }
+}
+
 async fn two_names() -> TwoNames {
     let backend = spawn_backend(echo_server(&testing_pool())).await;
     let config = tls_config(&backend, &["a", "b"]);
@@ -455,6 +462,8 @@ async fn a_secret_volume_swap_is_picked_up() {
     std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     wait_for_cert(&c, &gw.rest, "a.test", &second.der).await;
+    drop(gw);
+    gateway_tests::remove_temp_parent(&config);
 }
 
 /// The last reload's error, as /admin/config shows it, once there is one.
@@ -548,6 +557,7 @@ fn check_refuses_a_mismatched_pair() {
         )) && out.contains("does not match the certificate in"),
         "{out}"
     );
+    gateway_tests::remove_temp_parent(&config);
 }
 
 #[test]
@@ -569,6 +579,7 @@ fn check_refuses_an_expired_certificate_and_warns_of_one_near_its_end() {
     let (ok, out) = check(&config);
     assert!(!ok, "{out}");
     assert!(out.contains("expired at"), "{out}");
+    gateway_tests::remove_temp_parent(&config);
 }
 
 #[test]
@@ -582,6 +593,7 @@ fn a_missing_key_file_is_named() {
         out.contains("server.tls.certificates[0].key: cannot read") && out.contains("a.key"),
         "{out}"
     );
+    gateway_tests::remove_temp_parent(&config);
 }
 
 #[tokio::test]
@@ -642,4 +654,5 @@ async fn redirect_http_answers_308_to_the_https_listener() {
         .await
         .unwrap();
     assert!(served.status.starts_with("HTTP/1.1 200"), "{served:?}");
+    gateway_tests::remove_temp_parent(&config);
 }

@@ -253,9 +253,9 @@ async fn serve_one<S: HttpService>(
     let Some(acceptor) = tls else {
         return serve_http(stream, peer, app, limits, stop, drain, hold).await;
     };
-    // The handshake counts against the time to the first request head: a
-    // client that opens a connection and stalls there holds a slot no
-    // longer than one that sends no head.
+    // The handshake gets the same bound as the first request head (which
+    // is timed from the end of the handshake): a client that stalls in it
+    // holds a connection slot no longer than one that sends no head.
     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => serve_http(stream, peer, app, limits, stop, drain, hold).await,
         Ok(Err(e)) => {
