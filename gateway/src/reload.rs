@@ -115,6 +115,10 @@ async fn fetch_reflection(
                     timeout: REFLECTION_TIMEOUT,
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                     compression: None,
+                    // Errors here are reported by the snapshot build.
+                    tls: b.tls.as_ref().and_then(|t| {
+                        crate::upstream::tls::BackendTls::load(file, name, t, &mut Vec::new())
+                    }),
                 },
             ) {
                 Ok(b) => Arc::new(b),

@@ -605,6 +605,10 @@ fn backend(
         timeout,
         connect_timeout,
         compression: b.compression,
+        tls: b
+            .tls
+            .as_ref()
+            .and_then(|t| crate::upstream::tls::BackendTls::load(file, name, t, errors)),
     };
     // An unchanged backend keeps its live connections, its discovery
     // watch and its health state across a reload.

@@ -433,6 +433,12 @@ pub struct BackendConfig {
     /// network that costs more than the CPU. Default: none. Compressed
     /// replies are read from any backend whatever this says.
     pub compression: Option<crate::encoding::grpc::MessageCompression>,
+    /// TLS to the instances over HTTP/2 (ALPN h2), for calls, streams,
+    /// health checks and reflection alike, and mTLS with a client
+    /// certificate; plaintext h2c when absent. Instances found through
+    /// Consul or DNS use it too.
+    #[schemars(with = "Option<BackendTlsConfig>")]
+    pub tls: Option<Spanned<BackendTlsConfig>>,
     /// gRPC services served here, by full name. Annotated methods of these
     /// services are routed to this backend, and routes to them may omit `backend`.
     #[serde(default)]
@@ -486,6 +492,29 @@ pub struct BackendConfig {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub expose: Vec<Spanned<String>>,
+}
+
+/// `[backends.NAME.tls]`. The files are re-read on every reload; a change
+/// makes new connections.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM file of the CA certificates the instances' certificates must
+    /// chain to, relative to routes.toml (default: the system's roots).
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
+    /// The name the instances' certificates must carry, also sent as SNI
+    /// (default: each endpoint's host, which for an IP address must be in
+    /// the certificate as an IP address).
+    #[schemars(with = "Option<String>")]
+    pub server_name: Option<Spanned<String>>,
+    /// PEM file of a client certificate chain, for backends that require
+    /// one (mTLS); with `key_file`.
+    #[schemars(with = "Option<String>")]
+    pub cert_file: Option<Spanned<String>>,
+    /// PEM file of the client certificate's private key.
+    #[schemars(with = "Option<String>")]
+    pub key_file: Option<Spanned<String>>,
 }
 
 /// `consul = { service = "users", tags = ["grpc"], datacenter = "dc1" }`.

@@ -149,17 +149,23 @@ impl DynamicServer {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let this = self.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.dispatch(req).await) }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(self.clone().serve_connection(stream));
         }
+    }
+
+    /// Serves HTTP/2 (gRPC) on one connection the caller accepted: a TCP
+    /// stream, or a TLS one (the backend-TLS tests).
+    pub async fn serve_connection<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            async move { Ok::<_, Infallible>(this.dispatch(req).await) }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
     }
 
     async fn dispatch(

@@ -75,6 +75,8 @@ pub(crate) struct Client {
     max_reply: usize,
     /// The backend's `compression = "gzip"`: request messages gzipped.
     gzip: bool,
+    /// The backend's `tls`: connections are TLS (ALPN h2) when set.
+    tls: Option<std::sync::Arc<super::tls::BackendTls>>,
     /// Ping interval while calls are open, and how long a ping may go
     /// unanswered before the connection counts as dead.
     keepalive: (Duration, Duration),
@@ -172,6 +174,7 @@ impl Client {
             connect_timeout: dial.connect_timeout,
             max_reply,
             gzip: dial.compression.is_some(),
+            tls: dial.tls,
             keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
             lanes: OnceLock::new(),
         })
@@ -431,7 +434,11 @@ impl Client {
         deadline: Option<Duration>,
     ) -> http::Request<()> {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         uri.authority = Some(self.authority.clone());
         uri.path_and_query = Some(path);
         let mut request = http::Request::new(());
@@ -493,8 +500,12 @@ impl Client {
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect(self.addr.as_str()).await?;
             tcp.set_nodelay(true)?;
+            let io = match &self.tls {
+                Some(tls) => tls.connect(&self.addr, tcp).await?,
+                None => super::tls::Io::Plain(tcp),
+            };
             let tcp = Heard {
-                io: tcp,
+                io,
                 shared: shared.clone(),
             };
             h2::client::Builder::new()
@@ -1389,6 +1400,7 @@ mod tests {
         let dial = super::super::endpoint::Dial {
             connect_timeout: Duration::from_secs(2),
             compression: Some(crate::encoding::grpc::MessageCompression::Gzip),
+            tls: None,
         };
         let c = Client::new(&addr, dial, 1024).unwrap();
         let reply = call(&c).await.unwrap();

@@ -83,6 +83,7 @@ fn definition(endpoints: &[&str]) -> BackendDefinition {
         timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
         compression: None,
+        tls: None,
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Endpoint {
     /// calls still running on a removed instance finish.
     client: Client,
     connect_timeout: Duration,
+    /// The backend's TLS, for [`Endpoint::channel`]'s connection too.
+    tls: Option<std::sync::Arc<super::tls::BackendTls>>,
     pub(crate) state: EndpointState,
 }
 
@@ -65,12 +67,14 @@ pub struct EndpointError {
 
 /// How connections to a backend's instances are made and what their calls
 /// send: part of the connection, so a change makes new endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dial {
     pub connect_timeout: Duration,
     /// `compression` of the backend: request messages compressed, and the
     /// same compression asked for in replies.
     pub compression: Option<crate::encoding::grpc::MessageCompression>,
+    /// `tls` of the backend; plaintext (h2c) when absent.
+    pub tls: Option<std::sync::Arc<super::tls::BackendTls>>,
 }
 
 impl From<Duration> for Dial {
@@ -78,6 +82,7 @@ impl From<Duration> for Dial {
         Dial {
             connect_timeout,
             compression: None,
+            tls: None,
         }
     }
 }
@@ -99,12 +104,14 @@ impl Endpoint {
         if addr.contains("://") || !addr.contains(':') {
             return Err(bad("write host:port without a scheme".into()));
         }
+        let tls = dial.tls.clone();
         let client = Client::new(addr, dial, super::MAX_REPLY_BYTES).map_err(bad)?;
         Ok(Endpoint {
             addr: addr.to_owned(),
             label,
             client,
             connect_timeout,
+            tls,
             state: EndpointState::default(),
         })
     }
@@ -113,15 +120,28 @@ impl Endpoint {
     /// traffic (server reflection, at reload): made on demand, closed when
     /// dropped.
     pub fn channel(&self) -> Result<Channel, EndpointError> {
-        let channel = TonicEndpoint::from_shared(format!("http://{}", self.addr))
+        let endpoint = TonicEndpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| EndpointError {
                 addr: self.addr.clone(),
                 reason: e.to_string(),
             })?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(channel)
+            .tcp_nodelay(true);
+        let Some(tls) = self.tls.clone() else {
+            return Ok(endpoint.connect_lazy());
+        };
+        // Over the backend's TLS, as its calls go.
+        let addr = self.addr.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let (addr, tls) = (addr.clone(), tls.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                tcp.set_nodelay(true)?;
+                let io = tls.connect(&addr, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+            }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connector))
     }
 
     pub fn is_ejected(&self) -> bool {

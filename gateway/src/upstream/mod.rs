@@ -21,6 +21,7 @@ mod pool;
 pub mod reflection;
 mod retry;
 mod rng;
+pub mod tls;
 mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -65,6 +66,8 @@ pub struct BackendDefinition {
     pub connect_timeout: Duration,
     /// `compression`: how request messages are compressed.
     pub compression: Option<crate::encoding::grpc::MessageCompression>,
+    /// `tls`: TLS (and mTLS) to the instances; plaintext when absent.
+    pub tls: Option<Arc<tls::BackendTls>>,
 }
 
 /// Discovery, balancing and resilience settings, all with defaults.
@@ -253,6 +256,7 @@ impl Backend {
         let dial = endpoint::Dial {
             connect_timeout,
             compression: definition.compression,
+            tls: definition.tls.clone(),
         };
         let inherit = previous.filter(|old| source.same_source(&*old.discovery));
         let initial = source
@@ -260,7 +264,7 @@ impl Backend {
             .map(|addrs| {
                 addrs
                     .iter()
-                    .map(|addr| Endpoint::new(addr, None, dial).map(Arc::new))
+                    .map(|addr| Endpoint::new(addr, None, dial.clone()).map(Arc::new))
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;

@@ -202,7 +202,7 @@ impl Pool {
             let ep = if new.dial == old.dial {
                 Arc::clone(ep)
             } else {
-                match Endpoint::new(&ep.addr, ep.label.clone(), new.dial) {
+                match Endpoint::new(&ep.addr, ep.label.clone(), new.dial.clone()) {
                     Ok(e) => Arc::new(e),
                     Err(_) => continue,
                 }
@@ -288,7 +288,7 @@ impl Sink for PoolShared {
             for t in &targets {
                 let ep = match known.get(t.addr.as_str()) {
                     Some(ep) => Arc::clone(ep),
-                    None => match Endpoint::new(&t.addr, t.label.clone(), self.dial) {
+                    None => match Endpoint::new(&t.addr, t.label.clone(), self.dial.clone()) {
                         Ok(ep) => {
                             added.push(t.addr.as_str());
                             Arc::new(ep)
