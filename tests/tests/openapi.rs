@@ -134,6 +134,11 @@ async fn served_document_is_valid_openapi_3_1() {
         json!({"title": "Streaming test API", "version": "0.1.0"})
     );
     assert_valid(&r.json);
+    // HEAD: the GET's status and length, no body.
+    let head = gw.request("HEAD", "/openapi.json", &[], None).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), r.text.len().to_string());
+    assert!(head.text.is_empty());
 }
 
 #[tokio::test]

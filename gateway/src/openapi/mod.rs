@@ -62,11 +62,8 @@ pub fn serve(snap: &Snapshot, parts: &Parts) -> Option<Response<Body>> {
     } else {
         return None;
     };
-    let mut resp = Response::new(if parts.method == Method::HEAD {
-        Body::empty()
-    } else {
-        Body::from(body)
-    });
+    // HEAD too: the pipeline's HEAD stage drops the body and keeps its length.
+    let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
