@@ -520,10 +520,12 @@ fn check_route<B>(
     use std::net::IpAddr;
     let after = phase == Phase::AfterAuth;
     // After authentication, the consumer's own quotas count too, per it.
-    let consumer = req
-        .extensions()
-        .get::<super::consumers::Identified>()
-        .filter(|_| after);
+    // (Only routes that take API keys can have one: no lookup for the rest.)
+    let consumer = if after && route.auth.credentials.api_key {
+        req.extensions().get::<super::consumers::Identified>()
+    } else {
+        None
+    };
     let quotas = consumer.map_or(&[][..], |c| &c.0.rate_limits[..]);
     let mut limits = route
         .rate_limits
