@@ -407,6 +407,66 @@ async fn browsers_get_grpc_web_and_connect_answers_compressed() {
 }
 
 #[tokio::test]
+async fn bad_protocol_input_is_refused_in_the_protocols_own_error_shape() {
+    let gw = echo_gateway("", "").await;
+    let post = |ct: &'static str, headers: &[(&'static str, &'static str)], body: Vec<u8>| {
+        let mut r = gw
+            .client
+            .post(gw.url("/testing.v1.Echo/Echo"))
+            .header("content-type", ct)
+            .body(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send()
+    };
+    // Connect: a 400 with Connect's error JSON naming what is wrong.
+    for (headers, body, says) in [
+        (
+            vec![("connect-protocol-version", "2")],
+            b"{}".to_vec(),
+            "speaks version 1",
+        ),
+        (
+            vec![("connect-timeout-ms", "soon")],
+            b"{}".to_vec(),
+            "connect-timeout-ms",
+        ),
+        (vec![], b"{\"stringField\": 7}".to_vec(), "stringField"),
+        (vec![], b"{\"noSuchField\": 1}".to_vec(), "noSuchField"),
+    ] {
+        let r = post("application/json", &headers, body).await.unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "invalid_argument", "{v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+    // gRPC-Web: HTTP 200 and grpc-status 3 (INVALID_ARGUMENT).
+    for (body, says) in [
+        (vec![0u8, 0, 0, 0, 9, 1], "envelope says 9 bytes"),
+        (vec![1u8, 0, 0, 0, 0], "compressed"),
+        (vec![0u8, 0], "one enveloped message"),
+    ] {
+        let r = post("application/grpc-web+proto", &[], body).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "3");
+        let message = r.headers()["grpc-message"].to_str().unwrap().to_owned();
+        assert!(message.contains(says), "{message}");
+    }
+    // A content type neither protocol speaks: 415 naming the ones they do.
+    let r = post("text/plain", &[], b"hi".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 415);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/grpc-web+proto"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn connect_get_serves_methods_without_side_effects_and_is_refused_for_others() {
     // The demo's bookstore marks GetShelf NO_SIDE_EFFECTS.
     let (mut demo, addr) = gateway_tests::binary::spawn_demo().await;

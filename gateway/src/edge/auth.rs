@@ -48,28 +48,24 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Credentials in the query leave the target before anything reads
         // it (the access log included).
-        let (names, checks) = match req.extensions().get::<R>() {
+        let (taken, checks) = match req.extensions().get::<R>() {
             Some(view) => {
                 let edge = &view.context().edge;
-                let names = (edge.auth.query_param.is_some()
-                    || edge.consumers.query_param.is_some())
-                .then(|| {
-                    (
-                        edge.auth.query_param.clone(),
-                        edge.consumers.query_param.clone(),
-                    )
-                });
-                (names, view.policy().map(|p| p.auth.mode != AuthMode::None))
+                let taken = take_credentials(
+                    req.uri(),
+                    edge.auth.query_param.as_deref(),
+                    edge.consumers.query_param.as_deref(),
+                );
+                (taken, view.policy().map(|p| p.auth.mode != AuthMode::None))
             }
             None => (None, None),
         };
-        if let Some((token, key)) = names {
-            if let Some((uri, t)) = token.and_then(|n| take_query_param(req.uri(), &n)) {
-                *req.uri_mut() = uri;
+        if let Some((uri, token, key)) = taken {
+            *req.uri_mut() = uri;
+            if let Some(t) = token {
                 req.extensions_mut().insert(QueryToken(t));
             }
-            if let Some((uri, k)) = key.and_then(|n| take_query_param(req.uri(), &n)) {
-                *req.uri_mut() = uri;
+            if let Some(k) = key {
                 req.extensions_mut().insert(QueryApiKey(k));
             }
         }
@@ -146,6 +142,27 @@ fn drop_forged_claims(headers: &mut HeaderMap) {
     for k in names {
         headers.remove(k);
     }
+}
+
+/// The target without the token and API-key query parameters (when they
+/// are configured and the query has one), and their values; `None` when
+/// neither was there.
+fn take_credentials(
+    uri: &http::Uri,
+    token: Option<&str>,
+    key: Option<&str>,
+) -> Option<(http::Uri, Option<String>, Option<String>)> {
+    let (mut rest, mut token_value) = (None, None);
+    if let Some((u, t)) = token.and_then(|name| take_query_param(uri, name)) {
+        rest = Some(u);
+        token_value = Some(t);
+    }
+    let current = rest.as_ref().unwrap_or(uri);
+    let (rest, key_value) = match key.and_then(|name| take_query_param(current, name)) {
+        Some((u, k)) => (Some(u), Some(k)),
+        None => (rest, None),
+    };
+    rest.map(|u| (u, token_value, key_value))
 }
 
 /// The target without the query parameter `name`, and its value, when the
@@ -348,5 +365,14 @@ mod tests {
         );
         let none: http::Uri = "/v1/books?a=1".parse().unwrap();
         assert!(take_query_param(&none, "access_token").is_none());
+        // A token and a key together both leave the target.
+        let both: http::Uri = "/v1/books?k=2&a=1&t=3".parse().unwrap();
+        let (rest, token, key) = take_credentials(&both, Some("t"), Some("k")).unwrap();
+        assert_eq!(rest, "/v1/books?a=1");
+        assert_eq!((token.as_deref(), key.as_deref()), (Some("3"), Some("2")));
+        let (rest, token, key) = take_credentials(&both, None, Some("k")).unwrap();
+        assert_eq!(rest, "/v1/books?a=1&t=3");
+        assert_eq!((token, key.as_deref()), (None, Some("2")));
+        assert!(take_credentials(&none, Some("t"), Some("k")).is_none());
     }
 }

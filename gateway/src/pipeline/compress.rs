@@ -29,11 +29,7 @@ pub struct Compress<S>(S);
 
 impl<S> tower::Service<http::Request<Body>> for Compress<S>
 where
-    S: tower::Service<
-        http::Request<Body>,
-        Response = Response<Body>,
-        Error = std::convert::Infallible,
-    >,
+    S: crate::edge::layer::Inner,
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;

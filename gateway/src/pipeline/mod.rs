@@ -285,11 +285,7 @@ pub struct RouteStage<S> {
 
 impl<S> tower::Service<http::Request<Body>> for RouteStage<S>
 where
-    S: tower::Service<
-        http::Request<Body>,
-        Response = Response<Body>,
-        Error = std::convert::Infallible,
-    >,
+    S: crate::edge::layer::Inner,
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
