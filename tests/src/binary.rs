@@ -11,8 +11,17 @@ use crate::{gateway_bin, repo_root, toml_path, write_config};
 /// Starts the binary with `args`, waits for its "listening on" line and
 /// returns the child and the address.
 pub async fn spawn_listening(args: &[&str]) -> (tokio::process::Child, String) {
+    spawn_listening_with_env(args, &[]).await
+}
+
+/// [`spawn_listening`] with extra environment variables.
+pub async fn spawn_listening_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(gateway_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -346,6 +346,45 @@ async fn all_instances_gone_gives_fast_503s() {
 }
 
 #[tokio::test]
+async fn without_an_address_the_agent_of_consul_http_addr_is_asked() {
+    // What the Kubernetes manifests rely on: the node's agent, from the
+    // downward API, in Consul's own variable, as `host:port` (no scheme).
+    let consul = ConsulTestServer::start().await;
+    let a = TestInstance::start("a");
+    consul.register("echo", a.instance());
+    let config = write_config(&gateway_tests::binary::without_admin(
+        &consul_config(&consul, "", "")
+            .replace(&format!(", address = \"{}\"", consul.address()), ""),
+    ));
+    assert!(!std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("address"));
+    let agent = consul.address().trim_start_matches("http://").to_owned();
+    let (_child, rest) = gateway_tests::binary::spawn_listening_with_env(
+        &["serve", "--config", config.to_str().unwrap()],
+        &[("CONSUL_HTTP_ADDR", &agent)],
+    )
+    .await;
+    let client = http_client();
+    eventually(
+        "a call through the instance Consul lists",
+        Duration::from_secs(10),
+        async || {
+            client
+                .get(format!("http://{rest}/v1/echo"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    assert!(
+        consul.queries() > 0,
+        "the agent of CONSUL_HTTP_ADDR was never asked"
+    );
+}
+
+#[tokio::test]
 async fn consul_down_at_start_fails_fast_naming_the_error() {
     let mut consul = ConsulTestServer::start().await;
     consul.stop();

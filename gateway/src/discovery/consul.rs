@@ -44,6 +44,26 @@ pub const KIND: SourceKind = SourceKind::new("consul");
 
 /// The local agent, where every Consul deployment runs one.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
+/// The agent address variable Consul's own CLI reads; on Kubernetes it
+/// carries the node's IP from the downward API (`http://$(HOST_IP):8500`).
+pub const ADDRESS_ENV: &str = "CONSUL_HTTP_ADDR";
+
+/// The agent to ask when a backend names none: `CONSUL_HTTP_ADDR` when set
+/// (as `host:port` too, which Consul's CLI accepts, meaning http), else the
+/// local agent.
+pub fn default_address() -> String {
+    match std::env::var(ADDRESS_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let v = v.trim().trim_end_matches('/');
+            if v.contains("://") {
+                v.to_owned()
+            } else {
+                format!("http://{v}")
+            }
+        }
+        _ => DEFAULT_ADDRESS.to_owned(),
+    }
+}
 /// Consul's own default wait; a change still arrives at once, the wait only
 /// bounds how long a quiet service holds the connection.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);

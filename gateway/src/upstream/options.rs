@@ -306,7 +306,22 @@ fn consul_spec(
         ));
     }
     let address = match &c.address {
-        None => consul::DEFAULT_ADDRESS.to_owned(),
+        None => {
+            let v = consul::default_address();
+            if reqwest::Url::parse(&v).is_err()
+                || !(v.starts_with("http://") || v.starts_with("https://"))
+            {
+                errors.push(file.error(
+                    spanned,
+                    format!("backends.{name}.consul"),
+                    format!(
+                        "{} is \"{v}\", not an agent address; set it to e.g. \"http://127.0.0.1:8500\" or set `address`",
+                        consul::ADDRESS_ENV
+                    ),
+                ));
+            }
+            v
+        }
         Some(a) => {
             let v = a.get_ref().trim().trim_end_matches('/');
             let scheme_len = if v.starts_with("https://") {

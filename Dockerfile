@@ -1,7 +1,7 @@
-# Builds the gateway image used by deployment.yaml:
-#   docker build -f k8s/Dockerfile -t gateway:latest .
-# The build context is the repository; .dockerignore at its root keeps
-# target/ (several GB after a test run) and .git out of it.
+# The gateway's image, as the Kubernetes manifests (k8s/) run it:
+#   docker build -t gateway:latest .
+# The build context is the repository; .dockerignore keeps target/ (several
+# GB after a test run) and .git out of it.
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -18,5 +18,13 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/gateway /usr/local/bin/gateway
-USER 65534
+# Where the manifests mount routes.toml (a ConfigMap), the descriptors (a
+# ConfigMap) and the TLS certificate (a Secret); the root filesystem is
+# read-only at run time, so nothing else is written.
+RUN mkdir -p /etc/gateway/config /etc/gateway/descriptors /etc/gateway/tls
+# Not root, and numeric so that Kubernetes' runAsNonRoot can check it; the
+# same user as the Deployment's runAsUser.
+USER 65532:65532
+EXPOSE 8080 9901
 ENTRYPOINT ["/usr/local/bin/gateway"]
+CMD ["serve", "--config", "/etc/gateway/config/routes.toml"]
