@@ -200,6 +200,11 @@ impl Jwks {
                 }));
             }
             Err(e) => {
+                metrics::counter!(
+                    crate::telemetry::metrics::JWKS_FETCH_FAILURES,
+                    "url" => self.source.url.to_string()
+                )
+                .increment(1);
                 tracing::warn!(url = %self.source.url, error = %e, "JWKS fetch failed; the cached keys stay in use")
             }
         }

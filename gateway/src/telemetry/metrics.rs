@@ -29,6 +29,8 @@ pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
 pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
+/// By the JWKS URL, which only the config names: bounded.
+pub const JWKS_FETCH_FAILURES: &str = "gateway_jwks_fetch_failures_total";
 /// notAfter of each certificate the listener serves, by its first DNS name;
 /// rendered from the live snapshot at each scrape (`edge::tls::Tls::render`),
 /// so a certificate taken out of the config leaves no stale series.
@@ -134,6 +136,10 @@ fn describe() {
     describe_counter!(
         DRAIN_ABORTED,
         "HTTP requests still running when server.drain_timeout passed at shutdown, answered 503 by the gateway, by route template"
+    );
+    describe_counter!(
+        JWKS_FETCH_FAILURES,
+        "Failed JWKS fetches, by URL; the cached keys stay in use, and tokens fail with an unknown kid until a fetch succeeds"
     );
     describe_gauge!(
         BUILD_INFO,
