@@ -18,7 +18,10 @@ pub fn app(gateway: Arc<Gateway>) -> App {
     crate::pipeline::app(
         gateway.snapshots(),
         gateway.drain_cut(),
-        gateway.snapshot().access_log,
+        crate::telemetry::AccessLayer {
+            log: gateway.snapshot().access_log,
+            propagators: gateway.snapshot().propagators,
+        },
     )
 }
 

@@ -151,6 +151,9 @@ pub struct Snapshot {
     /// One access-log line per request (`telemetry.access_log`); read when
     /// the listener starts.
     pub access_log: bool,
+    /// `telemetry.propagators`: trace formats besides W3C; read when the
+    /// listener starts.
+    pub propagators: crate::telemetry::propagation::Propagators,
     pub pool: DescriptorPool,
     pub descriptor_files: Vec<descriptors::SourceFile>,
     pub routes: Vec<Arc<Route>>,
@@ -283,6 +286,7 @@ struct ServerSettings {
     worker_threads: Option<usize>,
     /// `server.forward_headers`: forwarded on every route.
     forward_headers: Vec<HeaderName>,
+    propagators: crate::telemetry::propagation::Propagators,
 }
 
 /// The backends, and which of them serves each service.
@@ -355,6 +359,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         drain_timeout: settings.drain_timeout,
         worker_threads: settings.worker_threads,
         access_log: file.config.telemetry.access_log,
+        propagators: settings.propagators,
         reflection_backends: reflection_backends(file),
         compression: server.compression.policy(),
         transcode: crate::transcode::Settings {
@@ -466,12 +471,31 @@ fn server_settings(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> ServerSe
         "server.forward_headers",
         errors,
     );
+    let mut propagators = crate::telemetry::propagation::Propagators::default();
+    for (i, name) in file
+        .config
+        .telemetry
+        .propagators
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        match crate::telemetry::propagation::Propagators::parse([name.get_ref().as_str()]) {
+            Ok(p) => {
+                propagators.b3 |= p.b3;
+                propagators.b3multi |= p.b3multi;
+                propagators.jaeger |= p.jaeger;
+            }
+            Err(e) => errors.push(file.error(name, format!("telemetry.propagators[{i}]"), e)),
+        }
+    }
     ServerSettings {
         admin_listen,
         shutdown_delay,
         drain_timeout,
         worker_threads,
         forward_headers,
+        propagators,
     }
 }
 

@@ -273,6 +273,141 @@ async fn traceparent_continues_the_clients_trace_into_the_backend() {
     assert_eq!(seen.len(), 55);
 }
 
+/// A gateway of [`config`] with `[telemetry] propagators`.
+async fn start_propagating(prefix: &str, propagators: &str) -> RunningGateway {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let path = temp_dir(prefix).join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[telemetry]\npropagators = {propagators}\n",
+            config(&backend, prefix)
+        ),
+    )
+    .unwrap();
+    RunningGateway::start(&path).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b3_and_jaeger_traces_are_joined_and_handed_on_in_every_listed_format() {
+    let gw = start_propagating("tm7", r#"["tracecontext", "b3", "b3multi", "jaeger"]"#).await;
+    let client = http_client();
+    // A Zipkin client's 64-bit trace, single-header form.
+    let r = client
+        .get(gw.url("/tm7/meta"))
+        .header("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-1")
+        .header("x-b3-flags", "1")
+        .send()
+        .await
+        .unwrap();
+    let ours = r.headers()["traceresponse"].to_str().unwrap().to_owned();
+    let span = ours.split('-').nth(2).unwrap().to_owned();
+    let body: Json = r.json().await.unwrap();
+    let md = &body["metadata"];
+    let trace = "0000000000000000a3ce929d0e0e4736";
+    assert_eq!(md["traceparent"], ours, "{md}");
+    assert!(ours.starts_with(&format!("00-{trace}-")), "{ours}");
+    assert_ne!(
+        span, "00f067aa0ba902b7",
+        "the backend's parent is the gateway's span"
+    );
+    assert!(
+        ours.ends_with("-01"),
+        "the client's sampling decision is kept: {ours}"
+    );
+    assert_eq!(md["b3"], format!("{trace}-{span}-1"), "{md}");
+    assert_eq!(md["x-b3-traceid"], trace);
+    assert_eq!(md["x-b3-spanid"], span.as_str());
+    assert_eq!(md["x-b3-sampled"], "1");
+    assert_eq!(md["uber-trace-id"], format!("{trace}:{span}:0:01"));
+    assert!(
+        md.get("x-b3-flags").is_none(),
+        "the client's own B3 headers are replaced: {md}"
+    );
+
+    // A Jaeger client's trace, URL-encoded, not sampled.
+    let r = client
+        .get(gw.url("/tm7/meta"))
+        .header("uber-trace-id", "5ff2d0b0b1f2a3c4%3A7c3a1e5b%3A0%3A0")
+        .send()
+        .await
+        .unwrap();
+    let body: Json = r.json().await.unwrap();
+    let tp = body["metadata"]["traceparent"].as_str().unwrap();
+    assert!(
+        tp.starts_with("00-00000000000000005ff2d0b0b1f2a3c4-"),
+        "{tp}"
+    );
+    assert!(tp.ends_with("-00"), "{tp}");
+
+    // traceparent wins over the others when a client sends both.
+    let r = client
+        .get(gw.url("/tm7/meta"))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-1")
+        .send()
+        .await
+        .unwrap();
+    let body: Json = r.json().await.unwrap();
+    assert!(body["metadata"]["x-b3-traceid"]
+        .as_str()
+        .unwrap()
+        .starts_with("4bf92f35"));
+
+    // A malformed one starts a new trace, as a malformed traceparent does.
+    let r = client
+        .get(gw.url("/tm7/meta"))
+        .header("b3", "not-a-trace")
+        .send()
+        .await
+        .unwrap();
+    let body: Json = r.json().await.unwrap();
+    assert_ne!(body["metadata"]["x-b3-traceid"], "not");
+    assert_eq!(body["metadata"]["x-b3-traceid"].as_str().unwrap().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_propagators_b3_headers_are_neither_read_nor_sent_on() {
+    let gw = start_propagating("tm8", r#"["tracecontext"]"#).await;
+    let r = http_client()
+        .get(gw.url("/tm8/meta"))
+        .header("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-1")
+        .header("uber-trace-id", "5ff2d0b0b1f2a3c4:7c3a1e5b:0:1")
+        .send()
+        .await
+        .unwrap();
+    let body: Json = r.json().await.unwrap();
+    let md = &body["metadata"];
+    assert!(
+        md.get("b3").is_none() && md.get("uber-trace-id").is_none(),
+        "{md}"
+    );
+    assert!(!md["traceparent"]
+        .as_str()
+        .unwrap()
+        .contains("a3ce929d0e0e4736"));
+
+    let path = temp_dir("tm9").join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[telemetry]\npropagators = [\"tracecontext\", \"xray\"]\n",
+            config("127.0.0.1:1", "tm9")
+        ),
+    )
+    .unwrap();
+    let err = gateway::snapshot::Snapshot::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("telemetry.propagators[1]") && err.contains("unknown propagator \"xray\""),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_is_one_json_line_per_request_without_the_token() {
     let backend = spawn_backend(echo_server(&testing_pool())).await;

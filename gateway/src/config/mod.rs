@@ -265,6 +265,15 @@ pub struct TelemetryConfig {
     /// `service.name` of the exported spans (default `gateway`). Read at start.
     #[schemars(with = "Option<String>")]
     pub service_name: Option<Spanned<String>>,
+    /// Trace header formats read from clients and written to backends,
+    /// as OpenTelemetry's `OTEL_PROPAGATORS` names them: `tracecontext`
+    /// (W3C `traceparent`, always on), `b3` (Zipkin's single `b3` header),
+    /// `b3multi` (`X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`) and `jaeger`
+    /// (`uber-trace-id`). A client's trace is continued from the first
+    /// format it sent, `traceparent` first; the backend gets the gateway's
+    /// span in every listed format (default `["tracecontext"]`). Read at start.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub propagators: Option<Vec<Spanned<String>>>,
 }
 
 impl Default for TelemetryConfig {
@@ -277,6 +286,7 @@ impl Default for TelemetryConfig {
             otlp_protocol: OtlpProtocol::default(),
             sampling_ratio: None,
             service_name: None,
+            propagators: None,
         }
     }
 }

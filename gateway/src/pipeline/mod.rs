@@ -55,12 +55,12 @@ use crate::transcode::metadata::request_metadata;
 pub fn app(
     snapshots: Arc<ArcSwap<Snapshot>>,
     cut: tokio::sync::watch::Receiver<bool>,
-    access_log: bool,
+    access: crate::telemetry::AccessLayer,
 ) -> App {
     tower::ServiceBuilder::new()
         // Outermost: request id, trace context, access log and HTTP metrics
         // see every answer, the edge's refusals included.
-        .layer(crate::telemetry::AccessLayer { log: access_log })
+        .layer(access)
         // HEAD answers lose their body here, whichever layer made them, so
         // the access log counts the bytes actually sent.
         .layer(tower::layer::layer_fn(Head))
@@ -540,7 +540,11 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
         Ok(d) => d,
         Err(e) => return Error::BadRequest(e.to_string()).into_response(),
     };
-    let metadata = match request_metadata(&parts.headers, &route.forward_headers) {
+    let propagated = parts
+        .extensions
+        .get::<crate::telemetry::RequestContext>()
+        .map_or(&[][..], |c| c.propagators.forwarded());
+    let metadata = match request_metadata(&parts.headers, &route.forward_headers, propagated) {
         Ok(md) => md,
         Err(e) => return Error::BadRequest(e.to_string()).into_response(),
     };

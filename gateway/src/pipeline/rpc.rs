@@ -351,9 +351,9 @@ fn metadata(headers: &HeaderMap, forward: &[http::HeaderName]) -> Result<Metadat
     let md = if headers.keys().any(extra) {
         let mut all: Vec<http::HeaderName> = forward.to_vec();
         all.extend(headers.keys().filter(|n| extra(n)).cloned());
-        crate::transcode::metadata::request_metadata(headers, &all)
+        crate::transcode::metadata::request_metadata(headers, &all, &[])
     } else {
-        crate::transcode::metadata::request_metadata(headers, forward)
+        crate::transcode::metadata::request_metadata(headers, forward, &[])
     };
     md.map_err(|e| Error::BadRequest(e.to_string()))
 }

@@ -26,6 +26,9 @@ pub struct RequestContext {
     /// The head as the client sent it, measured before this layer added
     /// `x-request-id` and `traceparent`: the header limits count this.
     pub client_head: crate::edge::limits::ClientHead,
+    /// `telemetry.propagators`: which trace headers besides `traceparent`
+    /// the gateway wrote, for the backend call.
+    pub propagators: super::propagation::Propagators,
 }
 
 /// Requests being served right now, for the in-flight gauge.
@@ -39,6 +42,7 @@ pub fn in_flight() -> i64 {
 #[derive(Debug, Clone, Default)]
 pub struct AccessLayer {
     pub log: bool,
+    pub propagators: super::propagation::Propagators,
 }
 
 impl<S> Layer<S> for AccessLayer {
@@ -47,6 +51,7 @@ impl<S> Layer<S> for AccessLayer {
         Access {
             inner,
             log: self.log,
+            propagators: self.propagators,
         }
     }
 }
@@ -55,6 +60,7 @@ impl<S> Layer<S> for AccessLayer {
 pub struct Access<S> {
     inner: S,
     log: bool,
+    propagators: super::propagation::Propagators,
 }
 
 /// A client's id is kept when it is short and plain (so it cannot inject
@@ -177,7 +183,8 @@ where
             .headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse);
+            .and_then(TraceParent::parse)
+            .or_else(|| self.propagators.extract(req.headers()));
         let (trace, otel) = match super::otel::start_request(
             client_trace,
             req.headers(),
@@ -197,10 +204,12 @@ where
         if let Some(v) = &trace_value {
             req.headers_mut().insert(TRACEPARENT.clone(), v.clone());
         }
+        self.propagators.inject(req.headers_mut(), &trace);
         req.extensions_mut().insert(RequestContext {
             request_id: request_id.clone(),
             trace,
             client_head,
+            propagators: self.propagators,
         });
         let method = req.method().clone();
         let bytes_in = req.body().size_hint().exact();

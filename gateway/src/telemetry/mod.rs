@@ -6,6 +6,7 @@ pub mod access;
 pub mod metrics;
 pub mod otel;
 pub mod process;
+pub mod propagation;
 pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};

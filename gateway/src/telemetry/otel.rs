@@ -361,6 +361,7 @@ impl Attempt {
                 super::trace::unique_per_call(&mut v);
                 md.insert(MetadataKey::from_static("traceparent"), v);
             }
+            super::propagation::rewrite(&mut md, &tp);
         }
         md
     }

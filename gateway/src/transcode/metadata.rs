@@ -36,11 +36,24 @@ static CORRELATION: [http::HeaderName; 3] = [
 ];
 
 /// Request headers to gRPC metadata for `route`.
+/// `propagated`: the trace headers of formats besides W3C that the access
+/// layer wrote (`telemetry.propagators`), sent on like `traceparent`.
 pub fn request_metadata(
     headers: &HeaderMap,
     forward_headers: &[HeaderName],
+    propagated: &[HeaderName],
 ) -> Result<MetadataMap, BadMetadata> {
-    metadata_from_headers(headers, forward_headers)
+    let md = metadata_from_headers(headers, forward_headers)?;
+    if propagated.is_empty() {
+        return Ok(md);
+    }
+    let mut md = md.into_headers();
+    for name in propagated {
+        if let Some(v) = headers.get(name) {
+            md.insert(name.clone(), v.clone());
+        }
+    }
+    Ok(MetadataMap::from_headers(md))
 }
 
 /// A binary (`-bin`) header whose value is not base64: refused with a 400
