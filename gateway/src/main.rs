@@ -227,6 +227,14 @@ async fn serve(
             }
         });
     }
+    let plaintext = match s.tls.as_ref().and_then(|t| t.plaintext_listen) {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (server.tls.plaintext_listen)"))?,
+        ),
+        None => None,
+    };
     let routes = s.routes.len();
     let first_get = s
         .routes
@@ -240,6 +248,20 @@ async fn serve(
         reload::spawn_watcher(gw.clone());
     }
     reload::spawn_sighup(gw.clone());
+    if let Some(plain) = plaintext {
+        eprintln!(
+            "plaintext (HTTP/1.1, h2c) for internal callers on http://{}",
+            plain.local_addr()?
+        );
+        let gw = gw.clone();
+        // It closes with the process: internal callers retry elsewhere, as
+        // they do for any replica that goes away.
+        tokio::spawn(async move {
+            if let Err(e) = server::serve_plaintext(plain, gw, std::future::pending()).await {
+                tracing::error!(error = %e, "the plaintext listener failed");
+            }
+        });
+    }
     let scheme = if gw.snapshot().tls.is_some() {
         "https"
     } else {

@@ -39,7 +39,7 @@ fn listener_limits(
 /// at the next restart (reload warns).
 fn listener_tls(
     gw: &Arc<Gateway>,
-) -> impl Fn() -> Option<tokio_rustls::TlsAcceptor> + Send + Sync + 'static {
+) -> impl Fn() -> Option<crate::edge::tls::Handshake> + Send + Sync + 'static {
     let gw = gw.clone();
     let last = std::sync::Mutex::new(gw.snapshot().tls.clone());
     move || {
@@ -49,11 +49,32 @@ fn listener_tls(
         match current {
             Some(now) if !Arc::ptr_eq(&now, tls) => {
                 *last = Some(now.clone());
-                Some(now.acceptor())
+                Some(now.handshake())
             }
-            _ => Some(tls.acceptor()),
+            _ => Some(tls.handshake()),
         }
     }
+}
+
+/// Serves `[server.tls] plaintext_listen`: the same routes over plaintext
+/// HTTP/1.1 and h2c (prior knowledge), for internal callers, until
+/// `shutdown` resolves. No TLS, so no client certificate: routes that need
+/// one answer 401 here.
+pub async fn serve_plaintext(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = listener_limits(&gateway);
+    crate::edge::conn::serve(
+        listener,
+        app(gateway),
+        limits,
+        || None,
+        crate::edge::conn::Drain::new(),
+        shutdown,
+    )
+    .await
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish.
