@@ -394,6 +394,40 @@ async fn optional_lets_clients_without_a_certificate_reach_routes_that_need_none
     );
     let r = get(&db, &t.gw.rest, "/v1/cert/meta", &[]).await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
+
+    // /admin/routes shows each route's use of the certificate.
+    let v: Value = http_client()
+        .get(t.gw.admin_url("/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let route = |path: &str| {
+        v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("{path}: {v}"))["auth"]
+            .clone()
+    };
+    let web = route("/v1/cert/web");
+    assert_eq!(web["client_cert"]["required"], true, "{web}");
+    assert_eq!(
+        web["client_cert"]["allow"],
+        serde_json::json!(["spiffe://example.org/ns/web/*"])
+    );
+    let credential = route("/v1/cert/credential");
+    assert_eq!(
+        credential["credentials"],
+        serde_json::json!(["client_cert"])
+    );
+    assert_eq!(
+        credential["client_cert"]["forward"],
+        serde_json::json!(["spiffe_id"])
+    );
 }
 
 #[tokio::test]

@@ -265,7 +265,8 @@ fn client_cert(
 ) -> Result<bool, Error> {
     let policy = &route.client_cert;
     let cert = extensions.get::<PeerCert>();
-    let uses = policy.required || route.mode != AuthMode::None && route.credentials.client_cert;
+    let proves = route.mode != AuthMode::None && route.credentials.client_cert;
+    let uses = policy.required || proves;
     let Some(PeerCert(cert)) = cert else {
         if policy.required {
             return Err(refuse_cert(
@@ -290,7 +291,7 @@ fn client_cert(
         return Ok(false);
     }
     policy.forward_into(cert, headers);
-    Ok(uses && route.credentials.client_cert)
+    Ok(proves)
 }
 
 /// 401 (no certificate) or 403 (one the route does not allow), counted

@@ -418,6 +418,45 @@ mod tests {
         assert!(!is_forged("x-client-id"));
     }
 
+    /// Made by `openssl req -x509 -multivalue-rdn -subj "/C=US/O=Example,
+    /// Inc/OU=edge+CN=web" -addext "subjectAltName=DNS:web.internal,
+    /// URI:spiffe://example.org/ns/web/sa/api,IP:10.0.0.1,email:a@b.c"`
+    /// (a certificate only; its key was thrown away).
+    const OPENSSL_CERT: &str = r"-----BEGIN CERTIFICATE-----
+MIICHzCCAcWgAwIBAgIUGBqviQvEGRPW6jBRQdbOITF4VpkwCgYIKoZIzj0EAwIw
+PzELMAkGA1UEBhMCVVMxFTATBgNVBAoMDEV4YW1wbGUsIEluYzEZMAoGA1UEAwwD
+d2ViMAsGA1UECwwEZWRnZTAeFw0yNjEyMDcwMzEwMzBaFw0zNjEyMDQwMzEwMzBa
+MD8xCzAJBgNVBAYTAlVTMRUwEwYDVQQKDAxFeGFtcGxlLCBJbmMxGTAKBgNVBAMM
+A3dlYjALBgNVBAsMBGVkZ2UwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAT9+VgR
+tTVVejbgxnLLwkN7vP3fO70biW2LsUug8DOwazDrxlDPYnGTVlXbu6I8Du/WgBCS
+0OFvOVgVIdS/hpOMo4GeMIGbMB0GA1UdDgQWBBQ2kBne0ZMmGYZJuyaa0lG3cWfk
+YjAfBgNVHSMEGDAWgBQ2kBne0ZMmGYZJuyaa0lG3cWfkYjAPBgNVHRMBAf8EBTAD
+AQH/MEgGA1UdEQRBMD+CDHdlYi5pbnRlcm5hbIYic3BpZmZlOi8vZXhhbXBsZS5v
+cmcvbnMvd2ViL3NhL2FwaYcECgAAAYEFYUBiLmMwCgYIKoZIzj0EAwIDSAAwRQIh
+APMY5EF2iKuHvvcnKwqMpeT9hew1H1d1ntMuN0pRvoRGAiAHJb7zhz2CVSPdu0Sc
+5jKrJwDPLwDAD29rMb78c29AXA==
+-----END CERTIFICATE-----";
+
+    #[test]
+    fn an_openssl_certificate_is_read_like_openssl_prints_it() {
+        use rustls::pki_types::pem::PemObject as _;
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(OPENSSL_CERT.as_bytes()).unwrap();
+        let c = ClientCert::from_der(&der).unwrap();
+        // `openssl x509 -subject -nameopt RFC2253` prints
+        // `OU=edge+CN=web,O=Example\, Inc,C=US`: the values of a
+        // multi-valued RDN come in their DER (sorted) order here, which RFC
+        // 4514 leaves open.
+        assert_eq!(c.subject, "CN=web+OU=edge,O=Example\\, Inc,C=US");
+        assert_eq!(c.dns, ["web.internal"]);
+        assert_eq!(c.uris, ["spiffe://example.org/ns/web/sa/api"]);
+        assert_eq!(
+            c.spiffe_id.as_deref(),
+            Some("spiffe://example.org/ns/web/sa/api")
+        );
+        assert!(ClientCert::from_der(&der[..der.len() / 2]).is_err());
+    }
+
     #[test]
     fn subjects_are_written_as_rfc_4514_has_them() {
         assert_eq!(escape("a,b"), "a\\,b");
