@@ -617,7 +617,8 @@ fn check_reports_a_broken_client_ca_and_routes_that_need_one() {
     gateway_tests::remove_temp_parent(&bare);
 }
 
-#[tokio::test]
+// openssl blocks the test thread: the gateway runs on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_connection_resumes_the_session() {
     let t = start("").await;
     let leaf = t.ca.client("web", &[], &[WEB_SPIFFE]);
@@ -640,6 +641,52 @@ async fn a_second_connection_resumes_the_session() {
         assert_eq!(
             second.body["metadata"]["x-client-cert-spiffe-id"], WEB_SPIFFE,
             "{second:?}"
+        );
+    }
+
+    // openssl s_client saving the session and offering it again.
+    let dir = t.config.parent().unwrap();
+    leaf.write(dir, "client");
+    let session = dir.join("session.pem");
+    for flag in ["-tls1_3", "-tls1_2"] {
+        let _ = std::fs::remove_file(&session);
+        let run = |sess: &str| {
+            let mut child = Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &t.gw.rest,
+                    "-servername",
+                    "a.test",
+                    flag,
+                ])
+                .args(["-cert", dir.join("client.pem").to_str().unwrap()])
+                .args(["-key", dir.join("client.key").to_str().unwrap()])
+                .args([sess, session.to_str().unwrap(), "-ign_eof"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run openssl");
+            // A whole exchange, so TLS 1.3 tickets (sent after the
+            // handshake) are read before the session is saved.
+            std::io::Write::write_all(
+                child.stdin.as_mut().unwrap(),
+                b"GET /v1/cert/credential HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n",
+            )
+            .unwrap();
+            let out = child.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let first = run("-sess_out");
+        assert!(
+            first.contains("\nNew, TLSv1.") && first.contains("HTTP/1.1 200"),
+            "{flag}: {first}"
+        );
+        let second = run("-sess_in");
+        assert!(
+            second.contains("\nReused, TLSv1.") && second.contains("HTTP/1.1 200"),
+            "{flag}: {second}"
         );
     }
 }
