@@ -211,9 +211,9 @@ pub struct TlsConfig {
     /// With `client_ca`: `"required"` refuses the handshake of a client
     /// without a valid certificate; `"optional"` asks for one, verifies it
     /// when sent and lets clients without one through, leaving the choice
-    /// to each route (`client_cert`, `credentials = ["client_cert"]`).
-    /// Default `"required"`: naming a client CA asks for mTLS, and letting
-    /// certificate-less clients in must be said.
+    /// to each route (`client_cert`, `credentials = ["client_cert"]`)
+    /// (default `"required"`: naming a client CA asks for mTLS, and letting
+    /// certificate-less clients in must be said).
     #[schemars(with = "Option<String>")]
     pub client_auth: Option<Spanned<String>>,
     /// Time from accept to the end of the TLS handshake, waiting for a
@@ -758,8 +758,8 @@ pub struct RouteConfig {
     pub forward_claims: Option<Vec<Spanned<String>>>,
     /// `"required"`: a verified client certificate (`[server.tls]
     /// client_ca`) is needed on top of whatever `auth` and `credentials`
-    /// ask (401 without one); `"none"` (default) leaves it to
-    /// `credentials`.
+    /// ask (401 without one); `"none"` leaves it to `credentials` (default
+    /// `"none"`).
     #[schemars(with = "Option<String>")]
     pub client_cert: Option<Spanned<String>>,
     /// Client certificates accepted here, whenever one is used (by
