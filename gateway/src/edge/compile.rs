@@ -1537,6 +1537,69 @@ scope = "everywhere"
     }
 
     #[test]
+    fn client_certificate_policies_compile_and_misuses_are_named() {
+        let file = parse(
+            r#"[auth]
+forward_client_cert = ["spiffe_id", "spiffe_id", "issuer"]
+
+[server.tls]
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+client_ca = "ca.pem"
+
+[[routes]]
+method = "GET"
+path = "/v1/a"
+grpc = "a.B/C"
+auth = "required"
+credentials = ["client_cert", "jwt"]
+client_cert_allow = ["spiffe://example.org/ns/web/*", "CN=web"]
+
+[[routes]]
+method = "GET"
+path = "/v1/b"
+grpc = "a.B/C"
+client_cert = "always"
+client_cert_allow = ["spiffe://*/web"]
+forward_client_cert = []
+"#,
+        );
+        let mut errors = Vec::new();
+        let edge = build(&file, None, &mut errors);
+        let a = edge.route(
+            &file,
+            0,
+            &file.config.routes[0],
+            "GET",
+            "/v1/a",
+            &mut errors,
+        );
+        let b = edge.route(
+            &file,
+            1,
+            &file.config.routes[1],
+            "GET",
+            "/v1/b",
+            &mut errors,
+        );
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:2: auth.forward_client_cert: \"issuer\" is not a part of a client certificate; use \"subject\", \"spiffe_id\", \"dns\" or \"uri\""),
+                format!("{FILE}:20: routes[1].client_cert: \"always\" is not a client certificate policy; use \"required\" or \"none\""),
+                format!("{FILE}:21: routes[1].client_cert_allow: \"spiffe://*/web\": `*` may only end an entry (a prefix, e.g. \"spiffe://example.org/ns/web/*\")"),
+                format!("{FILE}:21: routes[1].client_cert_allow: the allow-list applies to a certificate the route uses: add client_cert = \"required\" or credentials = [\"client_cert\", ...]"),
+            ]
+        );
+        assert_eq!(edge.auth.forward_client_cert, [client_cert::Part::SpiffeId]);
+        assert!(a.auth.credentials.client_cert && a.auth.credentials.jwt);
+        assert!(!a.auth.client_cert.required);
+        assert_eq!(a.auth.client_cert.allow.len(), 2);
+        assert_eq!(a.auth.client_cert.forward, [client_cert::Part::SpiffeId]);
+        assert!(b.auth.client_cert.forward.is_empty());
+        assert!(!b.auth.client_cert.active());
+    }
+
+    #[test]
     fn client_ip_policy_keeps_good_proxies_and_names_bad_ones() {
         let file = parse(
             r#"[rate_limits]
