@@ -37,7 +37,7 @@ method = "GET"
 path = "/v1/cert/meta"
 grpc = "testing.v1.Echo/Meta"
 client_cert = "required"
-forward_client_cert = ["subject", "spiffe_id", "dns", "uri"]
+forward_client_cert = ["subject", "spiffe_id", "dns", "uri", "xfcc"]
 
 # Only workloads of the web namespace.
 [[routes]]
@@ -446,6 +446,7 @@ async fn the_identity_reaches_the_backend_and_forged_metadata_never_does() {
             "spiffe://evil/admin",
         ),
         ("grpc-metadata-x-client-cert-extra", "x"),
+        ("x-forwarded-client-cert", "Hash=00;Subject=\"CN=admin\""),
     ];
     let r = get(&c, &t.gw.rest, "/v1/cert/meta", &forged).await.unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -462,6 +463,18 @@ async fn the_identity_reaches_the_backend_and_forged_metadata_never_does() {
         "{md}"
     );
     assert!(md.get("x-client-cert-extra").is_none(), "{md}");
+    // Envoy's form, with the hash of the certificate the client presented.
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf.der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let subject = r#"Subject="CN=web\\, \\\"edge\\\",O=Gateway Tests""#;
+    assert_eq!(
+        md["x-forwarded-client-cert"],
+        format!("Hash={hash};{subject};URI={WEB_SPIFFE};URI=https://web.example.org/id;DNS=web.internal;DNS=api.internal").as_str(),
+        "{md}"
+    );
 
     // Without a certificate, on a route that asks nothing: the forged
     // values are gone and nothing takes their place.

@@ -59,8 +59,10 @@ pub struct AuthConfig {
     /// metadata on routes that do not set `forward_client_cert`: `"subject"`
     /// (`x-client-cert-subject`, RFC 4514), `"spiffe_id"`
     /// (`x-client-cert-spiffe-id`), `"dns"` and `"uri"` (`x-client-cert-dns`,
-    /// `x-client-cert-uri`, names joined by `,`) (default `[]`). Those
-    /// metadata a client sends itself are always dropped.
+    /// `x-client-cert-uri`, names joined by `,`), `"xfcc"` (all of them in
+    /// Envoy's `x-forwarded-client-cert` form, with the certificate's
+    /// SHA-256 as `Hash`) (default `[]`). Those metadata a client sends
+    /// itself are always dropped.
     #[schemars(with = "Option<Vec<String>>")]
     pub forward_client_cert: Option<Vec<Spanned<String>>>,
 }

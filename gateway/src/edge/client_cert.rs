@@ -35,6 +35,9 @@ pub struct ClientCert {
     /// The first `spiffe://` URI name: the workload's SPIFFE ID (an SVID
     /// carries exactly one).
     pub spiffe_id: Option<String>,
+    /// SHA-256 of the certificate's DER: Envoy's `Hash` in
+    /// `x-forwarded-client-cert`.
+    pub sha256: [u8; 32],
 }
 
 /// The verified client certificate of the connection a request came on: a
@@ -60,8 +63,11 @@ impl ClientCert {
         let (_validity, tbs) = expect(tbs, SEQUENCE)?;
         let (subject, tbs) = expect(tbs, SEQUENCE)?;
         let (_spki, mut tbs) = expect(tbs, SEQUENCE)?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let mut out = ClientCert {
             subject: rfc4514(subject)?,
+            sha256,
             ..ClientCert::default()
         };
         while let Some((tag, body, rest)) = tlv(tbs) {
@@ -201,6 +207,52 @@ fn string_value(tag: u8, value: &[u8]) -> Option<String> {
     }
 }
 
+impl ClientCert {
+    /// One element of Envoy's `x-forwarded-client-cert`:
+    /// `Hash=<hex>;Subject="<subject>";URI=<uri>;DNS=<name>`, a `URI=` and
+    /// `DNS=` pair per name, values with `,`, `;`, `=` or `"` quoted.
+    pub fn xfcc(&self) -> String {
+        let mut out = String::from("Hash=");
+        for b in self.sha256 {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push_str(";Subject=");
+        out.push_str(&xfcc_quoted(&self.subject));
+        for u in &self.uris {
+            out.push_str(";URI=");
+            out.push_str(&xfcc_value(u));
+        }
+        for d in &self.dns {
+            out.push_str(";DNS=");
+            out.push_str(&xfcc_value(d));
+        }
+        out
+    }
+}
+
+/// A value quoted, `"` and `\` escaped.
+fn xfcc_quoted(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A value as is, or quoted when it holds a separator.
+fn xfcc_value(v: &str) -> String {
+    if v.contains([',', ';', '=', '"']) {
+        xfcc_quoted(v)
+    } else {
+        v.to_owned()
+    }
+}
+
 /// RFC 4514 2.4: `,+"\<>;` escaped anywhere, `#` and space at the start,
 /// space at the end, control characters as `\hh`.
 fn escape(v: &str) -> String {
@@ -233,6 +285,8 @@ pub enum Part {
     SpiffeId,
     Dns,
     Uri,
+    /// All of it in Envoy's `x-forwarded-client-cert` form.
+    Xfcc,
 }
 
 impl Part {
@@ -242,6 +296,7 @@ impl Part {
             Part::SpiffeId => "spiffe_id",
             Part::Dns => "dns",
             Part::Uri => "uri",
+            Part::Xfcc => "xfcc",
         }
     }
 
@@ -251,8 +306,9 @@ impl Part {
             "spiffe_id" => Ok(Part::SpiffeId),
             "dns" => Ok(Part::Dns),
             "uri" => Ok(Part::Uri),
+            "xfcc" => Ok(Part::Xfcc),
             other => Err(format!(
-                "\"{other}\" is not a part of a client certificate; use \"subject\", \"spiffe_id\", \"dns\" or \"uri\""
+                "\"{other}\" is not a part of a client certificate; use \"subject\", \"spiffe_id\", \"dns\", \"uri\" or \"xfcc\""
             )),
         }
     }
@@ -264,6 +320,7 @@ impl Part {
             Part::SpiffeId => "grpc-metadata-x-client-cert-spiffe-id",
             Part::Dns => "grpc-metadata-x-client-cert-dns",
             Part::Uri => "grpc-metadata-x-client-cert-uri",
+            Part::Xfcc => "grpc-metadata-x-forwarded-client-cert",
         })
     }
 }
@@ -275,7 +332,10 @@ const METADATA_PREFIX: &str = "grpc-metadata-x-client-cert-";
 
 /// Whether a request header claims to be the gateway's certificate metadata.
 pub fn is_forged(name: &str) -> bool {
-    name.starts_with(PREFIX) || name.starts_with(METADATA_PREFIX)
+    name.starts_with(PREFIX)
+        || name.starts_with(METADATA_PREFIX)
+        || name == "x-forwarded-client-cert"
+        || name == "grpc-metadata-x-forwarded-client-cert"
 }
 
 /// One `client_cert_allow` entry: the exact text, or a prefix before `*`.
@@ -361,6 +421,7 @@ impl ClientCertPolicy {
                 Part::SpiffeId => c.spiffe_id.clone(),
                 Part::Dns => (!c.dns.is_empty()).then(|| c.dns.join(",")),
                 Part::Uri => (!c.uris.is_empty()).then(|| c.uris.join(",")),
+                Part::Xfcc => Some(c.xfcc()),
             };
             if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
                 headers.insert(part.header(), v);
@@ -379,6 +440,7 @@ mod tests {
             dns: vec!["web.internal".to_owned()],
             uris: vec!["spiffe://example.org/ns/web/sa/api".to_owned()],
             spiffe_id: Some("spiffe://example.org/ns/web/sa/api".to_owned()),
+            sha256: [0; 32],
         }
     }
 
@@ -455,6 +517,12 @@ APMY5EF2iKuHvvcnKwqMpeT9hew1H1d1ntMuN0pRvoRGAiAHJb7zhz2CVSPdu0Sc
             Some("spiffe://example.org/ns/web/sa/api")
         );
         assert!(ClientCert::from_der(&der[..der.len() / 2]).is_err());
+        // openssl x509 -noout -fingerprint -sha256, without the colons.
+        let hash = "5dba1bf5660091dffe0a9ed198406e642ec8c0c82a5ca1025ea12410ef503221";
+        assert_eq!(
+            c.xfcc(),
+            format!("Hash={hash};Subject=\"CN=web+OU=edge,O=Example\\\\, Inc,C=US\";URI=spiffe://example.org/ns/web/sa/api;DNS=web.internal")
+        );
     }
 
     #[test]

@@ -1584,7 +1584,7 @@ forward_client_cert = []
         assert_eq!(
             printed(&errors),
             [
-                format!("{FILE}:2: auth.forward_client_cert: \"issuer\" is not a part of a client certificate; use \"subject\", \"spiffe_id\", \"dns\" or \"uri\""),
+                format!("{FILE}:2: auth.forward_client_cert: \"issuer\" is not a part of a client certificate; use \"subject\", \"spiffe_id\", \"dns\", \"uri\" or \"xfcc\""),
                 format!("{FILE}:20: routes[1].client_cert: \"always\" is not a client certificate policy; use \"required\" or \"none\""),
                 format!("{FILE}:21: routes[1].client_cert_allow: \"spiffe://*/web\": `*` may only end an entry (a prefix, e.g. \"spiffe://example.org/ns/web/*\")"),
                 format!("{FILE}:21: routes[1].client_cert_allow: the allow-list applies to a certificate the route uses: add client_cert = \"required\" or credentials = [\"client_cert\", ...]"),
