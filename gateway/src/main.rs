@@ -248,19 +248,11 @@ async fn serve(
         reload::spawn_watcher(gw.clone());
     }
     reload::spawn_sighup(gw.clone());
-    if let Some(plain) = plaintext {
+    if let Some(plain) = &plaintext {
         eprintln!(
             "plaintext (HTTP/1.1, h2c) for internal callers on http://{}",
             plain.local_addr()?
         );
-        let gw = gw.clone();
-        // It closes with the process: internal callers retry elsewhere, as
-        // they do for any replica that goes away.
-        tokio::spawn(async move {
-            if let Err(e) = server::serve_plaintext(plain, gw, std::future::pending()).await {
-                tracing::error!(error = %e, "the plaintext listener failed");
-            }
-        });
     }
     let scheme = if gw.snapshot().tls.is_some() {
         "https"
@@ -280,7 +272,7 @@ async fn serve(
     // Trace export, when configured: set up once (here, inside the runtime
     // its gRPC channel needs), flushed after the drain.
     let traces = gateway::telemetry::otel::init(telemetry).map_err(anyhow::Error::msg)?;
-    let served = server::run(listener, admin, gw, shutdown_signal()).await;
+    let served = server::run_with(listener, plaintext, admin, gw, shutdown_signal()).await;
     if let Some(traces) = traces {
         // The flush blocks until the collector answers (or times out).
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
