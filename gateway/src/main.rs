@@ -227,6 +227,14 @@ async fn serve(
             }
         });
     }
+    let plaintext = match s.tls.as_ref().and_then(|t| t.plaintext_listen) {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (server.tls.plaintext_listen)"))?,
+        ),
+        None => None,
+    };
     let routes = s.routes.len();
     let first_get = s
         .routes
@@ -240,6 +248,12 @@ async fn serve(
         reload::spawn_watcher(gw.clone());
     }
     reload::spawn_sighup(gw.clone());
+    if let Some(plain) = &plaintext {
+        eprintln!(
+            "plaintext (HTTP/1.1, h2c) for internal callers on http://{}",
+            plain.local_addr()?
+        );
+    }
     let scheme = if gw.snapshot().tls.is_some() {
         "https"
     } else {
@@ -258,7 +272,7 @@ async fn serve(
     // Trace export, when configured: set up once (here, inside the runtime
     // its gRPC channel needs), flushed after the drain.
     let traces = gateway::telemetry::otel::init(telemetry).map_err(anyhow::Error::msg)?;
-    let served = server::run(listener, admin, gw, shutdown_signal()).await;
+    let served = server::run_with(listener, plaintext, admin, gw, shutdown_signal()).await;
     if let Some(traces) = traces {
         // The flush blocks until the collector answers (or times out).
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;

@@ -42,7 +42,7 @@ fn listener_limits(
 /// at the next restart (reload warns).
 fn listener_tls(
     gw: &Arc<Gateway>,
-) -> impl Fn() -> Option<tokio_rustls::TlsAcceptor> + Send + Sync + 'static {
+) -> impl Fn() -> Option<crate::edge::tls::Handshake> + Send + Sync + 'static {
     let gw = gw.clone();
     let last = std::sync::Mutex::new(gw.snapshot().tls.clone());
     move || {
@@ -52,9 +52,9 @@ fn listener_tls(
         match current {
             Some(now) if !Arc::ptr_eq(&now, tls) => {
                 *last = Some(now.clone());
-                Some(now.acceptor())
+                Some(now.handshake())
             }
-            _ => Some(tls.acceptor()),
+            _ => Some(tls.handshake()),
         }
     }
 }
@@ -85,6 +85,20 @@ pub async fn run(
     gateway: Arc<Gateway>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(listener, None, admin, gateway, signal).await
+}
+
+/// [`run`], with `[server.tls] plaintext_listen`'s listener when there is
+/// one: the same routes over plaintext HTTP/1.1 and h2c for internal
+/// callers (no TLS, so no client certificate: routes that need one answer
+/// 401 there), drained and closed with the main listener.
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    plaintext: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+    gateway: Arc<Gateway>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Some(admin) = admin {
         let app = crate::admin::app(gateway.clone());
         tokio::spawn(async move {
@@ -93,18 +107,37 @@ pub async fn run(
             }
         });
     }
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let drain = crate::edge::conn::Drain::new();
-    let mut server = tokio::spawn(crate::edge::conn::serve(
+    let main = tokio::spawn(crate::edge::conn::serve(
         listener,
         app(gateway.clone()),
         listener_limits(&gateway),
         listener_tls(&gateway),
         drain.clone(),
-        async {
-            let _ = stop_rx.await;
-        },
+        stopped(stop_rx.clone()),
     ));
+    let plain = plaintext.map(|plain| {
+        tokio::spawn(crate::edge::conn::serve(
+            plain,
+            app(gateway.clone()),
+            listener_limits(&gateway),
+            || None,
+            drain.clone(),
+            stopped(stop_rx.clone()),
+        ))
+    });
+    // Done when both listeners have closed and drained.
+    let mut server = tokio::spawn(async move {
+        let main = main.await.map_err(std::io::Error::other)?;
+        if let Some(plain) = plain {
+            plain.await.map_err(std::io::Error::other)??;
+        }
+        main
+    });
     gateway.set_ready(true);
     signal.await;
     let snap = gateway.snapshot();
@@ -116,7 +149,7 @@ pub async fn run(
         "shutting down: readiness is false; still accepting during the delay"
     );
     tokio::time::sleep(snap.shutdown_delay).await;
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(snap.drain_timeout, &mut server).await {
         Ok(Ok(result)) => {
             tracing::info!("drained; exiting");

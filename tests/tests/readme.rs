@@ -330,7 +330,7 @@ async fn every_toml_block_of_readme_and_docs_loads_into_the_demo_config() {
 
 /// Files and variables the examples point at: an Ed25519 public key
 /// for `pem_files`, an HMAC secret for `hmac_secret_env`, and certificates
-/// (made here, no key checked in) for `[server.tls]`.
+/// (made here, no key checked in) for `[server.tls]` and its `client_ca`.
 fn support_files(dir: &std::path::Path) {
     std::fs::create_dir_all(dir.join("tls")).unwrap();
     for name in ["api.example.com", "*.example.com"] {
@@ -343,6 +343,12 @@ fn support_files(dir: &std::path::Path) {
         std::fs::write(dir.join(format!("tls/{stem}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.join(format!("tls/{stem}.key")), key.serialize_pem()).unwrap();
     }
+    // The authorities client certificates chain to (`client_ca`).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("tls/clients-ca.pem"), ca.pem()).unwrap();
     std::fs::create_dir_all(dir.join("keys")).unwrap();
     std::fs::write(
         dir.join("keys/partner.pem"),

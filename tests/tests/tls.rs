@@ -15,67 +15,12 @@ use gateway_tests::{
     echo_server, gateway_bin, http_client, render_config, repo_root, spawn_backend,
     testing_descriptors, testing_pool, write_config, ECHO_CONFIG_BODY,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// A test certificate authority: what clients trust.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    der: Vec<u8>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "gateway test CA");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        Ca {
-            pem: cert.pem(),
-            der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names` valid for `days` more days.
-    fn leaf(&self, names: &[&str], days: i64) -> Leaf {
-        let key = KeyPair::generate().expect("leaf key");
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names[0].clone());
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-}
-
-struct Leaf {
-    cert: String,
-    key: String,
-    der: Vec<u8>,
-}
-
-impl Leaf {
-    fn write(&self, dir: &Path, stem: &str) {
-        std::fs::write(dir.join(format!("{stem}.pem")), &self.cert).expect("write cert");
-        std::fs::write(dir.join(format!("{stem}.key")), &self.key).expect("write key");
-    }
-}
+#[path = "common/certs.rs"]
+mod certs_made_here;
+use certs_made_here::{Ca, Leaf};
 
 /// The echo test config with `[server.tls]` naming `certs/<stem>.pem` and
 /// `.key` for each stem, in a fresh folder; returns routes.toml's path.

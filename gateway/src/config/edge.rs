@@ -50,10 +50,21 @@ pub struct AuthConfig {
     #[serde(default)]
     pub forward_token: bool,
     /// What proves a caller on routes that do not set `credentials`:
-    /// `"jwt"`, `"api_key"` (a key of a `[consumers.NAME]`), or both, meaning
-    /// either (default `["jwt"]`).
+    /// `"jwt"`, `"api_key"` (a key of a `[consumers.NAME]`), `"client_cert"`
+    /// (a client certificate `[server.tls] client_ca` verified), or several,
+    /// meaning any one (default `["jwt"]`).
     #[schemars(with = "Option<Vec<String>>")]
     pub credentials: Option<Vec<Spanned<String>>>,
+    /// Parts of the verified client certificate passed to backends as
+    /// metadata on routes that do not set `forward_client_cert`: `"subject"`
+    /// (`x-client-cert-subject`, RFC 4514), `"spiffe_id"`
+    /// (`x-client-cert-spiffe-id`), `"dns"` and `"uri"` (`x-client-cert-dns`,
+    /// `x-client-cert-uri`, names joined by `,`), `"xfcc"` (all of them in
+    /// Envoy's `x-forwarded-client-cert` form, with the certificate's
+    /// SHA-256 as `Hash`) (default `[]`). Those metadata a client sends
+    /// itself are always dropped.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub forward_client_cert: Option<Vec<Spanned<String>>>,
 }
 
 /// `[api_keys]`: where clients present the API keys of `[consumers]`.

@@ -201,6 +201,42 @@ pub struct TlsConfig {
     /// `server.listen`'s port; none when absent. Read at start.
     #[schemars(with = "Option<String>")]
     pub redirect_http: Option<Spanned<String>>,
+    /// PEM bundle of the certificate authorities client certificates must
+    /// chain to, relative to routes.toml; the listener then asks clients
+    /// for a certificate (mTLS) and verifies it. Watched and re-read on
+    /// every reload like the certificates. None: no client certificate is
+    /// asked for.
+    #[schemars(with = "Option<String>")]
+    pub client_ca: Option<Spanned<String>>,
+    /// With `client_ca`: `"required"` refuses the handshake of a client
+    /// without a valid certificate; `"optional"` asks for one, verifies it
+    /// when sent and lets clients without one through, leaving the choice
+    /// to each route (`client_cert`, `credentials = ["client_cert"]`)
+    /// (default `"required"`: naming a client CA asks for mTLS, and letting
+    /// certificate-less clients in must be said).
+    #[schemars(with = "Option<String>")]
+    pub client_auth: Option<Spanned<String>>,
+    /// Time from accept to the end of the TLS handshake, waiting for a
+    /// handshake slot included; the connection is closed beyond (default
+    /// 10s: a real handshake takes a few round trips, and a client that
+    /// stalls in it holds a connection slot no longer than one that sends
+    /// no request head, `limits.header_read_timeout`'s default).
+    #[schemars(with = "Option<DurationText>")]
+    pub handshake_timeout: Option<Spanned<String>>,
+    /// TLS handshakes in progress at most; connections beyond wait (inside
+    /// `handshake_timeout`) for one to finish. Handshakes are the costly
+    /// part of TLS (a signature, key exchange, certificate checks): the cap
+    /// keeps a flood of new connections from taking the CPU established
+    /// ones need. Read at start (default 256: far more than a few cores
+    /// complete at once, so real clients seldom wait).
+    #[schemars(with = "Option<usize>")]
+    pub max_concurrent_handshakes: Option<Spanned<usize>>,
+    /// A second, plaintext listener, `ip:port` (e.g. `"127.0.0.1:8081"`),
+    /// serving the same routes over HTTP/1.1 and h2c (prior knowledge) for
+    /// internal callers; no client certificate there, so routes that need
+    /// one answer 401. None when absent. Read at start.
+    #[schemars(with = "Option<String>")]
+    pub plaintext_listen: Option<Spanned<String>>,
 }
 
 /// One `[[server.tls.certificates]]` pair.
@@ -714,8 +750,8 @@ pub struct RouteConfig {
     /// Issuers (names under `[auth.issuers]`) accepted here (default: all).
     #[schemars(with = "Option<Vec<String>>")]
     pub issuers: Option<Vec<Spanned<String>>>,
-    /// `"jwt"`, `"api_key"`, or both (either proves the caller); default
-    /// `auth.credentials`.
+    /// `"jwt"`, `"api_key"`, `"client_cert"`, or several (any one proves
+    /// the caller); default `auth.credentials`.
     #[schemars(with = "Option<Vec<String>>")]
     pub credentials: Option<Vec<Spanned<String>>>,
     /// Scopes the token must all carry (`scope` string or `scp` list); 403 otherwise.
@@ -731,6 +767,24 @@ pub struct RouteConfig {
     /// `auth.forward_claims`).
     #[schemars(with = "Option<Vec<String>>")]
     pub forward_claims: Option<Vec<Spanned<String>>>,
+    /// `"required"`: a verified client certificate (`[server.tls]
+    /// client_ca`) is needed on top of whatever `auth` and `credentials`
+    /// ask (401 without one); `"none"` leaves it to `credentials` (default
+    /// `"none"`).
+    #[schemars(with = "Option<String>")]
+    pub client_cert: Option<Spanned<String>>,
+    /// Client certificates accepted here, whenever one is used (by
+    /// `client_cert = "required"` or `credentials = ["client_cert"]`): each
+    /// entry is matched against the SPIFFE ID, the URI and DNS names and the
+    /// subject (RFC 4514, e.g. `CN=web,O=Example`), exactly or, ending in
+    /// `*`, as a prefix (`"spiffe://example.org/ns/web/*"`). Another
+    /// certificate gets 403. Default: every certificate the CA verifies.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub client_cert_allow: Option<Vec<Spanned<String>>>,
+    /// Parts of the client certificate passed to the backend as metadata
+    /// (default: `auth.forward_client_cert`); see there.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub forward_client_cert: Option<Vec<Spanned<String>>>,
     /// CORS for this route: keys given here replace those of `[cors]`;
     /// `{ enabled = false }` turns CORS off for the route.
     #[schemars(with = "Option<CorsConfig>")]

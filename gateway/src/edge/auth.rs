@@ -18,6 +18,7 @@ use axum::body::Body;
 use futures_util::future::Either;
 use http::{header, Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response};
 
+use super::client_cert::PeerCert;
 use super::consumers::{Identified, CONSUMER_METADATA};
 use super::jwt::{self, AuthError, AuthMode, QueryToken, RouteAuth, TokenSource, Verified};
 use super::layer::{BoxFut, Policed, RouteView};
@@ -56,7 +57,11 @@ where
                     edge.auth.query_param.as_deref(),
                     edge.consumers.query_param.as_deref(),
                 );
-                (taken, view.policy().map(|p| p.auth.mode != AuthMode::None))
+                (
+                    taken,
+                    view.policy()
+                        .map(|p| p.auth.mode != AuthMode::None || p.auth.client_cert.active()),
+                )
             }
             None => (None, None),
         };
@@ -134,6 +139,7 @@ fn drop_forged_claims(headers: &mut HeaderMap) {
             || k.starts_with(CLAIM_METADATA_PREFIX)
             || k == "x-consumer"
             || k == CONSUMER_METADATA.as_str()
+            || super::client_cert::is_forged(k)
     };
     if !headers.keys().any(forged) {
         return;
@@ -216,6 +222,7 @@ async fn authenticate(
         verified: None,
         consumer: None,
     };
+    let by_cert = client_cert(route, headers, extensions)?;
     if route.mode == AuthMode::None {
         return Ok(caller);
     }
@@ -224,18 +231,81 @@ async fn authenticate(
     }
     // The key never goes on, whatever the route accepts.
     headers.remove(&edge.consumers.header);
+    let identified = caller.consumer.is_some() || by_cert;
     if !route.credentials.jwt {
-        return match (&caller.consumer, route.mode) {
-            (None, AuthMode::Required) => Err(refuse_key(
-                "this route needs an API key (header {header})",
+        return match (identified, route.mode) {
+            (false, AuthMode::Required) if route.credentials.api_key => Err(refuse_key(
+                if route.credentials.client_cert {
+                    "this route needs an API key (header {header}) or a client certificate"
+                } else {
+                    "this route needs an API key (header {header})"
+                },
                 edge,
+            )),
+            (false, AuthMode::Required) => Err(refuse_cert(
+                "missing_client_cert",
+                "this route needs a client certificate".to_owned(),
+                false,
             )),
             _ => Ok(caller),
         };
     }
-    caller.verified =
-        jwt_token(edge, route, headers, extensions, caller.consumer.is_some()).await?;
+    caller.verified = jwt_token(edge, route, headers, extensions, identified).await?;
     Ok(caller)
+}
+
+/// The route's use of the connection's client certificate: a 401 without
+/// one where the route requires it, a 403 for one its allow-list leaves out,
+/// the forwarded parts put on the request. True when the certificate proves
+/// the caller (`credentials` has `client_cert`).
+fn client_cert(
+    route: &RouteAuth,
+    headers: &mut HeaderMap,
+    extensions: &Extensions,
+) -> Result<bool, Error> {
+    let policy = &route.client_cert;
+    let cert = extensions.get::<PeerCert>();
+    let proves = route.mode != AuthMode::None && route.credentials.client_cert;
+    let uses = policy.required || proves;
+    let Some(PeerCert(cert)) = cert else {
+        if policy.required {
+            return Err(refuse_cert(
+                "missing_client_cert",
+                "this route needs a client certificate".to_owned(),
+                false,
+            ));
+        }
+        return Ok(false);
+    };
+    if !policy.allows(cert) {
+        if uses {
+            return Err(refuse_cert(
+                "client_cert_not_allowed",
+                format!(
+                    "the client certificate ({}) is not one this route allows",
+                    cert.spiffe_id.as_deref().unwrap_or(&cert.subject)
+                ),
+                true,
+            ));
+        }
+        return Ok(false);
+    }
+    policy.forward_into(cert, headers);
+    Ok(proves)
+}
+
+/// 401 (no certificate) or 403 (one the route does not allow), counted
+/// with the other authentication failures under `reason`.
+fn refuse_cert(reason: &'static str, message: String, forbidden: bool) -> Error {
+    metrics::counter!(crate::telemetry::metrics::AUTH_FAILURES, "reason" => reason).increment(1);
+    // No HTTP scheme names TLS client certificates; this one says what is
+    // missing to a person reading the answer.
+    let challenge = HeaderValue::from_static("ClientCertificate");
+    if forbidden {
+        Error::Forbidden { message, challenge }
+    } else {
+        Error::Unauthenticated { message, challenge }
+    }
 }
 
 /// 401 for a missing or unknown API key; `{header}` in `message` names the

@@ -11,6 +11,7 @@ use http::{HeaderName, Method};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use toml::Spanned;
 
+use super::client_cert::{self, ClientCertPolicy};
 use super::client_ip::{Cidr, ClientIpPolicy, ForwardedHeader};
 use super::cors::{self, CorsPolicy, OriginRule};
 use super::jwks::{self, Jwks, JwksSource, VerifyKey};
@@ -381,7 +382,36 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
             .unwrap_or_default(),
         None => jwt::Credentials::default(),
     };
-    if default_mode != AuthMode::None && a.issuers.is_empty() && !credentials.api_key {
+    let has_client_ca = client_ca_configured(file);
+    if credentials.client_cert && !has_client_ca {
+        if let Some(list) = &a.credentials {
+            errors.push(file.error(
+                list.first().expect("parse refuses an empty list"),
+                "auth.credentials",
+                NO_CLIENT_CA,
+            ));
+        }
+    }
+    let forward_client_cert = client_cert_parts(
+        file,
+        &a.forward_client_cert,
+        "auth.forward_client_cert",
+        errors,
+    );
+    if !forward_client_cert.is_empty() && !has_client_ca {
+        if let Some(list) = &a.forward_client_cert {
+            errors.push(file.error(
+                list.first().expect("a part was parsed"),
+                "auth.forward_client_cert",
+                NO_CLIENT_CA,
+            ));
+        }
+    }
+    if default_mode != AuthMode::None
+        && a.issuers.is_empty()
+        && !credentials.api_key
+        && !credentials.client_cert
+    {
         if let Some(d) = &a.default {
             errors.push(file.error(
                 d,
@@ -414,7 +444,39 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
         max_token_bytes,
         forward_claims,
         forward_token: a.forward_token,
+        forward_client_cert,
     }
+}
+
+/// Why a route cannot use client certificates without a client CA.
+const NO_CLIENT_CA: &str = "client certificates need [server.tls] client_ca: without it the listener asks no client for one";
+
+/// Whether `[server.tls] client_ca` is set (whether it loads is
+/// `edge::tls`'s to say).
+fn client_ca_configured(file: &LoadedFile) -> bool {
+    file.config
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.get_ref().client_ca.is_some())
+}
+
+/// A `forward_client_cert` list, each part known, without repeats.
+fn client_cert_parts(
+    file: &LoadedFile,
+    list: &Option<Vec<Spanned<String>>>,
+    field: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<client_cert::Part> {
+    let mut out = Vec::new();
+    for p in list.iter().flatten() {
+        match client_cert::Part::parse(p.get_ref()) {
+            Ok(part) if !out.contains(&part) => out.push(part),
+            Ok(_) => {}
+            Err(e) => errors.push(file.error(p, field, e)),
+        }
+    }
+    out
 }
 
 /// The name of the cookie or query parameter a token may come in: it must
@@ -991,6 +1053,10 @@ impl Edge {
                 scopes: Vec::new(),
                 claims: Vec::new(),
                 forward_claims: claim_headers(&self.auth.forward_claims),
+                client_cert: ClientCertPolicy {
+                    forward: self.auth.forward_client_cert.clone(),
+                    ..ClientCertPolicy::default()
+                },
             },
             cors: self.cors.clone(),
             rate_limits: file
@@ -1061,6 +1127,81 @@ impl Edge {
             scopes: r.scopes.iter().map(|s| s.get_ref().clone()).collect(),
             claims,
             forward_claims: claim_headers(&forward),
+            client_cert: self.route_client_cert(route, credentials, errors),
+        }
+    }
+
+    /// The route's `client_cert`, `client_cert_allow` and
+    /// `forward_client_cert`; each needs `[server.tls] client_ca`.
+    fn route_client_cert(
+        &self,
+        route: &Table<'_, RouteConfig>,
+        credentials: jwt::Credentials,
+        errors: &mut Vec<ConfigError>,
+    ) -> ClientCertPolicy {
+        let r = route.get();
+        let has_client_ca = client_ca_configured(route.file);
+        let required = match &r.client_cert {
+            Some(m) => match m.get_ref().trim() {
+                "required" => true,
+                "none" => false,
+                other => {
+                    errors.push(route.error(
+                        m,
+                        "client_cert",
+                        format!("\"{other}\" is not a client certificate policy; use \"required\" or \"none\""),
+                    ));
+                    false
+                }
+            },
+            None => false,
+        };
+        if required && !has_client_ca {
+            if let Some(m) = &r.client_cert {
+                errors.push(route.error(m, "client_cert", NO_CLIENT_CA));
+            }
+        }
+        if credentials.client_cert && !has_client_ca {
+            if let Some(first) = r.credentials.as_ref().and_then(|l| l.first()) {
+                errors.push(route.error(first, "credentials", NO_CLIENT_CA));
+            }
+        }
+        let mut allow = Vec::new();
+        for entry in r.client_cert_allow.iter().flatten() {
+            match client_cert::Pattern::parse(entry.get_ref()) {
+                Ok(p) => allow.push(p),
+                Err(e) => errors.push(route.error(entry, "client_cert_allow", e)),
+            }
+        }
+        if let Some(first) = r.client_cert_allow.as_ref().and_then(|l| l.first()) {
+            if !has_client_ca {
+                errors.push(route.error(first, "client_cert_allow", NO_CLIENT_CA));
+            } else if !required && !credentials.client_cert {
+                errors.push(route.error(
+                    first,
+                    "client_cert_allow",
+                    "the allow-list applies to a certificate the route uses: add client_cert = \"required\" or credentials = [\"client_cert\", ...]",
+                ));
+            }
+        }
+        let forward = match &r.forward_client_cert {
+            Some(_) => client_cert_parts(
+                route.file,
+                &r.forward_client_cert,
+                &route.at("forward_client_cert"),
+                errors,
+            ),
+            None => self.auth.forward_client_cert.clone(),
+        };
+        if !forward.is_empty() && !has_client_ca {
+            if let Some(first) = r.forward_client_cert.as_ref().and_then(|l| l.first()) {
+                errors.push(route.error(first, "forward_client_cert", NO_CLIENT_CA));
+            }
+        }
+        ClientCertPolicy {
+            required,
+            allow,
+            forward,
         }
     }
 
@@ -1078,7 +1219,11 @@ impl Edge {
         let mode = AuthMode::parse(m.get_ref())
             .map_err(|e| errors.push(route.error(m, "auth", e)))
             .unwrap_or(self.auth.default_mode);
-        if mode != AuthMode::None && self.auth.issuers.is_empty() && !credentials.api_key {
+        if mode != AuthMode::None
+            && self.auth.issuers.is_empty()
+            && !credentials.api_key
+            && !credentials.client_cert
+        {
             errors.push(route.error(
                 m,
                 "auth",
@@ -1389,6 +1534,69 @@ scope = "everywhere"
         let def = &rl.get("api").unwrap().def;
         assert_eq!((def.rate, def.burst, def.per_route), (1, 1, false));
         assert_eq!(def.max_keys, ratelimit::DEFAULT_MAX_KEYS);
+    }
+
+    #[test]
+    fn client_certificate_policies_compile_and_misuses_are_named() {
+        let file = parse(
+            r#"[auth]
+forward_client_cert = ["spiffe_id", "spiffe_id", "issuer"]
+
+[server.tls]
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+client_ca = "ca.pem"
+
+[[routes]]
+method = "GET"
+path = "/v1/a"
+grpc = "a.B/C"
+auth = "required"
+credentials = ["client_cert", "jwt"]
+client_cert_allow = ["spiffe://example.org/ns/web/*", "CN=web"]
+
+[[routes]]
+method = "GET"
+path = "/v1/b"
+grpc = "a.B/C"
+client_cert = "always"
+client_cert_allow = ["spiffe://*/web"]
+forward_client_cert = []
+"#,
+        );
+        let mut errors = Vec::new();
+        let edge = build(&file, None, &mut errors);
+        let a = edge.route(
+            &file,
+            0,
+            &file.config.routes[0],
+            "GET",
+            "/v1/a",
+            &mut errors,
+        );
+        let b = edge.route(
+            &file,
+            1,
+            &file.config.routes[1],
+            "GET",
+            "/v1/b",
+            &mut errors,
+        );
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:2: auth.forward_client_cert: \"issuer\" is not a part of a client certificate; use \"subject\", \"spiffe_id\", \"dns\", \"uri\" or \"xfcc\""),
+                format!("{FILE}:20: routes[1].client_cert: \"always\" is not a client certificate policy; use \"required\" or \"none\""),
+                format!("{FILE}:21: routes[1].client_cert_allow: \"spiffe://*/web\": `*` may only end an entry (a prefix, e.g. \"spiffe://example.org/ns/web/*\")"),
+                format!("{FILE}:21: routes[1].client_cert_allow: the allow-list applies to a certificate the route uses: add client_cert = \"required\" or credentials = [\"client_cert\", ...]"),
+            ]
+        );
+        assert_eq!(edge.auth.forward_client_cert, [client_cert::Part::SpiffeId]);
+        assert!(a.auth.credentials.client_cert && a.auth.credentials.jwt);
+        assert!(!a.auth.client_cert.required);
+        assert_eq!(a.auth.client_cert.allow.len(), 2);
+        assert_eq!(a.auth.client_cert.forward, [client_cert::Part::SpiffeId]);
+        assert!(b.auth.client_cert.forward.is_empty());
+        assert!(!b.auth.client_cert.active());
     }
 
     #[test]

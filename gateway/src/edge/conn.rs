@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
+use super::client_cert::{ClientCert, PeerCert};
 use super::limits::Limits;
+use super::tls::Handshake;
 use crate::error::Error;
 
 /// What a listener serves: the gateway's layered handler.
@@ -97,16 +99,21 @@ struct ConnDrain {
 /// closed. Before that, `drain` may tell the connections to wind down while
 /// the listener still accepts (see [`Drain`]). `limits` is read at each
 /// accept, except `max_connections`, read once here; so is `tls`, which
-/// gives the TLS acceptor of new connections (None: plaintext).
+/// gives the TLS acceptor and handshake bounds of new connections (None:
+/// plaintext; its `max_concurrent` is read once here).
 pub async fn serve<S: HttpService>(
     listener: TcpListener,
     app: S,
     limits: impl Fn() -> Limits + Send + Sync + 'static,
-    tls: impl Fn() -> Option<tokio_rustls::TlsAcceptor> + Send + Sync + 'static,
+    tls: impl Fn() -> Option<Handshake> + Send + Sync + 'static,
     drain: Drain,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits().max_connections));
+    // Read at start, like max_connections.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(
+        tls().map_or(1, |h| h.max_concurrent.max(1)),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Each connection task holds a sender; when all are dropped, recv() ends.
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -140,7 +147,7 @@ pub async fn serve<S: HttpService>(
             Accepted {
                 stream,
                 peer,
-                tls: tls(),
+                tls: tls().map(|h| (h, handshakes.clone())),
             },
             app.clone(),
             limits(),
@@ -237,8 +244,17 @@ impl Drop for Handling {
 struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
-    /// The current certificates' acceptor when the listener speaks TLS.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The current certificates' acceptor and bounds when the listener
+    /// speaks TLS, and the listener's handshake slots.
+    tls: Option<(Handshake, Arc<tokio::sync::Semaphore>)>,
+}
+
+/// Who is on the other end of a connection.
+struct Peer {
+    addr: SocketAddr,
+    /// The client certificate rustls verified, read once for all the
+    /// connection's requests.
+    cert: Option<PeerCert>,
 }
 
 /// The TLS handshake, if any, then HTTP on the connection.
@@ -250,26 +266,49 @@ async fn serve_one<S: HttpService>(
     drain: Drain,
     hold: Hold,
 ) {
-    let Some(acceptor) = tls else {
+    let Some((handshake, slots)) = tls else {
+        let peer = Peer {
+            addr: peer,
+            cert: None,
+        };
         return serve_http(stream, peer, app, limits, stop, drain, hold).await;
     };
-    // The handshake gets the same bound as the first request head (which
-    // is timed from the end of the handshake): a client that stalls in it
-    // holds a connection slot no longer than one that sends no head.
-    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_http(stream, peer, app, limits, stop, drain, hold).await,
+    // The connection already holds its max_connections slot; a handshake
+    // slot too while it shakes hands (the wait for one counts against the
+    // handshake timeout, so a queue of them cannot hold connections long).
+    let shake = async {
+        let _slot = slots.acquire().await.expect("never closed");
+        handshake.acceptor.accept(stream).await
+    };
+    match tokio::time::timeout(handshake.timeout, shake).await {
+        Ok(Ok(stream)) => {
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| match ClientCert::from_der(leaf) {
+                    Ok(c) => Some(PeerCert(Arc::new(c))),
+                    Err(e) => {
+                        tracing::debug!(client.addr = %peer, error = e, "the client certificate does not parse; serving without it");
+                        None
+                    }
+                });
+            let peer = Peer { addr: peer, cert };
+            serve_http(stream, peer, app, limits, stop, drain, hold).await;
+        }
         Ok(Err(e)) => {
             tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed");
         }
         Err(_) => {
-            tracing::debug!(client.addr = %peer, "no TLS handshake within limits.header_read_timeout; closing");
+            tracing::debug!(client.addr = %peer, "no TLS handshake within server.tls.handshake_timeout; closing");
         }
     }
 }
 
 async fn serve_http<S: HttpService, I>(
     stream: I,
-    peer: SocketAddr,
+    Peer { addr: peer, cert }: Peer,
     app: S,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -319,6 +358,9 @@ async fn serve_http<S: HttpService, I>(
             // consistent hashing read it.
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            if let Some(cert) = &cert {
+                req.extensions_mut().insert(cert.clone());
+            }
             let app = app.clone();
             async move {
                 let mut resp = app.oneshot(req).await;

@@ -147,11 +147,13 @@ impl Issuer {
 }
 
 /// What may prove the caller on a route: a JWT, an API key of a
-/// `[consumers.NAME]`, or either.
+/// `[consumers.NAME]`, a client certificate, or any one of several.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Credentials {
     pub jwt: bool,
     pub api_key: bool,
+    /// A client certificate `[server.tls] client_ca` verified.
+    pub client_cert: bool,
 }
 
 impl Default for Credentials {
@@ -159,6 +161,7 @@ impl Default for Credentials {
         Credentials {
             jwt: true,
             api_key: false,
+            client_cert: false,
         }
     }
 }
@@ -168,20 +171,24 @@ impl Credentials {
         let mut out = Credentials {
             jwt: false,
             api_key: false,
+            client_cert: false,
         };
         for n in names {
             match n.trim() {
                 "jwt" => out.jwt = true,
                 "api_key" => out.api_key = true,
+                "client_cert" => out.client_cert = true,
                 other => {
                     return Err(format!(
-                        "\"{other}\" is not a credential; use \"jwt\", \"api_key\" or both"
+                        "\"{other}\" is not a credential; use \"jwt\", \"api_key\", \"client_cert\" or several"
                     ))
                 }
             }
         }
-        if !out.jwt && !out.api_key {
-            return Err("name at least one credential: \"jwt\", \"api_key\"".to_owned());
+        if !out.jwt && !out.api_key && !out.client_cert {
+            return Err(
+                "name at least one credential: \"jwt\", \"api_key\", \"client_cert\"".to_owned(),
+            );
         }
         Ok(out)
     }
@@ -193,6 +200,9 @@ impl Credentials {
         }
         if self.api_key {
             out.push("api_key");
+        }
+        if self.client_cert {
+            out.push("client_cert");
         }
         out
     }
@@ -210,6 +220,8 @@ pub struct Auth {
     pub max_token_bytes: usize,
     pub forward_claims: Vec<String>,
     pub forward_token: bool,
+    /// `auth.forward_client_cert`.
+    pub forward_client_cert: Vec<super::client_cert::Part>,
 }
 
 /// A route's auth policy, compiled.
@@ -224,6 +236,8 @@ pub struct RouteAuth {
     pub claims: Vec<(String, Vec<Value>)>,
     /// Claim name and the `grpc-metadata-x-jwt-<claim>` header that carries it on.
     pub forward_claims: Vec<(String, HeaderName)>,
+    /// `client_cert`, `client_cert_allow` and `forward_client_cert`.
+    pub client_cert: super::client_cert::ClientCertPolicy,
 }
 
 /// The metadata key a forwarded claim travels under.

@@ -21,6 +21,7 @@
 //! never reaches a backend.
 
 pub mod auth;
+pub mod client_cert;
 pub mod client_ip;
 mod compile;
 pub mod conn;
@@ -138,6 +139,11 @@ impl RouteEdge {
             "scopes": a.scopes,
             "claims": a.claims.iter().map(|(k, v)| (k.clone(), serde_json::Value::Array(v.clone()))).collect::<serde_json::Map<_, _>>(),
             "forward_claims": a.forward_claims.iter().map(|(c, h)| serde_json::json!({"claim": c, "metadata": h.as_str().trim_start_matches("grpc-metadata-")})).collect::<Vec<_>>(),
+            "client_cert": {
+                "required": a.client_cert.required,
+                "allow": a.client_cert.allow.iter().map(client_cert::Pattern::text).collect::<Vec<_>>(),
+                "forward": a.client_cert.forward.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            },
         })
     }
 

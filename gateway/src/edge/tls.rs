@@ -38,7 +38,45 @@ pub struct Tls {
     pub certificates: Vec<LoadedCertificate>,
     /// `redirect_http`: where the plaintext redirecting listener listens.
     pub redirect_http: Option<SocketAddr>,
+    /// `plaintext_listen`: where the plaintext listener for internal
+    /// callers listens.
+    pub plaintext_listen: Option<SocketAddr>,
+    /// `client_ca`, when client certificates are asked for.
+    pub client_ca: Option<LoadedClientCa>,
+    /// `handshake_timeout`.
+    pub handshake_timeout: Duration,
+    /// `max_concurrent_handshakes` (read at start).
+    pub max_concurrent_handshakes: usize,
 }
+
+/// `client_ca` as loaded.
+#[derive(Debug, Clone)]
+pub struct LoadedClientCa {
+    pub path: PathBuf,
+    /// Certificates in the bundle.
+    pub count: usize,
+    /// `client_auth = "required"`.
+    pub required: bool,
+}
+
+/// What the accept loop needs for one TLS connection.
+#[derive(Clone)]
+pub struct Handshake {
+    pub acceptor: TlsAcceptor,
+    /// `handshake_timeout`.
+    pub timeout: Duration,
+    /// `max_concurrent_handshakes`.
+    pub max_concurrent: usize,
+}
+
+/// `handshake_timeout`'s default: see its doc comment in the config.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `max_concurrent_handshakes`'s default: see its doc comment in the config.
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// TLS 1.2 sessions kept for resumption by session id (TLS 1.3 and TLS 1.2
+/// clients that take tickets resume with a ticket and need no entry). About
+/// 200 bytes each, so the cache stays under a megabyte; the oldest go first.
+const SESSION_CACHE_ENTRIES: usize = 4096;
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,11 +106,21 @@ impl Tls {
         self.acceptor.clone()
     }
 
+    /// The acceptor and the handshake bounds for a new connection.
+    pub fn handshake(&self) -> Handshake {
+        Handshake {
+            acceptor: self.acceptor.clone(),
+            timeout: self.handshake_timeout,
+            max_concurrent: self.max_concurrent_handshakes,
+        }
+    }
+
     /// The files a reload re-reads: watched with routes.toml.
     pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
         self.certificates
             .iter()
             .flat_map(|c| [&c.cert_path, &c.key_path])
+            .chain(self.client_ca.iter().map(|c| &c.path))
     }
 
     /// Appends `gateway_tls_certificate_expiry_seconds` for each
@@ -115,6 +163,37 @@ pub fn build(
         },
         None => None,
     };
+    let plaintext_listen = match &tls.get_ref().plaintext_listen {
+        Some(a) => match file.address(a, "server.tls.plaintext_listen") {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        None => None,
+    };
+    let handshake_timeout = file.duration(
+        &tls.get_ref().handshake_timeout,
+        "server.tls.handshake_timeout",
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        errors,
+    );
+    let max_concurrent_handshakes = match &tls.get_ref().max_concurrent_handshakes {
+        Some(n) if *n.get_ref() == 0 => {
+            errors.push(file.error(
+                n,
+                "server.tls.max_concurrent_handshakes",
+                "must be at least 1",
+            ));
+            DEFAULT_MAX_CONCURRENT_HANDSHAKES
+        }
+        Some(n) => *n.get_ref(),
+        None => DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+    };
+    let errors_before = errors.len();
+    let client_ca = load_client_ca(file, tls.get_ref(), errors);
+    let client_ca_failed = errors.len() > errors_before;
     let pairs = &tls.get_ref().certificates;
     if pairs.is_empty() {
         errors.push(file.error(
@@ -139,7 +218,11 @@ pub fn build(
             }
         }
     }
-    if failed || tls.get_ref().redirect_http.is_some() && redirect_http.is_none() {
+    if failed
+        || client_ca_failed
+        || tls.get_ref().redirect_http.is_some() && redirect_http.is_none()
+        || tls.get_ref().plaintext_listen.is_some() && plaintext_listen.is_none()
+    {
         return None;
     }
     // One series per pair: a name another pair already uses as its label
@@ -165,17 +248,137 @@ pub fn build(
             .or_insert_with(|| key.clone());
         }
     }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3");
+    let builder = match &client_ca {
+        Some((loaded, roots)) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider,
+            );
+            let verifier = if loaded.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            match verifier.build() {
+                Ok(v) => builder.with_client_cert_verifier(v),
+                Err(e) => {
+                    let at = tls.get_ref().client_ca.as_ref().expect("loaded from it");
+                    errors.push(file.error(
+                        at,
+                        "server.tls.client_ca",
+                        format!("cannot verify clients with {}: {e}", loaded.path.display()),
+                    ));
+                    return None;
+                }
+            }
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption spares a returning client the full handshake (its
+    // signature and key exchange): TLS 1.3 tickets, and TLS 1.2 tickets or
+    // session ids. Each snapshot starts new ticket keys (rotated every 6
+    // hours by rustls, the previous key still accepted) and an empty cache:
+    // a reload that drops a client CA must not leave sessions made under
+    // it resumable.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(t) => config.ticketer = t,
+        // Only when the system's random source fails: full handshakes.
+        Err(e) => tracing::warn!(error = %e, "no TLS session tickets"),
+    }
     Some(Arc::new(Tls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         certificates: loaded.into_iter().map(|(c, _)| c).collect(),
         redirect_http,
+        plaintext_listen,
+        client_ca: client_ca.map(|(c, _)| c),
+        handshake_timeout,
+        max_concurrent_handshakes,
     }))
+}
+
+/// Reads `client_ca` and `client_auth`: the bundle must hold at least one
+/// certificate rustls takes as a trust anchor.
+fn load_client_ca(
+    file: &LoadedFile,
+    tls: &crate::config::TlsConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(LoadedClientCa, Arc<rustls::RootCertStore>)> {
+    let required = match &tls.client_auth {
+        Some(m) => match m.get_ref().trim() {
+            "required" => true,
+            "optional" => false,
+            other => {
+                errors.push(file.error(
+                    m,
+                    "server.tls.client_auth",
+                    format!("\"{other}\" is not a client certificate mode; use \"required\" or \"optional\""),
+                ));
+                true
+            }
+        },
+        None => true,
+    };
+    let Some(at) = &tls.client_ca else {
+        if let Some(m) = &tls.client_auth {
+            errors.push(file.error(
+                m,
+                "server.tls.client_auth",
+                "client_auth needs client_ca: name the PEM bundle of the authorities client certificates chain to",
+            ));
+        }
+        return None;
+    };
+    let path = file.relative(at.get_ref());
+    let error = |m: String| file.error(at, "server.tls.client_ca", m);
+    let pem = match std::fs::read(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(error(format!("cannot read {}: {e}", path.display())));
+            return None;
+        }
+    };
+    let certs = match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(error(format!(
+                "{} is not a valid PEM certificate bundle: {e}",
+                path.display()
+            )));
+            return None;
+        }
+    };
+    if certs.is_empty() {
+        errors.push(error(format!(
+            "{} holds no certificate (no -----BEGIN CERTIFICATE----- block)",
+            path.display()
+        )));
+        return None;
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, c) in certs.iter().enumerate() {
+        if let Err(e) = roots.add(c.clone()) {
+            errors.push(error(format!(
+                "certificate {} of {} is not a usable certificate authority: {e}",
+                i + 1,
+                path.display()
+            )));
+            return None;
+        }
+    }
+    Some((
+        LoadedClientCa {
+            path,
+            count: certs.len(),
+            required,
+        },
+        Arc::new(roots),
+    ))
 }
 
 /// Serves `redirect_http`: every request gets a 308 to the same host, path
@@ -349,32 +552,39 @@ struct LeafInfo {
     dns_names: Vec<String>,
 }
 
-/// The DER element at the start of `input`: (tag, contents, the rest).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&len, rest) = rest.split_first()?;
-    let (len, rest) = if len < 0x80 {
-        (len as usize, rest)
-    } else {
-        let n = (len & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// The element at the start of `input` when its tag is `tag`.
-fn expect(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), &'static str> {
-    match tlv(input) {
-        Some((t, body, rest)) if t == tag => Ok((body, rest)),
-        _ => Err("unexpected DER structure"),
+/// The DER reading the gateway needs from certificates (its own and its
+/// clients'): tag, length, contents.
+pub(crate) mod der {
+    /// The DER element at the start of `input`: (tag, contents, the rest).
+    pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        let (len, rest) = if len < 0x80 {
+            (len as usize, rest)
+        } else {
+            let n = (len & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
     }
+
+    /// The element at the start of `input` when its tag is `tag`.
+    pub(crate) fn expect(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), &'static str> {
+        match tlv(input) {
+            Some((t, body, rest)) if t == tag => Ok((body, rest)),
+            _ => Err("unexpected DER structure"),
+        }
+    }
+
+    pub(crate) const SEQUENCE: u8 = 0x30;
 }
 
-const SEQUENCE: u8 = 0x30;
+use der::{expect, tlv, SEQUENCE};
+
 /// `subjectAltName`, 2.5.29.17.
 const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
 
