@@ -101,11 +101,16 @@ async fn fetch_reflection(
             continue;
         }
         let endpoints: Vec<String> = b.endpoints.iter().map(|e| e.get_ref().clone()).collect();
-        // Errors here are reported by the snapshot build.
-        let tls = b
-            .tls
-            .as_ref()
-            .and_then(|t| crate::upstream::tls::BackendTls::load(file, name, t, &mut Vec::new()));
+        let tls = match &b.tls {
+            None => None,
+            Some(t) => match crate::upstream::tls::BackendTls::load(file, name, t, &mut Vec::new())
+            {
+                Some(tls) => Some(tls),
+                // The snapshot build reports why and refuses the
+                // configuration; reflection must not try plaintext meanwhile.
+                None => continue,
+            },
+        };
         // Reuse the live connection when the backend is unchanged; a renewed
         // certificate or CA must be used (and proven) by reflection too.
         let live = previous

@@ -4,6 +4,13 @@
 //! certificate where the backend requires one, and are refused (503, naming
 //! the cause) when the certificate does not verify. Bad files are refused
 //! at their key.
+//!
+//! Renewal: the files are watched, so a new client certificate or CA on
+//! disk (written by rename, or by a Secret volume's `..data` swap) is used
+//! without a restart, and a broken one keeps the old settings serving.
+//! Everything else that connects to instances goes over the same TLS:
+//! health checks, server reflection (over mTLS here), streaming calls, and
+//! instances found through Consul, checked against `server_name`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
