@@ -101,10 +101,21 @@ async fn fetch_reflection(
             continue;
         }
         let endpoints: Vec<String> = b.endpoints.iter().map(|e| e.get_ref().clone()).collect();
-        // Reuse the live connection when the backend is unchanged.
+        let tls = match &b.tls {
+            None => None,
+            Some(t) => match crate::upstream::tls::BackendTls::load(file, name, t, &mut Vec::new())
+            {
+                Some(tls) => Some(tls),
+                // The snapshot build reports why and refuses the
+                // configuration; reflection must not try plaintext meanwhile.
+                None => continue,
+            },
+        };
+        // Reuse the live connection when the backend is unchanged; a renewed
+        // certificate or CA must be used (and proven) by reflection too.
         let live = previous
             .and_then(|p| p.backends.get(name))
-            .filter(|old| old.definition.endpoints == endpoints)
+            .filter(|old| old.definition.endpoints == endpoints && old.definition.tls == tls)
             .cloned();
         let backend = match live {
             Some(b) => b,
@@ -115,10 +126,7 @@ async fn fetch_reflection(
                     timeout: REFLECTION_TIMEOUT,
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                     compression: None,
-                    // Errors here are reported by the snapshot build.
-                    tls: b.tls.as_ref().and_then(|t| {
-                        crate::upstream::tls::BackendTls::load(file, name, t, &mut Vec::new())
-                    }),
+                    tls,
                 },
             ) {
                 Ok(b) => Arc::new(b),
@@ -209,7 +217,8 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
 
 /// The folders to watch for a snapshot: the config file's folder (not
 /// recursive), the descriptors folder (recursive), and the folders of the
-/// TLS certificates and keys (not recursive).
+/// TLS certificates, keys and CAs, the edge's and the backends' (not
+/// recursive).
 fn watch_targets(s: &Snapshot) -> Vec<(PathBuf, RecursiveMode)> {
     let config_dir = s
         .config_path
@@ -237,9 +246,16 @@ fn folder_of(file: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The certificate and key files of `[server.tls]`.
+/// The certificate and key files of `[server.tls]`, and the CA,
+/// certificate and key files of every `[backends.NAME.tls]`: a renewed
+/// client certificate or CA reloads like a renewed edge certificate.
 fn tls_files(s: &Snapshot) -> impl Iterator<Item = &PathBuf> {
-    s.tls.iter().flat_map(|t| t.files())
+    let backends = s
+        .backends
+        .values()
+        .filter_map(|b| b.definition.tls.as_deref())
+        .flat_map(|t| t.files());
+    s.tls.iter().flat_map(|t| t.files()).chain(backends)
 }
 
 /// Whether a change event concerns the gateway's inputs.

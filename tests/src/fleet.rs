@@ -139,6 +139,42 @@ impl TestInstance {
     }
 }
 
+/// An instance's behaviour without a listener of its own, for a test that
+/// serves [`InstanceServer::server`] itself (behind TLS, say).
+pub struct InstanceServer {
+    name: String,
+    seen: Arc<Seen>,
+}
+
+impl InstanceServer {
+    pub fn new(name: &str) -> InstanceServer {
+        InstanceServer {
+            name: name.to_owned(),
+            seen: Arc::new(Seen {
+                calls: AtomicUsize::new(0),
+                last: Mutex::new(None),
+                failing: AtomicBool::new(false),
+                serving: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// The server, as [`TestInstance`] serves it.
+    pub fn server(&self) -> DynamicServer {
+        instance_server(&self.name, self.seen.clone())
+    }
+
+    /// Calls received so far, health checks left out.
+    pub fn calls(&self) -> usize {
+        self.seen.calls.load(Ordering::Relaxed)
+    }
+
+    /// Report SERVING (or NOT_SERVING) to health checks.
+    pub fn serve_health(&self, serving: bool) {
+        self.seen.serving.store(serving, Ordering::Relaxed);
+    }
+}
+
 /// Health/Check follows `serving`; every other call fails with UNAVAILABLE
 /// while `failing`; Echo replies with the request and `name` set to the
 /// instance's name; Sleep sleeps `millis`; Fail answers with `code`.

@@ -865,6 +865,10 @@ pub mod otel;
 // The metrics tests' reference parser for the Prometheus text format.
 pub mod exposition;
 
+// Certificates made at run time and gRPC backends behind TLS (the
+// backend-TLS tests, the bench's HTTPS scenarios).
+pub mod tls;
+
 /// The debug `gateway` binary, built once per test process.
 ///
 /// The build asks for `--tests` as well so Cargo resolves features exactly as

@@ -540,8 +540,10 @@ pub struct BackendConfig {
     pub expose: Vec<Spanned<String>>,
 }
 
-/// `[backends.NAME.tls]`. The files are re-read on every reload; a change
-/// makes new connections.
+/// `[backends.NAME.tls]`. The files are re-read on every reload and watched
+/// like routes.toml (a renewed file reloads by itself); a change makes new
+/// connections while calls in flight finish on the old ones, and a file that
+/// does not load refuses the reload with the old settings kept.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendTlsConfig {
@@ -549,9 +551,11 @@ pub struct BackendTlsConfig {
     /// chain to, relative to routes.toml (default: the system's roots).
     #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
-    /// The name the instances' certificates must carry, also sent as SNI
-    /// (default: each endpoint's host, which for an IP address must be in
-    /// the certificate as an IP address).
+    /// The name the instances' certificates must carry, also sent as SNI,
+    /// for every instance however it is found (default: each endpoint's
+    /// host, which for an IP address must be in the certificate as an IP
+    /// address). Instances from Consul are usually listed by IP and share
+    /// one certificate name: set it for them.
     #[schemars(with = "Option<String>")]
     pub server_name: Option<Spanned<String>>,
     /// PEM file of a client certificate chain, for backends that require

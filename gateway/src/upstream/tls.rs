@@ -3,14 +3,28 @@
 //! the instances uses it: the one that carries calls, streams and health
 //! checks ([`super::client`]), and reflection's ([`super::endpoint`]).
 //!
-//! The files are read with the rest of the snapshot, so a reload re-reads
-//! them; a changed file makes new connections (the backend's connection
-//! settings compare by the files' contents), an unreadable or mismatched
-//! one refuses the reload at its key while the old connections keep
-//! serving.
+//! The files are read with the rest of the snapshot, and watched with
+//! routes.toml ([`BackendTls::files`], `reload::watch_targets`): a renewed
+//! certificate, key or CA, written in place, renamed onto, or swapped in
+//! with a Kubernetes Secret volume's `..data` symlink, reloads the whole
+//! configuration through the same validate-then-swap path. A changed file
+//! changes the backend's connection settings (they compare by the files'
+//! contents), so the reload replaces the backend's endpoints with new ones
+//! that connect with the new settings; the old connections are not cut:
+//! calls already on them finish there, and each closes when its last call
+//! ends, as when discovery removes an instance. An unreadable or mismatched
+//! file refuses the reload at its key while the old settings keep serving.
+//!
+//! Which name an instance's certificate must carry: `server_name` when set,
+//! for every instance, however it was found (static, DNS or Consul);
+//! otherwise the host of the instance's own address. Instances found in a
+//! registry are usually listed by IP and share one certificate name, so a
+//! backend discovered through Consul wants `server_name`; without it the
+//! certificate must name the IP the registry gives.
 
 use std::hash::{Hash, Hasher};
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +45,9 @@ pub struct BackendTls {
     server_name: Option<ServerName<'static>>,
     /// Of the settings and the files' contents: equal when nothing changed.
     fingerprint: u64,
+    /// `ca_file`, `cert_file` and `key_file` as opened (relative to
+    /// routes.toml's folder): what a reload re-reads, so what is watched.
+    files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for BackendTls {
@@ -62,8 +79,10 @@ impl BackendTls {
         let at = |k: &str| format!("backends.{name}.tls.{k}");
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         let before = errors.len();
+        let mut files = Vec::new();
         let mut read = |key: &str, path: &Spanned<String>| -> Option<Vec<u8>> {
             let full = file.relative(path.get_ref());
+            files.push(full.clone());
             match std::fs::read(&full) {
                 Ok(bytes) => {
                     bytes.hash(&mut hasher);
@@ -191,7 +210,13 @@ impl BackendTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
             fingerprint: hasher.finish(),
+            files,
         }))
+    }
+
+    /// The certificate, key and CA files the settings were read from.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        self.files.iter()
     }
 
     /// The TLS handshake with the instance at `addr` (`host:port`) over

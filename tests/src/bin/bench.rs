@@ -32,6 +32,14 @@
 //! gateway's maximum rate, throughput with 10,000 routes against 10, and
 //! resident memory idle and with 1,000 idle keep-alive connections.
 //!
+//! The HTTPS scenarios run the small GET on a second gateway (same binary
+//! and config plus `[server.tls]`, with an ECDSA P-256 certificate made at
+//! start that the client trusts): keep-alive HTTP/1.1 and HTTP/2 over TLS
+//! 1.3, and a new connection and TLS 1.3 handshake per request, full or
+//! resumed from the client's session cache. Their CPU per request (per
+//! handshake, for the handshake scenarios) is printed against the plaintext
+//! small GET's from the same run.
+//!
 //! The load client is in this process: a lean hyper HTTP/1.1 client (one
 //! keep-alive connection per worker, no JSON parsing) for the gateway, and a
 //! tonic client over one HTTP/2 connection for the direct path, the way gRPC
@@ -879,6 +887,13 @@ async fn run_bench(opts: Options) -> Result<()> {
         }
         table.push((s.name, g, d));
     }
+    // HTTPS next to the plaintext small GET (this build only: a baseline
+    // binary may predate the TLS listener).
+    let (https_rows, tls_notes) = match scenarios.iter().find(|s| s.name == "small GET") {
+        Some(get) => run_https(&opts, &bin, &backend_addr, &work, &channel, get, ticks).await?,
+        None => (Vec::new(), Vec::new()),
+    };
+    table.extend(https_rows);
     let base_rows = match &base {
         Some((_, _, rss)) => {
             println!("\nbaseline ({rss:.1} MiB resident after start):");
@@ -891,6 +906,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         println!("\nthis build ({rss_idle:.1} MiB resident after start):");
         let rows = print_table(&table);
         print_protocol_costs(&table);
+        print_tls_costs(&table, &tls_notes);
         return write_report(&opts, rows, base_rows, json!({}));
     }
 
@@ -975,6 +991,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         paced_gw.p99_us, paced_direct.p99_us, added_p99
     );
     print_protocol_costs(&table);
+    print_tls_costs(&table, &tls_notes);
     println!(
         "small GET with 10,000 routes: {:.0} req/s vs {:.0} with 10 routes (medians); median of {pairs} paired runs {:+.1}%",
         ten_k.rps,
@@ -1023,7 +1040,7 @@ fn write_report(
 /// its JSON rows.
 fn print_table(table: &[(&str, RunResult, RunResult)]) -> Vec<serde_json::Value> {
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>9}",
+        "{:<21} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>9}",
         "scenario",
         "gw rps",
         "p50 us",
@@ -1039,7 +1056,7 @@ fn print_table(table: &[(&str, RunResult, RunResult)]) -> Vec<serde_json::Value>
     for (name, g, d) in table {
         let ratio = g.rps / d.rps;
         println!(
-            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.1}us {:>11.0} {:>9.0} {:>8.0} {:>8.0}%",
+            "{:<21} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.1}us {:>11.0} {:>9.0} {:>8.0} {:>8.0}%",
             name,
             g.rps,
             g.p50_us,
@@ -1061,4 +1078,351 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS: the same small GET over TLS, and the handshake itself
+// ---------------------------------------------------------------------------
+
+/// How an HTTPS scenario's client talks to the gateway's TLS listener.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    /// One keep-alive HTTP/1.1 connection per worker (ALPN http/1.1).
+    H1,
+    /// One keep-alive HTTP/2 connection per worker (ALPN h2): the same
+    /// connection count as H1, so the difference is the protocol.
+    H2,
+    /// A new TCP connection and TLS 1.3 handshake for every request (one
+    /// HTTP/1.1 request each); `resume`: with the client's session cache,
+    /// so handshakes after the first resume with a ticket.
+    Handshake { resume: bool },
+}
+
+struct HttpsScenario {
+    name: &'static str,
+    mode: TlsMode,
+}
+
+/// Run next to the plaintext small GET, on a second gateway (the same
+/// binary and config plus `[server.tls]`).
+const HTTPS_SCENARIOS: [HttpsScenario; 4] = [
+    HttpsScenario {
+        name: "HTTPS small GET h1",
+        mode: TlsMode::H1,
+    },
+    HttpsScenario {
+        name: "HTTPS small GET h2",
+        mode: TlsMode::H2,
+    },
+    HttpsScenario {
+        name: "TLS handshake",
+        mode: TlsMode::Handshake { resume: false },
+    },
+    HttpsScenario {
+        name: "TLS handshake resumed",
+        mode: TlsMode::Handshake { resume: true },
+    },
+];
+
+/// The name the bench certificate carries and the client asks for (SNI).
+const BENCH_TLS_NAME: &str = "localhost";
+
+/// The bench client's TLS: TLS 1.3 only, trusting the bench CA, ALPN for
+/// the mode, and no session cache unless the mode resumes.
+fn https_client_config(ca: &rustls::RootCertStore, mode: TlsMode) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(ca.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![match mode {
+        TlsMode::H2 => b"h2".to_vec(),
+        _ => b"http/1.1".to_vec(),
+    }];
+    if mode == (TlsMode::Handshake { resume: false }) {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(config)
+}
+
+/// An HTTPS scenario's client side: its mode, TLS settings (the session
+/// cache, when resuming, lives in them) and what its handshakes did.
+struct HttpsClient {
+    mode: TlsMode,
+    tls: Arc<rustls::ClientConfig>,
+    seen: Arc<HandshakeSeen>,
+}
+
+/// What the handshakes of a run did, for the report.
+#[derive(Default)]
+struct HandshakeSeen {
+    handshakes: std::sync::atomic::AtomicU64,
+    resumed: std::sync::atomic::AtomicU64,
+    /// The key exchange group of the last handshake (e.g. X25519MLKEM768).
+    group: std::sync::Mutex<Option<String>>,
+}
+
+impl HandshakeSeen {
+    fn record(&self, conn: &rustls::ClientConnection) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.handshakes.fetch_add(1, Relaxed);
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumed.fetch_add(1, Relaxed);
+        }
+        if let Some(g) = conn.negotiated_key_exchange_group() {
+            *self.group.lock().expect("group") = Some(format!("{:?}", g.name()));
+        }
+    }
+}
+
+/// A TCP connection to the gateway and a TLS handshake over it.
+async fn tls_connect(
+    port: u16,
+    connector: &tokio_rustls::TlsConnector,
+    seen: &HandshakeSeen,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from(BENCH_TLS_NAME)?;
+    let tls = connector.connect(name, tcp).await?;
+    seen.record(tls.get_ref().1);
+    Ok(tls)
+}
+
+/// [`http_load`] over TLS, as `mode` says; closed loop.
+async fn https_load(
+    port: u16,
+    call: HttpCall,
+    dur: Duration,
+    client: &HttpsClient,
+) -> Result<RunResult> {
+    let (mode, tls, seen) = (client.mode, &client.tls, &client.seen);
+    let deadline = Instant::now() + dur;
+    let started = Instant::now();
+    let mut tasks: Vec<Worker> = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (call, seen) = (call.clone(), seen.clone());
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = || {
+                http::Request::builder()
+                    .method(call.method.clone())
+                    .uri(match mode {
+                        // HTTP/2 takes the authority from the URI.
+                        TlsMode::H2 => format!("https://{BENCH_TLS_NAME}:{port}{}", call.path),
+                        _ => call.path.clone(),
+                    })
+                    .header(http::header::HOST, BENCH_TLS_NAME)
+                    .header(http::header::CONTENT_TYPE, call.content_type)
+                    .body(Full::new(call.body.clone()))
+            };
+            let mut lat = Vec::with_capacity(65536);
+            let mut errors = 0u64;
+            let mut timed = |ok: bool, t: Instant| {
+                if ok {
+                    lat.push(t.elapsed().as_micros() as u32);
+                } else {
+                    errors += 1;
+                }
+            };
+            match mode {
+                TlsMode::H1 => {
+                    let tls = tls_connect(port, &connector, &seen).await?;
+                    let (mut send, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                            .await?;
+                    tokio::spawn(conn);
+                    while Instant::now() < deadline {
+                        send.ready().await?;
+                        let req = request()?;
+                        let t = Instant::now();
+                        let resp = send.send_request(req).await?;
+                        let ok = resp.status() == 200;
+                        resp.into_body().collect().await?;
+                        timed(ok, t);
+                    }
+                }
+                TlsMode::H2 => {
+                    let tls = tls_connect(port, &connector, &seen).await?;
+                    let (mut send, conn) = hyper::client::conn::http2::handshake(
+                        hyper_util::rt::TokioExecutor::new(),
+                        hyper_util::rt::TokioIo::new(tls),
+                    )
+                    .await?;
+                    tokio::spawn(conn);
+                    while Instant::now() < deadline {
+                        send.ready().await?;
+                        let req = request()?;
+                        let t = Instant::now();
+                        let resp = send.send_request(req).await?;
+                        let ok = resp.status() == 200;
+                        resp.into_body().collect().await?;
+                        timed(ok, t);
+                    }
+                }
+                TlsMode::Handshake { .. } => {
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        // Connect, handshake, one request; the client
+                        // closes first, so TIME_WAIT stays on its side
+                        // (which Linux reuses for loopback).
+                        let one = async {
+                            let tls = tls_connect(port, &connector, &seen).await?;
+                            let (mut send, conn) = hyper::client::conn::http1::handshake(
+                                hyper_util::rt::TokioIo::new(tls),
+                            )
+                            .await?;
+                            let conn = tokio::spawn(conn);
+                            let resp = send.send_request(request()?).await?;
+                            let ok = resp.status() == 200;
+                            resp.into_body().collect().await?;
+                            drop(send);
+                            let _ = conn.await;
+                            anyhow::Ok(ok)
+                        };
+                        let ok = one.await.unwrap_or(false);
+                        timed(ok, t);
+                    }
+                }
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    gather(tasks, started).await
+}
+
+/// [`gateway_run`] for an HTTPS scenario.
+async fn https_run(
+    gw: &Proc,
+    port: u16,
+    call: &HttpCall,
+    dur: Duration,
+    client: &HttpsClient,
+    ticks: f64,
+) -> Result<RunResult> {
+    let pid = gw.0.id();
+    let before = cpu_seconds(pid, ticks)?;
+    let mut r = https_load(port, call.clone(), dur, client).await?;
+    let after = cpu_seconds(pid, ticks)?;
+    if r.requests > 0 {
+        r.gateway_cpu_us_per_req = Some((after - before) * 1e6 / (r.requests + r.errors) as f64);
+    }
+    Ok(r)
+}
+
+/// The HTTPS scenarios `--only` keeps, measured like the others (gateway
+/// and direct runs alternating, medians) on a second gateway serving TLS
+/// with a certificate made now (ECDSA P-256, rcgen's default) that the
+/// client trusts. Returns their table rows and, per handshake scenario, the
+/// handshakes made and how many resumed.
+async fn run_https(
+    opts: &Options,
+    bin: &Path,
+    backend_addr: &str,
+    work: &Path,
+    channel: &tonic::transport::Channel,
+    small_get: &Scenario,
+    ticks: f64,
+) -> Result<(Vec<(&'static str, RunResult, RunResult)>, Vec<String>)> {
+    let chosen: Vec<&HttpsScenario> = HTTPS_SCENARIOS
+        .iter()
+        .filter(|s| {
+            opts.only
+                .as_ref()
+                .is_none_or(|o| o.split(',').any(|part| s.name.contains(part)))
+        })
+        .collect();
+    if chosen.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let dir = work.join("https");
+    let (config, port, admin) = write_config(&dir, backend_addr, 8, opts.workers, false)?;
+    let pki = gateway_tests::tls::Pki::new("bench CA");
+    let (cert, key) = pki.issue(&[BENCH_TLS_NAME]);
+    std::fs::write(dir.join("bench.crt"), cert)?;
+    std::fs::write(dir.join("bench.key"), key)?;
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(
+        "\n[server.tls]\ncertificates = [{ cert = \"bench.crt\", key = \"bench.key\" }]\n",
+    );
+    std::fs::write(&config, text)?;
+    let gw = start_gateway(bin, &config, admin).await?;
+    eprintln!("HTTPS gateway pid {} ready", gw.0.id());
+    let roots = pki.roots();
+    let dur = Duration::from_secs(opts.seconds);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for s in chosen {
+        let mut client = HttpsClient {
+            mode: s.mode,
+            tls: Arc::new(https_client_config(&roots, s.mode)?),
+            seen: Arc::new(HandshakeSeen::default()),
+        };
+        let call = &small_get.http;
+        let warm = Duration::from_millis(500);
+        https_run(&gw, port, call, warm, &client, ticks).await?;
+        grpc_load(channel.clone(), small_get.grpc.clone(), warm, None).await?;
+        // Counted from here; the session cache (in `tls`) stays warm.
+        client.seen = Arc::new(HandshakeSeen::default());
+        let seen = client.seen.clone();
+        let (mut gw_runs, mut direct_runs) = (Vec::new(), Vec::new());
+        for round in 0..opts.rounds {
+            eprintln!("{}: round {}/{}", s.name, round + 1, opts.rounds);
+            gw_runs.push(progress(
+                "gateway",
+                https_run(&gw, port, call, dur, &client, ticks).await?,
+            ));
+            direct_runs.push(progress(
+                "direct",
+                grpc_load(channel.clone(), small_get.grpc.clone(), dur, None).await?,
+            ));
+        }
+        if let TlsMode::Handshake { .. } = s.mode {
+            use std::sync::atomic::Ordering::Relaxed;
+            notes.push(format!(
+                "{}: {} handshakes, {} resumed, key exchange {}",
+                s.name,
+                seen.handshakes.load(Relaxed),
+                seen.resumed.load(Relaxed),
+                seen.group
+                    .lock()
+                    .expect("group")
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        rows.push((s.name, median(gw_runs), median(direct_runs)));
+    }
+    Ok((rows, notes))
+}
+
+/// The CPU per request over TLS, and per handshake, against the plaintext
+/// small GET's, measured in the same run.
+fn print_tls_costs(table: &[(&str, RunResult, RunResult)], notes: &[String]) {
+    let cpu_of = |name: &str| {
+        table
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .and_then(|(_, g, _)| g.gateway_cpu_us_per_req)
+    };
+    let get = cpu_of("small GET");
+    for s in &HTTPS_SCENARIOS {
+        if let Some(cpu) = cpu_of(s.name) {
+            let per = match s.mode {
+                TlsMode::Handshake { .. } => "us CPU per handshake (and its one request)",
+                _ => "us CPU/req",
+            };
+            match get {
+                Some(get) => println!(
+                    "{}: {cpu:.1} {per}, {:+.1} us against the plaintext small GET's {get:.1} us (same run)",
+                    s.name,
+                    cpu - get
+                ),
+                None => println!("{}: {cpu:.1} {per}", s.name),
+            }
+        }
+    }
+    for n in notes {
+        println!("{n}");
+    }
 }
