@@ -137,6 +137,13 @@ pub struct Snapshot {
     pub loaded_at: std::time::SystemTime,
     /// FNV-1a of routes.toml as loaded, to tell what is running.
     pub config_hash: u64,
+    /// 16 hex digits over routes.toml and the descriptor files (see
+    /// `config_digest`): equal on replicas serving the same configuration,
+    /// so operators can watch a rollout converge (/admin/config `hash`,
+    /// `gateway_config_info`).
+    pub config_digest: String,
+    /// Where routes.toml came from (file or Consul KV, with its index).
+    pub origin: crate::config::Origin,
     /// The descriptors folder, watched for changes.
     pub descriptors_dir: PathBuf,
     pub listen: SocketAddr,
@@ -347,6 +354,8 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         version: ctx.version,
         loaded_at: std::time::SystemTime::now(),
         config_hash: file.hash,
+        config_digest: config_digest(file, &descriptors.dir, &descriptors.files),
+        origin: file.origin,
         descriptors_dir: descriptors.dir,
         listen: listen.expect("no errors means the address parsed"),
         admin_listen: settings.admin_listen,
@@ -377,6 +386,28 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         tls,
         warnings: table.warnings.into_iter().chain(warnings).collect(),
     })
+}
+
+/// The hash replicas report for the configuration they serve: the first 16
+/// hex digits of SHA-256 over routes.toml's SHA-256, then, in sorted path
+/// order, each descriptor file's path relative to the descriptors folder
+/// and its SHA-256. Relative paths keep it equal across replicas whose
+/// folders live in different places (a KV cache per pod); descriptors from
+/// server reflection are not configuration and are left out.
+fn config_digest(file: &LoadedFile, dir: &Path, files: &[descriptors::SourceFile]) -> String {
+    let mut input = Vec::with_capacity(32 + files.len() * 64);
+    input.extend_from_slice(&file.sha256);
+    for f in files {
+        let rel = f.path.strip_prefix(dir).unwrap_or(&f.path);
+        input.extend_from_slice(rel.to_string_lossy().as_bytes());
+        // Paths hold no NUL, so the framing is unambiguous.
+        input.push(0);
+        input.extend_from_slice(&f.sha256);
+    }
+    crate::config::sha256(&input)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The backends whose descriptors come from server reflection.
