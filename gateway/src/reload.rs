@@ -224,24 +224,18 @@ pub async fn apply(
         Ok(file) => load_file(file, Some(current.clone()), state).await,
         Err(errors) => Err(errors),
     };
-    let status = Arc::new(Some(ReloadStatus {
-        at: SystemTime::now(),
-        trigger: trigger.to_owned(),
-        source: origin.label(),
-        consul_index: match origin {
-            Origin::Consul { index } => Some(index),
-            Origin::File => None,
-        },
-        error: result.as_ref().err().map(ToString::to_string),
-    }));
-    if result.is_err() {
-        state.last_refused.store(status.clone());
-    } else if candidate.is_some() {
-        state.input.store(Arc::new(candidate));
-    }
-    state.last.store(status);
     match result {
         Ok(snapshot) => {
+            state.last.store(Arc::new(Some(ReloadStatus {
+                at: SystemTime::now(),
+                trigger: trigger.to_owned(),
+                source: origin.label(),
+                consul_index: consul_index(origin),
+                error: None,
+            })));
+            if candidate.is_some() {
+                state.input.store(Arc::new(candidate));
+            }
             let version = snapshot.version;
             let routes = snapshot.routes.len();
             if snapshot.listen != current.listen || snapshot.admin_listen != current.admin_listen {
@@ -254,6 +248,7 @@ pub async fn apply(
                 tracing::warn!("server.worker_threads changed in the config; it takes effect at the next restart");
             }
             snapshot.log_warnings();
+            let hash = snapshot.config_digest.clone();
             gw.swap(snapshot);
             state.succeeded.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::metrics::record_reload(true, version, origin.label());
@@ -261,7 +256,7 @@ pub async fn apply(
                 trigger,
                 source = origin.label(),
                 version,
-                hash = %gw.snapshot().config_digest,
+                hash,
                 routes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "configuration reloaded"
@@ -269,13 +264,37 @@ pub async fn apply(
             Ok(version)
         }
         Err(errors) => {
-            state.failed.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::metrics::record_reload(false, current.version, origin.label());
-            // Logged once here, where it is handled; the old snapshot keeps serving.
-            tracing::error!(trigger, source = origin.label(), errors = %errors, "reload rejected; the previous configuration keeps serving");
+            refuse(gw, trigger, origin, errors.clone());
             Err(errors)
         }
     }
+}
+
+fn consul_index(origin: Origin) -> Option<u64> {
+    match origin {
+        Origin::Consul { index } => Some(index),
+        Origin::File => None,
+    }
+}
+
+/// Records a refused candidate: /admin/config (`last_reload` and
+/// `last_refused`), the reload counter and metric, one log line. The
+/// running snapshot is not touched.
+pub fn refuse(gw: &Gateway, trigger: &str, origin: Origin, errors: ConfigErrors) {
+    let state = &gw.reload;
+    let status = Arc::new(Some(ReloadStatus {
+        at: SystemTime::now(),
+        trigger: trigger.to_owned(),
+        source: origin.label(),
+        consul_index: consul_index(origin),
+        error: Some(errors.to_string()),
+    }));
+    state.last_refused.store(status.clone());
+    state.last.store(status);
+    state.failed.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::metrics::record_reload(false, gw.snapshot().version, origin.label());
+    // Logged once here, where it is handled; the old snapshot keeps serving.
+    tracing::error!(trigger, source = origin.label(), consul_index = consul_index(origin), errors = %errors, "reload rejected; the previous configuration keeps serving");
 }
 
 /// The folders to watch for a snapshot: the config file's folder (not
