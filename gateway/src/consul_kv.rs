@@ -627,3 +627,125 @@ fn symlink(_target: &Path, _link: &Path) -> std::io::Result<()> {
         "the KV cache needs symlinks (Unix only)",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(cache: Option<PathBuf>) -> KvSource {
+        KvSource::new(KvOptions {
+            address: "http://127.0.0.1:1".into(),
+            key: "gw/routes.toml".into(),
+            descriptors: Some("gw/descriptors/".into()),
+            token: TokenSource::Env("NO_SUCH_VAR_FOR_TESTS".into()),
+            cache,
+        })
+        .unwrap()
+    }
+
+    fn pair(key: &str, value: &[u8], modify_index: u64) -> Pair {
+        Pair {
+            key: key.into(),
+            value: value.to_vec(),
+            modify_index,
+        }
+    }
+
+    #[test]
+    fn answers_decode_base64_values_and_null_folders() {
+        let body = br#"[
+          {"Key":"gw/descriptors/b.proto","Value":"c3ludGF4","Flags":0,"CreateIndex":3,"ModifyIndex":7,"LockIndex":0,"Session":""},
+          {"Key":"gw/descriptors/","Value":null,"Flags":0,"CreateIndex":2,"ModifyIndex":2,"LockIndex":0}
+        ]"#;
+        let pairs = decode(body).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                pair("gw/descriptors/", b"", 2),
+                pair("gw/descriptors/b.proto", b"syntax", 7)
+            ]
+        );
+        let err = decode(br#"[{"Key":"k","Value":"!!"}]"#).unwrap_err();
+        assert!(err.to_string().contains("not base64"), "{err}");
+    }
+
+    #[test]
+    fn descriptor_keys_become_files_inside_the_folder() {
+        let s = source(None);
+        let path = |k: &str| s.descriptor_path(k).map(|p| p.display().to_string());
+        assert_eq!(
+            path("gw/descriptors/a/b.proto").as_deref(),
+            Some("a/b.proto")
+        );
+        assert_eq!(path("gw/descriptors/set.pb").as_deref(), Some("set.pb"));
+        assert_eq!(
+            path("gw/descriptors/bookstore").as_deref(),
+            Some("bookstore.binpb")
+        );
+        assert_eq!(
+            path("gw/descriptors/../../etc/x.proto").as_deref(),
+            Some("_./_./etc/x.proto")
+        );
+        assert_eq!(
+            path("gw/descriptors/.hidden").as_deref(),
+            Some("_hidden.binpb")
+        );
+        assert_eq!(path("gw/descriptors/"), None);
+        assert_eq!(path("gw/descriptors/folder/"), None);
+    }
+
+    #[test]
+    fn the_version_folder_changes_with_any_descriptor_key() {
+        let v = |descriptors: Vec<Pair>| Version {
+            routes: pair("gw/routes.toml", b"x", 12),
+            descriptors,
+        };
+        let one = v(vec![pair("gw/descriptors/a.proto", b"a", 5)]);
+        let two = v(vec![
+            pair("gw/descriptors/a.proto", b"a", 5),
+            pair("gw/descriptors/b.proto", b"b", 6),
+        ]);
+        assert!(one.folder().starts_with("v-12-"));
+        assert_ne!(one.folder(), two.folder());
+        assert_eq!(one.folder(), one.clone().folder());
+    }
+
+    #[test]
+    fn an_accepted_version_is_what_the_cache_gives_back() {
+        let cache = std::env::temp_dir().join(format!(
+            "gateway-kv-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&cache);
+        let s = source(Some(cache.clone()));
+        assert!(s.cached().is_none(), "an empty cache gives nothing");
+        let first = Version {
+            routes: pair("gw/routes.toml", b"[server]\n", 12),
+            descriptors: vec![pair("gw/descriptors/a.proto", b"syntax = \"proto3\";", 5)],
+        };
+        let input = s.write_version(&first).unwrap();
+        assert_eq!(input.name, PathBuf::from("consul:gw/routes.toml"));
+        assert_eq!(input.origin, Origin::Consul { index: 12 });
+        s.commit_folder(&first.folder());
+        let second = Version {
+            routes: pair("gw/routes.toml", b"[server]\n# two\n", 13),
+            descriptors: first.descriptors.clone(),
+        };
+        s.write_version(&second).unwrap();
+        // Refused: the cache still gives the first version.
+        s.remove_unless_current(&second.folder());
+        let cached = s.cached().expect("cached version");
+        assert_eq!(cached.text, "[server]\n");
+        assert_eq!(cached.origin, Origin::Consul { index: 12 });
+        let dir = cached.descriptors.unwrap();
+        assert!(dir.join("a.proto").exists(), "{}", dir.display());
+        assert!(!cache.join(second.folder()).exists());
+        // Accepted: the first version's folder goes.
+        s.write_version(&second).unwrap();
+        s.commit_folder(&second.folder());
+        assert_eq!(s.cached().unwrap().text, "[server]\n# two\n");
+        assert!(!cache.join(first.folder()).exists());
+        let _ = std::fs::remove_dir_all(&cache);
+    }
+}

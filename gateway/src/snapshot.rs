@@ -1388,6 +1388,29 @@ mod tests {
     /// from annotations: nine lines.
     const HEAD: &str = include_str!("../../tests/fixtures/echo_backend.toml");
 
+    #[test]
+    fn config_digest_covers_file_and_descriptors_but_not_where_they_live() {
+        let file = LoadedFile::parse(Path::new(FILE), "[server]\n").unwrap();
+        let source = |dir: &str, name: &str, bytes: &[u8]| descriptors::SourceFile {
+            path: Path::new(dir).join(name),
+            kind: descriptors::SourceKind::Proto,
+            content_hash: 0,
+            sha256: crate::config::sha256(bytes),
+            proto_files: Vec::new(),
+        };
+        let here = config_digest(&file, Path::new("/a"), &[source("/a", "x.proto", b"1")]);
+        let there = config_digest(&file, Path::new("/b/c"), &[source("/b/c", "x.proto", b"1")]);
+        assert_eq!(here, there);
+        assert_eq!(here.len(), 16);
+        let changed = config_digest(&file, Path::new("/a"), &[source("/a", "x.proto", b"2")]);
+        assert_ne!(here, changed);
+        let renamed = config_digest(&file, Path::new("/a"), &[source("/a", "y.proto", b"1")]);
+        assert_ne!(here, renamed);
+        let other = LoadedFile::parse(Path::new(FILE), "[server]\n\n").unwrap();
+        let edited = config_digest(&other, Path::new("/a"), &[source("/a", "x.proto", b"1")]);
+        assert_ne!(here, edited);
+    }
+
     /// [`HEAD`], a blank line and `rest` (from line 11), as the routes.toml
     /// at [`FILE`].
     fn parse(rest: &str) -> LoadedFile {
