@@ -226,8 +226,10 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
             for w in &snapshot.warnings {
                 eprintln!("warning: {w}");
             }
+            // The hash is the one a replica serving this config reports,
+            // so a rollout can be checked against it.
             println!(
-                "{}: ok ({} routes, {} backends, {} descriptor files{})",
+                "{}: ok ({} routes, {} backends, {} descriptor files{}), hash {}",
                 snapshot.config_path.display(),
                 snapshot.routes.len(),
                 snapshot.backends.len(),
@@ -235,7 +237,8 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
                 match snapshot.warnings.len() {
                     0 => String::new(),
                     n => format!(", {n} warning(s)"),
-                }
+                },
+                snapshot.config_digest,
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -372,6 +372,10 @@ async fn the_acl_token_is_sent_and_a_wrong_one_is_a_clear_error() {
     );
     assert!(ok, "the token file's token is accepted: {out}");
     assert!(out.contains("consul:gateway/routes.toml: ok ("), "{out}");
+    // `check` prints the hash a replica serving this config reports.
+    let replica = replica(&consul, &temp_dir("kv-cache-check")).await;
+    let hash = hash_of(&admin_config(&replica).await);
+    assert!(out.contains(&format!("), hash {hash}")), "{hash}: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
