@@ -507,36 +507,17 @@ impl KvSource {
                         routes = Some(p);
                         missing_reported = false;
                     }
+                    // A deleted key is refused once; what runs stays.
                     Err(e) => {
                         if !missing_reported {
                             missing_reported = true;
-                            crate::reload::refuse(
-                                &gw,
-                                "consul",
-                                Origin::Consul { index: 0 },
-                                ConfigErrors::one(ConfigError::new(
-                                    &self.name(),
-                                    None,
-                                    "",
-                                    e.to_string(),
-                                )),
-                            );
+                            self.refuse(&gw, 0, e);
                         }
                         routes = None;
                     }
                 }
             }
-            let ready = match (&routes, &descriptors, &self.opts.descriptors) {
-                (Some(r), Some(d), Some(_)) => Some(Version {
-                    routes: r.clone(),
-                    descriptors: d.clone(),
-                }),
-                (Some(r), _, None) => Some(Version {
-                    routes: r.clone(),
-                    descriptors: Vec::new(),
-                }),
-                _ => None,
-            };
+            let ready = self.ready(routes.as_ref(), descriptors.as_ref());
             if let Some(version) = ready.filter(|v| applied.as_ref() != Some(v)) {
                 applied = Some(version.clone());
                 self.take(&gw, &version).await;
@@ -548,23 +529,38 @@ impl KvSource {
         }
     }
 
+    /// The version to build once both the key and (when watched) the
+    /// prefix have answered.
+    fn ready(&self, routes: Option<&Pair>, descriptors: Option<&Vec<Pair>>) -> Option<Version> {
+        let descriptors = match (&self.opts.descriptors, descriptors) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(d)) => d.clone(),
+            (Some(_), None) => return None,
+        };
+        Some(Version {
+            routes: routes?.clone(),
+            descriptors,
+        })
+    }
+
+    /// Records a version that could not even be built (a deleted key, a
+    /// cache that cannot be written) as refused.
+    fn refuse(&self, gw: &Gateway, index: u64, e: KvError) {
+        let error = ConfigError::new(&self.name(), None, "", e.to_string());
+        crate::reload::refuse(
+            gw,
+            "consul",
+            Origin::Consul { index },
+            ConfigErrors::one(error),
+        );
+    }
+
     /// Builds a version through the reload path; records it in the cache
     /// when accepted, removes its folder when refused.
     async fn take(&self, gw: &Gateway, version: &Version) {
-        let origin = Origin::Consul {
-            index: version.routes.modify_index,
-        };
         let input = match self.write_version(version) {
             Ok(i) => Some(Arc::new(i)),
-            Err(e) => {
-                crate::reload::refuse(
-                    gw,
-                    "consul",
-                    origin,
-                    ConfigErrors::one(ConfigError::new(&self.name(), None, "", e.to_string())),
-                );
-                return;
-            }
+            Err(e) => return self.refuse(gw, version.routes.modify_index, e),
         };
         match crate::reload::apply(gw, "consul", input).await {
             Ok(_) => self.commit_folder(&version.folder()),

@@ -252,6 +252,18 @@ async fn a_descriptor_change_alone_is_taken() {
     let cache = temp_dir("kv-cache-desc");
     let r = replica(&consul, &cache).await;
     let before = hash_of(&admin_config(&r).await);
+    // POST /admin/reload (as SIGHUP) rebuilds from the KV version in force.
+    let admin = r.admin.as_ref().unwrap();
+    let reloaded = http_client()
+        .post(format!("http://{admin}/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status().as_u16(), 200);
+    let c = admin_config(&r).await;
+    assert_eq!(c["version"], 2, "{c}");
+    assert_eq!(c["source"], "consul", "{c}");
+    assert_eq!(hash_of(&c), before);
     // Same service, one more (unused) file: the hash covers descriptors.
     consul.kv_put(
         &format!("{PREFIX}extra/more.proto"),
