@@ -401,3 +401,147 @@ async fn a_missing_key_is_named_with_the_command_that_writes_it() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_config_reports_its_hash_too_and_check_prints_the_same() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let with_folder = |extra: &str| {
+        kv_config(&backend, extra).replacen(
+            "[server]\n",
+            &format!(
+                "[server]\ndescriptors = \"{}\"\n",
+                gateway_tests::toml_path(&testing_descriptors())
+            ),
+            1,
+        )
+    };
+    let path = gateway_tests::write_config(&with_folder(""));
+    let path_str = path.to_str().unwrap();
+    let r = spawn_with(&["serve", "--config", path_str], &[]).await;
+    let c = admin_config(&r).await;
+    assert_eq!(c["source"], "file", "{c}");
+    assert_eq!(c["consul_index"], Value::Null, "{c}");
+    let hash = hash_of(&c);
+    assert_eq!(
+        config_info(&metrics(&r).await),
+        (hash.clone(), "file".to_owned())
+    );
+
+    let out = std::process::Command::new(gateway_bin())
+        .args(["check", "--config", path_str])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("), hash {hash}")),
+        "{hash}: {stdout}"
+    );
+
+    // Written by rename, as editors do: the watcher reloads it.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, with_folder(META_ROUTE)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let new = eventually("the edited file to be taken", || async {
+        let h = hash_of(&admin_config(&r).await);
+        (h != hash).then_some(h)
+    })
+    .await;
+    // One series, the new hash: the old one is gone.
+    assert_eq!(config_info(&metrics(&r).await), (new, "file".to_owned()));
+    let m = parse_exposition(&metrics(&r).await);
+    assert!(
+        value(
+            &m,
+            "gateway_config_reloads_total",
+            &[("source", "file"), ("result", "ok")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_server_follows_consuls_kv_api() {
+    use base64::Engine as _;
+    let consul = ConsulTestServer::start_with_token(TOKEN).await;
+    let client = http_client();
+    let url = |rest: &str| format!("{}/v1/kv/{rest}", consul.address());
+    let get = |rest: &str, token: Option<&str>| {
+        let mut req = client.get(url(rest));
+        if let Some(t) = token {
+            req = req.header("X-Consul-Token", t);
+        }
+        req.send()
+    };
+    let missing = get("a/b", Some(TOKEN)).await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    assert!(missing.headers().contains_key("x-consul-index"));
+    assert_eq!(
+        get("a/b", Some("nope")).await.unwrap().status().as_u16(),
+        403
+    );
+    assert_eq!(get("a/b", None).await.unwrap().status().as_u16(), 403);
+
+    let put = client
+        .put(url("a/b"))
+        .header("X-Consul-Token", TOKEN)
+        .body("one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.text().await.unwrap(), "true");
+    consul.kv_put("a/c", b"two");
+    let index_b = consul.kv_modify_index("a/b").unwrap();
+
+    let one = get("a/b", Some(TOKEN)).await.unwrap();
+    assert_eq!(
+        one.headers()["x-consul-index"],
+        index_b.to_string().as_str()
+    );
+    let list: Value = one.json().await.unwrap();
+    assert_eq!(list[0]["Key"], "a/b");
+    assert_eq!(list[0]["ModifyIndex"], index_b);
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(list[0]["Value"].as_str().unwrap())
+            .unwrap(),
+        b"one"
+    );
+    for field in ["Flags", "CreateIndex", "LockIndex", "Session"] {
+        assert!(list[0].get(field).is_some(), "{field} in {list}");
+    }
+    let raw = get("a/b?raw", Some(TOKEN)).await.unwrap();
+    assert_eq!(raw.bytes().await.unwrap().as_ref(), b"one");
+    let all: Value = get("a/?recurse", Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a/b", "a/c"]);
+
+    // A blocking query returns when the key changes, not before.
+    let index = consul.kv_modify_index("a/c").unwrap();
+    let waiting = tokio::spawn(get(&format!("a/b?index={index}&wait=10s"), Some(TOKEN)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a blocking query waits for a change"
+    );
+    consul.kv_put("a/b", b"three");
+    let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the blocking query ends on the write")
+        .unwrap()
+        .unwrap();
+    let list: Value = answered.json().await.unwrap();
+    assert_eq!(
+        list[0]["ModifyIndex"],
+        consul.kv_modify_index("a/b").unwrap()
+    );
+    assert_eq!(consul.kv_get("a/b").unwrap(), b"three");
+}
