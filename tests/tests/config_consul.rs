@@ -227,6 +227,7 @@ async fn kv_config_reaches_two_replicas_refuses_a_bad_write_and_takes_the_fix() 
     }
 
     consul.kv_put(KEY, kv_config(&backend, META_ROUTE).as_bytes());
+    let written = std::time::Instant::now();
     let fixed_index = consul.kv_modify_index(KEY).unwrap();
     let mut new_hashes = Vec::new();
     for r in [&a, &b] {
@@ -241,6 +242,10 @@ async fn kv_config_reaches_two_replicas_refuses_a_bad_write_and_takes_the_fix() 
         assert_eq!(hash, hash_of(&c), "the metric follows the config");
         new_hashes.push(hash);
     }
+    eprintln!(
+        "both replicas serve the new config {} ms after the write",
+        written.elapsed().as_millis()
+    );
     assert_eq!(new_hashes[0], new_hashes[1], "the replicas converge");
     assert_ne!(new_hashes[0], hashes[0], "the hash changes with the config");
 }
