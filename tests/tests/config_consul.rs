@@ -550,3 +550,40 @@ async fn the_test_server_follows_consuls_kv_api() {
     );
     assert_eq!(consul.kv_get("a/b").unwrap(), b"three");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_starting_on_a_refused_kv_value_serves_the_cache() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    let consul = consul_with(&kv_config(&backend, "")).await;
+    let cache = temp_dir("kv-cache-refused-start");
+    let first = replica(&consul, &cache).await;
+    let good = hash_of(&admin_config(&first).await);
+    drop(first);
+
+    consul.kv_put(
+        KEY,
+        b"[server]\nlisten = \"127.0.0.1:0\"\nno_such_key = 1\n",
+    );
+    let bad_index = consul.kv_modify_index(KEY).unwrap();
+    let r = replica(&consul, &cache).await;
+    assert!(
+        r.log.iter().any(|l| l
+            .contains("the configuration in Consul KV is refused; starting from the cached one")
+            && l.contains("no_such_key")),
+        "the refusal at start is logged with its error: {:#?}",
+        r.log
+    );
+    assert_eq!(status_of(&r, "/v1/echo").await, 200);
+    let c = eventually("the refused version to show in /admin/config", || async {
+        let c = admin_config(&r).await;
+        (c["last_refused"]["consul_index"] == bad_index).then_some(c)
+    })
+    .await;
+    assert_eq!(hash_of(&c), good, "the cached version serves");
+    assert!(
+        cache.join("current").join("routes.toml").exists(),
+        "the cache still holds the good version"
+    );
+    let cached = std::fs::read_to_string(cache.join("current").join("routes.toml")).unwrap();
+    assert!(!cached.contains("no_such_key"), "{cached}");
+}
