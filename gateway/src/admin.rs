@@ -188,18 +188,27 @@ async fn backends(State(gw): State<Arc<Gateway>>) -> Json<Value> {
 
 async fn config(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let s = gw.snapshot();
-    let last = gw.reload.last.load();
-    let last = (**last).as_ref().map(|l| {
+    let status = |l: &crate::state::ReloadStatus| {
         json!({
             "at": rfc3339(l.at),
             "trigger": l.trigger,
+            "source": l.source,
+            "consul_index": l.consul_index,
             "ok": l.error.is_none(),
             "error": l.error,
         })
-    });
+    };
+    let last = (**gw.reload.last.load()).as_ref().map(status);
+    let last_refused = (**gw.reload.last_refused.load()).as_ref().map(status);
     Json(json!({
         "version": s.version,
         "loaded_at": rfc3339(s.loaded_at),
+        "hash": s.config_digest,
+        "source": s.origin.label(),
+        "consul_index": match s.origin {
+            crate::config::Origin::Consul { index } => Some(index),
+            crate::config::Origin::File => None,
+        },
         "config": {
             "path": s.config_path.display().to_string(),
             "fnv1a": format!("{:016x}", s.config_hash),
@@ -211,6 +220,7 @@ async fn config(State(gw): State<Arc<Gateway>>) -> Json<Value> {
         })).collect::<Vec<_>>(),
         "routes": s.routes.len(),
         "last_reload": last,
+        "last_refused": last_refused,
         "reloads": {
             "succeeded": gw.reload.succeeded.load(Ordering::Relaxed),
             "failed": gw.reload.failed.load(Ordering::Relaxed),
@@ -244,6 +254,15 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     use crate::telemetry::metrics::sample;
     let mut out = crate::telemetry::metrics::handle().render();
     let s = gw.snapshot();
+    // Rendered from the snapshot being served, so there is exactly one
+    // series and the previous config's hash leaves with it.
+    out.push_str("# HELP gateway_config_info Always 1; hash and source of the configuration being served (equal hashes: replicas serve the same config)\n# TYPE gateway_config_info gauge\n");
+    sample(
+        &mut out,
+        "gateway_config_info",
+        &[("hash", &s.config_digest), ("source", s.origin.label())],
+        1.0,
+    );
     out.push_str("# HELP gateway_backend_endpoints Endpoints per backend by health state\n# TYPE gateway_backend_endpoints gauge\n");
     let statuses: Vec<_> = s.backends.values().map(|b| (b, b.status())).collect();
     for (b, st) in &statuses {

@@ -6,6 +6,8 @@
 pub mod accept;
 pub mod admin;
 pub mod config;
+pub mod consul;
+pub mod consul_kv;
 pub mod descriptors;
 pub mod discovery;
 pub mod edge;

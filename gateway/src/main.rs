@@ -30,6 +30,72 @@ struct Cli {
     /// routes.toml is far more often a truncated write than intent.
     #[arg(long, global = true)]
     allow_empty: bool,
+    #[command(flatten)]
+    kv: KvArgs,
+}
+
+/// Configuration from Consul KV instead of `--config` (serve, demo, check,
+/// routes, openapi). Each flag can also be set by its environment variable,
+/// as a Kubernetes manifest would.
+#[derive(clap::Args)]
+struct KvArgs {
+    /// Read routes.toml from this Consul KV key (and watch it) instead of
+    /// `--config`. A change is validated like a file change: a bad one is
+    /// refused and the last good configuration keeps serving.
+    #[arg(long, global = true, env = "GATEWAY_CONSUL_KV", value_name = "KEY")]
+    consul_kv: Option<String>,
+    /// Every key under this prefix is a descriptor: a .proto source when the
+    /// key ends in .proto, otherwise a binary FileDescriptorSet. Replaces
+    /// `server.descriptors` of the KV routes.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_CONSUL_KV_DESCRIPTORS",
+        value_name = "PREFIX",
+        requires = "consul_kv"
+    )]
+    consul_kv_descriptors: Option<String>,
+    /// The Consul agent: `http(s)://host:port`, or `host:port` (http).
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = gateway::consul::DEFAULT_ADDRESS,
+        value_name = "ADDR"
+    )]
+    consul_address: String,
+    /// A file holding the ACL token, read before every query (so a rotated
+    /// token is picked up); without it the token is `CONSUL_HTTP_TOKEN`.
+    #[arg(
+        long,
+        global = true,
+        env = "CONSUL_HTTP_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    consul_token_file: Option<PathBuf>,
+    /// Where the last good configuration from KV is kept (written whole,
+    /// then switched to in one rename). A gateway that cannot reach Consul
+    /// at start serves it until Consul answers.
+    #[arg(long, global = true, env = "GATEWAY_CONFIG_CACHE", value_name = "DIR")]
+    config_cache: Option<PathBuf>,
+}
+
+impl KvArgs {
+    fn options(&self) -> Option<gateway::consul_kv::KvOptions> {
+        let key = self.consul_kv.clone()?;
+        Some(gateway::consul_kv::KvOptions {
+            address: gateway::consul::normalize_address(&self.consul_address),
+            key,
+            descriptors: self.consul_kv_descriptors.clone(),
+            token: match &self.consul_token_file {
+                Some(path) => gateway::consul::TokenSource::File(path.clone()),
+                None => {
+                    gateway::consul::TokenSource::Env(gateway::consul::DEFAULT_TOKEN_ENV.to_owned())
+                }
+            },
+            cache: self.config_cache.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -60,8 +126,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Log settings come from the config file when it parses; a broken file
-    // still gets its errors reported, with the default (text) format.
-    let (telemetry, workers) = gateway::config::LoadedFile::read(&cli.config)
+    // still gets its errors reported, with the default (text) format. With
+    // KV, from the cached copy when there is one (Consul is asked later,
+    // inside the runtime).
+    let settings_file = match (&cli.kv.consul_kv, &cli.kv.config_cache) {
+        (Some(_), Some(cache)) => gateway::consul_kv::KvSource::cached_routes(cache),
+        (Some(_), None) => PathBuf::new(),
+        (None, _) => cli.config.clone(),
+    };
+    let (telemetry, workers) = gateway::config::LoadedFile::read(&settings_file)
         .map(|f| {
             let workers = f.config.server.worker_threads.map(|w| *w.get_ref());
             (f.config.telemetry, workers)
@@ -103,35 +176,69 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
     // accepts is exactly what `serve` and a reload accept.
     let state = ReloadState::default();
     state.allow_empty.store(cli.allow_empty, Ordering::Relaxed);
-    let loaded = reload::load(&cli.config, None, &state).await;
+    let command = cli.command.unwrap_or(Command::Serve);
+    let (kv, loaded) = match cli.kv.options() {
+        Some(opts) => {
+            let (kv, loaded) =
+                start_from_kv(opts, &state, matches!(command, Command::Check)).await?;
+            (Some(kv), loaded)
+        }
+        None => (None, reload::load(&cli.config, None, &state).await),
+    };
+    let serving = matches!(command, Command::Serve | Command::Demo);
+    if let Some(kv) = kv.as_ref().filter(|_| !serving) {
+        // The descriptors are compiled by now; nothing else reads the folder.
+        kv.source.discard(&kv.start);
+    }
     let snapshot = match loaded {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!(
-                "{} error(s) in {}; fix them and run `gateway check --config {}` again",
-                errors.0.len(),
-                cli.config.display(),
-                cli.config.display()
-            );
+            match &kv {
+                Some(kv) => eprintln!(
+                    "{} error(s) in {}; fix them and write the key again",
+                    errors.0.len(),
+                    kv.start.input.name.display(),
+                ),
+                None => eprintln!(
+                    "{} error(s) in {}; fix them and run `gateway check --config {}` again",
+                    errors.0.len(),
+                    cli.config.display(),
+                    cli.config.display()
+                ),
+            }
+            if let Some(kv) = &kv {
+                kv.source.discard(&kv.start);
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    if let Some(kv) = kv.as_ref().filter(|_| serving) {
+        kv.source.commit(&kv.start);
+    }
+    let cli_allow_empty = cli.allow_empty;
+    let serve = |snapshot, example| async move {
+        let gw = make_gateway(snapshot, cli_allow_empty, kv);
+        serve(gw, example, &telemetry).await
+    };
+    match command {
         Command::Check => {
             for w in &snapshot.warnings {
                 eprintln!("warning: {w}");
             }
+            // The hash is the one a replica serving this config reports,
+            // so a rollout can be checked against it.
             println!(
-                "{}: ok ({} routes, {} backends, {} descriptor files{})",
-                cli.config.display(),
+                "{}: ok ({} routes, {} backends, {} descriptor files{}), hash {}",
+                snapshot.config_path.display(),
                 snapshot.routes.len(),
                 snapshot.backends.len(),
                 snapshot.descriptor_files.len(),
                 match snapshot.warnings.len() {
                     0 => String::new(),
                     n => format!(", {n} warning(s)"),
-                }
+                },
+                snapshot.config_digest,
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -146,10 +253,10 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
         }
         // Handled in main, before any config is read.
         Command::ConfigReference => Ok(ExitCode::SUCCESS),
-        Command::Serve => serve(snapshot, None, &telemetry, cli.allow_empty).await,
+        Command::Serve => serve(snapshot, None).await,
         Command::Demo => {
             let example = start_example_backend(&snapshot).await?;
-            serve(snapshot, Some(example), &telemetry, cli.allow_empty).await
+            serve(snapshot, Some(example)).await
         }
     }
 }
@@ -187,12 +294,74 @@ async fn start_example_backend(s: &Snapshot) -> anyhow::Result<Vec<String>> {
     Ok(addrs)
 }
 
+/// The KV source and the first configuration read from it.
+struct KvStart {
+    source: Arc<gateway::consul_kv::KvSource>,
+    start: gateway::consul_kv::Start,
+}
+
+/// Reads the first configuration from Consul KV (or its cache) and builds
+/// it. A refused KV value falls back to the cache, when there is one, so a
+/// bad write does not stop new replicas from starting; `check` never falls
+/// back (it reports on what is in KV now).
+async fn start_from_kv(
+    opts: gateway::consul_kv::KvOptions,
+    state: &ReloadState,
+    check: bool,
+) -> anyhow::Result<(KvStart, Result<Snapshot, gateway::config::ConfigErrors>)> {
+    let address = opts.address.clone();
+    let source = Arc::new(gateway::consul_kv::KvSource::new(opts)?);
+    let start = source
+        .start(!check)
+        .await
+        .with_context(|| format!("cannot read the configuration from Consul KV at {address}"))?;
+    let loaded = build_text(&start.input, state).await;
+    if let (Err(errors), false, false) = (&loaded, check, start.from_cache()) {
+        if let Some(cached) = source.cached() {
+            tracing::error!(errors = %errors, cache = %cached.name.display(), "the configuration in Consul KV is refused; starting from the cached one");
+            let cached = Arc::new(cached);
+            let from_cache = build_text(&cached, state).await;
+            if from_cache.is_ok() {
+                let start = gateway::consul_kv::Start::cached(cached);
+                return Ok((KvStart { source, start }, from_cache));
+            }
+        }
+    }
+    Ok((KvStart { source, start }, loaded))
+}
+
+async fn build_text(
+    input: &gateway::reload::TextInput,
+    state: &ReloadState,
+) -> Result<Snapshot, gateway::config::ConfigErrors> {
+    reload::load_file(input.parse()?, None, state).await
+}
+
+/// The shared state, with the KV watch started when the config is from KV
+/// (the file watcher otherwise).
+fn make_gateway(s: Snapshot, allow_empty: bool, kv: Option<KvStart>) -> Arc<Gateway> {
+    let watch = s.watch;
+    let gw = Gateway::new(s);
+    gw.reload.allow_empty.store(allow_empty, Ordering::Relaxed);
+    match kv {
+        Some(kv) => {
+            gw.reload
+                .input
+                .store(Arc::new(Some(kv.start.input.clone())));
+            kv.source.clone().spawn_watch(gw.clone(), &kv.start);
+        }
+        None if watch => reload::spawn_watcher(gw.clone()),
+        None => {}
+    }
+    gw
+}
+
 async fn serve(
-    s: Snapshot,
+    gw: Arc<Gateway>,
     example: Option<Vec<String>>,
     telemetry: &gateway::config::TelemetryConfig,
-    allow_empty: bool,
 ) -> anyhow::Result<ExitCode> {
+    let s = gw.snapshot();
     s.log_warnings();
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -241,12 +410,6 @@ async fn serve(
         .iter()
         .find(|r| r.method == "GET" && r.template.variables.is_empty())
         .map(|r| r.template.to_string());
-    let watch = s.watch;
-    let gw = Gateway::new(s);
-    gw.reload.allow_empty.store(allow_empty, Ordering::Relaxed);
-    if watch {
-        reload::spawn_watcher(gw.clone());
-    }
     reload::spawn_sighup(gw.clone());
     if let Some(plain) = &plaintext {
         eprintln!(

@@ -1,6 +1,6 @@
 //! Building a new snapshot and swapping it in: at startup, on a file change,
-//! on SIGHUP and on `POST /admin/reload`. One path for all of them (and for
-//! `gateway check`), so what is checked is what runs.
+//! on a Consul KV change, on SIGHUP and on `POST /admin/reload`. One path for
+//! all of them (and for `gateway check`), so what is checked is what runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::config::{ConfigError, ConfigErrors, LoadedFile, DEFAULT_CONNECT_TIMEOUT};
+use crate::config::{ConfigError, ConfigErrors, LoadedFile, Origin, DEFAULT_CONNECT_TIMEOUT};
 use crate::snapshot::{BuildContext, Snapshot};
 use crate::state::Gateway;
 use crate::upstream::reflection::{self, Reflected};
@@ -42,6 +42,35 @@ const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub use crate::state::{ReloadState, ReloadStatus};
 
+/// routes.toml held as text rather than read from `--config`: a Consul KV
+/// value (or the cached copy of one). Relative paths in it resolve against
+/// the current directory, since a KV value has no folder of its own.
+#[derive(Debug, Clone)]
+pub struct TextInput {
+    /// Shown in errors where a file path would be: `consul:<key>`, or the
+    /// cache file's path.
+    pub name: PathBuf,
+    pub text: String,
+    /// The folder holding the descriptors written out from KV; replaces
+    /// `server.descriptors` when set.
+    pub descriptors: Option<PathBuf>,
+    pub origin: Origin,
+}
+
+impl TextInput {
+    /// Parses the text as routes.toml, as [`LoadedFile::read`] does a file.
+    pub fn parse(&self) -> Result<LoadedFile, ConfigErrors> {
+        let mut file = LoadedFile::parse(&self.name, &self.text)?;
+        file.base = None;
+        file.origin = self.origin;
+        if let Some(dir) = &self.descriptors {
+            file.config.server.descriptors =
+                toml::Spanned::new(0..0, dir.to_string_lossy().into_owned());
+        }
+        Ok(file)
+    }
+}
+
 /// Reads the config, fetches reflection descriptors, and builds a snapshot
 /// off the async workers (descriptor compilation is CPU work).
 pub async fn load(
@@ -49,7 +78,16 @@ pub async fn load(
     previous: Option<Arc<Snapshot>>,
     state: &ReloadState,
 ) -> Result<Snapshot, ConfigErrors> {
-    let file = LoadedFile::read(path)?;
+    load_file(LoadedFile::read(path)?, previous, state).await
+}
+
+/// As [`load`], from routes.toml already parsed.
+pub async fn load_file(
+    file: LoadedFile,
+    previous: Option<Arc<Snapshot>>,
+    state: &ReloadState,
+) -> Result<Snapshot, ConfigErrors> {
+    let path = file.path.clone();
     let reflected = fetch_reflection(&file, previous.as_deref(), state).await;
     let version = previous.as_ref().map_or(1, |p| p.version + 1);
     let handle = tokio::runtime::Handle::current();
@@ -68,7 +106,7 @@ pub async fn load(
     .await
     .map_err(|e| {
         ConfigErrors::one(ConfigError::new(
-            path,
+            &path,
             None,
             "",
             format!("building the configuration failed: {e}"),
@@ -76,7 +114,7 @@ pub async fn load(
     })??;
     if snapshot.routes.is_empty() && !allow_empty {
         return Err(ConfigErrors::one(ConfigError::new(
-            path,
+            &path,
             None,
             "routes",
             "the configuration has no route (an empty or half-written file?); add [[routes]] or \
@@ -165,22 +203,47 @@ async fn fetch_reflection(
     out
 }
 
-/// Builds from the files as they are now and swaps the result in; on any
-/// error the running snapshot stays. Returns the new version.
+/// Builds from the files as they are now (or from the KV text the running
+/// configuration came from) and swaps the result in; on any error the
+/// running snapshot stays. Returns the new version.
 pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
+    apply(gw, trigger, None).await
+}
+
+/// [`reload`] from a new text (a KV change): on success it becomes what
+/// later reloads rebuild from; on error the running snapshot and its text
+/// stay.
+pub async fn apply(
+    gw: &Gateway,
+    trigger: &str,
+    candidate: Option<Arc<TextInput>>,
+) -> Result<u64, ConfigErrors> {
     let state = &gw.reload;
     let _one_at_a_time = state.lock.lock().await;
     let current = gw.snapshot();
     let started = std::time::Instant::now();
-    let result = load(&current.config_path, Some(current.clone()), state).await;
-    let status = ReloadStatus {
-        at: SystemTime::now(),
-        trigger: trigger.to_owned(),
-        error: result.as_ref().err().map(ToString::to_string),
+    let input = candidate.clone().or_else(|| (**state.input.load()).clone());
+    let origin = input.as_ref().map_or(Origin::File, |i| i.origin);
+    let file = match &input {
+        Some(text) => text.parse(),
+        None => LoadedFile::read(&current.config_path),
     };
-    state.last.store(Arc::new(Some(status)));
+    let result = match file {
+        Ok(file) => load_file(file, Some(current.clone()), state).await,
+        Err(errors) => Err(errors),
+    };
     match result {
         Ok(snapshot) => {
+            state.last.store(Arc::new(Some(ReloadStatus {
+                at: SystemTime::now(),
+                trigger: trigger.to_owned(),
+                source: origin.label(),
+                consul_index: consul_index(origin),
+                error: None,
+            })));
+            if candidate.is_some() {
+                state.input.store(Arc::new(candidate));
+            }
             let version = snapshot.version;
             let routes = snapshot.routes.len();
             if snapshot.listen != current.listen || snapshot.admin_listen != current.admin_listen {
@@ -193,12 +256,15 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
                 tracing::warn!("server.worker_threads changed in the config; it takes effect at the next restart");
             }
             snapshot.log_warnings();
+            let hash = snapshot.config_digest.clone();
             gw.swap(snapshot);
             state.succeeded.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::metrics::record_reload(true, version);
+            crate::telemetry::metrics::record_reload(true, version, origin.label());
             tracing::info!(
                 trigger,
+                source = origin.label(),
                 version,
+                hash,
                 routes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "configuration reloaded"
@@ -206,13 +272,37 @@ pub async fn reload(gw: &Gateway, trigger: &str) -> Result<u64, ConfigErrors> {
             Ok(version)
         }
         Err(errors) => {
-            state.failed.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::metrics::record_reload(false, current.version);
-            // Logged once here, where it is handled; the old snapshot keeps serving.
-            tracing::error!(trigger, errors = %errors, "reload rejected; the previous configuration keeps serving");
+            refuse(gw, trigger, origin, errors.clone());
             Err(errors)
         }
     }
+}
+
+fn consul_index(origin: Origin) -> Option<u64> {
+    match origin {
+        Origin::Consul { index } => Some(index),
+        Origin::File => None,
+    }
+}
+
+/// Records a refused candidate: /admin/config (`last_reload` and
+/// `last_refused`), the reload counter and metric, one log line. The
+/// running snapshot is not touched.
+pub fn refuse(gw: &Gateway, trigger: &str, origin: Origin, errors: ConfigErrors) {
+    let state = &gw.reload;
+    let status = Arc::new(Some(ReloadStatus {
+        at: SystemTime::now(),
+        trigger: trigger.to_owned(),
+        source: origin.label(),
+        consul_index: consul_index(origin),
+        error: Some(errors.to_string()),
+    }));
+    state.last_refused.store(status.clone());
+    state.last.store(status);
+    state.failed.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::metrics::record_reload(false, gw.snapshot().version, origin.label());
+    // Logged once here, where it is handled; the old snapshot keeps serving.
+    tracing::error!(trigger, source = origin.label(), consul_index = consul_index(origin), errors = %errors, "reload rejected; the previous configuration keeps serving");
 }
 
 /// The folders to watch for a snapshot: the config file's folder (not

@@ -137,6 +137,13 @@ pub struct Snapshot {
     pub loaded_at: std::time::SystemTime,
     /// FNV-1a of routes.toml as loaded, to tell what is running.
     pub config_hash: u64,
+    /// 16 hex digits over routes.toml and the descriptor files (see
+    /// `config_digest`): equal on replicas serving the same configuration,
+    /// so operators can watch a rollout converge (/admin/config `hash`,
+    /// `gateway_config_info`).
+    pub config_digest: String,
+    /// Where routes.toml came from (file or Consul KV, with its index).
+    pub origin: crate::config::Origin,
     /// The descriptors folder, watched for changes.
     pub descriptors_dir: PathBuf,
     pub listen: SocketAddr,
@@ -351,6 +358,8 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         version: ctx.version,
         loaded_at: std::time::SystemTime::now(),
         config_hash: file.hash,
+        config_digest: config_digest(file, &descriptors.dir, &descriptors.files),
+        origin: file.origin,
         descriptors_dir: descriptors.dir,
         listen: listen.expect("no errors means the address parsed"),
         admin_listen: settings.admin_listen,
@@ -382,6 +391,28 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         tls,
         warnings: table.warnings.into_iter().chain(warnings).collect(),
     })
+}
+
+/// The hash replicas report for the configuration they serve: the first 16
+/// hex digits of SHA-256 over routes.toml's SHA-256, then, in sorted path
+/// order, each descriptor file's path relative to the descriptors folder
+/// and its SHA-256. Relative paths keep it equal across replicas whose
+/// folders live in different places (a KV cache per pod); descriptors from
+/// server reflection are not configuration and are left out.
+fn config_digest(file: &LoadedFile, dir: &Path, files: &[descriptors::SourceFile]) -> String {
+    let mut input = Vec::with_capacity(32 + files.len() * 64);
+    input.extend_from_slice(&file.sha256);
+    for f in files {
+        let rel = f.path.strip_prefix(dir).unwrap_or(&f.path);
+        input.extend_from_slice(rel.to_string_lossy().as_bytes());
+        // Paths hold no NUL, so the framing is unambiguous.
+        input.push(0);
+        input.extend_from_slice(&f.sha256);
+    }
+    crate::config::sha256(&input)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The backends whose descriptors come from server reflection.
@@ -1380,6 +1411,29 @@ mod tests {
     /// A backend serving the end-to-end tests' `testing.v1.Echo`, no routes
     /// from annotations: nine lines.
     const HEAD: &str = include_str!("../../tests/fixtures/echo_backend.toml");
+
+    #[test]
+    fn config_digest_covers_file_and_descriptors_but_not_where_they_live() {
+        let file = LoadedFile::parse(Path::new(FILE), "[server]\n").unwrap();
+        let source = |dir: &str, name: &str, bytes: &[u8]| descriptors::SourceFile {
+            path: Path::new(dir).join(name),
+            kind: descriptors::SourceKind::Proto,
+            content_hash: 0,
+            sha256: crate::config::sha256(bytes),
+            proto_files: Vec::new(),
+        };
+        let here = config_digest(&file, Path::new("/a"), &[source("/a", "x.proto", b"1")]);
+        let there = config_digest(&file, Path::new("/b/c"), &[source("/b/c", "x.proto", b"1")]);
+        assert_eq!(here, there);
+        assert_eq!(here.len(), 16);
+        let changed = config_digest(&file, Path::new("/a"), &[source("/a", "x.proto", b"2")]);
+        assert_ne!(here, changed);
+        let renamed = config_digest(&file, Path::new("/a"), &[source("/a", "y.proto", b"1")]);
+        assert_ne!(here, renamed);
+        let other = LoadedFile::parse(Path::new(FILE), "[server]\n\n").unwrap();
+        let edited = config_digest(&other, Path::new("/a"), &[source("/a", "x.proto", b"1")]);
+        assert_ne!(here, edited);
+    }
 
     /// [`HEAD`], a blank line and `rest` (from line 11), as the routes.toml
     /// at [`FILE`].

@@ -80,6 +80,10 @@ impl Gateway {
 pub struct ReloadStatus {
     pub at: SystemTime,
     pub trigger: String,
+    /// `file` or `consul`: where the candidate came from.
+    pub source: &'static str,
+    /// The `ModifyIndex` of the KV key tried, for a candidate from Consul.
+    pub consul_index: Option<u64>,
     /// `None` when it succeeded.
     pub error: Option<String>,
 }
@@ -91,6 +95,13 @@ pub struct ReloadState {
     /// reads the files as they are by then.
     pub(crate) lock: tokio::sync::Mutex<()>,
     pub last: ArcSwap<Option<ReloadStatus>>,
+    /// The last refused attempt, kept after later successes so that a bad
+    /// write and why it was refused stay visible in /admin/config.
+    pub last_refused: ArcSwap<Option<ReloadStatus>>,
+    /// routes.toml as text when the running configuration did not come
+    /// from `--config` (Consul KV, or its cache): SIGHUP and
+    /// `POST /admin/reload` rebuild from it instead of reading a file.
+    pub input: ArcSwap<Option<Arc<crate::reload::TextInput>>>,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     /// Last good reflection answer per backend, served when the backend is
@@ -107,6 +118,8 @@ impl Default for ReloadState {
         ReloadState {
             lock: tokio::sync::Mutex::new(()),
             last: ArcSwap::from_pointee(None),
+            last_refused: ArcSwap::from_pointee(None),
+            input: ArcSwap::from_pointee(None),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             reflection_cache: Mutex::new(BTreeMap::new()),

@@ -8,6 +8,85 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::{gateway_bin, repo_root, toml_path, write_config};
 
+/// The variables through which the binary reads Consul settings: cleared
+/// for every child, so the tests do not depend on the machine's.
+pub const CONSUL_ENV: [&str; 6] = [
+    "CONSUL_HTTP_ADDR",
+    "CONSUL_HTTP_TOKEN",
+    "CONSUL_HTTP_TOKEN_FILE",
+    "GATEWAY_CONSUL_KV",
+    "GATEWAY_CONSUL_KV_DESCRIPTORS",
+    "GATEWAY_CONFIG_CACHE",
+];
+
+/// A gateway started by [`spawn_with`].
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    /// The REST listener, `host:port`.
+    pub rest: String,
+    /// The admin listener, `host:port`, when it is on.
+    pub admin: Option<String>,
+    /// stderr up to the "listening on" line.
+    pub log: Vec<String>,
+}
+
+/// Starts the binary with `args` and the environment variables `env` (the
+/// Consul ones of [`CONSUL_ENV`] removed first), waits for its "listening
+/// on" line and the "admin on" line after it.
+pub async fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    let mut cmd = tokio::process::Command::new(gateway_bin());
+    cmd.args(args).env("RUST_LOG", "info");
+    for var in CONSUL_ENV {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gateway");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut rest: Option<String> = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(r) = &rest {
+                let admin = line
+                    .split("admin on http://")
+                    .nth(1)
+                    .and_then(|a| a.split('/').next())
+                    .map(str::to_owned);
+                return Some((r.clone(), admin));
+            }
+            match line.split("listening on http://").nth(1) {
+                Some(r) => rest = Some(r.split_whitespace().next().unwrap_or("").to_owned()),
+                None => log.push(line),
+            }
+        }
+        rest.map(|r| (r, None))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((rest, admin)) = found else {
+        panic!(
+            "gateway did not report its address; stderr so far:\n{}",
+            log.join("\n")
+        )
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Spawned {
+        child,
+        rest,
+        admin,
+        log,
+    }
+}
+
 /// Starts the binary with `args`, waits for its "listening on" line and
 /// returns the child and the address.
 pub async fn spawn_listening(args: &[&str]) -> (tokio::process::Child, String) {

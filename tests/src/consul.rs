@@ -25,6 +25,23 @@
 //!   which may not read the service: its list comes back empty with
 //!   `X-Consul-Results-Filtered-By-ACLs: true`.
 //!
+//! It also serves Consul's KV store
+//! (<https://developer.hashicorp.com/consul/api-docs/kv>), sharing the
+//! catalog's index as Consul's Raft index is shared:
+//!
+//! - `PUT /v1/kv/<key>` stores the raw body (`?flags=` kept) and answers
+//!   `true`; the value's `ModifyIndex` is the new index, `CreateIndex` the
+//!   index it was first written at;
+//! - `GET /v1/kv/<key>` answers `[{"Key","Value"(base64),"Flags",
+//!   "CreateIndex","ModifyIndex","LockIndex","Session"}]`, with `?recurse`
+//!   every key starting with `<key>` (sorted), with `?raw` the value's bytes
+//!   alone; a missing key is a 404 with an empty body, still with
+//!   `X-Consul-Index`; `X-Consul-Index` is the highest `ModifyIndex` among
+//!   the keys answered (the KV store's last write when none), and blocking
+//!   queries wait for it to pass `?index` as above;
+//! - with ACLs on, another token is `403 ACL not found` and no token
+//!   (the anonymous token, without KV rights) is `403 Permission denied`.
+//!
 //! The server can be stopped (every connection, including blocking queries
 //! in progress, is cut, as when the agent dies) and started again on the
 //! same port, also with an empty catalog and a lower index (as a dev agent
@@ -173,6 +190,18 @@ impl Instance {
 struct Catalog {
     index: u64,
     services: BTreeMap<String, Vec<Instance>>,
+    kv: BTreeMap<String, KvEntry>,
+    /// The index of the last KV write.
+    kv_index: u64,
+}
+
+/// One stored KV pair.
+#[derive(Debug, Clone)]
+struct KvEntry {
+    value: Vec<u8>,
+    flags: u64,
+    create_index: u64,
+    modify_index: u64,
 }
 
 #[derive(Debug)]
@@ -225,6 +254,8 @@ impl ConsulTestServer {
                 // A fresh Consul cluster's index is already well above 1.
                 index: 10,
                 services: BTreeMap::new(),
+                kv: BTreeMap::new(),
+                kv_index: 10,
             }),
             changed: tokio::sync::watch::channel(10).0,
             token,
@@ -285,6 +316,23 @@ impl ConsulTestServer {
                 list.retain(|i| i.id != id);
             }
         });
+    }
+
+    /// Writes a KV pair, as `consul kv put <key> <value>` does.
+    pub fn kv_put(&self, key: &str, value: &[u8]) {
+        kv_put(&self.shared, key, value.to_vec(), 0);
+    }
+
+    /// The stored value of `key`, if any.
+    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        let c = self.shared.catalog.lock().unwrap();
+        c.kv.get(key).map(|e| e.value.clone())
+    }
+
+    /// The `ModifyIndex` of `key`, if it exists.
+    pub fn kv_modify_index(&self, key: &str) -> Option<u64> {
+        let c = self.shared.catalog.lock().unwrap();
+        c.kv.get(key).map(|e| e.modify_index)
     }
 
     /// Sets the service check of one instance.
@@ -428,19 +476,8 @@ fn parse_wait(v: &str) -> Option<Duration> {
     })
 }
 
-async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
-    let path = req.uri().path().to_owned();
-    let Some(service) = path.strip_prefix("/v1/health/service/") else {
-        return text(404, "Not Found");
-    };
-    if req.method() != http::Method::GET {
-        return text(405, "method not allowed");
-    }
-    let failing = || shared.failing.lock().unwrap().clone();
-    if let Some((status, body)) = failing() {
-        return text(status, &body);
-    }
-    let service = decode(service);
+/// The query parameters, decoded, in order.
+fn query_params(req: &http::Request<Incoming>) -> Vec<(String, String)> {
     let mut params: Vec<(String, String)> = Vec::new();
     for pair in req
         .uri()
@@ -452,15 +489,21 @@ async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         params.push((decode(k), decode(v)));
     }
-    let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+    params
+}
 
-    // ACLs: the token from the header, the query or a bearer token.
-    let token = req
-        .headers()
+/// The ACL token from the header, the query or a bearer token.
+fn request_token(req: &http::Request<Incoming>, params: &[(String, String)]) -> Option<String> {
+    req.headers()
         .get("x-consul-token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| get("token").map(str::to_owned))
+        .or_else(|| {
+            params
+                .iter()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.clone())
+        })
         .or_else(|| {
             req.headers()
                 .get("authorization")
@@ -468,7 +511,176 @@ async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_owned)
         })
-        .filter(|t| !t.is_empty());
+        .filter(|t| !t.is_empty())
+}
+
+/// Waits while `current()` is not above `index`, for at most `wait` (capped)
+/// plus Consul's jitter, or until the server fails.
+async fn block(shared: &Shared, index: u64, wait: Duration, current: impl Fn() -> u64) {
+    let max = *shared.max_wait.lock().unwrap();
+    let wait = wait.min(max);
+    // Consul adds up to wait/16 so that many clients do not wake together.
+    let jitter = wait.mul_f64(pseudo_random() / 16.0);
+    let mut rx = shared.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + wait + jitter;
+    // As Consul does, an index that went backwards does not end the
+    // wait early: the client sees it when the wait is over.
+    loop {
+        rx.borrow_and_update();
+        if current() > index || shared.failing.lock().unwrap().is_some() {
+            return;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return,
+        }
+    }
+}
+
+fn kv_put(shared: &Shared, key: &str, value: Vec<u8>, flags: u64) {
+    let index = {
+        let mut c = shared.catalog.lock().unwrap();
+        c.index += 1;
+        let index = c.index;
+        c.kv_index = index;
+        let create_index = c.kv.get(key).map_or(index, |e| e.create_index);
+        c.kv.insert(
+            key.to_owned(),
+            KvEntry {
+                value,
+                flags,
+                create_index,
+                modify_index: index,
+            },
+        );
+        index
+    };
+    shared.changed.send_replace(index);
+}
+
+/// `/v1/kv/<key>`: see the module documentation.
+async fn handle_kv(shared: &Shared, req: http::Request<Incoming>, key: String) -> Resp {
+    let params = query_params(&req);
+    let has = |k: &str| params.iter().any(|(p, _)| p == k);
+    let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+    if let Some(required) = &shared.token {
+        match request_token(&req, &params) {
+            Some(t) if t == *required => {}
+            Some(_) => return text(403, "ACL not found"),
+            None => return text(403, "Permission denied"),
+        }
+    }
+    if let Some((status, body)) = shared.failing.lock().unwrap().clone() {
+        return text(status, &body);
+    }
+    if req.method() == http::Method::PUT {
+        let flags = get("flags").and_then(|f| f.parse().ok()).unwrap_or(0);
+        let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+            Ok(b) => b.to_bytes().to_vec(),
+            Err(_) => return text(400, "cannot read the body"),
+        };
+        kv_put(shared, &key, body, flags);
+        return json_response(200, b"true".to_vec(), None);
+    }
+    if req.method() != http::Method::GET {
+        return text(405, "method not allowed");
+    }
+    let recurse = has("recurse");
+    let matching = |c: &Catalog| -> Vec<(String, KvEntry)> {
+        c.kv.iter()
+            .filter(|(k, _)| {
+                if recurse {
+                    k.starts_with(&key)
+                } else {
+                    **k == key
+                }
+            })
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    };
+    let index_of = |c: &Catalog| {
+        matching(c)
+            .iter()
+            .map(|(_, e)| e.modify_index)
+            .max()
+            .unwrap_or(c.kv_index)
+    };
+    if let Some(index) = get("index")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|i| *i > 0)
+    {
+        let wait = get("wait")
+            .and_then(parse_wait)
+            .unwrap_or(Duration::from_secs(300));
+        block(shared, index, wait, || {
+            index_of(&shared.catalog.lock().unwrap())
+        })
+        .await;
+        if let Some((status, body)) = shared.failing.lock().unwrap().clone() {
+            return text(status, &body);
+        }
+    }
+    shared.queries.fetch_add(1, Ordering::Relaxed);
+    let (index, found) = {
+        let c = shared.catalog.lock().unwrap();
+        (index_of(&c), matching(&c))
+    };
+    if found.is_empty() {
+        return json_response(404, Vec::new(), Some(index));
+    }
+    if has("raw") {
+        return json_response(200, found[0].1.value.clone(), Some(index));
+    }
+    use base64::Engine as _;
+    let list: Vec<serde_json::Value> = found
+        .iter()
+        .map(|(k, e)| {
+            serde_json::json!({
+                "Key": k,
+                "Value": base64::engine::general_purpose::STANDARD.encode(&e.value),
+                "Flags": e.flags,
+                "CreateIndex": e.create_index,
+                "ModifyIndex": e.modify_index,
+                "LockIndex": 0,
+                "Session": "",
+            })
+        })
+        .collect();
+    json_response(200, serde_json::to_vec(&list).expect("json"), Some(index))
+}
+
+fn json_response(status: u16, body: Vec<u8>, index: Option<u64>) -> Resp {
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+    let h = r.headers_mut();
+    h.insert("content-type", "application/json".parse().unwrap());
+    if let Some(index) = index {
+        h.insert("x-consul-index", index.to_string().parse().unwrap());
+        h.insert("x-consul-knownleader", "true".parse().unwrap());
+        h.insert("x-consul-lastcontact", "0".parse().unwrap());
+    }
+    r
+}
+
+async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    if let Some(key) = path.strip_prefix("/v1/kv/") {
+        return handle_kv(shared, req, decode(key)).await;
+    }
+    let Some(service) = path.strip_prefix("/v1/health/service/") else {
+        return text(404, "Not Found");
+    };
+    if req.method() != http::Method::GET {
+        return text(405, "method not allowed");
+    }
+    let failing = || shared.failing.lock().unwrap().clone();
+    if let Some((status, body)) = failing() {
+        return text(status, &body);
+    }
+    let service = decode(service);
+    let params = query_params(&req);
+    let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+    let token = request_token(&req, &params);
     let mut filtered_by_acl = false;
     if let Some(required) = &shared.token {
         match &token {
@@ -501,23 +713,10 @@ async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Resp {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|i| *i > 0)
     {
-        let max = *shared.max_wait.lock().unwrap();
         let wait = get("wait")
             .and_then(parse_wait)
-            .unwrap_or(Duration::from_secs(300))
-            .min(max);
-        // Consul adds up to wait/16 so that many clients do not wake together.
-        let jitter = wait.mul_f64(pseudo_random() / 16.0);
-        let mut rx = shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + wait + jitter;
-        // As Consul does, an index that went backwards does not end the
-        // wait early: the client sees it when the wait is over.
-        while *rx.borrow_and_update() <= index && failing().is_none() {
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break,
-            }
-        }
+            .unwrap_or(Duration::from_secs(300));
+        block(shared, index, wait, || *shared.changed.borrow()).await;
         if let Some((status, body)) = failing() {
             return text(status, &body);
         }

@@ -896,6 +896,38 @@ pub struct LoadedFile {
     pub unknown_keys: Vec<ConfigError>,
     /// FNV-1a 64 of the file's bytes.
     pub hash: u64,
+    /// SHA-256 of the file's bytes: the file's share of the config hash
+    /// replicas report (see `Snapshot::config_digest`).
+    pub sha256: [u8; 32],
+    /// The folder relative paths in the file (descriptors, TLS files)
+    /// resolve against: the file's own folder; `None` for the current
+    /// directory (a bare file name, or text from Consul KV, which has no
+    /// folder).
+    pub base: Option<PathBuf>,
+    /// Where the text came from.
+    pub origin: Origin,
+}
+
+/// Where a configuration's routes.toml came from; the `source` label of the
+/// reload and config-info metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A file on disk (`--config`), including the KV cache read at a start
+    /// when Consul is unreachable: that is still KV content, so the cache
+    /// path sets [`Origin::Consul`] itself.
+    File,
+    /// A Consul KV value, with the `ModifyIndex` of the key read.
+    Consul { index: u64 },
+}
+
+impl Origin {
+    /// The metric label value: `file` or `consul`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::File => "file",
+            Origin::Consul { .. } => "consul",
+        }
+    }
 }
 
 impl LoadedFile {
@@ -927,6 +959,12 @@ impl LoadedFile {
             lines,
             unknown_keys: parsed.errors,
             hash: fnv1a(text.as_bytes()),
+            sha256: sha256(text.as_bytes()),
+            base: path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_owned),
+            origin: Origin::File,
         })
     }
 
@@ -948,17 +986,16 @@ impl LoadedFile {
         (span.end > 0).then(|| self.lines.line(span.start))
     }
 
-    /// Resolves a path written in the file relative to the file's folder.
+    /// Resolves a path written in the file against [`LoadedFile::base`].
     pub fn relative(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             return p.to_owned();
         }
-        self.path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map(|d| d.join(p))
-            .unwrap_or_else(|| p.to_owned())
+        match &self.base {
+            Some(d) => d.join(p),
+            None => p.to_owned(),
+        }
     }
 
     /// The listener address, checked.
@@ -1021,6 +1058,14 @@ impl LoadedFile {
             }
         }
     }
+}
+
+/// SHA-256 of `bytes`, with the crypto provider the project already has.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Stable across runs and platforms, unlike std's hasher; enough to tell

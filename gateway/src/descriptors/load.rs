@@ -113,6 +113,7 @@ pub(super) fn load_dir(dir: &Path) -> Result<LoadedDescriptors, DescriptorError>
             path,
             kind,
             content_hash: fnv1a64(&bytes),
+            sha256: crate::config::sha256(&bytes),
             proto_files,
         });
         candidates.push(files);

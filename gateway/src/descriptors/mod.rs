@@ -38,6 +38,9 @@ pub struct SourceFile {
     /// FNV-1a 64 of the raw bytes; stable across runs, so reloads can tell
     /// which inputs changed.
     pub content_hash: u64,
+    /// SHA-256 of the raw bytes: this file's share of the config hash
+    /// replicas report.
+    pub sha256: [u8; 32],
     /// Descriptor file names it defined (a set lists all files it carries).
     pub proto_files: Vec<String>,
 }

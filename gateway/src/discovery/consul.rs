@@ -24,12 +24,11 @@
 //!   with `Service.Port`; the weight is `Service.Weights.Passing` (or
 //!   `.Warning` for an instance in warning, when warnings are allowed).
 //!
-//! consulrs is not used: it lacks this endpoint and brings a second HTTP and
-//! TLS stack. This is the project's reqwest client, with its rustls stack:
-//! `https://` agents are verified against the system roots plus the extra
-//! CA certificates a backend names (`ca_file`).
+//! The HTTP client, token handling and index rules are [`crate::consul`]'s,
+//! shared with the configuration source on Consul KV; `https://` agents are
+//! verified against the system roots plus the extra CA certificates a
+//! backend names (`ca_file`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,41 +38,19 @@ use serde::Deserialize;
 use tokio::task::AbortHandle;
 
 use super::{backoff, Sink, Source, SourceError, SourceKind, StateLog, Target};
+use crate::consul::Agent;
+pub use crate::consul::{
+    default_address, next_index, ConsulError, TokenSource, ADDRESS_ENV, DEFAULT_ADDRESS,
+    DEFAULT_TOKEN_ENV,
+};
 
 pub const KIND: SourceKind = SourceKind::new("consul");
 
-/// The local agent, where every Consul deployment runs one.
-pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
-/// The agent address variable Consul's own CLI reads; on Kubernetes it
-/// carries the node's IP from the downward API (`http://$(HOST_IP):8500`).
-pub const ADDRESS_ENV: &str = "CONSUL_HTTP_ADDR";
-
-/// The agent to ask when a backend names none: `CONSUL_HTTP_ADDR` when set
-/// (as `host:port` too, which Consul's CLI accepts, meaning http), else the
-/// local agent.
-pub fn default_address() -> String {
-    match std::env::var(ADDRESS_ENV) {
-        Ok(v) if !v.trim().is_empty() => {
-            let v = v.trim().trim_end_matches('/');
-            if v.contains("://") {
-                v.to_owned()
-            } else {
-                format!("http://{v}")
-            }
-        }
-        _ => DEFAULT_ADDRESS.to_owned(),
-    }
-}
 /// Consul's own default wait; a change still arrives at once, the wait only
 /// bounds how long a quiet service holds the connection.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// Consul refuses longer waits (it caps them at 10 minutes).
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
-/// The token variable Consul's own CLI reads.
-pub const DEFAULT_TOKEN_ENV: &str = "CONSUL_HTTP_TOKEN";
-/// A reachable agent answers a TCP connect in milliseconds; a few seconds
-/// means it is down, and the retry schedule takes over.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Consul's documentation asks blocking clients to rate limit: an index
 /// that changes constantly would otherwise turn the watch into a busy loop.
 /// 100 ms keeps an instance's removal well under a second.
@@ -86,15 +63,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Characters escaped in the service name path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
-
-/// Where the ACL token comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// An environment variable, read once when the watch starts.
-    Env(String),
-    /// A file, read before every query (tokens rendered by an agent rotate).
-    File(PathBuf),
-}
 
 /// What to watch, as configured; equal specs keep a live watch across reloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,38 +96,6 @@ impl ConsulSpec {
         }
         s.push_str(&format!(" at {}", self.address));
         s
-    }
-}
-
-/// Why a query gave no usable list.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsulError {
-    #[error("cannot reach Consul at {address}: {reason}")]
-    Unreachable { address: String, reason: String },
-    #[error("Consul refused the ACL token (403 {body}); set it with token_file or token_env")]
-    Forbidden { body: String },
-    #[error("Consul answered {status}: {body}")]
-    Status { status: u16, body: String },
-    #[error(
-        "Consul filtered every instance out by ACL: the token cannot read service \"{service}\""
-    )]
-    FilteredByAcl { service: String },
-    #[error("Consul's answer is not usable: {0}")]
-    BadReply(String),
-    #[error("cannot read the Consul token: {0}")]
-    Token(String),
-}
-
-impl ConsulError {
-    /// Errors of one kind are one state for logging.
-    fn kind(&self) -> &'static str {
-        match self {
-            ConsulError::Unreachable { .. } => "unreachable",
-            ConsulError::Forbidden { .. } | ConsulError::FilteredByAcl { .. } => "acl",
-            ConsulError::Status { .. } => "status",
-            ConsulError::BadReply(_) => "bad reply",
-            ConsulError::Token(_) => "token",
-        }
     }
 }
 
@@ -215,57 +151,26 @@ struct Check {
     status: String,
 }
 
-/// The health endpoint of one service, over the project's HTTP client.
+/// The health endpoint of one service, over the shared agent client.
 #[derive(Debug, Clone)]
 pub struct ConsulClient {
-    http: reqwest::Client,
+    agent: Agent,
     spec: ConsulSpec,
-    /// Read once from the environment (a file is read per query).
-    env_token: Option<String>,
 }
 
 impl ConsulClient {
     pub fn new(spec: ConsulSpec) -> Result<ConsulClient, ConsulError> {
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(pem) = &spec.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                ConsulError::Unreachable {
-                    address: spec.address.clone(),
-                    reason: format!("bad CA file: {e}"),
-                }
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| ConsulError::Unreachable {
-            address: spec.address.clone(),
-            reason: e.to_string(),
-        })?;
-        let env_token = match &spec.token {
-            TokenSource::Env(var) => std::env::var(var).ok().filter(|t| !t.trim().is_empty()),
-            TokenSource::File(_) => None,
-        };
-        Ok(ConsulClient {
-            http,
-            spec,
-            env_token,
-        })
+        let agent = Agent::new(
+            &spec.address,
+            spec.ca_pem.as_deref(),
+            spec.token.clone(),
+            "set it with token_file or token_env",
+        )?;
+        Ok(ConsulClient { agent, spec })
     }
 
     pub fn spec(&self) -> &ConsulSpec {
         &self.spec
-    }
-
-    fn token(&self) -> Result<Option<String>, ConsulError> {
-        match &self.spec.token {
-            TokenSource::Env(_) => Ok(self.env_token.clone()),
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map(|t| Some(t.trim().to_owned()).filter(|t| !t.is_empty()))
-                .map_err(|e| ConsulError::Token(format!("{}: {e}", path.display()))),
-        }
     }
 
     /// The query URL for `index` (0: answer at once).
@@ -305,48 +210,23 @@ impl ConsulClient {
 
     /// One query; blocks up to `wait` (plus Consul's jitter) when `index` > 0.
     pub async fn health_service(&self, index: u64) -> Result<HealthAnswer, ConsulError> {
-        let mut req = self
-            .http
-            .get(self.url(index))
-            // Consul holds a blocking query up to wait + wait/16; a little
-            // more covers the network. A non-blocking query should be quick.
-            .timeout(if index > 0 {
-                self.spec.wait + self.spec.wait / 16 + Duration::from_secs(5)
-            } else {
-                Duration::from_secs(10)
-            });
-        if let Some(token) = self.token()? {
-            req = req.header("X-Consul-Token", token);
-        }
-        let resp = req.send().await.map_err(|e| ConsulError::Unreachable {
-            address: self.spec.address.clone(),
-            reason: error_chain(&e),
-        })?;
-        let status = resp.status();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let consul_index = header("X-Consul-Index");
-        let filtered = header("X-Consul-Results-Filtered-By-ACLs").is_some_and(|v| v == "true");
-        let body = resp.bytes().await.map_err(|e| ConsulError::Unreachable {
-            address: self.spec.address.clone(),
-            reason: error_chain(&e),
-        })?;
-        if status == reqwest::StatusCode::FORBIDDEN {
-            return Err(ConsulError::Forbidden { body: short(&body) });
-        }
-        if !status.is_success() {
+        let url = self.url(index);
+        let path = &url[self.agent.address().len()..];
+        let reply = self
+            .agent
+            .get(path, (index > 0).then_some(self.spec.wait))
+            .await?;
+        if reply.status == 404 {
             return Err(ConsulError::Status {
-                status: status.as_u16(),
-                body: short(&body),
+                status: 404,
+                body: crate::consul::short(&reply.body),
             });
         }
-        let index = consul_index
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let index = reply
+            .index
             .ok_or_else(|| ConsulError::BadReply("no X-Consul-Index header".into()))?;
+        let filtered = reply.filtered_by_acl;
+        let body = reply.body;
         let entries: Vec<Entry> = serde_json::from_slice(&body)
             .map_err(|e| ConsulError::BadReply(format!("the JSON does not parse: {e}")))?;
         if entries.is_empty() && filtered {
@@ -409,40 +289,6 @@ impl ConsulClient {
             });
         }
         out
-    }
-}
-
-fn short(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-/// reqwest keeps the useful part ("Connection refused") in the source chain.
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
-}
-
-/// The next index to send after an answer with `answered`, following
-/// Consul's rules: reset to 0 when it went backwards, never below 1 otherwise.
-pub fn next_index(previous: u64, answered: u64) -> u64 {
-    if answered < previous {
-        0
-    } else {
-        answered.max(1)
     }
 }
 
@@ -565,14 +411,6 @@ mod tests {
             "{}",
             c.url(42)
         );
-    }
-
-    #[test]
-    fn index_resets_when_it_goes_backwards_and_never_drops_below_one() {
-        assert_eq!(next_index(10, 12), 12);
-        assert_eq!(next_index(10, 10), 10);
-        assert_eq!(next_index(10, 3), 0);
-        assert_eq!(next_index(0, 0), 1);
     }
 
     #[test]

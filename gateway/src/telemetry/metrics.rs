@@ -123,7 +123,7 @@ fn describe() {
     );
     describe_counter!(
         CONFIG_RELOADS,
-        "Configuration reloads, by result (ok, error)"
+        "Configuration reloads, by result (ok, error) and source (file, consul)"
     );
     describe_gauge!(
         CONFIG_VERSION,
@@ -333,8 +333,10 @@ pub fn record_drain_aborted(route: &Arc<str>) {
         .increment(1);
 }
 
-pub fn record_reload(ok: bool, version: u64) {
-    metrics::counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+/// `source` is `file` or `consul` ([`crate::config::Origin::label`]).
+pub fn record_reload(ok: bool, version: u64, source: &'static str) {
+    metrics::counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }, "source" => source)
+        .increment(1);
     if ok {
         metrics::gauge!(CONFIG_VERSION).set(version as f64);
     }
