@@ -31,6 +31,7 @@ pub mod jwt;
 pub mod layer;
 pub mod limits;
 pub mod ratelimit;
+pub mod redis_store;
 pub mod tls;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ impl Default for Edge {
                 Vec::new(),
                 false,
                 ratelimit::DEFAULT_SWEEP_INTERVAL,
+                None,
                 None,
             ),
             client_ip: ClientIpPolicy::default(),
@@ -151,6 +153,7 @@ impl RouteEdge {
                 "per_ms": p.def.per.as_millis() as u64,
                 "burst": p.def.burst,
                 "scope": if p.def.per_route || p.def.key == KeyKind::Route { "route" } else { "global" },
+                "store": if p.store.is_some() { "redis" } else { "local" },
                 "keys": p.len(),
             })).collect::<Vec<_>>(),
             "cors": self.cors.as_ref().map(|c| c.describe()),

@@ -29,6 +29,11 @@ pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
 pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
+/// Rate-limit decisions made without the Redis store, by policy and reason
+/// (`timeout`, `error`, `down`).
+pub const RATE_LIMIT_STORE_FALLBACKS: &str = "gateway_ratelimit_store_fallbacks_total";
+/// 1 while the Redis rate-limit store answers, 0 while it is down.
+pub const RATE_LIMIT_STORE_UP: &str = "gateway_ratelimit_store_up";
 /// notAfter of each certificate the listener serves, by its first DNS name;
 /// rendered from the live snapshot at each scrape (`edge::tls::Tls::render`),
 /// so a certificate taken out of the config leaves no stale series.
@@ -115,6 +120,14 @@ fn describe() {
         "Requests refused by authentication or authorization, by reason"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by policy");
+    describe_counter!(
+        RATE_LIMIT_STORE_FALLBACKS,
+        "Rate-limit decisions made without the Redis store (locally, or refused when fail_closed), by policy and reason"
+    );
+    describe_gauge!(
+        RATE_LIMIT_STORE_UP,
+        "Whether the Redis rate-limit store answers (1) or is down (0)"
+    );
     describe_counter!(
         CORS_PREFLIGHTS,
         "CORS preflight requests answered by the gateway, by result"
