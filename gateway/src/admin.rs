@@ -342,6 +342,9 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     if let Some(tls) = &s.tls {
         tls.render(&mut out);
     }
+    if let Some(store) = &s.edge.rate_limits.store {
+        store.render(&mut out);
+    }
     out.push_str("# HELP gateway_backend_in_flight Calls in flight per backend\n# TYPE gateway_backend_in_flight gauge\n");
     for (b, st) in &statuses {
         sample(

@@ -865,6 +865,9 @@ pub mod otel;
 // The metrics tests' reference parser for the Prometheus text format.
 pub mod exposition;
 
+// A real redis-server on a free port, for the shared rate-limit tests.
+pub mod redis;
+
 /// The debug `gateway` binary, built once per test process.
 ///
 /// The build asks for `--tests` as well so Cargo resolves features exactly as

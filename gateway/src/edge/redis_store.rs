@@ -193,10 +193,7 @@ impl RedisStore {
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
-            status: Mutex::new(Status {
-                last_error: Some("not connected yet".to_owned()),
-                ..Status::default()
-            }),
+            status: Mutex::new(Status::default()),
             fallbacks: Default::default(),
             decisions: AtomicU64::new(0),
             sha: redis::Script::new(SCRIPT).get_hash().to_owned(),
@@ -293,7 +290,11 @@ impl RedisStore {
             }
             Ok(Err(e)) => {
                 self.failed(&format!("{e}"));
-                Err(Fallback::Error)
+                Err(if e.is_timeout() {
+                    Fallback::Timeout
+                } else {
+                    Fallback::Error
+                })
             }
             Err(_) => {
                 self.failed(&format!(
@@ -325,7 +326,7 @@ impl RedisStore {
                 failures = n,
                 "rate-limit store is down; deciding locally until Redis answers again"
             );
-            self.set_state(false);
+            self.set_state();
             self.wake.notify_one();
         }
     }
@@ -336,23 +337,33 @@ impl RedisStore {
         s.last_error_at = Some(SystemTime::now());
     }
 
-    fn set_state(&self, up: bool) {
+    fn set_state(&self) {
         self.status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .changed_at = Some(SystemTime::now());
-        metrics::gauge!(crate::telemetry::metrics::RATE_LIMIT_STORE_UP).set(if up {
-            1.0
-        } else {
-            0.0
-        });
+    }
+
+    /// `gateway_ratelimit_store_up`, read at each scrape from the store of
+    /// the live snapshot (none without a shared policy: no stale series).
+    pub fn render(&self, out: &mut String) {
+        use crate::telemetry::metrics::{sample, RATE_LIMIT_STORE_UP};
+        out.push_str("# HELP gateway_ratelimit_store_up Whether the Redis rate-limit store answers (1) or is down (0)\n# TYPE gateway_ratelimit_store_up gauge\n");
+        sample(
+            out,
+            RATE_LIMIT_STORE_UP,
+            &[],
+            if self.is_up() { 1.0 } else { 0.0 },
+        );
     }
 
     /// Connects the whole pool and loads the script.
     async fn connect(&self) -> Result<Vec<MultiplexedConnection>, String> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(self.settings.timeout.max(Duration::from_millis(1))))
+            // Ours is the decision's timeout; this one only clears
+            // answers that never come from the connection's queue.
+            .set_response_timeout(Some(self.settings.timeout * 2 + Duration::from_millis(100)))
             .set_concurrency_limit(IN_FLIGHT_PER_CONNECTION);
         let mut conns = Vec::with_capacity(self.conns.len());
         for _ in 0..self.conns.len() {
@@ -385,7 +396,6 @@ impl RedisStore {
         };
         let weak: Weak<RedisStore> = Arc::downgrade(self);
         let wake = self.wake.clone();
-        metrics::gauge!(crate::telemetry::metrics::RATE_LIMIT_STORE_UP).set(0.0);
         rt.spawn(async move {
             let mut backoff = PROBE_MIN;
             loop {
@@ -409,7 +419,7 @@ impl RedisStore {
                         }
                         store.failures.store(0, Ordering::Relaxed);
                         store.up.store(true, Ordering::Relaxed);
-                        store.set_state(true);
+                        store.set_state();
                         tracing::info!(
                             pool = store.conns.len(),
                             "rate-limit store is up: Redis answers"

@@ -32,7 +32,8 @@ pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
 /// Rate-limit decisions made without the Redis store, by policy and reason
 /// (`timeout`, `error`, `down`).
 pub const RATE_LIMIT_STORE_FALLBACKS: &str = "gateway_ratelimit_store_fallbacks_total";
-/// 1 while the Redis rate-limit store answers, 0 while it is down.
+/// 1 while the Redis rate-limit store answers, 0 while it is down; rendered
+/// from the live snapshot at each scrape (`RedisStore::render`).
 pub const RATE_LIMIT_STORE_UP: &str = "gateway_ratelimit_store_up";
 /// notAfter of each certificate the listener serves, by its first DNS name;
 /// rendered from the live snapshot at each scrape (`edge::tls::Tls::render`),
@@ -123,10 +124,6 @@ fn describe() {
     describe_counter!(
         RATE_LIMIT_STORE_FALLBACKS,
         "Rate-limit decisions made without the Redis store (locally, or refused when fail_closed), by policy and reason"
-    );
-    describe_gauge!(
-        RATE_LIMIT_STORE_UP,
-        "Whether the Redis rate-limit store answers (1) or is down (0)"
     );
     describe_counter!(
         CORS_PREFLIGHTS,
