@@ -500,3 +500,76 @@ fn a_redis_store_without_url_is_refused_naming_the_key() {
     assert!(err.contains(":9: redis.url: missing"), "{err}");
     assert!(err.contains(":10: redis.timeout: "), "{err}");
 }
+
+/// examples/replicas/gateway-{a,b}.toml on free ports, against `redis` and
+/// one bookstore backend (started by A, `gateway demo`).
+async fn replicas_example(redis: &RedisServer) -> (Replica, Replica) {
+    let root = gateway_tests::repo_root();
+    let backend = dead_addr().await;
+    let mut out = Vec::new();
+    for (file, command) in [("gateway-a.toml", "demo"), ("gateway-b.toml", "serve")] {
+        let text = std::fs::read_to_string(root.join("examples/replicas").join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let admin = dead_addr().await;
+        for needle in ["127.0.0.1:6379", "../../descriptors", "127.0.0.1:50053"] {
+            assert!(text.contains(needle), "{file} no longer has {needle}");
+        }
+        let text = text
+            .replace("127.0.0.1:6379", &format!("127.0.0.1:{}", redis.port))
+            .replace(
+                "../../descriptors",
+                &gateway_tests::toml_path(&root.join("descriptors")),
+            )
+            .replace("127.0.0.1:50053", &backend)
+            .replace("127.0.0.1:8081", "127.0.0.1:0")
+            .replace("127.0.0.1:8082", "127.0.0.1:0")
+            .replace("127.0.0.1:9081", &admin)
+            .replace("127.0.0.1:9082", &admin);
+        let path = write_config(&text);
+        // Both files load as they are (the descriptors path aside).
+        gateway::snapshot::Snapshot::load(&path)
+            .unwrap_or_else(|e| panic!("examples/replicas/{file} does not load:\n{e}"));
+        let (child, addr) =
+            spawn_listening(&[command, "--config", path.to_str().expect("utf-8 path")]).await;
+        out.push(Replica {
+            _child: child,
+            addr,
+            admin,
+            client: http_client(),
+        });
+    }
+    let b = out.pop().unwrap();
+    let a = out.pop().unwrap();
+    a.wait_store("up").await;
+    b.wait_store("up").await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_example_shares_its_limits() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let (a, b) = replicas_example(&redis).await;
+    // The partner's key: its quota counted in Redis.
+    let resp = b
+        .client
+        .get(format!("http://{}/v1/shelves/1/books", b.addr))
+        .header("x-api-key", "replicas-demo-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let fields = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(fields.contains("\"partner_quota\";r=99;"), "{fields}");
+    // 9 of the shared burst of 10 are left (a 10th may refill meanwhile,
+    // one per 200 ms); each replica alone would allow all 12.
+    let mut allowed = 0;
+    let mut last = 0;
+    for i in 0..12 {
+        let r = if i % 2 == 0 { &a } else { &b };
+        last = r.get("/v1/shelves/1").await.status().as_u16();
+        allowed += u32::from(last == 200);
+    }
+    assert!((9..=10).contains(&allowed), "{allowed} of 12 allowed");
+    assert_eq!(last, 429);
+}
