@@ -66,9 +66,11 @@ const IN_FLIGHT_PER_CONNECTION: usize = 4096;
 /// bucket holds its theoretical arrival time (TAT) in microseconds of
 /// Redis' clock. Answers {allowed 1|0, remaining, microseconds}: until the
 /// bucket is full again when allowed, until one more request is allowed
-/// when refused. [`gcra`] is the same arithmetic, unit-tested; the
+/// when refused. `replicate_commands` lets Redis 3.2 to 4 write after
+/// `TIME` (a no-op since 5). [`gcra`] is the same arithmetic, unit-tested; the
 /// end-to-end tests run this script against both.
 pub const SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -106,7 +108,7 @@ pub fn gcra(
 }
 
 /// `[redis]`, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     /// The URL as given (it may hold a password: never shown).
     pub url: String,
@@ -114,6 +116,18 @@ pub struct RedisSettings {
     pub timeout: Duration,
     pub fail_closed: bool,
     pub key_prefix: String,
+}
+
+/// Without the URL, which may hold a password.
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .field("fail_closed", &self.fail_closed)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a decision was not made by Redis: the label of the fallback metric
