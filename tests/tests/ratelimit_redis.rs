@@ -21,6 +21,18 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const ACME_KEY: &str = "acme-shared-quota-key";
 
+/// The SHA-1 the gateway calls the script by (EVALSHA).
+fn gateway_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| {
+        let d = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            gateway::edge::redis_store::SCRIPT.as_bytes(),
+        );
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 fn digest(key: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
     let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -308,6 +320,21 @@ async fn ratelimit_fields_report_the_shared_bucket() {
     // The key is Redis', with the configured prefix and the policy's name.
     let keys = redis.command(&["KEYS", "gateway:rl:slow:*"]);
     assert!(matches!(&keys, Resp::Array(k) if k.len() == 1), "{keys:?}");
+    // A Redis that lost the script answers NOSCRIPT; the call is sent
+    // again as EVAL and still decided there (locally it would pass).
+    assert_eq!(
+        redis.command(&["SCRIPT", "FLUSH"]),
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(a.get("/v1/slow/after-flush").await.status(), 429);
+    assert_eq!(
+        redis.command(&["SCRIPT", "EXISTS", gateway_sha()]),
+        Resp::Array(vec![Resp::Int(1)]),
+        "EVAL cached the script again"
+    );
+    let s = a.store().await;
+    assert_eq!(s["fallbacks"]["error"], 0, "{s}");
+    assert_eq!(s["state"], "up", "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
