@@ -879,7 +879,11 @@ fn print_protocol_costs(table: &[(&str, RunResult, RunResult)]) {
 /// What a shared (Redis) rate-limit decision costs against a local one:
 /// the gateway's CPU per request and p99 of both scenarios, same run, and
 /// redis-server's own CPU per request.
-fn print_limit_costs(table: &[(&str, RunResult, RunResult)], redis_cpu: Option<f64>) {
+fn print_limit_costs(
+    table: &[(&str, RunResult, RunResult)],
+    redis_cpu: Option<f64>,
+    store: Option<&serde_json::Value>,
+) {
     let row = |name: &str| table.iter().find(|(n, _, _)| *n == name).map(|(_, g, _)| g);
     let (Some(local), Some(redis)) = (row("limited local"), row("limited redis")) else {
         return;
@@ -897,6 +901,28 @@ fn print_limit_costs(table: &[(&str, RunResult, RunResult)], redis_cpu: Option<f
         local.rps,
         redis_cpu.map_or(String::new(), |c| format!("; redis-server {c:.1} us CPU/req")),
     );
+    // Decisions that fell back were local ones: the comparison holds only
+    // if there are next to none.
+    if let Some(s) = store {
+        println!(
+            "Redis store: {} decisions, fallbacks {}",
+            s["decisions"], s["fallbacks"]
+        );
+    }
+}
+
+/// The gateway's Redis store state (`/admin/rate_limits`), if it has one.
+async fn store_state(admin: u16) -> Option<serde_json::Value> {
+    let client = reqwest::Client::builder().no_proxy().build().ok()?;
+    let v: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{admin}/admin/rate_limits"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(v["redis"].clone()).filter(|r| !r.is_null())
 }
 
 /// Median of the runs by rps (robust to one noisy run).
@@ -1030,6 +1056,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         }
         table.push((s.name, g, d));
     }
+    let store = store_state(admin).await;
     let base_rows = match &base {
         Some((_, _, rss)) => {
             println!("\nbaseline ({rss:.1} MiB resident after start):");
@@ -1042,7 +1069,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         println!("\nthis build ({rss_idle:.1} MiB resident after start):");
         let rows = print_table(&table);
         print_protocol_costs(&table);
-        print_limit_costs(&table, redis_cpu_per_req);
+        print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
         return write_report(&opts, rows, base_rows, json!({}));
     }
 
@@ -1128,7 +1155,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         paced_gw.p99_us, paced_direct.p99_us, added_p99
     );
     print_protocol_costs(&table);
-    print_limit_costs(&table, redis_cpu_per_req);
+    print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
     println!(
         "small GET with 10,000 routes: {:.0} req/s vs {:.0} with 10 routes (medians); median of {pairs} paired runs {:+.1}%",
         ten_k.rps,
