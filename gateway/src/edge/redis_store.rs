@@ -177,6 +177,10 @@ pub struct RedisStore {
     fallbacks: [AtomicU64; 3],
     decisions: AtomicU64,
     sha: String,
+    /// What the decision's timer is set to: `timeout` less the millisecond
+    /// tokio's timer rounds every deadline up by, so that a decision waits
+    /// `timeout` at most, not up to a millisecond more.
+    wait: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -197,6 +201,10 @@ impl RedisStore {
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
             format!("not a Redis URL ({e}); write e.g. \"redis://127.0.0.1:6379/0\"")
         })?;
+        let wait = settings
+            .timeout
+            .saturating_sub(Duration::from_millis(1))
+            .max(Duration::from_micros(500));
         let store = Arc::new(RedisStore {
             conns: (0..settings.pool_size)
                 .map(|_| ArcSwapOption::empty())
@@ -211,6 +219,7 @@ impl RedisStore {
             fallbacks: Default::default(),
             decisions: AtomicU64::new(0),
             sha: redis::Script::new(SCRIPT).get_hash().to_owned(),
+            wait,
         });
         store.spawn_prober();
         Ok(store)
@@ -289,7 +298,7 @@ impl RedisStore {
                 other => other,
             }
         };
-        let answer = tokio::time::timeout(self.settings.timeout, call).await;
+        let answer = tokio::time::timeout(self.wait, call).await;
         self.decisions.fetch_add(1, Ordering::Relaxed);
         match answer {
             Ok(Ok((allowed, remaining, micros))) => {
