@@ -41,6 +41,7 @@ fn limiter_memory(
         burst: 1,
         per_route: false,
         max_keys,
+        shared: false,
     });
     let start_rss = rss_mib();
     let started = Instant::now();

@@ -24,10 +24,11 @@ pub fn app(gw: Arc<Gateway>) -> axum::Router {
         .route("/admin/routes", get(routes))
         .route("/admin/backends", get(backends))
         .route("/admin/config", get(config))
+        .route("/admin/rate_limits", get(rate_limits))
         .route("/admin/reload", post(reload))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            Error::NotFound("no such admin endpoint; try /admin/config, /admin/routes, /admin/backends, /healthz, /readyz, POST /admin/reload".to_owned())
+            Error::NotFound("no such admin endpoint; try /admin/config, /admin/routes, /admin/backends, /admin/rate_limits, /healthz, /readyz, POST /admin/reload".to_owned())
                 .into_response()
         })
         .with_state(gw)
@@ -228,6 +229,26 @@ async fn config(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     }))
 }
 
+/// The rate-limit policies (where each keeps its buckets, how many keys it
+/// holds here) and the Redis store's state: up or down, its last error and
+/// how many decisions fell back, by reason.
+async fn rate_limits(State(gw): State<Arc<Gateway>>) -> Json<Value> {
+    let s = gw.snapshot();
+    let rl = &s.edge.rate_limits;
+    Json(json!({
+        "policies": rl.policies.iter().map(|p| json!({
+            "policy": p.def.name,
+            "store": if p.store.is_some() { "redis" } else { "local" },
+            "key": p.def.key.to_string(),
+            "rate": p.def.rate,
+            "per_ms": p.def.per.as_millis() as u64,
+            "burst": p.def.burst,
+            "local_keys": p.len(),
+        })).collect::<Vec<_>>(),
+        "redis": rl.store.as_ref().map(|st| st.describe()),
+    }))
+}
+
 async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
     match crate::reload::reload(&gw, "admin").await {
         Ok(version) => Json(json!({"version": version})).into_response(),
@@ -339,6 +360,9 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     }
     if let Some(tls) = &s.tls {
         tls.render(&mut out);
+    }
+    if let Some(store) = &s.edge.rate_limits.store {
+        store.render(&mut out);
     }
     out.push_str("# HELP gateway_backend_in_flight Calls in flight per backend\n# TYPE gateway_backend_in_flight gauge\n");
     for (b, st) in &statuses {

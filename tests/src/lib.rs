@@ -868,6 +868,8 @@ pub mod exposition;
 // Certificates made at run time and gRPC backends behind TLS (the
 // backend-TLS tests, the bench's HTTPS scenarios).
 pub mod tls;
+// A real redis-server on a free port, for the shared rate-limit tests.
+pub mod redis;
 
 /// The debug `gateway` binary, built once per test process.
 ///

@@ -168,8 +168,8 @@ fn names_and_labels_are_found_in_promql() {
 
 /// A gateway with every feature the dashboard watches turned on, driven
 /// until each family has a sample: TLS, a JWT issuer whose JWKS is
-/// unreachable, a rate limit, CORS, a Consul backend whose agent is down,
-/// and a reload.
+/// unreachable, a local rate limit and one shared through a Redis that is
+/// not there, CORS, a Consul backend whose agent is down, and a reload.
 async fn scraped_gateway() -> BTreeMap<String, BTreeSet<String>> {
     let backend = spawn_backend(echo_server(&testing_pool())).await;
     let dir = temp_dir("dashboards");
@@ -199,6 +199,15 @@ rate = 1
 per = "1h"
 burst = 1
 
+[rate_limits.policies.shared]
+key = "ip"
+rate = 1000
+store = "redis"
+
+[redis]
+url = "redis://127.0.0.1:1/0"
+timeout = "20ms"
+
 [backends.echo]
 endpoints = ["{backend}"]
 services = ["testing.v1.Echo"]
@@ -211,6 +220,12 @@ method = "GET"
 path = "/v1/echo"
 grpc = "testing.v1.Echo/Echo"
 rate_limit = ["tight"]
+
+[[routes]]
+method = "GET"
+path = "/v1/shared"
+grpc = "testing.v1.Echo/Echo"
+rate_limit = ["shared"]
 
 [[routes]]
 method = "GET"
@@ -232,6 +247,8 @@ auth = "required"
         client.get(rest("/v1/echo")).send().await.unwrap();
     }
     client.get(rest("/v1/private")).send().await.unwrap();
+    // Redis is not there: the decision falls back to the local limiter.
+    client.get(rest("/v1/shared")).send().await.unwrap();
     client
         .request(reqwest::Method::OPTIONS, rest("/v1/echo"))
         .header("origin", "https://app.example")
@@ -268,6 +285,7 @@ auth = "required"
             "gateway_discovery_errors_total",
             "gateway_rate_limited_total",
             "gateway_auth_failures_total",
+            "gateway_ratelimit_store_fallbacks_total",
         ]
         .into_iter()
         .filter(|f| !families.contains_key(*f))

@@ -262,6 +262,46 @@ pub struct RateLimitPolicyConfig {
     /// `route`: a bucket per key and route (default `global`).
     #[schemars(with = "Option<String>")]
     pub scope: Option<Spanned<String>>,
+    /// `local`: buckets in this process, so each replica allows the whole
+    /// rate; `redis`: buckets in the `[redis]` store, shared by every
+    /// replica, so the rate holds across all of them (default `local`).
+    #[schemars(with = "Option<String>")]
+    pub store: Option<Spanned<String>>,
+}
+
+/// `[redis]`: the store of rate-limit policies with `store = "redis"`
+/// (docs/edge-security.md). The gateway starts and serves whether Redis is
+/// up or not: while it is down, decisions fall back (see `fail_closed`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db` (or `redis+unix:///path`); plain
+    /// TCP, no TLS. One of `url` and `url_env` is needed.
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
+    /// An environment variable holding the URL (e.g. from a Kubernetes
+    /// Secret, when it carries a password); read at each load.
+    #[schemars(with = "Option<String>")]
+    pub url_env: Option<Spanned<String>>,
+    /// Multiplexed connections, 1 to 64; each pipelines every decision in
+    /// flight on it (default 2: a slow answer on one does not hold up all).
+    #[schemars(with = "Option<usize>")]
+    pub pool_size: Option<Spanned<usize>>,
+    /// The longest a request waits for a decision; past it the decision
+    /// falls back (default 20ms: a decision on a LAN takes well under a
+    /// millisecond). At most 10s.
+    #[schemars(with = "Option<DurationText>")]
+    pub timeout: Option<Spanned<String>>,
+    /// While Redis does not answer: `false` decides with the policy's local
+    /// limiter (each replica then allows the whole rate); `true` refuses
+    /// with 503 UNAVAILABLE (default `false`: an outage of Redis does not
+    /// become an outage of the API).
+    #[serde(default)]
+    pub fail_closed: bool,
+    /// Prefix of every key written (default `gateway:rl:`); keys are
+    /// `<prefix><policy>:<32 hex digits>`.
+    #[schemars(with = "Option<String>")]
+    pub key_prefix: Option<Spanned<String>>,
 }
 
 /// `[limits]`: bounds on what one client may send and hold.

@@ -26,7 +26,7 @@ use reference::{ClaimValue, DurationText};
 pub use duration::parse_duration;
 pub use edge::{
     ApiKeysConfig, AuthConfig, ConsumerConfig, CorsConfig, IssuerConfig, LimitsConfig,
-    RateLimitPolicyConfig, RateLimitsConfig,
+    RateLimitPolicyConfig, RateLimitsConfig, RedisConfig,
 };
 pub use error::{ConfigError, ConfigErrors, LineIndex};
 
@@ -59,6 +59,10 @@ pub struct FileConfig {
     /// Named quotas, and the ones routes get by default (docs/edge-security.md).
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// The store that rate-limit policies with `store = "redis"` share
+    /// between replicas (docs/edge-security.md).
+    #[schemars(with = "Option<RedisConfig>")]
+    pub redis: Option<Spanned<RedisConfig>>,
     /// Where API keys are presented (docs/edge-security.md).
     #[serde(default)]
     pub api_keys: ApiKeysConfig,

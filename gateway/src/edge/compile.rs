@@ -18,6 +18,7 @@ use super::jwks::{self, Jwks, JwksSource, VerifyKey};
 use super::jwt::{self, Auth, AuthMode, Issuer, RouteAuth};
 use super::limits::{self, Limits};
 use super::ratelimit::{self, KeyKind, PolicyDef, RateLimits};
+use super::redis_store::{self, RedisStore};
 use super::{Edge, RouteEdge};
 use crate::config::{
     ConfigError, CorsConfig, IssuerConfig, LoadedFile, RateLimitPolicyConfig, RouteConfig,
@@ -104,12 +105,13 @@ fn build_rate_limits(
         ratelimit::DEFAULT_SWEEP_INTERVAL,
         errors,
     );
-    let defs = rl
+    let defs: Vec<PolicyDef> = rl
         .policies
         .iter()
         .map(|(name, spanned)| policy_def(file, name, spanned, max_keys, errors))
         .collect();
-    let mut rate_limits = RateLimits::new(defs, rl.legacy_headers, sweep, previous);
+    let store = build_redis(file, &defs, previous.and_then(|p| p.store.as_ref()), errors);
+    let mut rate_limits = RateLimits::new(defs, rl.legacy_headers, sweep, previous, store);
     if let Some(p) = &rl.ipv6_prefix {
         match *p.get_ref() {
             1..=128 => rate_limits.ipv6_prefix = *p.get_ref(),
@@ -126,6 +128,131 @@ fn build_rate_limits(
         }
     }
     rate_limits
+}
+
+/// `[redis]`, when a policy has `store = "redis"`: the store, or the one
+/// of `previous` when the settings did not change (its connections and
+/// state carry over a reload). Loading never connects: a config is good
+/// whether Redis is up or not.
+fn build_redis(
+    file: &LoadedFile,
+    defs: &[PolicyDef],
+    previous: Option<&Arc<RedisStore>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<RedisStore>> {
+    let users: Vec<&str> = defs
+        .iter()
+        .filter(|d| d.shared)
+        .map(|d| d.name.as_str())
+        .collect();
+    let Some(spanned) = &file.config.redis else {
+        if let Some(first) = users.first() {
+            let at = &file.config.rate_limits.policies[*first];
+            errors.push(
+                file.error(
+                    &at.get_ref()
+                        .store
+                        .clone()
+                        .expect("a shared policy names its store"),
+                    format!("rate_limits.policies.{first}.store"),
+                    "\"redis\" needs a [redis] table with url or url_env",
+                ),
+            );
+        }
+        return None;
+    };
+    let r = spanned.get_ref();
+    let url = match (&r.url, &r.url_env) {
+        (Some(u), None) => Some((u.get_ref().clone(), u, "redis.url")),
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(u) if !u.trim().is_empty() => Some((u, var, "redis.url_env")),
+            _ => {
+                errors.push(file.error(
+                    var,
+                    "redis.url_env",
+                    format!(
+                        "environment variable {} is not set (or empty); set it to the Redis URL",
+                        var.get_ref()
+                    ),
+                ));
+                None
+            }
+        },
+        (Some(u), Some(_)) => {
+            errors.push(file.error(u, "redis.url", "give url or url_env, not both"));
+            None
+        }
+        (None, None) => {
+            if !users.is_empty() {
+                errors.push(file.error(
+                    spanned,
+                    "redis.url",
+                    format!(
+                        "missing: the Redis URL (or url_env, a variable holding it) is needed by {}",
+                        users
+                            .iter()
+                            .map(|u| format!("rate_limits.policies.{u}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            None
+        }
+    };
+    let pool_size = match &r.pool_size {
+        Some(p) if !(1..=redis_store::MAX_POOL_SIZE).contains(p.get_ref()) => {
+            errors.push(file.error(
+                p,
+                "redis.pool_size",
+                format!("must be 1..={}", redis_store::MAX_POOL_SIZE),
+            ));
+            redis_store::DEFAULT_POOL_SIZE
+        }
+        Some(p) => *p.get_ref(),
+        None => redis_store::DEFAULT_POOL_SIZE,
+    };
+    let timeout = file.duration(
+        &r.timeout,
+        "redis.timeout",
+        redis_store::DEFAULT_TIMEOUT,
+        errors,
+    );
+    if let Some(t) = &r.timeout {
+        if timeout > Duration::from_secs(10) {
+            errors.push(file.error(
+                t,
+                "redis.timeout",
+                "must be at most 10s (every shared decision may wait this long)",
+            ));
+        }
+    }
+    let key_prefix = r.key_prefix.as_ref().map_or_else(
+        || redis_store::DEFAULT_KEY_PREFIX.to_owned(),
+        |p| p.get_ref().clone(),
+    );
+    let (url, at, field) = url?;
+    if users.is_empty() {
+        // Nothing to share: no connections either.
+        return None;
+    }
+    let settings = redis_store::RedisSettings {
+        url,
+        pool_size,
+        timeout,
+        fail_closed: r.fail_closed,
+        key_prefix,
+    };
+    if let Some(p) = previous.filter(|p| p.settings == settings) {
+        return Some(p.clone());
+    }
+    match RedisStore::new(settings) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            errors.push(file.error(at, field, e));
+            None
+        }
+    }
 }
 
 /// One `[rate_limits.policies.NAME]`. A bad value is reported and replaced
@@ -179,6 +306,18 @@ fn policy_def(
             false
         }
     };
+    let shared = match p.store.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "local")) => false,
+        Some((_, "redis")) => true,
+        Some((s, other)) => {
+            errors.push(file.error(
+                s,
+                at("store"),
+                format!("\"{other}\" is not a store; use \"local\" or \"redis\""),
+            ));
+            false
+        }
+    };
     PolicyDef {
         name: name.to_owned(),
         key,
@@ -187,6 +326,7 @@ fn policy_def(
         burst,
         per_route,
         max_keys,
+        shared,
     }
 }
 
@@ -1498,6 +1638,7 @@ scope = "route"
                 burst: 10,
                 per_route: true,
                 max_keys: 500,
+                shared: false,
             }
         );
         assert_eq!(rl.ipv6_prefix, super::super::client_ip::DEFAULT_IPV6_PREFIX);
@@ -1534,6 +1675,107 @@ scope = "everywhere"
         let def = &rl.get("api").unwrap().def;
         assert_eq!((def.rate, def.burst, def.per_route), (1, 1, false));
         assert_eq!(def.max_keys, ratelimit::DEFAULT_MAX_KEYS);
+    }
+
+    /// Redis settings: each bad value named at its line and key.
+    fn redis_errors(text: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        build_rate_limits(&parse(text), None, &mut errors);
+        printed(&errors)
+    }
+
+    const SHARED_POLICY: &str = r#"[rate_limits.policies.shared]
+key = "ip"
+rate = 10
+store = "redis"
+"#;
+
+    #[test]
+    fn a_redis_store_without_redis_settings_is_named() {
+        assert_eq!(
+            redis_errors(SHARED_POLICY),
+            [format!("{FILE}:4: rate_limits.policies.shared.store: \"redis\" needs a [redis] table with url or url_env")]
+        );
+        assert_eq!(
+            redis_errors(&format!("{SHARED_POLICY}\n[redis]\ntimeout = \"5ms\"\n")),
+            [format!("{FILE}:6: redis.url: missing: the Redis URL (or url_env, a variable holding it) is needed by rate_limits.policies.shared")]
+        );
+        assert_eq!(
+            redis_errors("[rate_limits.policies.p]\nkey = \"ip\"\nrate = 1\nstore = \"memcached\"\n"),
+            [format!("{FILE}:4: rate_limits.policies.p.store: \"memcached\" is not a store; use \"local\" or \"redis\"")]
+        );
+    }
+
+    #[test]
+    fn bad_redis_url_timeout_and_pool_are_named() {
+        let errors = redis_errors(&format!(
+            "{SHARED_POLICY}\n[redis]\nurl = \"http://cache:6379\"\ntimeout = \"soon\"\npool_size = 0\n"
+        ));
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors[0].starts_with(&format!("{FILE}:9: redis.pool_size: must be 1..=64")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with(&format!("{FILE}:8: redis.timeout: ")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[2].starts_with(&format!("{FILE}:7: redis.url: not a Redis URL")),
+            "{errors:#?}"
+        );
+        assert_eq!(
+            redis_errors(&format!("{SHARED_POLICY}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"30s\"\n")),
+            [format!("{FILE}:8: redis.timeout: must be at most 10s (every shared decision may wait this long)")]
+        );
+        assert_eq!(
+            redis_errors(&format!("{SHARED_POLICY}\n[redis]\nurl_env = \"GATEWAY_TEST_UNSET_REDIS_URL\"\n")),
+            [format!("{FILE}:7: redis.url_env: environment variable GATEWAY_TEST_UNSET_REDIS_URL is not set (or empty); set it to the Redis URL")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redis_store_loads_without_redis_and_carries_over_a_reload() {
+        // Port 1: nothing listens, and loading does not care.
+        let text = format!(
+            "{SHARED_POLICY}\n[rate_limits.policies.mine]\nkey = \"ip\"\nrate = 5\n\n[redis]\nurl = \"redis://127.0.0.1:1/0\"\n"
+        );
+        let mut errors = Vec::new();
+        let first = build_rate_limits(&parse(&text), None, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let store = first.store.clone().expect("a shared policy has the store");
+        assert!(first.get("shared").unwrap().store.is_some());
+        assert!(first.get("mine").unwrap().store.is_none());
+        assert_eq!(store.settings.timeout, redis_store::DEFAULT_TIMEOUT);
+        assert_eq!(store.settings.pool_size, redis_store::DEFAULT_POOL_SIZE);
+        let again = build_rate_limits(&parse(&text), Some(&first), &mut errors);
+        assert!(Arc::ptr_eq(again.store.as_ref().unwrap(), &store));
+        assert!(Arc::ptr_eq(
+            again.get("shared").unwrap(),
+            first.get("shared").unwrap()
+        ));
+        // A changed store is a new one, and so is the policy using it.
+        let changed = build_rate_limits(
+            &parse(&text.replace("/0\"", "/1\"")),
+            Some(&first),
+            &mut errors,
+        );
+        assert!(!Arc::ptr_eq(changed.store.as_ref().unwrap(), &store));
+        assert!(!Arc::ptr_eq(
+            changed.get("shared").unwrap(),
+            first.get("shared").unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            changed.get("mine").unwrap(),
+            first.get("mine").unwrap()
+        ));
+        // No shared policy: no store, and no connections.
+        let unused = build_rate_limits(
+            &parse(&text.replace("store = \"redis\"", "store = \"local\"")),
+            None,
+            &mut errors,
+        );
+        assert!(unused.store.is_none() && errors.is_empty(), "{errors:?}");
     }
 
     #[test]

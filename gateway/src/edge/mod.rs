@@ -32,6 +32,7 @@ pub mod jwt;
 pub mod layer;
 pub mod limits;
 pub mod ratelimit;
+pub mod redis_store;
 pub mod tls;
 
 use std::sync::Arc;
@@ -74,6 +75,7 @@ impl Default for Edge {
                 Vec::new(),
                 false,
                 ratelimit::DEFAULT_SWEEP_INTERVAL,
+                None,
                 None,
             ),
             client_ip: ClientIpPolicy::default(),
@@ -157,6 +159,7 @@ impl RouteEdge {
                 "per_ms": p.def.per.as_millis() as u64,
                 "burst": p.def.burst,
                 "scope": if p.def.per_route || p.def.key == KeyKind::Route { "route" } else { "global" },
+                "store": if p.store.is_some() { "redis" } else { "local" },
                 "keys": p.len(),
             })).collect::<Vec<_>>(),
             "cors": self.cors.as_ref().map(|c| c.describe()),

@@ -8,6 +8,10 @@
 //! Memory stays bounded under millions of distinct keys: a background task
 //! drops idle buckets (`retain_recent`) every `sweep_interval`, and a policy
 //! that still holds more than `max_keys` is reset whole.
+//!
+//! A policy with `store = "redis"` decides in the shared Redis store
+//! ([`super::redis_store`]), with keys every replica derives alike, and
+//! keeps its local limiter for when Redis does not answer in time.
 
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -22,6 +26,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::redis_store::{Fallback, RedisStore};
 
 /// Default cap of keys per policy: about 100 MB of buckets in the worst
 /// case, far more distinct clients than one gateway replica serves at once.
@@ -101,6 +107,8 @@ pub struct PolicyDef {
     /// One bucket per key and route, rather than per key.
     pub per_route: bool,
     pub max_keys: usize,
+    /// Buckets in the `[redis]` store, shared between replicas.
+    pub shared: bool,
 }
 
 impl PolicyDef {
@@ -119,6 +127,8 @@ impl PolicyDef {
 /// One policy's buckets.
 pub struct Policy {
     pub def: PolicyDef,
+    /// The shared store, for a policy with `store = "redis"`.
+    pub store: Option<Arc<RedisStore>>,
     limiter: ArcSwap<Limiter>,
     checks: AtomicU64,
     resets: AtomicU64,
@@ -149,6 +159,11 @@ fn ceil_secs(d: Duration) -> u64 {
 
 impl Policy {
     pub fn new(def: PolicyDef) -> Policy {
+        Policy::with_store(def, None)
+    }
+
+    /// A policy deciding in `store` when it has one.
+    pub fn with_store(def: PolicyDef, store: Option<Arc<RedisStore>>) -> Policy {
         let policy_item = format!(
             "{};q={};w={}",
             sf_string(&def.name),
@@ -156,6 +171,7 @@ impl Policy {
             def.window_secs()
         );
         Policy {
+            store,
             limiter: ArcSwap::from_pointee(new_limiter(&def)),
             def,
             checks: AtomicU64::new(0),
@@ -267,6 +283,8 @@ pub struct RateLimits {
     /// IPv6 clients are keyed by this many leading bits (`ip` keys, and the
     /// address other keys fall back to).
     pub ipv6_prefix: u8,
+    /// The `[redis]` store, when a policy uses it.
+    pub store: Option<Arc<RedisStore>>,
     seed: std::hash::RandomState,
 }
 
@@ -279,21 +297,33 @@ impl std::fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
-    /// `previous` policies with an identical definition are kept, buckets
-    /// and all, so a reload does not hand every client a fresh burst.
+    /// `previous` policies with an identical definition (and the same
+    /// store) are kept, buckets and all, so a reload does not hand every
+    /// client a fresh burst. Shared policies decide in `store`.
     pub fn new(
         defs: Vec<PolicyDef>,
         legacy_headers: bool,
         sweep_interval: Duration,
         previous: Option<&RateLimits>,
+        store: Option<Arc<RedisStore>>,
     ) -> RateLimits {
         let policies = defs
             .into_iter()
             .map(|def| {
+                let store = store.clone().filter(|_| def.shared);
+                let same_store = |old: &Policy| match (&old.store, &store) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
                 previous
-                    .and_then(|p| p.policies.iter().find(|old| old.def == def))
+                    .and_then(|p| {
+                        p.policies
+                            .iter()
+                            .find(|old| old.def == def && same_store(old))
+                    })
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Policy::new(def)))
+                    .unwrap_or_else(|| Arc::new(Policy::with_store(def, store)))
             })
             .collect();
         let limits = RateLimits {
@@ -301,6 +331,7 @@ impl RateLimits {
             legacy_headers,
             sweep_interval,
             ipv6_prefix: super::client_ip::DEFAULT_IPV6_PREFIX,
+            store,
             // Kept across reloads, or carried-over buckets would be keyed anew.
             seed: previous.map(|p| p.seed.clone()).unwrap_or_default(),
         };
@@ -471,7 +502,8 @@ impl super::layer::Annotate for Report {
 impl<S, R> tower::Service<http::Request<axum::body::Body>> for super::layer::Policed<S, Phase, R>
 where
     R: super::layer::RouteView,
-    S: super::layer::Inner,
+    S: super::layer::Inner + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = http::Response<axum::body::Body>;
     type Error = std::convert::Infallible;
@@ -490,33 +522,134 @@ where
     fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
         let checked = req.extensions().get::<R>().and_then(|view| {
             let edge = &view.context().edge;
-            let report = check_route(edge, view.policy()?, self.policy, &req)?;
-            Some((report, edge.rate_limits.legacy_headers))
+            let checked = check_route(edge, view.policy()?, self.policy, &req)?;
+            Some((checked, edge.rate_limits.legacy_headers))
         });
         use futures_util::future::Either;
         match checked {
             None => Either::Left(super::layer::OnResponse::inner(self.inner.call(req), None)),
-            Some(((fields, Ok(())), legacy)) => Either::Left(super::layer::OnResponse::inner(
-                self.inner.call(req),
-                Some(Report { fields, legacy }),
-            )),
-            Some(((fields, Err(e)), legacy)) => {
+            Some((Checked::Done(fields, Ok(())), legacy)) => {
+                Either::Left(super::layer::OnResponse::inner(
+                    self.inner.call(req),
+                    Some(Report { fields, legacy }),
+                ))
+            }
+            Some((Checked::Done(fields, Err(e)), legacy)) => {
                 let mut resp = e.into_response();
                 fields.write(legacy, &mut resp);
                 Either::Right(super::layer::refuse_after_body(req, resp))
+            }
+            // Boxed, and only for requests a shared policy counts: the
+            // local path keeps its unboxed future.
+            Some((Checked::Shared(fields, rest), legacy)) => {
+                let mut inner = self.take_inner();
+                Either::Right(Box::pin(async move {
+                    let (fields, verdict) = decide_shared(fields, rest).await;
+                    match verdict {
+                        Ok(()) => {
+                            let Ok(mut resp) = tower::Service::call(&mut inner, req).await;
+                            fields.write(legacy, &mut resp);
+                            Ok(resp)
+                        }
+                        Err(e) => {
+                            let mut resp = e.into_response();
+                            fields.write(legacy, &mut resp);
+                            super::layer::refuse_after_body(req, resp).await
+                        }
+                    }
+                }))
             }
         }
     }
 }
 
-/// The route's limits of `phase`, checked in order until one refuses;
-/// `None` when the route has none of that phase.
+/// A route's limits after checking those that need no await.
+enum Checked {
+    /// Every limit decided (all local), or one refused.
+    Done(Fields, Result<(), crate::error::Error>),
+    /// The limits from the first shared one on, with their keys, to be
+    /// decided in order after awaiting the store.
+    Shared(Fields, Vec<Pending>),
+}
+
+/// One limit still to decide, keyed for either store (the local key is
+/// the fallback's).
+struct Pending {
+    policy: Arc<Policy>,
+    local: u64,
+    shared: Option<String>,
+}
+
+/// The refusal of `p` for `outcome`, counted.
+fn refusal(p: &Policy, outcome: &Outcome) -> crate::error::Error {
+    metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "policy" => p.def.name.clone())
+        .increment(1);
+    crate::error::Error::RateLimited {
+        message: format!(
+            "rate limit \"{}\" exceeded ({} requests per {} ms, burst {}); retry in {} s",
+            p.def.name,
+            p.def.rate,
+            p.def.per.as_millis(),
+            p.def.burst,
+            outcome.reset_secs
+        ),
+        retry_after: outcome.reset_secs,
+    }
+}
+
+/// Decides `rest` in order, shared policies in their store, until one
+/// refuses. A store that does not answer in time falls back to the
+/// policy's local limiter, or refuses with 503 when it fails closed.
+async fn decide_shared(
+    mut fields: Fields,
+    rest: Vec<Pending>,
+) -> (Fields, Result<(), crate::error::Error>) {
+    for item in rest {
+        let p = &item.policy;
+        let outcome = match (&p.store, &item.shared) {
+            (Some(store), Some(key)) => {
+                match store.decide(key, p.def.interval(), p.def.burst).await {
+                    Ok(o) => o,
+                    Err(why) => {
+                        store.count_fallback(&p.def.name, why);
+                        if store.settings.fail_closed {
+                            let refused = crate::error::Error::Refused {
+                            code: tonic::Code::Unavailable,
+                            message: format!(
+                                "rate limit \"{}\" cannot be checked: its Redis store {} (redis.fail_closed is set)",
+                                p.def.name,
+                                match why {
+                                    Fallback::Timeout => "did not answer in time",
+                                    Fallback::Error => "failed",
+                                    Fallback::Down => "is down",
+                                }
+                            ),
+                        };
+                            return (fields, Err(refused));
+                        }
+                        p.check(item.local)
+                    }
+                }
+            }
+            _ => p.check(item.local),
+        };
+        fields.add(p, &outcome);
+        if !outcome.allowed {
+            return (fields, Err(refusal(p, &outcome)));
+        }
+    }
+    (fields, Ok(()))
+}
+
+/// The route's limits of `phase`, checked in order until one refuses or
+/// one is shared (the rest is then decided by [`decide_shared`]); `None`
+/// when the route has none of that phase.
 fn check_route<B>(
     edge: &super::Edge,
     route: &super::RouteEdge,
     phase: Phase,
     req: &http::Request<B>,
-) -> Option<(Fields, Result<(), crate::error::Error>)> {
+) -> Option<Checked> {
     use std::net::IpAddr;
     let after = phase == Phase::AfterAuth;
     // After authentication, the consumer's own quotas count too, per it.
@@ -552,52 +685,58 @@ fn check_route<B>(
     };
     let verified = req.extensions().get::<super::jwt::Verified>();
     let subject = verified.and_then(|v| Some((v.issuer.iss.as_str(), v.subject()?)));
-    let key_of = |p: &Policy, parts: &[&[u8]]| {
-        let scope = p.def.per_route.then_some(route.route_key);
-        edge.rate_limits.hash_key(scope, parts)
+    // The local key, and the shared one for a policy with a store.
+    let keyed = |p: &Policy, scope: Option<u64>, parts: &[&[u8]]| {
+        (
+            edge.rate_limits.hash_key(scope, parts),
+            p.store.as_ref().map(|s| s.key(&p.def.name, scope, parts)),
+        )
     };
-    let mut fields = Fields::default();
-    for (p, quota) in limits {
-        let key = match (&p.def.key, consumer) {
+    let keys_of = |p: &Policy, quota: bool| {
+        let key_of = |parts: &[&[u8]]| keyed(p, p.def.per_route.then_some(route.route_key), parts);
+        match (&p.def.key, consumer) {
             // A quota counts its consumer, whatever the policy's own key.
-            (_, Some(c)) if quota => key_of(p, &[b"consumer", c.0.name.as_bytes()]),
-            (KeyKind::Consumer, Some(c)) => key_of(p, &[b"consumer", c.0.name.as_bytes()]),
+            (_, Some(c)) if quota => key_of(&[b"consumer", c.0.name.as_bytes()]),
+            (KeyKind::Consumer, Some(c)) => key_of(&[b"consumer", c.0.name.as_bytes()]),
             (key, _) => match key {
-                KeyKind::Ip => key_of(p, &[b"ip", ip]),
+                KeyKind::Ip => key_of(&[b"ip", ip]),
                 KeyKind::Header(h) => match req.headers().get(h) {
-                    Some(v) => key_of(p, &[b"h", v.as_bytes()]),
-                    None => key_of(p, &[b"ip", ip]),
+                    Some(v) => key_of(&[b"h", v.as_bytes()]),
+                    None => key_of(&[b"ip", ip]),
                 },
-                KeyKind::Route => edge
-                    .rate_limits
-                    .hash_key(Some(route.route_key), &[b"route"]),
+                KeyKind::Route => keyed(p, Some(route.route_key), &[b"route"]),
                 // Anonymous requests are counted by address.
                 KeyKind::Subject | KeyKind::Consumer => match subject {
-                    Some((iss, sub)) => key_of(p, &[b"sub", iss.as_bytes(), sub.as_bytes()]),
-                    None => key_of(p, &[b"ip", ip]),
+                    Some((iss, sub)) => key_of(&[b"sub", iss.as_bytes(), sub.as_bytes()]),
+                    None => key_of(&[b"ip", ip]),
                 },
             },
-        };
+        }
+    };
+    let mut fields = Fields::default();
+    while let Some((p, quota)) = limits.next() {
+        if p.store.is_some() {
+            let rest = std::iter::once((p, quota))
+                .chain(limits)
+                .map(|(p, quota)| {
+                    let (local, shared) = keys_of(p, quota);
+                    Pending {
+                        policy: p.clone(),
+                        local,
+                        shared,
+                    }
+                })
+                .collect();
+            return Some(Checked::Shared(fields, rest));
+        }
+        let (key, _) = keys_of(p, quota);
         let outcome = p.check(key);
         fields.add(p, &outcome);
         if !outcome.allowed {
-            metrics::counter!(crate::telemetry::metrics::RATE_LIMITED, "policy" => p.def.name.clone())
-                .increment(1);
-            let refused = crate::error::Error::RateLimited {
-                message: format!(
-                    "rate limit \"{}\" exceeded ({} requests per {} ms, burst {}); retry in {} s",
-                    p.def.name,
-                    p.def.rate,
-                    p.def.per.as_millis(),
-                    p.def.burst,
-                    outcome.reset_secs
-                ),
-                retry_after: outcome.reset_secs,
-            };
-            return Some((fields, Err(refused)));
+            return Some(Checked::Done(fields, Err(refusal(p, &outcome))));
         }
     }
-    Some((fields, Ok(())))
+    Some(Checked::Done(fields, Ok(())))
 }
 
 #[cfg(test)]
@@ -613,6 +752,7 @@ mod tests {
             burst,
             per_route: false,
             max_keys,
+            shared: false,
         }
     }
 

@@ -31,6 +31,12 @@ pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
 /// By the JWKS URL, which only the config names: bounded.
 pub const JWKS_FETCH_FAILURES: &str = "gateway_jwks_fetch_failures_total";
+/// Rate-limit decisions made without the Redis store, by policy and reason
+/// (`timeout`, `error`, `down`).
+pub const RATE_LIMIT_STORE_FALLBACKS: &str = "gateway_ratelimit_store_fallbacks_total";
+/// 1 while the Redis rate-limit store answers, 0 while it is down; rendered
+/// from the live snapshot at each scrape (`RedisStore::render`).
+pub const RATE_LIMIT_STORE_UP: &str = "gateway_ratelimit_store_up";
 /// notAfter of each certificate the listener serves, by its first DNS name;
 /// rendered from the live snapshot at each scrape (`edge::tls::Tls::render`),
 /// so a certificate taken out of the config leaves no stale series.
@@ -117,6 +123,10 @@ fn describe() {
         "Requests refused by authentication or authorization, by reason"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by policy");
+    describe_counter!(
+        RATE_LIMIT_STORE_FALLBACKS,
+        "Rate-limit decisions made without the Redis store (locally, or refused when fail_closed), by policy and reason"
+    );
     describe_counter!(
         CORS_PREFLIGHTS,
         "CORS preflight requests answered by the gateway, by result"

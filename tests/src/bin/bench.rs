@@ -40,6 +40,13 @@
 //! handshake, for the handshake scenarios) is printed against the plaintext
 //! small GET's from the same run.
 //!
+//! Two scenarios put a rate limit on the small GET, one that never
+//! refuses: `limited local` (the process's own buckets) and `limited redis`
+//! (`store = "redis"`: one round trip to a redis-server the bench starts on
+//! a free port, skipped with a message when redis-server is missing), so
+//! the CPU and p99 of a shared decision show against a local one in one
+//! run: `--only limited`.
+//!
 //! The load client is in this process: a lean hyper HTTP/1.1 client (one
 //! keep-alive connection per worker, no JSON parsing) for the gateway, and a
 //! tonic client over one HTTP/2 connection for the direct path, the way gRPC
@@ -318,6 +325,7 @@ fn write_config(
     filler: usize,
     workers: Option<usize>,
     expose: bool,
+    limits: Limits<'_>,
 ) -> Result<(PathBuf, u16, u16)> {
     std::fs::create_dir_all(dir.join("descriptors"))?;
     std::fs::write(dir.join("descriptors/bench.proto"), BENCH_PROTO)?;
@@ -338,6 +346,20 @@ fn write_config(
             ""
         }
     );
+    if let Limits::Local | Limits::Redis(_) = limits {
+        // Limits that never refuse: what is measured is the decision.
+        cfg.push_str(
+            "[rate_limits.policies.bench_local]\nkey = \"ip\"\nrate = 100000000\n\n\
+             [[routes]]\nmethod = \"GET\"\npath = \"/v1/limited/local/{id}\"\ngrpc = \"bench.v1.Bench/GetItem\"\nrate_limit = [\"bench_local\"]\n\n",
+        );
+    }
+    if let Limits::Redis(url) = limits {
+        cfg.push_str(&format!(
+            "[redis]\nurl = \"{url}\"\n\n\
+             [rate_limits.policies.bench_redis]\nkey = \"ip\"\nrate = 100000000\nstore = \"redis\"\n\n\
+             [[routes]]\nmethod = \"GET\"\npath = \"/v1/limited/redis/{{id}}\"\ngrpc = \"bench.v1.Bench/GetItem\"\nrate_limit = [\"bench_redis\"]\n\n",
+        ));
+    }
     for i in 0..filler {
         // Distinct shapes, so the trie really holds `filler` more routes.
         cfg.push_str(&format!(
@@ -349,6 +371,44 @@ fn write_config(
     let path = dir.join("routes.toml");
     std::fs::write(&path, cfg)?;
     Ok((path, port, admin))
+}
+
+/// The rate-limited routes a config gets.
+#[derive(Clone, Copy)]
+enum Limits<'a> {
+    /// None (the baseline binary may predate `store`).
+    None,
+    /// `limited local` only.
+    Local,
+    /// Both, the shared one on the redis-server at this URL.
+    Redis(&'a str),
+}
+
+/// A redis-server for the `limited redis` scenario, on a free port,
+/// without persistence; `None` (with a message) when it is not installed.
+fn start_redis() -> Result<Option<(Proc, String)>> {
+    let port = free_port()?;
+    let child = match Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipping \"limited redis\": redis-server cannot be started ({e}); apt-get install redis-server");
+            return Ok(None);
+        }
+    };
+    let proc = Proc(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("redis-server did not listen on {port} in 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some((proc, format!("redis://127.0.0.1:{port}/0"))))
 }
 
 async fn start_gateway(bin: &Path, config: &Path, admin: u16) -> Result<Proc> {
@@ -590,6 +650,9 @@ struct Scenario {
     /// binary, which may predate them; compared with this build's small
     /// GET instead.
     rpc: bool,
+    /// Behind a rate limit (`limited local`, `limited redis`): not run on a
+    /// `--baseline` binary either.
+    limited: bool,
 }
 
 fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
@@ -602,6 +665,8 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
         .context("CreateItemRequest")?;
     let mut get_msg = DynamicMessage::new(get_req);
     get_msg.set_field_by_name("id", Value::I64(12345));
+    let get_msg2 = get_msg.clone();
+    let item2 = item.clone();
     let body_of = |target: usize| -> Result<(Bytes, DynamicMessage)> {
         // Items until the JSON reaches the target size.
         let one = serde_json::to_value(sample_item(&item, 7))?;
@@ -648,6 +713,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 streaming: false,
             },
             rpc: false,
+            limited: false,
         },
         Scenario {
             name: "gRPC-Web unary",
@@ -664,6 +730,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 streaming: false,
             },
             rpc: true,
+            limited: false,
         },
         Scenario {
             name: "Connect unary",
@@ -680,6 +747,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 streaming: false,
             },
             rpc: true,
+            limited: false,
         },
         Scenario {
             name: format_leak(&format!("POST {} B", body_1k.len())),
@@ -696,6 +764,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 streaming: false,
             },
             rpc: false,
+            limited: false,
         },
         Scenario {
             name: format_leak(&format!("POST {} B", body_64k.len())),
@@ -712,6 +781,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 streaming: false,
             },
             rpc: false,
+            limited: false,
         },
         Scenario {
             name: format_leak(&format!("stream {STREAMED} items")),
@@ -728,8 +798,37 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 streaming: true,
             },
             rpc: false,
+            limited: false,
         },
+        limited_get("limited local", "local", &get_msg2, &item2)?,
+        limited_get("limited redis", "redis", &get_msg2, &item2)?,
     ])
+}
+
+/// The small GET behind a limit that never refuses, decided in `store`.
+fn limited_get(
+    name: &'static str,
+    store: &str,
+    get_msg: &DynamicMessage,
+    item: &MessageDescriptor,
+) -> Result<Scenario> {
+    Ok(Scenario {
+        name,
+        http: HttpCall {
+            method: http::Method::GET,
+            path: format!("/v1/limited/{store}/12345"),
+            body: Bytes::new(),
+            content_type: "application/json",
+        },
+        grpc: GrpcCall {
+            path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem"),
+            message: get_msg.clone(),
+            reply: item.clone(),
+            streaming: false,
+        },
+        rpc: false,
+        limited: true,
+    })
 }
 
 /// Scenario names live for the whole (short) program.
@@ -785,6 +884,55 @@ fn print_protocol_costs(table: &[(&str, RunResult, RunResult)]) {
     }
 }
 
+/// What a shared (Redis) rate-limit decision costs against a local one:
+/// the gateway's CPU per request and p99 of both scenarios, same run, and
+/// redis-server's own CPU per request.
+fn print_limit_costs(
+    table: &[(&str, RunResult, RunResult)],
+    redis_cpu: Option<f64>,
+    store: Option<&serde_json::Value>,
+) {
+    let row = |name: &str| table.iter().find(|(n, _, _)| *n == name).map(|(_, g, _)| g);
+    let (Some(local), Some(redis)) = (row("limited local"), row("limited redis")) else {
+        return;
+    };
+    let cpu = |r: &RunResult| r.gateway_cpu_us_per_req.unwrap_or(0.0);
+    println!(
+        "rate limit in Redis vs local: {:.1} vs {:.1} us gateway CPU/req ({:+.1} us), p99 {:.0} vs {:.0} us ({:+.0} us), {:.0} vs {:.0} req/s{}",
+        cpu(redis),
+        cpu(local),
+        cpu(redis) - cpu(local),
+        redis.p99_us,
+        local.p99_us,
+        redis.p99_us - local.p99_us,
+        redis.rps,
+        local.rps,
+        redis_cpu.map_or(String::new(), |c| format!("; redis-server {c:.1} us CPU/req")),
+    );
+    // Decisions that fell back were local ones: the comparison holds only
+    // if there are next to none.
+    if let Some(s) = store {
+        println!(
+            "Redis store: {} decisions, fallbacks {}",
+            s["decisions"], s["fallbacks"]
+        );
+    }
+}
+
+/// The gateway's Redis store state (`/admin/rate_limits`), if it has one.
+async fn store_state(admin: u16) -> Option<serde_json::Value> {
+    let client = reqwest::Client::builder().no_proxy().build().ok()?;
+    let v: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{admin}/admin/rate_limits"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(v["redis"].clone()).filter(|r| !r.is_null())
+}
+
 /// Median of the runs by rps (robust to one noisy run).
 fn median(mut runs: Vec<RunResult>) -> RunResult {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -796,15 +944,37 @@ async fn run_bench(opts: Options) -> Result<()> {
     let ticks = clock_ticks();
     let dur = Duration::from_secs(opts.seconds);
     let pool = bench_pool()?;
-    let scenarios = scenarios(&pool)?;
+    let selected = |name: &str| {
+        opts.only
+            .as_ref()
+            .is_none_or(|o| o.split(',').any(|part| name.contains(part)))
+    };
+    let redis = if selected("limited redis") {
+        start_redis()?
+    } else {
+        None
+    };
+    let scenarios: Vec<Scenario> = scenarios(&pool)?
+        .into_iter()
+        .filter(|s| s.name != "limited redis" || redis.is_some())
+        .collect();
     let (_backend, backend_addr) = start_backend()?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{backend_addr}"))?
         .tcp_nodelay(true)
         .connect()
         .await?;
     let work = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
-    let (config, port, admin) =
-        write_config(&work.join("small"), &backend_addr, 8, opts.workers, true)?;
+    let (config, port, admin) = write_config(
+        &work.join("small"),
+        &backend_addr,
+        8,
+        opts.workers,
+        true,
+        match &redis {
+            Some((_, url)) => Limits::Redis(url),
+            None => Limits::Local,
+        },
+    )?;
     let gw = start_gateway(&bin, &config, admin).await?;
     let rss_idle = vm(gw.0.id(), "VmRSS:")?;
     eprintln!(
@@ -821,6 +991,7 @@ async fn run_bench(opts: Options) -> Result<()> {
                 8,
                 opts.workers,
                 false,
+                Limits::None,
             )?;
             let proc = start_gateway(path, &config, admin).await?;
             let rss = vm(proc.0.id(), "VmRSS:")?;
@@ -837,12 +1008,9 @@ async fn run_bench(opts: Options) -> Result<()> {
     let mut table = Vec::new();
     let mut base_table = Vec::new();
     let mut small_get_max = 0.0;
+    let mut redis_cpu_per_req = None;
     for s in &scenarios {
-        if opts
-            .only
-            .as_ref()
-            .is_some_and(|o| !o.split(',').any(|part| s.name.contains(part)))
-        {
+        if !selected(s.name) {
             continue;
         }
         let mut gw_runs = Vec::new();
@@ -850,7 +1018,11 @@ async fn run_bench(opts: Options) -> Result<()> {
         let mut direct_runs = Vec::new();
         // Warm both paths (connections, allocator, caches).
         gateway_run(&gw, port, &s.http, Duration::from_millis(500), None, ticks).await?;
-        let base = base.as_ref().filter(|_| !s.rpc);
+        let base = base.as_ref().filter(|_| !s.rpc && !s.limited);
+        let redis_cpu = |redis: &Option<(Proc, String)>| match redis {
+            Some((p, _)) if s.name == "limited redis" => cpu_seconds(p.0.id(), ticks).ok(),
+            _ => None,
+        };
         if let Some((b, bport, _)) = base {
             gateway_run(b, *bport, &s.http, Duration::from_millis(500), None, ticks).await?;
         }
@@ -861,6 +1033,7 @@ async fn run_bench(opts: Options) -> Result<()> {
             None,
         )
         .await?;
+        let redis_before = redis_cpu(&redis);
         for round in 0..opts.rounds {
             eprintln!("{}: round {}/{}", s.name, round + 1, opts.rounds);
             gw_runs.push(progress(
@@ -878,6 +1051,10 @@ async fn run_bench(opts: Options) -> Result<()> {
                 grpc_load(channel.clone(), s.grpc.clone(), dur, None).await?,
             ));
         }
+        if let (Some(before), Some(after)) = (redis_before, redis_cpu(&redis)) {
+            let served: u64 = gw_runs.iter().map(|r| r.requests + r.errors).sum();
+            redis_cpu_per_req = Some((after - before) * 1e6 / served.max(1) as f64);
+        }
         let (g, d) = (median(gw_runs), median(direct_runs));
         if s.name == "small GET" {
             small_get_max = g.rps;
@@ -894,6 +1071,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         None => (Vec::new(), Vec::new()),
     };
     table.extend(https_rows);
+    let store = store_state(admin).await;
     let base_rows = match &base {
         Some((_, _, rss)) => {
             println!("\nbaseline ({rss:.1} MiB resident after start):");
@@ -907,6 +1085,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         let rows = print_table(&table);
         print_protocol_costs(&table);
         print_tls_costs(&table, &tls_notes);
+        print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
         return write_report(&opts, rows, base_rows, json!({}));
     }
 
@@ -927,6 +1106,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         10_000 - 3,
         opts.workers,
         false,
+        Limits::None,
     )?;
     let gw_10k = start_gateway(&bin, &config, admin).await?;
     let rss_10k = vm(gw_10k.0.id(), "VmRSS:")?;
@@ -992,6 +1172,7 @@ async fn run_bench(opts: Options) -> Result<()> {
     );
     print_protocol_costs(&table);
     print_tls_costs(&table, &tls_notes);
+    print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
     println!(
         "small GET with 10,000 routes: {:.0} req/s vs {:.0} with 10 routes (medians); median of {pairs} paired runs {:+.1}%",
         ten_k.rps,
@@ -1336,7 +1517,8 @@ async fn run_https(
         return Ok((Vec::new(), Vec::new()));
     }
     let dir = work.join("https");
-    let (config, port, admin) = write_config(&dir, backend_addr, 8, opts.workers, false)?;
+    let (config, port, admin) =
+        write_config(&dir, backend_addr, 8, opts.workers, false, Limits::None)?;
     let pki = gateway_tests::tls::Pki::new("bench CA");
     let (cert, key) = pki.issue(&[BENCH_TLS_NAME]);
     std::fs::write(dir.join("bench.crt"), cert)?;
