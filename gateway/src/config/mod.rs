@@ -589,10 +589,11 @@ pub struct ConsulConfig {
     /// in `warning` are used too (at their `Weights.Warning`); `critical` never are.
     #[serde(default = "yes")]
     pub passing_only: bool,
-    /// The agent's HTTP API, `http://` or `https://` (default: the
-    /// `CONSUL_HTTP_ADDR` environment variable, as Consul's CLI reads it,
-    /// else `http://127.0.0.1:8500`: the local agent, which every Consul
-    /// deployment runs).
+    /// The agent's HTTP API, `http://` or `https://` (default
+    /// `http://127.0.0.1:8500`: the local agent, which every Consul
+    /// deployment runs). When absent and the `CONSUL_HTTP_ADDR`
+    /// environment variable is set, as Consul's CLI reads it, that agent
+    /// is asked instead (`host:port` meaning http).
     #[schemars(with = "Option<String>")]
     pub address: Option<Spanned<String>>,
     /// Environment variable holding the ACL token (default
