@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod consul;
+pub mod etcd;
 pub mod fleet;
 
 use std::collections::BTreeMap;

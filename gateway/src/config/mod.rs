@@ -432,6 +432,10 @@ pub struct BackendConfig {
     /// Take the instances from Consul's health API instead of `endpoints`.
     #[schemars(with = "Option<ConsulConfig>")]
     pub consul: Option<Spanned<ConsulConfig>>,
+    /// Take the instances from the keys under an etcd prefix instead of
+    /// `endpoints`, watched (docs/operations.md).
+    #[schemars(with = "Option<EtcdConfig>")]
+    pub etcd: Option<Spanned<EtcdConfig>>,
     /// How often names in `endpoints` are resolved again (default 5s:
     /// CoreDNS serves Kubernetes records with a 5 s TTL, so asking more often
     /// would only return cached answers).
@@ -573,6 +577,48 @@ pub struct ConsulConfig {
     /// the agent, relative to routes.toml (the system roots are trusted too).
     #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
+}
+
+/// `etcd = { endpoints = ["http://127.0.0.1:2379"], prefix = "/services/users/" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// The cluster's client URLs, `http://` or `https://` (all one scheme),
+    /// tried in turn until one answers.
+    #[schemars(with = "Vec<String>")]
+    pub endpoints: Vec<Spanned<String>>,
+    /// Every key under this prefix is one instance; a `/` is added when it
+    /// does not end with one, so `/services/users` does not also match
+    /// `/services/users-old/...`.
+    #[schemars(with = "String")]
+    pub prefix: Spanned<String>,
+    /// How the values are written (default `plain`): `plain`, a value per
+    /// key that is `host:port`, `{"host": ..., "port": N}`,
+    /// `{"address": ..., "port": N}` or `{"Addr": "host:port"}`; or
+    /// `grpc-go`, the JSON that grpc-go's etcd naming writes,
+    /// `{"Op": 0, "Addr": "host:port", "Metadata": ...}`. A value that does
+    /// not fit is skipped with a warning.
+    #[schemars(with = "Option<String>")]
+    pub layout: Option<Spanned<String>>,
+    /// An etcd user to authenticate as (with `password_env`); no
+    /// authentication when absent.
+    #[schemars(with = "Option<String>")]
+    pub username: Option<Spanned<String>>,
+    /// Environment variable holding the user's password, read when the
+    /// watch starts.
+    #[schemars(with = "Option<String>")]
+    pub password_env: Option<Spanned<String>>,
+    /// With `https://` endpoints: a PEM file of CA certificates to trust,
+    /// relative to routes.toml (the system roots are trusted too).
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
+    /// With `https://` endpoints: a PEM client certificate chain, for a
+    /// cluster started with `--client-cert-auth`; with `key_file`.
+    #[schemars(with = "Option<String>")]
+    pub cert_file: Option<Spanned<String>>,
+    /// The PEM private key of `cert_file`.
+    #[schemars(with = "Option<String>")]
+    pub key_file: Option<Spanned<String>>,
 }
 
 /// Exactly one of the three.

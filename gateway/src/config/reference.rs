@@ -569,6 +569,7 @@ mod tests {
         text(&format!("{b}.consul.address"), consul::DEFAULT_ADDRESS);
         text(&format!("{b}.consul.token_env"), consul::DEFAULT_TOKEN_ENV);
         duration(&format!("{b}.consul.wait"), consul::DEFAULT_WAIT);
+        text(&format!("{b}.etcd.layout"), "plain");
 
         // Keys of `[backends.NAME]`.
         let b_number = |key: &str, want: f64| number(&format!("{b}.{key}"), want);

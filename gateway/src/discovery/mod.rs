@@ -1,6 +1,8 @@
 //! Where a backend's instances come from: a fixed list of addresses
 //! ([`static_list`]), a list whose DNS names are resolved again
-//! periodically ([`dns`]), or Consul's health API ([`consul`]). Sources
+//! periodically ([`dns`]), Consul's health API ([`consul`]), keys under an
+//! etcd prefix ([`etcd`]) or znodes under a ZooKeeper path ([`zookeeper`]),
+//! the last two sharing what their values may hold ([`value`]). Sources
 //! know nothing about connections or balancing: each hands complete,
 //! current lists of addresses to a [`Sink`] (the backend's pool), which
 //! swaps them in atomically.
@@ -30,7 +32,9 @@
 
 pub mod consul;
 pub mod dns;
+pub mod etcd;
 pub mod static_list;
+mod value;
 
 use std::any::Any;
 use std::fmt;
@@ -41,6 +45,7 @@ use tokio::task::AbortHandle;
 
 use consul::ConsulSpec;
 use dns::DnsSpec;
+use etcd::EtcdSpec;
 use static_list::StaticSpec;
 
 /// Where a backend's instances come from, as configured and validated.
@@ -54,6 +59,8 @@ pub enum DiscoverySpec {
     Dns(DnsSpec),
     /// A Consul service's healthy instances.
     Consul(ConsulSpec),
+    /// Keys under an etcd prefix, watched.
+    Etcd(EtcdSpec),
 }
 
 impl Default for DiscoverySpec {
@@ -81,6 +88,7 @@ impl DiscoverySpec {
             DiscoverySpec::Static(spec) => Box::new(spec.clone()),
             DiscoverySpec::Dns(spec) => Box::new(spec.clone()),
             DiscoverySpec::Consul(spec) => Box::new(consul::ConsulSource::new(spec.clone())?),
+            DiscoverySpec::Etcd(spec) => Box::new(etcd::EtcdSource::new(spec.clone())?),
         })
     }
 }
