@@ -79,7 +79,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// Backends by name; routes refer to them by that name. Each lists
-    /// `endpoints` or names a `consul` service (docs/operations.md).
+    /// `endpoints` or names a `consul` service, an `etcd` prefix or a
+    /// `zookeeper` path (docs/operations.md).
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, BackendConfig>")]
     pub backends: BTreeMap<String, Spanned<BackendConfig>>,
@@ -436,6 +437,10 @@ pub struct BackendConfig {
     /// `endpoints`, watched (docs/operations.md).
     #[schemars(with = "Option<EtcdConfig>")]
     pub etcd: Option<Spanned<EtcdConfig>>,
+    /// Take the instances from the children of a ZooKeeper znode instead of
+    /// `endpoints`, watched (docs/operations.md).
+    #[schemars(with = "Option<ZooKeeperConfig>")]
+    pub zookeeper: Option<Spanned<ZooKeeperConfig>>,
     /// How often names in `endpoints` are resolved again (default 5s:
     /// CoreDNS serves Kubernetes records with a 5 s TTL, so asking more often
     /// would only return cached answers).
@@ -619,6 +624,26 @@ pub struct EtcdConfig {
     /// The PEM private key of `cert_file`.
     #[schemars(with = "Option<String>")]
     pub key_file: Option<Spanned<String>>,
+}
+
+/// `zookeeper = { servers = ["127.0.0.1:2181"], path = "/services/users" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZooKeeperConfig {
+    /// The ensemble's servers, `host:port` each.
+    #[schemars(with = "Vec<String>")]
+    pub servers: Vec<Spanned<String>>,
+    /// The znode whose children are the instances (normally ephemeral
+    /// znodes), each holding `host:port`, `{"host": ..., "port": N}`,
+    /// Curator's `{"address": ..., "port": N, ...}` or `{"Addr": "host:port"}`.
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+    /// The gateway's session timeout, negotiated with the servers (default
+    /// 10s: ZooKeeper's and Curator's usual value, long enough to ride out a
+    /// leader election). After a longer outage a new session is opened and
+    /// the path read again.
+    #[schemars(with = "Option<DurationText>")]
+    pub session_timeout: Option<Spanned<String>>,
 }
 
 /// Exactly one of the three.

@@ -570,6 +570,10 @@ mod tests {
         text(&format!("{b}.consul.token_env"), consul::DEFAULT_TOKEN_ENV);
         duration(&format!("{b}.consul.wait"), consul::DEFAULT_WAIT);
         text(&format!("{b}.etcd.layout"), "plain");
+        duration(
+            &format!("{b}.zookeeper.session_timeout"),
+            crate::discovery::zookeeper::DEFAULT_SESSION_TIMEOUT,
+        );
 
         // Keys of `[backends.NAME]`.
         let b_number = |key: &str, want: f64| number(&format!("{b}.{key}"), want);

@@ -35,6 +35,7 @@ pub mod dns;
 pub mod etcd;
 pub mod static_list;
 mod value;
+pub mod zookeeper;
 
 use std::any::Any;
 use std::fmt;
@@ -61,6 +62,8 @@ pub enum DiscoverySpec {
     Consul(ConsulSpec),
     /// Keys under an etcd prefix, watched.
     Etcd(EtcdSpec),
+    /// Children of a ZooKeeper znode, watched.
+    ZooKeeper(zookeeper::ZooKeeperSpec),
 }
 
 impl Default for DiscoverySpec {
@@ -89,6 +92,7 @@ impl DiscoverySpec {
             DiscoverySpec::Dns(spec) => Box::new(spec.clone()),
             DiscoverySpec::Consul(spec) => Box::new(consul::ConsulSource::new(spec.clone())?),
             DiscoverySpec::Etcd(spec) => Box::new(etcd::EtcdSource::new(spec.clone())?),
+            DiscoverySpec::ZooKeeper(spec) => Box::new(spec.clone()),
         })
     }
 }

@@ -14,6 +14,7 @@ use super::{
 use crate::config::{BackendConfig, ConfigError, LoadedFile};
 use crate::discovery::consul::{self, ConsulSpec, TokenSource};
 use crate::discovery::etcd::{self, EtcdSpec};
+use crate::discovery::zookeeper::{self, ZooKeeperSpec};
 use crate::discovery::{dns, DiscoverySpec};
 
 /// Checks a backend's discovery, balancing and resilience settings.
@@ -261,6 +262,7 @@ fn discovery_spec(
     let registries: Vec<(&str, Spanned<()>)> = [
         ("consul", b.consul.as_ref().map(|c| c.span())),
         ("etcd", b.etcd.as_ref().map(|c| c.span())),
+        ("zookeeper", b.zookeeper.as_ref().map(|c| c.span())),
     ]
     .into_iter()
     .filter_map(|(n, span)| span.map(|s| (n, Spanned::new(s, ()))))
@@ -269,7 +271,7 @@ fn discovery_spec(
         errors.push(file.error(
             spanned,
             at("endpoints"),
-            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" } (or an etcd prefix with etcd = { ... })",
+            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" } (or an etcd prefix with etcd = { ... }, a ZooKeeper path with zookeeper = { ... })",
         ));
     }
     for (i, (registry, span)) in registries.iter().enumerate() {
@@ -298,16 +300,21 @@ fn discovery_spec(
         .etcd
         .as_ref()
         .and_then(|c| etcd_spec(file, name, c, errors));
+    let zookeeper = b
+        .zookeeper
+        .as_ref()
+        .and_then(|c| zookeeper_spec(file, name, c, errors));
     let refresh = file.duration(
         &b.dns_refresh,
         &at("dns_refresh"),
         dns::DEFAULT_REFRESH,
         errors,
     );
-    match (consul, etcd) {
-        (Some(spec), _) => DiscoverySpec::Consul(spec),
-        (None, Some(spec)) => DiscoverySpec::Etcd(spec),
-        (None, None) => DiscoverySpec::endpoints(
+    match (consul, etcd, zookeeper) {
+        (Some(spec), _, _) => DiscoverySpec::Consul(spec),
+        (None, Some(spec), _) => DiscoverySpec::Etcd(spec),
+        (None, None, Some(spec)) => DiscoverySpec::ZooKeeper(spec),
+        (None, None, None) => DiscoverySpec::endpoints(
             b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
             refresh,
         ),
@@ -366,6 +373,76 @@ fn pem_file(
             None
         }
     }
+}
+
+fn zookeeper_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::ZooKeeperConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ZooKeeperSpec> {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.zookeeper.{f}");
+    let before = errors.len();
+    if c.servers.is_empty() {
+        errors.push(file.error(
+            spanned,
+            at("servers"),
+            "list the ensemble's servers, e.g. servers = [\"127.0.0.1:2181\"]",
+        ));
+    }
+    let mut servers = Vec::new();
+    for s in &c.servers {
+        let v = s.get_ref().trim();
+        let ok = v.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', ',', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            errors.push(file.error(
+                s,
+                at("servers"),
+                format!("\"{v}\" is not host:port; write e.g. \"zk1.internal:2181\""),
+            ));
+        }
+        servers.push(v.to_owned());
+    }
+    let raw = c.path.get_ref().trim();
+    let path = if raw.len() > 1 {
+        raw.trim_end_matches('/')
+    } else {
+        raw
+    };
+    if !path.starts_with('/') || path == "/" || path.contains("//") {
+        errors.push(file.error(
+            &c.path,
+            at("path"),
+            format!(
+                "\"{raw}\" is not a znode path; write the parent of the instances' znodes, e.g. \"/services/users\""
+            ),
+        ));
+    }
+    let session_timeout = file.duration(
+        &c.session_timeout,
+        &at("session_timeout"),
+        zookeeper::DEFAULT_SESSION_TIMEOUT,
+        errors,
+    );
+    if session_timeout < Duration::from_secs(1) {
+        if let Some(t) = &c.session_timeout {
+            errors.push(file.error(
+                t,
+                at("session_timeout"),
+                "must be at least 1s (servers raise it to twice their tickTime anyway)",
+            ));
+        }
+    }
+    (errors.len() == before).then(|| ZooKeeperSpec {
+        servers,
+        path: path.to_owned(),
+        session_timeout,
+    })
 }
 
 fn etcd_spec(
