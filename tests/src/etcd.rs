@@ -18,11 +18,23 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
+/// PEM files for an etcd that serves its client port over TLS.
+pub struct EtcdTls {
+    /// The CA that signed the server's (and the client's) certificate.
+    pub ca_pem: String,
+    /// A certificate for `127.0.0.1` and its key.
+    pub server: (String, String),
+    /// With a client certificate and its key: etcd requires one signed by
+    /// the CA (`--client-cert-auth`).
+    pub client: Option<(String, String)>,
+}
+
 /// A single-member etcd cluster (see the module comment).
 pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     dir: PathBuf,
+    tls: bool,
     child: Option<Child>,
     http: reqwest::Client,
     /// Sent as `Authorization` once auth is enabled.
@@ -44,6 +56,7 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             dir: crate::temp_dir("etcd"),
+            tls: false,
             child: None,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             token: None,
@@ -52,16 +65,57 @@ impl EtcdServer {
         s
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// Starts etcd serving `https://` with `tls`; the helper's own client
+    /// trusts the CA and presents the client certificate.
+    pub async fn start_tls(tls: &EtcdTls) -> EtcdServer {
+        let dir = crate::temp_dir("etcd");
+        std::fs::write(dir.join("ca.pem"), &tls.ca_pem).unwrap();
+        std::fs::write(dir.join("server.pem"), &tls.server.0).unwrap();
+        std::fs::write(dir.join("server-key.pem"), &tls.server.1).unwrap();
+        let mut http = reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap());
+        if let Some((cert, key)) = &tls.client {
+            std::fs::write(dir.join("client-required"), "").unwrap();
+            let id = reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap();
+            http = http.identity(id);
+        }
+        let mut s = EtcdServer {
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            tls: true,
+            child: None,
+            http: http.build().unwrap(),
+            token: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     async fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(etcd_bin())
+        let mut cmd = Command::new(etcd_bin());
+        if self.tls {
+            cmd.arg("--cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--key-file")
+                .arg(self.dir.join("server-key.pem"));
+            if self.dir.join("client-required").exists() {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(self.dir.join("ca.pem"));
+            }
+        }
+        let child = cmd
             .args(["--name", "test"])
             .arg("--data-dir")
             .arg(self.dir.join("data"))

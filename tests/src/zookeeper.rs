@@ -113,6 +113,14 @@ impl ZooKeeperServer {
         self.spawn().await;
     }
 
+    /// Starts it again on the same port with no data: every session the
+    /// clients held is unknown to it, so they are told it expired.
+    pub async fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.dir.join("data"));
+        self.spawn().await;
+    }
+
     /// A session of the test's own, e.g. to create the parent path.
     pub async fn client(&self) -> zk::Client {
         zk::Client::connector()

@@ -319,3 +319,88 @@ etcd = {{ endpoints = ["https://127.0.0.1:2379"], prefix = "/s/", ca_file = "no-
         );
     }
 }
+
+/// A CA and certificates it signed, as PEM (rcgen, made at test time).
+struct Pki {
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "etcd test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Pki {
+            ca_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate, key) for `name` (an IP address becomes an IP SAN).
+    fn issue(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+#[tokio::test]
+async fn etcd_over_mutual_tls_is_read_with_the_ca_and_client_certificate() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("gateway");
+    let etcd = EtcdServer::start_tls(&gateway_tests::etcd::EtcdTls {
+        ca_pem: pki.ca_pem.clone(),
+        server: pki.issue("127.0.0.1"),
+        client: Some((cert.clone(), key.clone())),
+    })
+    .await;
+    let a = TestInstance::start("a");
+    etcd.put("/s/echo/a", &a.addr).await;
+    let dir = gateway_tests::temp_dir("etcd-client-tls");
+    for (name, pem) in [
+        ("ca.pem", &pki.ca_pem),
+        ("cert.pem", &cert),
+        ("key.pem", &key),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let file = |n: &str| gateway_tests::toml_path(&dir.join(n));
+    let tls = format!(
+        r#", ca_file = "{}", cert_file = "{}", key_file = "{}""#,
+        file("ca.pem"),
+        file("cert.pem"),
+        file("key.pem")
+    );
+    let gw = RegistryGateway::start(&source(&etcd, "/s/echo/", &tls)).await;
+    assert_eq!(gw.echo().await.unwrap(), "a");
+    let b = TestInstance::start("b");
+    etcd.put("/s/echo/b", &b.addr).await;
+    gw.served_by_all(&["a", "b"], Duration::from_secs(3)).await;
+
+    // Without the client certificate etcd refuses the handshake.
+    let ca_only = format!(r#", ca_file = "{}""#, file("ca.pem"));
+    let refused = RegistryGateway::start(&source(&etcd, "/s/echo/", &ca_only)).await;
+    eventually(
+        "the refusal is reported",
+        Duration::from_secs(5),
+        async || refused.admin_backend().await["discovery"]["error"].is_string(),
+    )
+    .await;
+    let d = refused.admin_backend().await["discovery"].clone();
+    assert_eq!(d["state"], "failing (no endpoints yet)", "{d}");
+    assert!(
+        d["error"].as_str().unwrap().contains("cannot reach etcd"),
+        "{d}"
+    );
+}

@@ -221,3 +221,30 @@ etcd = {{ endpoints = ["http://127.0.0.1:2379"], prefix = "/s/" }}
         );
     }
 }
+
+#[tokio::test]
+async fn an_expired_session_is_replaced_and_the_path_read_again() {
+    let mut zk = ZooKeeperServer::start().await;
+    let a = TestInstance::start("a");
+    let ra = zk.register("/s/echo", "a", &a.addr).await;
+    let gw = RegistryGateway::start(&source(&zk, "/s/echo")).await;
+    assert_eq!(gw.echo().await.unwrap(), "a");
+
+    // A ZooKeeper that lost its data knows none of the sessions: the
+    // gateway's is expired, and a new one finds the path empty.
+    drop(ra);
+    zk.restart_empty().await;
+    eventually(
+        "the new session reads the empty path",
+        Duration::from_secs(20),
+        async || gw.endpoints().is_empty(),
+    )
+    .await;
+    let b = TestInstance::start("b");
+    let _rb = zk.register("/s/echo", "b", &b.addr).await;
+    eventually("b joins", Duration::from_secs(5), async || {
+        gw.echo().await.ok().as_deref() == Some("b")
+    })
+    .await;
+    assert_eq!(gw.admin_backend().await["discovery"]["state"], "ok");
+}
