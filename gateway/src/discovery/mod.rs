@@ -340,6 +340,53 @@ mod tests {
         assert!(!same(list(&["10.0.0.1:1"], 5), consul("users", true)));
     }
 
+    fn etcd(prefix: &str, layout: etcd::Layout) -> DiscoverySpec {
+        DiscoverySpec::Etcd(EtcdSpec {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: prefix.into(),
+            layout,
+            username: None,
+            password_env: None,
+            ca_pem: None,
+            identity_pem: None,
+        })
+    }
+
+    fn zookeeper(path: &str, timeout_s: u64) -> DiscoverySpec {
+        DiscoverySpec::ZooKeeper(zookeeper::ZooKeeperSpec {
+            servers: vec!["127.0.0.1:2181".into()],
+            path: path.into(),
+            session_timeout: Duration::from_secs(timeout_s),
+        })
+    }
+
+    #[test]
+    fn registries_name_themselves_and_keep_endpoints_only_for_the_same_keys() {
+        let same = |a: DiscoverySpec, b: DiscoverySpec| {
+            a.source().unwrap().same_source(&*b.source().unwrap())
+        };
+        let plain = etcd::Layout::Plain;
+        let s = etcd("/s/", plain).source().unwrap();
+        assert_eq!(
+            (s.kind().name(), s.describe()),
+            (
+                "etcd",
+                "etcd prefix \"/s/\" (plain) at http://127.0.0.1:2379".to_owned()
+            )
+        );
+        assert!(same(etcd("/s/", plain), etcd("/s/", plain)));
+        assert!(!same(etcd("/s/", plain), etcd("/t/", plain)));
+        assert!(!same(etcd("/s/", plain), etcd("/s/", etcd::Layout::GrpcGo)));
+        assert_eq!(
+            zookeeper("/s", 10).source().unwrap().kind().name(),
+            "zookeeper"
+        );
+        assert!(same(zookeeper("/s", 10), zookeeper("/s", 20)));
+        assert!(!same(zookeeper("/s", 10), zookeeper("/t", 10)));
+        assert!(!same(zookeeper("/s", 10), etcd("/s/", plain)));
+        assert!(!same(etcd("/s/", plain), consul("s", true)));
+    }
+
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let base = Duration::from_millis(100);
