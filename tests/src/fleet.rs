@@ -239,3 +239,129 @@ pub async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A gateway (REST and admin listeners) in this process, for the registry
+/// tests (etcd, ZooKeeper): the backend named `echo` serves
+/// `GET /v1/echo` from the instances its source lists.
+pub struct RegistryGateway {
+    pub rest: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub gw: Arc<gateway::server::Gateway>,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for RegistryGateway {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl RegistryGateway {
+    /// `source` is the discovery line of `[backends.echo]`, e.g.
+    /// `etcd = { endpoints = [...], prefix = "/s/" }`.
+    pub async fn start(source: &str) -> RegistryGateway {
+        let config = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+descriptors = "{descriptors}"
+
+[backends.echo]
+{source}
+services = ["testing.v1.Echo"]
+timeout = "2s"
+connect_timeout = "500ms"
+
+[[routes]]
+method = "GET"
+path = "/v1/echo"
+grpc = "testing.v1.Echo/Echo"
+"#,
+            descriptors = crate::toml_path(&crate::testing_descriptors()),
+        );
+        let path = crate::write_config(&config);
+        let snapshot = gateway::snapshot::Snapshot::load(&path)
+            .unwrap_or_else(|e| panic!("config does not load:\n{e}\n---\n{config}"));
+        let gw = gateway::server::Gateway::new(snapshot);
+        let rest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (rest_addr, admin_addr) = (rest.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(gateway::server::run(
+            rest,
+            Some(admin),
+            gw.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        RegistryGateway {
+            rest: rest_addr,
+            admin: admin_addr,
+            gw,
+            client: crate::http_client(),
+            stop: Some(tx),
+        }
+    }
+
+    /// Which instance served GET /v1/echo, or the status and body.
+    pub async fn echo(&self) -> Result<String, (u16, serde_json::Value)> {
+        let resp = self
+            .client
+            .get(format!("http://{}/v1/echo", self.rest))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /v1/echo: {e}"));
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        match status {
+            200 => Ok(body["name"].as_str().unwrap_or("").to_owned()),
+            _ => Err((status, body)),
+        }
+    }
+
+    /// The instances the backend uses now, sorted.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self.gw.snapshot().backends["echo"]
+            .endpoints
+            .current()
+            .endpoints
+            .iter()
+            .map(|e| e.addr.clone())
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// `/admin/backends`' entry for `echo`.
+    pub async fn admin_backend(&self) -> serde_json::Value {
+        let all: serde_json::Value = self
+            .client
+            .get(format!("http://{}/admin/backends", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all["backends"][0].clone()
+    }
+
+    /// Calls until each of `names` has served one, within `within`.
+    pub async fn served_by_all(&self, names: &[&str], within: Duration) {
+        let mut seen = std::collections::BTreeSet::new();
+        eventually(
+            &format!("every one of {names:?} serves"),
+            within,
+            async || {
+                if let Ok(n) = self.echo().await {
+                    seen.insert(n);
+                }
+                names.iter().all(|n| seen.contains(*n))
+            },
+        )
+        .await;
+    }
+}

@@ -6,7 +6,9 @@
 
 pub mod binary;
 pub mod consul;
+pub mod etcd;
 pub mod fleet;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

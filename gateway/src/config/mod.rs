@@ -83,7 +83,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// Backends by name; routes refer to them by that name. Each lists
-    /// `endpoints` or names a `consul` service (docs/operations.md).
+    /// `endpoints` or names a `consul` service, an `etcd` prefix or a
+    /// `zookeeper` path (docs/operations.md).
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, BackendConfig>")]
     pub backends: BTreeMap<String, Spanned<BackendConfig>>,
@@ -472,6 +473,14 @@ pub struct BackendConfig {
     /// Take the instances from Consul's health API instead of `endpoints`.
     #[schemars(with = "Option<ConsulConfig>")]
     pub consul: Option<Spanned<ConsulConfig>>,
+    /// Take the instances from the keys under an etcd prefix instead of
+    /// `endpoints`, watched (docs/operations.md).
+    #[schemars(with = "Option<EtcdConfig>")]
+    pub etcd: Option<Spanned<EtcdConfig>>,
+    /// Take the instances from the children of a ZooKeeper znode instead of
+    /// `endpoints`, watched (docs/operations.md).
+    #[schemars(with = "Option<ZooKeeperConfig>")]
+    pub zookeeper: Option<Spanned<ZooKeeperConfig>>,
     /// How often names in `endpoints` are resolved again (default 5s:
     /// CoreDNS serves Kubernetes records with a 5 s TTL, so asking more often
     /// would only return cached answers).
@@ -618,6 +627,68 @@ pub struct ConsulConfig {
     /// the agent, relative to routes.toml (the system roots are trusted too).
     #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
+}
+
+/// `etcd = { endpoints = ["http://127.0.0.1:2379"], prefix = "/services/users/" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// The cluster's client URLs, `http://` or `https://` (all one scheme),
+    /// tried in turn until one answers.
+    #[schemars(with = "Vec<String>")]
+    pub endpoints: Vec<Spanned<String>>,
+    /// Every key under this prefix is one instance; a `/` is added when it
+    /// does not end with one, so `/services/users` does not also match
+    /// `/services/users-old/...`.
+    #[schemars(with = "String")]
+    pub prefix: Spanned<String>,
+    /// How the values are written (default `plain`): `plain`, a value per
+    /// key that is `host:port`, `{"host": ..., "port": N}`,
+    /// `{"address": ..., "port": N}` or `{"Addr": "host:port"}`; or
+    /// `grpc-go`, the JSON that grpc-go's etcd naming writes,
+    /// `{"Op": 0, "Addr": "host:port", "Metadata": ...}`. A value that does
+    /// not fit is skipped with a warning.
+    #[schemars(with = "Option<String>")]
+    pub layout: Option<Spanned<String>>,
+    /// An etcd user to authenticate as (with `password_env`); no
+    /// authentication when absent.
+    #[schemars(with = "Option<String>")]
+    pub username: Option<Spanned<String>>,
+    /// Environment variable holding the user's password, read when the
+    /// watch starts.
+    #[schemars(with = "Option<String>")]
+    pub password_env: Option<Spanned<String>>,
+    /// With `https://` endpoints: a PEM file of CA certificates to trust,
+    /// relative to routes.toml (the system roots are trusted too).
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
+    /// With `https://` endpoints: a PEM client certificate chain, for a
+    /// cluster started with `--client-cert-auth`; with `key_file`.
+    #[schemars(with = "Option<String>")]
+    pub cert_file: Option<Spanned<String>>,
+    /// The PEM private key of `cert_file`.
+    #[schemars(with = "Option<String>")]
+    pub key_file: Option<Spanned<String>>,
+}
+
+/// `zookeeper = { servers = ["127.0.0.1:2181"], path = "/services/users" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZooKeeperConfig {
+    /// The ensemble's servers, `host:port` each.
+    #[schemars(with = "Vec<String>")]
+    pub servers: Vec<Spanned<String>>,
+    /// The znode whose children are the instances (normally ephemeral
+    /// znodes), each holding `host:port`, `{"host": ..., "port": N}`,
+    /// Curator's `{"address": ..., "port": N, ...}` or `{"Addr": "host:port"}`.
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+    /// The gateway's session timeout, negotiated with the servers (default
+    /// 10s: ZooKeeper's and Curator's usual value, long enough to ride out a
+    /// leader election). After a longer outage a new session is opened and
+    /// the path read again.
+    #[schemars(with = "Option<DurationText>")]
+    pub session_timeout: Option<Spanned<String>>,
 }
 
 /// Exactly one of the three.

@@ -566,6 +566,11 @@ mod tests {
             super::super::DEFAULT_SHUTDOWN_DELAY,
         );
         duration("server.drain_timeout", super::super::DEFAULT_DRAIN_TIMEOUT);
+        text(&format!("{b}.etcd.layout"), "plain");
+        duration(
+            &format!("{b}.zookeeper.session_timeout"),
+            crate::discovery::zookeeper::DEFAULT_SESSION_TIMEOUT,
+        );
         text(&format!("{b}.consul.address"), consul::DEFAULT_ADDRESS);
         text(&format!("{b}.consul.token_env"), consul::DEFAULT_TOKEN_ENV);
         duration(&format!("{b}.consul.wait"), consul::DEFAULT_WAIT);

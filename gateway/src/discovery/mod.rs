@@ -1,6 +1,8 @@
 //! Where a backend's instances come from: a fixed list of addresses
 //! ([`static_list`]), a list whose DNS names are resolved again
-//! periodically ([`dns`]), or Consul's health API ([`consul`]). Sources
+//! periodically ([`dns`]), Consul's health API ([`consul`]), keys under an
+//! etcd prefix ([`etcd`]) or znodes under a ZooKeeper path ([`zookeeper`]),
+//! the last two sharing what their values may hold ([`value`]). Sources
 //! know nothing about connections or balancing: each hands complete,
 //! current lists of addresses to a [`Sink`] (the backend's pool), which
 //! swaps them in atomically.
@@ -30,7 +32,10 @@
 
 pub mod consul;
 pub mod dns;
+pub mod etcd;
 pub mod static_list;
+mod value;
+pub mod zookeeper;
 
 use std::any::Any;
 use std::fmt;
@@ -41,6 +46,7 @@ use tokio::task::AbortHandle;
 
 use consul::ConsulSpec;
 use dns::DnsSpec;
+use etcd::EtcdSpec;
 use static_list::StaticSpec;
 
 /// Where a backend's instances come from, as configured and validated.
@@ -54,6 +60,10 @@ pub enum DiscoverySpec {
     Dns(DnsSpec),
     /// A Consul service's healthy instances.
     Consul(ConsulSpec),
+    /// Keys under an etcd prefix, watched.
+    Etcd(EtcdSpec),
+    /// Children of a ZooKeeper znode, watched.
+    ZooKeeper(zookeeper::ZooKeeperSpec),
 }
 
 impl Default for DiscoverySpec {
@@ -81,6 +91,8 @@ impl DiscoverySpec {
             DiscoverySpec::Static(spec) => Box::new(spec.clone()),
             DiscoverySpec::Dns(spec) => Box::new(spec.clone()),
             DiscoverySpec::Consul(spec) => Box::new(consul::ConsulSource::new(spec.clone())?),
+            DiscoverySpec::Etcd(spec) => Box::new(etcd::EtcdSource::new(spec.clone())?),
+            DiscoverySpec::ZooKeeper(spec) => Box::new(spec.clone()),
         })
     }
 }
@@ -326,6 +338,53 @@ mod tests {
         assert!(!same(consul("users", true), consul("orders", true)));
         assert!(!same(consul("users", true), list(&["10.0.0.1:1"], 5)));
         assert!(!same(list(&["10.0.0.1:1"], 5), consul("users", true)));
+    }
+
+    fn etcd(prefix: &str, layout: etcd::Layout) -> DiscoverySpec {
+        DiscoverySpec::Etcd(EtcdSpec {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: prefix.into(),
+            layout,
+            username: None,
+            password_env: None,
+            ca_pem: None,
+            identity_pem: None,
+        })
+    }
+
+    fn zookeeper(path: &str, timeout_s: u64) -> DiscoverySpec {
+        DiscoverySpec::ZooKeeper(zookeeper::ZooKeeperSpec {
+            servers: vec!["127.0.0.1:2181".into()],
+            path: path.into(),
+            session_timeout: Duration::from_secs(timeout_s),
+        })
+    }
+
+    #[test]
+    fn registries_name_themselves_and_keep_endpoints_only_for_the_same_keys() {
+        let same = |a: DiscoverySpec, b: DiscoverySpec| {
+            a.source().unwrap().same_source(&*b.source().unwrap())
+        };
+        let plain = etcd::Layout::Plain;
+        let s = etcd("/s/", plain).source().unwrap();
+        assert_eq!(
+            (s.kind().name(), s.describe()),
+            (
+                "etcd",
+                "etcd prefix \"/s/\" (plain) at http://127.0.0.1:2379".to_owned()
+            )
+        );
+        assert!(same(etcd("/s/", plain), etcd("/s/", plain)));
+        assert!(!same(etcd("/s/", plain), etcd("/t/", plain)));
+        assert!(!same(etcd("/s/", plain), etcd("/s/", etcd::Layout::GrpcGo)));
+        assert_eq!(
+            zookeeper("/s", 10).source().unwrap().kind().name(),
+            "zookeeper"
+        );
+        assert!(same(zookeeper("/s", 10), zookeeper("/s", 20)));
+        assert!(!same(zookeeper("/s", 10), zookeeper("/t", 10)));
+        assert!(!same(zookeeper("/s", 10), etcd("/s/", plain)));
+        assert!(!same(etcd("/s/", plain), consul("s", true)));
     }
 
     #[test]

@@ -13,6 +13,8 @@ use super::{
 };
 use crate::config::{BackendConfig, ConfigError, LoadedFile};
 use crate::discovery::consul::{self, ConsulSpec, TokenSource};
+use crate::discovery::etcd::{self, EtcdSpec};
+use crate::discovery::zookeeper::{self, ZooKeeperSpec};
 use crate::discovery::{dns, DiscoverySpec};
 
 /// Checks a backend's discovery, balancing and resilience settings.
@@ -256,36 +258,332 @@ fn discovery_spec(
 ) -> DiscoverySpec {
     let b = spanned.get_ref();
     let at = |f: &str| format!("backends.{name}.{f}");
-    match (&b.consul, b.endpoints.is_empty()) {
-        (None, true) => errors.push(file.error(
+    // The registries this backend names, with where each is written.
+    let registries: Vec<(&str, Spanned<()>)> = [
+        ("consul", b.consul.as_ref().map(|c| c.span())),
+        ("etcd", b.etcd.as_ref().map(|c| c.span())),
+        ("zookeeper", b.zookeeper.as_ref().map(|c| c.span())),
+    ]
+    .into_iter()
+    .filter_map(|(n, span)| span.map(|s| (n, Spanned::new(s, ()))))
+    .collect();
+    if registries.is_empty() && b.endpoints.is_empty() {
+        errors.push(file.error(
             spanned,
             at("endpoints"),
-            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" }",
-        )),
-        (Some(c), false) => errors.push(file.error(
-            c,
-            at("consul"),
-            "set either endpoints or consul, not both",
-        )),
-        _ => {}
+            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" } (or an etcd prefix with etcd = { ... }, a ZooKeeper path with zookeeper = { ... })",
+        ));
+    }
+    for (i, (registry, span)) in registries.iter().enumerate() {
+        if !b.endpoints.is_empty() {
+            errors.push(file.error(
+                span,
+                at(registry),
+                format!("set either endpoints or {registry}, not both"),
+            ));
+        } else if i > 0 {
+            errors.push(file.error(
+                span,
+                at(registry),
+                format!(
+                    "set one registry, not both {} and {registry}",
+                    registries[0].0
+                ),
+            ));
+        }
     }
     let consul = b
         .consul
         .as_ref()
         .and_then(|c| consul_spec(file, name, c, errors));
+    let etcd = b
+        .etcd
+        .as_ref()
+        .and_then(|c| etcd_spec(file, name, c, errors));
+    let zookeeper = b
+        .zookeeper
+        .as_ref()
+        .and_then(|c| zookeeper_spec(file, name, c, errors));
     let refresh = file.duration(
         &b.dns_refresh,
         &at("dns_refresh"),
         dns::DEFAULT_REFRESH,
         errors,
     );
-    match consul {
-        Some(spec) => DiscoverySpec::Consul(spec),
-        None => DiscoverySpec::endpoints(
+    match (consul, etcd, zookeeper) {
+        (Some(spec), _, _) => DiscoverySpec::Consul(spec),
+        (None, Some(spec), _) => DiscoverySpec::Etcd(spec),
+        (None, None, Some(spec)) => DiscoverySpec::ZooKeeper(spec),
+        (None, None, None) => DiscoverySpec::endpoints(
             b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
             refresh,
         ),
     }
+}
+
+/// A registry's `http://` or `https://` address, trimmed of a trailing
+/// slash; `None` (with an error naming `example`) when it is not one.
+fn registry_url(
+    file: &LoadedFile,
+    value: &Spanned<String>,
+    field: &str,
+    example: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let v = value.get_ref().trim().trim_end_matches('/');
+    let ok = ["http://", "https://"]
+        .iter()
+        .any(|s| v.len() > s.len() && v.starts_with(s))
+        && reqwest::Url::parse(v).is_ok_and(|u| u.host().is_some() && u.path() == "/");
+    if !ok {
+        errors.push(file.error(
+            value,
+            field,
+            format!("\"{v}\" is not an address; write e.g. \"{example}\""),
+        ));
+        return None;
+    }
+    Some(v.to_owned())
+}
+
+/// A PEM file named by `field`, read now so that a missing or empty one is
+/// a config error with its line rather than a watch that fails later.
+/// `check` says whether the bytes hold what is needed.
+fn pem_file(
+    file: &LoadedFile,
+    value: &Spanned<String>,
+    field: &str,
+    what: &str,
+    check: impl Fn(&[u8]) -> bool,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<u8>> {
+    let path = file.relative(value.get_ref());
+    match std::fs::read(&path) {
+        Ok(pem) if check(&pem) => Some(pem),
+        Ok(_) => {
+            errors.push(file.error(
+                value,
+                field,
+                format!("{} holds no PEM {what}", path.display()),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(file.error(value, field, format!("cannot read {}: {e}", path.display())));
+            None
+        }
+    }
+}
+
+fn zookeeper_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::ZooKeeperConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ZooKeeperSpec> {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.zookeeper.{f}");
+    let before = errors.len();
+    if c.servers.is_empty() {
+        errors.push(file.error(
+            spanned,
+            at("servers"),
+            "list the ensemble's servers, e.g. servers = [\"127.0.0.1:2181\"]",
+        ));
+    }
+    let mut servers = Vec::new();
+    for s in &c.servers {
+        let v = s.get_ref().trim();
+        let ok = v.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', ',', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            errors.push(file.error(
+                s,
+                at("servers"),
+                format!("\"{v}\" is not host:port; write e.g. \"zk1.internal:2181\""),
+            ));
+        }
+        servers.push(v.to_owned());
+    }
+    let raw = c.path.get_ref().trim();
+    let path = if raw.len() > 1 {
+        raw.trim_end_matches('/')
+    } else {
+        raw
+    };
+    if !path.starts_with('/') || path == "/" || path.contains("//") {
+        errors.push(file.error(
+            &c.path,
+            at("path"),
+            format!(
+                "\"{raw}\" is not a znode path; write the parent of the instances' znodes, e.g. \"/services/users\""
+            ),
+        ));
+    }
+    let session_timeout = file.duration(
+        &c.session_timeout,
+        &at("session_timeout"),
+        zookeeper::DEFAULT_SESSION_TIMEOUT,
+        errors,
+    );
+    if session_timeout < Duration::from_secs(1) {
+        if let Some(t) = &c.session_timeout {
+            errors.push(file.error(
+                t,
+                at("session_timeout"),
+                "must be at least 1s (servers raise it to twice their tickTime anyway)",
+            ));
+        }
+    }
+    (errors.len() == before).then(|| ZooKeeperSpec {
+        servers,
+        path: path.to_owned(),
+        session_timeout,
+    })
+}
+
+fn etcd_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::EtcdConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<EtcdSpec> {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.etcd.{f}");
+    let before = errors.len();
+    if c.endpoints.is_empty() {
+        errors.push(file.error(
+            spanned,
+            at("endpoints"),
+            "list the cluster's client URLs, e.g. endpoints = [\"http://127.0.0.1:2379\"]",
+        ));
+    }
+    let endpoints: Vec<String> = c
+        .endpoints
+        .iter()
+        .filter_map(|e| registry_url(file, e, &at("endpoints"), "http://127.0.0.1:2379", errors))
+        .collect();
+    let https = endpoints.iter().any(|e| e.starts_with("https://"));
+    if https && endpoints.iter().any(|e| e.starts_with("http://")) {
+        errors.push(file.error(
+            &c.endpoints[0],
+            at("endpoints"),
+            "mix no http:// and https:// endpoints: one cluster speaks one scheme",
+        ));
+    }
+    let mut prefix = c.prefix.get_ref().trim().to_owned();
+    if prefix.is_empty() || prefix == "/" {
+        errors.push(file.error(
+            &c.prefix,
+            at("prefix"),
+            "name the key prefix the instances are registered under, e.g. \"/services/users/\"",
+        ));
+    }
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let layout = match &c.layout {
+        None => etcd::Layout::Plain,
+        Some(l) => etcd::Layout::parse(l.get_ref().trim()).unwrap_or_else(|| {
+            errors.push(file.error(
+                l,
+                at("layout"),
+                format!(
+                    "\"{}\" is not a layout; use {}",
+                    l.get_ref(),
+                    etcd::Layout::NAMES
+                ),
+            ));
+            etcd::Layout::Plain
+        }),
+    };
+    match (&c.username, &c.password_env) {
+        (Some(u), None) => errors.push(file.error(
+            u,
+            at("password_env"),
+            "a username needs password_env, the environment variable holding its password",
+        )),
+        (None, Some(p)) => errors.push(file.error(
+            p,
+            at("username"),
+            "password_env needs the username it belongs to",
+        )),
+        (Some(u), Some(p)) => {
+            if u.get_ref().trim().is_empty() {
+                errors.push(file.error(u, at("username"), "name the etcd user"));
+            }
+            if p.get_ref().trim().is_empty() {
+                errors.push(file.error(p, at("password_env"), "name an environment variable"));
+            }
+        }
+        (None, None) => {}
+    }
+    let needs_https = |f: &Spanned<String>, key: &str, errors: &mut Vec<ConfigError>| {
+        if !https {
+            errors.push(file.error(f, at(key), format!("{key} needs https:// endpoints")));
+            return false;
+        }
+        true
+    };
+    let ca_pem = c.ca_file.as_ref().and_then(|f| {
+        needs_https(f, "ca_file", errors).then(|| {
+            pem_file(
+                file,
+                f,
+                &at("ca_file"),
+                "certificate",
+                |p| reqwest::Certificate::from_pem_bundle(p).is_ok_and(|c| !c.is_empty()),
+                errors,
+            )
+        })?
+    });
+    let identity_pem = match (&c.cert_file, &c.key_file) {
+        (Some(cert), Some(key)) => {
+            let ok = needs_https(cert, "cert_file", errors);
+            let is_pem = |p: &[u8]| String::from_utf8_lossy(p).contains("-----BEGIN ");
+            let cert_pem = pem_file(file, cert, &at("cert_file"), "certificate", is_pem, errors);
+            let key_pem = pem_file(file, key, &at("key_file"), "private key", is_pem, errors);
+            match (ok, cert_pem, key_pem) {
+                (true, Some(mut pem), Some(k)) => {
+                    pem.push(b'\n');
+                    pem.extend_from_slice(&k);
+                    if reqwest::Identity::from_pem(&pem).is_err() {
+                        errors.push(file.error(
+                            cert,
+                            at("cert_file"),
+                            "the certificate and key_file do not make a client identity (a certificate chain and its private key, PEM)",
+                        ));
+                    }
+                    Some(pem)
+                }
+                _ => None,
+            }
+        }
+        (Some(f), None) => {
+            errors.push(file.error(f, at("key_file"), "cert_file needs its key_file"));
+            None
+        }
+        (None, Some(f)) => {
+            errors.push(file.error(f, at("cert_file"), "key_file needs its cert_file"));
+            None
+        }
+        (None, None) => None,
+    };
+    (errors.len() == before).then(|| EtcdSpec {
+        endpoints,
+        prefix,
+        layout,
+        username: c.username.as_ref().map(|u| u.get_ref().trim().to_owned()),
+        password_env: c
+            .password_env
+            .as_ref()
+            .map(|p| p.get_ref().trim().to_owned()),
+        ca_pem,
+        identity_pem,
+    })
 }
 
 fn consul_spec(
