@@ -408,20 +408,27 @@ async fn without_propagators_b3_headers_are_neither_read_nor_sent_on() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_log_is_one_json_line_per_request_without_the_token() {
+/// Runs the binary with `log_format`, sends one GET carrying a token, and
+/// returns the access line for it (found by its request id under
+/// `id_field`), with the backend's address. The token must appear in no line.
+async fn one_access_line(
+    prefix: &str,
+    log_format: &str,
+    id_field: &str,
+) -> (HashMap<String, Json>, String) {
     let backend = spawn_backend(echo_server(&testing_pool())).await;
-    let dir = temp_dir("tm4");
+    let dir = temp_dir(prefix);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let text = config(&backend, "tm4").replacen(
-        "[server]\n",
-        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
-        1,
-    ) + "\n[admin]\nenabled = false\n\n[telemetry]\nlog_format = \"json\"\n";
+    let text =
+        config(&backend, prefix).replacen(
+            "[server]\n",
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+            1,
+        ) + &format!("\n[admin]\nenabled = false\n\n[telemetry]\nlog_format = \"{log_format}\"\n");
     let path = dir.join("routes.toml");
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(gateway_bin())
@@ -439,7 +446,7 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
         }
     });
     let client = http_client();
-    let url = format!("http://127.0.0.1:{port}/tm4/echo/hello");
+    let url = format!("http://127.0.0.1:{port}/{prefix}/echo/hello");
     let start = Instant::now();
     let resp = loop {
         if let Ok(r) = client
@@ -469,7 +476,7 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
         let Ok(Json::Object(fields)) = serde_json::from_str::<Json>(&line) else {
             continue;
         };
-        if fields.get("request_id").and_then(Json::as_str) == Some("log-test-1") {
+        if fields.get(id_field).and_then(Json::as_str) == Some("log-test-1") {
             access = Some(fields.into_iter().collect());
             break;
         }
@@ -478,8 +485,15 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
     let _ = child.wait();
     let access =
         access.unwrap_or_else(|| panic!("no access line for the request in:\n{}", all.join("\n")));
+    (access, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_one_json_line_per_request_without_the_token() {
+    let (access, backend) = one_access_line("tm4", "json", "request_id").await;
     assert_eq!(access["target"], "access");
     assert_eq!(access["http.method"], "GET");
+    assert_eq!(access["url.path"], "/tm4/echo/hello");
     assert_eq!(access["route"], "/tm4/echo/{string_field}");
     assert_eq!(access["http.status"], 200);
     assert_eq!(access["grpc.method"], "testing.v1.Echo/Echo");
@@ -489,6 +503,46 @@ async fn access_log_is_one_json_line_per_request_without_the_token() {
     assert!(access["duration_us"].as_u64().is_some());
     assert!(access["bytes_out"].as_u64().unwrap() > 0);
     assert_eq!(access["retries"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_in_ecs_form_uses_the_elastic_common_schema_names() {
+    let (a, backend) = one_access_line("tm10", "ecs", "http.request.id").await;
+    assert_eq!(a["log.logger"], "access");
+    assert_eq!(a["log.level"], "info");
+    assert_eq!(a["ecs.version"], gateway::telemetry::ecs::ECS_VERSION);
+    assert_eq!(a["event.dataset"], "gateway.access");
+    assert_eq!(a["event.outcome"], "success");
+    assert_eq!(a["http.request.method"], "GET");
+    assert_eq!(a["url.path"], "/tm10/echo/hello");
+    assert_eq!(a["http.response.status_code"], 200);
+    assert_eq!(a["client.ip"], "127.0.0.1");
+    assert_eq!(a["destination.address"], backend.as_str());
+    assert_eq!(a["gateway.route"], "/tm10/echo/{string_field}");
+    assert_eq!(a["gateway.grpc.method"], "testing.v1.Echo/Echo");
+    assert!(a["http.response.body.bytes"].as_u64().unwrap() > 0);
+    let trace = a["trace.id"].as_str().unwrap();
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{trace}"
+    );
+    // Nanoseconds, as ECS counts event.duration: at least a microsecond.
+    assert!(a["event.duration"].as_u64().unwrap() >= 1_000, "{a:?}");
+    // RFC 3339 in UTC.
+    let ts = a["@timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'),
+        "{ts}"
+    );
+    for old in [
+        "http.method",
+        "http.status",
+        "duration_us",
+        "request_id",
+        "route",
+    ] {
+        assert!(!a.contains_key(old), "{old} kept its non-ECS name: {a:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

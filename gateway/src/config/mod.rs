@@ -276,7 +276,9 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// `text` (human-readable, the default), `json` (one JSON object per
-    /// line, for ELK or Loki), or `auto`: text on a terminal, JSON otherwise.
+    /// line, for Loki or any JSON reader), `ecs` (JSON lines with Elastic
+    /// Common Schema field names, for ELK), or `auto`: text on a terminal,
+    /// JSON otherwise.
     #[serde(default)]
     pub log_format: LogFormat,
     /// Default log level (`error`, `warn`, `info`, `debug`, `trace`) or a full
@@ -415,6 +417,10 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// One JSON object per line with Elastic Common Schema field names
+    /// (`@timestamp`, `http.request.method`, `url.path`, ...), for Filebeat
+    /// or Logstash without a parsing pipeline.
+    Ecs,
 }
 
 fn default_log_level() -> String {

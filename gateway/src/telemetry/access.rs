@@ -218,6 +218,9 @@ where
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0);
         let log = self.log;
+        // The path as the client sent it, for the log line (the route names
+        // its template); a shared-buffer clone, made only when logging.
+        let uri = log.then(|| req.uri().clone());
         // Take the service that was polled ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -266,6 +269,7 @@ where
                     trace_id = %v(&trace.trace_id_hex()),
                     client.ip = %info.client.or(client.map(|c| c.ip())).map(|ip| ip.to_string()).unwrap_or_default(),
                     http.method = %v(method.as_str()),
+                    url.path = %v(uri.as_ref().map_or("", |u| u.path())),
                     route = %v(&route),
                     http.status = status,
                     grpc.method = %v(info.grpc_method.as_deref().unwrap_or("")),

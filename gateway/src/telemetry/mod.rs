@@ -3,6 +3,7 @@
 //! configured, OpenTelemetry traces exported over OTLP.
 
 pub mod access;
+pub mod ecs;
 pub mod metrics;
 pub mod otel;
 pub mod process;
@@ -53,8 +54,9 @@ pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ecs = cfg.log_format == crate::config::LogFormat::Ecs;
     let json = match cfg.log_format {
-        crate::config::LogFormat::Json => true,
+        crate::config::LogFormat::Json | crate::config::LogFormat::Ecs => true,
         crate::config::LogFormat::Text => false,
         crate::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
@@ -64,7 +66,9 @@ pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests running several gateways) keeps the first.
-    let installed = if json {
+    let installed = if ecs {
+        builder.event_format(ecs::EcsFormat).try_init()
+    } else if json {
         builder
             .json()
             .flatten_event(true)
