@@ -404,3 +404,78 @@ async fn etcd_over_mutual_tls_is_read_with_the_ca_and_client_certificate() {
         "{d}"
     );
 }
+
+#[tokio::test]
+async fn the_etcd_example_serves_the_instance_its_readme_registers() {
+    let root = gateway_tests::repo_root();
+    let text = std::fs::read_to_string(root.join("examples/etcd/routes.toml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("examples/etcd/README.md")).unwrap();
+    // The key the README writes is under the prefix the config watches.
+    let key = "/services/bookstore/demo";
+    assert!(readme.contains(&format!("etcdctl put {key} 127.0.0.1:50051")));
+    for needle in [
+        "http://127.0.0.1:2379",
+        "../../descriptors",
+        "prefix = \"/services/bookstore/\"",
+    ] {
+        assert!(
+            text.contains(needle),
+            "examples/etcd/routes.toml no longer has {needle}"
+        );
+    }
+    let etcd = EtcdServer::start().await;
+    let backend = gateway_tests::spawn_backend(gateway::example::bookstore::server(
+        &gateway_tests::bookstore_pool(),
+    ))
+    .await;
+    etcd.put(key, &backend).await;
+    let admin = gateway_tests::dead_addr().await;
+    let config = gateway_tests::write_config(
+        &text
+            .replace("http://127.0.0.1:2379", &etcd.url())
+            .replace(
+                "../../descriptors",
+                &gateway_tests::toml_path(&root.join("descriptors")),
+            )
+            .replace("127.0.0.1:8083", "127.0.0.1:0")
+            .replace("127.0.0.1:9083", &admin),
+    );
+    let (_child, rest) =
+        gateway_tests::binary::spawn_listening(&["serve", "--config", config.to_str().unwrap()])
+            .await;
+    let client = gateway_tests::http_client();
+    let status = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{rest}{path}");
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    eventually(
+        "the example serves the instance in etcd",
+        Duration::from_secs(10),
+        async || status("/v1/shelves").await == 200,
+    )
+    .await;
+    let backends: serde_json::Value = client
+        .get(format!("http://{admin}/admin/backends"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(backends["backends"][0]["source"], "etcd", "{backends}");
+    etcd.delete(key).await;
+    eventually(
+        "a deleted key takes the instance away",
+        Duration::from_secs(10),
+        async || status("/v1/shelves").await == 503,
+    )
+    .await;
+}
