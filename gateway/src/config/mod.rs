@@ -487,6 +487,14 @@ pub struct BackendConfig {
     /// `endpoints`, watched (docs/operations.md).
     #[schemars(with = "Option<ZooKeeperConfig>")]
     pub zookeeper: Option<Spanned<ZooKeeperConfig>>,
+    /// Take the instances from a Nacos service's instance list instead of
+    /// `endpoints`, polled (docs/operations.md).
+    #[schemars(with = "Option<NacosConfig>")]
+    pub nacos: Option<Spanned<NacosConfig>>,
+    /// Take the instances from a Eureka application instead of
+    /// `endpoints`, polled with delta fetches (docs/operations.md).
+    #[schemars(with = "Option<EurekaConfig>")]
+    pub eureka: Option<Spanned<EurekaConfig>>,
     /// How often names in `endpoints` are resolved again (default 5s:
     /// CoreDNS serves Kubernetes records with a 5 s TTL, so asking more often
     /// would only return cached answers).
@@ -695,6 +703,58 @@ pub struct ZooKeeperConfig {
     /// the path read again.
     #[schemars(with = "Option<DurationText>")]
     pub session_timeout: Option<Spanned<String>>,
+}
+
+/// `nacos = { servers = ["http://127.0.0.1:8848"], service = "bookstore" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NacosConfig {
+    /// The Nacos servers' HTTP addresses, `http://` or `https://`, tried in
+    /// turn until one answers; the open API is under `/nacos/v1/` on each.
+    #[schemars(with = "Vec<String>")]
+    pub servers: Vec<Spanned<String>>,
+    /// The service name the instances are registered under.
+    #[schemars(with = "String")]
+    pub service: Spanned<String>,
+    /// The namespace ID (default: Nacos' `public` namespace).
+    #[schemars(with = "Option<String>")]
+    pub namespace: Option<Spanned<String>>,
+    /// The service's group (default `DEFAULT_GROUP`, Nacos' own).
+    #[schemars(with = "Option<String>")]
+    pub group: Option<Spanned<String>>,
+    /// Only instances of this cluster (default: every cluster).
+    #[schemars(with = "Option<String>")]
+    pub cluster: Option<Spanned<String>>,
+    /// How often the list is asked for again (default 5s: Nacos' clients
+    /// poll, and a gateway behind NAT cannot receive its UDP pushes).
+    #[schemars(with = "Option<DurationText>")]
+    pub refresh: Option<Spanned<String>>,
+    /// A Nacos user to log in as (with `password_env`), for a server with
+    /// auth enabled; the access token is renewed before its `tokenTtl`.
+    #[schemars(with = "Option<String>")]
+    pub username: Option<Spanned<String>>,
+    /// Environment variable holding the user's password, read when the
+    /// poll starts.
+    #[schemars(with = "Option<String>")]
+    pub password_env: Option<Spanned<String>>,
+}
+
+/// `eureka = { servers = ["http://127.0.0.1:8761/eureka"], app = "BOOKSTORE" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EurekaConfig {
+    /// The Eureka servers' REST base URLs, `http://` or `https://`
+    /// (usually ending in `/eureka`), tried in turn until one answers.
+    #[schemars(with = "Vec<String>")]
+    pub servers: Vec<Spanned<String>>,
+    /// The application name the instances register under (Eureka upper-cases it).
+    #[schemars(with = "String")]
+    pub app: Spanned<String>,
+    /// How often the registry is asked for changes (default 30s, Eureka's
+    /// clients' `registryFetchIntervalSeconds`; its servers refresh their
+    /// answers every 30 s anyway).
+    #[schemars(with = "Option<DurationText>")]
+    pub refresh: Option<Spanned<String>>,
 }
 
 /// Exactly one of the three.

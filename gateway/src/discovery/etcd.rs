@@ -636,7 +636,7 @@ fn short(body: &[u8]) -> String {
 }
 
 /// reqwest keeps the useful part ("Connection refused") in the source chain.
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -33,6 +33,8 @@
 pub mod consul;
 pub mod dns;
 pub mod etcd;
+pub mod eureka;
+pub mod nacos;
 pub mod static_list;
 mod value;
 pub mod zookeeper;
@@ -64,6 +66,10 @@ pub enum DiscoverySpec {
     Etcd(EtcdSpec),
     /// Children of a ZooKeeper znode, watched.
     ZooKeeper(zookeeper::ZooKeeperSpec),
+    /// A Nacos service's instance list, polled.
+    Nacos(nacos::NacosSpec),
+    /// A Eureka application, polled with delta fetches.
+    Eureka(eureka::EurekaSpec),
 }
 
 impl Default for DiscoverySpec {
@@ -93,6 +99,8 @@ impl DiscoverySpec {
             DiscoverySpec::Consul(spec) => Box::new(consul::ConsulSource::new(spec.clone())?),
             DiscoverySpec::Etcd(spec) => Box::new(etcd::EtcdSource::new(spec.clone())?),
             DiscoverySpec::ZooKeeper(spec) => Box::new(spec.clone()),
+            DiscoverySpec::Nacos(spec) => Box::new(nacos::NacosSource::new(spec.clone())?),
+            DiscoverySpec::Eureka(spec) => Box::new(eureka::EurekaSource::new(spec.clone())?),
         })
     }
 }

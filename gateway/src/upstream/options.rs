@@ -14,6 +14,8 @@ use super::{
 use crate::config::{BackendConfig, ConfigError, LoadedFile};
 use crate::discovery::consul::{self, ConsulSpec, TokenSource};
 use crate::discovery::etcd::{self, EtcdSpec};
+use crate::discovery::eureka::{self, EurekaSpec};
+use crate::discovery::nacos::{self, NacosSpec};
 use crate::discovery::zookeeper::{self, ZooKeeperSpec};
 use crate::discovery::{dns, DiscoverySpec};
 
@@ -263,6 +265,8 @@ fn discovery_spec(
         ("consul", b.consul.as_ref().map(|c| c.span())),
         ("etcd", b.etcd.as_ref().map(|c| c.span())),
         ("zookeeper", b.zookeeper.as_ref().map(|c| c.span())),
+        ("nacos", b.nacos.as_ref().map(|c| c.span())),
+        ("eureka", b.eureka.as_ref().map(|c| c.span())),
     ]
     .into_iter()
     .filter_map(|(n, span)| span.map(|s| (n, Spanned::new(s, ()))))
@@ -271,7 +275,7 @@ fn discovery_spec(
         errors.push(file.error(
             spanned,
             at("endpoints"),
-            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" } (or an etcd prefix with etcd = { ... }, a ZooKeeper path with zookeeper = { ... })",
+            "no endpoints; list at least one host:port, or name a Consul service with consul = { service = \"...\" } (or an etcd prefix with etcd = { ... }, a ZooKeeper path with zookeeper = { ... }, a Nacos service with nacos = { ... }, a Eureka app with eureka = { ... })",
         ));
     }
     for (i, (registry, span)) in registries.iter().enumerate() {
@@ -304,17 +308,27 @@ fn discovery_spec(
         .zookeeper
         .as_ref()
         .and_then(|c| zookeeper_spec(file, name, c, errors));
+    let nacos = b
+        .nacos
+        .as_ref()
+        .and_then(|c| nacos_spec(file, name, c, errors));
+    let eureka = b
+        .eureka
+        .as_ref()
+        .and_then(|c| eureka_spec(file, name, c, errors));
     let refresh = file.duration(
         &b.dns_refresh,
         &at("dns_refresh"),
         dns::DEFAULT_REFRESH,
         errors,
     );
-    match (consul, etcd, zookeeper) {
-        (Some(spec), _, _) => DiscoverySpec::Consul(spec),
-        (None, Some(spec), _) => DiscoverySpec::Etcd(spec),
-        (None, None, Some(spec)) => DiscoverySpec::ZooKeeper(spec),
-        (None, None, None) => DiscoverySpec::endpoints(
+    match (consul, etcd, zookeeper, nacos, eureka) {
+        (Some(spec), ..) => DiscoverySpec::Consul(spec),
+        (None, Some(spec), ..) => DiscoverySpec::Etcd(spec),
+        (None, None, Some(spec), ..) => DiscoverySpec::ZooKeeper(spec),
+        (None, None, None, Some(spec), _) => DiscoverySpec::Nacos(spec),
+        (None, None, None, None, Some(spec)) => DiscoverySpec::Eureka(spec),
+        (None, None, None, None, None) => DiscoverySpec::endpoints(
             b.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
             refresh,
         ),
@@ -373,6 +387,157 @@ fn pem_file(
             None
         }
     }
+}
+
+/// A user and the variable holding its password come together or not at all.
+fn credentials(
+    file: &LoadedFile,
+    username: &Option<Spanned<String>>,
+    password_env: &Option<Spanned<String>>,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) {
+    match (username, password_env) {
+        (Some(u), None) => errors.push(file.error(
+            u,
+            at("password_env"),
+            "a username needs password_env, the environment variable holding its password",
+        )),
+        (None, Some(p)) => errors.push(file.error(
+            p,
+            at("username"),
+            "password_env needs the username it belongs to",
+        )),
+        (Some(u), Some(p)) => {
+            if u.get_ref().trim().is_empty() {
+                errors.push(file.error(u, at("username"), "name the user"));
+            }
+            if p.get_ref().trim().is_empty() {
+                errors.push(file.error(p, at("password_env"), "name an environment variable"));
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// A non-empty trimmed name, or an error saying what to write.
+fn name_value(
+    file: &LoadedFile,
+    value: &Spanned<String>,
+    field: String,
+    hint: &str,
+    errors: &mut Vec<ConfigError>,
+) -> String {
+    let v = value.get_ref().trim();
+    if v.is_empty() || v.contains(['&', '?', '#', '/', ' ']) {
+        errors.push(file.error(value, field, format!("\"{v}\" is not a name; {hint}")));
+    }
+    v.to_owned()
+}
+
+fn nacos_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::NacosConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<NacosSpec> {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.nacos.{f}");
+    let before = errors.len();
+    if c.servers.is_empty() {
+        errors.push(file.error(
+            spanned,
+            at("servers"),
+            "list the Nacos servers, e.g. servers = [\"http://127.0.0.1:8848\"]",
+        ));
+    }
+    let servers: Vec<String> = c
+        .servers
+        .iter()
+        .filter_map(|e| registry_url(file, e, &at("servers"), "http://127.0.0.1:8848", errors))
+        .collect();
+    let hint = "write the service name as registered, e.g. \"bookstore\"";
+    let service = name_value(file, &c.service, at("service"), hint, errors);
+    let optional = |v: &Option<Spanned<String>>, key: &str, errors: &mut Vec<ConfigError>| {
+        v.as_ref().map(|v| {
+            name_value(
+                file,
+                v,
+                at(key),
+                &format!("write the {key} as Nacos names it"),
+                errors,
+            )
+        })
+    };
+    let namespace = optional(&c.namespace, "namespace", errors);
+    let group =
+        optional(&c.group, "group", errors).unwrap_or_else(|| nacos::DEFAULT_GROUP.to_owned());
+    let cluster = optional(&c.cluster, "cluster", errors);
+    let refresh = file.duration(&c.refresh, &at("refresh"), nacos::DEFAULT_REFRESH, errors);
+    credentials(file, &c.username, &c.password_env, &at, errors);
+    (errors.len() == before).then(|| NacosSpec {
+        servers,
+        service,
+        namespace,
+        group,
+        cluster,
+        refresh,
+        username: c.username.as_ref().map(|u| u.get_ref().trim().to_owned()),
+        password_env: c
+            .password_env
+            .as_ref()
+            .map(|p| p.get_ref().trim().to_owned()),
+    })
+}
+
+fn eureka_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<crate::config::EurekaConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<EurekaSpec> {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.eureka.{f}");
+    let before = errors.len();
+    if c.servers.is_empty() {
+        errors.push(file.error(
+            spanned,
+            at("servers"),
+            "list the Eureka servers, e.g. servers = [\"http://127.0.0.1:8761/eureka\"]",
+        ));
+    }
+    let mut servers = Vec::new();
+    for s in &c.servers {
+        // Unlike other registries, Eureka's REST API lives under a path
+        // (`/eureka` by default, `/eureka/v2` in Netflix's own deployment).
+        let v = s.get_ref().trim().trim_end_matches('/');
+        let ok = ["http://", "https://"].iter().any(|p| v.starts_with(p))
+            && reqwest::Url::parse(v)
+                .is_ok_and(|u| u.host().is_some() && u.query().is_none() && u.fragment().is_none());
+        if ok {
+            servers.push(v.to_owned());
+        } else {
+            errors.push(file.error(
+                s,
+                at("servers"),
+                format!("\"{v}\" is not a URL; write e.g. \"http://127.0.0.1:8761/eureka\""),
+            ));
+        }
+    }
+    let app = name_value(
+        file,
+        &c.app,
+        at("app"),
+        "write the application name as registered, e.g. \"BOOKSTORE\"",
+        errors,
+    )
+    .to_ascii_uppercase();
+    let refresh = file.duration(&c.refresh, &at("refresh"), eureka::DEFAULT_REFRESH, errors);
+    (errors.len() == before).then_some(EurekaSpec {
+        servers,
+        app,
+        refresh,
+    })
 }
 
 fn zookeeper_spec(
