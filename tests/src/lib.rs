@@ -7,7 +7,9 @@
 pub mod binary;
 pub mod consul;
 pub mod etcd;
+pub mod eureka;
 pub mod fleet;
+pub mod nacos;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
