@@ -203,6 +203,14 @@ async fn nacos_outage_keeps_the_last_endpoints_with_no_failed_request_then_chang
         },
     )
     .await;
+    let exposition = gateway::telemetry::metrics::handle().render();
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l.starts_with("gateway_discovery_errors_total{")
+                && l.contains("source=\"nacos\"")),
+        "no discovery error counter in:\n{exposition}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut want = vec![a.addr.clone(), b.addr.clone()];
     want.sort();
