@@ -216,12 +216,12 @@ struct Kept {
 
 /// The local copy of the registry.
 #[derive(Debug, Default)]
-pub struct Copy {
+struct LocalCopy {
     /// By (app, instance id).
     instances: HashMap<(String, String), Kept>,
 }
 
-impl Copy {
+impl LocalCopy {
     fn put(&mut self, app: &str, ours: bool, i: &Instance) {
         self.instances.insert(
             (app.to_ascii_uppercase(), i.id()),
@@ -262,9 +262,9 @@ fn parse(body: &[u8]) -> Result<Applications, EurekaError> {
 }
 
 /// A full fetch's answer as a new copy.
-fn full_copy(app: &str, body: &[u8]) -> Result<Copy, EurekaError> {
+fn full_copy(app: &str, body: &[u8]) -> Result<LocalCopy, EurekaError> {
     let apps = parse(body)?;
-    let mut copy = Copy::default();
+    let mut copy = LocalCopy::default();
     for a in apps.application.into_vec() {
         let ours = a.name.eq_ignore_ascii_case(app);
         for i in a.instance.into_vec() {
@@ -276,7 +276,7 @@ fn full_copy(app: &str, body: &[u8]) -> Result<Copy, EurekaError> {
 
 /// Applies a delta to `copy`; `false` when the result's hash code differs
 /// from the server's (the copy must be fetched whole again).
-fn apply_delta(copy: &mut Copy, app: &str, body: &[u8]) -> Result<bool, EurekaError> {
+fn apply_delta(copy: &mut LocalCopy, app: &str, body: &[u8]) -> Result<bool, EurekaError> {
     let apps = parse(body)?;
     for a in apps.application.into_vec() {
         let ours = a.name.eq_ignore_ascii_case(app);
@@ -386,7 +386,7 @@ pub async fn poll(mut client: EurekaClient, sink: Arc<dyn Sink>, backend: String
     let app = client.spec().app.clone();
     let refresh = client.spec().refresh;
     let mut failures = 0u32;
-    let mut copy: Option<Copy> = None;
+    let mut copy: Option<LocalCopy> = None;
     let mut last: Option<Vec<Target>> = None;
     loop {
         let step = match copy.as_mut() {
@@ -555,5 +555,29 @@ mod tests {
             !apply_delta(&mut copy, "BOOKSTORE", &serde_json::to_vec(&delta).unwrap()).unwrap()
         );
         assert_eq!(copy.hashcode(), "UP_1_");
+    }
+
+    #[test]
+    fn the_refresh_does_not_make_another_source() {
+        let spec = EurekaSpec {
+            servers: vec!["http://127.0.0.1:8761/eureka".into()],
+            app: "BOOKSTORE".into(),
+            refresh: DEFAULT_REFRESH,
+        };
+        let source = |s: &EurekaSpec| EurekaSource::new(s.clone()).unwrap();
+        let faster = EurekaSpec {
+            refresh: Duration::from_secs(1),
+            ..spec.clone()
+        };
+        assert!(source(&spec).same_source(&source(&faster)));
+        let other = EurekaSpec {
+            app: "USERS".into(),
+            ..spec.clone()
+        };
+        assert!(!source(&spec).same_source(&source(&other)));
+        assert_eq!(
+            source(&spec).describe(),
+            "Eureka app \"BOOKSTORE\" at http://127.0.0.1:8761/eureka"
+        );
     }
 }

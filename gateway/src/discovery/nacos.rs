@@ -520,4 +520,12 @@ mod tests {
             "Nacos service \"users\" (DEFAULT_GROUP) at http://127.0.0.1:8848"
         );
     }
+
+    #[test]
+    fn query_and_form_values_are_encoded() {
+        assert_eq!(
+            form(&[("serviceName", "a b&c"), ("password", "p=1+2")]),
+            "serviceName=a+b%26c&password=p%3D1%2B2"
+        );
+    }
 }
