@@ -365,3 +365,34 @@ grpc = "testing.v1.Echo/Echo"
         .await;
     }
 }
+
+/// Four concurrent callers of `GET /v1/echo` until `stop` is set; returns
+/// how many calls were made and every answer that was not 200.
+pub fn steady_load(
+    gw: &Arc<RegistryGateway>,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    let (gw, stop) = (gw.clone(), stop.clone());
+    tokio::spawn(async move {
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (gw, stop, done) = (gw.clone(), stop.clone(), done.clone());
+            workers.push(tokio::spawn(async move {
+                let mut failed = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err((status, body)) = gw.echo().await {
+                        failed.push(format!("{status}: {body}"));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                failed
+            }));
+        }
+        let mut failed = Vec::new();
+        for w in workers {
+            failed.extend(w.await.unwrap());
+        }
+        (done.load(Ordering::Relaxed), failed)
+    })
+}

@@ -479,3 +479,47 @@ async fn the_etcd_example_serves_the_instance_its_readme_registers() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn under_load_an_instance_leaving_and_an_etcd_outage_and_restart_fail_no_request() {
+    let mut etcd = EtcdServer::start().await;
+    let a = TestInstance::start("a");
+    let mut b = TestInstance::start("b");
+    etcd.put("/s/echo/a", &a.addr).await;
+    etcd.put("/s/echo/b", &b.addr).await;
+    let gw = std::sync::Arc::new(RegistryGateway::start(&source(&etcd, "/s/echo/", "")).await);
+    gw.served_by_all(&["a", "b"], Duration::from_secs(3)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = gateway_tests::fleet::steady_load(&gw, &stop);
+
+    // An instance deregisters, then stops: its calls finish, new ones go to a.
+    etcd.delete("/s/echo/b").await;
+    eventually("b leaves", Duration::from_secs(5), async || {
+        gw.endpoints() == vec![a.addr.clone()]
+    })
+    .await;
+    b.kill();
+    // The registry goes away and comes back, with the data it had.
+    etcd.stop();
+    eventually(
+        "the outage is noticed",
+        Duration::from_secs(5),
+        async || gw.admin_backend().await["discovery"]["error"].is_string(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.restart().await;
+    eventually("the watch resumes", Duration::from_secs(12), async || {
+        gw.admin_backend().await["discovery"]["state"] == "ok"
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failed) = load.await.unwrap();
+    assert!(calls > 50, "only {calls} calls under load");
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(gw.endpoints(), vec![a.addr.clone()]);
+}

@@ -6,12 +6,12 @@
 //! request; several servers are tried in turn.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_tests::eureka::{EurekaInstance, EurekaTestServer};
-use gateway_tests::fleet::{eventually, RegistryGateway, TestInstance};
+use gateway_tests::fleet::{eventually, steady_load, RegistryGateway, TestInstance};
 
 /// The `[backends.echo]` discovery line for app `ECHO` on `servers`,
 /// refreshed every 100 ms.
@@ -25,37 +25,6 @@ fn source(servers: &[String]) -> String {
 
 fn register(eureka: &EurekaTestServer, i: &TestInstance) {
     eureka.register(EurekaInstance::new("ECHO", &i.name, &i.addr));
-}
-
-/// Concurrent callers until `stop` is set: the number of calls and every
-/// non-200 answer.
-fn steady_load(
-    gw: &Arc<RegistryGateway>,
-    stop: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
-    let (gw, stop) = (gw.clone(), stop.clone());
-    tokio::spawn(async move {
-        let done = Arc::new(AtomicUsize::new(0));
-        let mut workers = Vec::new();
-        for _ in 0..4 {
-            let (gw, stop, done) = (gw.clone(), stop.clone(), done.clone());
-            workers.push(tokio::spawn(async move {
-                let mut failed = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Err((status, body)) = gw.echo().await {
-                        failed.push(format!("{status}: {body}"));
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                failed
-            }));
-        }
-        let mut failed = Vec::new();
-        for w in workers {
-            failed.extend(w.await.unwrap());
-        }
-        (done.load(Ordering::Relaxed), failed)
-    })
 }
 
 #[tokio::test]

@@ -5,11 +5,11 @@
 //! failed request; login tokens are sent and renewed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_tests::fleet::{eventually, RegistryGateway, TestInstance};
+use gateway_tests::fleet::{eventually, steady_load, RegistryGateway, TestInstance};
 use gateway_tests::nacos::{NacosInstance, NacosTestServer};
 
 /// The `[backends.echo]` discovery line for `nacos` and service `echo`,
@@ -19,36 +19,6 @@ fn source(nacos: &NacosTestServer, extra: &str) -> String {
         r#"nacos = {{ servers = ["{}"], service = "echo", refresh = "100ms"{extra} }}"#,
         nacos.url()
     )
-}
-
-/// Concurrent callers until `stop` is set; returns every non-200 answer.
-fn steady_load(
-    gw: &Arc<RegistryGateway>,
-    stop: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
-    let (gw, stop) = (gw.clone(), stop.clone());
-    tokio::spawn(async move {
-        let done = Arc::new(AtomicUsize::new(0));
-        let mut workers = Vec::new();
-        for _ in 0..4 {
-            let (gw, stop, done) = (gw.clone(), stop.clone(), done.clone());
-            workers.push(tokio::spawn(async move {
-                let mut failed = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Err((status, body)) = gw.echo().await {
-                        failed.push(format!("{status}: {body}"));
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                failed
-            }));
-        }
-        let mut failed = Vec::new();
-        for w in workers {
-            failed.extend(w.await.unwrap());
-        }
-        (done.load(Ordering::Relaxed), failed)
-    })
 }
 
 #[tokio::test]

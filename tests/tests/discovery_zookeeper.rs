@@ -248,3 +248,55 @@ async fn an_expired_session_is_replaced_and_the_path_read_again() {
     .await;
     assert_eq!(gw.admin_backend().await["discovery"]["state"], "ok");
 }
+
+#[tokio::test]
+async fn under_load_an_instance_leaving_and_a_zookeeper_outage_and_restart_fail_no_request() {
+    let mut zk = ZooKeeperServer::start().await;
+    let a = TestInstance::start("a");
+    let mut b = TestInstance::start("b");
+    // a persistent (it must outlive the outage), b ephemeral (it leaves
+    // when its session closes).
+    let client = zk.client().await;
+    let persistent =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    client.mkdir("/s/echo", &persistent).await.unwrap();
+    client
+        .create("/s/echo/a", a.addr.as_bytes(), &persistent)
+        .await
+        .unwrap();
+    drop(client);
+    let rb = zk.register("/s/echo", "b", &b.addr).await;
+    let gw = std::sync::Arc::new(RegistryGateway::start(&source(&zk, "/s/echo")).await);
+    gw.served_by_all(&["a", "b"], Duration::from_secs(5)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = gateway_tests::fleet::steady_load(&gw, &stop);
+
+    drop(rb);
+    eventually("b leaves", Duration::from_secs(10), async || {
+        gw.endpoints() == vec![a.addr.clone()]
+    })
+    .await;
+    b.kill();
+    zk.stop();
+    eventually(
+        "the outage is noticed",
+        Duration::from_secs(10),
+        async || gw.admin_backend().await["discovery"]["error"].is_string(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    zk.restart().await;
+    eventually("the failure clears", Duration::from_secs(20), async || {
+        gw.admin_backend().await["discovery"]["state"] == "ok"
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failed) = load.await.unwrap();
+    assert!(calls > 50, "only {calls} calls under load");
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(gw.endpoints(), vec![a.addr.clone()]);
+}
