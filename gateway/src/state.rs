@@ -101,7 +101,7 @@ pub struct ReloadState {
     /// routes.toml as text when the running configuration did not come
     /// from `--config` (Consul KV, or its cache): SIGHUP and
     /// `POST /admin/reload` rebuild from it instead of reading a file.
-    pub input: ArcSwap<Option<Arc<crate::reload::TextInput>>>,
+    pub input: ArcSwap<Option<Arc<crate::config::TextInput>>>,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     /// Last good reflection answer per backend, served when the backend is

@@ -9,6 +9,7 @@ pub mod compression;
 mod duration;
 mod edge;
 mod error;
+mod input;
 mod parse;
 pub mod reference;
 
@@ -29,6 +30,7 @@ pub use edge::{
     RateLimitPolicyConfig, RateLimitsConfig, RedisConfig,
 };
 pub use error::{ConfigError, ConfigErrors, LineIndex};
+pub use input::TextInput;
 
 /// grpc-gateway and Envoy both default to 4 MiB, the gRPC default message size:
 /// a larger JSON body could not be sent on as one message anyway.

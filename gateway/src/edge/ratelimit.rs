@@ -143,15 +143,7 @@ impl std::fmt::Debug for Policy {
     }
 }
 
-/// The verdict on one request for one policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub allowed: bool,
-    pub remaining: u32,
-    /// Seconds until the bucket is full again (allowed) or until one more
-    /// request is allowed (refused).
-    pub reset_secs: u64,
-}
+pub use super::redis_store::Outcome;
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)

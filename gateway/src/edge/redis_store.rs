@@ -34,7 +34,17 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 
-use super::ratelimit::Outcome;
+/// The verdict on one request for one policy, local or shared. Defined here
+/// (and re-exported by `ratelimit`) so that the store needs nothing from the
+/// policy module that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub allowed: bool,
+    pub remaining: u32,
+    /// Seconds until the bucket is full again (allowed) or until one more
+    /// request is allowed (refused).
+    pub reset_secs: u64,
+}
 
 /// Two multiplexed connections: each pipelines every decision in flight on
 /// it, so more add little but sockets; two keep a slow answer on one from

@@ -32,12 +32,6 @@ pub struct Policy {
     pub min_bytes: usize,
 }
 
-impl Default for Policy {
-    fn default() -> Self {
-        crate::config::compression::CompressionConfig::default().policy()
-    }
-}
-
 impl Policy {
     /// The coding to answer a request carrying `accept_encoding` in, if any.
     pub fn choose(&self, accept_encoding: Option<&HeaderValue>) -> Option<Chosen> {
@@ -99,12 +93,6 @@ impl Chosen {
             encoder: Some(encoder),
             trailers: None,
         });
-    }
-}
-
-impl crate::edge::layer::Annotate for Chosen {
-    fn annotate(self, resp: &mut Response<Body>) {
-        self.apply(resp)
     }
 }
 

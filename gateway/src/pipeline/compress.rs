@@ -50,3 +50,11 @@ where
         OnResponse::inner(self.0.call(req), chosen)
     }
 }
+
+/// The chosen coding is applied when the answer comes back; the impl lives
+/// here, with the stage, so that `encoding` knows nothing of the edge layers.
+impl crate::edge::layer::Annotate for Chosen {
+    fn annotate(self, resp: &mut Response<Body>) {
+        self.apply(resp)
+    }
+}

@@ -164,7 +164,7 @@ impl Client {
     /// `addr` is `host:port`, already checked by the endpoint.
     pub(crate) fn new(
         addr: &str,
-        dial: super::endpoint::Dial,
+        dial: super::dial::Dial,
         max_reply: usize,
     ) -> Result<Client, String> {
         let authority = Authority::try_from(addr).map_err(|e| e.to_string())?;
@@ -1397,7 +1397,7 @@ mod tests {
     #[tokio::test]
     async fn a_gzip_backend_gets_compressed_messages_and_its_gzip_replies_decode() {
         let (addr, seen) = backend(Reply::Gzipped).await;
-        let dial = super::super::endpoint::Dial {
+        let dial = super::super::dial::Dial {
             connect_timeout: Duration::from_secs(2),
             compression: Some(crate::encoding::grpc::MessageCompression::Gzip),
             tls: None,

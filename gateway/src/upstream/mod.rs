@@ -13,6 +13,7 @@ mod call;
 mod client;
 mod codec;
 pub mod deadline;
+pub mod dial;
 mod endpoint;
 pub mod health;
 pub mod options;
