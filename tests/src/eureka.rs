@@ -29,7 +29,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -237,17 +236,7 @@ impl EurekaTestServer {
     /// Starts again on the same port, with the same registry.
     pub async fn restart(&mut self) {
         self.stop();
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(_) if tries < 50 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("cannot bind {} again: {e}", self.addr),
-            }
-        };
+        let listener = crate::bind_again(self.addr).await;
         self.task = Some(tokio::spawn(serve(listener, self.shared.clone())));
     }
 }

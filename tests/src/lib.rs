@@ -875,6 +875,22 @@ pub mod tls;
 // A real redis-server on a free port, for the shared rate-limit tests.
 pub mod redis;
 
+/// Binds `addr` again for a test server restarted on its old port, waiting
+/// up to a second for the old socket to let go of it.
+pub async fn bind_again(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    }
+}
+
 /// The debug `gateway` binary, built once per test process.
 ///
 /// The build asks for `--tests` as well so Cargo resolves features exactly as

@@ -665,27 +665,7 @@ fn etcd_spec(
             etcd::Layout::Plain
         }),
     };
-    match (&c.username, &c.password_env) {
-        (Some(u), None) => errors.push(file.error(
-            u,
-            at("password_env"),
-            "a username needs password_env, the environment variable holding its password",
-        )),
-        (None, Some(p)) => errors.push(file.error(
-            p,
-            at("username"),
-            "password_env needs the username it belongs to",
-        )),
-        (Some(u), Some(p)) => {
-            if u.get_ref().trim().is_empty() {
-                errors.push(file.error(u, at("username"), "name the etcd user"));
-            }
-            if p.get_ref().trim().is_empty() {
-                errors.push(file.error(p, at("password_env"), "name an environment variable"));
-            }
-        }
-        (None, None) => {}
-    }
+    credentials(file, &c.username, &c.password_env, &at, errors);
     let needs_https = |f: &Spanned<String>, key: &str, errors: &mut Vec<ConfigError>| {
         if !https {
             errors.push(file.error(f, at(key), format!("{key} needs https:// endpoints")));
