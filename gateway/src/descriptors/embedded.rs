@@ -1,8 +1,10 @@
-//! googleapis files compiled into the binary.
+//! googleapis and protovalidate files compiled into the binary.
 //!
 //! protox ships only google/protobuf/*; services that use `google.api.http`
 //! or return `google.rpc.Status` details would otherwise fail to compile
 //! unless every user vendored googleapis into their descriptors folder.
+//! `buf/validate/validate.proto` (the `buf.validate` rules the gateway
+//! checks at the edge) is served to imports the same way.
 
 use std::sync::OnceLock;
 
@@ -41,6 +43,15 @@ pub(super) const GOOGLEAPIS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Files served to imports but compiled only when a descriptor imports
+/// them: `buf/validate/validate.proto` is 5,000 lines of options most
+/// deployments never use, and every file in the base pool costs memory in
+/// every snapshot.
+pub(super) const ON_IMPORT: &[(&str, &str)] = &[(
+    "buf/validate/validate.proto",
+    include_str!("buf/validate/validate.proto"),
+)];
+
 /// The well-known types protox's `GoogleFileResolver` can serve; all of them
 /// go into the base pool so JSON mapping of any WKT always works.
 const WELL_KNOWN: &[&str] = &[
@@ -58,13 +69,13 @@ const WELL_KNOWN: &[&str] = &[
     "google/protobuf/compiler/plugin.proto",
 ];
 
-/// Serves [`GOOGLEAPIS`] to protox imports.
+/// Serves [`GOOGLEAPIS`] and [`ON_IMPORT`] to protox imports.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct EmbeddedFiles;
 
 impl FileResolver for EmbeddedFiles {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
-        match GOOGLEAPIS.iter().find(|(n, _)| *n == name) {
+        match GOOGLEAPIS.iter().chain(ON_IMPORT).find(|(n, _)| *n == name) {
             Some((name, source)) => File::from_source(name, source),
             None => Err(protox::Error::file_not_found(name)),
         }

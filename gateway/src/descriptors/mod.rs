@@ -484,6 +484,42 @@ service Other {
     }
 
     #[test]
+    fn buf_validate_resolves_on_import_and_keeps_its_rules() {
+        let dir = TempDir::new("buf-validate");
+        dir.write(
+            "v.proto",
+            "syntax = \"proto3\";\npackage v;\nimport \"buf/validate/validate.proto\";\n\
+             message User { string name = 1 [(buf.validate.field).string.min_len = 3]; }\n",
+        );
+        let loaded = load_dir(&dir.0).unwrap();
+        let name = loaded
+            .pool
+            .get_message_by_name("v.User")
+            .unwrap()
+            .get_field_by_name("name")
+            .unwrap();
+        let ext = loaded
+            .pool
+            .get_extension_by_name("buf.validate.field")
+            .expect("the rules' extension is in the pool");
+        let rules = name.options().get_extension(&ext).into_owned();
+        let string = rules
+            .as_message()
+            .and_then(|r| r.get_field_by_name("string"))
+            .map(|s| s.into_owned());
+        let min_len = string
+            .as_ref()
+            .and_then(|s| s.as_message())
+            .and_then(|s| s.get_field_by_name("min_len"))
+            .map(|v| v.into_owned());
+        assert_eq!(min_len, Some(prost_reflect::Value::U64(3)));
+        // Not imported, not compiled: the base pool stays small.
+        assert!(base_pool()
+            .get_extension_by_name("buf.validate.field")
+            .is_none());
+    }
+
+    #[test]
     fn subfolder_imports_resolve_from_the_folder_root() {
         let dir = TempDir::new("subfolders");
         dir.write(
