@@ -8,6 +8,7 @@
 //! listener is loopback-only by default. `gateway openapi` prints it.
 
 mod paths;
+mod rules;
 mod schema;
 pub mod settings;
 
@@ -277,7 +278,7 @@ fn path_params(layout: &paths::Layout, route: &Route, schemas: &mut Schemas) -> 
                     }
                     let schema = if matches!(segs, [Segment::Single]) {
                         match field {
-                            Some(f) => schemas.kind(&f.kind()),
+                            Some(f) => schemas.field(f),
                             None => json!({"type": "string"}),
                         }
                     } else {
@@ -495,11 +496,14 @@ fn query_params(
                 }
                 _ if holds_bound => {}
                 _ => {
+                    // A required field nested in an optional message is
+                    // required only when that message is sent.
+                    let (schema, required) = schemas.field_and_required(&f);
                     let mut p = json!({
                         "name": name,
                         "in": "query",
-                        "required": false,
-                        "schema": schemas.field(&f),
+                        "required": required && depth == 0,
+                        "schema": schema,
                     });
                     if f.is_list() {
                         p["explode"] = Value::Bool(true);

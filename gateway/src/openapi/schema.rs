@@ -19,11 +19,15 @@
 //!   JSON leaves out fields holding their default, so `required` holds for
 //!   replies only as far as the backend keeps a required field non-empty, as
 //!   the annotation's own definition (AIP-203) asks.
+//! - protovalidate (`buf.validate`) rules become keywords where JSON Schema
+//!   has one, else description lines (see [`super::rules`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use prost_reflect::{EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use serde_json::{json, Map, Value};
+
+use super::rules;
 
 /// Collects component schemas while operations refer to them.
 pub struct Schemas {
@@ -86,9 +90,9 @@ impl Schemas {
             if skip.contains(&f.number()) {
                 continue;
             }
-            let mut schema = self.field(&f);
+            let (mut schema, rules_required) = self.field_and_required(&f);
             if let Some(text) = self.comments.of_field(&f) {
-                schema = with_description(schema, text);
+                schema = prepend_description(schema, text);
             }
             let behavior = field_behavior(&f);
             if let Value::Object(o) = &mut schema {
@@ -99,7 +103,7 @@ impl Schemas {
                     o.insert("writeOnly".into(), Value::Bool(true));
                 }
             }
-            if behavior.contains(&REQUIRED) {
+            if behavior.contains(&REQUIRED) || rules_required {
                 required.push(Value::String(self.name_of(&f)));
                 non_empty(&f, &mut schema);
             }
@@ -118,7 +122,13 @@ impl Schemas {
             .filter(|o| !o.is_synthetic())
             .map(|o| {
                 let names: Vec<String> = o.fields().map(|f| self.name_of(&f)).collect();
-                format!("`{}`: at most one of {}", o.name(), names.join(", "))
+                // protovalidate's `(buf.validate.oneof).required`.
+                let how = if rules::oneof_required(&o) {
+                    "exactly one"
+                } else {
+                    "at most one"
+                };
+                format!("`{}`: {how} of {}", o.name(), names.join(", "))
             })
             .collect();
         if !oneofs.is_empty() {
@@ -129,14 +139,35 @@ impl Schemas {
             description.push_str(&oneofs.join("; "));
             description.push('.');
         }
+        for line in rules::message_notes(m, |f| self.name_of(f)) {
+            if !description.is_empty() {
+                description.push('\n');
+            }
+            description.push_str(&line);
+        }
         if !description.is_empty() {
             out["description"] = Value::String(description);
         }
         out
     }
 
-    /// A field's schema: its value schema, as an array or map when repeated.
+    /// A field's schema: its value schema, as an array or map when
+    /// repeated, with the keywords of its protovalidate rules.
     pub fn field(&mut self, f: &FieldDescriptor) -> Value {
+        self.field_and_required(f).0
+    }
+
+    /// [`Schemas::field`], and whether the field must be set: REQUIRED by
+    /// `google.api.field_behavior` or `(buf.validate.field).required`.
+    pub fn field_and_required(&mut self, f: &FieldDescriptor) -> (Value, bool) {
+        let mut schema = self.bare_field(f);
+        let rules = rules::apply_field(f, &mut schema);
+        let required = rules.required || field_behavior(f).contains(&REQUIRED);
+        (schema, required)
+    }
+
+    /// A field's schema without its rules.
+    fn bare_field(&mut self, f: &FieldDescriptor) -> Value {
         if f.is_map() {
             let Kind::Message(entry) = f.kind() else {
                 return json!({});
@@ -270,6 +301,18 @@ fn field_behavior(f: &FieldDescriptor) -> Vec<i32> {
             values.iter().filter_map(|v| v.as_enum_number()).collect()
         }
         _ => Vec::new(),
+    }
+}
+
+/// Puts `text` (a field's comment) before the description the rules wrote.
+fn prepend_description(schema: Value, text: String) -> Value {
+    let rules = schema
+        .get("description")
+        .and_then(|d| d.as_str())
+        .map(str::to_owned);
+    match rules {
+        Some(r) => with_description(schema, format!("{text}\n\n{r}")),
+        None => with_description(schema, text),
     }
 }
 
