@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gateway::example::bookstore;
+use gateway::example::{bookstore, signup, DynamicServer};
 use gateway::reload::{self, ReloadState};
 use gateway::server::{self, Gateway};
 use gateway::snapshot::Snapshot;
+use prost_reflect::DescriptorPool;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -102,8 +103,9 @@ impl KvArgs {
 enum Command {
     /// Serve REST traffic (the default).
     Serve,
-    /// Start the bundled example bookstore backend on the loopback endpoints of
-    /// the backend that lists example.bookstore.v1.Bookstore, then serve.
+    /// Start the bundled example backends on the loopback endpoints of the
+    /// backends their services' routes reach (example.bookstore.v1.Bookstore,
+    /// example.signup.v1.Signup), then serve.
     Demo,
     /// Validate routes.toml and the descriptors; print every error and exit 1
     /// if there is any (like `nginx -t`).
@@ -255,43 +257,57 @@ async fn run(cli: Cli, telemetry: gateway::config::TelemetryConfig) -> anyhow::R
         Command::ConfigReference => Ok(ExitCode::SUCCESS),
         Command::Serve => serve(snapshot, None).await,
         Command::Demo => {
-            let example = start_example_backend(&snapshot).await?;
+            let example = start_example_backends(&snapshot).await?;
             serve(snapshot, Some(example)).await
         }
     }
 }
 
-/// Binds the example backend on every endpoint of the backend serving the
-/// bookstore; returns those addresses.
-async fn start_example_backend(s: &Snapshot) -> anyhow::Result<Vec<String>> {
-    let backend = s
-        .backends
-        .values()
-        .find(|b| {
+type BuildExample = fn(&DescriptorPool) -> DynamicServer;
+
+/// The bundled example backends `demo` can start: the service each serves
+/// and how to build it over the snapshot's descriptors.
+const EXAMPLES: &[(&str, BuildExample)] = &[
+    (bookstore::SERVICE, bookstore::server),
+    (signup::SERVICE, signup::server),
+];
+
+/// Binds each example backend whose service a route reaches on every
+/// endpoint of that route's backend; returns "service on addresses" lines.
+/// A config reaching none of them is an error: `demo` would serve nothing.
+async fn start_example_backends(s: &Snapshot) -> anyhow::Result<Vec<String>> {
+    let mut started = Vec::new();
+    for (service, build) in EXAMPLES {
+        let Some(backend) = s.backends.values().find(|b| {
             s.routes.iter().any(|r| {
                 Arc::ptr_eq(&r.backend, b)
-                    && r.plan.grpc_method.parent_service().full_name() == bookstore::SERVICE
+                    && r.plan.grpc_method.parent_service().full_name() == *service
             })
-        })
-        .with_context(|| {
-            format!(
-                "no route in {} reaches {}; `demo` needs one",
-                s.config_path.display(),
-                bookstore::SERVICE
-            )
-        })?;
-    let mut addrs = Vec::new();
-    for ep in &backend.endpoints {
-        let listener = tokio::net::TcpListener::bind(&ep.addr).await.with_context(|| {
-            format!(
-                "cannot start the example backend on {} (backend \"{}\"); is something else using that port?",
-                ep.addr, backend.name
-            )
-        })?;
-        tokio::spawn(bookstore::server(&s.pool).serve(listener));
-        addrs.push(ep.addr.clone());
+        }) else {
+            continue;
+        };
+        let mut addrs = Vec::new();
+        for ep in &backend.endpoints {
+            let listener = tokio::net::TcpListener::bind(&ep.addr).await.with_context(|| {
+                format!(
+                    "cannot start the example backend on {} (backend \"{}\"); is something else using that port?",
+                    ep.addr, backend.name
+                )
+            })?;
+            tokio::spawn(build(&s.pool).serve(listener));
+            addrs.push(ep.addr.clone());
+        }
+        started.push(format!("{service} on {}", addrs.join(", ")));
     }
-    Ok(addrs)
+    if started.is_empty() {
+        let names: Vec<&str> = EXAMPLES.iter().map(|(name, _)| *name).collect();
+        anyhow::bail!(
+            "no route in {} reaches {}; `demo` needs one",
+            s.config_path.display(),
+            names.join(" or ")
+        );
+    }
+    Ok(started)
 }
 
 /// The KV source and the first configuration read from it.
@@ -426,8 +442,8 @@ async fn serve(
     if let Some(admin) = &admin {
         eprintln!("admin on http://{}/admin/config", admin.local_addr()?);
     }
-    if let Some(backends) = example {
-        eprintln!("example bookstore backend on {}", backends.join(", "));
+    for line in example.iter().flatten() {
+        eprintln!("example backend {line}");
     }
     if let Some(path) = first_get {
         eprintln!("try: curl {scheme}://{addr}{path}");

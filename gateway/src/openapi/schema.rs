@@ -139,11 +139,12 @@ impl Schemas {
             description.push_str(&oneofs.join("; "));
             description.push('.');
         }
-        for line in rules::message_notes(m, |f| self.name_of(f)) {
+        let notes = rules::message_notes(m, |f| self.name_of(f));
+        if !notes.is_empty() {
             if !description.is_empty() {
-                description.push('\n');
+                description.push_str("\n\n");
             }
-            description.push_str(&line);
+            description.push_str(&notes.join("\n"));
         }
         if !description.is_empty() {
             out["description"] = Value::String(description);
