@@ -366,3 +366,31 @@ async fn demo_serves_the_bookstore_on_the_configured_backend_endpoint() {
     child.start_kill().expect("kill the demo gateway");
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }
+
+#[tokio::test]
+async fn demo_without_a_route_to_an_example_service_names_the_ones_it_can_start() {
+    let config = render_config(
+        &without_admin(&echo_config("")),
+        "127.0.0.1:1",
+        &testing_descriptors(),
+    );
+    let path = write_config(&config);
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(gateway_bin())
+            .args(["demo", "--config", path.to_str().unwrap()])
+            .output(),
+    )
+    .await
+    .expect("demo without an example service should exit")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(
+            "reaches example.bookstore.v1.Bookstore or example.signup.v1.Signup; `demo` needs one"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    gateway_tests::remove_temp_parent(&path);
+}
