@@ -101,7 +101,10 @@ pub fn apply_field(f: &FieldDescriptor, schema: &mut Value) -> FieldOutcome {
     out.required = bool_of(&rules, "required");
     let mut notes = Vec::new();
     if ignore == Some(IGNORE_IF_ZERO_VALUE) {
-        notes.push("Rule: the rules below do not apply to the zero value (empty, 0, false), which is accepted.".to_owned());
+        notes.push(
+            "Rule: the zero value (empty, 0, false) is accepted; the other rules hold for any other value."
+                .to_owned(),
+        );
     }
     if f.is_map() {
         let entry = f.kind();
@@ -726,6 +729,7 @@ message Signup {
   uint32 small = 32 [(buf.validate.field).uint32 = {gte: 0, lte: 9}];
   string maybe = 33 [(buf.validate.field).string.min_len = 2, (buf.validate.field).ignore = IGNORE_IF_ZERO_VALUE];
   repeated Color colors = 34 [(buf.validate.field).repeated.items.enum.in = 1];
+  optional string opt = 35 [(buf.validate.field).required = true];
   oneof contact {
     option (buf.validate.oneof).required = true;
     string phone = 40;
@@ -911,9 +915,13 @@ message Plain { string name = 1; }
         let required = s["required"].as_array().unwrap();
         assert!(required.contains(&json!("nickname")), "{required:?}");
         assert!(required.contains(&json!("confirm")), "{required:?}");
-        assert_eq!(required.len(), 2, "{required:?}");
-        // Required strings cannot be empty (proto3 cannot tell empty from unset).
+        assert!(required.contains(&json!("opt")), "{required:?}");
+        assert_eq!(required.len(), 3, "{required:?}");
+        // Required strings without presence cannot be empty (proto3 cannot
+        // tell empty from unset); an `optional` one set to "" is set.
         assert_eq!(prop(&s, "nickname")["minLength"], 1);
+        assert_eq!(prop(&s, "confirm")["minLength"], 1);
+        assert!(prop(&s, "opt").get("minLength").is_none());
         assert_eq!(prop(&s, "serverId")["readOnly"], true);
         let password = prop(&s, "password");
         assert_eq!(password["writeOnly"], true);
@@ -955,7 +963,7 @@ message Plain { string name = 1; }
         assert!(maybe["description"]
             .as_str()
             .unwrap()
-            .contains("do not apply to the zero value"));
+            .contains("the zero value (empty, 0, false) is accepted"));
     }
 
     #[test]

@@ -103,9 +103,14 @@ impl Schemas {
                     o.insert("writeOnly".into(), Value::Bool(true));
                 }
             }
-            if behavior.contains(&REQUIRED) || rules_required {
+            if rules_required {
                 required.push(Value::String(self.name_of(&f)));
-                non_empty(&f, &mut schema);
+                // protovalidate's `required` on a field with presence
+                // (`optional`, a message) asks for it to be set, which an
+                // empty string is; without presence, for a non-zero value.
+                if behavior.contains(&REQUIRED) || !f.supports_presence() {
+                    non_empty(&f, &mut schema);
+                }
             }
             props.insert(self.name_of(&f), schema);
         }
