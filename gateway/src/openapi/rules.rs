@@ -218,15 +218,17 @@ fn apply_collection(
                 let (Some(nested), Some(kind)) = (v.as_message(), key) else {
                     continue;
                 };
-                // JSON object keys are strings: only string rules are
-                // keywords (on propertyNames); the others are described.
-                let mut names = json!({"type": "string"});
-                apply_value(nested, kind, &mut names, notes, "each key: ");
+                // JSON object keys are strings: string rules are keywords
+                // on propertyNames; an integer or bool key's rules are
+                // described (a number's bounds cannot hold for its digits).
                 if matches!(kind, Kind::String) {
-                    names.as_object_mut().map(|n| n.remove("type"));
+                    let mut names = json!({});
+                    apply_value(nested, kind, &mut names, notes, "each key: ");
                     if names.as_object().is_some_and(|n| !n.is_empty()) {
                         o.insert("propertyNames".into(), names);
                     }
+                } else {
+                    describe(nested, "each key: ", notes);
                 }
             }
             other => notes.push(format!("Rule: {kind_name}.{other} = {}", show(v))),
@@ -521,6 +523,23 @@ fn as_f64(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// Every rule of `rules` (a FieldRules) as a description line.
+fn describe(rules: &DynamicMessage, prefix: &str, notes: &mut Vec<String>) {
+    cel_notes(rules, prefix, notes);
+    for (f, v) in rules.fields() {
+        if let Some(typed) = v.as_message() {
+            for (rule, value) in typed.fields() {
+                notes.push(format!(
+                    "Rule: {prefix}{}.{} = {}",
+                    f.name(),
+                    rule.name(),
+                    show(value)
+                ));
+            }
+        }
+    }
+}
+
 /// Lines for the `cel` and `cel_expression` rules of `rules`.
 fn cel_notes(rules: &DynamicMessage, prefix: &str, notes: &mut Vec<String>) {
     for rule in list_of(rules, "cel") {
@@ -712,6 +731,7 @@ message Signup {
   repeated string tags = 21 [(buf.validate.field).repeated = {
     min_items: 1, max_items: 5, unique: true, items: {string: {max_len: 10}}
   }];
+  map<int32, string> by_number = 36 [(buf.validate.field).map.keys.int32.gt = 0];
   map<string, int32> counts = 22 [(buf.validate.field).map = {
     min_pairs: 1, max_pairs: 3, keys: {string: {min_len: 2}}, values: {int32: {gt: 0}}
   }];
@@ -893,6 +913,11 @@ message Plain { string name = 1; }
         assert_eq!(counts["maxProperties"], 3);
         assert_eq!(counts["propertyNames"], json!({"minLength": 2}));
         assert_eq!(counts["additionalProperties"]["exclusiveMinimum"], 0);
+        // Integer keys are strings in JSON: their rules are described.
+        let by_number = prop(&s, "byNumber");
+        assert!(by_number.get("propertyNames").is_none(), "{by_number:#}");
+        let text = by_number["description"].as_str().unwrap();
+        assert!(text.contains("Rule: each key: int32.gt = 0"), "{text}");
         let colors = prop(&s, "colors");
         assert_eq!(colors["items"]["enum"], json!(["RED", 1]));
     }
