@@ -110,6 +110,7 @@ where
                         parts.extensions.insert(v);
                     }
                     if let Some(c) = caller.consumer {
+                        parts.extensions.insert(c.0.quotas.clone());
                         parts.extensions.insert(c);
                     }
                     inner.call(Request::from_parts(parts, body)).await

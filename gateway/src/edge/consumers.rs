@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use super::ratelimit::{Policy, RateLimits};
+use super::ratelimit::{Quotas, RateLimits};
 use crate::config::{ConfigError, LoadedFile};
 
 /// The header keys arrive in by default.
@@ -28,8 +28,10 @@ pub const CONSUMER_METADATA: HeaderName = HeaderName::from_static("grpc-metadata
 #[derive(Debug)]
 pub struct Consumer {
     pub name: Arc<str>,
-    /// Its quotas: policies counted per this consumer on every route.
-    pub rate_limits: Vec<Arc<Policy>>,
+    /// Its quotas: policies counted per this consumer on every route. The
+    /// limiter's own type, put on the request beside [`Identified`], so the
+    /// limiter needs nothing from this module.
+    pub quotas: Arc<Quotas>,
 }
 
 /// On a request whose API key named a consumer.
@@ -118,9 +120,13 @@ impl Consumers {
                     )),
                 }
             }
+            let shared: Arc<str> = Arc::from(name.as_str());
             let consumer = Arc::new(Consumer {
-                name: Arc::from(name.as_str()),
-                rate_limits: policies,
+                quotas: Arc::new(Quotas {
+                    consumer: shared.clone(),
+                    policies,
+                }),
+                name: shared,
             });
             let mut digests: Vec<(usize, [u8; 32], String)> = Vec::new();
             for k in &c.keys {
@@ -243,7 +249,10 @@ mod tests {
         let mut c = Consumers::default();
         let acme = Arc::new(Consumer {
             name: "acme".into(),
-            rate_limits: Vec::new(),
+            quotas: Arc::new(Quotas {
+                consumer: "acme".into(),
+                policies: Vec::new(),
+            }),
         });
         c.by_digest.insert(digest(b"k-1"), acme);
         assert_eq!(&*c.identify(b"k-1").unwrap().name, "acme");

@@ -124,6 +124,15 @@ impl PolicyDef {
     }
 }
 
+/// An API-key consumer as the limiter counts it: its name keys its
+/// quotas, the policies counted for it on every route. Authentication puts
+/// it on the request.
+#[derive(Debug)]
+pub struct Quotas {
+    pub consumer: Arc<str>,
+    pub policies: Vec<Arc<Policy>>,
+}
+
 /// One policy's buckets.
 pub struct Policy {
     pub def: PolicyDef,
@@ -647,11 +656,11 @@ fn check_route<B>(
     // After authentication, the consumer's own quotas count too, per it.
     // (Only routes that take API keys can have one: no lookup for the rest.)
     let consumer = if after && route.auth.credentials.api_key {
-        req.extensions().get::<super::consumers::Identified>()
+        req.extensions().get::<Arc<Quotas>>()
     } else {
         None
     };
-    let quotas = consumer.map_or(&[][..], |c| &c.0.rate_limits[..]);
+    let quotas = consumer.map_or(&[][..], |c| &c.policies[..]);
     let mut limits = route
         .rate_limits
         .iter()
@@ -688,8 +697,8 @@ fn check_route<B>(
         let key_of = |parts: &[&[u8]]| keyed(p, p.def.per_route.then_some(route.route_key), parts);
         match (&p.def.key, consumer) {
             // A quota counts its consumer, whatever the policy's own key.
-            (_, Some(c)) if quota => key_of(&[b"consumer", c.0.name.as_bytes()]),
-            (KeyKind::Consumer, Some(c)) => key_of(&[b"consumer", c.0.name.as_bytes()]),
+            (_, Some(c)) if quota => key_of(&[b"consumer", c.consumer.as_bytes()]),
+            (KeyKind::Consumer, Some(c)) => key_of(&[b"consumer", c.consumer.as_bytes()]),
             (key, _) => match key {
                 KeyKind::Ip => key_of(&[b"ip", ip]),
                 KeyKind::Header(h) => match req.headers().get(h) {
