@@ -38,6 +38,7 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
     let consumers = super::consumers::Consumers::build(file, &rate_limits, errors);
     let client_ip = build_client_ip(file, errors);
     let limits = build_limits(file, errors);
+    let overload = build_overload(file, previous.map(|p| &p.overload), errors);
     Edge {
         auth,
         consumers,
@@ -46,7 +47,29 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
         rate_limits,
         client_ip,
         limits,
+        overload,
     }
+}
+
+/// `[server] max_in_flight`, counting on from `previous`'s count.
+fn build_overload(
+    file: &LoadedFile,
+    previous: Option<&super::overload::Overload>,
+    errors: &mut Vec<ConfigError>,
+) -> super::overload::Overload {
+    let max = file.config.server.max_in_flight.as_ref().and_then(|m| {
+        if *m.get_ref() == 0 {
+            errors.push(file.error(
+                m,
+                "server.max_in_flight",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+            None
+        } else {
+            Some(*m.get_ref())
+        }
+    });
+    super::overload::Overload::new(max, previous)
 }
 
 /// The JWT library's own check (it verifies a token it signed), reported

@@ -28,6 +28,9 @@ pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
 pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
 pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
+/// Requests the gateway-wide shed answered 503 (`server.max_in_flight`),
+/// by reason.
+pub const OVERLOAD_SHED: &str = "gateway_overload_shed_total";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
 /// By the JWKS URL, which only the config names: bounded.
 pub const JWKS_FETCH_FAILURES: &str = "gateway_jwks_fetch_failures_total";
@@ -109,6 +112,10 @@ fn describe() {
         "Time from request to response headers, by route template and method"
     );
     describe_gauge!(IN_FLIGHT, "HTTP requests being served now");
+    describe_counter!(
+        OVERLOAD_SHED,
+        "Requests answered 503 at once because the gateway was saturated, by reason (max_in_flight)"
+    );
     describe_counter!(
         UPSTREAM_REQUESTS,
         "Backend calls, by backend, gRPC method and gRPC code"
