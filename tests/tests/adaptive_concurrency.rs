@@ -392,3 +392,74 @@ grpc = "testing.v1.Echo/Sleep"
         .expect("request");
     assert_eq!(after.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_overload_sheds_a_share_of_new_requests() {
+    let backend = spawn_backend(echo_server(&testing_pool())).await;
+    // 1% of the CPUs: the requests this test sends use more than that.
+    let text = format!(
+        r#"
+[server]
+descriptors = "{descriptors}"
+overload = {{ cpu = 0.01 }}
+
+[backends.echo]
+endpoints = ["{backend}"]
+services = ["testing.v1.Echo"]
+
+[[routes]]
+method = "GET"
+path = "/v1/echo"
+grpc = "testing.v1.Echo/Echo"
+"#,
+        descriptors = toml_path(&testing_descriptors()),
+    );
+    let gw = RunningGateway::start(&write_config(&text)).await;
+    let client = http_client();
+    let started = Instant::now();
+    let (mut ok, mut shed) = (0, None);
+    while started.elapsed() < Duration::from_secs(5) {
+        let r = client
+            .get(gw.url("/v1/echo"))
+            .send()
+            .await
+            .expect("request");
+        if r.status() == 200 {
+            ok += 1;
+            continue;
+        }
+        shed = Some(r);
+        break;
+    }
+    let shed = shed.unwrap_or_else(|| panic!("no request shed within 5 s ({ok} answered)"));
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: serde_json::Value = shed.json().await.expect("JSON error body");
+    assert_eq!(body["code"], 14, "{body}");
+    assert_eq!(
+        body["message"],
+        "the gateway is overloaded: its CPU use is above server.overload.cpu; try again shortly"
+    );
+    // A share, never everything: some requests still pass while shedding.
+    let mut answered = 0;
+    for _ in 0..50 {
+        let r = client
+            .get(gw.url("/v1/echo"))
+            .send()
+            .await
+            .expect("request");
+        answered += usize::from(r.status() == 200);
+    }
+    assert!(answered >= 3, "{answered} of 50 answered while shedding");
+    let metrics = client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let counted = metric(&metrics, "gateway_overload_shed_total{reason=\"cpu\"}")
+        .unwrap_or_else(|| panic!("no cpu shed counter in:\n{metrics}"));
+    assert!(counted >= 1.0, "{counted}");
+}

@@ -192,6 +192,10 @@ pub struct ServerConfig {
     /// a little below. The admin listener is never limited.
     #[schemars(with = "Option<usize>")]
     pub max_in_flight: Option<Spanned<usize>>,
+    /// Shed by the gateway's own CPU use too (docs/operations.md); off
+    /// when absent.
+    #[schemars(with = "Option<OverloadConfig>")]
+    pub overload: Option<Spanned<OverloadConfig>>,
     /// Answers compressed per the client's `Accept-Encoding`
     /// (docs/performance.md).
     #[serde(default)]
@@ -200,6 +204,20 @@ pub struct ServerConfig {
     /// and h2c) when absent. Turning it on or off takes a restart.
     #[schemars(with = "Option<TlsConfig>")]
     pub tls: Option<Spanned<TlsConfig>>,
+}
+
+/// `[server.overload]`: shedding when the gateway's CPU is saturated.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// Share of the CPUs available to the process (a cgroup's quota
+    /// included), above 0 and below 1, beyond which new requests are
+    /// answered 503 with `Retry-After: 1`: the CPU time is sampled every
+    /// 250 ms, and while over this a tenth more of new requests are shed
+    /// each time (at most 90%), a twentieth fewer each time under it.
+    /// 0.95 leaves the last few percent for the requests already admitted.
+    #[schemars(with = "Option<f64>")]
+    pub cpu: Option<Spanned<f64>>,
 }
 
 /// `[server.tls]`: the listener's certificates. TLS 1.2 and 1.3 only, with
@@ -464,6 +482,7 @@ impl Default for ServerConfig {
             drain_timeout: None,
             worker_threads: None,
             max_in_flight: None,
+            overload: None,
             compression: compression::CompressionConfig::default(),
             tls: None,
         }
