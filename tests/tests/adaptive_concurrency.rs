@@ -463,3 +463,49 @@ grpc = "testing.v1.Echo/Echo"
         .unwrap_or_else(|| panic!("no cpu shed counter in:\n{metrics}"));
     assert!(counted >= 1.0, "{counted}");
 }
+
+/// A stream holds its place under the limit until its answer begins, not
+/// for as long as it runs: long-lived streams must not starve the backend's
+/// other calls.
+#[tokio::test]
+async fn a_stream_holds_its_place_only_until_its_answer_begins() {
+    use gateway_tests::streaming::{self, RawStream};
+    let probe = Arc::new(streaming::Probe::default());
+    let backend = spawn_backend(streaming::server(probe)).await;
+    let config = streaming::CONFIG.replace("{extra}", "").replace(
+        "connect_timeout = \"1s\"\n",
+        "connect_timeout = \"1s\"\nadaptive_concurrency = { algorithm = \"aimd\", latency_threshold = \"10s\", initial_limit = 2, min_limit = 1, max_limit = 2 }\n",
+    );
+    assert!(
+        config.contains("adaptive_concurrency"),
+        "the backend table moved"
+    );
+    let gw =
+        gateway_tests::TestGateway::start_with(&config, &backend, &streaming::descriptors()).await;
+    // Four streams of 5 s each, open at once, with a limit of 2.
+    let mut open = Vec::new();
+    for i in 0..4 {
+        let s = RawStream::open(
+            &gw,
+            "GET /v1/count?count=50&intervalMs=100 HTTP/1.1",
+            b"",
+            None,
+        )
+        .await;
+        assert_eq!(
+            s.status,
+            200,
+            "stream {i}: {}",
+            String::from_utf8_lossy(&s.body)
+        );
+        open.push(s);
+    }
+    // Each is still running.
+    for s in &mut open {
+        assert!(s.read_some(1).await, "a stream ended early");
+        assert!(!s.complete());
+    }
+    // And unary calls still pass beside them.
+    let r = gw.get("/v1/count?count=1").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}

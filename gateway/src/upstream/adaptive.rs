@@ -203,10 +203,12 @@ impl Controller {
                 tolerance,
                 min_rtt_interval,
             } => {
+                // No latency seen: nothing to go by (a probe goes on).
+                if w.samples == 0 {
+                    return self.limit();
+                }
                 if let Some(resume) = self.probing.take() {
-                    if w.samples > 0 {
-                        self.min_rtt = Some(w.rtt);
-                    }
+                    self.min_rtt = Some(w.rtt);
                     self.next_probe = now + min_rtt_interval;
                     self.limit = resume.clamp(min, max);
                     return self.limit();
@@ -220,7 +222,7 @@ impl Controller {
                     return self.limit();
                 };
                 // A faster window than ever: the backend got faster.
-                let min_rtt = if w.rtt < min_rtt && w.samples > 0 {
+                let min_rtt = if w.rtt < min_rtt {
                     self.min_rtt = Some(w.rtt);
                     w.rtt
                 } else {
@@ -359,8 +361,12 @@ impl Limiter {
         if now < started + self.spec.window.as_millis() as u64 {
             return;
         }
+        // AIMD backs off on a drop without waiting for samples; the
+        // gradient controller goes by latency alone (its timeouts are
+        // samples).
+        let aimd = matches!(self.spec.algorithm, Algorithm::Aimd { .. });
         let enough = self.samples.load(Ordering::Relaxed) >= self.spec.min_samples
-            || self.drops.load(Ordering::Relaxed) > 0;
+            || (aimd && self.drops.load(Ordering::Relaxed) > 0);
         if enough {
             self.close_window(started, now);
         }
@@ -547,6 +553,25 @@ mod tests {
         // 20 ms is no longer a queue.
         clock += ms(100);
         assert!(c.update(window(20, 100), clock) >= 100);
+    }
+
+    #[test]
+    fn gradient_ignores_a_window_without_samples() {
+        let mut c = gradient(100, 3, 1000);
+        let mut clock = Duration::ZERO;
+        let empty = WindowStats {
+            rtt: Duration::ZERO,
+            samples: 0,
+            drops: 4,
+            peak_in_flight: 3,
+        };
+        // The min_rtt measurement waits for a window with samples.
+        clock += ms(100);
+        assert_eq!(c.update(empty, clock), 3);
+        assert!(c.probing());
+        measured(&mut c, 10, &mut clock);
+        clock += ms(100);
+        assert_eq!(c.update(empty, clock), 100, "no latency, no change");
     }
 
     fn aimd(initial: u32) -> Controller {
