@@ -264,98 +264,16 @@ fn adaptive_spec(
     let c = spanned.get_ref();
     let at = |f: &str| format!("backends.{name}.adaptive_concurrency.{f}");
     let d = AdaptiveSpec::default();
-    let gradient = match c.algorithm.as_ref().map(|a| (a, a.get_ref().trim())) {
-        None | Some((_, "gradient")) => true,
-        Some((_, "aimd")) => false,
+    let algorithm = match c.algorithm.as_ref().map(|a| (a, a.get_ref().trim())) {
+        None | Some((_, "gradient")) => gradient(file, c, &at, errors),
+        Some((_, "aimd")) => aimd(file, spanned, &at, errors),
         Some((a, other)) => {
             errors.push(file.error(
                 a,
                 at("algorithm"),
                 format!("\"{other}\" is not an algorithm; use \"gradient\" or \"aimd\""),
             ));
-            true
-        }
-    };
-    let wrong = |present: bool, key: &str, line: Option<usize>| {
-        present.then(|| {
-            ConfigError::new(
-                &file.path,
-                line,
-                at(key),
-                format!(
-                    "is an option of algorithm = \"{}\", not of \"{}\"",
-                    if gradient { "aimd" } else { "gradient" },
-                    if gradient { "gradient" } else { "aimd" },
-                ),
-            )
-        })
-    };
-    let algorithm = if gradient {
-        errors.extend(wrong(
-            c.latency_threshold.is_some(),
-            "latency_threshold",
-            c.latency_threshold.as_ref().and_then(|v| file.line_of(v)),
-        ));
-        errors.extend(wrong(
-            c.backoff.is_some(),
-            "backoff",
-            c.backoff.as_ref().and_then(|v| file.line_of(v)),
-        ));
-        let tolerance = match &c.tolerance {
-            Some(t) if !(t.get_ref().is_finite() && *t.get_ref() >= 0.0) => {
-                errors.push(file.error(t, at("tolerance"), "must be 0 or more (0.5: 50% slower)"));
-                adaptive::DEFAULT_TOLERANCE
-            }
-            Some(t) => *t.get_ref(),
-            None => adaptive::DEFAULT_TOLERANCE,
-        };
-        Algorithm::Gradient {
-            tolerance,
-            min_rtt_interval: file.duration(
-                &c.min_rtt_interval,
-                &at("min_rtt_interval"),
-                adaptive::DEFAULT_MIN_RTT_INTERVAL,
-                errors,
-            ),
-        }
-    } else {
-        errors.extend(wrong(
-            c.tolerance.is_some(),
-            "tolerance",
-            c.tolerance.as_ref().and_then(|v| file.line_of(v)),
-        ));
-        errors.extend(wrong(
-            c.min_rtt_interval.is_some(),
-            "min_rtt_interval",
-            c.min_rtt_interval.as_ref().and_then(|v| file.line_of(v)),
-        ));
-        if c.latency_threshold.is_none() {
-            errors.push(file.error(
-                spanned,
-                at("latency_threshold"),
-                "algorithm = \"aimd\" needs a latency_threshold (e.g. \"250ms\"): the latency above which the limit backs off",
-            ));
-        }
-        let backoff = match &c.backoff {
-            Some(b) if !(*b.get_ref() > 0.0 && *b.get_ref() < 1.0) => {
-                errors.push(file.error(
-                    b,
-                    at("backoff"),
-                    "must be above 0 and below 1 (0.9: a tenth less)",
-                ));
-                adaptive::DEFAULT_BACKOFF
-            }
-            Some(b) => *b.get_ref(),
-            None => adaptive::DEFAULT_BACKOFF,
-        };
-        Algorithm::Aimd {
-            latency_threshold: file.duration(
-                &c.latency_threshold,
-                &at("latency_threshold"),
-                Duration::from_secs(1),
-                errors,
-            ),
-            backoff,
+            d.algorithm.clone()
         }
     };
     let min_limit = at_least_one(file, &c.min_limit, &at("min_limit"), d.min_limit, errors);
@@ -366,15 +284,14 @@ fn adaptive_spec(
         d.max_limit.max(min_limit),
         errors,
     );
-    if max_limit < min_limit {
-        if let Some(m) = &c.max_limit {
-            errors.push(file.error(
-                m,
-                at("max_limit"),
-                format!("must not be below min_limit ({min_limit})"),
-            ));
-        }
+    if let Some(m) = c.max_limit.as_ref().filter(|_| max_limit < min_limit) {
+        errors.push(file.error(
+            m,
+            at("max_limit"),
+            format!("must not be below min_limit ({min_limit})"),
+        ));
     }
+    let max_limit = max_limit.max(min_limit);
     let initial_limit = match &c.initial_limit {
         Some(i) if !(min_limit..=max_limit).contains(i.get_ref()) => {
             errors.push(file.error(
@@ -382,16 +299,16 @@ fn adaptive_spec(
                 at("initial_limit"),
                 format!("must be between min_limit ({min_limit}) and max_limit ({max_limit})"),
             ));
-            d.initial_limit.clamp(min_limit, max_limit.max(min_limit))
+            d.initial_limit.clamp(min_limit, max_limit)
         }
         Some(i) => *i.get_ref(),
-        None => d.initial_limit.clamp(min_limit, max_limit.max(min_limit)),
+        None => d.initial_limit.clamp(min_limit, max_limit),
     };
     AdaptiveSpec {
         algorithm,
         initial_limit,
         min_limit,
-        max_limit: max_limit.max(min_limit),
+        max_limit,
         window: file.duration(&c.window, &at("window"), d.window, errors),
         min_samples: at_least_one(
             file,
@@ -400,6 +317,110 @@ fn adaptive_spec(
             d.min_samples,
             errors,
         ),
+    }
+}
+
+/// `algorithm = "gradient"` and its keys.
+fn gradient(
+    file: &LoadedFile,
+    c: &AdaptiveConcurrencyConfig,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Algorithm {
+    foreign_key(
+        file,
+        &c.latency_threshold,
+        at("latency_threshold"),
+        "gradient",
+        errors,
+    );
+    foreign_key(file, &c.backoff, at("backoff"), "gradient", errors);
+    let tolerance = match &c.tolerance {
+        Some(t) if !(t.get_ref().is_finite() && *t.get_ref() >= 0.0) => {
+            errors.push(file.error(t, at("tolerance"), "must be 0 or more (0.5: 50% slower)"));
+            adaptive::DEFAULT_TOLERANCE
+        }
+        Some(t) => *t.get_ref(),
+        None => adaptive::DEFAULT_TOLERANCE,
+    };
+    Algorithm::Gradient {
+        tolerance,
+        min_rtt_interval: file.duration(
+            &c.min_rtt_interval,
+            &at("min_rtt_interval"),
+            adaptive::DEFAULT_MIN_RTT_INTERVAL,
+            errors,
+        ),
+    }
+}
+
+/// `algorithm = "aimd"` and its keys; `latency_threshold` has no default
+/// (only the operator knows the latency the backend should hold).
+fn aimd(
+    file: &LoadedFile,
+    spanned: &Spanned<AdaptiveConcurrencyConfig>,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Algorithm {
+    let c = spanned.get_ref();
+    foreign_key(file, &c.tolerance, at("tolerance"), "aimd", errors);
+    foreign_key(
+        file,
+        &c.min_rtt_interval,
+        at("min_rtt_interval"),
+        "aimd",
+        errors,
+    );
+    if c.latency_threshold.is_none() {
+        errors.push(file.error(
+            spanned,
+            at("latency_threshold"),
+            "algorithm = \"aimd\" needs a latency_threshold (e.g. \"250ms\"): the latency above which the limit backs off",
+        ));
+    }
+    let backoff = match &c.backoff {
+        Some(b) if !(*b.get_ref() > 0.0 && *b.get_ref() < 1.0) => {
+            errors.push(file.error(
+                b,
+                at("backoff"),
+                "must be above 0 and below 1 (0.9: a tenth less)",
+            ));
+            adaptive::DEFAULT_BACKOFF
+        }
+        Some(b) => *b.get_ref(),
+        None => adaptive::DEFAULT_BACKOFF,
+    };
+    Algorithm::Aimd {
+        latency_threshold: file.duration(
+            &c.latency_threshold,
+            &at("latency_threshold"),
+            Duration::from_secs(1),
+            errors,
+        ),
+        backoff,
+    }
+}
+
+/// A key of the algorithm other than `ours`, set: an error rather than a
+/// setting silently unused.
+fn foreign_key<T>(
+    file: &LoadedFile,
+    value: &Option<Spanned<T>>,
+    field: String,
+    ours: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(v) = value {
+        let theirs = if ours == "gradient" {
+            "aimd"
+        } else {
+            "gradient"
+        };
+        errors.push(file.error(
+            v,
+            field,
+            format!("is an option of algorithm = \"{theirs}\", not of \"{ours}\""),
+        ));
     }
 }
 
