@@ -417,10 +417,13 @@ impl Backend {
                 timeout,
                 number: attempt_no,
             };
-            let tried_at = Instant::now();
+            // Timed only for a limiter: a backend without one pays nothing.
+            let tried_at = self.adaptive.as_ref().map(|l| (l, Instant::now()));
             let outcome = attempt(ep.clone(), this_try).await;
-            if let (Some(limiter), Some(seen)) = (&self.adaptive, adaptive_outcome(&outcome)) {
-                limiter.record(seen, tried_at.elapsed());
+            if let Some((limiter, at)) = tried_at {
+                if let Some(seen) = adaptive_outcome(&outcome) {
+                    limiter.record(seen, at.elapsed());
+                }
             }
             let (failure, status) = match outcome {
                 Ok(answer) => {
