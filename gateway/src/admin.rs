@@ -159,6 +159,16 @@ async fn backends(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 "panic": st.panic,
                 "in_flight": st.in_flight,
                 "max_requests": st.max_requests,
+                // Null unless `adaptive_concurrency` is configured.
+                "adaptive_concurrency": st.adaptive.as_ref().map(|a| json!({
+                    "algorithm": a.algorithm,
+                    "limit": a.limit,
+                    "in_flight": a.in_flight,
+                    "min_limit": a.min_limit,
+                    "max_limit": a.max_limit,
+                    "min_rtt_ms": a.min_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    "shed": a.shed,
+                })),
                 "circuit_breaker": {
                     "state": st.breaker.state,
                     "retry_in_ms": st.breaker.retry_in.map(ms),
@@ -372,6 +382,40 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
             &[("backend", &b.name)],
             f64::from(st.in_flight),
         );
+    }
+    // Only backends with `adaptive_concurrency`: the others have no limit.
+    let adaptive: Vec<_> = statuses
+        .iter()
+        .filter_map(|(b, st)| st.adaptive.as_ref().map(|a| (&b.name, a)))
+        .collect();
+    if !adaptive.is_empty() {
+        out.push_str("# HELP gateway_adaptive_concurrency_limit Calls that may wait for the backend's answer at once, as its adaptive concurrency limit now says\n# TYPE gateway_adaptive_concurrency_limit gauge\n");
+        for (name, a) in &adaptive {
+            sample(
+                &mut out,
+                "gateway_adaptive_concurrency_limit",
+                &[("backend", name)],
+                f64::from(a.limit),
+            );
+        }
+        out.push_str("# HELP gateway_adaptive_concurrency_in_flight Calls waiting for the backend's answer under its adaptive concurrency limit\n# TYPE gateway_adaptive_concurrency_in_flight gauge\n");
+        for (name, a) in &adaptive {
+            sample(
+                &mut out,
+                "gateway_adaptive_concurrency_in_flight",
+                &[("backend", name)],
+                f64::from(a.in_flight),
+            );
+        }
+        out.push_str("# HELP gateway_adaptive_shed_total Calls answered 503 at once because the backend's adaptive concurrency limit was reached\n# TYPE gateway_adaptive_shed_total counter\n");
+        for (name, a) in &adaptive {
+            sample(
+                &mut out,
+                "gateway_adaptive_shed_total",
+                &[("backend", name)],
+                a.shed as f64,
+            );
+        }
     }
     // Counters kept as atomics by each backend: calls, retries, ejections,
     // breaker transitions, refusals.

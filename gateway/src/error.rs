@@ -297,6 +297,17 @@ impl Error {
             Error::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
+            // The gateway did not call because the backend (or the gateway)
+            // is saturated or out of service for now: a concurrency limit,
+            // load shed, an open circuit, no endpoint yet. All momentary; a
+            // second is the next limiter windows or breaker probe away,
+            // and keeps a client from hammering straight back.
+            Error::Refused {
+                code: Code::Unavailable,
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_REFUSED_AFTER));
+            }
             Error::UnsupportedEncoding(_) => {
                 headers.insert(
                     header::ACCEPT_ENCODING,
@@ -319,6 +330,9 @@ impl Error {
         resp
     }
 }
+
+/// `Retry-After` (seconds) of an UNAVAILABLE refusal (see `into_response`).
+pub const RETRY_REFUSED_AFTER: u64 = 1;
 
 /// How a request's errors are written: chosen once per request from its
 /// protocol and `Accept` (see the pipeline's render stage).
@@ -743,6 +757,19 @@ mod tests {
         }
         .into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
+        let shed = Error::Refused {
+            code: Code::Unavailable,
+            message: "backend \"b\" is shedding load".into(),
+        }
+        .into_response();
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        let late = Error::Refused {
+            code: Code::DeadlineExceeded,
+            message: "the client's deadline had passed".into(),
+        }
+        .into_response();
+        assert!(!late.headers().contains_key(header::RETRY_AFTER));
         let resp = Error::Unauthenticated {
             message: "no token".into(),
             challenge: HeaderValue::from_static("Bearer realm=\"api\""),

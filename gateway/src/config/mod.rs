@@ -182,6 +182,20 @@ pub struct ServerConfig {
     /// 1024. Read at start; a reload that changes it warns.
     #[schemars(with = "Option<usize>")]
     pub worker_threads: Option<Spanned<usize>>,
+    /// Requests served at once across every route; beyond, new requests
+    /// are answered 503 with `Retry-After: 1` at once, right after routing
+    /// (no auth, no body read, no backend call), so a saturated gateway
+    /// keeps serving the requests it has instead of slowing all of them
+    /// (docs/operations.md). A request counts until its answer's head is
+    /// ready. No limit by default: the right number depends on the machine
+    /// and the routes; measure the point where latency turns up and set it
+    /// a little below. The admin listener is never limited.
+    #[schemars(with = "Option<usize>")]
+    pub max_in_flight: Option<Spanned<usize>>,
+    /// Shed by the gateway's own CPU use too (docs/operations.md); off
+    /// when absent.
+    #[schemars(with = "Option<OverloadConfig>")]
+    pub overload: Option<Spanned<OverloadConfig>>,
     /// Answers compressed per the client's `Accept-Encoding`
     /// (docs/performance.md).
     #[serde(default)]
@@ -190,6 +204,20 @@ pub struct ServerConfig {
     /// and h2c) when absent. Turning it on or off takes a restart.
     #[schemars(with = "Option<TlsConfig>")]
     pub tls: Option<Spanned<TlsConfig>>,
+}
+
+/// `[server.overload]`: shedding when the gateway's CPU is saturated.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// Share of the CPUs available to the process (a cgroup's quota
+    /// included), above 0 and below 1, beyond which new requests are
+    /// answered 503 with `Retry-After: 1`: the CPU time is sampled every
+    /// 250 ms, and while over this a tenth more of new requests are shed
+    /// each time (at most 90%), a twentieth fewer each time under it.
+    /// 0.95 leaves the last few percent for the requests already admitted.
+    #[schemars(with = "Option<f64>")]
+    pub cpu: Option<Spanned<f64>>,
 }
 
 /// `[server.tls]`: the listener's certificates. TLS 1.2 and 1.3 only, with
@@ -453,6 +481,8 @@ impl Default for ServerConfig {
             shutdown_delay: None,
             drain_timeout: None,
             worker_threads: None,
+            max_in_flight: None,
+            overload: None,
             compression: compression::CompressionConfig::default(),
             tls: None,
         }
@@ -558,6 +588,12 @@ pub struct BackendConfig {
     /// concurrency. On by default, with the defaults below.
     #[schemars(with = "Option<CircuitBreakerConfig>")]
     pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
+    /// Learn how many calls the backend can take from its latency, and
+    /// answer the rest 503 at once instead of queueing them there
+    /// (docs/operations.md, "Adaptive concurrency and overload"). Off when
+    /// absent; `adaptive_concurrency = {}` turns it on with the defaults.
+    #[schemars(with = "Option<AdaptiveConcurrencyConfig>")]
+    pub adaptive_concurrency: Option<Spanned<AdaptiveConcurrencyConfig>>,
     /// Also serve the unary and server-streaming methods of `services` at
     /// `/<package.Service>/<Method>` to clients generated from the same
     /// .proto files: `"grpc-web"` (gRPC-Web, binary and base64 text) and
@@ -886,6 +922,65 @@ pub struct CircuitBreakerConfig {
     /// 1024, Envoy's `max_requests`: beyond it a backend is queueing).
     #[schemars(with = "Option<u32>")]
     pub max_requests: Option<Spanned<u32>>,
+}
+
+/// `adaptive_concurrency = { algorithm = "gradient", max_limit = 200 }`:
+/// a limit on the calls waiting for this backend's answer, moved every
+/// `window` by how its latency changes. Calls beyond it are answered 503
+/// (gRPC UNAVAILABLE) with `Retry-After: 1`. A call holds one place until
+/// its answer (a stream: its response headers), its retries included.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrencyConfig {
+    /// `gradient` (default; Envoy's gradient controller): the limit follows
+    /// `min_rtt * (1 + tolerance) / latency`, where `min_rtt` is the
+    /// backend's latency measured at `min_limit` calls. `aimd`: +1 a window
+    /// while the latency stays under `latency_threshold`, times `backoff`
+    /// when it goes over or a call times out or is answered UNAVAILABLE or
+    /// RESOURCE_EXHAUSTED.
+    #[schemars(with = "Option<String>")]
+    pub algorithm: Option<Spanned<String>>,
+    /// The limit to start from (default 20, Netflix's: raised within a few
+    /// windows if the backend keeps up). With `gradient`, the very first
+    /// window runs at `min_limit` to measure `min_rtt`.
+    #[schemars(with = "Option<u32>")]
+    pub initial_limit: Option<Spanned<u32>>,
+    /// The limit never goes below this (default 3, Envoy's
+    /// `min_concurrency`: enough to measure the backend and keep it busy
+    /// while it recovers).
+    #[schemars(with = "Option<u32>")]
+    pub min_limit: Option<Spanned<u32>>,
+    /// The limit never goes above this (default 1000, Envoy's).
+    #[schemars(with = "Option<u32>")]
+    pub max_limit: Option<Spanned<u32>>,
+    /// How often the limit is recomputed from the latencies seen since the
+    /// last time (default 100ms: several samples per window under load,
+    /// and a queue that forms is cut within a fraction of a second).
+    #[schemars(with = "Option<DurationText>")]
+    pub window: Option<Spanned<String>>,
+    /// A window lasts until this many calls have answered, however long
+    /// that takes (default 10: a mean over fewer is noise).
+    #[schemars(with = "Option<u32>")]
+    pub min_samples: Option<Spanned<u32>>,
+    /// `gradient`: how much slower than `min_rtt` the backend may answer
+    /// before the limit falls, as a share (default 0.5, Netflix's
+    /// tolerance of 1.5: a shared machine varies by tens of percent
+    /// without any queueing).
+    #[schemars(with = "Option<f64>")]
+    pub tolerance: Option<Spanned<f64>>,
+    /// `gradient`: how often `min_rtt` is measured again, pinning the limit
+    /// at `min_limit` for one window (default 60s, Envoy's: a backend's
+    /// own latency changes more slowly, and each measurement sheds).
+    #[schemars(with = "Option<DurationText>")]
+    pub min_rtt_interval: Option<Spanned<String>>,
+    /// `aimd`, required: a window whose mean latency is above this backs
+    /// the limit off.
+    #[schemars(with = "Option<DurationText>")]
+    pub latency_threshold: Option<Spanned<String>>,
+    /// `aimd`: the factor a bad window multiplies the limit by, above 0
+    /// and below 1 (default 0.9, Netflix's `backoffRatio`).
+    #[schemars(with = "Option<f64>")]
+    pub backoff: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

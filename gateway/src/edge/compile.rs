@@ -38,6 +38,7 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
     let consumers = super::consumers::Consumers::build(file, &rate_limits, errors);
     let client_ip = build_client_ip(file, errors);
     let limits = build_limits(file, errors);
+    let overload = build_overload(file, previous.map(|p| &p.overload), errors);
     Edge {
         auth,
         consumers,
@@ -46,7 +47,43 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
         rate_limits,
         client_ip,
         limits,
+        overload,
     }
+}
+
+/// `[server] max_in_flight` and `[server.overload]`, counting on from
+/// `previous`'s count and keeping its CPU sampler when unchanged.
+fn build_overload(
+    file: &LoadedFile,
+    previous: Option<&super::overload::Overload>,
+    errors: &mut Vec<ConfigError>,
+) -> super::overload::Overload {
+    let max = file.config.server.max_in_flight.as_ref().and_then(|m| {
+        if *m.get_ref() == 0 {
+            errors.push(file.error(
+                m,
+                "server.max_in_flight",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+            None
+        } else {
+            Some(*m.get_ref())
+        }
+    });
+    let cpu = file.config.server.overload.as_ref().and_then(|o| {
+        let c = o.get_ref().cpu.as_ref()?;
+        if *c.get_ref() > 0.0 && *c.get_ref() < 1.0 {
+            Some(*c.get_ref())
+        } else {
+            errors.push(file.error(
+                c,
+                "server.overload.cpu",
+                "is a share of the CPUs: above 0 and below 1 (0.95: 95%)",
+            ));
+            None
+        }
+    });
+    super::overload::Overload::new(max, previous).with_cpu(cpu, previous)
 }
 
 /// The JWT library's own check (it verifies a token it signed), reported
@@ -1861,6 +1898,30 @@ client_ip_header = "Forwarded"
             "{:?}",
             printed(&errors)
         );
+    }
+
+    #[test]
+    fn overload_settings_are_checked_and_the_count_carries_over() {
+        let file = parse("[server]\nmax_in_flight = 0\noverload = { cpu = 1.5 }\n");
+        let mut errors = Vec::new();
+        let o = build_overload(&file, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [
+                format!("{FILE}:2: server.max_in_flight: must be at least 1 (leave it out for no limit)"),
+                format!("{FILE}:3: server.overload.cpu: is a share of the CPUs: above 0 and below 1 (0.95: 95%)"),
+            ]
+        );
+        assert_eq!(o.max_in_flight, None);
+        assert!(o.cpu.is_none());
+        let file = parse("[server]\nmax_in_flight = 100\n");
+        let mut errors = Vec::new();
+        o.in_flight
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let next = build_overload(&file, Some(&o), &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(next.max_in_flight, Some(100));
+        assert!(Arc::ptr_eq(&o.in_flight, &next.in_flight));
     }
 
     #[test]

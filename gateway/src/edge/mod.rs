@@ -31,6 +31,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod layer;
 pub mod limits;
+pub mod overload;
 pub mod ratelimit;
 pub mod redis_store;
 pub mod tls;
@@ -59,6 +60,8 @@ pub struct Edge {
     pub rate_limits: RateLimits,
     pub client_ip: ClientIpPolicy,
     pub limits: Limits,
+    /// `[server] max_in_flight`: the gateway-wide shed.
+    pub overload: overload::Overload,
 }
 
 impl Default for Edge {
@@ -80,6 +83,7 @@ impl Default for Edge {
             ),
             client_ip: ClientIpPolicy::default(),
             limits: Limits::default(),
+            overload: overload::Overload::default(),
         }
     }
 }

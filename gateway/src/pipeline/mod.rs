@@ -39,6 +39,7 @@ use crate::edge::client_ip::ResolveClient;
 use crate::edge::cors::Cors;
 use crate::edge::layer::{Annotate, OnResponse, Policed, PolicyLayer, RouteView};
 use crate::edge::limits::{HeadLimits, RequestTimeout};
+use crate::edge::overload::Shed;
 use crate::edge::ratelimit::Phase;
 use crate::error::Error;
 use crate::routing::Lookup;
@@ -67,6 +68,10 @@ pub fn app(
         // Route once: the snapshot loaded once, the route matched once; the
         // result goes on the request for every stage below.
         .layer(RouteLayer { snapshots })
+        // The gateway-wide shed (`server.max_in_flight`): first of all the
+        // work a request costs, after routing only so that the 503 is
+        // written in the request's protocol.
+        .layer(PolicyLayer::<_, Routed>::new(Shed))
         // Answers compressed per Accept-Encoding: inside the access log,
         // which counts the bytes sent, and the HEAD stage, which cuts them.
         .layer(compress::CompressLayer)
@@ -90,7 +95,9 @@ pub fn app(
 }
 
 /// The service [`app`] returns.
-pub type App = crate::telemetry::Access<Head<RouteStage<compress::Compress<Edge<Handler>>>>>;
+pub type App = crate::telemetry::Access<
+    Head<RouteStage<Policed<compress::Compress<Edge<Handler>>, Shed, Routed>>>,
+>;
 
 /// The edge layers over `S`, outermost first.
 type Edge<S> = Policed<

@@ -28,6 +28,11 @@ pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
 pub const CONFIG_VERSION: &str = "gateway_config_version";
 pub const BUILD_INFO: &str = "gateway_build_info";
 pub const DISCOVERY_ERRORS: &str = "gateway_discovery_errors_total";
+/// Requests the gateway-wide shed answered 503 (`server.max_in_flight`),
+/// by reason.
+pub const OVERLOAD_SHED: &str = "gateway_overload_shed_total";
+/// The share of new requests the CPU trigger sheds now (0 to 0.9).
+pub const OVERLOAD_SHED_RATIO: &str = "gateway_overload_shed_ratio";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
 /// By the JWKS URL, which only the config names: bounded.
 pub const JWKS_FETCH_FAILURES: &str = "gateway_jwks_fetch_failures_total";
@@ -109,6 +114,14 @@ fn describe() {
         "Time from request to response headers, by route template and method"
     );
     describe_gauge!(IN_FLIGHT, "HTTP requests being served now");
+    describe_counter!(
+        OVERLOAD_SHED,
+        "Requests answered 503 at once because the gateway was saturated, by reason (max_in_flight, cpu)"
+    );
+    describe_gauge!(
+        OVERLOAD_SHED_RATIO,
+        "Share of new requests the gateway sheds now because its CPU use is over server.overload.cpu"
+    );
     describe_counter!(
         UPSTREAM_REQUESTS,
         "Backend calls, by backend, gRPC method and gRPC code"

@@ -97,6 +97,20 @@ fn read() -> Process {
     p
 }
 
+/// The process's CPU time so far (user + system, all threads), in seconds;
+/// one read of /proc/self/stat. `None` where there is no /proc.
+pub fn cpu_seconds() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        from_stat(&stat, None).0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 /// The kernel reports times in USER_HZ, fixed at 100 for user space on the
 /// architectures Linux runs on (what `sysconf(_SC_CLK_TCK)` answers; the
 /// Prometheus project's procfs library makes the same assumption).

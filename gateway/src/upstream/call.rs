@@ -17,6 +17,7 @@ use http::HeaderMap;
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
+use super::adaptive;
 use super::breaker::Admission;
 use super::client::{Messages, RequestBody, Streamed};
 use super::endpoint::{Endpoint, InFlight};
@@ -302,6 +303,25 @@ impl Backend {
                 ),
             ));
         }
+        // Then the adaptive limit: a shed call reaches neither the breaker's
+        // window nor the backend. One permit for the whole call, retries
+        // included (see `adaptive`); it is given back when this returns,
+        // with the answer (a unary reply, a stream's headers) or without.
+        let _permit = match &self.adaptive {
+            None => None,
+            Some(limiter) => match limiter.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(limit) => {
+                    return Err(refused(
+                        Code::Unavailable,
+                        format!(
+                            "backend \"{}\" is shedding load: its adaptive concurrency limit of {limit} calls waiting for an answer is reached (the backend answers slower than its usual latency); try again shortly",
+                            self.name
+                        ),
+                    ));
+                }
+            },
+        };
         let admission = match self.breaker.admit(&self.stats, &self.name) {
             Ok(a) => a,
             Err(why) => {
@@ -397,7 +417,15 @@ impl Backend {
                 timeout,
                 number: attempt_no,
             };
-            let (failure, status) = match attempt(ep.clone(), this_try).await {
+            // Timed only for a limiter: a backend without one pays nothing.
+            let tried_at = self.adaptive.as_ref().map(|l| (l, Instant::now()));
+            let outcome = attempt(ep.clone(), this_try).await;
+            if let Some((limiter, at)) = tried_at {
+                if let Some(seen) = adaptive_outcome(&outcome) {
+                    limiter.record(seen, at.elapsed());
+                }
+            }
+            let (failure, status) = match outcome {
                 Ok(answer) => {
                     return Ok(Won {
                         answer,
@@ -558,6 +586,26 @@ impl Backend {
                 tracing::info!(backend = %self.name, "endpoints in rotation again; panic mode over");
             }
         }
+    }
+}
+
+/// How the adaptive limiter sees an attempt: an answer (whatever its
+/// code) is a latency sample; a timeout a sample and a drop; the backend
+/// saying it is overloaded a drop.
+fn adaptive_outcome<T>(outcome: &Result<T, (Failure, tonic::Status)>) -> Option<adaptive::Outcome> {
+    match outcome {
+        Ok(_) => Some(adaptive::Outcome::Answered),
+        Err((failure, _)) => match failure {
+            Failure::TimedOut | Failure::Answered(Code::DeadlineExceeded) => {
+                Some(adaptive::Outcome::TimedOut)
+            }
+            Failure::Unavailable | Failure::Answered(Code::ResourceExhausted) => {
+                Some(adaptive::Outcome::Overloaded)
+            }
+            Failure::Answered(_) => Some(adaptive::Outcome::Answered),
+            // Never reached the instance: says nothing of its latency.
+            Failure::Connect => None,
+        },
     }
 }
 

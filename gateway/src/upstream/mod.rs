@@ -3,10 +3,14 @@
 //! A [`Backend`] is a [`Pool`] of endpoints kept current by discovery
 //! (static, DNS or Consul), a balancer, outlier ejection, optional active
 //! health checks, a circuit breaker with a concurrency limit, and retries
-//! bounded by attempts, the deadline and a budget. [`Backend::call`] runs
-//! one request through all of it. Nothing on that path takes a lock: the
-//! endpoint set is an `ArcSwap` snapshot and every counter is an atomic.
+//! bounded by attempts, the deadline and a budget, and optionally an
+//! adaptive concurrency limit that sheds what the backend cannot take
+//! ([`adaptive`]). [`Backend::call`] runs one request through all of it.
+//! Nothing on that path waits for a lock: the endpoint set is an `ArcSwap`
+//! snapshot, every counter is an atomic, and the limiter's controller is
+//! only `try_lock`ed, once per sampling window.
 
+pub mod adaptive;
 mod balancer;
 mod breaker;
 mod call;
@@ -31,6 +35,7 @@ use std::time::Duration;
 
 use crate::discovery::{self, DiscoverySpec, Source};
 
+pub use adaptive::{AdaptiveSpec, AdaptiveStatus};
 pub use balancer::{HashKey, Policy};
 pub use breaker::{BreakerSpec, BreakerStatus};
 pub use call::{
@@ -44,6 +49,7 @@ pub use outlier::OutlierSpec;
 pub use pool::{DiscoveryStatus, EndpointSet, Pool, SourceKind};
 pub use retry::{parse_code, RetrySpec, RouteRetry};
 
+use adaptive::Limiter;
 use balancer::Balancer;
 use breaker::Breaker;
 use endpoint::{HEALTH_NOT_SERVING, HEALTH_SERVING, HEALTH_UNKNOWN};
@@ -84,6 +90,8 @@ pub struct BackendOptions {
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
     pub breaker: BreakerSpec,
+    /// `adaptive_concurrency`: none by default (the backend pays nothing).
+    pub adaptive: Option<AdaptiveSpec>,
 }
 
 impl Default for BackendOptions {
@@ -96,6 +104,7 @@ impl Default for BackendOptions {
             outlier: OutlierSpec::default(),
             retry: RetrySpec::default(),
             breaker: BreakerSpec::default(),
+            adaptive: None,
         }
     }
 }
@@ -194,6 +203,8 @@ pub struct Backend {
     breaker: Breaker,
     budget: RetryBudget,
     in_flight: AtomicU32,
+    /// The adaptive concurrency limit, when configured.
+    adaptive: Option<Limiter>,
     /// Whether the last pick was in panic mode, to log entering and leaving it once.
     in_panic: AtomicBool,
     /// What fills `endpoints`, built from `options.discovery`.
@@ -300,6 +311,7 @@ impl Backend {
             breaker: Breaker::new(options.breaker.clone()),
             budget: RetryBudget::new(&options.retry),
             in_flight: AtomicU32::new(0),
+            adaptive: options.adaptive.clone().map(Limiter::new),
             in_panic: AtomicBool::new(false),
             endpoints: pool,
             options,
@@ -380,6 +392,7 @@ impl Backend {
             breaker: self.breaker.status(),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             max_requests: self.breaker.max_requests(),
+            adaptive: self.adaptive.as_ref().map(Limiter::status),
             panic: !set.is_empty() && rotation.is_empty(),
             endpoints,
         }
@@ -395,6 +408,8 @@ pub struct BackendStatus {
     pub breaker: BreakerStatus,
     pub in_flight: u32,
     pub max_requests: u32,
+    /// The adaptive concurrency limit's state, when configured.
+    pub adaptive: Option<AdaptiveStatus>,
     /// No endpoint is in rotation: calls go to all of them (panic mode).
     pub panic: bool,
     pub endpoints: Vec<EndpointStatus>,

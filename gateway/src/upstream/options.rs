@@ -7,11 +7,12 @@ use http::HeaderName;
 use toml::Spanned;
 use tonic::Code;
 
+use super::adaptive::{self, Algorithm};
 use super::{
-    parse_code, BackendOptions, BreakerSpec, HashKey, HealthCheckSpec, OutlierSpec, Policy,
-    RetrySpec,
+    parse_code, AdaptiveSpec, BackendOptions, BreakerSpec, HashKey, HealthCheckSpec, OutlierSpec,
+    Policy, RetrySpec,
 };
-use crate::config::{BackendConfig, ConfigError, LoadedFile};
+use crate::config::{AdaptiveConcurrencyConfig, BackendConfig, ConfigError, LoadedFile};
 use crate::discovery::consul::{self, ConsulSpec, TokenSource};
 use crate::discovery::etcd::{self, EtcdSpec};
 use crate::discovery::eureka::{self, EurekaSpec};
@@ -246,7 +247,181 @@ pub fn backend_options(
             ),
         };
     }
+    if let Some(ac) = &b.adaptive_concurrency {
+        o.adaptive = Some(adaptive_spec(file, name, ac, errors));
+    }
     o
+}
+
+/// `adaptive_concurrency`: the algorithm and its own keys (a key of the
+/// other algorithm is an error, not silently unused), and limits that nest.
+fn adaptive_spec(
+    file: &LoadedFile,
+    name: &str,
+    spanned: &Spanned<AdaptiveConcurrencyConfig>,
+    errors: &mut Vec<ConfigError>,
+) -> AdaptiveSpec {
+    let c = spanned.get_ref();
+    let at = |f: &str| format!("backends.{name}.adaptive_concurrency.{f}");
+    let d = AdaptiveSpec::default();
+    let algorithm = match c.algorithm.as_ref().map(|a| (a, a.get_ref().trim())) {
+        None | Some((_, "gradient")) => gradient(file, c, &at, errors),
+        Some((_, "aimd")) => aimd(file, spanned, &at, errors),
+        Some((a, other)) => {
+            errors.push(file.error(
+                a,
+                at("algorithm"),
+                format!("\"{other}\" is not an algorithm; use \"gradient\" or \"aimd\""),
+            ));
+            d.algorithm.clone()
+        }
+    };
+    let min_limit = at_least_one(file, &c.min_limit, &at("min_limit"), d.min_limit, errors);
+    let max_limit = at_least_one(
+        file,
+        &c.max_limit,
+        &at("max_limit"),
+        d.max_limit.max(min_limit),
+        errors,
+    );
+    if let Some(m) = c.max_limit.as_ref().filter(|_| max_limit < min_limit) {
+        errors.push(file.error(
+            m,
+            at("max_limit"),
+            format!("must not be below min_limit ({min_limit})"),
+        ));
+    }
+    let max_limit = max_limit.max(min_limit);
+    let initial_limit = match &c.initial_limit {
+        Some(i) if !(min_limit..=max_limit).contains(i.get_ref()) => {
+            errors.push(file.error(
+                i,
+                at("initial_limit"),
+                format!("must be between min_limit ({min_limit}) and max_limit ({max_limit})"),
+            ));
+            d.initial_limit.clamp(min_limit, max_limit)
+        }
+        Some(i) => *i.get_ref(),
+        None => d.initial_limit.clamp(min_limit, max_limit),
+    };
+    AdaptiveSpec {
+        algorithm,
+        initial_limit,
+        min_limit,
+        max_limit,
+        window: file.duration(&c.window, &at("window"), d.window, errors),
+        min_samples: at_least_one(
+            file,
+            &c.min_samples,
+            &at("min_samples"),
+            d.min_samples,
+            errors,
+        ),
+    }
+}
+
+/// `algorithm = "gradient"` and its keys.
+fn gradient(
+    file: &LoadedFile,
+    c: &AdaptiveConcurrencyConfig,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Algorithm {
+    foreign_key(
+        file,
+        &c.latency_threshold,
+        at("latency_threshold"),
+        "gradient",
+        errors,
+    );
+    foreign_key(file, &c.backoff, at("backoff"), "gradient", errors);
+    let tolerance = match &c.tolerance {
+        Some(t) if !(t.get_ref().is_finite() && *t.get_ref() >= 0.0) => {
+            errors.push(file.error(t, at("tolerance"), "must be 0 or more (0.5: 50% slower)"));
+            adaptive::DEFAULT_TOLERANCE
+        }
+        Some(t) => *t.get_ref(),
+        None => adaptive::DEFAULT_TOLERANCE,
+    };
+    Algorithm::Gradient {
+        tolerance,
+        min_rtt_interval: file.duration(
+            &c.min_rtt_interval,
+            &at("min_rtt_interval"),
+            adaptive::DEFAULT_MIN_RTT_INTERVAL,
+            errors,
+        ),
+    }
+}
+
+/// `algorithm = "aimd"` and its keys; `latency_threshold` has no default
+/// (only the operator knows the latency the backend should hold).
+fn aimd(
+    file: &LoadedFile,
+    spanned: &Spanned<AdaptiveConcurrencyConfig>,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<ConfigError>,
+) -> Algorithm {
+    let c = spanned.get_ref();
+    foreign_key(file, &c.tolerance, at("tolerance"), "aimd", errors);
+    foreign_key(
+        file,
+        &c.min_rtt_interval,
+        at("min_rtt_interval"),
+        "aimd",
+        errors,
+    );
+    if c.latency_threshold.is_none() {
+        errors.push(file.error(
+            spanned,
+            at("latency_threshold"),
+            "algorithm = \"aimd\" needs a latency_threshold (e.g. \"250ms\"): the latency above which the limit backs off",
+        ));
+    }
+    let backoff = match &c.backoff {
+        Some(b) if !(*b.get_ref() > 0.0 && *b.get_ref() < 1.0) => {
+            errors.push(file.error(
+                b,
+                at("backoff"),
+                "must be above 0 and below 1 (0.9: a tenth less)",
+            ));
+            adaptive::DEFAULT_BACKOFF
+        }
+        Some(b) => *b.get_ref(),
+        None => adaptive::DEFAULT_BACKOFF,
+    };
+    Algorithm::Aimd {
+        latency_threshold: file.duration(
+            &c.latency_threshold,
+            &at("latency_threshold"),
+            Duration::from_secs(1),
+            errors,
+        ),
+        backoff,
+    }
+}
+
+/// A key of the algorithm other than `ours`, set: an error rather than a
+/// setting silently unused.
+fn foreign_key<T>(
+    file: &LoadedFile,
+    value: &Option<Spanned<T>>,
+    field: String,
+    ours: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(v) = value {
+        let theirs = if ours == "gradient" {
+            "aimd"
+        } else {
+            "gradient"
+        };
+        errors.push(file.error(
+            v,
+            field,
+            format!("is an option of algorithm = \"{theirs}\", not of \"{ours}\""),
+        ));
+    }
 }
 
 /// Where the instances come from: `endpoints` (static, or DNS names
@@ -995,5 +1170,88 @@ fn at_least_one(
         }
         Some(v) => *v.get_ref(),
         None => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The options of `[backends.b]` with `extra`, and every error as text.
+    fn options(extra: &str) -> (BackendOptions, Vec<String>) {
+        let src = format!("[backends.b]\nendpoints = [\"127.0.0.1:1\"]\n{extra}\n");
+        let f = LoadedFile::parse(Path::new("r.toml"), &src).expect("parses");
+        let mut errors = Vec::new();
+        let o = backend_options(&f, "b", &f.config.backends["b"], &mut errors);
+        (o, errors.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn adaptive_concurrency_is_off_unless_configured_and_takes_defaults() {
+        assert_eq!(options("").0.adaptive, None);
+        let (o, e) = options("adaptive_concurrency = {}");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.adaptive, Some(AdaptiveSpec::default()));
+        let (o, e) = options(
+            "adaptive_concurrency = { algorithm = \"aimd\", latency_threshold = \"250ms\", backoff = 0.5, min_limit = 5, initial_limit = 5 }",
+        );
+        assert!(e.is_empty(), "{e:?}");
+        let spec = o.adaptive.expect("on");
+        assert_eq!(
+            spec.algorithm,
+            Algorithm::Aimd {
+                latency_threshold: Duration::from_millis(250),
+                backoff: 0.5
+            }
+        );
+        assert_eq!((spec.min_limit, spec.initial_limit), (5, 5));
+    }
+
+    #[test]
+    fn adaptive_concurrency_errors_name_the_key_and_line() {
+        let (_, e) = options("adaptive_concurrency = { algorithm = \"vegas\" }");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("r.toml:3: backends.b.adaptive_concurrency.algorithm: \"vegas\" is not an algorithm"),
+            "{e:?}"
+        );
+        let (_, e) =
+            options("[backends.b.adaptive_concurrency]\nalgorithm = \"aimd\"\ntolerance = 0.2\n");
+        assert!(
+            e.iter().any(|m| m.starts_with("r.toml:5: backends.b.adaptive_concurrency.tolerance: is an option of algorithm = \"gradient\"")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("adaptive_concurrency.latency_threshold: algorithm = \"aimd\" needs a latency_threshold")),
+            "{e:?}"
+        );
+        let (_, e) = options("adaptive_concurrency = { latency_threshold = \"1s\" }");
+        assert!(
+            e[0].contains("latency_threshold: is an option of algorithm = \"aimd\""),
+            "{e:?}"
+        );
+        let (_, e) = options("adaptive_concurrency = { min_limit = 10, max_limit = 5 }");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("max_limit: must not be below min_limit (10)")),
+            "{e:?}"
+        );
+        let (_, e) = options("adaptive_concurrency = { initial_limit = 2000 }");
+        assert!(
+            e.iter()
+                .any(|m| m
+                    .contains("initial_limit: must be between min_limit (3) and max_limit (1000)")),
+            "{e:?}"
+        );
+        let (_, e) =
+            options("adaptive_concurrency = { min_limit = 0, window = \"0s\", tolerance = -1.0 }");
+        assert_eq!(e.len(), 3, "{e:?}");
+        let (_, e) = options("adaptive_concurrency = { algorithm = \"aimd\", latency_threshold = \"1s\", backoff = 1.0 }");
+        assert!(
+            e[0].contains("backoff: must be above 0 and below 1"),
+            "{e:?}"
+        );
     }
 }
