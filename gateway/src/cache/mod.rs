@@ -139,6 +139,19 @@ impl Varied {
     }
 }
 
+/// The key's message: the request decoded as `input` and encoded again, so
+/// requests that mean the same share an entry: fields in number order
+/// whatever the query's order, `?x=01` as `?x=1`, a message field set by
+/// several parameters as one. (Map fields with several entries encode in
+/// hash order and may split entries: less sharing, never a wrong answer.)
+/// Bytes that do not decode (none the transcoder makes) are used as they are.
+pub fn canonical(input: &prost_reflect::MessageDescriptor, wire: &Bytes) -> Bytes {
+    match prost_reflect::DynamicMessage::decode(input.clone(), wire.as_ref()) {
+        Ok(m) => Bytes::from(prost::Message::encode_to_vec(&m)),
+        Err(_) => wire.clone(),
+    }
+}
+
 /// A length as a LEB128 varint.
 fn put_len(out: &mut Vec<u8>, mut n: usize) {
     loop {

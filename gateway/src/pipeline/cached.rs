@@ -10,7 +10,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
 use http::Response;
-use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
@@ -45,7 +44,8 @@ pub(super) async fn answer(
         // stage's values keys on what is left of its headers.
         None => std::borrow::Cow::Owned(cache::Varied::of(&policy.vary, headers).0.into_vec()),
     };
-    let key = Key::new(policy.id, &canonical(route, &call.request), &varied);
+    let message = cache::canonical(&route.plan.input, &call.request);
+    let key = Key::new(policy.id, &message, &varied);
     let now = Instant::now();
     let bypass = policy.allow_no_cache && cache::conditional::client_refuses_cached(headers);
     if !bypass {
@@ -74,18 +74,6 @@ pub(super) async fn answer(
                 return own;
             }
         }
-    }
-}
-
-/// The key's message: the request decoded and encoded again, so requests
-/// that mean the same share an entry: fields in number order whatever the
-/// query's order, `?x=01` as `?x=1`, a message field set by several
-/// parameters as one. (Map fields with several entries encode in hash
-/// order and may split entries: less sharing, never a wrong answer.)
-fn canonical(route: &Route, wire: &Bytes) -> Bytes {
-    match DynamicMessage::decode(route.plan.input.clone(), wire.as_ref()) {
-        Ok(m) => Bytes::from(prost::Message::encode_to_vec(&m)),
-        Err(_) => wire.clone(),
     }
 }
 
