@@ -137,6 +137,11 @@ async fn vary_headers_split_the_key() {
     };
     let a = get("a").await;
     assert_eq!(a.json["metadata"]["x-tenant"], "a", "{}", a.text);
+    assert_eq!(
+        a.header("vary"),
+        "x-tenant",
+        "caches downstream key on it too"
+    );
     assert_eq!(get("a").await.text, a.text);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let b = get("b").await;
@@ -351,6 +356,43 @@ async fn concurrent_misses_make_one_backend_call() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "100 misses of one key");
     assert_eq!(etags.len(), 1, "{etags:?}");
+}
+
+#[tokio::test]
+async fn a_waiter_gives_up_at_its_own_deadline() {
+    let (gw, calls) = start(
+        "",
+        &route("GET", "/v1/wait", "Sleep", "cache = { ttl = \"60s\" }"),
+    )
+    .await;
+    let gw = std::sync::Arc::new(gw);
+    let leader = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.get("/v1/wait?millis=1500").await })
+    };
+    // The leader's call is in flight once the backend counted it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the leader never called");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let waiter = gw
+        .request(
+            "GET",
+            "/v1/wait?millis=1500",
+            &[("x-request-timeout", "200ms")],
+            None,
+        )
+        .await;
+    assert_eq!(waiter.status, 504, "{}", waiter.text);
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(leader.await.unwrap().status, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

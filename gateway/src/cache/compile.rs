@@ -32,8 +32,9 @@ pub struct Policy {
     pub keep: Duration,
     pub vary: Vec<HeaderName>,
     pub allow_no_cache: bool,
-    /// `private` or `public`, and `max-age`, made once here.
-    pub cache_control: HeaderValue,
+    /// `Cache-Control` (`private` or `public`, and `max-age`) and `Vary`,
+    /// made once here.
+    pub directives: super::Directives,
     /// Whether entries are kept past their ttl to answer with while the
     /// backend is unavailable.
     pub stale_if_error: bool,
@@ -50,7 +51,7 @@ impl std::fmt::Debug for Policy {
             .field("ttl", &self.ttl)
             .field("keep", &self.keep)
             .field("vary", &self.vary)
-            .field("cache_control", &self.cache_control)
+            .field("directives", &self.directives)
             .finish_non_exhaustive()
     }
 }
@@ -194,6 +195,9 @@ fn policy(
     };
     let cache_control = HeaderValue::try_from(format!("{scope}, max-age={}", max_age.as_secs()))
         .expect("ASCII digits and letters");
+    let names: Vec<&str> = vary.iter().map(HeaderName::as_str).collect();
+    let vary_header = (!names.is_empty())
+        .then(|| HeaderValue::try_from(names.join(", ")).expect("header names are valid values"));
     Some(Policy {
         store: store.clone(),
         id: i as u32,
@@ -201,7 +205,10 @@ fn policy(
         keep: ttl + stale,
         vary,
         allow_no_cache: c.allow_no_cache,
-        cache_control,
+        directives: super::Directives {
+            cache_control,
+            vary: vary_header,
+        },
         stale_if_error: !stale.is_zero(),
         route: metrics::SharedString::from_shared(route.label.clone()),
         hits: LazyCounter::default(),

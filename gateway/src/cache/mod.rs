@@ -44,7 +44,7 @@ use tokio::sync::watch;
 
 pub use compile::{compile_route, new_store, Compiled, Policy};
 pub use fallback::Fallback;
-pub use respond::{respond, Served};
+pub use respond::{respond, Directives, Served};
 
 /// Cache hits, by route template.
 pub const HITS: &str = "gateway_cache_hits_total";

@@ -10,6 +10,15 @@ use super::{conditional, Entry};
 /// Says a degraded answer is one, and which kind.
 pub const DEGRADED: HeaderName = HeaderName::from_static("gateway-degraded");
 
+/// The headers a cached route adds to its fresh answers, made once at load.
+#[derive(Debug, Clone)]
+pub struct Directives {
+    /// `public` or `private`, and `max-age`.
+    pub cache_control: HeaderValue,
+    /// The route's `vary` headers, so caches downstream key on them too.
+    pub vary: Option<HeaderValue>,
+}
+
 /// How an answer made from an entry came about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
@@ -23,8 +32,8 @@ pub enum Served {
     Static,
 }
 
-/// The answer `entry` gives a request with `req` headers. `cache_control`
-/// is the route's (`None` on routes without `cache`).
+/// The answer `entry` gives a request with `req` headers. `directives`
+/// are the route's (`None` on routes without `cache`).
 ///
 /// Fresh answers carry the `ETag` and the route's `Cache-Control` (and
 /// `Age` on hits); a request whose `If-None-Match` matches gets a 304 with
@@ -32,13 +41,13 @@ pub enum Served {
 /// no-store` so no cache downstream keeps them as the real thing.
 pub fn respond(
     entry: &Entry,
-    cache_control: Option<&HeaderValue>,
+    directives: Option<&Directives>,
     req: &HeaderMap,
     served: Served,
     now: std::time::Instant,
 ) -> Response<Body> {
     let degraded = matches!(served, Served::Stale | Served::Static);
-    let validated = cache_control.is_some() && !degraded && entry.status.is_success();
+    let validated = directives.is_some() && !degraded && entry.status.is_success();
     let not_modified = validated && conditional::none_match(req, &entry.etag);
     let mut resp = if not_modified {
         let mut r = Response::new(Body::empty());
@@ -59,8 +68,11 @@ pub fn respond(
     }
     match served {
         Served::Hit | Served::Fetched => {
-            if let (true, Some(cc)) = (validated, cache_control) {
-                h.insert(header::CACHE_CONTROL, cc.clone());
+            if let (true, Some(d)) = (validated, directives) {
+                h.insert(header::CACHE_CONTROL, d.cache_control.clone());
+                if let Some(v) = &d.vary {
+                    h.append(header::VARY, v.clone());
+                }
             }
         }
         Served::Stale => {
@@ -105,7 +117,10 @@ mod tests {
     #[test]
     fn hits_carry_validators_and_age_and_a_matching_tag_gets_a_304() {
         let e = entry(StatusCode::OK);
-        let cc = HeaderValue::from_static("public, max-age=10");
+        let cc = Directives {
+            cache_control: HeaderValue::from_static("public, max-age=10"),
+            vary: Some(HeaderValue::from_static("x-tenant")),
+        };
         let r = respond(
             &e,
             Some(&cc),
@@ -114,6 +129,7 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[header::VARY], "x-tenant");
         assert_eq!(r.headers()[header::ETAG], e.etag);
         assert_eq!(r.headers()[header::CACHE_CONTROL], "public, max-age=10");
         assert_eq!(r.headers()[header::AGE], "3");
@@ -123,6 +139,7 @@ mod tests {
         let r = respond(&e, Some(&cc), &req, Served::Fetched, Instant::now());
         assert_eq!(r.status(), 304);
         assert_eq!(r.headers()[header::ETAG], e.etag);
+        assert_eq!(r.headers()[header::VARY], "x-tenant");
         assert!(r.headers().get(header::AGE).is_none());
         assert!(r.headers().get(header::CONTENT_TYPE).is_none());
     }
@@ -130,7 +147,10 @@ mod tests {
     #[test]
     fn degraded_answers_are_marked_whole_and_not_for_keeping() {
         let e = entry(StatusCode::OK);
-        let cc = HeaderValue::from_static("public, max-age=10");
+        let cc = Directives {
+            cache_control: HeaderValue::from_static("public, max-age=10"),
+            vary: None,
+        };
         let mut req = HeaderMap::new();
         req.insert(header::IF_NONE_MATCH, e.etag.clone());
         let r = respond(&e, Some(&cc), &req, Served::Stale, Instant::now());

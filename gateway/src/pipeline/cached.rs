@@ -52,17 +52,34 @@ pub(super) async fn answer(
         if let Some(e) = policy.store.get(&key).filter(|e| e.is_fresh(now)) {
             policy.hit();
             info.grpc_code = Some(Code::Ok as i32);
-            return cache::respond(&e, Some(&policy.cache_control), headers, Served::Hit, now);
+            return cache::respond(&e, Some(&policy.directives), headers, Served::Hit, now);
         }
     }
     policy.miss();
+    let timeout = call.timeout;
     let mut call = Some(call);
     loop {
         match policy.store.turn(key.clone()) {
             Turn::Wait(rx) => {
-                // A leader that went away leaves no answer: take a turn again.
-                if let Some(shared) = cache::wait(rx).await {
-                    return deliver(route, Some(policy), &shared, headers, info);
+                // Within the request's own deadline: the leader's may be
+                // longer.
+                let waited = tokio::time::timeout(timeout, cache::wait(rx)).await;
+                match waited {
+                    Ok(Some(shared)) => {
+                        return deliver(route, Some(policy), &shared, headers, info)
+                    }
+                    // A leader that went away leaves no answer: take a
+                    // turn again.
+                    Ok(None) => {}
+                    Err(_) => {
+                        let e =
+                            Error::DeadlineExceeded(crate::upstream::deadline::exceeded_message(
+                                &route.backend.name,
+                                timeout,
+                            ));
+                        info.grpc_code = Some(e.code() as i32);
+                        return e.into_response();
+                    }
                 }
             }
             Turn::Lead(leader) => {
@@ -70,7 +87,10 @@ pub(super) async fn answer(
                     unreachable!("a request leads at most once: it returns after")
                 };
                 let (shared, own) = fetch(snap, route, Some(policy), call, info, &leader).await;
-                leader.finish(shared);
+                // Not shared: the waiters take turns of their own.
+                if let Some(shared) = shared {
+                    leader.finish(shared);
+                }
                 return own;
             }
         }
@@ -86,7 +106,7 @@ fn deliver(
     info: &mut RequestInfo,
 ) -> Response<Body> {
     let now = Instant::now();
-    let cc = policy.map(|p| &p.cache_control);
+    let cc = policy.map(|p| &p.directives);
     match shared {
         Shared::Answer(e, Kind::Fresh) => {
             info.grpc_code = Some(Code::Ok as i32);
@@ -113,7 +133,8 @@ fn deliver(
     }
 }
 
-/// The leader's call: its own answer, and what its waiters get.
+/// The leader's call: its own answer, and what its waiters get (`None`:
+/// an answer for the leader alone).
 async fn fetch(
     snap: &Snapshot,
     route: &Route,
@@ -121,7 +142,7 @@ async fn fetch(
     call: Call<'_>,
     info: &mut RequestInfo,
     leader: &cache::Leader<'_>,
-) -> (Shared, Response<Body>) {
+) -> (Option<Shared>, Response<Body>) {
     let parts = call.parts;
     let result = route
         .backend
@@ -139,7 +160,10 @@ async fn fetch(
     super::note_call(info, &result);
     let reply = match result {
         Ok(reply) => reply,
-        Err(e) => return failed(snap, route, policy, Some(leader.key()), e, parts).await,
+        Err(e) => {
+            let (shared, own) = failed(snap, route, policy, Some(leader.key()), e, parts).await;
+            return (Some(shared), own);
+        }
     };
     let (md, raw, _) = reply.into_parts();
     let resp = crate::transcode::response::answer(&snap.transcode, &route.plan, &md, &raw);
@@ -153,7 +177,7 @@ async fn fetch(
                 resp.status()
             ))),
         };
-        return (shared, resp);
+        return (Some(shared), resp);
     }
     let (head, body) = resp.into_parts();
     let body = cache::collect(body).await;
@@ -168,12 +192,20 @@ async fn fetch(
         fresh_for: policy_ttl.0,
         keep_for: policy_ttl.1,
     });
+    // An answer that sets a cookie is its caller's alone: neither kept,
+    // nor handed to the waiters, nor offered to caches downstream.
+    if entry.headers.contains_key(http::header::SET_COOKIE) {
+        return (
+            None,
+            cache::respond(&entry, None, &parts.headers, Served::Fetched, now),
+        );
+    }
+    let cc = policy.map(|p| &p.directives);
+    let own = cache::respond(&entry, cc, &parts.headers, Served::Fetched, now);
     if let Some(p) = policy {
         p.store.insert(leader.key().clone(), entry.clone());
     }
-    let cc = policy.map(|p| &p.cache_control);
-    let own = cache::respond(&entry, cc, &parts.headers, Served::Fetched, now);
-    (Shared::Answer(entry, Kind::Fresh), own)
+    (Some(Shared::Answer(entry, Kind::Fresh)), own)
 }
 
 /// A failed call: a degraded answer when the backend is unavailable and
@@ -194,7 +226,7 @@ async fn failed(
                 p.served_stale();
                 let own = cache::respond(
                     &stale,
-                    Some(&p.cache_control),
+                    Some(&p.directives),
                     &parts.headers,
                     Served::Stale,
                     now,
