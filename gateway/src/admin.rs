@@ -364,6 +364,9 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     if let Some(store) = &s.edge.rate_limits.store {
         store.render(&mut out);
     }
+    if let Some(cache) = &s.cache {
+        cache.render(&mut out);
+    }
     out.push_str("# HELP gateway_backend_in_flight Calls in flight per backend\n# TYPE gateway_backend_in_flight gauge\n");
     for (b, st) in &statuses {
         sample(

@@ -450,6 +450,21 @@ async fn a_reload_starts_with_an_empty_cache() {
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let entries = || async {
+        let text = client
+            .get(gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("gateway_cache_entries "))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no gateway_cache_entries in\n{text}"))
+    };
+    assert_eq!(entries().await, "1");
     std::fs::write(&path, format!("{text}\n# touched\n")).unwrap();
     let reload = client
         .post(gw.admin_url("/admin/reload"))
@@ -457,12 +472,14 @@ async fn a_reload_starts_with_an_empty_cache() {
         .await
         .unwrap();
     assert_eq!(reload.status(), 200, "{:?}", reload.text().await);
+    assert_eq!(entries().await, "0", "the reload's store is a new one");
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
         "the new snapshot's cache is empty"
     );
+    assert_eq!(entries().await, "1", "the new store's own entry");
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

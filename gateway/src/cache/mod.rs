@@ -53,8 +53,11 @@ pub const HITS: &str = "gateway_cache_hits_total";
 pub const MISSES: &str = "gateway_cache_misses_total";
 /// Entries evicted to stay under `[cache] max_bytes`.
 pub const EVICTIONS: &str = "gateway_cache_evictions_total";
-/// Bytes the cached answers take, as the cache weighs them.
+/// Bytes the cached answers take, as the cache weighs them; rendered from
+/// the live snapshot's store at each scrape ([`Store::render`]).
 pub const BYTES: &str = "gateway_cache_bytes";
+/// Answers held; rendered like [`BYTES`].
+pub const ENTRIES: &str = "gateway_cache_entries";
 /// Degraded answers, by route template and kind (`stale`, `static`).
 pub const FALLBACKS: &str = "gateway_fallbacks_total";
 
@@ -71,11 +74,6 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         EVICTIONS,
         "Cached answers evicted to stay under [cache] max_bytes"
-    );
-    metrics::describe_gauge!(
-        BYTES,
-        metrics::Unit::Bytes,
-        "Bytes the cached answers take (keys, headers and bodies)"
     );
     metrics::describe_counter!(
         FALLBACKS,
@@ -322,7 +320,6 @@ impl Drop for Leader<'_> {
 impl Store {
     /// An empty store of at most `max_bytes`.
     pub fn new(max_bytes: u64) -> Store {
-        metrics::gauge!(BYTES).set(0.0);
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Key, v: &Arc<Entry>| v.weight(k))
@@ -355,7 +352,17 @@ impl Store {
         }
         self.entries.insert(key, entry);
         self.entries.run_pending_tasks();
-        metrics::gauge!(BYTES).set(self.entries.weighted_size() as f64);
+    }
+
+    /// `gateway_cache_bytes` and `gateway_cache_entries`, read at each
+    /// scrape from the live snapshot's store: a reload's new, empty store
+    /// shows at once, and one whose config was refused never shows.
+    pub fn render(&self, out: &mut String) {
+        use crate::telemetry::metrics::sample;
+        out.push_str("# HELP gateway_cache_bytes Bytes the cached answers take (keys, headers and bodies), at most [cache] max_bytes\n# TYPE gateway_cache_bytes gauge\n");
+        sample(out, BYTES, &[], self.entries.weighted_size() as f64);
+        out.push_str("# HELP gateway_cache_entries Answers the response cache holds\n# TYPE gateway_cache_entries gauge\n");
+        sample(out, ENTRIES, &[], self.entries.entry_count() as f64);
     }
 
     /// Bytes held, as weighed (after pending evictions ran).
