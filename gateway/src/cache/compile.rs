@@ -305,3 +305,105 @@ fn fallback(
     }
     Some(Fallback::new(status, raw, &route.label))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::LoadedFile;
+    use crate::snapshot::{BuildContext, Snapshot};
+
+    /// The end-to-end tests' Echo backend (nine lines), then `rest`.
+    fn build(rest: &str) -> Result<Snapshot, Vec<String>> {
+        let descriptors =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/descriptors");
+        let head = include_str!("../../../tests/fixtures/echo_backend.toml");
+        let text = format!("{head}\n{rest}").replace(
+            "{descriptors}",
+            &descriptors.display().to_string().replace('\\', "\\\\"),
+        );
+        let file = LoadedFile::parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        Snapshot::build(&file, BuildContext::default())
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    const GET: &str =
+        "[[routes]]\nmethod = \"GET\"\npath = \"/v1/x\"\ngrpc = \"testing.v1.Echo/Echo\"\n";
+
+    #[tokio::test]
+    async fn a_policy_keeps_entries_for_ttl_and_stale_if_error_and_says_public() {
+        let s = build(&format!(
+            "{GET}cache = {{ ttl = \"30s\", max_age = \"10s\", stale_if_error = \"1m\", vary = [\"Accept-Language\", \"accept-language\"] }}\n"
+        ))
+        .unwrap();
+        let p = s.routes[0].cache.as_ref().expect("cached");
+        assert_eq!(p.ttl.as_secs(), 30);
+        assert_eq!(p.keep.as_secs(), 90);
+        assert!(p.stale_if_error && p.allow_no_cache);
+        assert_eq!(p.vary, ["accept-language"]);
+        assert_eq!(p.directives.cache_control, "public, max-age=10");
+        assert_eq!(p.directives.vary.as_ref().unwrap(), "accept-language");
+        assert_eq!(
+            s.cache.as_ref().unwrap().max_bytes(),
+            super::DEFAULT_CACHE_MAX_BYTES
+        );
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[tokio::test]
+    async fn routes_that_check_credentials_are_private_and_warned_about_without_vary() {
+        let s = build(&format!(
+            "[consumers.a]\nkeys = [\"sha256:{}\"]\n\n{GET}auth = \"required\"\ncredentials = [\"api_key\"]\ncache = {{ ttl = \"30s\" }}\n",
+            "0".repeat(64)
+        ))
+        .unwrap();
+        let p = s.routes[0].cache.as_ref().unwrap();
+        assert_eq!(p.directives.cache_control, "private, max-age=30");
+        let warnings: Vec<String> = s.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("routes[0].cache.vary: the route checks credentials")),
+            "{warnings:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_route_caching_means_no_store_and_a_tiny_bound_is_refused() {
+        let s = build(GET).unwrap();
+        assert!(s.cache.is_none() && s.routes[0].cache.is_none());
+        let e = build(&format!(
+            "[cache]\nmax_bytes = 100\n\n{GET}cache = {{ ttl = \"1s\" }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("r.toml:12: cache.max_bytes: 100 bytes holds next to nothing"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_static_fallback_is_checked_against_the_reply_type() {
+        let s = build(&format!(
+            "{GET}fallback = {{ status = 503, body = {{ stringField = \"x\", inner = {{ name = \"n\" }} }} }}\n"
+        ))
+        .unwrap();
+        assert!(s.routes[0].fallback.is_some());
+        let e = build(&format!(
+            "{GET}fallback = {{ body = {{ stringField = 1 }} }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e[0].starts_with(
+                "r.toml:15: routes[0].fallback.body: is not a valid testing.v1.Everything"
+            ),
+            "{e:?}"
+        );
+        let e = build(&format!("{GET}fallback = {{ body = 3 }}\n")).unwrap_err();
+        assert!(
+            e[0].contains("is a integer; write the reply as a table"),
+            "{e:?}"
+        );
+    }
+}
