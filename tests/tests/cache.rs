@@ -396,6 +396,41 @@ async fn a_waiter_gives_up_at_its_own_deadline() {
 }
 
 #[tokio::test]
+async fn a_leader_cut_short_by_its_own_deadline_does_not_fail_its_waiters() {
+    let (gw, calls) = start(
+        "",
+        &route("GET", "/v1/cut", "Sleep", "cache = { ttl = \"60s\" }"),
+    )
+    .await;
+    let gw = std::sync::Arc::new(gw);
+    let leader = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            gw.request(
+                "GET",
+                "/v1/cut?millis=600",
+                &[("x-request-timeout", "300ms")],
+                None,
+            )
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the leader never called");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waiter = gw.get("/v1/cut?millis=600").await;
+    assert_eq!(leader.await.unwrap().status, 504);
+    assert_eq!(waiter.status, 200, "{}", waiter.text);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the waiter made its own call"
+    );
+}
+
+#[tokio::test]
 async fn the_cache_stays_under_its_bound_and_counts_evictions() {
     gateway::telemetry::metrics::handle();
     let (backend, calls) = counting_backend().await;

@@ -144,6 +144,9 @@ async fn fetch(
     leader: &cache::Leader<'_>,
 ) -> (Option<Shared>, Response<Body>) {
     let parts = call.parts;
+    // A deadline the leader's client set shorter than the route's is its
+    // own: a call it cut short says nothing to waiters with more time.
+    let own_deadline = call.timeout < route.timeout;
     let result = route
         .backend
         .call(crate::upstream::CallRequest {
@@ -161,8 +164,9 @@ async fn fetch(
     let reply = match result {
         Ok(reply) => reply,
         Err(e) => {
+            let cut_short = own_deadline && call_code(&e) == Code::DeadlineExceeded;
             let (shared, own) = failed(snap, route, policy, Some(leader.key()), e, parts).await;
-            return (Some(shared), own);
+            return ((!cut_short).then_some(shared), own);
         }
     };
     let (md, raw, _) = reply.into_parts();
@@ -206,6 +210,13 @@ async fn fetch(
         p.store.insert(leader.key().clone(), entry.clone());
     }
     (Some(Shared::Answer(entry, Kind::Fresh)), own)
+}
+
+fn call_code(e: &CallError) -> Code {
+    match e {
+        CallError::Refused { code, .. } => *code,
+        CallError::Upstream { status, .. } => status.code(),
+    }
 }
 
 /// A failed call: a degraded answer when the backend is unavailable and
