@@ -47,11 +47,16 @@ impl std::fmt::Debug for Fallback {
 /// degraded answer may stand in for; a backend's own error (NOT_FOUND,
 /// INVALID_ARGUMENT, ...) is its answer and goes out as it is.
 pub fn unavailable(e: &CallError) -> bool {
-    let code = match e {
+    matches!(code(e), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// The gRPC code a failed call ended with, whether the gateway refused to
+/// call or the backend answered.
+pub fn code(e: &CallError) -> Code {
+    match e {
         CallError::Refused { code, .. } => *code,
         CallError::Upstream { status, .. } => status.code(),
-    };
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+    }
 }
 
 /// Counts (in `counter`, registered on first use) and logs one degraded

@@ -57,13 +57,14 @@ pub(super) async fn answer(
     }
     policy.miss();
     let timeout = call.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut call = Some(call);
     loop {
         match policy.store.turn(key.clone()) {
             Turn::Wait(rx) => {
                 // Within the request's own deadline: the leader's may be
                 // longer.
-                let waited = tokio::time::timeout(timeout, cache::wait(rx)).await;
+                let waited = tokio::time::timeout_at(deadline, cache::wait(rx)).await;
                 match waited {
                     Ok(Some(shared)) => {
                         return deliver(route, Some(policy), &shared, headers, info)
@@ -164,13 +165,15 @@ async fn fetch(
     let reply = match result {
         Ok(reply) => reply,
         Err(e) => {
-            let cut_short = own_deadline && call_code(&e) == Code::DeadlineExceeded;
+            let cut_short = own_deadline && cache::fallback::code(&e) == Code::DeadlineExceeded;
             let (shared, own) = failed(snap, route, policy, Some(leader.key()), e, parts).await;
             return ((!cut_short).then_some(shared), own);
         }
     };
     let (md, raw, _) = reply.into_parts();
+    let transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");
     let resp = crate::transcode::response::answer(&snap.transcode, &route.plan, &md, &raw);
+    drop(transcoding);
     if !resp.status().is_success() {
         // An answer the gateway could not render: shared, never kept.
         let shared = match resp.extensions().get::<Error>() {
@@ -210,13 +213,6 @@ async fn fetch(
         p.store.insert(leader.key().clone(), entry.clone());
     }
     (Some(Shared::Answer(entry, Kind::Fresh)), own)
-}
-
-fn call_code(e: &CallError) -> Code {
-    match e {
-        CallError::Refused { code, .. } => *code,
-        CallError::Upstream { status, .. } => status.code(),
-    }
 }
 
 /// A failed call: a degraded answer when the backend is unavailable and
