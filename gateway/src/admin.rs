@@ -104,6 +104,9 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 "auth": r.edge.describe_auth(&s.edge),
                 "limits": r.edge.describe_limits(&s.edge),
                 "protocols": r.protocol_names(),
+                // The response cache and the static fallback (docs/routes.md).
+                "cache": r.cache.as_ref().map(|p| p.describe()),
+                "fallback": r.fallback.as_ref().map(|f| f.describe()),
                 "source": r.source.to_string(),
             })
         })

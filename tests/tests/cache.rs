@@ -500,6 +500,17 @@ async fn a_reload_starts_with_an_empty_cache() {
             .unwrap_or_else(|| panic!("no gateway_cache_entries in\n{text}"))
     };
     assert_eq!(entries().await, "1");
+    let routes: serde_json::Value = client
+        .get(gw.admin_url("/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cached = &routes["routes"][0]["cache"];
+    assert_eq!(cached["ttl_ms"], 60000, "{routes}");
+    assert_eq!(cached["cache_control"], "public, max-age=60", "{routes}");
     std::fs::write(&path, format!("{text}\n# touched\n")).unwrap();
     let reload = client
         .post(gw.admin_url("/admin/reload"))

@@ -67,6 +67,17 @@ impl Policy {
             .increment(|| metrics::counter!(super::MISSES, "route" => self.route.clone()));
     }
 
+    /// For /admin/routes.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ttl_ms": self.ttl.as_millis() as u64,
+            "stale_if_error_ms": (self.keep - self.ttl).as_millis() as u64,
+            "vary": self.vary.iter().map(HeaderName::as_str).collect::<Vec<_>>(),
+            "allow_no_cache": self.allow_no_cache,
+            "cache_control": self.directives.cache_control.to_str().unwrap_or(""),
+        })
+    }
+
     /// Counts and logs a stale answer sent for an unavailable backend.
     pub fn served_stale(&self) {
         super::fallback::record(&self.route, super::Kind::Stale, &self.stale);

@@ -112,6 +112,14 @@ impl Fallback {
         self.rendered.get_or_init(|| entry).clone()
     }
 
+    /// For /admin/routes.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": self.status.map(|s| s.as_u16()),
+            "bytes": self.raw.len(),
+        })
+    }
+
     /// Counts and logs one use.
     pub fn record(&self) {
         record(&self.route, Kind::Static, &self.counter);
