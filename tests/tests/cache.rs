@@ -204,6 +204,36 @@ async fn if_none_match_gets_a_304_with_the_etag() {
 }
 
 #[tokio::test]
+async fn a_compressed_answer_has_a_weak_etag_that_still_validates() {
+    let (gw, calls) = start(
+        "",
+        &route("GET", "/v1/gzip", "Echo", "cache = { ttl = \"60s\" }"),
+    )
+    .await;
+    let path = format!("/v1/gzip?stringField={}", "x".repeat(1500));
+    let plain = gw.get(&path).await;
+    let strong = plain.header("etag");
+    let gzip = gw
+        .request("GET", &path, &[("accept-encoding", "gzip")], None)
+        .await;
+    assert_eq!(gzip.header("content-encoding"), "gzip");
+    assert_eq!(gzip.header("etag"), format!("W/{strong}"));
+    let again = gw
+        .request(
+            "GET",
+            &path,
+            &[
+                ("accept-encoding", "gzip"),
+                ("if-none-match", &gzip.header("etag")),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(again.status, 304);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn routes_that_check_credentials_are_private_and_keyed_per_caller() {
     let digest = |key: &str| {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
