@@ -3,7 +3,9 @@
 //! medium, large and 1 MiB messages, both on the direct path unary calls
 //! take (`json_to_wire`, `wire_to_json`) and on the DynamicMessage path the
 //! rest take and the direct path falls back to (`json_to_message`,
-//! `message_to_json`); headers -> gRPC metadata.
+//! `message_to_json`); headers -> gRPC metadata; a response-cache hit's key
+//! (`cache_key`: the request decoded and encoded again, the key built, the
+//! entry looked up).
 //!
 //! Run: `cargo bench -p gateway --bench hotpath` (add a filter, e.g. `-- match`).
 
@@ -164,5 +166,46 @@ fn headers_to_metadata(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, matching, json_both_ways, headers_to_metadata);
+/// What a cache hit costs besides transcoding the request: the message
+/// made canonical (decoded and encoded again), the key, the lookup.
+fn cache_key(c: &mut Criterion) {
+    use gateway::cache::{canonical, Entry, Key, Store, Varied};
+    let pool = pool();
+    let req = pool.get_message_by_name("bench.v1.GetItemRequest").unwrap();
+    let mut msg = DynamicMessage::new(req.clone());
+    msg.set_field_by_name("id", prost_reflect::Value::I64(12345));
+    let wire = bytes::Bytes::from(prost::Message::encode_to_vec(&msg));
+    let store = Store::new(1 << 20);
+    let varied = Varied::of(&[], &http::HeaderMap::new());
+    let body = bytes::Bytes::from_static(br#"{"id":"12345","name":"item"}"#);
+    store.insert(
+        Key::new(0, &canonical(&req, &wire), &varied.0),
+        std::sync::Arc::new(Entry {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            etag: gateway::cache::conditional::etag(&body),
+            body,
+            stored: std::time::Instant::now(),
+            fresh_for: std::time::Duration::from_secs(3600),
+            keep_for: std::time::Duration::from_secs(3600),
+        }),
+    );
+    c.bench_function("cache_key/canonical", |b| {
+        b.iter(|| black_box(canonical(&req, black_box(&wire))))
+    });
+    c.bench_function("cache_key/hit", |b| {
+        b.iter(|| {
+            let key = Key::new(0, &canonical(&req, black_box(&wire)), &varied.0);
+            black_box(store.get(&key).is_some())
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    matching,
+    json_both_ways,
+    headers_to_metadata,
+    cache_key
+);
 criterion_main!(benches);

@@ -104,6 +104,9 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 "auth": r.edge.describe_auth(&s.edge),
                 "limits": r.edge.describe_limits(&s.edge),
                 "protocols": r.protocol_names(),
+                // The response cache and the static fallback (docs/routes.md).
+                "cache": r.cache.as_ref().map(|p| p.describe()),
+                "fallback": r.fallback.as_ref().map(|f| f.describe()),
                 "source": r.source.to_string(),
             })
         })
@@ -373,6 +376,9 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     }
     if let Some(store) = &s.edge.rate_limits.store {
         store.render(&mut out);
+    }
+    if let Some(cache) = &s.cache {
+        cache.render(&mut out);
     }
     out.push_str("# HELP gateway_backend_in_flight Calls in flight per backend\n# TYPE gateway_backend_in_flight gauge\n");
     for (b, st) in &statuses {

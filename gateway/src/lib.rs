@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod consul;
 pub mod consul_kv;

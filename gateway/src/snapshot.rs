@@ -127,6 +127,11 @@ pub struct Route {
     /// gRPC-Web and Connect, for the routes at `/<package.Service>/<Method>`
     /// (none for REST routes).
     pub rpc: Protocols,
+    /// The route's `cache`: its answers are kept in the snapshot's store.
+    /// `None` for routes without one, whose path never looks at the cache.
+    pub cache: Option<Arc<crate::cache::Policy>>,
+    /// The route's static `fallback`, for an unavailable backend.
+    pub fallback: Option<Arc<crate::cache::Fallback>>,
 }
 
 /// The gateway's whole configuration, validated and compiled.
@@ -175,6 +180,9 @@ pub struct Snapshot {
     pub edge: Arc<crate::edge::Edge>,
     /// `[openapi]`, and the generated document once rendered.
     pub openapi: crate::openapi::settings::Settings,
+    /// The response cache of the routes with `cache`, empty at every load
+    /// (docs/routes.md); `None` when no route caches.
+    pub cache: Option<Arc<crate::cache::Store>>,
     /// `[server.tls]`: the listener's certificates; None serves plaintext.
     pub tls: Option<Arc<crate::edge::tls::Tls>>,
     /// Problems that do not refuse the config (annotations binding a method
@@ -333,6 +341,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
     let backends = build_backends(file, &descriptors.pool, &ctx, &mut errors);
     // Before the routes, which refer to its issuers and policies.
     let edge = crate::edge::build(file, ctx.previous.map(|p| &*p.edge), &mut errors);
+    let cache = crate::cache::new_store(file, &mut errors);
     let decode = DecodeOptions {
         reject_unknown: server.unknown_fields == UnknownFields::Reject,
         max_depth: edge.limits.max_json_depth,
@@ -344,6 +353,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         backends: &backends,
         forward_headers: &settings.forward_headers,
         edge: &edge,
+        cache: cache.as_ref(),
     }
     .compile(decode, &mut errors);
     let openapi =
@@ -387,6 +397,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         matcher: table.matcher,
         backends: backends.by_name,
         openapi,
+        cache,
         edge: Arc::new(edge),
         tls,
         warnings: table.warnings.into_iter().chain(warnings).collect(),
@@ -698,6 +709,8 @@ struct RouteInputs<'a> {
     /// `server.forward_headers`.
     forward_headers: &'a [HeaderName],
     edge: &'a crate::edge::Edge,
+    /// The response cache, when some route has `cache`.
+    cache: Option<&'a Arc<crate::cache::Store>>,
 }
 
 impl RouteInputs<'_> {
@@ -829,7 +842,11 @@ impl RouteInputs<'_> {
         let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
             errors.push(route_error(file, i, spanned, field, msg));
         });
-        let Some(route) = compiled else { return };
+        let Some(mut route) = compiled else { return };
+        let extra = crate::cache::compile_route(file, i, spanned, &route, self.cache, errors);
+        route.cache = extra.cache;
+        route.fallback = extra.fallback;
+        table.warnings.extend(extra.warnings);
         let route = Arc::new(route);
         if let Err(conflict) = table
             .matcher
@@ -1388,6 +1405,8 @@ fn assemble(
         retry_on: spec.retry_on,
         edge: spec.edge,
         rpc: Protocols::default(),
+        cache: None,
+        fallback: None,
     })
 }
 

@@ -5,6 +5,7 @@
 //! variable a field) live in `snapshot`, which reports through the same
 //! [`ConfigError`] so every problem names file, line and field.
 
+mod cache;
 pub mod compression;
 mod duration;
 mod edge;
@@ -24,6 +25,7 @@ use toml::Spanned;
 
 use reference::{ClaimValue, DurationText};
 
+pub use cache::{CacheConfig, FallbackConfig, RouteCacheConfig, DEFAULT_CACHE_MAX_BYTES};
 pub use duration::parse_duration;
 pub use edge::{
     ApiKeysConfig, AuthConfig, ConsumerConfig, CorsConfig, IssuerConfig, LimitsConfig,
@@ -98,6 +100,10 @@ pub struct FileConfig {
     /// The generated OpenAPI 3.1 document of the routes (docs/streaming.md).
     #[serde(default)]
     pub openapi: OpenApiConfig,
+    /// The response cache's bound, shared by the routes with `cache`
+    /// (docs/routes.md).
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// `[openapi]`: where the generated document is served, and its title.
@@ -1104,6 +1110,20 @@ pub struct RouteConfig {
     /// last frame. Needs `method = "GET"`.
     #[serde(default)]
     pub websocket: bool,
+
+    // Caching and degraded answers (docs/routes.md).
+    /// Serve this GET route's answers from the gateway's cache for a while:
+    /// `{ ttl = "30s", vary = [...], max_age, allow_no_cache,
+    /// stale_if_error }`. Only GET routes of unary methods. Answers get an
+    /// `ETag` and `Cache-Control` (`private` when the route checks
+    /// credentials); `If-None-Match` gets a 304. Off when absent.
+    #[schemars(with = "Option<RouteCacheConfig>")]
+    pub cache: Option<Spanned<RouteCacheConfig>>,
+    /// The answer sent when the backend is unavailable and no stale cached
+    /// answer is there: `{ status = 200, body = { ... } }`. Unary methods
+    /// only. None when absent: the unavailable backend's 503 or 504.
+    #[schemars(with = "Option<FallbackConfig>")]
+    pub fallback: Option<Spanned<FallbackConfig>>,
 }
 
 fn default_listen() -> Spanned<String> {

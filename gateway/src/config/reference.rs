@@ -54,6 +54,12 @@ schema_marker!(
     { "type": ["string", "number", "boolean", "array"] }
 );
 
+schema_marker!(
+    /// A fallback's reply message: a TOML table, or the JSON text of one.
+    FallbackBody,
+    { "type": ["object", "string"] }
+);
+
 /// The JSON Schema of routes.toml.
 pub fn schema() -> Value {
     schemars::generate::SchemaSettings::draft2020_12()

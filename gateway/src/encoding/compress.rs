@@ -87,6 +87,20 @@ impl Chosen {
         );
         headers.remove(header::CONTENT_LENGTH);
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        // A strong ETag names these exact bytes, which compressing changes
+        // (RFC 9110 section 8.8.1): weakened, as nginx does, it still
+        // validates the uncompressed answer under the weak comparison
+        // If-None-Match uses.
+        if let Some(tag) = headers
+            .get(header::ETAG)
+            .filter(|t| t.as_bytes().starts_with(b"\""))
+        {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(tag.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&weak) {
+                headers.insert(header::ETAG, v);
+            }
+        }
         let body = std::mem::take(resp.body_mut());
         *resp.body_mut() = Body::new(Compressed {
             inner: body,
@@ -353,8 +367,11 @@ mod tests {
             let chosen = policy().choose(Some(&ae)).unwrap();
             assert_eq!(chosen.coding, coding);
             let mut resp = json(5000);
+            resp.headers_mut()
+                .insert(header::ETAG, HeaderValue::from_static("\"abc\""));
             chosen.apply(&mut resp);
             assert_eq!(resp.headers()[header::CONTENT_ENCODING], coding.name());
+            assert_eq!(resp.headers()[header::ETAG], "W/\"abc\"");
             assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert!(body.len() < 5000);

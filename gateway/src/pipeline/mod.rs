@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tonic::Code;
 
+mod cached;
 mod compress;
 pub mod rpc;
 mod stream;
@@ -327,6 +328,12 @@ where
             None if crate::error::wants_problem(req.headers()) => crate::error::Format::Problem,
             None => crate::error::Format::Json,
         };
+        // A cached route's `vary` values, before authentication takes the
+        // credentials out of the request.
+        if let Some(policy) = route.as_ref().and_then(|r| r.cache.as_ref()) {
+            let varied = crate::cache::Varied::of(&policy.vary, req.headers());
+            req.extensions_mut().insert(varied);
+        }
         req.extensions_mut().insert(routed);
         OnResponse::inner(self.inner.call(req), Finish { route, format })
     }
@@ -620,6 +627,19 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
     drop(body);
     transcoding.end();
 
+    let timeout = client_deadline.map_or(route.timeout, |c| c.min(route.timeout));
+    // STAGE cache: routes with `cache` ask it before calling. Boxed, so
+    // routes without one keep their future's size.
+    if let Some(policy) = &route.cache {
+        let call = cached::Call {
+            parts: &parts,
+            request,
+            metadata,
+            timeout,
+        };
+        return Box::pin(cached::answer(snap, route, policy, call, info)).await;
+    }
+
     // Balancing, retries, ejection, circuit breaker and deadline all happen
     // in the backend; the client's deadline headers and address go along.
     let result = route
@@ -628,20 +648,40 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
             path: route.grpc_path.clone(),
             body: request,
             metadata,
-            timeout: client_deadline.map_or(route.timeout, |c| c.min(route.timeout)),
+            timeout,
             retry: crate::upstream::RouteRetry::for_route(&route.method, route.retry_on.as_deref()),
             headers: &parts.headers,
             client_ip: client_ip(&parts),
             metrics: &route.metrics,
         })
         .await;
-    let code = match &result {
+    note_call(info, &result);
+    match result {
+        Ok(reply) => {
+            let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");
+            let (md, raw, _) = reply.into_parts();
+            crate::transcode::response::answer(settings, plan, &md, &raw)
+        }
+        // A degraded answer for an unavailable backend, when the route has one.
+        Err(e) if route.fallback.is_some() && crate::cache::fallback::unavailable(&e) => {
+            Box::pin(cached::degrade(snap, route, e, &parts)).await
+        }
+        Err(e) => stream::call_error(snap, route, e),
+    }
+}
+
+/// The call's gRPC code, endpoint and retries, for the access log.
+fn note_call(
+    info: &mut RequestInfo,
+    result: &Result<tonic::Response<Bytes>, crate::upstream::CallError>,
+) {
+    let code = match result {
         Ok(_) => Code::Ok,
         Err(crate::upstream::CallError::Refused { code, .. }) => *code,
         Err(crate::upstream::CallError::Upstream { status, .. }) => status.code(),
     };
     info.grpc_code = Some(code as i32);
-    match &result {
+    match result {
         Ok(reply) => {
             if let Some(u) = reply.extensions().get::<crate::upstream::Attempted>() {
                 info.endpoint = Some(u.addr.clone());
@@ -653,14 +693,6 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
             info.retries = attempts.saturating_sub(1);
         }
         Err(crate::upstream::CallError::Refused { .. }) => {}
-    }
-    match result {
-        Ok(reply) => {
-            let _transcoding = crate::telemetry::otel::ChildSpan::internal("transcode reply");
-            let (md, raw, _) = reply.into_parts();
-            crate::transcode::response::answer(settings, plan, &md, &raw)
-        }
-        Err(e) => stream::call_error(snap, route, e),
     }
 }
 

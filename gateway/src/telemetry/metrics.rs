@@ -164,6 +164,7 @@ fn describe() {
         JWKS_FETCH_FAILURES,
         "Failed JWKS fetches, by URL; the cached keys stay in use, and tokens fail with an unknown kid until a fetch succeeds"
     );
+    crate::cache::describe_metrics();
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs"

@@ -47,6 +47,11 @@
 //! the CPU and p99 of a shared decision show against a local one in one
 //! run: `--only limited`.
 //!
+//! `cached GET` is the small GET on a route with `cache` (ttl one hour): every
+//! request after the first is a hit, so its CPU per request against the
+//! small GET's (the same message, uncached) shows what a hit saves over a
+//! transcoded backend call, printed after the table: `--only GET`.
+//!
 //! The load client is in this process: a lean hyper HTTP/1.1 client (one
 //! keep-alive connection per worker, no JSON parsing) for the gateway, and a
 //! tonic client over one HTTP/2 connection for the direct path, the way gRPC
@@ -346,6 +351,10 @@ fn write_config(
             ""
         }
     );
+    if expose {
+        // This build only (`cache` is newer than a baseline binary).
+        cfg.push_str(CACHED_ROUTE);
+    }
     if let Limits::Local | Limits::Redis(_) = limits {
         // Limits that never refuse: what is measured is the decision.
         cfg.push_str(
@@ -802,7 +811,54 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
         },
         limited_get("limited local", "local", &get_msg2, &item2)?,
         limited_get("limited redis", "redis", &get_msg2, &item2)?,
+        cached_get(&get_msg2, &item2),
     ])
+}
+
+/// The `cached GET` route: the small GET's method, answers kept an hour.
+const CACHED_ROUTE: &str = "[[routes]]\nmethod = \"GET\"\npath = \"/v1/cached/items/{id}\"\ngrpc = \"bench.v1.Bench/GetItem\"\ncache = { ttl = \"1h\" }\n\n";
+
+/// The small GET on [`CACHED_ROUTE`]: after the warm-up, every request is a
+/// cache hit. `rpc: true` only keeps it off a `--baseline` binary, which
+/// may predate `cache`.
+fn cached_get(get_msg: &DynamicMessage, item: &MessageDescriptor) -> Scenario {
+    Scenario {
+        name: "cached GET",
+        http: HttpCall {
+            method: http::Method::GET,
+            path: "/v1/cached/items/12345".into(),
+            body: Bytes::new(),
+            content_type: "application/json",
+        },
+        grpc: GrpcCall {
+            path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem"),
+            message: get_msg.clone(),
+            reply: item.clone(),
+            streaming: false,
+        },
+        rpc: true,
+        limited: false,
+    }
+}
+
+/// A cache hit against the same GET answered by the backend: the gateway's
+/// CPU per request and p99 of `cached GET` and `small GET`, same run.
+fn print_cache_costs(table: &[(&str, RunResult, RunResult)]) {
+    let row = |name: &str| table.iter().find(|(n, _, _)| *n == name).map(|(_, g, _)| g);
+    let (Some(hit), Some(miss)) = (row("cached GET"), row("small GET")) else {
+        return;
+    };
+    let cpu = |r: &RunResult| r.gateway_cpu_us_per_req.unwrap_or(0.0);
+    println!(
+        "cache hit vs backend call: {:.1} vs {:.1} us gateway CPU/req ({:+.1}%), p99 {:.0} vs {:.0} us, {:.0} vs {:.0} req/s",
+        cpu(hit),
+        cpu(miss),
+        (cpu(hit) / cpu(miss).max(f64::MIN_POSITIVE) - 1.0) * 100.0,
+        hit.p99_us,
+        miss.p99_us,
+        hit.rps,
+        miss.rps,
+    );
 }
 
 /// The small GET behind a limit that never refuses, decided in `store`.
@@ -1084,6 +1140,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         println!("\nthis build ({rss_idle:.1} MiB resident after start):");
         let rows = print_table(&table);
         print_protocol_costs(&table);
+        print_cache_costs(&table);
         print_tls_costs(&table, &tls_notes);
         print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
         return write_report(&opts, rows, base_rows, json!({}));
@@ -1171,6 +1228,7 @@ async fn run_bench(opts: Options) -> Result<()> {
         paced_gw.p99_us, paced_direct.p99_us, added_p99
     );
     print_protocol_costs(&table);
+    print_cache_costs(&table);
     print_tls_costs(&table, &tls_notes);
     print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
     println!(
