@@ -111,7 +111,29 @@ async fn the_validation_example_creates_gets_and_documents_its_rules() {
         .await
         .unwrap();
     assert_eq!(got.status(), 200);
+    // The route's cache: a validator and the route's Cache-Control.
+    let etag = got.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(got.headers()["cache-control"], "public, max-age=30");
     assert_eq!(got.json::<Value>().await.unwrap(), account);
+    let again = client
+        .get(format!("http://{addr}{location}"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+
+    // The policy, from the backend while it is up: not degraded.
+    let policy = client
+        .get(format!("http://{addr}/v1/signup-policy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policy.status(), 200);
+    assert!(policy.headers().get("gateway-degraded").is_none());
+    let policy: Value = policy.json().await.unwrap();
+    assert_eq!(policy["open"], true, "{policy}");
 
     // An id nobody created: NOT_FOUND from the backend.
     let missing = client
@@ -162,6 +184,45 @@ async fn the_validation_example_creates_gets_and_documents_its_rules() {
     assert_eq!(get["parameters"][0]["schema"]["format"], "uuid", "{get:#}");
 
     child.start_kill().expect("kill the demo gateway");
+    let _ = child.wait().await;
+    gateway_tests::remove_temp_parent(&config);
+}
+
+#[tokio::test]
+async fn without_its_backend_the_example_answers_its_fallback() {
+    // `serve` starts no example backend: the signup endpoint refuses.
+    let config = example_config().await;
+    let (mut child, addr) =
+        spawn_listening(&["serve", "--config", config.to_str().expect("utf-8 path")]).await;
+    let client = http_client();
+
+    let policy = client
+        .get(format!("http://{addr}/v1/signup-policy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policy.status(), 200);
+    assert_eq!(policy.headers()["gateway-degraded"], "static");
+    let body: Value = policy.json().await.unwrap();
+    // `open = false`, the default: proto3 JSON leaves it out.
+    assert!(!body["open"].as_bool().unwrap_or(false), "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("paused"),
+        "{body}"
+    );
+
+    // No fallback and nothing cached for this one: the plain 503.
+    let account = client
+        .get(format!(
+            "http://{addr}/v1/accounts/00000000-0000-4000-8000-000000000001"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(account.status(), 503);
+    assert!(account.headers().get("gateway-degraded").is_none());
+
+    child.start_kill().expect("kill the gateway");
     let _ = child.wait().await;
     gateway_tests::remove_temp_parent(&config);
 }

@@ -90,6 +90,13 @@ fn handle(
                 .cloned()
                 .ok_or_else(|| Status::not_found(format!("account {id} does not exist")))
         }
+        "GetSignupPolicy" => {
+            let mut policy = DynamicMessage::new(method.output());
+            policy.set_field_by_name("open", Value::Bool(true));
+            policy.set_field_by_name("min_age", Value::I32(13));
+            policy.set_field_by_name("max_interests", Value::I32(5));
+            Ok(policy)
+        }
         other => Err(Status::unimplemented(format!("{other} is not implemented"))),
     }
 }
