@@ -24,3 +24,4 @@ pub mod state;
 pub mod telemetry;
 pub mod transcode;
 pub mod upstream;
+pub mod validate;
