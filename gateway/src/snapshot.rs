@@ -127,6 +127,9 @@ pub struct Route {
     /// gRPC-Web and Connect, for the routes at `/<package.Service>/<Method>`
     /// (none for REST routes).
     pub rpc: Protocols,
+    /// The request message's `buf.validate` rules, compiled; `None` when
+    /// it has none or the route has `validate = false`.
+    pub validator: Option<Arc<crate::validate::Validator>>,
 }
 
 /// The gateway's whole configuration, validated and compiled.
@@ -210,6 +213,8 @@ struct RouteSpec<'a> {
     shape: crate::transcode::shape::ShapeConfig,
     edge: crate::edge::RouteEdge,
     source: RouteSource,
+    /// Whether the request is checked against its `buf.validate` rules.
+    validate: bool,
 }
 
 /// Inputs a snapshot is built from besides routes.toml and the folder.
@@ -309,6 +314,8 @@ struct Backends {
 /// The routes compiled so far.
 struct RouteTable {
     planner: crate::transcode::fast::Planner,
+    /// Each request message's `buf.validate` rules, compiled once.
+    validators: crate::validate::Compiler,
     routes: Vec<Arc<Route>>,
     matcher: Matcher<Arc<Route>>,
     /// Annotation bindings not served; see [`Snapshot::warnings`].
@@ -714,6 +721,7 @@ impl RouteInputs<'_> {
                     proto_names: server.proto_field_names,
                 },
             ),
+            validators: crate::validate::Compiler::new(self.pool),
             routes: Vec::new(),
             matcher: Matcher::new(),
             warnings: Vec::new(),
@@ -725,6 +733,19 @@ impl RouteInputs<'_> {
             self.annotation_routes(&mut table, errors);
         }
         self.rpc_routes(&mut table, errors);
+        // A rule that does not compile refuses the descriptors, whichever
+        // routes use the message; one the gateway does not check is said.
+        let at = |p: crate::validate::Problem| {
+            ConfigError::new(&self.descriptors_dir.join(&p.file), None, "", p.text)
+        };
+        errors.extend(table.validators.take_errors().into_iter().map(at));
+        let unchecked = table.validators.take_warnings().into_iter().map(|p| {
+            let mut w = at(p);
+            w.message
+                .push_str(" (the backend still sees the request; check it there)");
+            w
+        });
+        table.warnings.extend(unchecked);
         table
     }
 
@@ -765,17 +786,22 @@ impl RouteInputs<'_> {
                         source: RouteSource::Rpc {
                             backend: backend_name.clone(),
                         },
+                        validate: true,
                     };
                     let name = format!("{} (backends.{backend_name}.expose)", method.full_name());
-                    let compiled =
-                        compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
+                    let compiled = compile(
+                        spec,
+                        &mut table.planner,
+                        &mut table.validators,
+                        &mut |field: &str, msg: String| {
                             errors.push(ConfigError::new(
                                 self.descriptors_dir,
                                 None,
                                 format!("{name} {field}"),
                                 msg,
                             ));
-                        });
+                        },
+                    );
                     let Some(mut route) = compiled else { continue };
                     // GET is Connect's form only.
                     route.rpc = match verb {
@@ -826,9 +852,14 @@ impl RouteInputs<'_> {
         spec.edge = self
             .edge
             .route(file, i, spanned, &spec.method, &spec.path, errors);
-        let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
-            errors.push(route_error(file, i, spanned, field, msg));
-        });
+        let compiled = compile(
+            spec,
+            &mut table.planner,
+            &mut table.validators,
+            &mut |field: &str, msg: String| {
+                errors.push(route_error(file, i, spanned, field, msg));
+            },
+        );
         let Some(route) = compiled else { return };
         let route = Arc::new(route);
         if let Err(conflict) = table
@@ -907,16 +938,22 @@ impl RouteInputs<'_> {
             source: RouteSource::Annotation {
                 method: method.full_name().to_owned(),
             },
+            validate: true,
         };
         let name = format!("{} (google.api.http)", method.full_name());
-        let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
-            errors.push(ConfigError::new(
-                self.descriptors_dir,
-                None,
-                format!("{name} {field}"),
-                msg,
-            ));
-        });
+        let compiled = compile(
+            spec,
+            &mut table.planner,
+            &mut table.validators,
+            &mut |field: &str, msg: String| {
+                errors.push(ConfigError::new(
+                    self.descriptors_dir,
+                    None,
+                    format!("{name} {field}"),
+                    msg,
+                ));
+            },
+        );
         let Some(route) = compiled else { return };
         let route = Arc::new(route);
         match table
@@ -1004,6 +1041,7 @@ impl RouteInputs<'_> {
                 path: file.path.clone(),
                 line: file.line_of(spanned),
             },
+            validate: r.validate,
         })
     }
 
@@ -1237,10 +1275,18 @@ struct Bindings {
 fn compile(
     spec: RouteSpec<'_>,
     planner: &mut crate::transcode::fast::Planner,
+    validators: &mut crate::validate::Compiler,
     err: &mut dyn FnMut(&str, String),
 ) -> Option<Route> {
     let bindings = bind(&spec, err)?;
-    assemble(spec, bindings, planner)
+    let validator = if spec.validate {
+        validators.validator(&spec.grpc.input())
+    } else {
+        None
+    };
+    let mut route = assemble(spec, bindings, planner)?;
+    route.validator = validator;
+    Some(route)
 }
 
 /// Resolves the route's template, body and response body against the
@@ -1388,6 +1434,7 @@ fn assemble(
         retry_on: spec.retry_on,
         edge: spec.edge,
         rpc: Protocols::default(),
+        validator: None,
     })
 }
 

@@ -963,6 +963,13 @@ pub struct RouteConfig {
     /// the whole reply when absent.
     #[schemars(with = "Option<String>")]
     pub response_body: Option<Spanned<String>>,
+    /// Check the request message against its `buf.validate`
+    /// (protovalidate) rules before calling the backend: a violation is a
+    /// 400 listing every field at fault (docs/routes.md, "Validation").
+    /// On by default where the request message carries rules; `false`
+    /// leaves them to the backend.
+    #[serde(default = "yes")]
+    pub validate: bool,
     /// Deadline for this route, sent as `grpc-timeout` (default: the
     /// backend's `timeout`). A client's smaller `grpc-timeout` or
     /// `X-Request-Timeout` wins.

@@ -18,8 +18,9 @@ use super::{cel, Elem, Ext, FieldPlan, MessageOneof, MessagePlan, Shape, Validat
 
 #[derive(Default)]
 pub(super) struct Problems {
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
+    /// (the .proto file of the message, the problem)
+    pub errors: Vec<(String, String)>,
+    pub warnings: Vec<(String, String)>,
 }
 
 /// `Ignore` values (validate.proto).
@@ -129,6 +130,7 @@ struct Builder<'a> {
 
 /// Where a rule is, for errors: the message, the field, the rule's path.
 struct At<'a> {
+    file: &'a str,
     message: &'a str,
     field: &'a str,
     rule: String,
@@ -148,6 +150,7 @@ impl At<'_> {
 
     fn sub(&self, name: &str) -> At<'_> {
         At {
+            file: self.file,
             message: self.message,
             field: self.field,
             rule: format!("{}.{name}", self.rule),
@@ -158,11 +161,15 @@ impl At<'_> {
 impl Builder<'_> {
     fn error(&mut self, at: &At<'_>, what: &str) {
         self.failed = true;
-        self.problems.errors.push(at.text(what));
+        self.problems
+            .errors
+            .push((at.file.to_owned(), at.text(what)));
     }
 
     fn warn(&mut self, at: &At<'_>, what: &str) {
-        self.problems.warnings.push(at.text(what));
+        self.problems
+            .warnings
+            .push((at.file.to_owned(), at.text(what)));
     }
 
     /// The plan of `desc`, compiled once (a cycle finds the placeholder).
@@ -184,10 +191,11 @@ impl Builder<'_> {
         self.own.push(false);
         self.oneof_numbers.push(Vec::new());
         let name = desc.full_name().to_owned();
+        let file = desc.parent_file().name().to_owned();
         let mut own = false;
         let mut fields = Vec::new();
         for f in desc.fields() {
-            let plan = self.field(&name, &f);
+            let plan = self.field(&file, &name, &f);
             own |= has_own_checks(&plan);
             fields.push(plan);
         }
@@ -221,6 +229,7 @@ impl Builder<'_> {
                 let rules = opts.get_extension(&ext).into_owned();
                 if let Some(r) = rules.as_message() {
                     let at = At {
+                        file: &file,
                         message: &name,
                         field: "",
                         rule: "(buf.validate.message)".to_owned(),
@@ -269,7 +278,7 @@ impl Builder<'_> {
         id
     }
 
-    fn field(&mut self, message: &str, f: &FieldDescriptor) -> FieldPlan {
+    fn field(&mut self, file: &str, message: &str, f: &FieldDescriptor) -> FieldPlan {
         let shape = if f.is_map() {
             Shape::Map
         } else if f.is_list() {
@@ -300,6 +309,7 @@ impl Builder<'_> {
             cel: Vec::new(),
         };
         let at = At {
+            file,
             message,
             field: f.name(),
             rule: "(buf.validate.field)".to_owned(),

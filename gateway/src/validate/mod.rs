@@ -46,6 +46,15 @@ pub struct Violation {
     pub description: String,
 }
 
+/// A rule that did not compile, or that the gateway does not check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The .proto file (as imported) of the message the rule is on.
+    pub file: String,
+    /// Names the message, the field and the rule.
+    pub text: String,
+}
+
 /// The checks of one request message type (and the messages below it).
 pub struct Validator {
     plans: Vec<MessagePlan>,
@@ -81,8 +90,8 @@ pub struct Compiler {
     done: HashMap<String, Option<Arc<Validator>>>,
     /// Every problem once, however many routes share the message.
     reported: HashSet<String>,
-    errors: Vec<String>,
-    warnings: Vec<String>,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 /// The `buf.validate` extensions of a pool that has them.
@@ -122,14 +131,14 @@ impl Compiler {
         }
         let mut problems = compile::Problems::default();
         let built = compile::build(&ext, desc, &mut problems);
-        for e in problems.errors {
-            if self.reported.insert(e.clone()) {
-                self.errors.push(e);
+        for (file, text) in problems.errors {
+            if self.reported.insert(text.clone()) {
+                self.errors.push(Problem { file, text });
             }
         }
-        for w in problems.warnings {
-            if self.reported.insert(w.clone()) {
-                self.warnings.push(w);
+        for (file, text) in problems.warnings {
+            if self.reported.insert(text.clone()) {
+                self.warnings.push(Problem { file, text });
             }
         }
         let v = built.map(Arc::new);
@@ -140,12 +149,12 @@ impl Compiler {
     /// Rules that did not compile (a bad regex or CEL expression), each
     /// naming the message, the field and the rule; they refuse the
     /// descriptors.
-    pub fn take_errors(&mut self) -> Vec<String> {
+    pub fn take_errors(&mut self) -> Vec<Problem> {
         std::mem::take(&mut self.errors)
     }
 
     /// Rules the gateway does not check, each once.
-    pub fn take_warnings(&mut self) -> Vec<String> {
+    pub fn take_warnings(&mut self) -> Vec<Problem> {
         std::mem::take(&mut self.warnings)
     }
 }

@@ -338,7 +338,7 @@ message M {
     assert!(c
         .validator(&pool.get_message_by_name("v.M").unwrap())
         .is_none());
-    let errors = c.take_errors();
+    let errors: Vec<String> = c.take_errors().into_iter().map(|p| p.text).collect();
     assert_eq!(errors.len(), 3, "{errors:#?}");
     assert!(errors[0].starts_with(
         "v.M field a: (buf.validate.field).string.pattern: regex \"(unclosed\" does not compile"
