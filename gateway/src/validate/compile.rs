@@ -90,6 +90,7 @@ pub(super) fn build(
         plan.fields
             .retain(|f| has_checks(f) || tracked.contains(&f.number));
         plan.fields.sort_by_key(|f| f.number);
+        plan.numbers = plan.fields.iter().map(|f| f.number).collect();
         let index = |n: u32| plan.fields.iter().position(|f| f.number == n);
         let mut required = Vec::new();
         for (name, numbers) in std::mem::take(&mut plan.required_oneofs_numbers) {
@@ -182,6 +183,7 @@ impl Builder<'_> {
         self.plans.push(MessagePlan {
             desc: desc.clone(),
             fields: Vec::new(),
+            numbers: Vec::new(),
             required_oneofs: Vec::new(),
             required_oneofs_numbers: Vec::new(),
             message_oneofs: Vec::new(),
@@ -296,6 +298,10 @@ impl Builder<'_> {
                 Kind::Message(m) if f.is_map() => m.map_entry_key_field().kind(),
                 _ => Kind::String,
             },
+            value_kind: match f.kind() {
+                Kind::Message(m) if f.is_map() => m.map_entry_value_field().kind(),
+                _ => Kind::String,
+            },
             shape,
             field: f.clone(),
             required: false,
@@ -331,7 +337,9 @@ impl Builder<'_> {
             } else {
                 plan.cel = self.cel_rules(&at, r);
                 match shape {
-                    Shape::Single { .. } => plan.value.rules = self.value_rules(&at, &f.kind(), r),
+                    Shape::Single { .. } => {
+                        plan.value.rules = self.value_rules(&at, &f.kind(), r).map(Box::new)
+                    }
                     Shape::List => self.list_rules(&at, f, r, &mut plan),
                     Shape::Map => self.map_rules(&at, f, r, &mut plan),
                 }
@@ -436,7 +444,7 @@ impl Builder<'_> {
                 "has no meaning on an element; not checked",
             );
         }
-        elem.rules = self.value_rules(at, kind, r);
+        elem.rules = self.value_rules(at, kind, r).map(Box::new);
         elem.cel = self.cel_rules(at, r);
         elem
     }

@@ -375,3 +375,56 @@ fn violations_are_capped() {
     assert_eq!(err.len(), MAX_VIOLATIONS + 1);
     assert!(err[MAX_VIOLATIONS].description.contains("more violations"));
 }
+
+#[test]
+fn signed_and_fixed_values_and_integer_map_keys_read_from_the_wire() {
+    let proto = r#"
+syntax = "proto3";
+package v;
+import "buf/validate/validate.proto";
+message M {
+  sint32 s = 1 [(buf.validate.field).sint32.gte = -5];
+  sfixed64 f = 2 [(buf.validate.field).sfixed64.lt = 0];
+  float x = 3 [(buf.validate.field).float = {gt: 0.5}];
+  map<int32, string> byId = 4 [(buf.validate.field).map.values.string.min_len = 2];
+  repeated int32 odd = 5 [(buf.validate.field).repeated.items = {int32: {in: [1, 3]}, ignore: IGNORE_IF_ZERO_VALUE}];
+}
+"#;
+    let pool = pool(proto);
+    assert_eq!(
+        check(
+            &pool,
+            "v.M",
+            r#"{"s": -5, "f": "-1", "x": 0.75, "byId": {"-7": "ab"}, "odd": [1, 0, 3]}"#
+        ),
+        Vec::<String>::new()
+    );
+    let mut got = check(
+        &pool,
+        "v.M",
+        r#"{"s": -6, "f": "1", "x": 0.25, "byId": {"-7": "a"}, "odd": [2]}"#,
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "byId[-7]: value length must be at least 2 characters",
+            "f: value must be less than 0",
+            "odd[0]: value must be in list [1, 3]",
+            "s: value must be greater than or equal to -5",
+            "x: value must be greater than 0.5",
+        ]
+    );
+}
+
+#[test]
+fn proto2_groups_are_skipped_whole() {
+    let pool = pool(PROTO);
+    let v = validator(&pool, "v.Node").unwrap();
+    // A group (field 9) holding a varint, then name = "" (field 1).
+    let bytes = [0x4b, 0x08, 0x01, 0x4c, 0x0a, 0x00];
+    let err = v.check(&bytes).unwrap_err();
+    assert_eq!(err[0].field, "name");
+    // A group never closed is not protobuf.
+    assert!(v.check(&[0x4b, 0x08, 0x01]).is_err());
+}

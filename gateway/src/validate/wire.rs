@@ -47,6 +47,8 @@ pub(super) struct Walk<'p, 'w> {
     out: Vec<Violation>,
     dropped: usize,
     now: Option<Nanos>,
+    /// Slot vectors of messages already walked, for the next ones.
+    spare: Vec<Vec<Slot<'w>>>,
 }
 
 impl<'p, 'w> Walk<'p, 'w> {
@@ -57,6 +59,7 @@ impl<'p, 'w> Walk<'p, 'w> {
             out: Vec::new(),
             dropped: 0,
             now: None,
+            spare: Vec::new(),
         }
     }
 
@@ -133,14 +136,18 @@ impl<'p, 'w> Walk<'p, 'w> {
             self.push(format!("message nested deeper than {MAX_DEPTH} levels"));
             return;
         }
-        let mut slots: Vec<Slot<'w>> = vec![Slot::default(); plan.fields.len()];
+        // The slots of a message, from the spares of earlier messages:
+        // siblings (a list's items) share one allocation.
+        let mut slots = self.spare.pop().unwrap_or_default();
+        slots.clear();
+        slots.resize(plan.fields.len(), Slot::default());
         let mut i = 0;
         while i < bytes.len() {
             let Some((number, w)) = read_field(bytes, &mut i) else {
                 self.push("the message is not valid protobuf".to_owned());
                 return;
             };
-            let Ok(at) = plan.fields.binary_search_by_key(&number, |f| f.number) else {
+            let Ok(at) = plan.numbers.binary_search(&number) else {
                 continue;
             };
             let f = &plan.fields[at];
@@ -211,6 +218,8 @@ impl<'p, 'w> Walk<'p, 'w> {
                 self.push(format!("one of {} must be set", rule.names.join(", ")));
             }
         }
+        slots.clear();
+        self.spare.push(slots);
         if plan.dynamic {
             match DynamicMessage::decode(plan.desc.clone(), bytes) {
                 Ok(msg) => super::cel::message_pass(self, plan, &msg),
@@ -235,11 +244,13 @@ impl<'p, 'w> Walk<'p, 'w> {
     }
 
     fn map_entry(&mut self, f: &'p FieldPlan, entry: &'w [u8]) {
-        let Kind::Message(desc) = &f.kind else { return };
-        let (kf, vf) = (desc.map_entry_key_field(), desc.map_entry_value_field());
-        let (kk, vk) = (kf.kind(), vf.kind());
-        let mut key = zero(&kk);
-        let mut value = zero(&vk);
+        if f.map_key.rules.is_none() && f.map_value.rules.is_none() && f.map_value.message.is_none()
+        {
+            return;
+        }
+        let (kk, vk) = (&f.key_kind, &f.value_kind);
+        let mut key = zero(kk);
+        let mut value = zero(vk);
         let mut i = 0;
         while i < entry.len() {
             let Some((n, w)) = read_field(entry, &mut i) else {
@@ -254,14 +265,10 @@ impl<'p, 'w> Walk<'p, 'w> {
                 _ => {}
             }
         }
-        if f.map_key.rules.is_none() && f.map_value.rules.is_none() && f.map_value.message.is_none()
-        {
-            return;
-        }
         self.path.push(Seg::Field(&f.name));
         self.path.push(Seg::Key(&f.key_kind, key));
-        self.value(&kk, &f.map_key, key);
-        self.value(&vk, &f.map_value, value);
+        self.value(kk, &f.map_key, key);
+        self.value(vk, &f.map_value, value);
         self.path.pop();
         self.path.pop();
     }
@@ -332,7 +339,7 @@ impl<'p, 'w> Walk<'p, 'w> {
             return;
         }
         if let Some(rules) = &e.rules {
-            let now = if matches!(rules, ValueRules::Timestamp(_)) {
+            let now = if matches!(**rules, ValueRules::Timestamp(_)) {
                 self.now()
             } else {
                 Nanos(0)
@@ -533,7 +540,15 @@ fn read_packed<'w>(kind: &Kind, b: &'w [u8], i: &mut usize) -> Option<Wire<'w>> 
     }
 }
 
+#[inline]
 fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    // One byte: most tags and small numbers.
+    if let Some(&byte) = b.get(*i) {
+        if byte < 0x80 {
+            *i += 1;
+            return Some(byte as u64);
+        }
+    }
     let mut v = 0u64;
     for shift in (0..70).step_by(7) {
         let byte = *b.get(*i)?;
@@ -548,6 +563,7 @@ fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
 
 /// The next field of a message: its number and value; groups (proto2)
 /// are skipped whole. `None` on bytes that are not protobuf.
+#[inline]
 pub(super) fn read_field<'w>(b: &'w [u8], i: &mut usize) -> Option<(u32, Wire<'w>)> {
     loop {
         let tag = varint(b, i)?;
