@@ -23,11 +23,35 @@ use super::rules::{is_email, is_hostname, is_uri};
 use super::wire::Walk;
 use super::{MessagePlan, Shape};
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn field_reads_are_taken_only_from_this_dot_field() {
+        let reads = |e: &str| super::field_reads(e);
+        assert_eq!(
+            reads("this.min <= this.max && this.min > 0"),
+            Some(vec!["min".to_owned(), "max".to_owned()])
+        );
+        assert_eq!(
+            reads("has(this.a) || thistle.b"),
+            Some(vec!["a".to_owned()])
+        );
+        assert_eq!(reads("this.size() > 0"), None);
+        assert_eq!(reads("this == 'x'"), None);
+        assert_eq!(reads("'this is' + this.a"), None);
+        assert_eq!(reads("this['a']"), None);
+    }
+}
+
 /// One compiled CEL rule.
 pub(super) struct Rule {
     id: String,
     message: String,
     program: cel::Program,
+    /// The fields the expression reads when it only ever reads
+    /// `this.<field>`: a message rule then converts those fields alone
+    /// instead of the whole message (most rules compare two or three).
+    reads: Option<Vec<String>>,
 }
 
 impl Rule {
@@ -43,6 +67,7 @@ impl Rule {
             id,
             message,
             program,
+            reads: field_reads(expression),
         })
     }
 
@@ -54,6 +79,44 @@ impl Rule {
             format!("rule \"{}\" is not met", self.id)
         }
     }
+}
+
+/// The `<field>` of every `this.<field>` in `expression`, or `None` when
+/// `this` also appears otherwise (alone, in a string, as `this[...]`, in
+/// a call `this.f()`):
+/// a conservative reading of the text, so a miss only costs speed.
+fn field_reads(expression: &str) -> Option<Vec<String>> {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = expression.as_bytes();
+    let mut reads = Vec::new();
+    let mut from = 0;
+    while let Some(at) = expression[from..].find("this") {
+        let start = from + at;
+        let end = start + 4;
+        from = end;
+        if (start > 0 && (ident(b[start - 1]) || b[start - 1] == b'.'))
+            || b.get(end).is_some_and(|c| ident(*c))
+        {
+            // Part of another name (`thistle`, `x.this`).
+            continue;
+        }
+        if b.get(end) != Some(&b'.') {
+            return None;
+        }
+        let name_end = b[end + 1..]
+            .iter()
+            .position(|c| !ident(*c))
+            .map_or(b.len(), |n| end + 1 + n);
+        let name = &expression[end + 1..name_end];
+        // `this.size()` is a call on the message, not a field read.
+        if name.is_empty() || expression[name_end..].trim_start().starts_with('(') {
+            return None;
+        }
+        if !reads.iter().any(|r| r == name) {
+            reads.push(name.to_owned());
+        }
+    }
+    Some(reads)
 }
 
 thread_local! {
@@ -170,9 +233,13 @@ pub(super) fn message_pass<'p>(
         walk.leave();
     }
     if !plan.cel.is_empty() {
-        let this = message_to_cel(msg);
+        let mut whole = None;
         for rule in &plan.cel {
-            eval(walk, rule, this.clone());
+            let this = match &rule.reads {
+                Some(fields) => message_fields_to_cel(msg, fields),
+                None => whole.get_or_insert_with(|| message_to_cel(msg)).clone(),
+            };
+            eval(walk, rule, this);
         }
     }
 }
@@ -256,6 +323,22 @@ pub(super) fn to_cel(v: &Value) -> cel::Value {
         }),
         Value::Message(m) => message_to_cel(m),
     }
+}
+
+/// The named fields of a message as a CEL map (see [`message_to_cel`]).
+fn message_fields_to_cel(m: &DynamicMessage, names: &[String]) -> cel::Value {
+    let desc = prost_reflect::ReflectMessage::descriptor(m);
+    let mut out = std::collections::HashMap::with_capacity(names.len());
+    for f in names.iter().filter_map(|n| desc.get_field_by_name(n)) {
+        if f.supports_presence() && !m.has_field(&f) {
+            continue;
+        }
+        out.insert(
+            Key::String(Arc::new(f.name().to_owned())),
+            to_cel(&m.get_field(&f)),
+        );
+    }
+    cel::Value::Map(Map { map: Arc::new(out) })
 }
 
 /// A message as a CEL map of its fields by proto name.
