@@ -24,6 +24,7 @@ import "google/protobuf/duration.proto";
 service Shop {
   rpc CreateOrder(CreateOrderRequest) returns (Order);
   rpc ListOrders(ListOrdersRequest) returns (stream Order);
+  rpc ImportLines(stream Line) returns (Order);
 }
 
 enum Speed { SPEED_UNSPECIFIED = 0; SLOW = 1; FAST = 2; }
@@ -104,6 +105,12 @@ validate = false
 method = "GET"
 path = "/v1/shops/{shop}/orders"
 grpc = "shop.v1.Shop/ListOrders"
+
+[[routes]]
+method = "POST"
+path = "/v1/lines"
+grpc = "shop.v1.Shop/ImportLines"
+body = "*"
 "#;
 
 /// The descriptors folder the gateway loads, with `proto` as shop.proto.
@@ -130,12 +137,21 @@ fn shop_server(pool: &DescriptorPool, calls: Arc<AtomicUsize>) -> DynamicServer 
             Box::pin(async move { Ok(Response::new(reply)) }) as BoxFuture<_>
         },
     )
-    .with_streaming(move |m: &MethodDescriptor, _req: Request<MessageStream>| {
+    .with_streaming(move |m: &MethodDescriptor, req: Request<MessageStream>| {
         calls.fetch_add(1, Ordering::SeqCst);
         let mut reply = DynamicMessage::new(m.output());
         reply.set_field_by_name("id", Value::String("o-1".into()));
-        let stream: MessageStream = Box::pin(tokio_stream::iter(vec![Ok(reply)]));
-        Box::pin(async move { Ok(Response::new(stream)) }) as BoxFuture<_>
+        Box::pin(async move {
+            // The whole request first: a client stream the gateway resets
+            // ends here with an error, never with a reply.
+            use tokio_stream::StreamExt as _;
+            let mut input = req.into_inner();
+            while let Some(m) = input.next().await {
+                m?;
+            }
+            let stream: MessageStream = Box::pin(tokio_stream::iter(vec![Ok(reply)]));
+            Ok(Response::new(stream))
+        }) as BoxFuture<_>
     })
 }
 
@@ -367,6 +383,38 @@ async fn refusals_are_counted_per_route() {
         .unwrap_or_else(|| panic!("no validation failure series in\n{text}"));
     let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 1.0, "{line}");
+}
+
+#[tokio::test]
+async fn each_message_of_a_client_stream_is_checked() {
+    let shop = start().await;
+    let ok = shop
+        .gw
+        .request(
+            "POST",
+            "/v1/lines",
+            &[("content-type", "application/x-ndjson")],
+            Some(b"{\"sku\": \"abc\", \"qty\": 1}\n{\"sku\": \"def\", \"qty\": 2}\n".to_vec()),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let bad = shop
+        .gw
+        .request(
+            "POST",
+            "/v1/lines",
+            &[("content-type", "application/x-ndjson")],
+            Some(b"{\"sku\": \"abc\", \"qty\": 1}\n{\"sku\": \"x\", \"qty\": 0}\n".to_vec()),
+        )
+        .await;
+    bad.assert_error(400, 3, "validation rules of shop.v1.Line");
+    assert_eq!(
+        violations(&bad.json),
+        [
+            "qty: value must be greater than 0 and less than or equal to 10",
+            "sku: value length must be at least 3 characters",
+        ]
+    );
 }
 
 /// Polls admin/config until the watcher's last reload failed with an error

@@ -428,3 +428,32 @@ fn proto2_groups_are_skipped_whole() {
     // A group never closed is not protobuf.
     assert!(v.check(&[0x4b, 0x08, 0x01]).is_err());
 }
+
+#[test]
+fn rules_not_checked_here_are_warnings_not_errors() {
+    let proto = r#"
+syntax = "proto3";
+package v;
+import "buf/validate/validate.proto";
+import "google/protobuf/any.proto";
+message M {
+  string a = 1 [(buf.validate.field).string.ip_prefix = true];
+  google.protobuf.Any b = 2 [(buf.validate.field).any.in = "type.googleapis.com/x"];
+  string c = 3 [(buf.validate.field).string.min_len = 1];
+}
+"#;
+    let pool = pool(proto);
+    let mut c = Compiler::new(&pool);
+    assert!(c
+        .validator(&pool.get_message_by_name("v.M").unwrap())
+        .is_some());
+    assert!(c.take_errors().is_empty());
+    let warnings: Vec<String> = c.take_warnings().into_iter().map(|p| p.text).collect();
+    assert_eq!(
+        warnings,
+        [
+            "v.M field a: (buf.validate.field).string.ip_prefix: is not checked by the gateway",
+            "v.M field b: (buf.validate.field).any: rules on google.protobuf.Any are not checked by the gateway",
+        ]
+    );
+}
