@@ -786,7 +786,7 @@ impl RouteInputs<'_> {
                         source: RouteSource::Rpc {
                             backend: backend_name.clone(),
                         },
-                        validate: true,
+                        validate: self.backend_validates(backend_name),
                     };
                     let name = format!("{} (backends.{backend_name}.expose)", method.full_name());
                     let compiled = compile(
@@ -883,6 +883,16 @@ impl RouteInputs<'_> {
         table.routes.push(route);
     }
 
+    /// The backend's `validate`: whether the routes made for its services
+    /// (annotations, `expose`) check their requests' rules.
+    fn backend_validates(&self, backend: &str) -> bool {
+        self.file
+            .config
+            .backends
+            .get(backend)
+            .is_none_or(|b| b.get_ref().validate)
+    }
+
     /// The google.api.http bindings of every service a backend serves.
     ///
     /// Services in full-name order (a BTreeMap), methods in declaration
@@ -938,7 +948,7 @@ impl RouteInputs<'_> {
             source: RouteSource::Annotation {
                 method: method.full_name().to_owned(),
             },
-            validate: true,
+            validate: self.backend_validates(&backend.name),
         };
         let name = format!("{} (google.api.http)", method.full_name());
         let compiled = compile(

@@ -292,6 +292,33 @@ async fn validate_false_leaves_the_rules_to_the_backend() {
 }
 
 #[tokio::test]
+async fn a_backend_with_validate_false_leaves_its_exposed_methods_to_it() {
+    let dir = descriptors(SHOP_PROTO);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let backend = spawn_backend(shop_server(&pool(&dir), calls.clone())).await;
+    let config = CONFIG.replace(
+        "expose = [\"grpc-web\", \"connect\"]\n",
+        "expose = [\"grpc-web\", \"connect\"]\nvalidate = false\n",
+    );
+    assert_ne!(config, CONFIG);
+    let gw = TestGateway::start_with(&config, &backend, &dir).await;
+    let connect = gw
+        .request(
+            "POST",
+            "/shop.v1.Shop/CreateOrder",
+            &[("content-type", "application/json")],
+            Some(br#"{"shop": "x"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(connect.status, 200, "{}", connect.text);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Its routes.toml routes keep their own setting.
+    let rest = gw.post("/v1/shops/x/orders", &json!({})).await;
+    assert_eq!(rest.status, 400, "{}", rest.text);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn server_streaming_requests_are_checked_before_the_call() {
     let shop = start().await;
     let reply = shop.gw.get("/v1/shops/s-1/orders?limit=500").await;

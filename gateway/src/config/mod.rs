@@ -567,6 +567,13 @@ pub struct BackendConfig {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub expose: Vec<Spanned<String>>,
+    /// Check requests against their `buf.validate` rules on the routes made
+    /// for this backend's services: from `google.api.http` annotations and
+    /// from `expose` (docs/routes.md, "Validation"). `false` leaves the
+    /// rules of those routes to the backend; `[[routes]]` entries have
+    /// their own `validate`.
+    #[serde(default = "yes")]
+    pub validate: bool,
 }
 
 /// `[backends.NAME.tls]`. The files are re-read on every reload and watched
