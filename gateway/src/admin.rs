@@ -104,6 +104,9 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 "auth": r.edge.describe_auth(&s.edge),
                 "limits": r.edge.describe_limits(&s.edge),
                 "protocols": r.protocol_names(),
+                // Whether requests are checked against buf.validate rules
+                // (false: no rules, or `validate = false`).
+                "validated": r.validator.is_some(),
                 "source": r.source.to_string(),
             })
         })

@@ -492,6 +492,27 @@ async fn bad_regex_or_cel_in_the_descriptors_is_refused_and_the_old_rules_keep_s
         }
     };
     assert_eq!(post(good_order()).await, 200);
+    // /admin/routes tells which routes check their requests.
+    let routes: Json = http_client()
+        .get(gw.admin_url("/admin/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let validated = |method: &str, path: &str| {
+        routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["method"] == method && r["path"] == path)
+            .unwrap_or_else(|| panic!("no {method} {path} in {routes}"))["validated"]
+            .clone()
+    };
+    assert_eq!(validated("POST", "/v1/shops/{shop}/orders"), true);
+    assert_eq!(validated("POST", "/v1/unchecked/{shop}/orders"), false);
+    assert_eq!(validated("POST", "/shop.v1.Shop/CreateOrder"), true);
 
     // A pattern that is not RE2.
     let bad_regex = SHOP_PROTO.replace("^[0-9]{5}$", "^[0-9]{5$(");
