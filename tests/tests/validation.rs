@@ -111,6 +111,13 @@ method = "POST"
 path = "/v1/lines"
 grpc = "shop.v1.Shop/ImportLines"
 body = "*"
+
+[[routes]]
+method = "GET"
+path = "/v1/lines/socket"
+grpc = "shop.v1.Shop/ImportLines"
+body = "*"
+websocket = true
 "#;
 
 /// The descriptors folder the gateway loads, with `proto` as shop.proto.
@@ -441,6 +448,40 @@ async fn each_message_of_a_client_stream_is_checked() {
             "qty: value must be greater than 0 and less than or equal to 10",
             "sku: value length must be at least 3 characters",
         ]
+    );
+}
+
+#[tokio::test]
+async fn each_websocket_frame_is_checked() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let shop = start().await;
+    let url = format!("ws://{}/v1/lines/socket", shop.gw.addr);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    for frame in [r#"{"sku": "abc", "qty": 1}"#, r#"{"sku": "x", "qty": 1}"#] {
+        ws.send(Message::text(frame)).await.expect("send");
+    }
+    let status = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            let v: Json = serde_json::from_str(t.as_str()).expect("JSON frame");
+            if v.get("status").is_some() {
+                break v["status"].clone();
+            }
+        }
+    };
+    assert_eq!(status["code"], 3, "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("sku: value length must be at least 3 characters"),
+        "{status}"
     );
 }
 
