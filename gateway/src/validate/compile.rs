@@ -201,74 +201,21 @@ impl Builder<'_> {
             own |= has_own_checks(&plan);
             fields.push(plan);
         }
-        // Oneofs with `required`.
-        let mut required_oneofs = Vec::new();
-        let mut tracked = Vec::new();
-        if let Some(ext) = self.ext.oneof.clone() {
-            for o in desc.oneofs().filter(|o| !o.is_synthetic()) {
-                let opts = o.options();
-                if !opts.has_extension(&ext) {
-                    continue;
-                }
-                let rules = opts.get_extension(&ext);
-                if rules
-                    .as_message()
-                    .is_some_and(|r| bool_field(r, "required"))
-                {
-                    let numbers: Vec<u32> = o.fields().map(|f| f.number()).collect();
-                    tracked.extend(numbers.iter().copied());
-                    required_oneofs.push((o.name().to_owned(), numbers));
-                    own = true;
-                }
-            }
-        }
-        // Message rules: CEL and oneof rules.
-        let mut message_cel = Vec::new();
-        let mut message_oneofs = Vec::new();
-        if let Some(ext) = self.ext.message.clone() {
-            let opts = desc.options();
-            if opts.has_extension(&ext) {
-                let rules = opts.get_extension(&ext).into_owned();
-                if let Some(r) = rules.as_message() {
-                    let at = At {
-                        file: &file,
-                        message: &name,
-                        field: "",
-                        rule: "(buf.validate.message)".to_owned(),
-                    };
-                    message_cel = self.cel_rules(&at, r);
-                    for rule in list_field(r, "oneof") {
-                        let Some(rule) = rule.as_message() else {
-                            continue;
-                        };
-                        let names: Vec<String> = list_field(rule, "fields")
-                            .iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect();
-                        let mut numbers = Vec::new();
-                        for n in &names {
-                            match desc.get_field_by_name(n) {
-                                Some(f) => numbers.push(f.number()),
-                                None => self.error(
-                                    &at.sub("oneof"),
-                                    &format!("field \"{n}\" does not exist"),
-                                ),
-                            }
-                        }
-                        if names.is_empty() {
-                            self.error(&at.sub("oneof"), "names no fields");
-                        }
-                        tracked.extend(numbers.iter().copied());
-                        message_oneofs.push(MessageOneof {
-                            fields: Vec::new(),
-                            numbers,
-                            names,
-                            required: bool_field(rule, "required"),
-                        });
-                    }
-                }
-            }
-        }
+        let required_oneofs = self.required_oneofs(desc);
+        let at = At {
+            file: &file,
+            message: &name,
+            field: "",
+            rule: "(buf.validate.message)".to_owned(),
+        };
+        let (message_cel, message_oneofs) = self.message_rules(&at, desc);
+        let tracked: Vec<u32> = required_oneofs
+            .iter()
+            .flat_map(|(_, n)| n)
+            .chain(message_oneofs.iter().flat_map(|o| &o.numbers))
+            .copied()
+            .collect();
+        own |= !required_oneofs.is_empty();
         own |= !message_cel.is_empty() || !message_oneofs.is_empty();
         let plan = &mut self.plans[id];
         plan.fields = fields;
@@ -278,6 +225,75 @@ impl Builder<'_> {
         self.own[id] = own;
         self.oneof_numbers[id] = tracked;
         id
+    }
+
+    /// The oneofs with `(buf.validate.oneof).required`: name, field numbers.
+    fn required_oneofs(&self, desc: &MessageDescriptor) -> Vec<(String, Vec<u32>)> {
+        let Some(ext) = &self.ext.oneof else {
+            return Vec::new();
+        };
+        desc.oneofs()
+            .filter(|o| !o.is_synthetic() && o.options().has_extension(ext))
+            .filter(|o| {
+                o.options()
+                    .get_extension(ext)
+                    .as_message()
+                    .is_some_and(|r| bool_field(r, "required"))
+            })
+            .map(|o| {
+                (
+                    o.name().to_owned(),
+                    o.fields().map(|f| f.number()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// `(buf.validate.message)`: its CEL rules and its oneof rules.
+    fn message_rules(
+        &mut self,
+        at: &At<'_>,
+        desc: &MessageDescriptor,
+    ) -> (Vec<cel::Rule>, Vec<MessageOneof>) {
+        let Some(ext) = self.ext.message.clone() else {
+            return Default::default();
+        };
+        let opts = desc.options();
+        if !opts.has_extension(&ext) {
+            return Default::default();
+        }
+        let rules = opts.get_extension(&ext).into_owned();
+        let Some(r) = rules.as_message() else {
+            return Default::default();
+        };
+        let cel = self.cel_rules(at, r);
+        let mut oneofs = Vec::new();
+        for rule in list_field(r, "oneof") {
+            let Some(rule) = rule.as_message() else {
+                continue;
+            };
+            let names: Vec<String> = list_field(rule, "fields")
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            if names.is_empty() {
+                self.error(&at.sub("oneof"), "names no fields");
+            }
+            let mut numbers = Vec::new();
+            for n in &names {
+                match desc.get_field_by_name(n) {
+                    Some(f) => numbers.push(f.number()),
+                    None => self.error(&at.sub("oneof"), &format!("field \"{n}\" does not exist")),
+                }
+            }
+            oneofs.push(MessageOneof {
+                fields: Vec::new(),
+                numbers,
+                names,
+                required: bool_field(rule, "required"),
+            });
+        }
+        (cel, oneofs)
     }
 
     fn field(&mut self, file: &str, message: &str, f: &FieldDescriptor) -> FieldPlan {

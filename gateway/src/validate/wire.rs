@@ -190,6 +190,19 @@ impl<'p, 'w> Walk<'p, 'w> {
             self.finish_field(f, slot);
             self.path.pop();
         }
+        self.check_oneofs(plan, &slots);
+        slots.clear();
+        self.spare.push(slots);
+        if plan.dynamic {
+            match DynamicMessage::decode(plan.desc.clone(), bytes) {
+                Ok(msg) => super::cel::message_pass(self, plan, &msg),
+                Err(e) => self.push(format!("the message cannot be decoded: {e}")),
+            }
+        }
+    }
+
+    /// Required oneofs and the message's oneof rules, once it is read.
+    fn check_oneofs(&mut self, plan: &'p MessagePlan, slots: &[Slot<'w>]) {
         for (name, members) in &plan.required_oneofs {
             if !members.iter().any(|m| slots[*m].count > 0) {
                 self.path.push(Seg::Field(name));
@@ -216,14 +229,6 @@ impl<'p, 'w> Walk<'p, 'w> {
                 self.push(format!("only one of {} can be set", rule.names.join(", ")));
             } else if set == 0 && rule.required {
                 self.push(format!("one of {} must be set", rule.names.join(", ")));
-            }
-        }
-        slots.clear();
-        self.spare.push(slots);
-        if plan.dynamic {
-            match DynamicMessage::decode(plan.desc.clone(), bytes) {
-                Ok(msg) => super::cel::message_pass(self, plan, &msg),
-                Err(e) => self.push(format!("the message cannot be decoded: {e}")),
             }
         }
     }
@@ -588,7 +593,8 @@ pub(super) fn read_field<'w>(b: &'w [u8], i: &mut usize) -> Option<(u32, Wire<'w
             3 => {
                 skip_group(b, i, number)?;
                 if *i >= b.len() {
-                    // A group was the last field: report nothing.
+                    // A group was the last field: number 0, which no
+                    // field has, so nothing reads it.
                     return Some((0, Wire::Len(&[])));
                 }
                 continue;
