@@ -547,6 +547,14 @@ impl Builder<'_> {
             );
             return None;
         }
+        // Predefined rules: extensions of the rule messages, each with CEL
+        // of its own that reads `rules`.
+        for (ext, _) in rules.extensions() {
+            self.warn(
+                &at.sub(&format!("({})", ext.full_name())),
+                "predefined rules are not checked by the gateway",
+            );
+        }
         Some(match name {
             "string" => ValueRules::String(self.string_rules(&at, &rules)),
             "bytes" => ValueRules::Bytes(self.bytes_rules(&at, &rules)),

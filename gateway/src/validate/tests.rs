@@ -440,6 +440,12 @@ message M {
   string a = 1 [(buf.validate.field).string.ip_prefix = true];
   google.protobuf.Any b = 2 [(buf.validate.field).any.in = "type.googleapis.com/x"];
   string c = 3 [(buf.validate.field).string.min_len = 1];
+  string d = 4 [(buf.validate.field).string.(short) = true];
+}
+extend buf.validate.StringRules {
+  optional bool short = 80048952 [(buf.validate.predefined).cel = {
+    id: "short", expression: "this.size() < 5"
+  }];
 }
 "#;
     let pool = pool(proto);
@@ -454,6 +460,7 @@ message M {
         [
             "v.M field a: (buf.validate.field).string.ip_prefix: is not checked by the gateway",
             "v.M field b: (buf.validate.field).any: rules on google.protobuf.Any are not checked by the gateway",
+            "v.M field d: (buf.validate.field).string.(v.short): predefined rules are not checked by the gateway",
         ]
     );
 }
