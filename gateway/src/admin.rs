@@ -107,6 +107,9 @@ async fn routes(State(gw): State<Arc<Gateway>>) -> Json<Value> {
                 // The response cache and the static fallback (docs/routes.md).
                 "cache": r.cache.as_ref().map(|p| p.describe()),
                 "fallback": r.fallback.as_ref().map(|f| f.describe()),
+                // Whether requests are checked against buf.validate rules
+                // (false: no rules, or `validate = false`).
+                "validated": r.validator.is_some(),
                 "source": r.source.to_string(),
             })
         })

@@ -25,3 +25,4 @@ pub mod state;
 pub mod telemetry;
 pub mod transcode;
 pub mod upstream;
+pub mod validate;

@@ -132,6 +132,9 @@ pub struct Route {
     pub cache: Option<Arc<crate::cache::Policy>>,
     /// The route's static `fallback`, for an unavailable backend.
     pub fallback: Option<Arc<crate::cache::Fallback>>,
+    /// The request message's `buf.validate` rules, compiled; `None` when
+    /// it has none or the route has `validate = false`.
+    pub validator: Option<Arc<crate::validate::Validator>>,
 }
 
 /// The gateway's whole configuration, validated and compiled.
@@ -218,6 +221,8 @@ struct RouteSpec<'a> {
     shape: crate::transcode::shape::ShapeConfig,
     edge: crate::edge::RouteEdge,
     source: RouteSource,
+    /// Whether the request is checked against its `buf.validate` rules.
+    validate: bool,
 }
 
 /// Inputs a snapshot is built from besides routes.toml and the folder.
@@ -317,6 +322,8 @@ struct Backends {
 /// The routes compiled so far.
 struct RouteTable {
     planner: crate::transcode::fast::Planner,
+    /// Each request message's `buf.validate` rules, compiled once.
+    validators: crate::validate::Compiler,
     routes: Vec<Arc<Route>>,
     matcher: Matcher<Arc<Route>>,
     /// Annotation bindings not served; see [`Snapshot::warnings`].
@@ -727,6 +734,7 @@ impl RouteInputs<'_> {
                     proto_names: server.proto_field_names,
                 },
             ),
+            validators: crate::validate::Compiler::new(self.pool),
             routes: Vec::new(),
             matcher: Matcher::new(),
             warnings: Vec::new(),
@@ -738,6 +746,19 @@ impl RouteInputs<'_> {
             self.annotation_routes(&mut table, errors);
         }
         self.rpc_routes(&mut table, errors);
+        // A rule that does not compile refuses the descriptors, whichever
+        // routes use the message; one the gateway does not check is said.
+        let at = |p: crate::validate::Problem| {
+            ConfigError::new(&self.descriptors_dir.join(&p.file), None, "", p.text)
+        };
+        errors.extend(table.validators.take_errors().into_iter().map(at));
+        let unchecked = table.validators.take_warnings().into_iter().map(|p| {
+            let mut w = at(p);
+            w.message
+                .push_str(" (the backend still sees the request; check it there)");
+            w
+        });
+        table.warnings.extend(unchecked);
         table
     }
 
@@ -778,17 +799,22 @@ impl RouteInputs<'_> {
                         source: RouteSource::Rpc {
                             backend: backend_name.clone(),
                         },
+                        validate: self.backend_validates(backend_name),
                     };
                     let name = format!("{} (backends.{backend_name}.expose)", method.full_name());
-                    let compiled =
-                        compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
+                    let compiled = compile(
+                        spec,
+                        &mut table.planner,
+                        &mut table.validators,
+                        &mut |field: &str, msg: String| {
                             errors.push(ConfigError::new(
                                 self.descriptors_dir,
                                 None,
                                 format!("{name} {field}"),
                                 msg,
                             ));
-                        });
+                        },
+                    );
                     let Some(mut route) = compiled else { continue };
                     // GET is Connect's form only.
                     route.rpc = match verb {
@@ -839,9 +865,14 @@ impl RouteInputs<'_> {
         spec.edge = self
             .edge
             .route(file, i, spanned, &spec.method, &spec.path, errors);
-        let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
-            errors.push(route_error(file, i, spanned, field, msg));
-        });
+        let compiled = compile(
+            spec,
+            &mut table.planner,
+            &mut table.validators,
+            &mut |field: &str, msg: String| {
+                errors.push(route_error(file, i, spanned, field, msg));
+            },
+        );
         let Some(mut route) = compiled else { return };
         let extra = crate::cache::compile_route(file, i, spanned, &route, self.cache, errors);
         route.cache = extra.cache;
@@ -867,6 +898,16 @@ impl RouteInputs<'_> {
             return;
         }
         table.routes.push(route);
+    }
+
+    /// The backend's `validate`: whether the routes made for its services
+    /// (annotations, `expose`) check their requests' rules.
+    fn backend_validates(&self, backend: &str) -> bool {
+        self.file
+            .config
+            .backends
+            .get(backend)
+            .is_none_or(|b| b.get_ref().validate)
     }
 
     /// The google.api.http bindings of every service a backend serves.
@@ -924,16 +965,22 @@ impl RouteInputs<'_> {
             source: RouteSource::Annotation {
                 method: method.full_name().to_owned(),
             },
+            validate: self.backend_validates(&backend.name),
         };
         let name = format!("{} (google.api.http)", method.full_name());
-        let compiled = compile(spec, &mut table.planner, &mut |field: &str, msg: String| {
-            errors.push(ConfigError::new(
-                self.descriptors_dir,
-                None,
-                format!("{name} {field}"),
-                msg,
-            ));
-        });
+        let compiled = compile(
+            spec,
+            &mut table.planner,
+            &mut table.validators,
+            &mut |field: &str, msg: String| {
+                errors.push(ConfigError::new(
+                    self.descriptors_dir,
+                    None,
+                    format!("{name} {field}"),
+                    msg,
+                ));
+            },
+        );
         let Some(route) = compiled else { return };
         let route = Arc::new(route);
         match table
@@ -1021,6 +1068,7 @@ impl RouteInputs<'_> {
                 path: file.path.clone(),
                 line: file.line_of(spanned),
             },
+            validate: r.validate,
         })
     }
 
@@ -1254,10 +1302,18 @@ struct Bindings {
 fn compile(
     spec: RouteSpec<'_>,
     planner: &mut crate::transcode::fast::Planner,
+    validators: &mut crate::validate::Compiler,
     err: &mut dyn FnMut(&str, String),
 ) -> Option<Route> {
     let bindings = bind(&spec, err)?;
-    assemble(spec, bindings, planner)
+    let validator = if spec.validate {
+        validators.validator(&spec.grpc.input())
+    } else {
+        None
+    };
+    let mut route = assemble(spec, bindings, planner)?;
+    route.validator = validator;
+    Some(route)
 }
 
 /// Resolves the route's template, body and response body against the
@@ -1407,6 +1463,7 @@ fn assemble(
         rpc: Protocols::default(),
         cache: None,
         fallback: None,
+        validator: None,
     })
 }
 

@@ -609,6 +609,13 @@ pub struct BackendConfig {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub expose: Vec<Spanned<String>>,
+    /// Check requests against their `buf.validate` rules on the routes made
+    /// for this backend's services: from `google.api.http` annotations and
+    /// from `expose` (docs/routes.md, "Validation"). `false` leaves the
+    /// rules of those routes to the backend; `[[routes]]` entries have
+    /// their own `validate`.
+    #[serde(default = "yes")]
+    pub validate: bool,
 }
 
 /// `[backends.NAME.tls]`. The files are re-read on every reload and watched
@@ -1064,6 +1071,13 @@ pub struct RouteConfig {
     /// the whole reply when absent.
     #[schemars(with = "Option<String>")]
     pub response_body: Option<Spanned<String>>,
+    /// Check the request message against its `buf.validate`
+    /// (protovalidate) rules before calling the backend: a violation is a
+    /// 400 listing every field at fault (docs/routes.md, "Validation").
+    /// On by default where the request message carries rules; `false`
+    /// leaves them to the backend.
+    #[serde(default = "yes")]
+    pub validate: bool,
     /// Deadline for this route, sent as `grpc-timeout` (default: the
     /// backend's `timeout`). A client's smaller `grpc-timeout` or
     /// `X-Request-Timeout` wins.

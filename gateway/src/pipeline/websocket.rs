@@ -198,7 +198,8 @@ impl Call {
         let (mut sink, source) = socket.split();
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (end_tx, mut end_rx) = oneshot::channel();
-        let mut reader = tokio::spawn(read(source, tx, self.frames.clone(), end_tx));
+        let checks = super::RouteChecks::of(&self.route);
+        let mut reader = tokio::spawn(read(source, tx, self.frames.clone(), checks, end_tx));
         let ended = self.call(rx, &mut end_rx, &mut sink).await;
         let last = match ended {
             Ended::Ok => Some((OK_STATUS_FRAME.to_owned(), close_code::NORMAL, "OK")),
@@ -372,6 +373,7 @@ async fn read(
     mut source: SplitStream<WebSocket>,
     tx: mpsc::Sender<Outgoing>,
     frames: Arc<Frames>,
+    checks: super::RouteChecks,
     end: oneshot::Sender<ReadEnd>,
 ) {
     let mut request = Request::Open(tx);
@@ -440,7 +442,10 @@ async fn read(
                 ));
                 return fail(end, request, e);
             }
-            (Request::Open(sender), false) => match frames.request(n, text.as_str()) {
+            (Request::Open(sender), false) => match frames
+                .request(n, text.as_str())
+                .and_then(|m| checks.check(&m).map(|()| m))
+            {
                 Ok(m) => {
                     if sender.send(Outgoing::Message(m)).await.is_err() {
                         request = Request::CallOver;

@@ -23,6 +23,8 @@ pub const UPSTREAM_REQUESTS: &str = "gateway_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "gateway_upstream_request_duration_seconds";
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+/// Requests refused by their `buf.validate` rules, by route template.
+pub const VALIDATION_FAILURES: &str = "gateway_validation_failures_total";
 pub const CORS_PREFLIGHTS: &str = "gateway_cors_preflights_total";
 pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
 pub const CONFIG_VERSION: &str = "gateway_config_version";
@@ -136,6 +138,10 @@ fn describe() {
         "Requests refused by authentication or authorization, by reason"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by policy");
+    describe_counter!(
+        VALIDATION_FAILURES,
+        "Requests refused by their buf.validate rules, by route"
+    );
     describe_counter!(
         RATE_LIMIT_STORE_FALLBACKS,
         "Rate-limit decisions made without the Redis store (locally, or refused when fail_closed), by policy and reason"

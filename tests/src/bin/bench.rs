@@ -73,6 +73,38 @@ use serde_json::json;
 
 const BENCH_PROTO: &str = include_str!("../../fixtures/bench/bench.proto");
 
+/// The POST of `bench.proto` with `buf.validate` rules on most fields (the
+/// "POST 1 KiB validated" scenario), beside it in the descriptors folder
+/// of this build only: a `--baseline` binary may predate validation.
+const VALIDATED_PROTO: &str = r#"syntax = "proto3";
+package bench.v1;
+import "buf/validate/validate.proto";
+import "google/protobuf/timestamp.proto";
+import "bench.proto";
+
+service ValidatedBench {
+  rpc CreateValidItem(ValidCreateItemRequest) returns (Item);
+}
+
+message ValidItem {
+  int64 id = 1 [(buf.validate.field).int64.gte = 0];
+  string name = 2 [(buf.validate.field).string = {min_len: 1, max_len: 64}];
+  string description = 3 [(buf.validate.field).string.max_len = 200];
+  int32 quantity = 4 [(buf.validate.field).int32 = {gte: 0, lte: 1000}];
+  double price = 5 [(buf.validate.field).double = {gte: 0, finite: true}];
+  bool active = 6;
+  repeated string tags = 7 [(buf.validate.field).repeated = {max_items: 10, items: {string: {min_len: 1, max_len: 16}}}];
+  State state = 8 [(buf.validate.field).enum.defined_only = true];
+  google.protobuf.Timestamp created = 9 [(buf.validate.field).required = true];
+  map<string, string> labels = 10 [(buf.validate.field).map = {max_pairs: 8, keys: {string: {pattern: "^[a-z]+$"}}}];
+}
+
+message ValidCreateItemRequest {
+  ValidItem item = 1 [(buf.validate.field).required = true];
+  repeated ValidItem extra = 2 [(buf.validate.field).repeated.max_items = 100];
+}
+"#;
+
 /// Concurrent requests in flight per run: enough to saturate two cores
 /// without measuring only queueing.
 const CONCURRENCY: usize = 16;
@@ -142,6 +174,7 @@ fn bench_pool() -> Result<DescriptorPool> {
     let dir = std::env::temp_dir().join(format!("gateway-bench-proto-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.proto"), BENCH_PROTO)?;
+    std::fs::write(dir.join("bench_validated.proto"), VALIDATED_PROTO)?;
     let pool = gateway::descriptors::load_dir(&dir)?.pool;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(pool)
@@ -178,7 +211,7 @@ fn run_backend() -> Result<()> {
         let streamed = template.clone();
         let server = DynamicServer::new(
             &pool,
-            &["bench.v1.Bench"],
+            &["bench.v1.Bench", "bench.v1.ValidatedBench"],
             move |m: &MethodDescriptor, req: tonic::Request<DynamicMessage>| {
                 let reply = if m.name() == "GetItem" {
                     let id = req
@@ -354,6 +387,7 @@ fn write_config(
     if expose {
         // This build only (`cache` is newer than a baseline binary).
         cfg.push_str(CACHED_ROUTE);
+        validated_routes(dir, &mut cfg)?;
     }
     if let Limits::Local | Limits::Redis(_) = limits {
         // Limits that never refuse: what is measured is the decision.
@@ -695,6 +729,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
     );
     list_msg.set_field_by_name("count", Value::I32(STREAMED));
     let (body_1k, msg_1k) = body_of(1024)?;
+    let body_1k_json = body_1k.clone();
     // One enveloped GetItemRequest: flags, length, message.
     let grpc_web_body = {
         let msg = prost::Message::encode_to_vec(&get_msg);
@@ -809,6 +844,8 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
             rpc: false,
             limited: false,
         },
+        validated_post(pool, &body_1k_json, true, &item2)?,
+        validated_post(pool, &body_1k_json, false, &item2)?,
         limited_get("limited local", "local", &get_msg2, &item2)?,
         limited_get("limited redis", "redis", &get_msg2, &item2)?,
         cached_get(&get_msg2, &item2),
@@ -859,6 +896,63 @@ fn print_cache_costs(table: &[(&str, RunResult, RunResult)]) {
         hit.rps,
         miss.rps,
     );
+}
+
+/// The routes of [`VALIDATED_PROTO`]'s POST: with its rules checked, and
+/// the same with `validate = false`, so one run shows what checking costs.
+fn validated_routes(dir: &Path, cfg: &mut String) -> Result<()> {
+    std::fs::write(
+        dir.join("descriptors/bench_validated.proto"),
+        VALIDATED_PROTO,
+    )?;
+    cfg.push_str(
+        "[[routes]]\nmethod = \"POST\"\npath = \"/v1/validated/items\"\ngrpc = \"bench.v1.ValidatedBench/CreateValidItem\"\nbody = \"*\"\n\n\
+         [[routes]]\nmethod = \"POST\"\npath = \"/v1/unvalidated/items\"\ngrpc = \"bench.v1.ValidatedBench/CreateValidItem\"\nbody = \"*\"\nvalidate = false\n\n",
+    );
+    Ok(())
+}
+
+/// "POST 1 KiB validated" (or "unvalidated"): the 1 KiB POST's body to a
+/// method whose request carries `buf.validate` rules. Not run on a
+/// `--baseline` binary (flagged like the limited routes), which may
+/// predate validation.
+fn validated_post(
+    pool: &DescriptorPool,
+    body: &Bytes,
+    validated: bool,
+    item: &MessageDescriptor,
+) -> Result<Scenario> {
+    let req = pool
+        .get_message_by_name("bench.v1.ValidCreateItemRequest")
+        .context("ValidCreateItemRequest")?;
+    let json: serde_json::Value = serde_json::from_slice(body)?;
+    let message = DynamicMessage::deserialize(req, json)?;
+    Ok(Scenario {
+        name: if validated {
+            "POST 1 KiB validated"
+        } else {
+            "POST 1 KiB unvalidated"
+        },
+        http: HttpCall {
+            method: http::Method::POST,
+            path: if validated {
+                "/v1/validated/items"
+            } else {
+                "/v1/unvalidated/items"
+            }
+            .into(),
+            body: body.clone(),
+            content_type: "application/json",
+        },
+        grpc: GrpcCall {
+            path: http::uri::PathAndQuery::from_static("/bench.v1.ValidatedBench/CreateValidItem"),
+            message,
+            reply: item.clone(),
+            streaming: false,
+        },
+        rpc: false,
+        limited: true,
+    })
 }
 
 /// The small GET behind a limit that never refuses, decided in `store`.
