@@ -3,8 +3,9 @@
 //! and read over REST, and the OpenAPI document carries the request rules
 //! (protovalidate annotations) as JSON Schema keywords.
 //!
-//! That a request breaking the rules is refused is the validator's to
-//! test; here the example's wiring and its document are.
+//! The README's request breaking the rules is refused naming each field;
+//! every rule kind is tested in validation.rs, here the example's wiring,
+//! its cache, its fallback and its document are.
 
 use std::path::PathBuf;
 
@@ -103,6 +104,28 @@ async fn the_validation_example_creates_gets_and_documents_its_rules() {
     }
     // INPUT_ONLY: the password is never answered.
     assert!(account.get("password").is_none(), "{account}");
+
+    // The README's request breaking several rules: a 400 naming each
+    // field, and no account made (the next one created gets the next id).
+    let bad = client
+        .post(format!("http://{addr}/v1/accounts"))
+        .json(&json!({
+            "username": "Al", "password": "Al-Al-Al-Al-Al", "age": 7,
+            "interests": ["math", "math"], "country": "gb"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let status: Value = bad.json().await.unwrap();
+    assert_eq!(status["code"], 3, "{status}");
+    let violations: Vec<&str> = status["details"][0]["fieldViolations"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|f| f["field"].as_str()).collect())
+        .unwrap_or_default();
+    for field in ["username", "email", "age", "interests", "country"] {
+        assert!(violations.contains(&field), "{field} not in {status}");
+    }
 
     // Read back through the path the Location header names.
     let got = client
