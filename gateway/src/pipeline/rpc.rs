@@ -213,7 +213,7 @@ async fn call(
     let timeout = client_deadline.map_or(route.timeout, |c| c.min(route.timeout));
     let metadata = metadata(&parts.headers, &route.forward_headers)?;
     let message = request_message(snap, route, protocol, parts, body).await?;
-    super::validate(route, &message)?;
+    super::checks::validate(route, &message)?;
     if route.plan.streams_reply() {
         // The client's deadline bounds the whole stream.
         let bound = client_deadline.or(route.plan.shaping.stream_timeout);

@@ -36,7 +36,7 @@ pub(super) async fn answer(
     match crate::transcode::stream::request(settings, &route.plan, vars, parts, body).await {
         Ok(Streamed::One(message)) => {
             let message = Bytes::from(prost::Message::encode_to_vec(&message));
-            if let Err(e) = super::validate(route, &message) {
+            if let Err(e) = super::checks::validate(route, &message) {
                 return error_response(e);
             }
             if route.plan.streams_reply() {
@@ -46,7 +46,7 @@ pub(super) async fn answer(
             }
         }
         Ok(Streamed::Many(messages)) => {
-            let messages = super::validated(route, messages);
+            let messages = super::checks::validated(route, messages);
             call_streaming_with(snap, route, messages, metadata, parts).await
         }
         Err(s) => error_response(s),

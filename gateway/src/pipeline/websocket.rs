@@ -198,7 +198,7 @@ impl Call {
         let (mut sink, source) = socket.split();
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (end_tx, mut end_rx) = oneshot::channel();
-        let checks = super::RouteChecks::of(&self.route);
+        let checks = super::checks::RouteChecks::of(&self.route);
         let mut reader = tokio::spawn(read(source, tx, self.frames.clone(), checks, end_tx));
         let ended = self.call(rx, &mut end_rx, &mut sink).await;
         let last = match ended {
@@ -373,7 +373,7 @@ async fn read(
     mut source: SplitStream<WebSocket>,
     tx: mpsc::Sender<Outgoing>,
     frames: Arc<Frames>,
-    checks: super::RouteChecks,
+    checks: super::checks::RouteChecks,
     end: oneshot::Sender<ReadEnd>,
 ) {
     let mut request = Request::Open(tx);
