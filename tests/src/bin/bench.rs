@@ -906,8 +906,8 @@ fn validated_routes(dir: &Path, cfg: &mut String) -> Result<()> {
         VALIDATED_PROTO,
     )?;
     cfg.push_str(
-        "[[routes]]\nmethod = \"POST\"\npath = \"/v1/validated/items\"\ngrpc = \"bench.v1.ValidatedBench/CreateValidItem\"\nbody = \"*\"\n\n\
-         [[routes]]\nmethod = \"POST\"\npath = \"/v1/unvalidated/items\"\ngrpc = \"bench.v1.ValidatedBench/CreateValidItem\"\nbody = \"*\"\nvalidate = false\n\n",
+        "[[routes]]\nmethod = \"POST\"\npath = \"/v1/validated/items\"\ngrpc = \"bench.v1.ValidatedBench/CreateValidItem\"\nbackend = \"bench\"\nbody = \"*\"\n\n\
+         [[routes]]\nmethod = \"POST\"\npath = \"/v1/unvalidated/items\"\ngrpc = \"bench.v1.ValidatedBench/CreateValidItem\"\nbackend = \"bench\"\nbody = \"*\"\nvalidate = false\n\n",
     );
     Ok(())
 }
