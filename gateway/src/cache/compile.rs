@@ -59,12 +59,12 @@ impl std::fmt::Debug for Policy {
 impl Policy {
     pub fn hit(&self) {
         self.hits
-            .increment(|| metrics::counter!(super::HITS, "route" => self.route.clone()));
+            .increment(|| metrics::counter!(crate::telemetry::metrics::CACHE_HITS, "route" => self.route.clone()));
     }
 
     pub fn miss(&self) {
         self.misses
-            .increment(|| metrics::counter!(super::MISSES, "route" => self.route.clone()));
+            .increment(|| metrics::counter!(crate::telemetry::metrics::CACHE_MISSES, "route" => self.route.clone()));
     }
 
     /// For /admin/routes.

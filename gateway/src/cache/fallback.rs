@@ -17,7 +17,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use tonic::Code;
 
-use super::{Entry, Kind, LazyCounter, FALLBACKS};
+use super::{Entry, Kind, LazyCounter};
+use crate::telemetry::metrics::FALLBACKS;
 
 use crate::upstream::CallError;
 

@@ -46,40 +46,11 @@ pub use compile::{compile_route, new_store, Compiled, Policy};
 pub use fallback::Fallback;
 pub use respond::{respond, Directives, Served};
 
-/// Cache hits, by route template.
-pub const HITS: &str = "gateway_cache_hits_total";
-/// Cache misses (the backend was called, or a waiter joined a call), by
-/// route template.
-pub const MISSES: &str = "gateway_cache_misses_total";
-/// Entries evicted to stay under `[cache] max_bytes`.
-pub const EVICTIONS: &str = "gateway_cache_evictions_total";
 /// Bytes the cached answers take, as the cache weighs them; rendered from
 /// the live snapshot's store at each scrape ([`Store::render`]).
 pub const BYTES: &str = "gateway_cache_bytes";
 /// Answers held; rendered like [`BYTES`].
 pub const ENTRIES: &str = "gateway_cache_entries";
-/// Degraded answers, by route template and kind (`stale`, `static`).
-pub const FALLBACKS: &str = "gateway_fallbacks_total";
-
-/// Registers the help texts of the cache's metrics.
-pub fn describe_metrics() {
-    metrics::describe_counter!(
-        HITS,
-        "GET answers served from the response cache, by route template"
-    );
-    metrics::describe_counter!(
-        MISSES,
-        "GET requests to cached routes the cache could not answer (the backend was called, or the request waited for a call in flight), by route template"
-    );
-    metrics::describe_counter!(
-        EVICTIONS,
-        "Cached answers evicted to stay under [cache] max_bytes"
-    );
-    metrics::describe_counter!(
-        FALLBACKS,
-        "Degraded answers sent while a backend was unavailable, by route template and kind (stale: a cached answer past its ttl; static: the route's fallback)"
-    );
-}
 
 /// A key: the route's number in the snapshot, the canonical request
 /// message and the `vary` header values, length-prefixed in one buffer so
@@ -326,7 +297,7 @@ impl Store {
             .expire_after(KeepFor)
             .eviction_listener(|_, _, cause| {
                 if cause == RemovalCause::Size {
-                    metrics::counter!(EVICTIONS).increment(1);
+                    metrics::counter!(crate::telemetry::metrics::CACHE_EVICTIONS).increment(1);
                 }
             })
             .build();

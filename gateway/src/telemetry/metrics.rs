@@ -25,6 +25,15 @@ pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
 /// Requests refused by their `buf.validate` rules, by route template.
 pub const VALIDATION_FAILURES: &str = "gateway_validation_failures_total";
+/// Response cache hits, by route template.
+pub const CACHE_HITS: &str = "gateway_cache_hits_total";
+/// Response cache misses (the backend was called, or a waiter joined a
+/// call), by route template.
+pub const CACHE_MISSES: &str = "gateway_cache_misses_total";
+/// Cached answers evicted to stay under `[cache] max_bytes`.
+pub const CACHE_EVICTIONS: &str = "gateway_cache_evictions_total";
+/// Degraded answers, by route template and kind (`stale`, `static`).
+pub const FALLBACKS: &str = "gateway_fallbacks_total";
 pub const CORS_PREFLIGHTS: &str = "gateway_cors_preflights_total";
 pub const CONFIG_RELOADS: &str = "gateway_config_reloads_total";
 pub const CONFIG_VERSION: &str = "gateway_config_version";
@@ -170,7 +179,22 @@ fn describe() {
         JWKS_FETCH_FAILURES,
         "Failed JWKS fetches, by URL; the cached keys stay in use, and tokens fail with an unknown kid until a fetch succeeds"
     );
-    crate::cache::describe_metrics();
+    describe_counter!(
+        CACHE_HITS,
+        "GET answers served from the response cache, by route template"
+    );
+    describe_counter!(
+        CACHE_MISSES,
+        "GET requests to cached routes the cache could not answer (the backend was called, or the request waited for a call in flight), by route template"
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "Cached answers evicted to stay under [cache] max_bytes"
+    );
+    describe_counter!(
+        FALLBACKS,
+        "Degraded answers sent while a backend was unavailable, by route template and kind (stale: a cached answer past its ttl; static: the route's fallback)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs"

@@ -20,7 +20,6 @@ use cel::objects::{Key, Map};
 use prost_reflect::{DynamicMessage, MapKey, Value};
 
 use super::rules::{is_email, is_hostname, is_uri};
-use super::wire::Walk;
 use super::{MessagePlan, Shape};
 
 #[cfg(test)]
@@ -153,8 +152,18 @@ fn root() -> cel::Context<'static, 'static> {
     c
 }
 
+/// Where the CEL pass reports: the path it is at and what it finds (the
+/// wire walk, which holds the violations of the whole request).
+pub(super) trait Report<'p> {
+    fn push(&mut self, description: String);
+    fn enter_field(&mut self, name: &'p str);
+    fn enter_index(&mut self, i: usize);
+    fn enter_key(&mut self, key: String);
+    fn leave(&mut self);
+}
+
 /// Evaluates `rule` on `this`; a violation goes to `walk`.
-fn eval(walk: &mut Walk<'_, '_>, rule: &Rule, this: cel::Value) {
+fn eval<'p>(walk: &mut impl Report<'p>, rule: &Rule, this: cel::Value) {
     let result = ROOT.with(|root| {
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("this", this);
@@ -175,7 +184,7 @@ fn eval(walk: &mut Walk<'_, '_>, rule: &Rule, this: cel::Value) {
 
 /// The CEL rules of one message: its fields', their elements', its own.
 pub(super) fn message_pass<'p>(
-    walk: &mut Walk<'p, '_>,
+    walk: &mut impl Report<'p>,
     plan: &'p MessagePlan,
     msg: &DynamicMessage,
 ) {

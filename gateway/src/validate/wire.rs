@@ -642,20 +642,24 @@ fn skip_group(b: &[u8], i: &mut usize, number: u32) -> Option<()> {
 }
 
 /// For the CEL pass: the path, as the walk keeps it.
-impl<'p, 'w> Walk<'p, 'w> {
-    pub(super) fn enter_field(&mut self, name: &'p str) {
+impl<'p> super::cel::Report<'p> for Walk<'p, '_> {
+    fn push(&mut self, description: String) {
+        Walk::push(self, description);
+    }
+
+    fn enter_field(&mut self, name: &'p str) {
         self.path.push(Seg::Field(name));
     }
 
-    pub(super) fn enter_index(&mut self, i: usize) {
+    fn enter_index(&mut self, i: usize) {
         self.path.push(Seg::Index(i));
     }
 
-    pub(super) fn enter_key(&mut self, key: String) {
+    fn enter_key(&mut self, key: String) {
         self.path.push(Seg::KeyText(key));
     }
 
-    pub(super) fn leave(&mut self) {
+    fn leave(&mut self) {
         self.path.pop();
     }
 }
