@@ -55,6 +55,18 @@ impl RunningGateway {
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
+
+    /// The admin listener's `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        crate::http_client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the /metrics text")
+    }
 }
 
 impl Drop for RunningGateway {

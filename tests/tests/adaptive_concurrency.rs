@@ -183,14 +183,7 @@ async fn adaptive_limit_falls_under_load_and_sheds_the_excess_at_once() {
         Duration::from_millis(1000),
     )
     .await;
-    let metrics = admin
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = gw.metrics_text().await;
     let limit = metric(
         &metrics,
         "gateway_adaptive_concurrency_limit{backend=\"limited\"}",
@@ -366,14 +359,7 @@ grpc = "testing.v1.Echo/Sleep"
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
-    let metrics = client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = gw.metrics_text().await;
     let shed = metric(
         &metrics,
         "gateway_overload_shed_total{reason=\"max_in_flight\"}",
@@ -451,14 +437,7 @@ grpc = "testing.v1.Echo/Echo"
         answered += usize::from(r.status() == 200);
     }
     assert!(answered >= 3, "{answered} of 50 answered while shedding");
-    let metrics = client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = gw.metrics_text().await;
     let counted = metric(&metrics, "gateway_overload_shed_total{reason=\"cpu\"}")
         .unwrap_or_else(|| panic!("no cpu shed counter in:\n{metrics}"));
     assert!(counted >= 1.0, "{counted}");

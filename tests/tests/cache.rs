@@ -516,14 +516,7 @@ async fn a_reload_starts_with_an_empty_cache() {
     assert_eq!(get().await.unwrap().status(), 200);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let entries = || async {
-        let text = client
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = gw.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix("gateway_cache_entries "))
             .map(|v| v.trim().to_owned())

@@ -344,14 +344,7 @@ async fn keep_alive_clients_are_told_to_move_during_shutdown_delay_and_lose_no_r
 
 /// The `gateway_http_drain_aborted_total` sample for `route`, or 0.
 async fn drain_aborted(gw: &RunningGateway, route: &str) -> f64 {
-    let text = http_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let series = format!("gateway_http_drain_aborted_total{{route=\"{route}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

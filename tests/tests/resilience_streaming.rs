@@ -368,14 +368,7 @@ async fn streamed_calls_count_in_the_upstream_metrics() {
     let failed = send(&gw, "GET", "/v1/count?count=1", &[], "").await;
     assert_eq!(failed.status, 503, "{}", failed.body);
 
-    let text = http_client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     let s = parse_exposition(&text);
     for (method, code, want) in [
         ("streaming.v1.Streams/Count", "Ok", 1.0),
