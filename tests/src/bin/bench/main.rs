@@ -52,10 +52,27 @@
 //! small GET's (the same message, uncached) shows what a hit saves over a
 //! transcoded backend call, printed after the table: `--only GET`.
 //!
+//! `full edge RS256` / `full edge ES256` (JWT from a cached JWKS, a rate
+//! limit, CORS and the access log on the small GET) and `small GET 2
+//! workers` run on gateways of their own and are compared with the bare
+//! small GET round by round (`variants.rs`). The 1 KiB POST is paced at
+//! half its maximum rate too, for its p99 added over direct gRPC. Each
+//! gateway run records its largest resident memory; the idle memory of the
+//! gateway on the repository's own routes.toml is measured apart.
+//!
+//! After each scenario's rounds, one more run is profiled with `perf`
+//! (`profile.rs`: folded stacks in `bench-profiles/`, the top functions
+//! printed; `--no-profile` skips it), and the run ends with every
+//! performance target it measured, met or missed (`targets.rs`).
+//!
 //! The load client is in this process: a lean hyper HTTP/1.1 client (one
 //! keep-alive connection per worker, no JSON parsing) for the gateway, and a
 //! tonic client over one HTTP/2 connection for the direct path, the way gRPC
 //! clients (and the gateway itself) talk to a backend.
+
+mod profile;
+mod targets;
+mod variants;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -71,7 +88,10 @@ use http_body_util::{BodyExt, Full};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, Value};
 use serde_json::json;
 
-const BENCH_PROTO: &str = include_str!("../../fixtures/bench/bench.proto");
+use profile::{print_profiles, profile_json, profile_run};
+use targets::{targets, Extra};
+
+const BENCH_PROTO: &str = include_str!("../../../fixtures/bench/bench.proto");
 
 /// The POST of `bench.proto` with `buf.validate` rules on most fields (the
 /// "POST 1 KiB validated" scenario), beside it in the descriptors folder
@@ -123,6 +143,8 @@ struct Options {
     /// `server.worker_threads` for this build's gateway (`--workers 0`:
     /// leave it out, one per core).
     workers: Option<usize>,
+    /// A `perf` profile of each scenario (`--no-profile`: none).
+    profile: bool,
 }
 
 fn main() -> Result<()> {
@@ -137,6 +159,7 @@ fn main() -> Result<()> {
         baseline: None,
         only: None,
         workers: Some(1),
+        profile: true,
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -148,9 +171,10 @@ fn main() -> Result<()> {
             "--baseline" => opts.baseline = Some(PathBuf::from(val()?)),
             "--only" => opts.only = Some(val()?.clone()),
             "--workers" => opts.workers = Some(val()?.parse()?).filter(|n| *n > 0),
+            "--no-profile" => opts.profile = false,
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME[,NAME...]] [--workers N]"
+                    "usage: bench [--seconds N] [--rounds N] [--out FILE] [--baseline GATEWAY_BINARY] [--only NAME[,NAME...]] [--workers N] [--no-profile]"
                 );
                 return Ok(());
             }
@@ -455,10 +479,16 @@ fn start_redis() -> Result<Option<(Proc, String)>> {
 }
 
 async fn start_gateway(bin: &Path, config: &Path, admin: u16) -> Result<Proc> {
+    start_gateway_with_log(bin, config, admin, "warn").await
+}
+
+/// [`start_gateway`] with another `RUST_LOG` (`warn,access=info` writes
+/// the access log, to stdout, which is discarded).
+async fn start_gateway_with_log(bin: &Path, config: &Path, admin: u16, log: &str) -> Result<Proc> {
     let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .stdout(Stdio::null())
         .spawn()
         .context("starting the gateway")?;
@@ -492,6 +522,8 @@ struct HttpCall {
     path: String,
     body: Bytes,
     content_type: &'static str,
+    /// More request headers (the full edge's token and origin).
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 #[derive(Clone)]
@@ -513,6 +545,9 @@ struct RunResult {
     p999_us: f64,
     /// Gateway runs only.
     gateway_cpu_us_per_req: Option<f64>,
+    /// The gateway's largest resident memory seen during the run (sampled
+    /// every 100 ms), in MiB. Gateway runs only.
+    gateway_rss_mib: Option<f64>,
 }
 
 fn summarize(mut lat: Vec<u32>, errors: u64, elapsed: Duration) -> RunResult {
@@ -532,6 +567,7 @@ fn summarize(mut lat: Vec<u32>, errors: u64, elapsed: Duration) -> RunResult {
         p99_us: pct(0.99),
         p999_us: pct(0.999),
         gateway_cpu_us_per_req: None,
+        gateway_rss_mib: None,
     }
 }
 
@@ -602,12 +638,13 @@ async fn http_load(
                 // hyper's HTTP/1 client takes a request only once the
                 // previous exchange has fully settled.
                 send.ready().await?;
-                let req = http::Request::builder()
+                let mut req = http::Request::builder()
                     .method(call.method.clone())
                     .uri(&call.path)
                     .header(http::header::HOST, "bench")
                     .header(http::header::CONTENT_TYPE, call.content_type)
                     .body(Full::new(call.body.clone()))?;
+                req.headers_mut().extend(call.headers.iter().cloned());
                 let t = Instant::now();
                 let resp = send.send_request(req).await?;
                 let ok = resp.status() == 200;
@@ -749,6 +786,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: "/v1/items/12345".into(),
                 body: Bytes::new(),
                 content_type: "application/json",
+                headers: Vec::new(),
             },
             grpc: GrpcCall {
                 path: get_path.clone(),
@@ -766,6 +804,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: "/bench.v1.Bench/GetItem".into(),
                 body: grpc_web_body,
                 content_type: "application/grpc-web+proto",
+                headers: Vec::new(),
             },
             grpc: GrpcCall {
                 path: get_path.clone(),
@@ -783,6 +822,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: "/bench.v1.Bench/GetItem".into(),
                 body: Bytes::from_static(br#"{"id":"12345"}"#),
                 content_type: "application/json",
+                headers: Vec::new(),
             },
             grpc: GrpcCall {
                 path: get_path,
@@ -800,6 +840,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: "/v1/items".into(),
                 body: body_1k,
                 content_type: "application/json",
+                headers: Vec::new(),
             },
             grpc: GrpcCall {
                 path: create_path.clone(),
@@ -817,6 +858,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: "/v1/items".into(),
                 body: body_64k,
                 content_type: "application/json",
+                headers: Vec::new(),
             },
             grpc: GrpcCall {
                 path: create_path,
@@ -834,6 +876,7 @@ fn scenarios(pool: &DescriptorPool) -> Result<Vec<Scenario>> {
                 path: format!("/v1/stream/items?count={STREAMED}"),
                 body: Bytes::new(),
                 content_type: "application/json",
+                headers: Vec::new(),
             },
             grpc: GrpcCall {
                 path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/ListItems"),
@@ -866,6 +909,7 @@ fn cached_get(get_msg: &DynamicMessage, item: &MessageDescriptor) -> Scenario {
             path: "/v1/cached/items/12345".into(),
             body: Bytes::new(),
             content_type: "application/json",
+            headers: Vec::new(),
         },
         grpc: GrpcCall {
             path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem"),
@@ -943,6 +987,7 @@ fn validated_post(
             .into(),
             body: body.clone(),
             content_type: "application/json",
+            headers: Vec::new(),
         },
         grpc: GrpcCall {
             path: http::uri::PathAndQuery::from_static("/bench.v1.ValidatedBench/CreateValidItem"),
@@ -969,6 +1014,7 @@ fn limited_get(
             path: format!("/v1/limited/{store}/12345"),
             body: Bytes::new(),
             content_type: "application/json",
+            headers: Vec::new(),
         },
         grpc: GrpcCall {
             path: http::uri::PathAndQuery::from_static("/bench.v1.Bench/GetItem"),
@@ -995,13 +1041,50 @@ async fn gateway_run(
     ticks: f64,
 ) -> Result<RunResult> {
     let pid = gw.0.id();
+    let rss = RssSampler::start(pid);
     let before = cpu_seconds(pid, ticks)?;
     let mut r = http_load(port, call.clone(), dur, rate).await?;
     let after = cpu_seconds(pid, ticks)?;
     if r.requests > 0 {
         r.gateway_cpu_us_per_req = Some((after - before) * 1e6 / (r.requests + r.errors) as f64);
     }
+    r.gateway_rss_mib = rss.stop().await;
     Ok(r)
+}
+
+/// The largest `VmRSS` of a process over a run, read every 100 ms: the
+/// memory a load holds while it lasts (`VmHWM` is the peak since start, so
+/// it cannot tell one scenario from the one before it).
+struct RssSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Option<f64>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut peak: Option<f64> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        if let Ok(now) = vm(pid, "VmRSS:") {
+                            peak = Some(peak.map_or(now, |p: f64| p.max(now)));
+                        }
+                    }
+                }
+            }
+            peak
+        });
+        RssSampler { stop, task }
+    }
+
+    async fn stop(self) -> Option<f64> {
+        let _ = self.stop.send(());
+        self.task.await.ok().flatten()
+    }
 }
 
 /// Shows one run's result as it finishes (runs take seconds each).
@@ -1083,6 +1166,59 @@ async fn store_state(admin: u16) -> Option<serde_json::Value> {
     Some(v["redis"].clone()).filter(|r| !r.is_null())
 }
 
+/// Resident memory of the gateway idle with the repository's own
+/// routes.toml and descriptors (the example config a newcomer starts
+/// with), on free ports; its backends need not answer.
+async fn example_idle_rss(bin: &Path, work: &Path) -> Result<f64> {
+    let dir = work.join("example");
+    std::fs::create_dir_all(&dir)?;
+    let root = workspace_root();
+    let (port, admin) = (free_port()?, free_port()?);
+    let mut text = std::fs::read_to_string(root.join("routes.toml"))?
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace(
+            "descriptors = \"descriptors\"",
+            &format!("descriptors = {:?}", root.join("descriptors")),
+        );
+    text.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    let config = dir.join("routes.toml");
+    std::fs::write(&config, text)?;
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the gateway on the repository's routes.toml")?;
+    let proc = Proc(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the gateway on the repository's routes.toml did not listen on {port} in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Start-up work (descriptors, first health checks) settles.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = vm(proc.0.id(), "VmRSS:")?;
+    eprintln!("the repository's routes.toml: {rss:.1} MiB resident idle");
+    Ok(rss)
+}
+
+/// What the scenarios on gateways of their own (HTTPS, the variants)
+/// share: the options, the binary, the backend, the work folder, the
+/// direct channel, clock ticks and the profiler.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    opts: &'a Options,
+    bin: &'a Path,
+    backend_addr: &'a str,
+    work: &'a Path,
+    channel: &'a tonic::transport::Channel,
+    ticks: f64,
+    profiler: &'a profile::Profiler,
+}
+
 /// Median of the runs by rps (robust to one noisy run).
 fn median(mut runs: Vec<RunResult>) -> RunResult {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -1155,6 +1291,11 @@ async fn run_bench(opts: Options) -> Result<()> {
         None => None,
     };
 
+    let profiler = profile::Profiler::new(&workspace_root().join("bench-profiles"), opts.profile);
+    if let Some(why) = profiler.unavailable() {
+        eprintln!("no CPU profiles: {why}");
+    }
+    let mut profiles = Vec::new();
     let mut table = Vec::new();
     let mut base_table = Vec::new();
     let mut small_get_max = 0.0;
@@ -1205,6 +1346,9 @@ async fn run_bench(opts: Options) -> Result<()> {
             let served: u64 = gw_runs.iter().map(|r| r.requests + r.errors).sum();
             redis_cpu_per_req = Some((after - before) * 1e6 / served.max(1) as f64);
         }
+        if let Some(p) = profile_run(&profiler, &gw, port, s, ticks).await? {
+            profiles.push((s.name, p));
+        }
         let (g, d) = (median(gw_runs), median(direct_runs));
         if s.name == "small GET" {
             small_get_max = g.rps;
@@ -1214,13 +1358,32 @@ async fn run_bench(opts: Options) -> Result<()> {
         }
         table.push((s.name, g, d));
     }
+    let setup = Setup {
+        opts: &opts,
+        bin: &bin,
+        backend_addr: &backend_addr,
+        work: &work,
+        channel: &channel,
+        ticks,
+        profiler: &profiler,
+    };
     // HTTPS next to the plaintext small GET (this build only: a baseline
     // binary may predate the TLS listener).
     let (https_rows, tls_notes) = match scenarios.iter().find(|s| s.name == "small GET") {
-        Some(get) => run_https(&opts, &bin, &backend_addr, &work, &channel, get, ticks).await?,
+        Some(get) => run_https(&setup, get).await?,
         None => (Vec::new(), Vec::new()),
     };
     table.extend(https_rows);
+    let variants = match scenarios.iter().find(|s| s.name == "small GET") {
+        Some(get) => variants::run(&setup, get, (&gw, port)).await?,
+        None => variants::Measured {
+            rows: Vec::new(),
+            ratios: Vec::new(),
+            profiles: Vec::new(),
+        },
+    };
+    table.extend(variants.rows.iter().cloned());
+    profiles.extend(variants.profiles.iter().cloned());
     let store = store_state(admin).await;
     let base_rows = match &base {
         Some((_, _, rss)) => {
@@ -1237,7 +1400,15 @@ async fn run_bench(opts: Options) -> Result<()> {
         print_cache_costs(&table);
         print_tls_costs(&table, &tls_notes);
         print_limit_costs(&table, redis_cpu_per_req, store.as_ref());
-        return write_report(&opts, rows, base_rows, json!({}));
+        variants::print(&variants);
+        print_profiles(&profiles, &profiler);
+        let targets = targets(&table, &variants, &Extra::default());
+        return write_report(
+            &opts,
+            rows,
+            base_rows,
+            json!({"profiles": profile_json(&profiles), "targets": targets}),
+        );
     }
 
     // p99 added at half the gateway's maximum rate.
@@ -1246,7 +1417,23 @@ async fn run_bench(opts: Options) -> Result<()> {
     let paced_gw = gateway_run(&gw, port, &scenarios[0].http, dur, Some(half), ticks).await?;
     let paced_direct =
         grpc_load(channel.clone(), scenarios[0].grpc.clone(), dur, Some(half)).await?;
+    // The same for the 1 KiB POST.
+    let post_1k = scenarios
+        .iter()
+        .find(|s| s.name.starts_with("POST ") && s.http.body.len() < 4096 && !s.limited);
+    let post_1k_max = post_1k.and_then(|p| table.iter().find(|(n, _, _)| *n == p.name));
+    let paced_post = match (post_1k, post_1k_max) {
+        (Some(p), Some((_, max, _))) => {
+            let half = max.rps / 2.0;
+            eprintln!("{} paced at {half:.0} req/s on both paths", p.name);
+            let g = gateway_run(&gw, port, &p.http, dur, Some(half), ticks).await?;
+            let d = grpc_load(channel.clone(), p.grpc.clone(), dur, Some(half)).await?;
+            Some((p.name, half, g, d))
+        }
+        _ => None,
+    };
     let peak_small = vm(gw.0.id(), "VmHWM:")?;
+    let rss_example = example_idle_rss(&bin, &work).await?;
 
     // 10,000 routes against 10 (the gateway above), alternating runs so the
     // same noise hits both; then memory with 1,000 idle keep-alive
@@ -1321,6 +1508,14 @@ async fn run_bench(opts: Options) -> Result<()> {
         "small GET at {half:.0} req/s (half the gateway max): gateway p99 {:.0} us, direct p99 {:.0} us, added {:.0} us",
         paced_gw.p99_us, paced_direct.p99_us, added_p99
     );
+    if let Some((name, rate, g, d)) = &paced_post {
+        println!(
+            "{name} at {rate:.0} req/s (half the gateway max): gateway p99 {:.0} us, direct p99 {:.0} us, added {:.0} us",
+            g.p99_us,
+            d.p99_us,
+            g.p99_us - d.p99_us
+        );
+    }
     print_protocol_costs(&table);
     print_cache_costs(&table);
     print_tls_costs(&table, &tls_notes);
@@ -1333,12 +1528,30 @@ async fn run_bench(opts: Options) -> Result<()> {
     );
     println!(
         "gateway resident memory: {rss_idle:.1} MiB after start (10 routes), peak {peak_small:.1} MiB under load; \
-         {rss_10k:.1} MiB with 10,000 routes, {rss_10k_1000:.1} MiB with 10,000 routes and 1,000 idle keep-alive connections"
+         {rss_10k:.1} MiB with 10,000 routes, {rss_10k_1000:.1} MiB with 10,000 routes and 1,000 idle keep-alive connections; \
+         {rss_example:.1} MiB idle with the repository's routes.toml and descriptors"
     );
+    for (name, r, _) in &table {
+        if let Some(rss) = r.gateway_rss_mib.filter(|_| name.starts_with("POST ")) {
+            println!("{name}: {rss:.1} MiB resident at most under its load");
+        }
+    }
+    variants::print(&variants);
+    print_profiles(&profiles, &profiler);
+    let extra_figures = Extra {
+        added_p99_get: Some(added_p99),
+        added_p99_post: paced_post.as_ref().map(|(_, _, g, d)| g.p99_us - d.p99_us),
+        rss_example: Some(rss_example),
+        rss_10k_1000: Some(rss_10k_1000),
+    };
+    let targets = targets(&table, &variants, &extra_figures);
     let extra = json!({
+        "targets": targets,
+        "profiles": profile_json(&profiles),
+        "paced_post_1k": paced_post.as_ref().map(|(_, rate, g, d)| json!({"rate": rate, "gateway": g, "direct": d, "added_p99_us": g.p99_us - d.p99_us})),
         "paced_small_get": {"rate": half, "gateway": paced_gw, "direct": paced_direct, "added_p99_us": added_p99},
         "routes_10k": {"rps_10k": ten_k.rps, "rps_10": ten.rps, "median_pair_ratio": ratio_10k},
-        "memory_mib": {"idle_10_routes": rss_idle, "peak_under_load": peak_small, "idle_10k_routes": rss_10k, "routes_10k_conns_1000": rss_10k_1000},
+        "memory_mib": {"idle_example_config": rss_example, "idle_10_routes": rss_idle, "peak_under_load": peak_small, "idle_10k_routes": rss_10k, "routes_10k_conns_1000": rss_10k_1000},
     });
     write_report(&opts, rows, base_rows, extra)
 }
@@ -1649,14 +1862,18 @@ async fn https_run(
 /// client trusts. Returns their table rows and, per handshake scenario, the
 /// handshakes made and how many resumed.
 async fn run_https(
-    opts: &Options,
-    bin: &Path,
-    backend_addr: &str,
-    work: &Path,
-    channel: &tonic::transport::Channel,
+    setup: &Setup<'_>,
     small_get: &Scenario,
-    ticks: f64,
 ) -> Result<(Vec<(&'static str, RunResult, RunResult)>, Vec<String>)> {
+    let Setup {
+        opts,
+        bin,
+        backend_addr,
+        work,
+        channel,
+        ticks,
+        ..
+    } = *setup;
     let chosen: Vec<&HttpsScenario> = HTTPS_SCENARIOS
         .iter()
         .filter(|s| {
