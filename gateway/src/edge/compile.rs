@@ -2017,6 +2017,32 @@ jwks_url = "https://idp.example/other"
     }
 
     #[test]
+    fn the_token_cache_is_on_by_default_off_with_no_entries_and_a_zero_lifetime_is_named() {
+        let mut errors = Vec::new();
+        let auth = build_auth(&parse(""), None, &mut errors);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+        assert!(auth.token_cache.enabled());
+        assert_eq!(
+            auth.token_cache.max_lifetime(),
+            token_cache::DEFAULT_MAX_LIFETIME
+        );
+        let off = parse("[auth]\ntoken_cache = { max_entries = 0 }\n");
+        assert!(!build_auth(&off, None, &mut errors).token_cache.enabled());
+        let short = parse("[auth.token_cache]\nmax_lifetime = \"30s\"\n");
+        let auth = build_auth(&short, None, &mut errors);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+        assert_eq!(auth.token_cache.max_lifetime(), Duration::from_secs(30));
+        let zero = parse("[auth]\ntoken_cache = { max_entries = 10, max_lifetime = \"0s\" }\n");
+        build_auth(&zero, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [format!(
+                "{FILE}:2: auth.token_cache.max_lifetime: must be greater than zero"
+            )]
+        );
+    }
+
+    #[test]
     fn an_issuer_with_several_problems_reports_each_and_is_left_out() {
         let file = parse(
             r#"[auth.issuers.mixed]

@@ -124,6 +124,11 @@ impl TokenCache {
         self.entries.is_some()
     }
 
+    /// The longest an entry is kept (`auth.token_cache.max_lifetime`).
+    pub fn max_lifetime(&self) -> Duration {
+        self.max_lifetime
+    }
+
     /// The verified token, if `token` was verified before and that answer
     /// still holds on `route` (see the module comment); `None` when the
     /// cache is off or the full check must run. Allocates nothing.
