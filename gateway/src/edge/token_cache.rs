@@ -21,7 +21,7 @@
 //! than the leeway fails verification, so it is never kept.
 //!
 //! Bounded by `max_entries` (moka, TinyLFU admission and LRU eviction, a
-//! weigher charging one unit per started KB of token): nothing a client
+//! weigher charging one unit per started KiB of token): nothing a client
 //! sends can grow it, and only tokens an issuer signed get in at all.
 
 use std::sync::{Arc, OnceLock};
@@ -33,11 +33,10 @@ use super::jwt::{Auth, RouteAuth, Verified};
 /// 2 KB with a typical token: the token, its parsed claims and moka's
 /// node), so at most about 20 MB.
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
-/// Tokens are re-verified at least this often whatever their `exp`: it
-/// bounds how long a verdict outlives what a hit does not look at (a step
-/// of the wall clock that moka's monotonic timer does not see), while a
-/// token used for an hour costs twelve signature checks instead of one
-/// per request.
+/// Tokens are verified in full again at least this often, whatever their
+/// `exp`: a bound on how long one verdict is reused, behind the checks a
+/// hit makes, for whatever they do not foresee. A token used for an hour
+/// then costs twelve signature checks instead of one per request.
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(300);
 /// A token counts one entry per started KiB: `max_entries` of the usual
 /// sub-kilobyte tokens, fewer fat ones.
