@@ -5,7 +5,8 @@
 //! rest take and the direct path falls back to (`json_to_message`,
 //! `message_to_json`); headers -> gRPC metadata; a response-cache hit's key
 //! (`cache_key`: the request decoded and encoded again, the key built, the
-//! entry looked up).
+//! entry looked up); a bearer token's check (`jwt`: RS256 and ES256 tokens
+//! verified in full, and found again in the verified-token cache).
 //!
 //! Run: `cargo bench -p gateway --bench hotpath` (add a filter, e.g. `-- match`).
 
@@ -201,11 +202,115 @@ fn cache_key(c: &mut Criterion) {
     });
 }
 
+/// An RS256 or ES256 key pair made here: the token signer, and the JWKS
+/// document of its public half.
+fn jwt_key(alg: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let pem = |der: &[u8]| {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    };
+    if alg == "RS256" {
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let pkcs8 = kp.as_der().unwrap();
+        let public = kp.public_key();
+        let jwk = json!({"kty": "RSA", "alg": "RS256", "kid": "k",
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero())});
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem(pkcs8.as_ref()).as_bytes()).unwrap();
+        (key, jwk)
+    } else {
+        let kp = aws_lc_rs::signature::EcdsaKeyPair::generate(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
+        .unwrap();
+        let pkcs8 = kp.to_pkcs8v1().unwrap();
+        let point = kp.public_key().as_ref().to_vec();
+        let jwk = json!({"kty": "EC", "alg": "ES256", "crv": "P-256", "kid": "k",
+            "x": b64(&point[1..33]), "y": b64(&point[33..])});
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pem(pkcs8.as_ref()).as_bytes()).unwrap();
+        (key, jwk)
+    }
+}
+
+/// A bearer token's check on a route, as the authentication layer makes
+/// it: in full (decoding, issuer, signature, claims), and as a hit of the
+/// verified-token cache.
+fn jwt(c: &mut Criterion) {
+    use futures_util::FutureExt as _;
+    use gateway::edge::jwt::{verify, Auth, Issuer, RouteAuth, DEFAULT_MAX_TOKEN_BYTES};
+    use gateway::edge::token_cache::{TokenCache, DEFAULT_MAX_LIFETIME};
+    let mut group = c.benchmark_group("jwt");
+    for name in ["RS256", "ES256"] {
+        let (signer, jwk) = jwt_key(name);
+        let alg: jsonwebtoken::Algorithm = name.parse().unwrap();
+        let keys = gateway::edge::jwks::parse_jwks(json!({ "keys": [jwk] }).to_string().as_bytes())
+            .unwrap();
+        let auth = |max_entries| Auth {
+            issuers: vec![std::sync::Arc::new(Issuer::new(
+                "corp".into(),
+                "https://login.example.com/".into(),
+                vec![alg],
+                vec!["bookstore-api".into()],
+                60,
+                keys.clone(),
+                None,
+            ))],
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            token_cache: TokenCache::new(max_entries, DEFAULT_MAX_LIFETIME),
+            ..Default::default()
+        };
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        // A typical access token: a few registered claims, scopes, a tenant.
+        let claims = json!({"iss": "https://login.example.com/", "aud": "bookstore-api",
+            "sub": "user-1234567890", "exp": exp, "iat": exp - 3600,
+            "scope": "shelves.read shelves.write books.read", "tenant": "eu",
+            "email": "someone@example.com", "jti": "b3f1c2d4-5e6f-4a7b-8c9d-0e1f2a3b4c5d"});
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some("k".into());
+        let token = jsonwebtoken::encode(&header, &claims, &signer).unwrap();
+        let route = RouteAuth::default();
+        // Nothing here awaits (no JWKS to fetch): one poll finishes it.
+        let check = |auth: &Auth| {
+            verify(auth, &route, black_box(&token))
+                .now_or_never()
+                .expect("no await without a JWKS")
+                .expect("the token verifies")
+        };
+        let uncached = auth(0);
+        group.bench_function(BenchmarkId::new("full", name), |b| {
+            b.iter(|| black_box(check(&uncached)))
+        });
+        let cached = auth(10_000);
+        check(&cached);
+        group.bench_function(BenchmarkId::new("cached", name), |b| {
+            b.iter(|| black_box(check(&cached)))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     matching,
     json_both_ways,
     headers_to_metadata,
-    cache_key
+    cache_key,
+    jwt
 );
 criterion_main!(benches);

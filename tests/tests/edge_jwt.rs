@@ -463,6 +463,61 @@ async fn jwks_key_rotation_mid_test_is_followed() {
     );
 }
 
+/// `gateway_jwt_cache_hits_total` of the gateways in this process.
+fn jwt_cache_hits() -> f64 {
+    let text = gateway::telemetry::metrics::handle().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("gateway_jwt_cache_hits_total "))
+        .map_or(0.0, |v| v.trim().parse().expect("a counter value"))
+}
+
+/// Sends `token` (of a key just published under `kid`) until it is
+/// accepted: the unknown-kid refetch may meet a fetch of the previous
+/// document in flight, or an empty refetch bucket, for one interval.
+async fn accepted_after_rotation(gw: &TestGateway, token: &str, kid: &str) {
+    let published = std::time::Instant::now();
+    loop {
+        let r = bearer(gw, "/v1/echo", token).await;
+        if r.status == 200 {
+            return;
+        }
+        assert_invalid_token(&r, &format!("unknown key id \"{kid}\""));
+        assert!(
+            published.elapsed() < Duration::from_secs(5),
+            "the key {kid:?} is still refused after {:?}",
+            published.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cached_token_of_a_key_the_issuer_removed_is_refused_after_the_jwks_rotates() {
+    let s = setup().await;
+    let old = TestKey::rsa("cached-then-removed");
+    let new = TestKey::ed25519("cached-rotation-new");
+    s.jwks.publish(&[&old], "max-age=300");
+    let token = old.sign(&claims(ISS, "cached"));
+    // Accepted, so cached; sent again, it is answered from the token cache.
+    accepted_after_rotation(&s.gw, &token, "cached-then-removed").await;
+    let hits = jwt_cache_hits();
+    bearer(&s.gw, "/v1/echo", &token).await.ok();
+    // The registry is the test process's: other tests may add hits, never
+    // take one away.
+    assert!(jwt_cache_hits() > hits, "the second request was not a hit");
+    // The issuer rotates: only the new key is published, and a token of it
+    // makes the gateway fetch the new document.
+    s.jwks.publish(&[&new], "max-age=300");
+    let of_new = new.sign(&claims(ISS, "new"));
+    accepted_after_rotation(&s.gw, &of_new, "cached-rotation-new").await;
+    // The token accepted (and cached) before is checked again and refused.
+    assert_invalid_token(
+        &bearer(&s.gw, "/v1/echo", &token).await,
+        "unknown key id \"cached-then-removed\"",
+    );
+    assert_eq!(s.calls.load(Ordering::SeqCst), 3, "backend calls");
+}
+
 /// A gateway whose issuer uses the JWKS defaults (refetch bucket and
 /// interval included), with the keys `jwks` publishes.
 async fn default_jwks_gateway(jwks: &Jwks) -> (TestGateway, Arc<AtomicUsize>) {

@@ -65,6 +65,33 @@ pub struct AuthConfig {
     /// itself are always dropped.
     #[schemars(with = "Option<Vec<String>>")]
     pub forward_client_cert: Option<Vec<Spanned<String>>>,
+    /// Tokens verified once are kept and accepted again without a
+    /// signature check (RSA and EC checks cost tens of microseconds a
+    /// request), while that answer holds: the route accepts their issuer,
+    /// they have not expired, and their issuer's JWKS has not changed since
+    /// (after a rotation they are checked again). On by default;
+    /// `max_entries = 0` turns it off.
+    #[schemars(with = "Option<TokenCacheConfig>")]
+    pub token_cache: Option<Spanned<TokenCacheConfig>>,
+}
+
+/// `[auth] token_cache = { max_entries = 10000, max_lifetime = "5m" }`:
+/// the bounds of the verified-token cache (docs/edge-security.md). A
+/// reload starts it empty.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// The most tokens kept; a token over 1 KiB counts once per started
+    /// KiB; the least used go first (default 10000: every active caller
+    /// of a busy gateway, about 20 MB with typical tokens). 0 turns the
+    /// cache off: every request's token is verified in full.
+    #[schemars(with = "Option<u64>")]
+    pub max_entries: Option<Spanned<u64>>,
+    /// The longest a token is kept, whatever its `exp` (a token is never
+    /// kept past its `exp`) (default 5m: a long-lived token is still
+    /// verified again every few minutes, at no real cost).
+    #[schemars(with = "Option<DurationText>")]
+    pub max_lifetime: Option<Spanned<String>>,
 }
 
 /// `[api_keys]`: where clients present the API keys of `[consumers]`.

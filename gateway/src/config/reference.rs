@@ -532,7 +532,7 @@ mod tests {
         use std::time::Duration as D;
 
         use crate::discovery::{consul, dns};
-        use crate::edge::{client_ip, cors, jwks, jwt, limits, ratelimit};
+        use crate::edge::{client_ip, cors, jwks, jwt, limits, ratelimit, token_cache};
         use crate::upstream::{BreakerSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
 
         let stated: std::collections::BTreeMap<String, String> = keys()
@@ -628,6 +628,14 @@ mod tests {
 
         number("auth.max_token_bytes", jwt::DEFAULT_MAX_TOKEN_BYTES as f64);
         duration("auth.leeway", jwt::DEFAULT_LEEWAY);
+        number(
+            "auth.token_cache.max_entries",
+            token_cache::DEFAULT_MAX_ENTRIES as f64,
+        );
+        duration(
+            "auth.token_cache.max_lifetime",
+            token_cache::DEFAULT_MAX_LIFETIME,
+        );
         let i = "auth.issuers.NAME";
         duration(&format!("{i}.jwks_min_refresh"), jwks::DEFAULT_MIN_REFRESH);
         duration(&format!("{i}.jwks_max_refresh"), jwks::DEFAULT_MAX_REFRESH);

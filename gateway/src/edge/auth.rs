@@ -369,19 +369,24 @@ async fn jwt_token(
             _ => Error::Unauthenticated { message, challenge },
         }
     };
-    let found = jwt::find_token(auth, headers, extensions.get::<QueryToken>())
-        .map_err(refuse)?
-        .map(|(t, s)| (t.to_owned(), s));
-    // Only the gateway states what token a request carried.
-    headers.remove("grpc-metadata-authorization");
+    // The token is read where it is (no copy): the headers change only
+    // once it has been checked.
+    let found = jwt::find_token(auth, headers, extensions.get::<QueryToken>()).map_err(refuse)?;
     let Some((token, source)) = found else {
+        // Only the gateway states what token a request carried.
+        headers.remove("grpc-metadata-authorization");
         return match route.mode {
             AuthMode::Required if !identified => Err(refuse(AuthError::Missing)),
             _ => Ok(None),
         };
     };
-    let verified = jwt::verify(auth, route, &token).await.map_err(refuse)?;
+    let verified = jwt::verify(auth, route, token).await.map_err(refuse)?;
     jwt::authorize(route, &verified).map_err(refuse)?;
+    let forwarded = auth
+        .forward_token
+        .then(|| HeaderValue::from_str(&format!("Bearer {token}")).ok())
+        .flatten();
+    headers.remove("grpc-metadata-authorization");
     // The raw token goes on only when asked, and then in one known place.
     match source {
         TokenSource::Header => {
@@ -394,10 +399,8 @@ async fn jwt_token(
         }
         TokenSource::Query => {}
     }
-    if auth.forward_token {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
-            headers.insert(HeaderName::from_static("grpc-metadata-authorization"), v);
-        }
+    if let Some(v) = forwarded {
+        headers.insert(HeaderName::from_static("grpc-metadata-authorization"), v);
     }
     for (claim, name) in &route.forward_claims {
         if let Some(v) = verified.claims.get(claim) {

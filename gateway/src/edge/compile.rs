@@ -19,6 +19,7 @@ use super::jwt::{self, Auth, AuthMode, Issuer, RouteAuth};
 use super::limits::{self, Limits};
 use super::ratelimit::{self, KeyKind, PolicyDef, RateLimits};
 use super::redis_store::{self, RedisStore};
+use super::token_cache::{self, TokenCache};
 use super::{Edge, RouteEdge};
 use crate::config::{
     ConfigError, CorsConfig, IssuerConfig, LoadedFile, RateLimitPolicyConfig, RouteConfig,
@@ -622,7 +623,32 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
         forward_claims,
         forward_token: a.forward_token,
         forward_client_cert,
+        token_cache: token_cache(file, errors),
     }
+}
+
+/// `[auth] token_cache`: a new, empty cache of the configured bounds (on
+/// by default; `max_entries = 0` turns it off).
+fn token_cache(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> TokenCache {
+    let Some(c) = &file.config.auth.token_cache else {
+        return TokenCache::new(
+            token_cache::DEFAULT_MAX_ENTRIES,
+            token_cache::DEFAULT_MAX_LIFETIME,
+        );
+    };
+    let c = c.get_ref();
+    let max_entries = c
+        .max_entries
+        .as_ref()
+        .map_or(token_cache::DEFAULT_MAX_ENTRIES, |m| *m.get_ref());
+    let max_lifetime = file.duration_min(
+        &c.max_lifetime,
+        "auth.token_cache.max_lifetime",
+        token_cache::DEFAULT_MAX_LIFETIME,
+        false,
+        errors,
+    );
+    TokenCache::new(max_entries, max_lifetime)
 }
 
 /// Why a route cannot use client certificates without a client CA.
@@ -1988,6 +2014,32 @@ jwks_url = "https://idp.example/other"
             Some("https://idp.example/jwks")
         );
         assert_eq!(auth.forward_claims, ["sub"]);
+    }
+
+    #[test]
+    fn the_token_cache_is_on_by_default_off_with_no_entries_and_a_zero_lifetime_is_named() {
+        let mut errors = Vec::new();
+        let auth = build_auth(&parse(""), None, &mut errors);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+        assert!(auth.token_cache.enabled());
+        assert_eq!(
+            auth.token_cache.max_lifetime(),
+            token_cache::DEFAULT_MAX_LIFETIME
+        );
+        let off = parse("[auth]\ntoken_cache = { max_entries = 0 }\n");
+        assert!(!build_auth(&off, None, &mut errors).token_cache.enabled());
+        let short = parse("[auth.token_cache]\nmax_lifetime = \"30s\"\n");
+        let auth = build_auth(&short, None, &mut errors);
+        assert!(errors.is_empty(), "{:?}", printed(&errors));
+        assert_eq!(auth.token_cache.max_lifetime(), Duration::from_secs(30));
+        let zero = parse("[auth]\ntoken_cache = { max_entries = 10, max_lifetime = \"0s\" }\n");
+        build_auth(&zero, None, &mut errors);
+        assert_eq!(
+            printed(&errors),
+            [format!(
+                "{FILE}:2: auth.token_cache.max_lifetime: must be greater than zero"
+            )]
+        );
     }
 
     #[test]

@@ -86,6 +86,14 @@ pub struct KeySet {
     pub keys: Vec<VerifyKey>,
     /// False until the first successful fetch.
     pub loaded: bool,
+    /// One more each time the fetched document differs from the one
+    /// before: tokens verified against an older generation are verified
+    /// again (the token cache, `super::token_cache`), so a key the issuer
+    /// removed stops passing at the first fetch without it. A refresh that
+    /// brings the same document keeps the set, and its generation.
+    pub generation: u64,
+    /// The document these keys came from, to tell a changed one apart.
+    document: bytes::Bytes,
 }
 
 /// A JWKS cache shared by the snapshots that use the same source.
@@ -146,6 +154,12 @@ impl Jwks {
         self.keys.load_full()
     }
 
+    /// The generation of the keys in use (see [`KeySet::generation`]),
+    /// without taking a reference to them: cheap enough for every request.
+    pub fn generation(&self) -> u64 {
+        self.keys.load().generation
+    }
+
     /// Fetches made so far (background and forced), for tests and /admin.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -191,13 +205,11 @@ impl Jwks {
     async fn fetch_locked(&self) -> Result<Duration, String> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = fetch(&self.client, &self.source).await;
-        match &result {
-            Ok((keys, _)) => {
+        match result {
+            Ok((keys, document, refresh)) => {
                 tracing::debug!(url = %self.source.url, keys = keys.len(), "JWKS fetched");
-                self.keys.store(Arc::new(KeySet {
-                    keys: keys.clone(),
-                    loaded: true,
-                }));
+                self.store(keys, document);
+                Ok(refresh)
             }
             Err(e) => {
                 metrics::counter!(
@@ -205,10 +217,34 @@ impl Jwks {
                     "url" => self.source.url.to_string()
                 )
                 .increment(1);
-                tracing::warn!(url = %self.source.url, error = %e, "JWKS fetch failed; the cached keys stay in use")
+                tracing::warn!(url = %self.source.url, error = %e, "JWKS fetch failed; the cached keys stay in use");
+                Err(e)
             }
         }
-        result.map(|(_, refresh)| refresh)
+    }
+
+    /// Puts `keys` in use as if fetched from `document`, for tests.
+    #[cfg(test)]
+    pub(crate) fn publish_for_test(&self, keys: Vec<VerifyKey>, document: &'static str) {
+        self.store(keys, bytes::Bytes::from_static(document.as_bytes()));
+    }
+
+    /// Puts fetched keys in use, as a new generation unless `document` is
+    /// the one already in use (then nothing changes: the tokens verified
+    /// against it stay cached). Called with `fetch_lock` held, so two
+    /// stores cannot both take the same next generation.
+    fn store(&self, keys: Vec<VerifyKey>, document: bytes::Bytes) {
+        let current = self.keys.load();
+        if current.loaded && current.document == document {
+            return;
+        }
+        let generation = current.generation + 1;
+        self.keys.store(Arc::new(KeySet {
+            keys,
+            loaded: true,
+            generation,
+            document,
+        }));
     }
 }
 
@@ -233,10 +269,11 @@ async fn refresher(weak: Weak<Jwks>) {
     }
 }
 
+/// The keys, the document they came from and when to fetch again.
 async fn fetch(
     client: &reqwest::Client,
     source: &JwksSource,
-) -> Result<(Vec<VerifyKey>, Duration), String> {
+) -> Result<(Vec<VerifyKey>, bytes::Bytes, Duration), String> {
     let resp = client
         .get(&source.url)
         .header(http::header::ACCEPT, "application/json")
@@ -274,7 +311,7 @@ async fn fetch(
     let refresh = max_age
         .unwrap_or(source.max_refresh)
         .clamp(source.min_refresh, source.max_refresh);
-    Ok((keys, refresh))
+    Ok((keys, body, refresh))
 }
 
 /// `max-age=N` from a Cache-Control value; `no-cache`/`no-store` count as 0.
@@ -398,6 +435,28 @@ mod tests {
         let jwks = Jwks::new(source, None).unwrap();
         let taken: Vec<bool> = (0..5).map(|_| jwks.take_refetch()).collect();
         assert_eq!(taken, [true, true, true, false, false]);
+    }
+
+    #[test]
+    fn a_refresh_bringing_the_same_document_keeps_the_key_generation() {
+        let source = JwksSource {
+            url: "http://127.0.0.1:1/jwks.json".into(),
+            min_refresh: DEFAULT_MIN_REFRESH,
+            max_refresh: DEFAULT_MAX_REFRESH,
+            refetch_interval: DEFAULT_REFETCH_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+        };
+        // Outside a runtime: no refresher, nothing fetched.
+        let jwks = Jwks::new(source, None).unwrap();
+        assert_eq!(jwks.generation(), 0);
+        jwks.publish_for_test(Vec::new(), r#"{"keys":[]}"#);
+        assert_eq!(jwks.generation(), 1);
+        let first = jwks.keys();
+        jwks.publish_for_test(Vec::new(), r#"{"keys":[]}"#);
+        assert_eq!(jwks.generation(), 1);
+        assert!(Arc::ptr_eq(&first, &jwks.keys()), "the set was replaced");
+        jwks.publish_for_test(Vec::new(), r#"{"keys": []}"#);
+        assert_eq!(jwks.generation(), 2);
     }
 
     #[test]

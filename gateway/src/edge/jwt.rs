@@ -12,6 +12,9 @@
 //!   (`nbf`), of another issuer or audience; without `aud` when the issuer
 //!   lists audiences; with `exp`, `nbf`, `iat`, `iss` or `aud` of the wrong
 //!   JSON type (see `check_registered_claims`).
+//!
+//! A token verified once is kept in the snapshot's [`TokenCache`] and found
+//! there, by its whole text, before any decoding when it comes again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -22,7 +25,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{Jwks, VerifyKey};
+use super::jwks::{Jwks, KeySet, VerifyKey};
+use super::token_cache::TokenCache;
 
 /// Real tokens are well under 2 KB; 8 KB leaves room for fat claims while
 /// keeping a hostile header from costing real work.
@@ -222,6 +226,9 @@ pub struct Auth {
     pub forward_token: bool,
     /// `auth.forward_client_cert`.
     pub forward_client_cert: Vec<super::client_cert::Part>,
+    /// `auth.token_cache`: tokens verified before, owned by the snapshot
+    /// so a reload starts with none.
+    pub token_cache: TokenCache,
 }
 
 /// A route's auth policy, compiled.
@@ -253,11 +260,12 @@ pub fn claim_metadata_key(claim: &str) -> String {
     key
 }
 
-/// A verified token.
+/// A verified token. Cheap to clone (two `Arc`s): the token cache hands
+/// out a clone on every hit.
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub issuer: Arc<Issuer>,
-    pub claims: Map<String, Value>,
+    pub claims: Arc<Map<String, Value>>,
 }
 
 impl Verified {
@@ -427,7 +435,23 @@ fn b64(part: &str, what: &str) -> Result<Vec<u8>, AuthError> {
 }
 
 /// Verifies `token` for a route; `issuers` are the ones the route accepts.
+/// A token verified before is answered from `auth.token_cache` when that
+/// answer still holds, after the length and character checks and before
+/// any decoding.
 pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verified, AuthError> {
+    check_text(auth, token)?;
+    if let Some(v) = auth.token_cache.get(auth, route, token) {
+        return Ok(v);
+    }
+    let (verified, issuer, generation) = verify_uncached(auth, route, token).await?;
+    auth.token_cache
+        .insert(token, &verified, issuer, generation);
+    Ok(verified)
+}
+
+/// The token's length and characters, checked before anything else (the
+/// cache lookup included): a hostile header costs a scan and no more.
+fn check_text(auth: &Auth, token: &str) -> Result<(), AuthError> {
     if token.len() > auth.max_token_bytes {
         return Err(AuthError::invalid(format!(
             "the token is longer than {} bytes",
@@ -442,6 +466,17 @@ pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verif
             "the token has characters outside base64url",
         ));
     }
+    Ok(())
+}
+
+/// The full check: the verified token, the index of its issuer in
+/// `auth.issuers` and the JWKS generation its key came from (0 without a
+/// JWKS), for the cache.
+async fn verify_uncached(
+    auth: &Auth,
+    route: &RouteAuth,
+    token: &str,
+) -> Result<(Verified, usize, u64), AuthError> {
     let parts: Vec<&str> = token.split('.').collect();
     match parts.len() {
         3 => {}
@@ -480,13 +515,12 @@ pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verif
         Some(_) => return Err(AuthError::invalid("the \"iss\" claim is not a string")),
         None => return Err(AuthError::invalid("the token has no \"iss\" claim")),
     };
-    let issuer = auth
+    let (index, issuer) = auth
         .issuers
         .iter()
         .enumerate()
         .filter(|(i, _)| route.issuers.as_ref().is_none_or(|list| list.contains(i)))
-        .map(|(_, is)| is)
-        .find(|is| is.iss == iss)
+        .find(|(_, is)| is.iss == iss)
         .ok_or_else(|| AuthError::invalid(format!("issuer {iss:?} is not accepted here")))?;
     if !issuer.algorithms.contains(&alg) {
         return Err(AuthError::invalid(format!(
@@ -499,29 +533,40 @@ pub async fn verify(auth: &Auth, route: &RouteAuth, token: &str) -> Result<Verif
         .validation(alg.family())
         .expect("a validation exists for each allowed family");
 
-    let mut keys = candidates(issuer, alg, head.kid.as_deref());
-    if keys.is_empty() {
+    // One load of the key set: the generation the cache records is that
+    // of the keys the token is checked against.
+    let kid = head.kid.as_deref();
+    let mut set = issuer.jwks.as_ref().map(|j| j.keys());
+    if candidates(issuer, set.as_deref(), alg, kid)
+        .next()
+        .is_none()
+    {
         // An unknown kid (or keys not loaded yet): perhaps the issuer rotated.
         if let Some(jwks) = &issuer.jwks {
             if jwks.refetch_for_unknown_kid().await {
-                keys = candidates(issuer, alg, head.kid.as_deref());
+                set = Some(jwks.keys());
             }
         }
     }
-    if keys.is_empty() {
+    let generation = set.as_ref().map_or(0, |s| s.generation);
+    let mut keys = candidates(issuer, set.as_deref(), alg, kid)
+        .take(MAX_KEYS_TRIED)
+        .peekable();
+    if keys.peek().is_none() {
         return Err(AuthError::invalid(match &head.kid {
             Some(kid) => format!("unknown key id {kid:?}"),
             None => format!("issuer {:?} has no key for {alg:?}", issuer.iss),
         }));
     }
     let mut last = None;
-    for key in keys.iter().take(MAX_KEYS_TRIED) {
-        match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+    for key in keys {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
             Ok(data) => {
-                return Ok(Verified {
+                let verified = Verified {
                     issuer: issuer.clone(),
-                    claims: data.claims,
-                })
+                    claims: Arc::new(data.claims),
+                };
+                return Ok((verified, index, generation));
             }
             Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
             Err(e) => return Err(AuthError::Invalid(describe(&e, issuer))),
@@ -569,22 +614,26 @@ fn check_registered_claims(claims: &Map<String, Value>, issuer: &Issuer) -> Resu
     }
 }
 
-fn candidates(issuer: &Issuer, alg: Algorithm, kid: Option<&str>) -> Vec<DecodingKey> {
-    let jwks = issuer.jwks.as_ref().map(|j| j.keys());
-    let from_jwks = jwks.as_ref().map(|s| s.keys.as_slice()).unwrap_or(&[]);
+/// The keys that may have signed a token of `alg` and `kid`: the issuer's
+/// own, then those of its key set `jwks`; borrowed, not copied.
+fn candidates<'a>(
+    issuer: &'a Issuer,
+    jwks: Option<&'a KeySet>,
+    alg: Algorithm,
+    kid: Option<&'a str>,
+) -> impl Iterator<Item = &'a VerifyKey> + 'a {
+    let from_jwks = jwks.map(|s| s.keys.as_slice()).unwrap_or(&[]);
     issuer
         .static_keys
         .iter()
         .chain(from_jwks)
-        .filter(|k| k.accepts(alg))
-        .filter(|k| match (kid, &k.kid) {
+        .filter(move |k| k.accepts(alg))
+        .filter(move |k| match (kid, &k.kid) {
             (Some(want), Some(have)) => want == have,
             // A key without a kid is tried for any token; a token without
             // a kid tries every key of its family.
             _ => true,
         })
-        .map(|k| k.key.clone())
-        .collect()
 }
 
 fn describe(e: &jsonwebtoken::errors::Error, issuer: &Issuer) -> String {
@@ -727,14 +776,10 @@ mod tests {
         self_check().unwrap();
     }
 
+    const SECRET: &[u8] = b"gateway-jwt-self-check";
+
     fn hs_issuer() -> Auth {
-        let key = VerifyKey {
-            kid: None,
-            family: AlgorithmFamily::Hmac,
-            algorithms: None,
-            key: DecodingKey::from_secret(b"gateway-jwt-self-check"),
-            origin: "test".into(),
-        };
+        let key = hmac_key(None, SECRET);
         Auth {
             issuers: vec![Arc::new(Issuer::new(
                 "t".into(),
@@ -778,6 +823,183 @@ mod tests {
             .contains("not allowed for issuer"));
     }
 
+    const OTHER_SECRET: &[u8] = b"another-secret-of-at-least-32-bytes";
+
+    fn hmac_key(kid: Option<&str>, secret: &[u8]) -> VerifyKey {
+        VerifyKey {
+            kid: kid.map(str::to_owned),
+            family: AlgorithmFamily::Hmac,
+            algorithms: None,
+            key: DecodingKey::from_secret(secret),
+            origin: "test".into(),
+        }
+    }
+
+    fn issuer(iss: &str, keys: Vec<VerifyKey>, jwks: Option<Arc<Jwks>>) -> Arc<Issuer> {
+        Arc::new(Issuer::new(
+            iss.into(),
+            iss.into(),
+            vec![Algorithm::HS256],
+            vec![],
+            60,
+            keys,
+            jwks,
+        ))
+    }
+
+    fn cached_auth(issuers: Vec<Arc<Issuer>>, max_entries: u64) -> Auth {
+        Auth {
+            issuers,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            token_cache: TokenCache::new(
+                max_entries,
+                super::super::token_cache::DEFAULT_MAX_LIFETIME,
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// An HS256 token of `iss` for `sub`, valid for 10 minutes.
+    fn signed(iss: &str, kid: Option<&str>, secret: &[u8], sub: &str) -> String {
+        signed_claims(
+            kid,
+            secret,
+            serde_json::json!({"iss": iss, "sub": sub, "exp": unix_now() + 600}),
+        )
+    }
+
+    fn signed_claims(kid: Option<&str>, secret: &[u8], claims: Value) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_verified_once_is_accepted_again_without_its_signature_checked() {
+        let mut auth = cached_auth(vec![issuer("t", vec![hmac_key(None, SECRET)], None)], 100);
+        let r = RouteAuth::default();
+        let token = signed("t", None, SECRET, "alice");
+        let first = verify(&auth, &r, &token).await.unwrap();
+        assert_eq!(first.subject(), Some("alice"));
+        // The issuer's key changes under the cache: a full check would now
+        // fail, a hit does not look at the signature.
+        auth.issuers[0] = issuer("t", vec![hmac_key(None, OTHER_SECRET)], None);
+        let again = verify(&auth, &r, &token).await.unwrap();
+        assert!(Arc::ptr_eq(&first.claims, &again.claims), "not a hit");
+        let fresh = signed("t", None, SECRET, "bob");
+        assert_eq!(
+            verify(&auth, &r, &fresh).await.unwrap_err(),
+            AuthError::invalid("the signature does not verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_entries_every_token_is_verified_in_full() {
+        let mut auth = cached_auth(vec![issuer("t", vec![hmac_key(None, SECRET)], None)], 0);
+        let r = RouteAuth::default();
+        let token = signed("t", None, SECRET, "alice");
+        verify(&auth, &r, &token).await.unwrap();
+        auth.issuers[0] = issuer("t", vec![hmac_key(None, OTHER_SECRET)], None);
+        assert_eq!(
+            verify(&auth, &r, &token).await.unwrap_err(),
+            AuthError::invalid("the signature does not verify")
+        );
+        assert!(auth.token_cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_refused_on_a_route_that_does_not_accept_its_issuer() {
+        let auth = cached_auth(
+            vec![
+                issuer("t", vec![hmac_key(None, SECRET)], None),
+                issuer("u", vec![hmac_key(None, SECRET)], None),
+            ],
+            100,
+        );
+        let any = RouteAuth::default();
+        let only_u = RouteAuth {
+            issuers: Some(vec![1]),
+            ..Default::default()
+        };
+        let token = signed("t", None, SECRET, "alice");
+        let first = verify(&auth, &any, &token).await.unwrap();
+        assert_eq!(
+            verify(&auth, &only_u, &token).await.unwrap_err(),
+            AuthError::invalid("issuer \"t\" is not accepted here")
+        );
+        let again = verify(&auth, &any, &token).await.unwrap();
+        assert!(Arc::ptr_eq(&first.claims, &again.claims), "not a hit");
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_of_a_key_the_jwks_dropped_is_refused_after_the_refresh() {
+        let source = super::super::jwks::JwksSource {
+            url: "http://127.0.0.1:1/jwks.json".into(),
+            min_refresh: std::time::Duration::from_secs(3600),
+            max_refresh: std::time::Duration::from_secs(3600),
+            refetch_interval: std::time::Duration::from_secs(3600),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let jwks = Jwks::new(source, None).unwrap();
+        let both = || {
+            vec![
+                hmac_key(Some("a"), SECRET),
+                hmac_key(Some("b"), OTHER_SECRET),
+            ]
+        };
+        jwks.publish_for_test(both(), "a and b");
+        let auth = cached_auth(vec![issuer("t", vec![], Some(jwks.clone()))], 100);
+        let r = RouteAuth::default();
+        let token = signed("t", Some("a"), SECRET, "alice");
+        let first = verify(&auth, &r, &token).await.unwrap();
+        // A refresh bringing the same document changes nothing.
+        jwks.publish_for_test(both(), "a and b");
+        let again = verify(&auth, &r, &token).await.unwrap();
+        assert!(Arc::ptr_eq(&first.claims, &again.claims), "not a hit");
+        // The issuer drops key "a": its token goes through the full check.
+        jwks.publish_for_test(vec![hmac_key(Some("b"), OTHER_SECRET)], "b only");
+        assert_eq!(
+            verify(&auth, &r, &token).await.unwrap_err(),
+            AuthError::invalid("unknown key id \"a\"")
+        );
+        let of_b = signed("t", Some("b"), OTHER_SECRET, "bob");
+        assert_eq!(
+            verify(&auth, &r, &of_b).await.unwrap().subject(),
+            Some("bob")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_not_valid_yet_is_never_kept() {
+        let auth = cached_auth(vec![issuer("t", vec![hmac_key(None, SECRET)], None)], 100);
+        let r = RouteAuth::default();
+        let now = unix_now();
+        let token = signed_claims(
+            None,
+            SECRET,
+            serde_json::json!({"iss": "t", "exp": now + 7200, "nbf": now + 3600}),
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                verify(&auth, &r, &token).await.unwrap_err(),
+                AuthError::invalid("the token is not valid yet (nbf)")
+            );
+        }
+        assert!(auth.token_cache.is_empty());
+    }
+
     #[test]
     fn challenge_escapes_quotes() {
         let e = AuthError::invalid("bad \"x\"\r\n");
@@ -805,7 +1027,7 @@ mod tests {
         let issuer = hs_issuer().issuers[0].clone();
         let with = |claims: Value| Verified {
             issuer: issuer.clone(),
-            claims: claims.as_object().unwrap().clone(),
+            claims: Arc::new(claims.as_object().unwrap().clone()),
         };
         assert!(authorize(&route, &with(serde_json::json!({"scope": "read write"}))).is_ok());
         assert!(authorize(&route, &with(serde_json::json!({"scp": ["write", "read"]}))).is_ok());

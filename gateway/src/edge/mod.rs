@@ -35,6 +35,7 @@ pub mod overload;
 pub mod ratelimit;
 pub mod redis_store;
 pub mod tls;
+pub mod token_cache;
 
 use std::sync::Arc;
 

@@ -47,6 +47,14 @@ pub const OVERLOAD_SHED_RATIO: &str = "gateway_overload_shed_ratio";
 pub const DRAIN_ABORTED: &str = "gateway_http_drain_aborted_total";
 /// By the JWKS URL, which only the config names: bounded.
 pub const JWKS_FETCH_FAILURES: &str = "gateway_jwks_fetch_failures_total";
+/// Bearer tokens served from the verified-token cache (no signature
+/// check); no labels: a per-token or per-subject label would let clients
+/// add series.
+pub const JWT_CACHE_HITS: &str = "gateway_jwt_cache_hits_total";
+/// Bearer tokens the verified-token cache could not answer for (verified
+/// in full: new, expired from the cache, another key generation, or an
+/// issuer the route does not accept).
+pub const JWT_CACHE_MISSES: &str = "gateway_jwt_cache_misses_total";
 /// Rate-limit decisions made without the Redis store, by policy and reason
 /// (`timeout`, `error`, `down`).
 pub const RATE_LIMIT_STORE_FALLBACKS: &str = "gateway_ratelimit_store_fallbacks_total";
@@ -178,6 +186,14 @@ fn describe() {
     describe_counter!(
         JWKS_FETCH_FAILURES,
         "Failed JWKS fetches, by URL; the cached keys stay in use, and tokens fail with an unknown kid until a fetch succeeds"
+    );
+    describe_counter!(
+        JWT_CACHE_HITS,
+        "Bearer tokens accepted from the verified-token cache without a signature check ([auth] token_cache)"
+    );
+    describe_counter!(
+        JWT_CACHE_MISSES,
+        "Bearer tokens the verified-token cache could not answer for, verified in full ([auth] token_cache)"
     );
     describe_counter!(
         CACHE_HITS,
