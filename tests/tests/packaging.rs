@@ -195,6 +195,33 @@ impl Rendered {
             .to_owned()
     }
 
+    /// The files of the ConfigMap `name` (`data` and base64 `binaryData`)
+    /// written into `folder`, one per key; panics when the manifests do
+    /// not render that ConfigMap (`kubectl apply` would leave the pod
+    /// waiting for its volume).
+    fn write_config_map(&self, name: &str, folder: &Path) {
+        use base64::Engine as _;
+        let map = self.get("ConfigMap", name);
+        std::fs::create_dir_all(folder).unwrap();
+        let mut files = 0;
+        if let Some(data) = map["data"].as_object() {
+            for (key, text) in data {
+                std::fs::write(folder.join(key), text.as_str().unwrap()).unwrap();
+                files += 1;
+            }
+        }
+        if let Some(data) = map["binaryData"].as_object() {
+            for (key, b64) in data {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("ConfigMap {name} binaryData.{key}: {e}"));
+                std::fs::write(folder.join(key), bytes).unwrap();
+                files += 1;
+            }
+        }
+        assert!(files > 0, "ConfigMap {name} is empty");
+    }
+
     /// The file behind `--config`.
     fn routes_toml(&self) -> (String, String) {
         let args: Vec<&str> = self.container()["args"]
@@ -381,12 +408,23 @@ async fn check_against_the_gateway(dir: &str) -> Rendered {
     // The config loads and serves, with the pod's paths mapped to files
     // here; the probes answer 200 on the admin listener.
     let tmp = temp_dir("k8s-config");
-    let mut local = routes.replace(
-        "\"/etc/gateway/descriptors\"",
-        &format!("\"{}\"", toml_path(&repo_root().join("descriptors"))),
-    );
+    let mut local = routes.clone();
+    let routes_folder = Path::new(&routes_path).parent().unwrap().to_owned();
     for (mount, volume) in r.mounts() {
-        if let Some(secret) = volume["secret"]["secretName"].as_str() {
+        if let Some(name) = volume["configMap"]["name"].as_str() {
+            if Path::new(&mount) == routes_folder {
+                continue;
+            }
+            // Another ConfigMap (the descriptors): its files as the kubelet
+            // would write them, so the gateway serves what the manifests
+            // ship and a ConfigMap they mount but do not render fails here.
+            let folder = tmp.join(name);
+            r.write_config_map(name, &folder);
+            let to = format!("\"{}", toml_path(&folder));
+            local = local
+                .replace(&format!("\"{mount}\""), &format!("{to}\""))
+                .replace(&format!("\"{mount}/"), &format!("{to}/"));
+        } else if let Some(secret) = volume["secret"]["secretName"].as_str() {
             // A kubernetes.io/tls Secret: tls.crt and tls.key.
             let cert = rcgen::generate_simple_self_signed(vec!["gateway.example.com".to_owned()])
                 .expect("certificate");
@@ -525,6 +563,51 @@ fn the_image_build_context_leaves_out_build_output_and_history() {
     for needed in ["target/", ".git/"] {
         assert!(lines.contains(&needed), ".dockerignore lacks {needed}");
     }
+    // What tools generate in the tree: installed JavaScript packages,
+    // fuzzing output, the bench's results.
+    for generated in [
+        "tests/js/node_modules/",
+        "fuzz/target/",
+        "fuzz/corpus/",
+        "fuzz/artifacts/",
+        "bench-results.json",
+    ] {
+        assert!(
+            lines.contains(&generated),
+            ".dockerignore lacks {generated}, which is generated"
+        );
+    }
+    // Beside every package.json, npm installs a node_modules folder.
+    for package in files_named(&repo_root(), "package.json") {
+        let folder = package.parent().unwrap().strip_prefix(repo_root()).unwrap();
+        let pattern = format!("{}/node_modules/", folder.display());
+        assert!(
+            lines.contains(&pattern.trim_start_matches('/')),
+            ".dockerignore lacks {pattern} (npm installs there for {})",
+            package.display()
+        );
+    }
+}
+
+/// The files called `name` under `root`, outside `target/`, `.git/` and
+/// `node_modules/`.
+fn files_named(root: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let file = e.file_name();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if file != "target" && file != ".git" && file != "node_modules" {
+                    todo.push(p);
+                }
+            } else if file == name {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 #[test]

@@ -42,7 +42,9 @@ pub struct AuthConfig {
     #[schemars(with = "Option<DurationText>")]
     pub leeway: Option<Spanned<String>>,
     /// Claims passed to backends as metadata `x-jwt-<claim>` on every route
-    /// that does not set `forward_claims` (default `["sub"]`).
+    /// that does not set `forward_claims`; `"consumer"` is not a claim but
+    /// the name of the consumer whose API key proved the caller, passed as
+    /// `x-consumer` (default: `sub`, `consumer`).
     #[schemars(with = "Option<Vec<String>>")]
     pub forward_claims: Option<Vec<Spanned<String>>>,
     /// Pass the raw token on (the Authorization header, the token cookie).
@@ -103,14 +105,32 @@ pub struct ApiKeysConfig {
     #[schemars(with = "Option<String>")]
     pub header: Option<Spanned<String>>,
     /// Also read the key from this query parameter (after the header); it
-    /// is taken out of the request target. None when absent.
+    /// is taken out of the request target before the query is read as
+    /// fields. None when absent. A route's `api_keys` replaces both.
+    #[schemars(with = "Option<String>")]
+    pub query_param: Option<Spanned<String>>,
+}
+
+/// A route's `api_keys = { ... }`: where API keys are read on this route,
+/// instead of `[api_keys]`. Only the places named here are read, the
+/// header first: `{ query_param = "key" }` reads no header.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteApiKeysConfig {
+    /// The request header carrying the key on this route; removed before
+    /// the call. None when absent.
+    #[schemars(with = "Option<String>")]
+    pub header: Option<Spanned<String>>,
+    /// The query parameter carrying the key on this route; taken out of the
+    /// request target before the query is read as fields. None when absent.
     #[schemars(with = "Option<String>")]
     pub query_param: Option<Spanned<String>>,
 }
 
 /// `[consumers.NAME]`: a caller known by its API keys. Its name is what
 /// rate limits keyed by `consumer` count, and reaches backends as metadata
-/// `x-consumer`.
+/// `x-consumer` where `forward_claims` lists `consumer` (it does by
+/// default).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerConfig {

@@ -29,7 +29,7 @@ pub use cache::{CacheConfig, FallbackConfig, RouteCacheConfig, DEFAULT_CACHE_MAX
 pub use duration::parse_duration;
 pub use edge::{
     ApiKeysConfig, AuthConfig, ConsumerConfig, CorsConfig, IssuerConfig, LimitsConfig,
-    RateLimitPolicyConfig, RateLimitsConfig, RedisConfig,
+    RateLimitPolicyConfig, RateLimitsConfig, RedisConfig, RouteApiKeysConfig,
 };
 pub use error::{ConfigError, ConfigErrors, LineIndex};
 pub use input::TextInput;
@@ -1019,10 +1019,17 @@ pub struct RouteConfig {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, ClaimValue>")]
     pub claims: BTreeMap<String, Spanned<toml::Value>>,
-    /// Claims passed to the backend as `x-jwt-<claim>` metadata (default:
+    /// Claims passed to the backend as `x-jwt-<claim>` metadata, and
+    /// `"consumer"` for the API key's consumer as `x-consumer` (default:
     /// `auth.forward_claims`).
     #[schemars(with = "Option<Vec<String>>")]
     pub forward_claims: Option<Vec<Spanned<String>>>,
+    /// Where API keys are read on this route, instead of `[api_keys]`:
+    /// `{ header = "x-partner-key" }`, `{ query_param = "key" }`, or both
+    /// (the header first). Only the places named are read. Needs
+    /// `credentials` with `"api_key"` (default: `[api_keys]`).
+    #[schemars(with = "Option<RouteApiKeysConfig>")]
+    pub api_keys: Option<Spanned<RouteApiKeysConfig>>,
     /// `"required"`: a verified client certificate (`[server.tls]
     /// client_ca`) is needed on top of whatever `auth` and `credentials`
     /// ask (401 without one); `"none"` leaves it to `credentials` (default

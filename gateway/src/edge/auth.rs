@@ -2,7 +2,7 @@
 //! policy ([`super::jwt`] verifies), before any body byte is read.
 //!
 //! For every request it takes a token and an API key out of the query
-//! (`[auth] query_param`, `[api_keys] query_param`): credentials, not
+//! (`[auth] query_param`, the route's key `query_param`): credentials, not
 //! message fields, that must not reach the backend. For every routed
 //! request it drops `x-jwt-*` and `x-consumer` metadata the client made up
 //! (those are the gateway's to state). For a route that checks callers it
@@ -19,7 +19,7 @@ use futures_util::future::Either;
 use http::{header, Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response};
 
 use super::client_cert::PeerCert;
-use super::consumers::{Identified, CONSUMER_METADATA};
+use super::consumers::{Identified, KeySource, RouteKeys, CONSUMER_METADATA};
 use super::jwt::{self, AuthError, AuthMode, QueryToken, RouteAuth, TokenSource, Verified};
 use super::layer::{BoxFut, Policed, RouteView};
 use super::Edge;
@@ -52,10 +52,13 @@ where
         let (taken, checks) = match req.extensions().get::<R>() {
             Some(view) => {
                 let edge = &view.context().edge;
+                let keys = view
+                    .policy()
+                    .map_or(&edge.consumers.source, |p| &p.api_keys.source);
                 let taken = take_credentials(
                     req.uri(),
                     edge.auth.query_param.as_deref(),
-                    edge.consumers.query_param.as_deref(),
+                    keys.query_param.as_deref(),
                 );
                 (
                     taken,
@@ -99,6 +102,7 @@ where
                 let checking = authenticate(
                     &view.context().edge,
                     &policy.auth,
+                    &policy.api_keys,
                     &mut parts.headers,
                     &parts.extensions,
                 );
@@ -129,7 +133,7 @@ where
 const CLAIM_PREFIX: &str = "x-jwt-";
 const CLAIM_METADATA_PREFIX: &str = "grpc-metadata-x-jwt-";
 
-/// An API key taken out of the query (`[api_keys] query_param`).
+/// An API key taken out of the query (the route's key `query_param`).
 #[derive(Debug, Clone)]
 pub struct QueryApiKey(pub String);
 
@@ -216,6 +220,7 @@ struct Caller {
 async fn authenticate(
     edge: &Edge,
     route: &RouteAuth,
+    keys: &RouteKeys,
     headers: &mut HeaderMap,
     extensions: &Extensions,
 ) -> Result<Caller, Error> {
@@ -228,20 +233,22 @@ async fn authenticate(
         return Ok(caller);
     }
     if route.credentials.api_key {
-        caller.consumer = api_key(edge, headers, extensions)?;
+        caller.consumer = api_key(edge, keys, headers, extensions)?;
     }
     // The key never goes on, whatever the route accepts.
-    headers.remove(&edge.consumers.header);
+    if let Some(h) = &keys.source.header {
+        headers.remove(h);
+    }
     let identified = caller.consumer.is_some() || by_cert;
     if !route.credentials.jwt {
         return match (identified, route.mode) {
             (false, AuthMode::Required) if route.credentials.api_key => Err(refuse_key(
                 if route.credentials.client_cert {
-                    "this route needs an API key (header {header}) or a client certificate"
+                    "this route needs an API key ({where}) or a client certificate"
                 } else {
-                    "this route needs an API key (header {header})"
+                    "this route needs an API key ({where})"
                 },
-                edge,
+                &keys.source,
             )),
             (false, AuthMode::Required) => Err(refuse_cert(
                 "missing_client_cert",
@@ -309,25 +316,28 @@ fn refuse_cert(reason: &'static str, message: String, forbidden: bool) -> Error 
     }
 }
 
-/// 401 for a missing or unknown API key; `{header}` in `message` names the
-/// header keys go in. Counted with the token failures.
-fn refuse_key(message: &str, edge: &Edge) -> Error {
+/// 401 for a missing or unknown API key; `{where}` in `message` names
+/// where the route reads keys. Counted with the token failures.
+fn refuse_key(message: &str, source: &KeySource) -> Error {
     metrics::counter!(crate::telemetry::metrics::AUTH_FAILURES, "reason" => "invalid_api_key")
         .increment(1);
     Error::Unauthenticated {
-        message: message.replace("{header}", edge.consumers.header.as_str()),
+        message: message.replace("{where}", &source.to_string()),
         challenge: HeaderValue::from_static("ApiKey"),
     }
 }
 
-/// The consumer whose key the request carries (header, else query), its
-/// name forwarded as `x-consumer`; an unknown key is a 401.
+/// The consumer whose key the request carries (the route's header, else
+/// its query parameter), its name forwarded as `x-consumer` where the
+/// route says so; an unknown key is a 401.
 fn api_key(
     edge: &Edge,
+    keys: &RouteKeys,
     headers: &mut HeaderMap,
     extensions: &Extensions,
 ) -> Result<Option<Identified>, Error> {
-    let presented = match headers.get(&edge.consumers.header) {
+    let in_header = keys.source.header.as_ref().and_then(|h| headers.get(h));
+    let presented = match in_header {
         Some(v) => Some(v.as_bytes().to_vec()),
         None => extensions
             .get::<QueryApiKey>()
@@ -337,10 +347,12 @@ fn api_key(
         return Ok(None);
     };
     let Some(consumer) = edge.consumers.identify(&presented) else {
-        return Err(refuse_key("the API key is not valid", edge));
+        return Err(refuse_key("the API key is not valid", &keys.source));
     };
-    if let Ok(v) = HeaderValue::from_str(&consumer.name) {
-        headers.insert(CONSUMER_METADATA, v);
+    if keys.forward_consumer {
+        if let Ok(v) = HeaderValue::from_str(&consumer.name) {
+            headers.insert(CONSUMER_METADATA, v);
+        }
     }
     Ok(Some(Identified(consumer)))
 }

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use super::client_cert::{self, ClientCertPolicy};
 use super::client_ip::{Cidr, ClientIpPolicy, ForwardedHeader};
+use super::consumers::{self, RouteKeys};
 use super::cors::{self, CorsPolicy, OriginRule};
 use super::jwks::{self, Jwks, JwksSource, VerifyKey};
 use super::jwt::{self, Auth, AuthMode, Issuer, RouteAuth};
@@ -611,7 +612,9 @@ fn build_auth(file: &LoadedFile, previous: Option<&Auth>, errors: &mut Vec<Confi
     let leeway = file.duration_min(&a.leeway, "auth.leeway", jwt::DEFAULT_LEEWAY, true, errors);
     let forward_claims = match &a.forward_claims {
         Some(list) => claim_names(file, list, "auth.forward_claims", errors),
-        None => vec!["sub".to_owned()],
+        // The consumer too: an API key's consumer reached backends before
+        // it was on this list, and a default list keeps it so.
+        None => vec!["sub".to_owned(), consumers::FORWARD_CONSUMER.to_owned()],
     };
     Auth {
         issuers: build_issuers(file, leeway, previous, errors),
@@ -684,7 +687,7 @@ fn client_cert_parts(
 
 /// The name of the cookie or query parameter a token may come in: it must
 /// be a plain token, since it is matched byte for byte.
-fn token_name(
+pub(super) fn token_name(
     file: &LoadedFile,
     v: &Option<Spanned<String>>,
     field: &str,
@@ -1216,6 +1219,7 @@ impl Edge {
             spanned,
         };
         let auth = self.route_auth(&route, errors);
+        let api_keys = self.route_keys(&route, &auth, errors);
         let cors = match &route.get().cors {
             Some(own) => cors_policy(
                 file,
@@ -1229,6 +1233,7 @@ impl Edge {
         };
         RouteEdge {
             auth,
+            api_keys,
             cors,
             rate_limits: self.route_rate_limits(&route, errors),
             route_key: route_key(method, path),
@@ -1260,6 +1265,10 @@ impl Edge {
                     forward: self.auth.forward_client_cert.clone(),
                     ..ClientCertPolicy::default()
                 },
+            },
+            api_keys: RouteKeys {
+                source: self.consumers.source.clone(),
+                forward_consumer: forwards_consumer(&self.auth.forward_claims),
             },
             cors: self.cors.clone(),
             rate_limits: file
@@ -1331,6 +1340,42 @@ impl Edge {
             claims,
             forward_claims: claim_headers(&forward),
             client_cert: self.route_client_cert(route, credentials, errors),
+        }
+    }
+
+    /// The route's `api_keys` over `[api_keys]`, and whether its
+    /// `forward_claims` (or `[auth]`'s) passes the consumer on. Where keys
+    /// are read matters only to a route that takes them.
+    fn route_keys(
+        &self,
+        route: &Table<'_, RouteConfig>,
+        auth: &RouteAuth,
+        errors: &mut Vec<ConfigError>,
+    ) -> RouteKeys {
+        let r = route.get();
+        let source = match &r.api_keys {
+            Some(own) => {
+                if auth.mode == AuthMode::None || !auth.credentials.api_key {
+                    errors.push(route.error(
+                        own,
+                        "api_keys",
+                        "where keys are read matters only where they are taken: add \"api_key\" to credentials (and auth = \"required\" or \"optional\")",
+                    ));
+                }
+                self.consumers
+                    .route_source(route.file, own, &route.at("api_keys"), errors)
+            }
+            None => self.consumers.source.clone(),
+        };
+        let forward_consumer = match &r.forward_claims {
+            Some(list) => list
+                .iter()
+                .any(|c| c.get_ref().trim() == consumers::FORWARD_CONSUMER),
+            None => forwards_consumer(&self.auth.forward_claims),
+        };
+        RouteKeys {
+            source,
+            forward_consumer,
         }
     }
 
@@ -1526,10 +1571,13 @@ fn route_claims(
 }
 
 /// Each forwarded claim with the `grpc-metadata-x-jwt-<claim>` header it
-/// travels in, named once here instead of per request.
+/// travels in, named once here instead of per request. `consumer` is no
+/// claim (a token stating it would pose as a consumer): [`RouteKeys`]
+/// carries it.
 fn claim_headers(claims: &[String]) -> Vec<(String, HeaderName)> {
     claims
         .iter()
+        .filter(|c| *c != consumers::FORWARD_CONSUMER)
         .filter_map(|c| {
             let key = format!("grpc-metadata-{}", jwt::claim_metadata_key(c));
             HeaderName::from_bytes(key.as_bytes())
@@ -1537,6 +1585,11 @@ fn claim_headers(claims: &[String]) -> Vec<(String, HeaderName)> {
                 .map(|h| (c.clone(), h))
         })
         .collect()
+}
+
+/// Whether a list of forwarded claims passes the consumer's name on.
+fn forwards_consumer(claims: &[String]) -> bool {
+    claims.iter().any(|c| c == consumers::FORWARD_CONSUMER)
 }
 
 fn toml_scalar(v: &toml::Value) -> Option<serde_json::Value> {
@@ -2013,7 +2066,7 @@ jwks_url = "https://idp.example/other"
             first.jwks.as_ref().map(|j| j.source.url.as_str()),
             Some("https://idp.example/jwks")
         );
-        assert_eq!(auth.forward_claims, ["sub"]);
+        assert_eq!(auth.forward_claims, ["sub", "consumer"]);
     }
 
     #[test]

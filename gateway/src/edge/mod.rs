@@ -125,6 +125,8 @@ pub enum Preflight {
 #[derive(Debug, Clone, Default)]
 pub struct RouteEdge {
     pub auth: RouteAuth,
+    /// Where the route reads API keys, and whether the consumer goes on.
+    pub api_keys: consumers::RouteKeys,
     pub cors: Option<Arc<CorsPolicy>>,
     pub rate_limits: Vec<Arc<Policy>>,
     /// Stable across reloads (a hash of method and template): keys buckets
@@ -145,7 +147,10 @@ impl RouteEdge {
             },
             "scopes": a.scopes,
             "claims": a.claims.iter().map(|(k, v)| (k.clone(), serde_json::Value::Array(v.clone()))).collect::<serde_json::Map<_, _>>(),
-            "forward_claims": a.forward_claims.iter().map(|(c, h)| serde_json::json!({"claim": c, "metadata": h.as_str().trim_start_matches("grpc-metadata-")})).collect::<Vec<_>>(),
+            "forward_claims": a.forward_claims.iter().map(|(c, h)| serde_json::json!({"claim": c, "metadata": h.as_str().trim_start_matches("grpc-metadata-")}))
+                .chain((a.credentials.api_key && self.api_keys.forward_consumer).then(|| serde_json::json!({"claim": consumers::FORWARD_CONSUMER, "metadata": consumers::CONSUMER_METADATA.as_str().trim_start_matches("grpc-metadata-")})))
+                .collect::<Vec<_>>(),
+            "api_keys": a.credentials.api_key.then(|| self.api_keys.source.describe()),
             "client_cert": {
                 "required": a.client_cert.required,
                 "allow": a.client_cert.allow.iter().map(client_cert::Pattern::text).collect::<Vec<_>>(),
