@@ -1,6 +1,8 @@
-//! The direct path between JSON and protobuf wire bytes for unary calls:
-//! the request body goes through [`json_wire`](super::json_wire) and path
-//! variables are appended as encoded fields, so no `DynamicMessage` is built.
+//! The direct path between JSON and protobuf wire bytes: the request body
+//! (of a unary or server-streaming call, or one NDJSON line or WebSocket
+//! frame of a client or bidirectional stream) goes through
+//! [`json_wire`](super::json_wire) and path variables are appended as
+//! encoded fields, so no `DynamicMessage` is built.
 //!
 //! It relies on protobuf's merge rule: when a field appears twice on the
 //! wire, the last singular value wins and messages merge. Writing the body
@@ -15,10 +17,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::encoding::{encode_key, encode_varint, WireType};
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value,
+};
 
 use super::json_wire::BodyPlan;
 use super::request::{self, BodyRule, DecodeOptions};
+use super::shape::Shaping;
 use super::wire_json::{JsonStyle, ReplyPlan};
 
 /// What a route can do without a `DynamicMessage`, resolved at config load.
@@ -84,10 +89,33 @@ impl Planner {
             .clone()
     }
 
-    /// The direct paths of a unary route: the request when its body is
-    /// JSON (`request_ok`: not raw, not multipart), the reply when the
-    /// answer is the whole reply as JSON (`reply_ok`).
-    pub fn route(
+    /// The direct paths of a route calling `method`: the request for
+    /// every kind of method (a unary or server-streaming call's one
+    /// message, each NDJSON line or WebSocket frame of a client or
+    /// bidirectional stream) unless the body is raw or multipart; the
+    /// reply (a unary answer, each message of a streamed one) unless the
+    /// answer needs the decoded message (`response_body`, an HttpBody
+    /// reply, headers taken from reply fields).
+    pub fn for_route(
+        &mut self,
+        method: &MethodDescriptor,
+        body: &BodyRule,
+        shaping: &Shaping,
+        response_body: Option<&FieldDescriptor>,
+    ) -> FastRoute {
+        self.route(
+            &method.input(),
+            body,
+            !shaping.raw_request && !shaping.multipart,
+            &method.output(),
+            response_body.is_none() && !shaping.needs_reply_message(),
+        )
+    }
+
+    /// The direct paths of a route: the request when its body is JSON
+    /// (`request_ok`), the reply when the answer is the whole reply as
+    /// JSON (`reply_ok`).
+    fn route(
         &mut self,
         input: &MessageDescriptor,
         body: &BodyRule,
@@ -130,16 +158,18 @@ impl Planner {
 }
 
 /// The request message's wire bytes built directly, or `None` to take the
-/// reference path (which also words any error).
+/// reference path (which also words any error). `mask` is the route's
+/// `update_mask` field, filled from the body's keys; `None` for messages
+/// that do not fill it (the lines of a stream).
 #[allow(clippy::too_many_arguments)]
-pub fn encode_request(
+pub fn encode_request<S: AsRef<str>>(
     fast: &FastRoute,
     input: &MessageDescriptor,
     rule: &BodyRule,
     path_fields: &[request::FieldPath],
     bound: &[Vec<u32>],
     mask: Option<&FieldDescriptor>,
-    vars: &[std::borrow::Cow<'_, str>],
+    vars: &[S],
     query: Option<&str>,
     body: &[u8],
     decode: DecodeOptions,
@@ -163,7 +193,7 @@ pub fn encode_request(
         _ => return None,
     }
     for (path, raw) in path_fields.iter().zip(vars) {
-        encode_path_var(path, raw, &mut out)?;
+        encode_path_var(path, raw.as_ref(), &mut out)?;
     }
     let query = query.filter(|q| !q.is_empty());
     let mask = match (mask, rule) {
@@ -446,6 +476,35 @@ mod tests {
         ] {
             assert!(reference(&c, &bound(&c)).is_err());
             assert!(direct(&c).is_none());
+        }
+    }
+
+    #[test]
+    fn every_kind_of_method_takes_json_requests_directly() {
+        let pool = crate::transcode::test_pool();
+        let service = |name: &str| pool.get_service_by_name(name).unwrap();
+        let mut planner = Planner::new(decode(), JsonStyle::default());
+        let json = Shaping::default();
+        let raw = Shaping {
+            raw_request: true,
+            ..Shaping::default()
+        };
+        let multipart = Shaping {
+            multipart: true,
+            ..Shaping::default()
+        };
+        let (streams, echo) = (service("testing.v1.Streams"), service("testing.v1.Echo"));
+        let methods = streams.methods().chain(echo.methods().take(1));
+        for m in methods {
+            let fast = planner.for_route(&m, &BodyRule::All, &json, None);
+            assert!(fast.request && fast.body.is_some(), "{}", m.full_name());
+            assert!(fast.reply.is_some(), "{}", m.full_name());
+            for shaping in [&raw, &multipart] {
+                let fast = planner.for_route(&m, &BodyRule::All, shaping, None);
+                assert!(!fast.request, "{}", m.full_name());
+            }
+            let fast = planner.for_route(&m, &BodyRule::All, &json, Some(&inner_field()));
+            assert!(fast.reply.is_none(), "{}", m.full_name());
         }
     }
 

@@ -75,7 +75,7 @@ pub async fn request(
             let stream = multipart::PartStream::new(&builder, headers, body, settings.multipart)?;
             Ok(Streamed::Many(request_stream(
                 stream,
-                |mut parts| async move { Ok(parts.next_message().await?.map(|m| (m, parts))) },
+                |mut parts| async move { Ok(parts.next_message().await?.map(|m| (encoded(&m), parts))) },
             )))
         } else {
             let limit = settings.max_body_bytes;
@@ -392,18 +392,18 @@ impl Abort {
     }
 }
 
-/// A request stream: messages from `next`, encoded, as they come; its
-/// first failure is its last item.
+/// A request stream: encoded messages from `next` as they come; its first
+/// failure is its last item.
 fn request_stream<St, F, Fut>(init: St, next: F) -> BoxStream<'static, Result<Bytes, Error>>
 where
     St: Send + 'static,
     F: FnMut(St) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Option<(DynamicMessage, St)>, Error>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<(Bytes, St)>, Error>> + Send + 'static,
 {
     let messages = futures_util::stream::unfold(Some((init, next)), |state| async move {
         let (st, mut next) = state?;
         match next(st).await {
-            Ok(Some((m, st))) => Some((Ok(encoded(&m)), Some((st, next)))),
+            Ok(Some((m, st))) => Some((Ok(m), Some((st, next)))),
             Ok(None) => None,
             Err(status) => Some((Err(status), None)),
         }
@@ -543,8 +543,8 @@ async fn lines(
                     "request body is larger than the limit of {limit} bytes; over HTTP/1.1 a bidirectional stream's request is read whole, so send it over HTTP/2 to stream it"
                 )));
             }
-            let message = builder.line_message(&line).map_err(|e| bad_line(n, e))?;
-            messages.push(Ok(encoded(&message)));
+            let message = builder.line(&line).map_err(|e| bad_line(n, e))?;
+            messages.push(Ok(message));
         }
         return Ok(Streamed::Many(Box::pin(tokio_stream::iter(messages))));
     }
@@ -552,7 +552,7 @@ async fn lines(
         (reader, builder),
         |(mut reader, builder)| async move {
             match reader.next_line().await? {
-                Some((n, line)) => match builder.line_message(&line) {
+                Some((n, line)) => match builder.line(&line) {
                     Ok(m) => Ok(Some((m, (reader, builder)))),
                     Err(e) => Err(bad_line(n, e)),
                 },
@@ -604,7 +604,7 @@ fn raw_stream(builder: &Builder, headers: &HeaderMap, body: Body) -> Result<Stre
                 }
                 let chunk = pending.split_to(pending.len().min(RAW_CHUNK_BYTES));
                 let msg = with_raw_chunk(base, target.as_ref(), &ct, chunk);
-                Ok(Some((msg, (data, pending))))
+                Ok(Some((encoded(&msg), (data, pending))))
             }
         },
     )))
