@@ -1426,15 +1426,7 @@ fn assemble(
     ));
     let input = spec.grpc.input();
     let output = spec.grpc.output();
-    let unary = !spec.grpc.is_client_streaming() && !spec.grpc.is_server_streaming();
-    let fast = planner.route(
-        &input,
-        &b.body,
-        unary && !b.shaping.raw_request && !b.shaping.multipart,
-        &output,
-        // Unary answers, and each message of a streamed answer.
-        b.response_body.is_none() && !b.shaping.needs_reply_message(),
-    );
+    let fast = planner.for_route(&spec.grpc, &b.body, &b.shaping, b.response_body.as_ref());
     Some(Route {
         method: spec.method,
         label,

@@ -595,32 +595,7 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
         Err(e) => return e.into_response(),
     };
 
-    if plan.streams_reply() {
-        let message = match crate::transcode::json::message(
-            settings,
-            plan,
-            &vars,
-            parts.uri.query(),
-            &body,
-        ) {
-            Ok(m) => m,
-            Err(e) => {
-                transcoding.fail(&e.message);
-                return Error::BadRequest(e.message).into_response();
-            }
-        };
-        drop(body);
-        transcoding.end();
-        let message = Bytes::from(prost::Message::encode_to_vec(&message));
-        if let Err(e) = validate(route, &message) {
-            return e.into_response();
-        }
-        // Boxed: inline, its state would make every request's future larger.
-        return Box::pin(stream::server_stream(
-            snap, route, message, metadata, &parts,
-        ))
-        .await;
-    }
+    // One request message, unary or server-streaming alike.
     let request =
         match crate::transcode::json::encode(settings, plan, &vars, parts.uri.query(), &body) {
             Ok(m) => m,
@@ -633,6 +608,13 @@ async fn handle_route(req: http::Request<Body>, info: &mut RequestInfo) -> Respo
     transcoding.end();
     if let Err(e) = validate(route, &request) {
         return e.into_response();
+    }
+    if plan.streams_reply() {
+        // Boxed: inline, its state would make every request's future larger.
+        return Box::pin(stream::server_stream(
+            snap, route, request, metadata, &parts,
+        ))
+        .await;
     }
 
     let timeout = client_deadline.map_or(route.timeout, |c| c.min(route.timeout));

@@ -1,6 +1,8 @@
-//! The direct path between JSON and protobuf wire bytes for unary calls:
-//! the request body goes through [`json_wire`](super::json_wire) and path
-//! variables are appended as encoded fields, so no `DynamicMessage` is built.
+//! The direct path between JSON and protobuf wire bytes: the request body
+//! (of a unary or server-streaming call, or one NDJSON line or WebSocket
+//! frame of a client or bidirectional stream) goes through
+//! [`json_wire`](super::json_wire) and path variables are appended as
+//! encoded fields, so no `DynamicMessage` is built.
 //!
 //! It relies on protobuf's merge rule: when a field appears twice on the
 //! wire, the last singular value wins and messages merge. Writing the body
@@ -15,10 +17,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::encoding::{encode_key, encode_varint, WireType};
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value,
+};
 
 use super::json_wire::BodyPlan;
 use super::request::{self, BodyRule, DecodeOptions};
+use super::shape::Shaping;
 use super::wire_json::{JsonStyle, ReplyPlan};
 
 /// What a route can do without a `DynamicMessage`, resolved at config load.
@@ -84,10 +89,33 @@ impl Planner {
             .clone()
     }
 
-    /// The direct paths of a unary route: the request when its body is
-    /// JSON (`request_ok`: not raw, not multipart), the reply when the
-    /// answer is the whole reply as JSON (`reply_ok`).
-    pub fn route(
+    /// The direct paths of a route calling `method`: the request for
+    /// every kind of method (a unary or server-streaming call's one
+    /// message, each NDJSON line or WebSocket frame of a client or
+    /// bidirectional stream) unless the body is raw or multipart; the
+    /// reply (a unary answer, each message of a streamed one) unless the
+    /// answer needs the decoded message (`response_body`, an HttpBody
+    /// reply, headers taken from reply fields).
+    pub fn for_route(
+        &mut self,
+        method: &MethodDescriptor,
+        body: &BodyRule,
+        shaping: &Shaping,
+        response_body: Option<&FieldDescriptor>,
+    ) -> FastRoute {
+        self.route(
+            &method.input(),
+            body,
+            !shaping.raw_request && !shaping.multipart,
+            &method.output(),
+            response_body.is_none() && !shaping.needs_reply_message(),
+        )
+    }
+
+    /// The direct paths of a route: the request when its body is JSON
+    /// (`request_ok`), the reply when the answer is the whole reply as
+    /// JSON (`reply_ok`).
+    fn route(
         &mut self,
         input: &MessageDescriptor,
         body: &BodyRule,
@@ -130,16 +158,18 @@ impl Planner {
 }
 
 /// The request message's wire bytes built directly, or `None` to take the
-/// reference path (which also words any error).
+/// reference path (which also words any error). `mask` is the route's
+/// `update_mask` field, filled from the body's keys; `None` for messages
+/// that do not fill it (the lines of a stream).
 #[allow(clippy::too_many_arguments)]
-pub fn encode_request(
+pub fn encode_request<S: AsRef<str>>(
     fast: &FastRoute,
     input: &MessageDescriptor,
     rule: &BodyRule,
     path_fields: &[request::FieldPath],
     bound: &[Vec<u32>],
     mask: Option<&FieldDescriptor>,
-    vars: &[std::borrow::Cow<'_, str>],
+    vars: &[S],
     query: Option<&str>,
     body: &[u8],
     decode: DecodeOptions,
@@ -163,14 +193,18 @@ pub fn encode_request(
         _ => return None,
     }
     for (path, raw) in path_fields.iter().zip(vars) {
-        encode_path_var(path, raw, &mut out)?;
+        encode_path_var(path, raw.as_ref(), &mut out)?;
     }
     let query = query.filter(|q| !q.is_empty());
     let mask = match (mask, rule) {
         (Some(m), BodyRule::Field(f)) => Some((m, f)),
         _ => None,
     };
-    if query.is_some() || mask.is_some() {
+    let mark = out.len();
+    let direct_query = mask.is_none()
+        && query.is_none_or(|q| encode_query(input, q, rule, bound, &mut out).is_some());
+    if !direct_query {
+        out.truncate(mark);
         // The query (and a filled update_mask) set fields the body and path
         // do not bind, so they go in a message of their own, appended.
         let mut rest = DynamicMessage::new(input.clone());
@@ -185,17 +219,77 @@ pub fn encode_request(
     Some(out)
 }
 
+/// Appends the query's parameters as encoded fields, for the common query:
+/// each parameter names a singular field of a scalar type (or one with a
+/// string form, such as a Timestamp), once, outside any oneof, that the
+/// path and body do not bind. `None` for anything else (lists, maps,
+/// oneofs, unknown names, bad values, a `body: "*"` route), which
+/// `request::apply_query` then takes, and words.
+fn encode_query(
+    input: &MessageDescriptor,
+    query: &str,
+    rule: &BodyRule,
+    bound: &[Vec<u32>],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    if matches!(rule, BodyRule::All) {
+        return None;
+    }
+    // Field-number paths already set, to leave a second value to the
+    // reference, which refuses it.
+    let mut seen: Vec<Vec<u32>> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = request::query_decode(raw_key).ok()?;
+        let value = request::query_decode(raw_value).ok()?;
+        let (path, None) = request::resolve_query_key(input.clone(), &key).ok()?? else {
+            return None;
+        };
+        let leaf = path.last()?;
+        if leaf.is_list() || leaf.is_map() {
+            return None;
+        }
+        if leaf.containing_oneof().is_some_and(|o| !o.is_synthetic()) {
+            return None;
+        }
+        let numbers: Vec<u32> = path.iter().map(FieldDescriptor::number).collect();
+        let clash = |b: &Vec<u32>| b.starts_with(&numbers) || numbers.starts_with(b);
+        if bound.iter().any(clash) || seen.contains(&numbers) {
+            return None;
+        }
+        let parsed = request::parse_value(leaf, &value).ok()?;
+        if !leaf.supports_presence() && parsed.is_default_for_field(leaf) {
+            // The reference leaves a default without presence off the
+            // wire; the parent messages it creates on the way stay, so a
+            // nested one is left to it.
+            if path.len() > 1 {
+                return None;
+            }
+        } else {
+            encode_at(&path, &parsed, out)?;
+        }
+        seen.push(numbers);
+    }
+    Some(())
+}
+
 /// Appends one path variable as an encoded field (inside its parent
 /// messages), even when it is the default value: on the wire an explicit 0
 /// still overrides what the body said.
 fn encode_path_var(path: &[FieldDescriptor], raw: &str, out: &mut Vec<u8>) -> Option<()> {
+    let value = request::parse_value(path.last()?, raw).ok()?;
+    encode_at(path, &value, out)
+}
+
+/// Appends `value` as the field at the end of `path`, inside its parent
+/// messages.
+fn encode_at(path: &[FieldDescriptor], value: &Value, out: &mut Vec<u8>) -> Option<()> {
     let (leaf, parents) = path.split_last()?;
-    let value = request::parse_value(leaf, raw).ok()?;
     if parents.is_empty() {
-        return encode_field(leaf, &value, out);
+        return encode_field(leaf, value, out);
     }
-    let mut inner = Vec::with_capacity(raw.len() + 8);
-    encode_field(leaf, &value, &mut inner)?;
+    let mut inner = Vec::with_capacity(24);
+    encode_field(leaf, value, &mut inner)?;
     for parent in parents.iter().rev() {
         let mut wrapped = Vec::with_capacity(inner.len() + 6);
         encode_key(parent.number(), WireType::LengthDelimited, &mut wrapped);
@@ -417,6 +511,90 @@ mod tests {
         });
     }
 
+    /// The query alone, encoded directly; `None` where it is left to
+    /// `request::apply_query`.
+    fn direct_query(query: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        encode_query(&everything(), query, &BodyRule::None, &[], &mut out).map(|()| out)
+    }
+
+    fn query_case(query: &'static str) -> Case {
+        Case {
+            rule: BodyRule::None,
+            paths: vec![],
+            vars: vec![],
+            query: Some(query),
+            body: "",
+        }
+    }
+
+    #[test]
+    fn common_queries_are_encoded_directly() {
+        for query in [
+            "int32Field=5&string_field=a%20b+c&boolField=true&color=BLUE&uint64Field=18446744073709551615",
+            "sint64Field=-9&doubleField=1.5&floatField=-2.25&bytesField=aGk%3D&fixed64Field=12",
+            "timestamp=2026-11-21T10:00:00Z&duration=1.5s&int64Wrapper=9&boolWrapper=false",
+            "inner.name=n&inner.deeper.value=v&inner.number=3&&name=",
+            // Defaults without presence stay off the wire, as the reference leaves them.
+            "int32Field=0&stringField=&color=COLOR_UNSPECIFIED&boolField=false",
+        ] {
+            assert!(direct_query(query).is_some(), "{query}");
+            same(query_case(query));
+        }
+        assert_eq!(
+            direct_query("int32Field=0&stringField=&boolField=false"),
+            Some(vec![])
+        );
+        // Beside a path variable and a body field.
+        same(Case {
+            rule: BodyRule::Field(inner_field()),
+            paths: vec![field_path(&["string_field"])],
+            vars: vec!["p"],
+            query: Some("int32Field=-3&timestamp=2026-11-21T10:00:00Z"),
+            body: r#"{"name":"n"}"#,
+        });
+    }
+
+    #[test]
+    fn other_queries_are_left_to_the_reference() {
+        for query in [
+            // Lists, maps and oneofs: the reference merges or checks them.
+            "tags=a",
+            "labels[k]=v",
+            "choiceText=t",
+            // A default under a parent: the reference keeps the parent.
+            "inner.number=0",
+            // Errors the reference words.
+            "int32Field=1&int32Field=2",
+            "nope=1",
+            "int32Field=x",
+            "stringField=%zz",
+            "inner=1",
+        ] {
+            assert!(direct_query(query).is_none(), "{query}");
+        }
+        // Still the same message, through the reference, where it takes it.
+        for query in [
+            "tags=a&tags=b&int32Field=1",
+            "labels[k]=v",
+            "inner.number=0",
+        ] {
+            same(query_case(query));
+        }
+        let mut out = Vec::new();
+        let all = encode_query(&everything(), "int32Field=1", &BodyRule::All, &[], &mut out);
+        assert!(all.is_none());
+        let bound = [vec![1]];
+        let clash = encode_query(
+            &everything(),
+            "int32Field=1",
+            &BodyRule::None,
+            &bound,
+            &mut out,
+        );
+        assert!(clash.is_none());
+    }
+
     #[test]
     fn declines_what_the_reference_must_word() {
         // A bad path value, a bad body, an unknown query parameter: the
@@ -446,6 +624,35 @@ mod tests {
         ] {
             assert!(reference(&c, &bound(&c)).is_err());
             assert!(direct(&c).is_none());
+        }
+    }
+
+    #[test]
+    fn every_kind_of_method_takes_json_requests_directly() {
+        let pool = crate::transcode::test_pool();
+        let service = |name: &str| pool.get_service_by_name(name).unwrap();
+        let mut planner = Planner::new(decode(), JsonStyle::default());
+        let json = Shaping::default();
+        let raw = Shaping {
+            raw_request: true,
+            ..Shaping::default()
+        };
+        let multipart = Shaping {
+            multipart: true,
+            ..Shaping::default()
+        };
+        let (streams, echo) = (service("testing.v1.Streams"), service("testing.v1.Echo"));
+        let methods = streams.methods().chain(echo.methods().take(1));
+        for m in methods {
+            let fast = planner.for_route(&m, &BodyRule::All, &json, None);
+            assert!(fast.request && fast.body.is_some(), "{}", m.full_name());
+            assert!(fast.reply.is_some(), "{}", m.full_name());
+            for shaping in [&raw, &multipart] {
+                let fast = planner.for_route(&m, &BodyRule::All, shaping, None);
+                assert!(!fast.request, "{}", m.full_name());
+            }
+            let fast = planner.for_route(&m, &BodyRule::All, &json, Some(&inner_field()));
+            assert!(fast.reply.is_none(), "{}", m.full_name());
         }
     }
 

@@ -1,7 +1,7 @@
 //! How a stream of replies is written into one HTTP body, chosen by the
 //! client's `Accept` and the route's default.
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::BufMut as _;
 use http::HeaderMap;
 
 use crate::accept::ranges as accept_ranges;
@@ -74,39 +74,43 @@ impl Framing {
     }
 
     /// Bytes written before the first message.
-    pub fn start(self, out: &mut BytesMut) {
+    pub fn start(self, out: &mut Vec<u8>) {
         if self == Framing::JsonArray {
             out.put_u8(b'[');
         }
     }
 
     /// One message, already rendered as JSON (`index` counts from 0).
-    pub fn item(self, json: &[u8], index: u64, out: &mut BytesMut) {
+    pub fn item(self, json: &[u8], index: u64, out: &mut Vec<u8>) {
+        out.reserve(json.len() + 12);
+        self.item_start(index, out);
+        out.put_slice(json);
+        self.item_end(out);
+    }
+
+    /// What goes before message `index`'s JSON, for a caller that renders
+    /// the JSON straight into `out` (then [`item_end`](Self::item_end)).
+    pub fn item_start(self, index: u64, out: &mut Vec<u8>) {
         match self {
-            Framing::Ndjson => {
-                out.reserve(json.len() + 12);
-                out.put_slice(b"{\"result\":");
-                out.put_slice(json);
-                out.put_slice(b"}\n");
-            }
-            Framing::Sse => {
-                // Compact JSON has no raw newlines, so one `data:` line holds it.
-                out.reserve(json.len() + 8);
-                out.put_slice(b"data: ");
-                out.put_slice(json);
-                out.put_slice(b"\n\n");
-            }
-            Framing::JsonArray => {
-                if index > 0 {
-                    out.put_u8(b',');
-                }
-                out.put_slice(json);
-            }
+            Framing::Ndjson => out.put_slice(b"{\"result\":"),
+            // Compact JSON has no raw newlines, so one `data:` line holds it.
+            Framing::Sse => out.put_slice(b"data: "),
+            Framing::JsonArray if index > 0 => out.put_u8(b','),
+            Framing::JsonArray => {}
+        }
+    }
+
+    /// What goes after a message's JSON.
+    pub fn item_end(self, out: &mut Vec<u8>) {
+        match self {
+            Framing::Ndjson => out.put_slice(b"}\n"),
+            Framing::Sse => out.put_slice(b"\n\n"),
+            Framing::JsonArray => {}
         }
     }
 
     /// Bytes after the last message of a stream that ended well.
-    pub fn end(self, out: &mut BytesMut) {
+    pub fn end(self, out: &mut Vec<u8>) {
         if self == Framing::JsonArray {
             out.put_u8(b']');
         }
@@ -115,7 +119,7 @@ impl Framing {
     /// The error frame for a stream that failed after its headers went out
     /// (`status` is a google.rpc.Status JSON object); false when the framing
     /// has no way to say it and the body must be aborted.
-    pub fn error(self, status: &[u8], out: &mut BytesMut) -> bool {
+    pub fn error(self, status: &[u8], out: &mut Vec<u8>) -> bool {
         match self {
             Framing::Ndjson => {
                 out.put_slice(b"{\"error\":");
@@ -179,18 +183,18 @@ mod tests {
 
     #[test]
     fn frames_look_like_grpc_gateways_and_sse() {
-        let mut b = BytesMut::new();
+        let mut b = Vec::new();
         Framing::Ndjson.item(b"{\"a\":1}", 0, &mut b);
         assert!(Framing::Ndjson.error(b"{\"code\":2}", &mut b));
         assert_eq!(
             &b[..],
             b"{\"result\":{\"a\":1}}\n{\"error\":{\"code\":2}}\n"
         );
-        let mut b = BytesMut::new();
+        let mut b = Vec::new();
         Framing::Sse.item(b"{}", 0, &mut b);
         assert!(Framing::Sse.error(b"{}", &mut b));
         assert_eq!(&b[..], b"data: {}\n\nevent: error\ndata: {}\n\n");
-        let mut b = BytesMut::new();
+        let mut b = Vec::new();
         Framing::JsonArray.start(&mut b);
         Framing::JsonArray.item(b"1", 0, &mut b);
         Framing::JsonArray.item(b"2", 1, &mut b);

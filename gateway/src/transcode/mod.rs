@@ -111,8 +111,24 @@ pub async fn read_limited(
     Ok(first.unwrap_or_else(|| more.freeze()))
 }
 
+/// Streaming methods over `testing.v1.Everything`, one of each kind, for
+/// unit tests of the streaming request paths (the end-to-end service's
+/// streaming methods take other types).
+#[cfg(test)]
+const TEST_STREAMS_PROTO: &str = r#"
+syntax = "proto3";
+package testing.v1;
+import "testing/v1/testing.proto";
+service Streams {
+  rpc List(Everything) returns (stream Everything);
+  rpc Upload(stream Everything) returns (Everything);
+  rpc Chat(stream Everything) returns (stream Everything);
+}
+"#;
+
 /// The end-to-end tests' descriptors (`testing.v1.Everything` has every
-/// kind of field) and the benchmark's, for unit tests of the transcoders.
+/// kind of field), the benchmark's, and [`TEST_STREAMS_PROTO`], for unit
+/// tests of the transcoders.
 #[cfg(test)]
 pub(crate) fn test_pool() -> &'static prost_reflect::DescriptorPool {
     static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
@@ -126,6 +142,7 @@ pub(crate) fn test_pool() -> &'static prost_reflect::DescriptorPool {
             include_str!("../../../tests/fixtures/descriptors/testing.proto"),
         )
         .unwrap();
+        std::fs::write(dir.join("testing/v1/streams.proto"), TEST_STREAMS_PROTO).unwrap();
         std::fs::write(
             dir.join("bench/v1/bench.proto"),
             include_str!("../../../tests/fixtures/bench/bench.proto"),

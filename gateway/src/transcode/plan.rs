@@ -54,3 +54,87 @@ pub struct Settings {
     pub min_body_rate: u64,
     pub multipart: Bounds,
 }
+
+#[cfg(test)]
+impl Plan {
+    /// A route's plan as config load builds it (default shaping), for unit
+    /// tests: `method` by full name in the test pool
+    /// (`testing.v1.Streams.List`), `body` as routes.toml writes it (`""`
+    /// for none, `"*"`, or a field), and one field path per variable
+    /// (`inner.deeper.value`).
+    pub(crate) fn for_test(method: &str, body: &str, vars: &[&str]) -> Plan {
+        let pool = super::test_pool();
+        let (service, name) = method.rsplit_once('.').expect("a method's full name");
+        let grpc_method = pool
+            .get_service_by_name(service)
+            .and_then(|s| s.methods().find(|m| m.name() == name))
+            .unwrap_or_else(|| panic!("no method {method} in the test pool"));
+        let input = grpc_method.input();
+        let field = |desc: &MessageDescriptor, name: &str| {
+            desc.get_field_by_name(name)
+                .unwrap_or_else(|| panic!("{} has no field {name}", desc.full_name()))
+        };
+        let path_fields: Vec<FieldPath> = vars
+            .iter()
+            .map(|path| {
+                let mut desc = input.clone();
+                path.split('.')
+                    .map(|name| {
+                        let f = field(&desc, name);
+                        if let prost_reflect::Kind::Message(m) = f.kind() {
+                            desc = m;
+                        }
+                        f
+                    })
+                    .collect()
+            })
+            .collect();
+        let body = match body {
+            "" => BodyRule::None,
+            "*" => BodyRule::All,
+            name => BodyRule::Field(field(&input, name)),
+        };
+        let mut bound: Vec<Vec<u32>> = path_fields
+            .iter()
+            .map(|p| p.iter().map(FieldDescriptor::number).collect())
+            .collect();
+        if let BodyRule::Field(f) = &body {
+            bound.push(vec![f.number()]);
+        }
+        let shaping = Shaping::default();
+        let mut planner = super::fast::Planner::new(
+            DecodeOptions::default(),
+            super::wire_json::JsonStyle::default(),
+        );
+        let fast = planner.for_route(&grpc_method, &body, &shaping, None);
+        Plan {
+            input,
+            output: grpc_method.output(),
+            grpc_method,
+            path_fields,
+            bound,
+            body,
+            response_body: None,
+            fast,
+            shaping,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Settings {
+    /// The defaults of `[server]` and `[limits]`, over the test pool.
+    pub(crate) fn for_test() -> Settings {
+        Settings {
+            pool: super::test_pool().clone(),
+            decode: DecodeOptions::default(),
+            encode: SerializeOptions::new(),
+            max_body_bytes: 1 << 20,
+            min_body_rate: 0,
+            multipart: super::multipart::Bounds {
+                preamble: 1024,
+                part_headers: 1024,
+            },
+        }
+    }
+}

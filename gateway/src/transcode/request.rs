@@ -280,7 +280,7 @@ pub fn apply_query(
 
 /// `a.b.c` or `labels[key]` -> the field chain and, for maps, the key.
 /// `Ok(None)` when a name does not exist (the caller decides to reject or skip).
-fn resolve_query_key(
+pub(crate) fn resolve_query_key(
     root: MessageDescriptor,
     key: &str,
 ) -> Result<Option<(FieldPath, Option<String>)>, TranscodeError> {

@@ -10,7 +10,8 @@
 //!   ([`Framing`]), or as raw bytes for `google.api.HttpBody` replies.
 //!
 //! Nothing is buffered whole. The reply body ([`ReplyBody`]) pulls the next
-//! message only when hyper polls it, i.e. when the client has taken the
+//! message only when hyper polls it (with any others already received, in
+//! one frame of at most [`FRAME_BYTES`]), i.e. when the client has taken the
 //! previous bytes: a slow client slows the backend through HTTP/2 flow
 //! control instead of growing memory. Dropping the body (the client went
 //! away) drops the reply stream, and the backend sees the call cancelled.
@@ -75,7 +76,7 @@ pub async fn request(
             let stream = multipart::PartStream::new(&builder, headers, body, settings.multipart)?;
             Ok(Streamed::Many(request_stream(
                 stream,
-                |mut parts| async move { Ok(parts.next_message().await?.map(|m| (m, parts))) },
+                |mut parts| async move { Ok(parts.next_message().await?.map(|m| (encoded(&m), parts))) },
             )))
         } else {
             let limit = settings.max_body_bytes;
@@ -237,15 +238,33 @@ struct ReplyBody {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How many bytes of replies one body frame gathers: replies that have
+/// already arrived when the body is polled go out together, one write for a
+/// burst of small replies instead of one each (a reply that is not here yet
+/// is never waited for). The bound keeps a frame to about one TLS record;
+/// a larger reply still goes out whole.
+const FRAME_BYTES: usize = 16 * 1024;
+
+/// A frame's buffer starts with room for a burst of typical replies (a
+/// few hundred bytes of JSON each), so gathering them seldom regrows it.
+const FRAME_START_BYTES: usize = 4 * 1024;
+
 impl ReplyBody {
-    fn write(&mut self, raw: &[u8], out: &mut BytesMut) -> Result<(), TranscodeError> {
+    /// Appends one reply to `out`, in the framing: rendered straight from
+    /// the wire into `out` where the route's reply plan takes it.
+    fn write(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), TranscodeError> {
+        if out.capacity() < FRAME_START_BYTES {
+            out.reserve(FRAME_START_BYTES.max(raw.len() + raw.len() / 2 + 32));
+        }
         if let (Output::Framed(f), Some(plan)) = (&self.output, &self.render.plan) {
-            let mut json = Vec::with_capacity(raw.len() * 2 + 16);
-            if plan.write(raw, &mut json).is_ok() {
-                f.item(&json, self.index, out);
+            let mark = out.len();
+            f.item_start(self.index, out);
+            if plan.write(raw, out).is_ok() {
+                f.item_end(out);
                 self.index += 1;
                 return Ok(());
             }
+            out.truncate(mark);
         }
         let msg = DynamicMessage::decode(self.render.output.clone(), raw)
             .map_err(|e| not_valid(&self.render.output, e))?;
@@ -274,7 +293,7 @@ impl ReplyBody {
     fn fail(
         &mut self,
         status: Error,
-        mut out: BytesMut,
+        mut out: Vec<u8>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.stream = None;
@@ -289,7 +308,7 @@ impl ReplyBody {
             Output::Raw => false,
         };
         if framed {
-            Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
         } else {
             Poll::Ready(Some(Err(format!("stream failed: {status}").into())))
         }
@@ -308,7 +327,7 @@ impl http_body::Body for ReplyBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         if !this.started {
             this.started = true;
             if let Output::Framed(f) = &this.output {
@@ -319,7 +338,6 @@ impl http_body::Body for ReplyBody {
             if let Err(e) = this.write(&first, &mut out) {
                 return this.fail(internal(e), out);
             }
-            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
         if let Some(d) = this.deadline.as_mut() {
             if std::future::Future::poll(d.as_mut(), cx).is_ready() {
@@ -329,34 +347,38 @@ impl http_body::Body for ReplyBody {
                 return this.fail(s, out);
             }
         }
-        let next = match this.stream.as_mut() {
-            Some(s) => s.as_mut().poll_next(cx),
-            None => Poll::Ready(None),
-        };
-        match next {
-            Poll::Pending if out.is_empty() => Poll::Pending,
-            Poll::Pending => Poll::Ready(Some(Ok(Frame::data(out.freeze())))),
-            Poll::Ready(Some(Ok(msg))) => match this.write(&msg, &mut out) {
-                Ok(()) => Poll::Ready(Some(Ok(Frame::data(out.freeze())))),
-                Err(e) => this.fail(internal(e), out),
-            },
-            Poll::Ready(Some(Err(status))) => {
-                let s = Error::from_grpc(&status, &this.render.pool);
-                this.fail(s, out)
-            }
-            Poll::Ready(None) => {
-                this.done = true;
-                this.stream = None;
-                if let Output::Framed(f) = &this.output {
-                    f.end(&mut out);
+        // The replies already here, up to FRAME_BYTES, in one frame.
+        while out.len() < FRAME_BYTES {
+            let next = match this.stream.as_mut() {
+                Some(s) => s.as_mut().poll_next(cx),
+                None => Poll::Ready(None),
+            };
+            match next {
+                Poll::Pending if out.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(msg))) => {
+                    if let Err(e) = this.write(&msg, &mut out) {
+                        return this.fail(internal(e), out);
+                    }
                 }
-                if out.is_empty() {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
+                Poll::Ready(Some(Err(status))) => {
+                    let s = Error::from_grpc(&status, &this.render.pool);
+                    return this.fail(s, out);
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.stream = None;
+                    if let Output::Framed(f) = &this.output {
+                        f.end(&mut out);
+                    }
+                    if out.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    break;
                 }
             }
         }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -392,18 +414,18 @@ impl Abort {
     }
 }
 
-/// A request stream: messages from `next`, encoded, as they come; its
-/// first failure is its last item.
+/// A request stream: encoded messages from `next` as they come; its first
+/// failure is its last item.
 fn request_stream<St, F, Fut>(init: St, next: F) -> BoxStream<'static, Result<Bytes, Error>>
 where
     St: Send + 'static,
     F: FnMut(St) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Option<(DynamicMessage, St)>, Error>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<(Bytes, St)>, Error>> + Send + 'static,
 {
     let messages = futures_util::stream::unfold(Some((init, next)), |state| async move {
         let (st, mut next) = state?;
         match next(st).await {
-            Ok(Some((m, st))) => Some((Ok(encoded(&m)), Some((st, next)))),
+            Ok(Some((m, st))) => Some((Ok(m), Some((st, next)))),
             Ok(None) => None,
             Err(status) => Some((Err(status), None)),
         }
@@ -543,8 +565,8 @@ async fn lines(
                     "request body is larger than the limit of {limit} bytes; over HTTP/1.1 a bidirectional stream's request is read whole, so send it over HTTP/2 to stream it"
                 )));
             }
-            let message = builder.line_message(&line).map_err(|e| bad_line(n, e))?;
-            messages.push(Ok(encoded(&message)));
+            let message = builder.line(&line).map_err(|e| bad_line(n, e))?;
+            messages.push(Ok(message));
         }
         return Ok(Streamed::Many(Box::pin(tokio_stream::iter(messages))));
     }
@@ -552,7 +574,7 @@ async fn lines(
         (reader, builder),
         |(mut reader, builder)| async move {
             match reader.next_line().await? {
-                Some((n, line)) => match builder.line_message(&line) {
+                Some((n, line)) => match builder.line(&line) {
                     Ok(m) => Ok(Some((m, (reader, builder)))),
                     Err(e) => Err(bad_line(n, e)),
                 },
@@ -604,7 +626,7 @@ fn raw_stream(builder: &Builder, headers: &HeaderMap, body: Body) -> Result<Stre
                 }
                 let chunk = pending.split_to(pending.len().min(RAW_CHUNK_BYTES));
                 let msg = with_raw_chunk(base, target.as_ref(), &ct, chunk);
-                Ok(Some((msg, (data, pending))))
+                Ok(Some((encoded(&msg), (data, pending))))
             }
         },
     )))
@@ -634,5 +656,121 @@ fn with_raw_chunk(
             }
             base
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// `testing.v1.Everything` with `string_field` set, on the wire.
+    fn item(text: &str) -> Bytes {
+        let desc = crate::transcode::test_pool()
+            .get_message_by_name("testing.v1.Everything")
+            .unwrap();
+        let mut m = DynamicMessage::new(desc);
+        m.set_field_by_name("string_field", prost_reflect::Value::String(text.into()));
+        Bytes::from(prost::Message::encode_to_vec(&m))
+    }
+
+    fn line(text: &str) -> String {
+        format!("{{\"result\":{{\"stringField\":\"{text}\"}}}}\n")
+    }
+
+    /// The NDJSON body of a server-streaming answer whose first reply is
+    /// `a`, the rest coming from `rest`.
+    fn body(rest: BoxStream<'static, Result<Bytes, tonic::Status>>) -> Body {
+        let plan = Plan::for_test("testing.v1.Streams.List", "", &[]);
+        let streamed = StreamedReply {
+            metadata: MetadataMap::new(),
+            first: Some(item("a")),
+            messages: rest,
+            deadline: None,
+            request_error: None,
+        };
+        let settings = Settings::for_test();
+        reply(&settings, &plan, &HeaderMap::new(), streamed)
+            .unwrap()
+            .into_body()
+    }
+
+    /// The next frame's bytes if one is ready now; `None` at the end.
+    fn next_now(body: &mut Body) -> Option<Option<Bytes>> {
+        body.frame()
+            .now_or_never()
+            .map(|f| f.map(|f| f.unwrap().into_data().unwrap()))
+    }
+
+    #[test]
+    fn replies_already_received_go_out_in_one_frame() {
+        let rest = tokio_stream::iter([Ok(item("b")), Ok(item("c"))]);
+        let mut body = body(Box::pin(rest));
+        let frame = next_now(&mut body).unwrap().unwrap();
+        assert_eq!(frame, [line("a"), line("b"), line("c")].concat());
+        assert_eq!(next_now(&mut body), Some(None));
+    }
+
+    #[test]
+    fn a_reply_not_yet_received_is_not_waited_for() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Ok(item("b"))).unwrap();
+        let rest = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let mut body = body(Box::pin(rest));
+        let frame = next_now(&mut body).unwrap().unwrap();
+        assert_eq!(frame, [line("a"), line("b")].concat());
+        assert_eq!(next_now(&mut body), None, "nothing more has arrived");
+        tx.send(Ok(item("c"))).unwrap();
+        drop(tx);
+        let frame = next_now(&mut body).unwrap().unwrap();
+        assert_eq!(frame, line("c"));
+        assert_eq!(next_now(&mut body), Some(None));
+    }
+
+    #[test]
+    fn a_failure_amid_a_burst_follows_the_replies_before_it() {
+        let rest = tokio_stream::iter([
+            Ok(item("b")),
+            Err(tonic::Status::not_found("gone")),
+            Ok(item("never")),
+        ]);
+        let mut body = body(Box::pin(rest));
+        let frame = next_now(&mut body).unwrap().unwrap();
+        let text = String::from_utf8(frame.to_vec()).unwrap();
+        let expected = [line("a"), line("b")].concat();
+        assert!(text.starts_with(&expected), "{text}");
+        let error = &text[expected.len()..];
+        assert!(
+            error.starts_with("{\"error\":{\"code\":5,\"message\":\"gone\"")
+                && error.ends_with("}\n"),
+            "{error}"
+        );
+        assert_eq!(next_now(&mut body), Some(None));
+    }
+
+    #[test]
+    fn a_burst_is_cut_at_the_frame_bound() {
+        let big = "x".repeat(FRAME_BYTES / 3);
+        let rest = tokio_stream::iter((0..6).map(move |_| Ok(item(&big))));
+        let mut body = body(Box::pin(rest));
+        let mut frames = Vec::new();
+        while let Some(frame) = next_now(&mut body).unwrap() {
+            frames.push(frame);
+        }
+        // The first reply and three big ones pass the bound, then the rest.
+        assert_eq!(
+            frames.len(),
+            2,
+            "{:?}",
+            frames.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
+        assert!(frames[0].len() >= FRAME_BYTES);
+        let lines: usize = frames
+            .iter()
+            .map(|f| f.iter().filter(|&&b| b == b'\n').count())
+            .sum();
+        assert_eq!(lines, 7);
     }
 }

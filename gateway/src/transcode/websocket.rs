@@ -65,11 +65,9 @@ impl Frames {
     /// Text frame `n` (1-based) of the client as an encoded request message;
     /// a frame that is not a valid message is a 400 naming it.
     pub fn request(&self, n: u64, text: &str) -> Result<Bytes, Error> {
-        let message = self
-            .builder
-            .line_message(text.as_bytes())
-            .map_err(|e| Error::BadRequest(format!("frame {n} of the request: {}", e.message)))?;
-        Ok(Bytes::from(prost::Message::encode_to_vec(&message)))
+        self.builder
+            .line(text.as_bytes())
+            .map_err(|e| Error::BadRequest(format!("frame {n} of the request: {}", e.message)))
     }
 
     /// One reply, as the text of its frame.

@@ -297,6 +297,7 @@ impl Client {
             headers: MetadataMap::from_headers(headers_metadata(headers)),
             messages: Messages {
                 body: Some(reply),
+                chunk: Bytes::new(),
                 buf: BytesMut::new(),
                 max_reply: self.max_reply,
                 encoding,
@@ -810,6 +811,12 @@ impl Drop for AbortOnDrop {
 /// CANCELLED) and stops the request's sender.
 pub(crate) struct Messages {
     body: Option<h2::RecvStream>,
+    /// The last DATA chunk received while `buf` was empty: the messages
+    /// whole in it are sliced from it, not copied (a backend sends most
+    /// messages whole in one chunk, often several in one); what is left
+    /// of it, the start of a message, moves to `buf`.
+    chunk: Bytes,
+    /// The start of a message split across chunks, gathered.
     buf: BytesMut,
     max_reply: usize,
     /// The reply's `grpc-encoding`, for messages flagged compressed.
@@ -833,6 +840,7 @@ impl Messages {
     fn ended(max_reply: usize) -> Messages {
         Messages {
             body: None,
+            chunk: Bytes::new(),
             buf: BytesMut::new(),
             max_reply,
             encoding: ReplyEncoding::Identity,
@@ -861,11 +869,11 @@ impl Messages {
             match std::task::ready!(body.poll_data(cx)) {
                 Some(Ok(chunk)) => {
                     let _ = body.flow_control().release_capacity(chunk.len());
-                    self.buf.extend_from_slice(&chunk);
+                    self.received(chunk);
                 }
                 Some(Err(e)) => return self.end(Some(reply_failed(e))),
                 None => {
-                    if !self.buf.is_empty() {
+                    if !self.buf.is_empty() || !self.chunk.is_empty() {
                         let status = tonic::Status::internal(
                             "the backend's stream ended inside a gRPC message",
                         );
@@ -906,24 +914,58 @@ impl Messages {
         Poll::Ready(status.map(Err))
     }
 
-    /// A whole message from the buffer, if one is there.
+    /// A DATA chunk, kept as it is when nothing is pending before it.
+    fn received(&mut self, chunk: Bytes) {
+        if self.buf.is_empty() && self.chunk.is_empty() {
+            self.chunk = chunk;
+        } else {
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// A whole message from what has been received, if one is there.
     fn take_frame(&mut self) -> Result<Option<Bytes>, tonic::Status> {
-        if self.buf.len() < 5 {
+        if !self.chunk.is_empty() {
+            if let Some((compressed, len)) = self.frame_head(&self.chunk)? {
+                if self.chunk.len() >= 5 + len {
+                    self.chunk.advance(5);
+                    let message = self.chunk.split_to(len);
+                    return self.message(compressed, message);
+                }
+            }
+            // A message that continues in the next chunk.
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
+        let Some((compressed, len)) = self.frame_head(&self.buf)? else {
+            return Ok(None);
+        };
+        if self.buf.len() < 5 + len {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        self.buf.advance(5);
+        let message = self.buf.split_to(len).freeze();
+        self.message(compressed, message)
+    }
+
+    /// A message's flag (compressed) and length, once its 5-byte prefix is
+    /// in `data`; a length over the limit ends the stream.
+    fn frame_head(&self, data: &[u8]) -> Result<Option<(bool, usize)>, tonic::Status> {
+        if data.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
         if len > self.max_reply {
             return Err(tonic::Status::resource_exhausted(format!(
                 "a message of the backend's stream is {len} bytes, over the gateway's limit of {}",
                 self.max_reply
             )));
         }
-        let compressed = self.buf[0] != 0;
-        if self.buf.len() < 5 + len {
-            return Ok(None);
-        }
-        self.buf.advance(5);
-        let message = self.buf.split_to(len).freeze();
+        Ok(Some((data[0] != 0, len)))
+    }
+
+    /// A message taken whole, decompressed if it is flagged so.
+    fn message(&self, compressed: bool, message: Bytes) -> Result<Option<Bytes>, tonic::Status> {
         if compressed {
             return self.encoding.decode(&message, self.max_reply).map(Some);
         }
@@ -1670,5 +1712,54 @@ mod tests {
             from_http_status(http::StatusCode::IM_A_TEAPOT).code(),
             Code::Unknown
         );
+    }
+
+    /// Every message taken from `messages` as `chunks` deliver them.
+    fn taken(messages: &mut Messages, chunks: &[&[u8]]) -> Result<Vec<Bytes>, tonic::Status> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            messages.received(Bytes::copy_from_slice(chunk));
+            while let Some(m) = messages.take_frame()? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn stream_messages_are_taken_however_the_chunks_cut_them() {
+        let wire: Vec<u8> = [&b"one"[..], b"", b"three", b"fourteen bytes"]
+            .iter()
+            .flat_map(|m| frame(m, false).to_vec())
+            .collect();
+        let expected: Vec<Bytes> = ["one", "", "three", "fourteen bytes"]
+            .iter()
+            .map(|m| Bytes::copy_from_slice(m.as_bytes()))
+            .collect();
+        // Every cut into two chunks, and one chunk per byte.
+        for cut in 0..=wire.len() {
+            let mut m = Messages::ended(1024);
+            let got = taken(&mut m, &[&wire[..cut], &wire[cut..]]).unwrap();
+            assert_eq!(got, expected, "cut at {cut}");
+            assert!(m.chunk.is_empty() && m.buf.is_empty());
+        }
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        let mut m = Messages::ended(1024);
+        assert_eq!(taken(&mut m, &bytes).unwrap(), expected);
+        // A message whole in its chunk is a slice of it, not a copy.
+        let mut m = Messages::ended(1024);
+        let chunk = Bytes::from(wire.clone());
+        m.received(chunk.clone());
+        let first = m.take_frame().unwrap().unwrap();
+        assert_eq!(first.as_ptr(), chunk[5..].as_ptr());
+    }
+
+    #[test]
+    fn a_stream_message_over_the_limit_is_refused_from_its_prefix() {
+        let mut m = Messages::ended(8);
+        let big = frame(b"nine bytes", false);
+        let e = taken(&mut m, &[&big[..5]]).unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(e.message().contains("over the gateway's limit of 8"));
     }
 }
