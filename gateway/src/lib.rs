@@ -26,3 +26,4 @@ pub mod telemetry;
 pub mod transcode;
 pub mod upstream;
 pub mod validate;
+pub mod workers;

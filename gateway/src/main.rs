@@ -143,20 +143,26 @@ fn main() -> ExitCode {
         })
         .unwrap_or_default();
     gateway::telemetry::init_logging(&telemetry);
-    // Out of range, the value is ignored here and the config load below
-    // reports it (naming the line) and exits.
-    let rt = match workers.filter(|n| (1..=gateway::config::MAX_WORKER_THREADS).contains(n)) {
-        // One thread: the current-thread scheduler, with no work stealing
-        // and no cross-thread wake-ups to pay for.
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Runtime::new(),
-    };
+    // One worker: everything on the current-thread scheduler, with no work
+    // stealing and no cross-thread wake-ups to pay for. More (the default:
+    // one per core): as many serving threads, each with a current-thread
+    // runtime of its own (gateway::workers), and this thread's runtime for
+    // the accept loop and everything that is not a request. Out of range,
+    // the value is ignored here and the config load below reports it
+    // (naming the line) and exits.
+    let workers = workers
+        .filter(|n| (1..=gateway::config::MAX_WORKER_THREADS).contains(n))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let serving = matches!(cli.command, None | Some(Command::Serve | Command::Demo));
+    if serving && workers > 1 {
+        if let Err(e) = gateway::workers::start(workers) {
+            eprintln!("error: cannot start {workers} worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {

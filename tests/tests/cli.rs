@@ -272,16 +272,60 @@ fn sigterm(child: &tokio::process::Child) {
 #[tokio::test]
 async fn serve_answers_requests_and_stops_on_sigterm() {
     // No delay between readiness going false and closing the listener.
-    serve_and_stop("shutdown_delay = \"0s\"").await;
+    serve_and_stop("shutdown_delay = \"0s\"", |_| {}).await;
 }
 
 #[tokio::test]
 async fn serve_on_one_thread_answers_concurrent_requests_and_stops_on_sigterm() {
     // worker_threads = 1 selects tokio's current-thread scheduler.
-    serve_and_stop("shutdown_delay = \"0s\"\nworker_threads = 1").await;
+    serve_and_stop("shutdown_delay = \"0s\"\nworker_threads = 1", |_| {}).await;
 }
 
-async fn serve_and_stop(server_settings: &str) {
+#[tokio::test]
+async fn serve_on_two_serving_threads_hands_connections_to_both_and_stops_on_sigterm() {
+    serve_and_stop("shutdown_delay = \"0s\"\nworker_threads = 2", |pid| {
+        let workers = serving_threads(pid);
+        let names: Vec<&str> = workers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["gw-worker-0", "gw-worker-1"], "{workers:?}");
+        // A thread that served connections woke for each request; one that
+        // was handed none has slept since it started.
+        for (name, switches) in &workers {
+            assert!(
+                *switches >= 10,
+                "{name} woke {switches} times: the accept loop did not hand it connections ({workers:?})"
+            );
+        }
+    })
+    .await;
+}
+
+/// The serving threads of the process (name, voluntary context switches),
+/// read from /proc while it still runs.
+fn serving_threads(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task") {
+        let dir = task.expect("task entry").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("gw-worker-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((name.to_owned(), switches));
+    }
+    out.sort();
+    out
+}
+
+/// Serves 32 concurrent requests and a 404 from the binary with these
+/// `[server]` settings, hands its pid to `inspect` while it still runs,
+/// then stops it with SIGTERM.
+async fn serve_and_stop(server_settings: &str, inspect: impl FnOnce(u32)) {
     let backend = spawn_backend(echo_server(&testing_pool())).await;
     let path = write_config(&without_admin(&render_config(
         &echo_config(server_settings),
@@ -289,7 +333,13 @@ async fn serve_and_stop(server_settings: &str) {
         &testing_descriptors(),
     )));
     let (mut child, addr) = spawn_listening(&["serve", "--config", path.to_str().unwrap()]).await;
-    let client = http_client();
+    // A connection per request: the accept loop hands out connections, so
+    // with two serving threads each gets about half of them.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let mut calls = tokio::task::JoinSet::new();
     for i in 1..=32 {
         let client = client.clone();
@@ -313,6 +363,7 @@ async fn serve_and_stop(server_settings: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    inspect(child.id().expect("the gateway runs"));
 
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())

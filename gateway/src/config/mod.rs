@@ -181,11 +181,14 @@ pub struct ServerConfig {
     /// for ordinary unary calls, whose default deadline is 15s).
     #[schemars(with = "Option<DurationText>")]
     pub drain_timeout: Option<Spanned<String>>,
-    /// Threads that serve traffic (default: one per core). `1` runs the whole
-    /// gateway on one thread (tokio's current-thread scheduler): the least
-    /// CPU per request, and more throughput, when the gateway shares a
-    /// small machine with busy neighbours (docs/performance.md). At most
-    /// 1024. Read at start; a reload that changes it warns.
+    /// Threads that serve traffic (default: one per core). Each runs an
+    /// event loop of its own and keeps every connection it is handed, with
+    /// the backend connections it opened, on that thread (thread per
+    /// core); the accept loop, admin listener, discovery and reloads run
+    /// on one more thread. `1` runs the whole gateway on one thread: the
+    /// least CPU per request when the gateway shares a small machine with
+    /// busy neighbours (docs/performance.md). At most 1024. Read at start;
+    /// a reload that changes it warns.
     #[schemars(with = "Option<usize>")]
     pub worker_threads: Option<Spanned<usize>>,
     /// Requests served at once across every route; beyond, new requests

@@ -143,19 +143,33 @@ pub async fn serve<S: HttpService>(
             _alive: alive_tx.clone(),
             stop: stop_rx.clone(),
         }));
-        let conn = serve_one(
-            Accepted {
-                stream,
-                peer,
-                tls: tls().map(|h| (h, handshakes.clone())),
-            },
-            app.clone(),
-            limits(),
-            stop_rx.clone(),
-            drain.clone(),
-            hold,
-        );
-        tokio::spawn(conn);
+        let tls = tls().map(|h| (h, handshakes.clone()));
+        let (app, limits, stop, drain) = (app.clone(), limits(), stop_rx.clone(), drain.clone());
+        let Some(worker) = crate::workers::next() else {
+            let accepted = Accepted { stream, peer, tls };
+            tokio::spawn(serve_one(accepted, app, limits, stop, drain, hold));
+            continue;
+        };
+        // To a serving thread: the socket leaves this runtime's reactor
+        // and joins that thread's, so its readiness never crosses threads.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client.addr = %peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        worker.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    let accepted = Accepted { stream, peer, tls };
+                    serve_one(accepted, app, limits, stop, drain, hold).await;
+                }
+                Err(e) => {
+                    tracing::warn!(client.addr = %peer, error = %e, "a worker cannot take the connection");
+                }
+            }
+        });
     }
     drop(listener);
     let _ = stop_tx.send(true);

@@ -80,9 +80,12 @@ pub(crate) struct Client {
     /// Ping interval while calls are open, and how long a ping may go
     /// unanswered before the connection counts as dead.
     keepalive: (Duration, Duration),
-    /// One per worker thread of the runtime that makes the first call (the
-    /// endpoint is built before the runtime exists); a thread calls on
-    /// lane `thread_slot() % lanes`.
+    /// One per serving thread (`crate::workers`), or per worker thread of
+    /// the runtime that makes the first call (the endpoint is built before
+    /// the runtime exists); a thread calls on lane `thread_slot() % lanes`.
+    /// A lane's connection is opened, and its task spawned, by the first
+    /// call on it, so on serving threads each thread's backend connections
+    /// are driven by that thread alone.
     lanes: OnceLock<Box<[Lane]>>,
 }
 
@@ -116,13 +119,15 @@ impl Lane {
     }
 }
 
-/// A number per OS thread, handed out in the order threads first ask: the
-/// runtime's workers, which make the calls, get consecutive ones and so
-/// different lanes.
+/// A number per OS thread: a serving thread's own (`crate::workers`), so
+/// each has its lane; else handed out in the order threads first ask, so
+/// a multi-thread runtime's workers, which make the calls, get consecutive
+/// ones and different lanes.
 fn thread_slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static SLOT: usize = crate::workers::index()
+            .unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed));
     }
     SLOT.with(|s| *s)
 }
@@ -183,9 +188,11 @@ impl Client {
     /// Every lane, made on first use.
     fn lanes(&self) -> &[Lane] {
         self.lanes.get_or_init(|| {
-            let workers = tokio::runtime::Handle::try_current()
-                .map(|h| h.metrics().num_workers())
-                .unwrap_or(1);
+            let workers = crate::workers::count().unwrap_or_else(|| {
+                tokio::runtime::Handle::try_current()
+                    .map(|h| h.metrics().num_workers())
+                    .unwrap_or(1)
+            });
             Lane::many(workers)
         })
     }
