@@ -482,14 +482,21 @@ async fn start_gateway(bin: &Path, config: &Path, admin: u16) -> Result<Proc> {
     start_gateway_with_log(bin, config, admin, "warn").await
 }
 
-/// [`start_gateway`] with another `RUST_LOG` (`warn,access=info` writes
-/// the access log, to stdout, which is discarded).
+/// [`start_gateway`] with another `RUST_LOG`. Logs go to the gateway's
+/// stderr; `warn,access=info` writes the access log, a line per request,
+/// so stderr is then discarded (written, as to a container runtime's pipe,
+/// but not kept) instead of shared with the bench's.
 async fn start_gateway_with_log(bin: &Path, config: &Path, admin: u16, log: &str) -> Result<Proc> {
     let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", log)
         .stdout(Stdio::null())
+        .stderr(if log.contains("access=info") {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .context("starting the gateway")?;
     let proc = Proc(child);

@@ -5,7 +5,7 @@
 //!   operator turns on at the edge: a required JWT (RS256 or ES256, keys
 //!   from a JWKS the bench serves and the gateway caches), a rate limit
 //!   keyed by the token's subject that never refuses, CORS (every request
-//!   carries an allowed `Origin`) and the access log written (to stdout,
+//!   carries an allowed `Origin`) and the access log written (to stderr,
 //!   which the bench discards). The target is at most 1.25 times the bare
 //!   route's CPU per request.
 //! - `small GET 2 workers`: the bare small GET with `server.worker_threads
