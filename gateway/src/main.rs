@@ -121,7 +121,18 @@ enum Command {
     ConfigReference,
 }
 
+/// Writes out the log lines still gathered (`telemetry::log_writer`) when
+/// `main` returns, however it returns.
+struct FlushLogs;
+
+impl Drop for FlushLogs {
+    fn drop(&mut self) {
+        gateway::telemetry::log_writer::flush();
+    }
+}
+
 fn main() -> ExitCode {
+    let _flush = FlushLogs;
     let cli = Cli::parse();
     if let Some(Command::ConfigReference) = cli.command {
         print!("{}", gateway::config::reference::markdown());
@@ -359,6 +370,36 @@ async fn build_text(
     reload::load_file(input.parse()?, None, state).await
 }
 
+/// Returns to the OS the memory loading the config freed, at start and
+/// after each reload. mimalloc keeps freed pages for reuse and gives them
+/// back only as the thread that freed them allocates again; a load frees
+/// most of what it allocated (the parsed TOML, the descriptors' compiler)
+/// on a thread that is then mostly idle, so that memory stayed resident:
+/// 40 of the 94 MiB with 10,000 routes. The snapshot is looked at each
+/// second, so a reload is followed within one by a release.
+async fn release_after_loads(gw: Arc<Gateway>) {
+    let mut released = None;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let version = gw.snapshot().version;
+        if released != Some(version) {
+            released = Some(version);
+            release_freed_memory();
+        }
+    }
+}
+
+/// mimalloc's `mi_collect(force)`: every page no allocation uses, returned
+/// to the OS now rather than when the allocator next gets round to it.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers and touches only the
+    // allocator's own free lists; mimalloc allows it from any thread at any
+    // time. It is the process's allocator (`ALLOC` above).
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// The shared state, with the KV watch started when the config is from KV
 /// (the file watcher otherwise).
 fn make_gateway(s: Snapshot, allow_empty: bool, kv: Option<KvStart>) -> Arc<Gateway> {
@@ -454,6 +495,7 @@ async fn serve(
     if let Some(path) = first_get {
         eprintln!("try: curl {scheme}://{addr}{path}");
     }
+    tokio::spawn(release_after_loads(gw.clone()));
     // Trace export, when configured: set up once (here, inside the runtime
     // its gRPC channel needs), flushed after the drain.
     let traces = gateway::telemetry::otel::init(telemetry).map_err(anyhow::Error::msg)?;

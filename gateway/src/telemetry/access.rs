@@ -13,6 +13,10 @@ use tower::{Layer, Service};
 use super::trace::TraceParent;
 use super::RequestInfo;
 
+/// The `tracing` target of access-log lines (the events below are
+/// written with the same literal, which the macro needs).
+pub const TARGET: &str = "access";
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");

@@ -108,7 +108,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let access = meta.target() == "access";
+        let access = meta.target() == super::access::TARGET;
         let mut doc = Map::new();
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod ecs;
+pub mod log_writer;
 pub mod metrics;
 pub mod otel;
 pub mod process;
@@ -50,6 +51,7 @@ pub(crate) fn json_logs() -> bool {
 /// configured). RUST_LOG, when set, wins over `log_level`.
 pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
@@ -61,10 +63,17 @@ pub fn init_logging(cfg: &crate::config::TelemetryConfig) {
         crate::config::LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     // Colours only on a terminal: escape codes in a log file are noise.
+    // Elsewhere lines go out in batches (log_writer): with the access log
+    // on, a write per request costs more than the rest of the log line.
+    let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(terminal)
+        .with_writer(if terminal {
+            BoxMakeWriter::new(std::io::stderr)
+        } else {
+            BoxMakeWriter::new(log_writer::Batched::start())
+        });
     // A second init (tests running several gateways) keeps the first.
     let installed = if ecs {
         builder.event_format(ecs::EcsFormat).try_init()
