@@ -802,20 +802,9 @@ impl RouteInputs<'_> {
                         validate: self.backend_validates(backend_name),
                     };
                     let name = format!("{} (backends.{backend_name}.expose)", method.full_name());
-                    let compiled = compile(
-                        spec,
-                        &mut table.planner,
-                        &mut table.validators,
-                        &mut |field: &str, msg: String| {
-                            errors.push(ConfigError::new(
-                                self.descriptors_dir,
-                                None,
-                                format!("{name} {field}"),
-                                msg,
-                            ));
-                        },
-                    );
-                    let Some(mut route) = compiled else { continue };
+                    let Some(mut route) = self.compile_generated(spec, &name, table, errors) else {
+                        continue;
+                    };
                     // GET is Connect's form only.
                     route.rpc = match verb {
                         "GET" => Protocols {
@@ -937,6 +926,31 @@ impl RouteInputs<'_> {
     }
 
     /// One binding of an annotation, compiled and added. A route in
+    /// Compiles a route the descriptors made (an annotation, a backend's
+    /// `expose`); its problems name the descriptors folder and `name`,
+    /// since no routes.toml line holds it.
+    fn compile_generated(
+        &self,
+        spec: RouteSpec<'_>,
+        name: &str,
+        table: &mut RouteTable,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Route> {
+        compile(
+            spec,
+            &mut table.planner,
+            &mut table.validators,
+            &mut |field: &str, msg: String| {
+                errors.push(ConfigError::new(
+                    self.descriptors_dir,
+                    None,
+                    format!("{name} {field}"),
+                    msg,
+                ));
+            },
+        )
+    }
+
     /// routes.toml for the same method and path wins; an earlier annotation
     /// does too, with a warning.
     fn annotation_route(
@@ -968,20 +982,9 @@ impl RouteInputs<'_> {
             validate: self.backend_validates(&backend.name),
         };
         let name = format!("{} (google.api.http)", method.full_name());
-        let compiled = compile(
-            spec,
-            &mut table.planner,
-            &mut table.validators,
-            &mut |field: &str, msg: String| {
-                errors.push(ConfigError::new(
-                    self.descriptors_dir,
-                    None,
-                    format!("{name} {field}"),
-                    msg,
-                ));
-            },
-        );
-        let Some(route) = compiled else { return };
+        let Some(route) = self.compile_generated(spec, &name, table, errors) else {
+            return;
+        };
         let route = Arc::new(route);
         match table
             .matcher

@@ -529,6 +529,18 @@ async fn the_example_overlay_validates_and_serves_tls_from_a_secret() {
     );
 }
 
+/// kustomize reads only files under the kustomization, so the base keeps
+/// a copy of the demo's descriptor; it must not drift from the routes the
+/// base's routes.toml binds, which are the demo's.
+#[test]
+fn the_base_carries_the_demo_descriptor_unchanged() {
+    assert_eq!(
+        read("k8s/base/descriptors/bookstore.proto"),
+        read("descriptors/bookstore.proto"),
+        "k8s/base/descriptors/bookstore.proto differs from descriptors/bookstore.proto: copy the demo's file over it"
+    );
+}
+
 #[test]
 fn a_probe_on_a_path_the_gateway_does_not_serve_would_fail() {
     // The check above asks the gateway; make sure it is not answering
