@@ -8,7 +8,8 @@
 
 use std::sync::OnceLock;
 
-use prost_reflect::DescriptorPool;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage};
 use prost_types::FileDescriptorProto;
 use protox::{
     file::{ChainFileResolver, File, FileResolver, GoogleFileResolver},
@@ -82,24 +83,50 @@ impl FileResolver for EmbeddedFiles {
     }
 }
 
-/// One file of the base pool, kept in the three shapes the loader needs.
+/// Files whose comments the generated OpenAPI document shows: the error
+/// body (`google.rpc.Status`) and `google.api.HttpBody`, which APIs use as
+/// request and response types. The rest keep no source info: their comments
+/// are never read, and in a pool each comment and location is several
+/// allocations, held by every snapshot.
+const COMMENTED: &[&str] = &["google/rpc/status.proto", "google/api/httpbody.proto"];
+
+/// One file of the base, kept in the two shapes the loader needs.
 pub(super) struct BaseFile {
     pub name: String,
-    /// Encoded with extension options intact.
+    /// Encoded with extension options intact; source info only for
+    /// [`COMMENTED`] files.
     pub bytes: Vec<u8>,
+    /// Without source info: read for its imports and definitions only.
     pub proto: FileDescriptorProto,
 }
 
 pub(super) struct Base {
-    pub pool: DescriptorPool,
     /// In dependency order.
     pub files: Vec<BaseFile>,
 }
 
-/// Compiled once per process: every load and every `base_pool()` reuses it.
+/// Compiled once per process: every load reuses it.
 pub(super) fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(build_base)
+}
+
+/// The base files alone as a pool, decoded on first use. Not kept with
+/// [`base`]: a config with descriptors never needs it, and a second copy of
+/// every base file in every process cost more memory than the rest of an
+/// idle gateway's routes.
+pub(super) fn base_pool() -> DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut pool = DescriptorPool::new();
+        for file in &base().files {
+            if let Err(err) = pool.decode_file_descriptor_proto(file.bytes.as_slice()) {
+                panic!("built-in descriptor {} does not decode: {err:?}", file.name);
+            }
+        }
+        pool
+    })
+    .clone()
 }
 
 fn build_base() -> Base {
@@ -108,6 +135,7 @@ fn build_base() -> Base {
     chain.add(GoogleFileResolver::new());
     let mut compiler = Compiler::with_file_resolver(chain);
     compiler.include_imports(true);
+    compiler.include_source_info(true);
     for name in GOOGLEAPIS
         .iter()
         .map(|(n, _)| *n)
@@ -120,15 +148,38 @@ fn build_base() -> Base {
         }
     }
     // `descriptor_pool()` rather than `file_descriptor_set()`: the latter goes
-    // through prost-types and would drop extension options.
+    // through prost-types and would drop extension options. The compiler and
+    // its pool go once the files are encoded.
     let pool = compiler.descriptor_pool();
     let files = pool
         .files()
-        .map(|f| BaseFile {
-            name: f.name().to_owned(),
-            bytes: f.encode_to_vec(),
-            proto: f.file_descriptor_proto().clone(),
+        .map(|f| {
+            let bytes = f.encode_to_vec();
+            let mut proto = f.file_descriptor_proto().clone();
+            proto.source_code_info = None;
+            BaseFile {
+                name: f.name().to_owned(),
+                bytes: if COMMENTED.contains(&f.name()) {
+                    bytes
+                } else {
+                    without_source_info(&bytes)
+                },
+                proto,
+            }
         })
         .collect();
-    Base { pool, files }
+    Base { files }
+}
+
+/// An encoded `FileDescriptorProto` without its source info, other fields
+/// (extension options too) kept as they are.
+pub(super) fn without_source_info(bytes: &[u8]) -> Vec<u8> {
+    let desc = FileDescriptorProto::default().descriptor();
+    match DynamicMessage::decode(desc, bytes) {
+        Ok(mut msg) => {
+            msg.clear_field_by_name("source_code_info");
+            msg.encode_to_vec()
+        }
+        Err(_) => bytes.to_vec(),
+    }
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage};
+use prost_reflect::DescriptorPool;
 use prost_types::FileDescriptorProto;
 use protox::{
     file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver},
@@ -361,19 +361,6 @@ fn compile_error(dir: &Path, source: &Path, err: &protox::Error) -> DescriptorEr
     }
 }
 
-/// Canonical bytes of a file for comparison: re-encoded in field order and
-/// without source info, which differs between otherwise identical builds.
-fn normalize(bytes: &[u8]) -> Vec<u8> {
-    let desc = FileDescriptorProto::default().descriptor();
-    match DynamicMessage::decode(desc, bytes) {
-        Ok(mut msg) => {
-            msg.clear_field_by_name("source_code_info");
-            msg.encode_to_vec()
-        }
-        Err(_) => bytes.to_vec(),
-    }
-}
-
 /// Google-owned files are often vendored at different versions; they are
 /// compatible enough that keeping the first copy beats refusing to start.
 fn is_google_file(name: &str) -> bool {
@@ -396,7 +383,9 @@ fn merge(
     let mut warned = HashSet::new();
 
     for candidate in candidates {
-        let normalized = normalize(&candidate.bytes);
+        // Canonical bytes for comparison: re-encoded in field order and
+        // without source info, which differs between otherwise identical builds.
+        let normalized = embedded::without_source_info(&candidate.bytes);
         if let Some(&i) = by_name.get(&candidate.name) {
             let first = &accepted[i];
             if first.normalized == normalized {

@@ -66,7 +66,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedDescriptors, DescriptorError> {
 /// The pool with only the embedded googleapis files and well-known types;
 /// used when a config has no descriptors and by tests.
 pub fn base_pool() -> DescriptorPool {
-    embedded::base().pool.clone()
+    embedded::base_pool()
 }
 
 #[cfg(test)]
