@@ -375,8 +375,9 @@ async fn build_text(
 /// back only as the thread that freed them allocates again; a load frees
 /// most of what it allocated (the parsed TOML, the descriptors' compiler)
 /// on a thread that is then mostly idle, so that memory stayed resident:
-/// 40 of the 94 MiB with 10,000 routes. The snapshot is looked at each
-/// second, so a reload is followed within one by a release.
+/// 40 of the 94 MiB with 10,000 routes. The code a load ran goes too (see
+/// [`page_out_code`]). The snapshot is looked at each second, so a reload
+/// is followed within one by a release.
 async fn release_after_loads(gw: Arc<Gateway>) {
     let mut released = None;
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -386,6 +387,11 @@ async fn release_after_loads(gw: Arc<Gateway>) {
         if released != Some(version) {
             released = Some(version);
             release_freed_memory();
+            let advised = page_out_code();
+            tracing::debug!(
+                mib = advised >> 20,
+                "after the load: freed memory returned, the binary's code paged out"
+            );
         }
     }
 }
@@ -400,8 +406,69 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// The shared state, with the KV watch started when the config is from KV
-/// (the file watcher otherwise).
+/// Asks the kernel to drop the binary's resident code and read-only data
+/// (`MADV_PAGEOUT`); returns the bytes advised. Starting and loading a
+/// config run code serving never does (the CLI, the TOML parser, the
+/// descriptor compiler, config checks): about two thirds of the 14 MiB of
+/// the binary an idle gateway held, of 19 MiB resident in all. Each page
+/// comes back from the file on its next use, so what stays is what serving
+/// runs. The pages are clean copies of the file, so nothing is lost; the
+/// kernel pages out only what this process alone maps, and only when it may
+/// write the file (owner or root), so elsewhere this does nothing.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn page_out_code() -> usize {
+    let (Ok(exe), Ok(maps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/maps"),
+    ) else {
+        return 0;
+    };
+    let Some(exe) = exe.to_str() else {
+        return 0;
+    };
+    let mut advised = 0;
+    for (start, end) in read_only_mappings(&maps, exe) {
+        // SAFETY: the range is one whole mapping as the kernel lists it, a
+        // read-only mapping of the binary's file. MADV_PAGEOUT changes no
+        // content there: the pages are clean and read back from the file on
+        // their next use.
+        let rc =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+        if rc == 0 {
+            advised += end - start;
+        }
+    }
+    advised
+}
+
+/// The address ranges `/proc/self/maps` lists for read-only mappings of
+/// the file at `path`.
+fn read_only_mappings<'a>(
+    maps: &'a str,
+    path: &'a str,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    maps.lines().filter_map(move |line| {
+        // address perms offset dev inode path (the path may hold spaces)
+        let mut fields = line.splitn(6, ' ');
+        let (range, perms) = (fields.next()?, fields.next()?);
+        let mapped = fields.nth(3)?.trim_start();
+        if perms.contains('w') || mapped != path {
+            return None;
+        }
+        let (start, end) = range.split_once('-')?;
+        Some((
+            usize::from_str_radix(start, 16).ok()?,
+            usize::from_str_radix(end, 16).ok()?,
+        ))
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn page_out_code() -> usize {
+    0
+}
+
 fn make_gateway(s: Snapshot, allow_empty: bool, kv: Option<KvStart>) -> Arc<Gateway> {
     let watch = s.watch;
     let gw = Gateway::new(s);
@@ -570,4 +637,30 @@ fn route_table(s: &Snapshot) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_only_mappings;
+
+    #[test]
+    fn only_read_only_mappings_of_the_binary_are_paged_out() {
+        let maps = "\
+55d8f3a00000-55d8f3b00000 r--p 00000000 fd:01 42    /opt/my gateway/gateway
+55d8f3b00000-55d8f4000000 r-xp 00100000 fd:01 42    /opt/my gateway/gateway
+55d8f4000000-55d8f4010000 rw-p 00600000 fd:01 42    /opt/my gateway/gateway
+55d8f4010000-55d8f4020000 r-xp 00000000 fd:01 43    /opt/my gateway/gateway-old
+7f832c0fd000-7f832c2fd000 rw-p 00000000 00:00 0
+7f832c900000-7f832cb50000 r-xp 00000000 fd:01 77    /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd81433000-7ffd81455000 rw-p 00000000 00:00 0                          [stack]
+";
+        let ranges: Vec<_> = read_only_mappings(maps, "/opt/my gateway/gateway").collect();
+        assert_eq!(
+            ranges,
+            [
+                (0x55d8_f3a0_0000, 0x55d8_f3b0_0000),
+                (0x55d8_f3b0_0000, 0x55d8_f400_0000)
+            ]
+        );
+    }
 }

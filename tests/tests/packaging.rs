@@ -370,6 +370,16 @@ async fn check_against_the_gateway(dir: &str) -> Rendered {
         dockerfile.contains(&format!("\nUSER {uid}:")),
         "the image's USER is not the pod's runAsUser {uid}"
     );
+    // The kernel pages out only a file the process owns (the code paged
+    // out after each load), and the read-only root filesystem above keeps
+    // the owner from changing it.
+    assert!(
+        dockerfile.lines().any(|l| l.starts_with("COPY ")
+            && l.contains(&format!("--chown={uid}:"))
+            && l.contains("--chmod=0555")
+            && l.ends_with("/usr/local/bin/gateway")),
+        "the image's binary does not belong, read-only, to the pod's runAsUser {uid}"
+    );
 
     // Shutdown: the grace period covers the gateway's own delay and drain.
     let grace = pod["terminationGracePeriodSeconds"]
