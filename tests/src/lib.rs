@@ -57,8 +57,14 @@ pub fn testing_descriptors() -> PathBuf {
 }
 
 /// A fresh, empty folder under the system temp dir, unique per call.
+///
+/// Folders live as long as the test process (a test may hand a path to a
+/// gateway that outlives its own scope); the first call of each process
+/// removes those of test processes that have exited.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(remove_dead_processes_temp_dirs);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -70,6 +76,29 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Removes the [`temp_dir`] folders of test processes no longer running
+/// (`gateway-tests-<pid>-...`), so runs do not pile folders up in /tmp.
+fn remove_dead_processes_temp_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("gateway-tests-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Removes the folder holding `file` if [`temp_dir`] made it.
