@@ -759,6 +759,10 @@ impl RouteInputs<'_> {
             w
         });
         table.warnings.extend(unchecked);
+        // The table is only read from here on; what growing it left spare
+        // would stay allocated as long as the snapshot serves.
+        table.matcher.shrink_to_fit();
+        table.routes.shrink_to_fit();
         table
     }
 
@@ -1254,7 +1258,7 @@ fn top_field(desc: &MessageDescriptor, name: &str) -> Result<FieldDescriptor, St
 }
 
 /// Resolves a path variable's field chain; its leaf must hold a single value.
-fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, String> {
+fn path_field(input: &MessageDescriptor, parts: &[Box<str>]) -> Result<FieldPath, String> {
     let mut desc = input.clone();
     let mut out = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
