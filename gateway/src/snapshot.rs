@@ -33,7 +33,8 @@ use crate::upstream::{Backend, BackendDefinition, BackendOptions};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteSource {
     File {
-        path: PathBuf,
+        /// Shared by every route of the file.
+        path: Arc<Path>,
         line: Option<usize>,
     },
     Annotation {
@@ -118,7 +119,9 @@ pub struct Route {
     pub plan: Arc<crate::transcode::Plan>,
     pub backend: Arc<Backend>,
     pub timeout: Duration,
-    pub forward_headers: Vec<HeaderName>,
+    /// Shared with the other routes forwarding the same headers
+    /// (`server.forward_headers` alone, usually).
+    pub forward_headers: Arc<[HeaderName]>,
     /// The route's own `retry_on` codes; `None`: GET routes retry on the
     /// backend's, other routes only after connect failures.
     pub retry_on: Option<Vec<tonic::Code>>,
@@ -216,7 +219,7 @@ struct RouteSpec<'a> {
     body: Option<&'a str>,
     response_body: Option<&'a str>,
     timeout: Duration,
-    forward_headers: Vec<HeaderName>,
+    forward_headers: Arc<[HeaderName]>,
     retry_on: Option<Vec<tonic::Code>>,
     shape: crate::transcode::shape::ShapeConfig,
     edge: crate::edge::RouteEdge,
@@ -305,7 +308,7 @@ struct ServerSettings {
     drain_timeout: Duration,
     worker_threads: Option<usize>,
     /// `server.forward_headers`: forwarded on every route.
-    forward_headers: Vec<HeaderName>,
+    forward_headers: Arc<[HeaderName]>,
     propagators: crate::telemetry::propagation::Propagators,
 }
 
@@ -321,9 +324,7 @@ struct Backends {
 
 /// The routes compiled so far.
 struct RouteTable {
-    planner: crate::transcode::fast::Planner,
-    /// Each request message's `buf.validate` rules, compiled once.
-    validators: crate::validate::Compiler,
+    compilers: Compilers,
     routes: Vec<Arc<Route>>,
     matcher: Matcher<Arc<Route>>,
     /// Annotation bindings not served; see [`Snapshot::warnings`].
@@ -359,6 +360,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         descriptors_dir: &descriptors.dir,
         backends: &backends,
         forward_headers: &settings.forward_headers,
+        file_path: Arc::from(file.path.as_path()),
         edge: &edge,
         cache: cache.as_ref(),
     }
@@ -543,7 +545,7 @@ fn server_settings(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> ServerSe
         shutdown_delay,
         drain_timeout,
         worker_threads,
-        forward_headers,
+        forward_headers: forward_headers.into(),
         propagators,
     }
 }
@@ -714,7 +716,9 @@ struct RouteInputs<'a> {
     descriptors_dir: &'a Path,
     backends: &'a Backends,
     /// `server.forward_headers`.
-    forward_headers: &'a [HeaderName],
+    forward_headers: &'a Arc<[HeaderName]>,
+    /// routes.toml's path, for [`RouteSource::File`].
+    file_path: Arc<Path>,
     edge: &'a crate::edge::Edge,
     /// The response cache, when some route has `cache`.
     cache: Option<&'a Arc<crate::cache::Store>>,
@@ -727,14 +731,18 @@ impl RouteInputs<'_> {
     fn compile(&self, decode: DecodeOptions, errors: &mut Vec<ConfigError>) -> RouteTable {
         let server = &self.file.config.server;
         let mut table = RouteTable {
-            planner: crate::transcode::fast::Planner::new(
-                decode,
-                crate::transcode::wire_json::JsonStyle {
-                    emit_defaults: server.emit_defaults,
-                    proto_names: server.proto_field_names,
-                },
-            ),
-            validators: crate::validate::Compiler::new(self.pool),
+            compilers: Compilers {
+                planner: crate::transcode::fast::Planner::new(
+                    decode,
+                    crate::transcode::wire_json::JsonStyle {
+                        emit_defaults: server.emit_defaults,
+                        proto_names: server.proto_field_names,
+                    },
+                ),
+                validators: crate::validate::Compiler::new(self.pool),
+                methods: Default::default(),
+                backends: Default::default(),
+            },
             routes: Vec::new(),
             matcher: Matcher::new(),
             warnings: Vec::new(),
@@ -751,13 +759,18 @@ impl RouteInputs<'_> {
         let at = |p: crate::validate::Problem| {
             ConfigError::new(&self.descriptors_dir.join(&p.file), None, "", p.text)
         };
-        errors.extend(table.validators.take_errors().into_iter().map(at));
-        let unchecked = table.validators.take_warnings().into_iter().map(|p| {
-            let mut w = at(p);
-            w.message
-                .push_str(" (the backend still sees the request; check it there)");
-            w
-        });
+        errors.extend(table.compilers.validators.take_errors().into_iter().map(at));
+        let unchecked = table
+            .compilers
+            .validators
+            .take_warnings()
+            .into_iter()
+            .map(|p| {
+                let mut w = at(p);
+                w.message
+                    .push_str(" (the backend still sees the request; check it there)");
+                w
+            });
         table.warnings.extend(unchecked);
         // The table is only read from here on; what growing it left spare
         // would stay allocated as long as the snapshot serves.
@@ -797,7 +810,7 @@ impl RouteInputs<'_> {
                         body: Some("*"),
                         response_body: None,
                         timeout: backend.timeout,
-                        forward_headers: self.forward_headers.to_vec(),
+                        forward_headers: self.forward_headers.clone(),
                         retry_on: None,
                         shape: Default::default(),
                         source: RouteSource::Rpc {
@@ -860,8 +873,7 @@ impl RouteInputs<'_> {
             .route(file, i, spanned, &spec.method, &spec.path, errors);
         let compiled = compile(
             spec,
-            &mut table.planner,
-            &mut table.validators,
+            &mut table.compilers,
             &mut |field: &str, msg: String| {
                 errors.push(route_error(file, i, spanned, field, msg));
             },
@@ -942,8 +954,7 @@ impl RouteInputs<'_> {
     ) -> Option<Route> {
         compile(
             spec,
-            &mut table.planner,
-            &mut table.validators,
+            &mut table.compilers,
             &mut |field: &str, msg: String| {
                 errors.push(ConfigError::new(
                     self.descriptors_dir,
@@ -977,7 +988,7 @@ impl RouteInputs<'_> {
             body: Some(rule.body.as_str()).filter(|b| !b.is_empty()),
             response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
             timeout: backend.timeout,
-            forward_headers: self.forward_headers.to_vec(),
+            forward_headers: self.forward_headers.clone(),
             retry_on: None,
             shape: Default::default(),
             source: RouteSource::Annotation {
@@ -1050,12 +1061,17 @@ impl RouteInputs<'_> {
             .map(|b| b.timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
         let timeout = file.duration(&r.timeout, &at("timeout"), backend_timeout, errors);
-        let mut forward_headers = self.forward_headers.to_vec();
-        for h in header_list(file, &r.forward_headers, &at("forward_headers"), errors) {
-            if !forward_headers.contains(&h) {
-                forward_headers.push(h);
-            }
-        }
+        let own = header_list(file, &r.forward_headers, &at("forward_headers"), errors);
+        let forward_headers = if own.iter().all(|h| self.forward_headers.contains(h)) {
+            self.forward_headers.clone()
+        } else {
+            let mut all = self.forward_headers.to_vec();
+            all.extend(
+                own.into_iter()
+                    .filter(|h| !self.forward_headers.contains(h)),
+            );
+            all.into()
+        };
         let retry_on =
             crate::upstream::options::route_retry_on(file, &r.retry_on, &at("retry_on"), errors);
         let shape = route_shape(file, i, r, errors);
@@ -1072,7 +1088,7 @@ impl RouteInputs<'_> {
             shape,
             edge: Default::default(),
             source: RouteSource::File {
-                path: file.path.clone(),
+                path: self.file_path.clone(),
                 line: file.line_of(spanned),
             },
             validate: r.validate,
@@ -1293,6 +1309,43 @@ fn path_field(input: &MessageDescriptor, parts: &[Box<str>]) -> Result<FieldPath
     Ok(out)
 }
 
+/// What compiling a route draws on, kept across one load's routes so that
+/// what many routes have alike is built once and shared (issue 24: memory
+/// per route).
+struct Compilers {
+    planner: crate::transcode::fast::Planner,
+    /// Each request message's `buf.validate` rules, compiled once.
+    validators: crate::validate::Compiler,
+    /// Per gRPC method's full name: its path and its label.
+    methods: std::collections::HashMap<String, (PathAndQuery, Arc<str>)>,
+    /// Per backend name: its label.
+    backends: std::collections::HashMap<String, Arc<str>>,
+}
+
+impl Compilers {
+    /// `/package.Service/Method` and its label without the first `/`.
+    fn method(&mut self, method: &MethodDescriptor) -> Option<(PathAndQuery, Arc<str>)> {
+        if let Some(known) = self.methods.get(method.full_name()) {
+            return Some(known.clone());
+        }
+        let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        let label = Arc::from(path.trim_start_matches('/'));
+        let entry = (PathAndQuery::try_from(path.as_str()).ok()?, label);
+        self.methods
+            .insert(method.full_name().to_owned(), entry.clone());
+        Some(entry)
+    }
+
+    fn backend_label(&mut self, name: &str) -> Arc<str> {
+        if let Some(label) = self.backends.get(name) {
+            return label.clone();
+        }
+        let label: Arc<str> = Arc::from(name);
+        self.backends.insert(name.to_owned(), label.clone());
+        label
+    }
+}
+
 /// How a request binds to a method's messages, checked.
 struct Bindings {
     template: Template,
@@ -1308,17 +1361,16 @@ struct Bindings {
 /// (already reported).
 fn compile(
     spec: RouteSpec<'_>,
-    planner: &mut crate::transcode::fast::Planner,
-    validators: &mut crate::validate::Compiler,
+    compilers: &mut Compilers,
     err: &mut dyn FnMut(&str, String),
 ) -> Option<Route> {
     let bindings = bind(&spec, err)?;
     let validator = if spec.validate {
-        validators.validator(&spec.grpc.input())
+        compilers.validators.validator(&spec.grpc.input())
     } else {
         None
     };
-    let mut route = assemble(spec, bindings, planner)?;
+    let mut route = assemble(spec, bindings, compilers)?;
     route.validator = validator;
     Some(route)
 }
@@ -1403,11 +1455,7 @@ fn path_bindings(
 
 /// The route the request path runs: its bindings plus what is derived once
 /// here instead of per request (labels, metric handles, the fast path).
-fn assemble(
-    spec: RouteSpec<'_>,
-    b: Bindings,
-    planner: &mut crate::transcode::fast::Planner,
-) -> Option<Route> {
+fn assemble(spec: RouteSpec<'_>, b: Bindings, compilers: &mut Compilers) -> Option<Route> {
     let mut bound: Vec<Vec<u32>> = b
         .path_fields
         .iter()
@@ -1416,15 +1464,10 @@ fn assemble(
     if let BodyRule::Field(f) = &b.body {
         bound.push(vec![f.number()]);
     }
-    let grpc_path = format!(
-        "/{}/{}",
-        spec.grpc.parent_service().full_name(),
-        spec.grpc.name()
-    );
     let backend = spec.backend?;
+    let (grpc_path, grpc_label) = compilers.method(&spec.grpc)?;
     let label: Arc<str> = Arc::from(b.template.to_string());
-    let grpc_label: Arc<str> = Arc::from(grpc_path.trim_start_matches('/'));
-    let backend_label: Arc<str> = Arc::from(backend.name.as_str());
+    let backend_label = compilers.backend_label(&backend.name);
     let metrics = Arc::new(crate::telemetry::metrics::RouteMetrics::new(
         &label,
         &spec.method,
@@ -1433,7 +1476,10 @@ fn assemble(
     ));
     let input = spec.grpc.input();
     let output = spec.grpc.output();
-    let fast = planner.for_route(&spec.grpc, &b.body, &b.shaping, b.response_body.as_ref());
+    let fast =
+        compilers
+            .planner
+            .for_route(&spec.grpc, &b.body, &b.shaping, b.response_body.as_ref());
     Some(Route {
         method: spec.method,
         label,
@@ -1442,7 +1488,7 @@ fn assemble(
         metrics,
         template: b.template,
         source: spec.source,
-        grpc_path: PathAndQuery::try_from(grpc_path.as_str()).ok()?,
+        grpc_path,
         plan: Arc::new(crate::transcode::Plan {
             grpc_method: spec.grpc,
             input,
@@ -1586,7 +1632,7 @@ forward_headers = ["X-Trace"]
         assert!(matches!(&post.plan.body, BodyRule::Field(f) if f.name() == "inner"));
         assert_eq!(post.plan.bound, [vec![13]]);
         assert_eq!(post.timeout, Duration::from_secs(2));
-        assert_eq!(post.forward_headers, [HeaderName::from_static("x-trace")]);
+        assert_eq!(*post.forward_headers, [HeaderName::from_static("x-trace")]);
         assert_eq!(post.source.to_string(), format!("{FILE}:16"));
         assert!(s.warnings.is_empty());
     }
