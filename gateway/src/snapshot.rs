@@ -742,6 +742,7 @@ impl RouteInputs<'_> {
                 validators: crate::validate::Compiler::new(self.pool),
                 methods: Default::default(),
                 backends: Default::default(),
+                plans: Default::default(),
             },
             routes: Vec::new(),
             matcher: Matcher::new(),
@@ -1320,7 +1321,16 @@ struct Compilers {
     methods: std::collections::HashMap<String, (PathAndQuery, Arc<str>)>,
     /// Per backend name: its label.
     backends: std::collections::HashMap<String, Arc<str>>,
+    /// The plans of routes that shape nothing, by what makes them: many
+    /// routes of a large table call one method with the same bindings.
+    plans: std::collections::HashMap<PlanKey, Arc<crate::transcode::Plan>>,
 }
+
+/// What a plan follows from when its route sets no shaping key: the HTTP
+/// method, the gRPC method's full name, the field numbers the path and
+/// body bind (the body's last), how the body binds (0: none, 1: `*`, 2: a
+/// field) and the response body's field number.
+type PlanKey = (String, String, Vec<Vec<u32>>, u8, Option<u32>);
 
 impl Compilers {
     /// `/package.Service/Method` and its label without the first `/`.
@@ -1334,6 +1344,62 @@ impl Compilers {
         self.methods
             .insert(method.full_name().to_owned(), entry.clone());
         Some(entry)
+    }
+
+    /// The route's transcoding plan; shared with an earlier route's where
+    /// both follow from the same [`PlanKey`].
+    fn plan(
+        &mut self,
+        spec: &RouteSpec<'_>,
+        path_fields: Vec<FieldPath>,
+        body: BodyRule,
+        response_body: Option<FieldDescriptor>,
+        shaping: crate::transcode::shape::Shaping,
+    ) -> Arc<crate::transcode::Plan> {
+        let mut bound = Vec::with_capacity(path_fields.len() + 1);
+        bound.extend(
+            path_fields
+                .iter()
+                .map(|p| p.iter().map(FieldDescriptor::number).collect()),
+        );
+        let body_kind = match &body {
+            BodyRule::None => 0,
+            BodyRule::All => 1,
+            BodyRule::Field(f) => {
+                bound.push(vec![f.number()]);
+                2
+            }
+        };
+        let key = spec.shape.is_empty().then(|| {
+            (
+                spec.method.clone(),
+                spec.grpc.full_name().to_owned(),
+                bound.clone(),
+                body_kind,
+                response_body.as_ref().map(FieldDescriptor::number),
+            )
+        });
+        if let Some(plan) = key.as_ref().and_then(|k| self.plans.get(k)) {
+            return plan.clone();
+        }
+        let fast = self
+            .planner
+            .for_route(&spec.grpc, &body, &shaping, response_body.as_ref());
+        let plan = Arc::new(crate::transcode::Plan {
+            grpc_method: spec.grpc.clone(),
+            input: spec.grpc.input(),
+            output: spec.grpc.output(),
+            path_fields,
+            bound,
+            body,
+            response_body,
+            fast,
+            shaping,
+        });
+        if let Some(key) = key {
+            self.plans.insert(key, plan.clone());
+        }
+        plan
     }
 
     fn backend_label(&mut self, name: &str) -> Arc<str> {
@@ -1440,8 +1506,8 @@ fn path_bindings(
             return (None, Vec::new());
         }
     };
-    let mut path_fields = Vec::new();
-    for var in &template.variables {
+    let mut path_fields = Vec::with_capacity(template.variables.len());
+    for var in template.variables.iter() {
         match path_field(input, &var.field_path) {
             Ok(p) => path_fields.push(p),
             Err(m) => fail(
@@ -1456,15 +1522,7 @@ fn path_bindings(
 /// The route the request path runs: its bindings plus what is derived once
 /// here instead of per request (labels, metric handles, the fast path).
 fn assemble(spec: RouteSpec<'_>, b: Bindings, compilers: &mut Compilers) -> Option<Route> {
-    let mut bound: Vec<Vec<u32>> = b
-        .path_fields
-        .iter()
-        .map(|p| p.iter().map(FieldDescriptor::number).collect())
-        .collect();
-    if let BodyRule::Field(f) = &b.body {
-        bound.push(vec![f.number()]);
-    }
-    let backend = spec.backend?;
+    let backend = spec.backend.clone()?;
     let (grpc_path, grpc_label) = compilers.method(&spec.grpc)?;
     let label: Arc<str> = Arc::from(b.template.to_string());
     let backend_label = compilers.backend_label(&backend.name);
@@ -1474,32 +1532,24 @@ fn assemble(spec: RouteSpec<'_>, b: Bindings, compilers: &mut Compilers) -> Opti
         &backend_label,
         &grpc_label,
     ));
-    let input = spec.grpc.input();
-    let output = spec.grpc.output();
-    let fast =
-        compilers
-            .planner
-            .for_route(&spec.grpc, &b.body, &b.shaping, b.response_body.as_ref());
+    let Bindings {
+        template,
+        path_fields,
+        body,
+        response_body,
+        shaping,
+    } = b;
+    let plan = compilers.plan(&spec, path_fields, body, response_body, shaping);
     Some(Route {
         method: spec.method,
         label,
         grpc_label,
         backend_label,
         metrics,
-        template: b.template,
+        template,
         source: spec.source,
         grpc_path,
-        plan: Arc::new(crate::transcode::Plan {
-            grpc_method: spec.grpc,
-            input,
-            output,
-            path_fields: b.path_fields,
-            bound,
-            body: b.body,
-            response_body: b.response_body,
-            fast,
-            shaping: b.shaping,
-        }),
+        plan,
         backend,
         timeout: spec.timeout,
         forward_headers: spec.forward_headers,
@@ -1635,6 +1685,41 @@ forward_headers = ["X-Trace"]
         assert_eq!(*post.forward_headers, [HeaderName::from_static("x-trace")]);
         assert_eq!(post.source.to_string(), format!("{FILE}:16"));
         assert!(s.warnings.is_empty());
+    }
+
+    /// What routes have alike is built once (issue 24), and only that: a
+    /// route shaping its answer, binding other fields or using another
+    /// HTTP method gets its own plan.
+    #[tokio::test]
+    async fn routes_alike_share_their_plan_and_labels_and_no_more() {
+        let route = |method: &str, path: &str, extra: &str| {
+            format!("[[routes]]\nmethod = \"{method}\"\npath = \"{path}\"\ngrpc = \"testing.v1.Echo/Echo\"\n{extra}\n")
+        };
+        let file = parse(
+            &[
+                route("GET", "/v1/a/{inner.name}", ""),
+                route("GET", "/v1/b/{inner.name}", ""),
+                route("GET", "/v1/c/{inner.name}", "success_status = 202"),
+                route("GET", "/v1/d/{string_field}", ""),
+                route("DELETE", "/v1/a/{inner.name}", ""),
+            ]
+            .concat(),
+        );
+        let s = build_ok(&file, None);
+        let r = &s.routes;
+        assert_eq!(r.len(), 5);
+        assert!(Arc::ptr_eq(&r[0].plan, &r[1].plan));
+        assert!(Arc::ptr_eq(&r[0].grpc_label, &r[1].grpc_label));
+        assert!(Arc::ptr_eq(&r[0].backend_label, &r[1].backend_label));
+        assert!(Arc::ptr_eq(&r[0].edge.auth, &r[1].edge.auth));
+        assert!(Arc::ptr_eq(&r[0].forward_headers, &r[1].forward_headers));
+        assert_eq!(r[0].plan.shaping.success_status, 200);
+        assert_eq!(r[2].plan.shaping.success_status, 202);
+        assert_eq!(r[3].plan.bound, [vec![10]]);
+        assert_eq!(r[0].plan.bound, [vec![13, 1]]);
+        for other in &r[2..] {
+            assert!(!Arc::ptr_eq(&r[0].plan, &other.plan), "{}", other.label);
+        }
     }
 
     #[tokio::test]

@@ -1521,7 +1521,7 @@ impl Edge {
         &self,
         route: &Table<'_, RouteConfig>,
         errors: &mut Vec<ConfigError>,
-    ) -> Vec<Arc<ratelimit::Policy>> {
+    ) -> Box<[Arc<ratelimit::Policy>]> {
         let r = route.get();
         let names: Vec<&Spanned<String>> = match &r.rate_limit {
             Some(list) => list.iter().collect(),
@@ -1543,7 +1543,7 @@ impl Edge {
                 None => {} // reported once under rate_limits.default
             }
         }
-        rate_limits
+        rate_limits.into_boxed_slice()
     }
 }
 

@@ -134,7 +134,8 @@ pub struct RouteEdge {
     /// Where the route reads API keys, and whether the consumer goes on.
     pub api_keys: consumers::RouteKeys,
     pub cors: Option<Arc<CorsPolicy>>,
-    pub rate_limits: Vec<Arc<Policy>>,
+    /// Exact-size: every route holds one.
+    pub rate_limits: Box<[Arc<Policy>]>,
     /// Stable across reloads (a hash of method and template): keys buckets
     /// of `route`-scoped policies.
     pub route_key: u64,
