@@ -737,6 +737,17 @@ impl Capture<'_, '_> {
 mod tests {
     use super::*;
 
+    /// A large table has about two nodes per route (issue 24): a map or
+    /// a growable list inline in each would double its size.
+    #[test]
+    fn trie_nodes_stay_small() {
+        assert!(
+            std::mem::size_of::<Node>() <= 80,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+    }
+
     /// Builds a matcher whose payload is the route's index in `routes`.
     fn matcher(routes: &[(&str, &str)]) -> Matcher<usize> {
         let mut m = Matcher::new();
