@@ -791,6 +791,39 @@ mod tests {
         }
     }
 
+    /// A node keeps a list of its literal children up to FEW_LITERALS and
+    /// a map past it; lookups, escaped segments, 405s and custom methods
+    /// answer the same on both sides of the switch and after shrinking.
+    #[test]
+    fn many_literal_children_match_as_few_do() {
+        let names: Vec<String> = (0..3 * FEW_LITERALS).map(|i| format!("n {i}")).collect();
+        let mut routes: Vec<(&str, String)> = names
+            .iter()
+            .map(|n| ("GET", format!("/v1/{}/{{id}}", n.replace(' ', "%20"))))
+            .collect();
+        routes.push(("PURGE", "/v1/n%200/{id}".to_owned()));
+        let mut m = matcher(
+            &routes
+                .iter()
+                .map(|(method, t)| (*method, t.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        m.shrink_to_fit();
+        for (i, n) in names.iter().enumerate() {
+            let path = format!("/v1/{}/7", n.replace(' ', "%20"));
+            check(&m, &[("GET", &path, ok(i, &["7"]))]);
+        }
+        let purge = names.len();
+        check(
+            &m,
+            &[
+                ("PURGE", "/v1/n%200/8", ok(purge, &["8"])),
+                ("DELETE", "/v1/n%200/8", err("405 GET,HEAD,PURGE")),
+                ("GET", "/v1/n 99/8", err("404")),
+            ],
+        );
+    }
+
     #[test]
     fn literal_beats_single_beats_multi() {
         let m = matcher(&[
