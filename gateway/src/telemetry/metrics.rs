@@ -297,12 +297,10 @@ pub fn record_upstream(
 /// [`record_http`] and [`record_upstream`] write.
 pub struct RouteMetrics {
     route: metrics::SharedString,
-    /// The route's HTTP method; a request with another method (HEAD on a
-    /// GET route) takes the uncached path.
-    method: Box<str>,
-    /// Its label: the method itself, even a custom one (`custom` in a
-    /// `google.api.http` annotation), since routes.toml and the descriptors
-    /// bound how many there are.
+    /// The route's HTTP method, as its label: the method itself, even a
+    /// custom one (`custom` in a `google.api.http` annotation), since
+    /// routes.toml and the descriptors bound how many there are. A request
+    /// with another method (HEAD on a GET route) takes the uncached path.
     method_label: metrics::SharedString,
     backend: metrics::SharedString,
     grpc_method: metrics::SharedString,
@@ -325,7 +323,7 @@ impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteMetrics")
             .field("route", &self.route)
-            .field("method", &self.method)
+            .field("method", &self.method_label)
             .finish_non_exhaustive()
     }
 }
@@ -334,7 +332,6 @@ impl RouteMetrics {
     pub fn new(route: &Arc<str>, method: &str, backend: &Arc<str>, grpc_method: &Arc<str>) -> Self {
         RouteMetrics {
             route: metrics::SharedString::from_shared(route.clone()),
-            method: method.into(),
             method_label: match known_method(method) {
                 Some(m) => metrics::SharedString::const_str(m),
                 None => metrics::SharedString::from(method.to_owned()),
@@ -351,7 +348,7 @@ impl RouteMetrics {
 
     /// [`record_http`] for a request this route served.
     pub fn record_http(&self, method: &str, status: u16, elapsed: Duration) {
-        if method != &*self.method {
+        if method != &*self.method_label {
             return record_http_labels(self.route.clone(), method_label(method), status, elapsed);
         }
         let class = usize::from(status.clamp(100, 599) / 100 - 1);
