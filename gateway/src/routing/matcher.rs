@@ -78,7 +78,17 @@ impl Node {
 type Method = Cow<'static, str>;
 
 /// The routes ending at a node, as (method, route).
-type Ends = Vec<(Method, RouteId)>;
+type Ends = Box<[(Method, RouteId)]>;
+
+/// Appends to an exact-size slice. A node's lists are short and built once
+/// (a path rarely has more than one method, most nodes one child), so a
+/// reallocation per entry costs less than a `Vec`'s spare room per node.
+fn push_exact<T>(list: &mut Box<[T]>, item: T) {
+    let mut grown = std::mem::take(list).into_vec();
+    grown.reserve_exact(1);
+    grown.push(item);
+    *list = grown.into_boxed_slice();
+}
 
 fn method_name(method: &str) -> Method {
     const STANDARD: [&str; 9] = [
@@ -93,7 +103,7 @@ fn method_name(method: &str) -> Method {
 /// A node's literal children; see [`FEW_LITERALS`].
 #[derive(Debug, Clone)]
 enum Literals {
-    Few(Vec<(Box<str>, NodeId)>),
+    Few(Box<[(Box<str>, NodeId)]>),
     #[expect(
         clippy::box_collection,
         reason = "boxed, the enum is the size of the list, not of a map"
@@ -103,7 +113,7 @@ enum Literals {
 
 impl Default for Literals {
     fn default() -> Self {
-        Literals::Few(Vec::new())
+        Literals::Few(Box::default())
     }
 }
 
@@ -125,12 +135,11 @@ impl Literals {
     fn insert(&mut self, segment: &str, id: NodeId) {
         match self {
             Literals::Few(list) if list.len() < FEW_LITERALS => {
-                // Exact, not doubled: most lists stay at one entry.
-                list.reserve_exact(1);
-                list.push((segment.into(), id));
+                push_exact(list, (segment.into(), id));
             }
             Literals::Few(list) => {
-                let mut map: HashMap<Box<str>, NodeId> = std::mem::take(list).into_iter().collect();
+                let mut map: HashMap<Box<str>, NodeId> =
+                    std::mem::take(list).into_vec().into_iter().collect();
                 map.insert(segment.into(), id);
                 *self = Literals::Many(Box::new(map));
             }
@@ -141,9 +150,8 @@ impl Literals {
     }
 
     fn shrink_to_fit(&mut self) {
-        match self {
-            Literals::Few(list) => list.shrink_to_fit(),
-            Literals::Many(map) => map.shrink_to_fit(),
+        if let Literals::Many(map) = self {
+            map.shrink_to_fit();
         }
     }
 }
@@ -304,17 +312,15 @@ impl<T> Matcher<T> {
         let entry = (method_name(method), id);
         let node = &mut self.nodes[node as usize];
         match verb {
-            None => {
-                // Exact, not doubled: a path rarely has more than one method.
-                node.plain.reserve_exact(1);
-                node.plain.push(entry);
-            }
+            None => push_exact(&mut node.plain, entry),
             Some(verb) => {
-                node.verbs
-                    .get_or_insert_default()
-                    .entry(verb.into())
-                    .or_default()
-                    .push(entry);
+                push_exact(
+                    node.verbs
+                        .get_or_insert_default()
+                        .entry(verb.into())
+                        .or_default(),
+                    entry,
+                );
                 self.verbs.insert(verb.into());
             }
         }
@@ -742,7 +748,7 @@ mod tests {
     #[test]
     fn trie_nodes_stay_small() {
         assert!(
-            std::mem::size_of::<Node>() <= 80,
+            std::mem::size_of::<Node>() <= 64,
             "{}",
             std::mem::size_of::<Node>()
         );
