@@ -33,7 +33,8 @@ use crate::upstream::{Backend, BackendDefinition, BackendOptions};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteSource {
     File {
-        path: PathBuf,
+        /// Shared by every route of the file.
+        path: Arc<Path>,
         line: Option<usize>,
     },
     Annotation {
@@ -118,7 +119,9 @@ pub struct Route {
     pub plan: Arc<crate::transcode::Plan>,
     pub backend: Arc<Backend>,
     pub timeout: Duration,
-    pub forward_headers: Vec<HeaderName>,
+    /// Shared with the other routes forwarding the same headers
+    /// (`server.forward_headers` alone, usually).
+    pub forward_headers: Arc<[HeaderName]>,
     /// The route's own `retry_on` codes; `None`: GET routes retry on the
     /// backend's, other routes only after connect failures.
     pub retry_on: Option<Vec<tonic::Code>>,
@@ -216,7 +219,7 @@ struct RouteSpec<'a> {
     body: Option<&'a str>,
     response_body: Option<&'a str>,
     timeout: Duration,
-    forward_headers: Vec<HeaderName>,
+    forward_headers: Arc<[HeaderName]>,
     retry_on: Option<Vec<tonic::Code>>,
     shape: crate::transcode::shape::ShapeConfig,
     edge: crate::edge::RouteEdge,
@@ -305,7 +308,7 @@ struct ServerSettings {
     drain_timeout: Duration,
     worker_threads: Option<usize>,
     /// `server.forward_headers`: forwarded on every route.
-    forward_headers: Vec<HeaderName>,
+    forward_headers: Arc<[HeaderName]>,
     propagators: crate::telemetry::propagation::Propagators,
 }
 
@@ -321,9 +324,7 @@ struct Backends {
 
 /// The routes compiled so far.
 struct RouteTable {
-    planner: crate::transcode::fast::Planner,
-    /// Each request message's `buf.validate` rules, compiled once.
-    validators: crate::validate::Compiler,
+    compilers: Compilers,
     routes: Vec<Arc<Route>>,
     matcher: Matcher<Arc<Route>>,
     /// Annotation bindings not served; see [`Snapshot::warnings`].
@@ -359,6 +360,7 @@ fn build(file: &LoadedFile, ctx: BuildContext<'_>) -> Result<Snapshot, ConfigErr
         descriptors_dir: &descriptors.dir,
         backends: &backends,
         forward_headers: &settings.forward_headers,
+        file_path: Arc::from(file.path.as_path()),
         edge: &edge,
         cache: cache.as_ref(),
     }
@@ -543,7 +545,7 @@ fn server_settings(file: &LoadedFile, errors: &mut Vec<ConfigError>) -> ServerSe
         shutdown_delay,
         drain_timeout,
         worker_threads,
-        forward_headers,
+        forward_headers: forward_headers.into(),
         propagators,
     }
 }
@@ -714,7 +716,9 @@ struct RouteInputs<'a> {
     descriptors_dir: &'a Path,
     backends: &'a Backends,
     /// `server.forward_headers`.
-    forward_headers: &'a [HeaderName],
+    forward_headers: &'a Arc<[HeaderName]>,
+    /// routes.toml's path, for [`RouteSource::File`].
+    file_path: Arc<Path>,
     edge: &'a crate::edge::Edge,
     /// The response cache, when some route has `cache`.
     cache: Option<&'a Arc<crate::cache::Store>>,
@@ -727,14 +731,19 @@ impl RouteInputs<'_> {
     fn compile(&self, decode: DecodeOptions, errors: &mut Vec<ConfigError>) -> RouteTable {
         let server = &self.file.config.server;
         let mut table = RouteTable {
-            planner: crate::transcode::fast::Planner::new(
-                decode,
-                crate::transcode::wire_json::JsonStyle {
-                    emit_defaults: server.emit_defaults,
-                    proto_names: server.proto_field_names,
-                },
-            ),
-            validators: crate::validate::Compiler::new(self.pool),
+            compilers: Compilers {
+                planner: crate::transcode::fast::Planner::new(
+                    decode,
+                    crate::transcode::wire_json::JsonStyle {
+                        emit_defaults: server.emit_defaults,
+                        proto_names: server.proto_field_names,
+                    },
+                ),
+                validators: crate::validate::Compiler::new(self.pool),
+                methods: Default::default(),
+                backends: Default::default(),
+                plans: Default::default(),
+            },
             routes: Vec::new(),
             matcher: Matcher::new(),
             warnings: Vec::new(),
@@ -751,14 +760,23 @@ impl RouteInputs<'_> {
         let at = |p: crate::validate::Problem| {
             ConfigError::new(&self.descriptors_dir.join(&p.file), None, "", p.text)
         };
-        errors.extend(table.validators.take_errors().into_iter().map(at));
-        let unchecked = table.validators.take_warnings().into_iter().map(|p| {
-            let mut w = at(p);
-            w.message
-                .push_str(" (the backend still sees the request; check it there)");
-            w
-        });
+        errors.extend(table.compilers.validators.take_errors().into_iter().map(at));
+        let unchecked = table
+            .compilers
+            .validators
+            .take_warnings()
+            .into_iter()
+            .map(|p| {
+                let mut w = at(p);
+                w.message
+                    .push_str(" (the backend still sees the request; check it there)");
+                w
+            });
         table.warnings.extend(unchecked);
+        // The table is only read from here on; what growing it left spare
+        // would stay allocated as long as the snapshot serves.
+        table.matcher.shrink_to_fit();
+        table.routes.shrink_to_fit();
         table
     }
 
@@ -793,7 +811,7 @@ impl RouteInputs<'_> {
                         body: Some("*"),
                         response_body: None,
                         timeout: backend.timeout,
-                        forward_headers: self.forward_headers.to_vec(),
+                        forward_headers: self.forward_headers.clone(),
                         retry_on: None,
                         shape: Default::default(),
                         source: RouteSource::Rpc {
@@ -856,8 +874,7 @@ impl RouteInputs<'_> {
             .route(file, i, spanned, &spec.method, &spec.path, errors);
         let compiled = compile(
             spec,
-            &mut table.planner,
-            &mut table.validators,
+            &mut table.compilers,
             &mut |field: &str, msg: String| {
                 errors.push(route_error(file, i, spanned, field, msg));
             },
@@ -938,8 +955,7 @@ impl RouteInputs<'_> {
     ) -> Option<Route> {
         compile(
             spec,
-            &mut table.planner,
-            &mut table.validators,
+            &mut table.compilers,
             &mut |field: &str, msg: String| {
                 errors.push(ConfigError::new(
                     self.descriptors_dir,
@@ -973,7 +989,7 @@ impl RouteInputs<'_> {
             body: Some(rule.body.as_str()).filter(|b| !b.is_empty()),
             response_body: Some(rule.response_body.as_str()).filter(|b| !b.is_empty()),
             timeout: backend.timeout,
-            forward_headers: self.forward_headers.to_vec(),
+            forward_headers: self.forward_headers.clone(),
             retry_on: None,
             shape: Default::default(),
             source: RouteSource::Annotation {
@@ -1046,12 +1062,17 @@ impl RouteInputs<'_> {
             .map(|b| b.timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
         let timeout = file.duration(&r.timeout, &at("timeout"), backend_timeout, errors);
-        let mut forward_headers = self.forward_headers.to_vec();
-        for h in header_list(file, &r.forward_headers, &at("forward_headers"), errors) {
-            if !forward_headers.contains(&h) {
-                forward_headers.push(h);
-            }
-        }
+        let own = header_list(file, &r.forward_headers, &at("forward_headers"), errors);
+        let forward_headers = if own.iter().all(|h| self.forward_headers.contains(h)) {
+            self.forward_headers.clone()
+        } else {
+            let mut all = self.forward_headers.to_vec();
+            all.extend(
+                own.into_iter()
+                    .filter(|h| !self.forward_headers.contains(h)),
+            );
+            all.into()
+        };
         let retry_on =
             crate::upstream::options::route_retry_on(file, &r.retry_on, &at("retry_on"), errors);
         let shape = route_shape(file, i, r, errors);
@@ -1068,7 +1089,7 @@ impl RouteInputs<'_> {
             shape,
             edge: Default::default(),
             source: RouteSource::File {
-                path: file.path.clone(),
+                path: self.file_path.clone(),
                 line: file.line_of(spanned),
             },
             validate: r.validate,
@@ -1254,7 +1275,7 @@ fn top_field(desc: &MessageDescriptor, name: &str) -> Result<FieldDescriptor, St
 }
 
 /// Resolves a path variable's field chain; its leaf must hold a single value.
-fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, String> {
+fn path_field(input: &MessageDescriptor, parts: &[Box<str>]) -> Result<FieldPath, String> {
     let mut desc = input.clone();
     let mut out = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
@@ -1289,6 +1310,108 @@ fn path_field(input: &MessageDescriptor, parts: &[String]) -> Result<FieldPath, 
     Ok(out)
 }
 
+/// What compiling a route draws on, kept across one load's routes so that
+/// what many routes have alike is built once and shared (issue 24: memory
+/// per route).
+struct Compilers {
+    planner: crate::transcode::fast::Planner,
+    /// Each request message's `buf.validate` rules, compiled once.
+    validators: crate::validate::Compiler,
+    /// Per gRPC method's full name: its path and its label.
+    methods: std::collections::HashMap<String, (PathAndQuery, Arc<str>)>,
+    /// Per backend name: its label.
+    backends: std::collections::HashMap<String, Arc<str>>,
+    /// The plans of routes that shape nothing, by what makes them: many
+    /// routes of a large table call one method with the same bindings.
+    plans: std::collections::HashMap<PlanKey, Arc<crate::transcode::Plan>>,
+}
+
+/// What a plan follows from when its route sets no shaping key: the HTTP
+/// method, the gRPC method's full name, the field numbers the path and
+/// body bind (the body's last), how the body binds (0: none, 1: `*`, 2: a
+/// field) and the response body's field number.
+type PlanKey = (String, String, Vec<Vec<u32>>, u8, Option<u32>);
+
+impl Compilers {
+    /// `/package.Service/Method` and its label without the first `/`.
+    fn method(&mut self, method: &MethodDescriptor) -> Option<(PathAndQuery, Arc<str>)> {
+        if let Some(known) = self.methods.get(method.full_name()) {
+            return Some(known.clone());
+        }
+        let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        let label = Arc::from(path.trim_start_matches('/'));
+        let entry = (PathAndQuery::try_from(path.as_str()).ok()?, label);
+        self.methods
+            .insert(method.full_name().to_owned(), entry.clone());
+        Some(entry)
+    }
+
+    /// The route's transcoding plan; shared with an earlier route's where
+    /// both follow from the same [`PlanKey`].
+    fn plan(
+        &mut self,
+        spec: &RouteSpec<'_>,
+        path_fields: Vec<FieldPath>,
+        body: BodyRule,
+        response_body: Option<FieldDescriptor>,
+        shaping: crate::transcode::shape::Shaping,
+    ) -> Arc<crate::transcode::Plan> {
+        let mut bound = Vec::with_capacity(path_fields.len() + 1);
+        bound.extend(
+            path_fields
+                .iter()
+                .map(|p| p.iter().map(FieldDescriptor::number).collect()),
+        );
+        let body_kind = match &body {
+            BodyRule::None => 0,
+            BodyRule::All => 1,
+            BodyRule::Field(f) => {
+                bound.push(vec![f.number()]);
+                2
+            }
+        };
+        let key = spec.shape.is_empty().then(|| {
+            (
+                spec.method.clone(),
+                spec.grpc.full_name().to_owned(),
+                bound.clone(),
+                body_kind,
+                response_body.as_ref().map(FieldDescriptor::number),
+            )
+        });
+        if let Some(plan) = key.as_ref().and_then(|k| self.plans.get(k)) {
+            return plan.clone();
+        }
+        let fast = self
+            .planner
+            .for_route(&spec.grpc, &body, &shaping, response_body.as_ref());
+        let plan = Arc::new(crate::transcode::Plan {
+            grpc_method: spec.grpc.clone(),
+            input: spec.grpc.input(),
+            output: spec.grpc.output(),
+            path_fields,
+            bound,
+            body,
+            response_body,
+            fast,
+            shaping,
+        });
+        if let Some(key) = key {
+            self.plans.insert(key, plan.clone());
+        }
+        plan
+    }
+
+    fn backend_label(&mut self, name: &str) -> Arc<str> {
+        if let Some(label) = self.backends.get(name) {
+            return label.clone();
+        }
+        let label: Arc<str> = Arc::from(name);
+        self.backends.insert(name.to_owned(), label.clone());
+        label
+    }
+}
+
 /// How a request binds to a method's messages, checked.
 struct Bindings {
     template: Template,
@@ -1304,17 +1427,16 @@ struct Bindings {
 /// (already reported).
 fn compile(
     spec: RouteSpec<'_>,
-    planner: &mut crate::transcode::fast::Planner,
-    validators: &mut crate::validate::Compiler,
+    compilers: &mut Compilers,
     err: &mut dyn FnMut(&str, String),
 ) -> Option<Route> {
     let bindings = bind(&spec, err)?;
     let validator = if spec.validate {
-        validators.validator(&spec.grpc.input())
+        compilers.validators.validator(&spec.grpc.input())
     } else {
         None
     };
-    let mut route = assemble(spec, bindings, planner)?;
+    let mut route = assemble(spec, bindings, compilers)?;
     route.validator = validator;
     Some(route)
 }
@@ -1384,8 +1506,8 @@ fn path_bindings(
             return (None, Vec::new());
         }
     };
-    let mut path_fields = Vec::new();
-    for var in &template.variables {
+    let mut path_fields = Vec::with_capacity(template.variables.len());
+    for var in template.variables.iter() {
         match path_field(input, &var.field_path) {
             Ok(p) => path_fields.push(p),
             Err(m) => fail(
@@ -1399,57 +1521,35 @@ fn path_bindings(
 
 /// The route the request path runs: its bindings plus what is derived once
 /// here instead of per request (labels, metric handles, the fast path).
-fn assemble(
-    spec: RouteSpec<'_>,
-    b: Bindings,
-    planner: &mut crate::transcode::fast::Planner,
-) -> Option<Route> {
-    let mut bound: Vec<Vec<u32>> = b
-        .path_fields
-        .iter()
-        .map(|p| p.iter().map(FieldDescriptor::number).collect())
-        .collect();
-    if let BodyRule::Field(f) = &b.body {
-        bound.push(vec![f.number()]);
-    }
-    let grpc_path = format!(
-        "/{}/{}",
-        spec.grpc.parent_service().full_name(),
-        spec.grpc.name()
-    );
-    let backend = spec.backend?;
+fn assemble(spec: RouteSpec<'_>, b: Bindings, compilers: &mut Compilers) -> Option<Route> {
+    let backend = spec.backend.clone()?;
+    let (grpc_path, grpc_label) = compilers.method(&spec.grpc)?;
     let label: Arc<str> = Arc::from(b.template.to_string());
-    let grpc_label: Arc<str> = Arc::from(grpc_path.trim_start_matches('/'));
-    let backend_label: Arc<str> = Arc::from(backend.name.as_str());
+    let backend_label = compilers.backend_label(&backend.name);
     let metrics = Arc::new(crate::telemetry::metrics::RouteMetrics::new(
         &label,
         &spec.method,
         &backend_label,
         &grpc_label,
     ));
-    let input = spec.grpc.input();
-    let output = spec.grpc.output();
-    let fast = planner.for_route(&spec.grpc, &b.body, &b.shaping, b.response_body.as_ref());
+    let Bindings {
+        template,
+        path_fields,
+        body,
+        response_body,
+        shaping,
+    } = b;
+    let plan = compilers.plan(&spec, path_fields, body, response_body, shaping);
     Some(Route {
         method: spec.method,
         label,
         grpc_label,
         backend_label,
         metrics,
-        template: b.template,
+        template,
         source: spec.source,
-        grpc_path: PathAndQuery::try_from(grpc_path.as_str()).ok()?,
-        plan: Arc::new(crate::transcode::Plan {
-            grpc_method: spec.grpc,
-            input,
-            output,
-            path_fields: b.path_fields,
-            bound,
-            body: b.body,
-            response_body: b.response_body,
-            fast,
-            shaping: b.shaping,
-        }),
+        grpc_path,
+        plan,
         backend,
         timeout: spec.timeout,
         forward_headers: spec.forward_headers,
@@ -1582,9 +1682,58 @@ forward_headers = ["X-Trace"]
         assert!(matches!(&post.plan.body, BodyRule::Field(f) if f.name() == "inner"));
         assert_eq!(post.plan.bound, [vec![13]]);
         assert_eq!(post.timeout, Duration::from_secs(2));
-        assert_eq!(post.forward_headers, [HeaderName::from_static("x-trace")]);
+        assert_eq!(*post.forward_headers, [HeaderName::from_static("x-trace")]);
         assert_eq!(post.source.to_string(), format!("{FILE}:16"));
         assert!(s.warnings.is_empty());
+    }
+
+    /// Every route holds one of each, so growing them grows a large
+    /// table by that much per route (issue 24: 10,000 routes in 64 MiB).
+    /// A new field that is rarely set belongs behind an `Option<Box<_>>`
+    /// or in something routes share.
+    #[test]
+    fn what_every_route_holds_stays_small() {
+        use std::mem::size_of;
+        assert!(size_of::<Route>() <= 360, "{}", size_of::<Route>());
+        assert!(size_of::<crate::edge::RouteEdge>() <= 56);
+        assert!(size_of::<Template>() <= 48);
+        // The metric handles stay boxed until the route's first request.
+        assert!(size_of::<crate::telemetry::metrics::RouteMetrics>() <= 128);
+    }
+
+    /// What routes have alike is built once (issue 24), and only that: a
+    /// route shaping its answer, binding other fields or using another
+    /// HTTP method gets its own plan.
+    #[tokio::test]
+    async fn routes_alike_share_their_plan_and_labels_and_no_more() {
+        let route = |method: &str, path: &str, extra: &str| {
+            format!("[[routes]]\nmethod = \"{method}\"\npath = \"{path}\"\ngrpc = \"testing.v1.Echo/Echo\"\n{extra}\n")
+        };
+        let file = parse(
+            &[
+                route("GET", "/v1/a/{inner.name}", ""),
+                route("GET", "/v1/b/{inner.name}", ""),
+                route("GET", "/v1/c/{inner.name}", "success_status = 202"),
+                route("GET", "/v1/d/{string_field}", ""),
+                route("DELETE", "/v1/a/{inner.name}", ""),
+            ]
+            .concat(),
+        );
+        let s = build_ok(&file, None);
+        let r = &s.routes;
+        assert_eq!(r.len(), 5);
+        assert!(Arc::ptr_eq(&r[0].plan, &r[1].plan));
+        assert!(Arc::ptr_eq(&r[0].grpc_label, &r[1].grpc_label));
+        assert!(Arc::ptr_eq(&r[0].backend_label, &r[1].backend_label));
+        assert!(Arc::ptr_eq(&r[0].edge.auth, &r[1].edge.auth));
+        assert!(Arc::ptr_eq(&r[0].forward_headers, &r[1].forward_headers));
+        assert_eq!(r[0].plan.shaping.success_status, 200);
+        assert_eq!(r[2].plan.shaping.success_status, 202);
+        assert_eq!(r[3].plan.bound, [vec![10]]);
+        assert_eq!(r[0].plan.bound, [vec![13, 1]]);
+        for other in &r[2..] {
+            assert!(!Arc::ptr_eq(&r[0].plan, &other.plan), "{}", other.label);
+        }
     }
 
     #[tokio::test]

@@ -1080,3 +1080,40 @@ async fn routes_toml_pins_the_choice_between_conflicting_annotations() {
         .await;
     assert_eq!(r.ok(), &json!({"hash": 222}));
 }
+
+/// Routes calling one method with the same bindings share what they
+/// compile to (issue 24: memory per route); a route among them that
+/// shapes its answer, or binds another field, still answers its own way.
+#[tokio::test]
+async fn routes_alike_share_a_plan_yet_a_shaped_one_keeps_its_status() {
+    let template = format!(
+        "[server]\n{ECHO_CONFIG_BODY}{}",
+        r#"
+[[routes]]
+method = "GET"
+path = "/v1/alike/a/{string_field}"
+grpc = "testing.v1.Echo/Echo"
+
+[[routes]]
+method = "GET"
+path = "/v1/alike/b/{string_field}"
+grpc = "testing.v1.Echo/Echo"
+success_status = 202
+
+[[routes]]
+method = "GET"
+path = "/v1/alike/c/{inner.name}"
+grpc = "testing.v1.Echo/Echo"
+"#
+    );
+    let gw = TestGateway::start(&template).await;
+    let r = gw.get("/v1/alike/a/x").await;
+    assert_eq!(r.ok(), &json!({"stringField": "x"}));
+    let r = gw.get("/v1/alike/b/y").await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json, json!({"stringField": "y"}));
+    let r = gw.get("/v1/alike/c/z").await;
+    assert_eq!(r.ok(), &json!({"inner": {"name": "z"}}));
+    let r = gw.get("/v1/single/w").await;
+    assert_eq!(r.ok(), &json!({"stringField": "w"}));
+}

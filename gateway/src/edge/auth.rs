@@ -414,7 +414,7 @@ async fn jwt_token(
     if let Some(v) = forwarded {
         headers.insert(HeaderName::from_static("grpc-metadata-authorization"), v);
     }
-    for (claim, name) in &route.forward_claims {
+    for (claim, name) in route.forward_claims.iter() {
         if let Some(v) = verified.claims.get(claim) {
             let value = jwt::claim_metadata(claim, v).map_err(refuse)?;
             headers.insert(name.clone(), value);

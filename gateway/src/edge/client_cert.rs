@@ -384,7 +384,7 @@ impl Pattern {
 }
 
 /// A route's use of the client certificate, compiled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientCertPolicy {
     /// `client_cert = "required"`.
     pub required: bool,

@@ -41,7 +41,9 @@ pub fn build(file: &LoadedFile, previous: Option<&Edge>, errors: &mut Vec<Config
     let client_ip = build_client_ip(file, errors);
     let limits = build_limits(file, errors);
     let overload = build_overload(file, previous.map(|p| &p.overload), errors);
+    let route_auth = Arc::new(default_route_auth(&auth));
     Edge {
+        route_auth,
         auth,
         consumers,
         cors,
@@ -1220,6 +1222,11 @@ impl Edge {
         };
         let auth = self.route_auth(&route, errors);
         let api_keys = self.route_keys(&route, &auth, errors);
+        let auth = if auth == *self.route_auth {
+            self.route_auth.clone()
+        } else {
+            Arc::new(auth)
+        };
         let cors = match &route.get().cors {
             Some(own) => cors_policy(
                 file,
@@ -1254,18 +1261,7 @@ impl Edge {
 
     pub fn annotation_route(&self, file: &LoadedFile, method: &str, path: &str) -> RouteEdge {
         RouteEdge {
-            auth: RouteAuth {
-                mode: self.auth.default_mode,
-                credentials: self.auth.credentials,
-                issuers: None,
-                scopes: Vec::new(),
-                claims: Vec::new(),
-                forward_claims: claim_headers(&self.auth.forward_claims),
-                client_cert: ClientCertPolicy {
-                    forward: self.auth.forward_client_cert.clone(),
-                    ..ClientCertPolicy::default()
-                },
-            },
+            auth: self.route_auth.clone(),
             api_keys: RouteKeys {
                 source: self.consumers.source.clone(),
                 forward_consumer: forwards_consumer(&self.auth.forward_claims),
@@ -1328,9 +1324,14 @@ impl Edge {
             ));
         }
         let claims = route_claims(route, errors);
-        let forward = match &r.forward_claims {
-            Some(list) => claim_names(route.file, list, &route.at("forward_claims"), errors),
-            None => self.auth.forward_claims.clone(),
+        let forward_claims = match &r.forward_claims {
+            Some(list) => claim_headers(&claim_names(
+                route.file,
+                list,
+                &route.at("forward_claims"),
+                errors,
+            )),
+            None => self.route_auth.forward_claims.clone(),
         };
         RouteAuth {
             mode,
@@ -1338,7 +1339,7 @@ impl Edge {
             issuers,
             scopes: r.scopes.iter().map(|s| s.get_ref().clone()).collect(),
             claims,
-            forward_claims: claim_headers(&forward),
+            forward_claims,
             client_cert: self.route_client_cert(route, credentials, errors),
         }
     }
@@ -1520,7 +1521,7 @@ impl Edge {
         &self,
         route: &Table<'_, RouteConfig>,
         errors: &mut Vec<ConfigError>,
-    ) -> Vec<Arc<ratelimit::Policy>> {
+    ) -> Box<[Arc<ratelimit::Policy>]> {
         let r = route.get();
         let names: Vec<&Spanned<String>> = match &r.rate_limit {
             Some(list) => list.iter().collect(),
@@ -1542,7 +1543,7 @@ impl Edge {
                 None => {} // reported once under rate_limits.default
             }
         }
-        rate_limits
+        rate_limits.into_boxed_slice()
     }
 }
 
@@ -1570,11 +1571,28 @@ fn route_claims(
     claims
 }
 
+/// The auth policy of a route that sets none of its own (and of routes
+/// the descriptors make): `[auth]`'s defaults.
+fn default_route_auth(auth: &Auth) -> RouteAuth {
+    RouteAuth {
+        mode: auth.default_mode,
+        credentials: auth.credentials,
+        issuers: None,
+        scopes: Vec::new(),
+        claims: Vec::new(),
+        forward_claims: claim_headers(&auth.forward_claims),
+        client_cert: ClientCertPolicy {
+            forward: auth.forward_client_cert.clone(),
+            ..ClientCertPolicy::default()
+        },
+    }
+}
+
 /// Each forwarded claim with the `grpc-metadata-x-jwt-<claim>` header it
 /// travels in, named once here instead of per request. `consumer` is no
 /// claim (a token stating it would pose as a consumer): [`RouteKeys`]
 /// carries it.
-fn claim_headers(claims: &[String]) -> Vec<(String, HeaderName)> {
+fn claim_headers(claims: &[String]) -> Arc<[(String, HeaderName)]> {
     claims
         .iter()
         .filter(|c| *c != consumers::FORWARD_CONSUMER)

@@ -232,7 +232,7 @@ pub struct Auth {
 }
 
 /// A route's auth policy, compiled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteAuth {
     pub mode: AuthMode,
     pub credentials: Credentials,
@@ -242,7 +242,8 @@ pub struct RouteAuth {
     /// Claim name and the values any one of which it must have.
     pub claims: Vec<(String, Vec<Value>)>,
     /// Claim name and the `grpc-metadata-x-jwt-<claim>` header that carries it on.
-    pub forward_claims: Vec<(String, HeaderName)>,
+    /// Shared by the routes that forward `[auth]`'s list.
+    pub forward_claims: Arc<[(String, HeaderName)]>,
     /// `client_cert`, `client_cert_allow` and `forward_client_cert`.
     pub client_cert: super::client_cert::ClientCertPolicy,
 }

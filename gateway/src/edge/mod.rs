@@ -63,6 +63,9 @@ pub struct Edge {
     pub limits: Limits,
     /// `[server] max_in_flight`: the gateway-wide shed.
     pub overload: overload::Overload,
+    /// The auth policy of a route that sets none of its own, made once for
+    /// every such route.
+    pub route_auth: Arc<RouteAuth>,
 }
 
 impl Default for Edge {
@@ -85,6 +88,7 @@ impl Default for Edge {
             client_ip: ClientIpPolicy::default(),
             limits: Limits::default(),
             overload: overload::Overload::default(),
+            route_auth: Arc::default(),
         }
     }
 }
@@ -124,11 +128,14 @@ pub enum Preflight {
 /// A route's edge policy.
 #[derive(Debug, Clone, Default)]
 pub struct RouteEdge {
-    pub auth: RouteAuth,
+    /// Shared ([`Edge::route_auth`]) by the routes whose policy is
+    /// `[auth]`'s: most routes of a large table (issue 24).
+    pub auth: Arc<RouteAuth>,
     /// Where the route reads API keys, and whether the consumer goes on.
     pub api_keys: consumers::RouteKeys,
     pub cors: Option<Arc<CorsPolicy>>,
-    pub rate_limits: Vec<Arc<Policy>>,
+    /// Exact-size: every route holds one.
+    pub rate_limits: Box<[Arc<Policy>]>,
     /// Stable across reloads (a hash of method and template): keys buckets
     /// of `route`-scoped policies.
     pub route_key: u64,

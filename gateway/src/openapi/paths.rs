@@ -29,7 +29,7 @@ use crate::routing::{Segment, Template};
 use crate::snapshot::Route;
 
 /// The matcher's notion of a shape: segments (variables expanded) and verb.
-type ShapeKey = (Vec<Segment>, Option<String>);
+type ShapeKey = (std::sync::Arc<[Segment]>, Option<Box<str>>);
 
 /// Routes sharing one shape, in route-table order.
 pub struct Group<'a> {
@@ -116,7 +116,7 @@ fn layout(routes: &[&Route]) -> Layout {
             continue;
         }
         match &t.segments[i] {
-            Segment::Literal(l) => pieces.push(Piece::Literal(l.clone())),
+            Segment::Literal(l) => pieces.push(Piece::Literal(l.to_string())),
             Segment::Single | Segment::Multi => {
                 pieces.push(Piece::Param(slots.len()));
                 slots.push(Slot {
@@ -131,7 +131,7 @@ fn layout(routes: &[&Route]) -> Layout {
     let mut layout = Layout {
         pieces,
         slots,
-        verb: t.verb.clone(),
+        verb: t.verb.as_deref().map(str::to_owned),
     };
     name_slots(&mut layout, routes);
     layout
@@ -249,7 +249,7 @@ impl Layout {
                 }
                 None => {
                     if let Segment::Literal(l) = &t.segments[i] {
-                        parts.push(l.clone());
+                        parts.push(l.to_string());
                     }
                     i += 1;
                 }

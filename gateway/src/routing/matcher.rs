@@ -1,7 +1,8 @@
 //! Route table: templates compiled into a trie keyed by segment.
 //!
-//! Each trie level is one template segment; a node has a hash map of literal
-//! children plus at most one `*` child and one `**` child. Routes sharing a
+//! Each trie level is one template segment; a node has its literal children
+//! (a short list, or a hash map once there are many) plus at most one `*`
+//! child and one `**` child. Routes sharing a
 //! prefix share nodes, so a lookup walks the path once and its cost depends
 //! on the path and the template shapes, not on how many routes exist.
 //!
@@ -24,8 +25,16 @@ use super::template::{Segment, Template};
 /// well below it. Only pathological splits among several `**` reach it.
 const STEP_BUDGET: usize = 1 << 18;
 
-type NodeId = usize;
+/// A node's index in [`Matcher::nodes`]; 32 bits halve the child links of
+/// a node, and a table of four billion nodes would not fit in memory anyway.
+type NodeId = u32;
 type RouteId = usize;
+
+/// Literal children kept in a list up to this many; past it, a hash map.
+/// Scanning a few short strings is as quick as hashing one, and a list is a
+/// tenth of an empty map's size: most nodes of a large table have one child
+/// (issue 24: memory per route).
+const FEW_LITERALS: usize = 8;
 
 /// Routes by method and path template, generic over the payload so the
 /// router can be tested without the gRPC machinery.
@@ -40,27 +49,119 @@ pub struct Matcher<T> {
 
 #[derive(Debug, Clone, Default)]
 struct Node {
-    literals: HashMap<Box<str>, NodeId>,
+    literals: Literals,
     single: Option<NodeId>,
     multi: Option<NodeId>,
     /// Routes ending here without a verb, as (method, route).
-    plain: Vec<(Box<str>, RouteId)>,
-    /// Routes ending here with a verb, as verb -> (method, route).
-    verbs: HashMap<Box<str>, Vec<(Box<str>, RouteId)>>,
+    plain: Ends,
+    /// Routes ending here with a verb, as verb -> (method, route); boxed,
+    /// since few nodes have any.
+    #[expect(
+        clippy::box_collection,
+        reason = "a None is one word where an empty map is six"
+    )]
+    verbs: Option<Box<HashMap<Box<str>, Ends>>>,
 }
 
 impl Node {
     fn is_leaf(&self) -> bool {
         self.literals.is_empty() && self.single.is_none() && self.multi.is_none()
     }
+
+    fn verb_routes(&self, verb: &str) -> Option<&Ends> {
+        self.verbs.as_ref()?.get(verb)
+    }
+}
+
+/// A route's HTTP method: the standard ones borrowed, so a table of
+/// thousands of routes holds no copy of "GET" per route.
+type Method = Cow<'static, str>;
+
+/// The routes ending at a node, as (method, route).
+type Ends = Box<[(Method, RouteId)]>;
+
+/// Appends to an exact-size slice. A node's lists are short and built once
+/// (a path rarely has more than one method, most nodes one child), so a
+/// reallocation per entry costs less than a `Vec`'s spare room per node.
+fn push_exact<T>(list: &mut Box<[T]>, item: T) {
+    let mut grown = std::mem::take(list).into_vec();
+    grown.reserve_exact(1);
+    grown.push(item);
+    *list = grown.into_boxed_slice();
+}
+
+fn method_name(method: &str) -> Method {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
+/// A node's literal children; see [`FEW_LITERALS`].
+#[derive(Debug, Clone)]
+enum Literals {
+    Few(Box<[(Box<str>, NodeId)]>),
+    #[expect(
+        clippy::box_collection,
+        reason = "boxed, the enum is the size of the list, not of a map"
+    )]
+    Many(Box<HashMap<Box<str>, NodeId>>),
+}
+
+impl Default for Literals {
+    fn default() -> Self {
+        Literals::Few(Box::default())
+    }
+}
+
+impl Literals {
+    fn is_empty(&self) -> bool {
+        match self {
+            Literals::Few(list) => list.is_empty(),
+            Literals::Many(map) => map.is_empty(),
+        }
+    }
+
+    fn get(&self, segment: &str) -> Option<NodeId> {
+        match self {
+            Literals::Few(list) => list.iter().find(|(k, _)| &**k == segment).map(|e| e.1),
+            Literals::Many(map) => map.get(segment).copied(),
+        }
+    }
+
+    fn insert(&mut self, segment: &str, id: NodeId) {
+        match self {
+            Literals::Few(list) if list.len() < FEW_LITERALS => {
+                push_exact(list, (segment.into(), id));
+            }
+            Literals::Few(list) => {
+                let mut map: HashMap<Box<str>, NodeId> =
+                    std::mem::take(list).into_vec().into_iter().collect();
+                map.insert(segment.into(), id);
+                *self = Literals::Many(Box::new(map));
+            }
+            Literals::Many(map) => {
+                map.insert(segment.into(), id);
+            }
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        if let Literals::Many(map) = self {
+            map.shrink_to_fit();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Route<T> {
-    /// Kept (only for routes with variables) to re-match the winning
-    /// template and find variable boundaries; the trie walk itself records
-    /// nothing, so literal-only lookups never allocate.
-    segments: Box<[Segment]>,
+    /// Kept to re-match the winning template of a route with variables
+    /// and find their boundaries; the trie walk itself records nothing, so
+    /// literal-only lookups never allocate. Shared with the template.
+    segments: std::sync::Arc<[Segment]>,
     vars: Box<[VarSpec]>,
     value: T,
 }
@@ -190,13 +291,13 @@ impl<T> Matcher<T> {
         value: T,
     ) -> Result<(), Conflict<'_, T>> {
         let mut node = 0;
-        for segment in &template.segments {
+        for segment in template.segments.iter() {
             node = self.child(node, segment);
         }
         let verb = template.verb.as_deref();
         let existing = match verb {
-            None => Some(&self.nodes[node].plain),
-            Some(verb) => self.nodes[node].verbs.get(verb),
+            None => Some(&self.nodes[node as usize].plain),
+            Some(verb) => self.nodes[node as usize].verb_routes(verb),
         }
         .and_then(|list| list.iter().find(|(m, _)| &**m == method))
         .map(|&(_, id)| id);
@@ -208,15 +309,18 @@ impl<T> Matcher<T> {
         }
 
         let id = self.routes.len();
-        let entry = (Box::from(method), id);
+        let entry = (method_name(method), id);
+        let node = &mut self.nodes[node as usize];
         match verb {
-            None => self.nodes[node].plain.push(entry),
+            None => push_exact(&mut node.plain, entry),
             Some(verb) => {
-                self.nodes[node]
-                    .verbs
-                    .entry(verb.into())
-                    .or_default()
-                    .push(entry);
+                push_exact(
+                    node.verbs
+                        .get_or_insert_default()
+                        .entry(verb.into())
+                        .or_default(),
+                    entry,
+                );
                 self.verbs.insert(verb.into());
             }
         }
@@ -237,32 +341,38 @@ impl<T> Matcher<T> {
                 }
             })
             .collect();
-        let segments = if vars.is_empty() {
-            Box::default()
-        } else {
-            template.segments.clone().into_boxed_slice()
-        };
         self.routes.push(Route {
-            segments,
+            segments: template.segments.clone(),
             vars,
             value,
         });
         Ok(())
     }
 
+    /// Gives back the memory growing the table left spare; for a table
+    /// built once and then only read.
+    pub fn shrink_to_fit(&mut self) {
+        self.nodes.shrink_to_fit();
+        self.routes.shrink_to_fit();
+        for node in &mut self.nodes {
+            node.literals.shrink_to_fit();
+        }
+    }
+
     fn child(&mut self, node: NodeId, segment: &Segment) -> NodeId {
-        let next = self.nodes.len();
+        let next = NodeId::try_from(self.nodes.len()).expect("fewer than 2^32 trie nodes");
+        let node = &mut self.nodes[node as usize];
         let slot = match segment {
             Segment::Literal(text) => {
-                if let Some(&id) = self.nodes[node].literals.get(text.as_str()) {
+                if let Some(id) = node.literals.get(text) {
                     return id;
                 }
-                self.nodes[node].literals.insert(text.as_str().into(), next);
+                node.literals.insert(text, next);
                 self.nodes.push(Node::default());
                 return next;
             }
-            Segment::Single => &mut self.nodes[node].single,
-            Segment::Multi => &mut self.nodes[node].multi,
+            Segment::Single => &mut node.single,
+            Segment::Multi => &mut node.multi,
         };
         match *slot {
             Some(id) => id,
@@ -464,7 +574,7 @@ impl<'m, 'q> Search<'m, 'q> {
     fn terminal(&mut self, node: &'m Node) -> Option<RouteId> {
         let list = match self.verb {
             None => &node.plain,
-            Some(verb) => node.verbs.get(verb)?,
+            Some(verb) => node.verb_routes(verb)?,
         };
         match self.method {
             Some(method) => list.iter().find(|(m, _)| &**m == method).map(|&(_, id)| id),
@@ -480,7 +590,7 @@ impl<'m, 'q> Search<'m, 'q> {
     /// the stack.
     fn visit(&mut self, id: NodeId, cursor: Option<usize>) -> Result<Option<RouteId>, Exhausted> {
         self.budget = self.budget.checked_sub(1).ok_or(Exhausted)?;
-        let node = &self.nodes[id];
+        let node = &self.nodes[id as usize];
         let Some(start) = cursor else {
             if let Some(found) = self.terminal(node) {
                 return Ok(Some(found));
@@ -495,9 +605,9 @@ impl<'m, 'q> Search<'m, 'q> {
             let child = if segment.contains('%') {
                 escape::decode(segment, false)
                     .ok()
-                    .and_then(|decoded| node.literals.get(&*decoded).copied())
+                    .and_then(|decoded| node.literals.get(&decoded))
             } else {
-                node.literals.get(segment).copied()
+                node.literals.get(segment)
             };
             if let Some(child) = child {
                 if let Some(found) = self.visit(child, next)? {
@@ -511,7 +621,7 @@ impl<'m, 'q> Search<'m, 'q> {
             }
         }
         if let Some(child) = node.multi {
-            if self.nodes[child].is_leaf() {
+            if self.nodes[child as usize].is_leaf() {
                 // Only "take everything" can end at a leaf; skip the lazy
                 // one-at-a-time walk for the common trailing `**`.
                 if !all_non_empty(self.path, self.end, start) {
@@ -633,6 +743,17 @@ impl Capture<'_, '_> {
 mod tests {
     use super::*;
 
+    /// A large table has about two nodes per route (issue 24): a map or
+    /// a growable list inline in each would double its size.
+    #[test]
+    fn trie_nodes_stay_small() {
+        assert!(
+            std::mem::size_of::<Node>() <= 64,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+    }
+
     /// Builds a matcher whose payload is the route's index in `routes`.
     fn matcher(routes: &[(&str, &str)]) -> Matcher<usize> {
         let mut m = Matcher::new();
@@ -674,6 +795,39 @@ mod tests {
         for (method, path, want) in cases {
             assert_eq!(&outcome(m, method, path), want, "{method} {path}");
         }
+    }
+
+    /// A node keeps a list of its literal children up to FEW_LITERALS and
+    /// a map past it; lookups, escaped segments, 405s and custom methods
+    /// answer the same on both sides of the switch and after shrinking.
+    #[test]
+    fn many_literal_children_match_as_few_do() {
+        let names: Vec<String> = (0..3 * FEW_LITERALS).map(|i| format!("n {i}")).collect();
+        let mut routes: Vec<(&str, String)> = names
+            .iter()
+            .map(|n| ("GET", format!("/v1/{}/{{id}}", n.replace(' ', "%20"))))
+            .collect();
+        routes.push(("PURGE", "/v1/n%200/{id}".to_owned()));
+        let mut m = matcher(
+            &routes
+                .iter()
+                .map(|(method, t)| (*method, t.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        m.shrink_to_fit();
+        for (i, n) in names.iter().enumerate() {
+            let path = format!("/v1/{}/7", n.replace(' ', "%20"));
+            check(&m, &[("GET", &path, ok(i, &["7"]))]);
+        }
+        let purge = names.len();
+        check(
+            &m,
+            &[
+                ("PURGE", "/v1/n%200/8", ok(purge, &["8"])),
+                ("DELETE", "/v1/n%200/8", err("405 GET,HEAD,PURGE")),
+                ("GET", "/v1/n 99/8", err("404")),
+            ],
+        );
     }
 
     #[test]

@@ -16,18 +16,22 @@
 
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use super::escape::{self, EscapeError};
 
-/// A parsed path template.
+/// A parsed path template. Every compiled route keeps one, so its parts
+/// are exact-size boxes rather than growable vectors, and the segments are
+/// shared with the route table, which re-matches them to find variables
+/// (issue 24: memory per route).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     /// All segments, with variables expanded in place.
-    pub segments: Vec<Segment>,
+    pub segments: Arc<[Segment]>,
     /// The custom verb after the final `:`, percent-decoded.
-    pub verb: Option<String>,
+    pub verb: Option<Box<str>>,
     /// Variables in the order they appear in the template.
-    pub variables: Vec<Variable>,
+    pub variables: Box<[Variable]>,
 }
 
 /// One path segment of a template.
@@ -35,7 +39,7 @@ pub struct Template {
 pub enum Segment {
     /// A literal, stored percent-decoded so it can be compared against
     /// decoded request segments regardless of how either side escaped it.
-    Literal(String),
+    Literal(Box<str>),
     /// `*`: exactly one non-empty segment.
     Single,
     /// `**`: zero or more non-empty segments.
@@ -46,7 +50,7 @@ pub enum Segment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variable {
     /// The field path, one element per `.`-separated identifier.
-    pub field_path: Vec<String>,
+    pub field_path: Box<[Box<str>]>,
     /// First segment index (inclusive) in [`Template::segments`].
     pub start: usize,
     /// Last segment index (exclusive) in [`Template::segments`].
@@ -203,9 +207,9 @@ impl<'s> Parser<'s> {
             // The root path: one empty segment, which only an empty request
             // segment (the path "/") matches.
             return Ok(Template {
-                segments: vec![Segment::Literal(String::new())],
+                segments: Arc::new([Segment::Literal(Box::default())]),
                 verb: None,
-                variables: Vec::new(),
+                variables: Box::default(),
             });
         }
         self.segments()?;
@@ -219,9 +223,9 @@ impl<'s> Parser<'s> {
             Some(c) => return fail(self.pos, format!("unexpected character {c:?}")),
         }
         Ok(Template {
-            segments: self.segments,
+            segments: self.segments.into(),
             verb,
-            variables: self.variables,
+            variables: self.variables.into_boxed_slice(),
         })
     }
 
@@ -340,7 +344,7 @@ impl<'s> Parser<'s> {
         }
     }
 
-    fn field_path(&mut self, brace: usize) -> Result<Vec<String>> {
+    fn field_path(&mut self, brace: usize) -> Result<Box<[Box<str>]>> {
         let mut path = Vec::new();
         loop {
             let start = self.pos;
@@ -359,16 +363,16 @@ impl<'s> Parser<'s> {
                     Some(c) => fail(start, format!("invalid character {c:?} in field path")),
                 };
             }
-            path.push(rest[..len].to_owned());
+            path.push(rest[..len].into());
             self.pos += len;
             if self.peek() != Some('.') {
-                return Ok(path);
+                return Ok(path.into_boxed_slice());
             }
             self.pos += 1;
         }
     }
 
-    fn verb(&mut self) -> Result<String> {
+    fn verb(&mut self) -> Result<Box<str>> {
         let colon = self.pos;
         self.pos += 1;
         let start = self.pos;
@@ -386,9 +390,9 @@ impl<'s> Parser<'s> {
     }
 }
 
-fn decode_literal(text: &str, start: usize, what: &str) -> Result<String> {
+fn decode_literal(text: &str, start: usize, what: &str) -> Result<Box<str>> {
     match escape::decode_at(text, false, start) {
-        Ok(decoded) => Ok(decoded.into_owned()),
+        Ok(decoded) => Ok(decoded.into()),
         Err(EscapeError::BadEscape { position, escape }) => {
             fail(position, format!("bad percent-escape {escape:?}"))
         }
@@ -403,12 +407,12 @@ mod tests {
     use super::*;
 
     fn lit(s: &str) -> Segment {
-        Segment::Literal(s.to_owned())
+        Segment::Literal(s.into())
     }
 
     fn var(path: &str, start: usize, end: usize) -> Variable {
         Variable {
-            field_path: path.split('.').map(str::to_owned).collect(),
+            field_path: path.split('.').map(Box::from).collect(),
             start,
             end,
         }
@@ -547,7 +551,7 @@ mod tests {
     fn flattens_variables_into_segment_ranges() {
         let t: Template = "/v1/{name=shelves/*}/books/{book}:publish".parse().unwrap();
         assert_eq!(
-            t.segments,
+            *t.segments,
             vec![
                 lit("v1"),
                 lit("shelves"),
@@ -556,27 +560,30 @@ mod tests {
                 Segment::Single
             ]
         );
-        assert_eq!(t.variables, vec![var("name", 1, 3), var("book", 4, 5)]);
+        assert_eq!(*t.variables, [var("name", 1, 3), var("book", 4, 5)]);
         assert_eq!(t.verb.as_deref(), Some("publish"));
 
         let t = Template::parse("/v1/{a.b.c}/{rest=**}").unwrap();
-        assert_eq!(t.segments, vec![lit("v1"), Segment::Single, Segment::Multi]);
-        assert_eq!(t.variables, vec![var("a.b.c", 1, 2), var("rest", 2, 3)]);
-        assert_eq!(t.variables[0].field_path, ["a", "b", "c"]);
+        assert_eq!(*t.segments, [lit("v1"), Segment::Single, Segment::Multi]);
+        assert_eq!(*t.variables, [var("a.b.c", 1, 2), var("rest", 2, 3)]);
+        assert_eq!(
+            *t.variables[0].field_path,
+            [Box::from("a"), "b".into(), "c".into()]
+        );
         assert_eq!(t.variables[0].name(), "a.b.c");
     }
 
     #[test]
     fn root_is_a_single_empty_literal() {
         let t = Template::parse("/").unwrap();
-        assert_eq!(t.segments, vec![lit("")]);
+        assert_eq!(*t.segments, [lit("")]);
         assert_eq!(t.verb, None);
     }
 
     #[test]
     fn literals_and_verbs_are_stored_decoded() {
         let t = Template::parse("/a%2Fb/c%41:x%20y").unwrap();
-        assert_eq!(t.segments, vec![lit("a/b"), lit("cA")]);
+        assert_eq!(*t.segments, [lit("a/b"), lit("cA")]);
         assert_eq!(t.verb.as_deref(), Some("x y"));
     }
 }

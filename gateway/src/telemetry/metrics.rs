@@ -297,15 +297,22 @@ pub fn record_upstream(
 /// [`record_http`] and [`record_upstream`] write.
 pub struct RouteMetrics {
     route: metrics::SharedString,
-    /// The route's HTTP method; a request with another method (HEAD on a
-    /// GET route) takes the uncached path.
-    method: String,
-    /// Its label: the method itself, even a custom one (`custom` in a
-    /// `google.api.http` annotation), since routes.toml and the descriptors
-    /// bound how many there are.
+    /// The route's HTTP method, as its label: the method itself, even a
+    /// custom one (`custom` in a `google.api.http` annotation), since
+    /// routes.toml and the descriptors bound how many there are. A request
+    /// with another method (HEAD on a GET route) takes the uncached path.
     method_label: metrics::SharedString,
     backend: metrics::SharedString,
     grpc_method: metrics::SharedString,
+    /// The handles, allocated on the route's first request: they take
+    /// about 600 bytes, and most routes of a large table are never called
+    /// between two reloads (issue 24: memory per route).
+    handles: OnceLock<Box<Handles>>,
+}
+
+/// The series of one route, each registered on first use.
+#[derive(Default)]
+struct Handles {
     http_requests: [OnceLock<metrics::Counter>; 5],
     http_duration: OnceLock<metrics::Histogram>,
     upstream_requests: [OnceLock<metrics::Counter>; 17],
@@ -316,7 +323,7 @@ impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteMetrics")
             .field("route", &self.route)
-            .field("method", &self.method)
+            .field("method", &self.method_label)
             .finish_non_exhaustive()
     }
 }
@@ -325,32 +332,33 @@ impl RouteMetrics {
     pub fn new(route: &Arc<str>, method: &str, backend: &Arc<str>, grpc_method: &Arc<str>) -> Self {
         RouteMetrics {
             route: metrics::SharedString::from_shared(route.clone()),
-            method: method.to_owned(),
             method_label: match known_method(method) {
                 Some(m) => metrics::SharedString::const_str(m),
                 None => metrics::SharedString::from(method.to_owned()),
             },
             backend: metrics::SharedString::from_shared(backend.clone()),
             grpc_method: metrics::SharedString::from_shared(grpc_method.clone()),
-            http_requests: Default::default(),
-            http_duration: OnceLock::new(),
-            upstream_requests: Default::default(),
-            upstream_duration: OnceLock::new(),
+            handles: OnceLock::new(),
         }
+    }
+
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(Box::default)
     }
 
     /// [`record_http`] for a request this route served.
     pub fn record_http(&self, method: &str, status: u16, elapsed: Duration) {
-        if method != self.method {
+        if method != &*self.method_label {
             return record_http_labels(self.route.clone(), method_label(method), status, elapsed);
         }
         let class = usize::from(status.clamp(100, 599) / 100 - 1);
-        self.http_requests[class]
+        let handles = self.handles();
+        handles.http_requests[class]
             .get_or_init(|| {
                 metrics::counter!(HTTP_REQUESTS, "route" => self.route.clone(), "method" => self.method_label.clone(), "code" => status_class(status))
             })
             .increment(1);
-        self.http_duration
+        handles.http_duration
             .get_or_init(|| {
                 metrics::histogram!(HTTP_DURATION, "route" => self.route.clone(), "method" => self.method_label.clone())
             })
@@ -359,13 +367,14 @@ impl RouteMetrics {
 
     /// [`record_upstream`] for this route's backend call.
     pub fn record_upstream(&self, code: tonic::Code, elapsed: Duration) {
-        let slot = (code as usize).min(self.upstream_requests.len() - 1);
-        self.upstream_requests[slot]
+        let handles = self.handles();
+        let slot = (code as usize).min(handles.upstream_requests.len() - 1);
+        handles.upstream_requests[slot]
             .get_or_init(|| {
                 metrics::counter!(UPSTREAM_REQUESTS, "backend" => self.backend.clone(), "grpc_method" => self.grpc_method.clone(), "grpc_code" => code_label(code))
             })
             .increment(1);
-        self.upstream_duration
+        handles.upstream_duration
             .get_or_init(|| {
                 metrics::histogram!(UPSTREAM_DURATION, "backend" => self.backend.clone(), "grpc_method" => self.grpc_method.clone())
             })

@@ -28,6 +28,28 @@ pub struct ShapeConfig {
     pub websocket: bool,
 }
 
+impl ShapeConfig {
+    /// Whether the route sets none of these keys, so that its shaping
+    /// follows from its methods and bindings alone.
+    pub fn is_empty(&self) -> bool {
+        // Taken apart so that a new key cannot be left out here.
+        let ShapeConfig {
+            success_status,
+            response_headers,
+            stream_framing,
+            stream_timeout,
+            multipart,
+            websocket,
+        } = self;
+        success_status.is_none()
+            && response_headers.is_empty()
+            && stream_framing.is_none()
+            && stream_timeout.is_none()
+            && !multipart
+            && !websocket
+    }
+}
+
 /// What a route does beyond plain JSON in, JSON out; compiled at load.
 #[derive(Debug, Clone)]
 pub struct Shaping {
