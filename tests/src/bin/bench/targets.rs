@@ -15,6 +15,8 @@ pub struct Extra {
     pub added_p99_post: Option<f64>,
     /// Resident memory idle with the repository's routes.toml, MiB.
     pub rss_example: Option<f64>,
+    /// The same, idle again after serving requests through it.
+    pub rss_example_served: Option<f64>,
     /// With 10,000 routes and 1,000 idle keep-alive connections, MiB.
     pub rss_10k_1000: Option<f64>,
 }
@@ -104,6 +106,12 @@ pub fn targets(
     at_most(
         "resident memory idle, the repository's routes.toml",
         extra.rss_example,
+        12.0,
+        "MiB",
+    );
+    at_most(
+        "the same, idle again after 600 requests",
+        extra.rss_example_served,
         12.0,
         "MiB",
     );
