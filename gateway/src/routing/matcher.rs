@@ -91,10 +91,7 @@ fn push_exact<T>(list: &mut Box<[T]>, item: T) {
 }
 
 fn method_name(method: &str) -> Method {
-    const STANDARD: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    match STANDARD.iter().find(|m| **m == method) {
+    match crate::telemetry::metrics::known_method(method) {
         Some(m) => Cow::Borrowed(m),
         None => Cow::Owned(method.to_owned()),
     }

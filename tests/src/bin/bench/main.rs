@@ -1187,21 +1187,9 @@ async fn example_rss(bin: &Path, work: &Path) -> Result<(f64, Option<f64>)> {
     let (port, admin) = (free_port()?, free_port()?);
     let config = dir.join("routes.toml");
     std::fs::write(&config, example_config(port, admin)?)?;
-    let child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
+    let proc = start_gateway(bin, &config, admin)
+        .await
         .context("starting the gateway on the repository's routes.toml")?;
-    let proc = Proc(child);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway on the repository's routes.toml did not listen on {port} in 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // Start-up work (descriptors, first health checks) settles.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = vm(proc.0.id(), "VmRSS:")?;
